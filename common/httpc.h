@@ -1,0 +1,72 @@
+/*
+ * Asynchronous HTTP client: libcurl's multi interface driven by a libuv loop
+ * (socket and timer callbacks, never a blocking call). Every request has a
+ * timeout and a response size cap. All functions run on the loop thread.
+ */
+#ifndef PODIUM_COMMON_HTTPC_H
+#define PODIUM_COMMON_HTTPC_H
+
+#include <stddef.h>
+
+#include <uv.h>
+
+struct httpc;
+struct httpc_call;
+
+struct httpc_request {
+    const char *method; /* "GET" or "POST" */
+    const char *url;
+    const char *const *headers; /* "Name: value" lines */
+    size_t header_count;
+    const void *body; /* copied by httpc_start */
+    size_t body_len;
+    long timeout_ms;     /* whole request, connect included; required */
+    size_t max_response; /* larger bodies fail with HTTPC_ERR_TOO_LARGE */
+};
+
+enum httpc_error {
+    HTTPC_OK = 0,         /* a status line was received */
+    HTTPC_ERR_TIMEOUT,    /* timeout_ms passed */
+    HTTPC_ERR_CONNECT,    /* could not connect, refused, reset */
+    HTTPC_ERR_TRANSFER,   /* connection broke mid-reply, bad reply */
+    HTTPC_ERR_TOO_LARGE,  /* reply body passed max_response */
+    HTTPC_ERR_INTERNAL    /* out of memory, curl setup failure */
+};
+
+struct httpc_response {
+    enum httpc_error error;
+    const char *error_text; /* curl's message when error != HTTPC_OK */
+    long status;            /* HTTP status when error == HTTPC_OK */
+    const char *body;       /* borrowed, NUL-terminated, valid during cb */
+    size_t body_len;
+};
+
+typedef void (*httpc_done_cb)(void *arg, const struct httpc_response *resp);
+
+/* Create a client on loop. Returns 0 or a negative errno. */
+int httpc_new(uv_loop_t *loop, struct httpc **out);
+
+/*
+ * Start a request; cb runs exactly once on the loop thread, unless the call
+ * is cancelled first. Returns NULL (and never calls cb) when the request
+ * cannot be started. The returned handle is borrowed and becomes invalid
+ * once cb has returned.
+ */
+struct httpc_call *httpc_start(struct httpc *client,
+                               const struct httpc_request *req,
+                               httpc_done_cb cb, void *arg);
+
+/* Abandon a call: its callback will not run. */
+void httpc_cancel(struct httpc_call *call);
+
+/* Number of calls in flight. */
+size_t httpc_pending(const struct httpc *client);
+
+/*
+ * Cancel every call and close the libuv handles. closed_cb runs once all
+ * handles are closed; the client is freed before that.
+ */
+void httpc_close(struct httpc *client, void (*closed_cb)(void *arg),
+                 void *arg);
+
+#endif

@@ -1,0 +1,75 @@
+/*
+ * Publishing messages from the outbox: MQTT 3.1.1 at QoS 1 through
+ * libmosquitto driven by the libuv loop, JSON lines to a file or standard
+ * output, and (later) the AWS IoT Core data plane over HTTPS. Messages are
+ * sent in submission order; a message is acknowledged to the caller only
+ * once the broker sent PUBACK or the line was written, and is sent again,
+ * byte for byte, after a reconnect until then.
+ */
+#ifndef PODIUM_PUBLISHER_PUBLISHER_H
+#define PODIUM_PUBLISHER_PUBLISHER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "common/strbuf.h"
+
+#define PUB_MAX_PAYLOAD (128 * 1024) /* AWS IoT Core message size limit */
+#define PUB_MAX_TOPIC 256            /* AWS IoT Core topic length, bytes */
+#define PUB_MAX_TOPIC_SLASHES 7      /* AWS IoT Core topic depth limit */
+
+enum pub_transport { PUB_MQTT, PUB_IOT, PUB_FILE };
+
+struct pub_config {
+    enum pub_transport transport;
+    const char *file_path; /* PUB_FILE: path, or "-" for standard output */
+    const char *mqtt_url;  /* mqtt://host:port or mqtts://host:port */
+    const char *mqtt_client_id;
+    const char *mqtt_ca_file;
+    const char *mqtt_cert_file;
+    const char *mqtt_key_file;
+    size_t max_inflight; /* messages sent but not acknowledged */
+};
+
+struct publisher;
+
+/* Called on the loop thread once message id is acknowledged or written. */
+typedef void (*pub_ack_cb)(void *arg, int64_t id);
+
+/*
+ * Create a publisher and start connecting. Returns NULL with a message in
+ * err when the configuration is unusable (bad URL, unreadable file).
+ */
+struct publisher *publisher_new(uv_loop_t *loop, const struct pub_config *cfg,
+                                pub_ack_cb ack_cb, void *arg, char *err,
+                                size_t err_len);
+
+/* Queue a message (copied). Returns 0, or -1 when the message is invalid. */
+int publisher_submit(struct publisher *pub, int64_t id, const char *topic,
+                     const void *payload, size_t payload_len);
+
+/* Messages submitted and not yet acknowledged. */
+size_t publisher_pending(const struct publisher *pub);
+
+/* True while connected (always true for the file transport). */
+bool publisher_connected(const struct publisher *pub);
+
+/* Disconnect and close handles; closed_cb runs when all are closed. */
+void publisher_close(struct publisher *pub, void (*closed_cb)(void *arg),
+                     void *arg);
+
+/*
+ * Expand a topic template: {raceId} and {classId} are replaced by the id's
+ * text (digits, or the string without quotes). A value containing '/', '+',
+ * '#' or U+0000, or a result over PUB_MAX_TOPIC bytes or with more than
+ * PUB_MAX_TOPIC_SLASHES slashes, is rejected with a message in err.
+ * race_id or class_id may be NULL when the template does not use it.
+ */
+int pub_topic_expand(const char *tmpl, const char *race_id, size_t race_len,
+                     const char *class_id, size_t class_len,
+                     struct strbuf *out, char *err, size_t err_len);
+
+#endif

@@ -1,0 +1,162 @@
+/*
+ * The durable state of podium in one SQLite database (WAL mode): idempotency
+ * rows, per-second samples, aggregator state, shard checkpoints, the outbox
+ * of messages to publish and the dead letters. A batch writes all of them
+ * between store_begin() and store_commit(), so a crash keeps all of a batch
+ * or none of it.
+ *
+ * A struct store is used by one thread at a time; the daemon hands it from
+ * the loop thread to one worker job at a time and never uses it concurrently.
+ */
+#ifndef PODIUM_STORE_STORE_H
+#define PODIUM_STORE_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct store;
+
+/*
+ * Open or create the database at path and bring its schema up to date.
+ * Returns 0, or -1 with a message in err naming the path and the SQLite
+ * error.
+ */
+int store_open(const char *path, struct store **out, char *err,
+               size_t err_len);
+void store_close(struct store *st);
+
+/* The last SQLite error message (borrowed, valid until the next call). */
+const char *store_errmsg(const struct store *st);
+
+/* BEGIN IMMEDIATE, COMMIT, ROLLBACK. Return 0 or -1. */
+int store_begin(struct store *st);
+int store_commit(struct store *st);
+void store_rollback(struct store *st);
+
+/* ---- idempotency ---------------------------------------------------- */
+
+enum store_claim {
+    STORE_CLAIM_NEW,       /* first sight: a row was written */
+    STORE_CLAIM_DUPLICATE, /* same key, same payload hash */
+    STORE_CLAIM_CONFLICT   /* same key, another payload hash */
+};
+
+struct store_idem_row {
+    const void *key;
+    size_t key_len;
+    const uint8_t *hash; /* 32-byte SHA-256 of the canonical payload */
+    int64_t now_ms;
+    int64_t expiry_s; /* seconds the key is remembered */
+    const char *outcome; /* "applied", "rejected:<reason>", ... */
+    const char *shard_id;
+    const char *seq;
+    int64_t subseq;
+};
+
+/*
+ * Record a key as completed with its outcome unless an unexpired row exists.
+ * *claim tells which case applied; for a duplicate or conflict, the stored
+ * outcome is copied into stored_outcome (may be NULL) when it fits.
+ * Returns 0 or -1.
+ */
+int store_idem_record(struct store *st, const struct store_idem_row *row,
+                      enum store_claim *claim, char *stored_outcome,
+                      size_t outcome_len);
+
+/* ---- samples ---------------------------------------------------------- */
+
+/* Ids are stored as JSON text: 5402746 or "R-7", so they keep their type. */
+struct store_sample {
+    const char *race_id;
+    const char *racer_id;
+    int32_t second;
+    const char *class_id;
+    const char *name; /* UTF-8, may contain U+0000 */
+    size_t name_len;
+    const char *uuid;
+    size_t uuid_len;
+    int64_t device_ts_ms;
+    int64_t arrival_ms;
+    int64_t cadence4; /* values in 1/10000 */
+    int64_t resistance4;
+    int64_t output4;
+    const char *cadence_exact; /* canonical exact values for comparisons */
+    const char *resistance_exact;
+    bool final;
+};
+
+/* Insert or replace the sample of (race_id, racer_id, second). */
+int store_sample_put(struct store *st, const struct store_sample *s);
+
+/* Call cb for every sample, ordered by race, racer, second. A non-zero
+ * return from cb stops the scan and is returned. */
+typedef int (*store_sample_cb)(void *arg, const struct store_sample *s);
+int store_samples_load(struct store *st, store_sample_cb cb, void *arg);
+
+/* Number of stored samples (for tests and metrics). */
+int store_sample_count(struct store *st, int64_t *count);
+
+/* ---- aggregator state: small JSON documents by (kind, key) ---------- */
+
+int store_state_put(struct store *st, const char *kind, const char *key,
+                    const char *value, size_t value_len);
+int store_state_delete(struct store *st, const char *kind, const char *key);
+typedef int (*store_state_cb)(void *arg, const char *key, const char *value,
+                              size_t value_len);
+int store_state_load(struct store *st, const char *kind, store_state_cb cb,
+                     void *arg);
+
+/* ---- shard checkpoints ---------------------------------------------- */
+
+struct store_checkpoint {
+    const char *shard_id;
+    const char *seq;  /* last committed sequence number; NULL when none */
+    int64_t subseq;   /* sub-sequence inside a KPL aggregate, else 0 */
+    bool finished;    /* read to its end and closed: never read again */
+};
+
+int store_checkpoint_put(struct store *st, const struct store_checkpoint *cp);
+typedef int (*store_checkpoint_cb)(void *arg,
+                                   const struct store_checkpoint *cp);
+int store_checkpoints_load(struct store *st, store_checkpoint_cb cb,
+                           void *arg);
+
+/* ---- outbox --------------------------------------------------------- */
+
+/* Append a message; *id receives its increasing id. */
+int store_outbox_add(struct store *st, const char *topic, const void *payload,
+                     size_t payload_len, int64_t *id);
+int store_outbox_delete(struct store *st, const int64_t *ids, size_t count);
+typedef int (*store_outbox_cb)(void *arg, int64_t id, const char *topic,
+                               const void *payload, size_t payload_len);
+/* Messages with id > after_id in id order, at most limit of them. */
+int store_outbox_load(struct store *st, int64_t after_id, size_t limit,
+                      store_outbox_cb cb, void *arg);
+int store_outbox_count(struct store *st, int64_t *count);
+
+/* ---- dead letters --------------------------------------------------- */
+
+struct store_dead_letter {
+    const char *shard_id;
+    const char *seq;
+    int64_t subseq;
+    int64_t arrival_ms;
+    const char *reason; /* short name, e.g. "duplicate_key" */
+    const char *detail; /* human-readable, e.g. the offending value */
+    const void *data;   /* raw record bytes */
+    size_t data_len;
+};
+
+int store_dead_letter_add(struct store *st, const struct store_dead_letter *d);
+int store_dead_letter_count(struct store *st, int64_t *count);
+
+/* ---- metadata ------------------------------------------------------- */
+
+/* Small key/value settings of the store itself (stream time, versions). */
+int store_meta_put(struct store *st, const char *key, const char *value);
+/* Copies the value into buf; returns 1 when found, 0 when absent, -1. */
+int store_meta_get(struct store *st, const char *key, char *buf,
+                   size_t buf_len);
+
+#endif
