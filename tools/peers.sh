@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# Install, start and stop the local peers that podium talks to in tests and
+# in the demo: kinesalite (a local Amazon Kinesis API) and mosquitto (an MQTT
+# broker). Both listen on 127.0.0.1 only, on a free port picked at start.
+#
+#   tools/peers.sh install               npm ci in tools/peers, check mosquitto
+#   tools/peers.sh start kinesalite DIR  start kinesalite, print its port
+#   tools/peers.sh start mosquitto DIR   start mosquitto, print its port
+#   tools/peers.sh stop DIR              stop the peers started in DIR
+#   tools/peers.sh status DIR            list the peers in DIR and their state
+#
+# DIR receives NAME.port, NAME.pid and NAME.log for each peer; stop signals
+# only the pids recorded there, and only while they still run that peer.
+set -euo pipefail
+
+TOOLS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PEERS_DIR="$TOOLS_DIR/peers"
+KINESALITE_CLI="$PEERS_DIR/node_modules/kinesalite/cli.js"
+MOSQUITTO_BIN="${MOSQUITTO_BIN:-/usr/sbin/mosquitto}"
+PEER_NAMES=(kinesalite mosquitto)
+
+# Seconds to wait for a started peer to accept requests.
+START_TIMEOUT_S=20
+# Seconds between SIGTERM and SIGKILL in stop.
+STOP_GRACE_S=3
+# A free port can be taken by another process before the peer binds it, so
+# start tries this many ports before it gives up.
+START_ATTEMPTS=3
+
+die() {
+    echo "peers: $*" >&2
+    exit 1
+}
+
+usage() {
+    cat >&2 <<EOF
+usage: $0 install
+       $0 start kinesalite|mosquitto DIR
+       $0 stop DIR
+       $0 status DIR
+EOF
+    exit 2
+}
+
+# Print a TCP port on 127.0.0.1 that was free a moment ago.
+free_port() {
+    node -e '
+        const server = require("net").createServer();
+        server.listen(0, "127.0.0.1", () => {
+            console.log(server.address().port);
+            server.close();
+        });
+    '
+}
+
+now_s() {
+    date +%s
+}
+
+# True while pid runs and its command line contains the given word, so a
+# pid that the kernel reused for another program is never signalled.
+pid_runs() {
+    local pid="$1" word="$2"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    [[ -r "/proc/$pid/cmdline" ]] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$word"
+}
+
+print_log_tail() {
+    local log="$1"
+    if [[ -s "$log" ]]; then
+        echo "--- last lines of $log ---" >&2
+        tail -n 20 "$log" >&2
+        echo "---" >&2
+    fi
+}
+
+cmd_install() {
+    command -v node >/dev/null 2>&1 ||
+        die "node not found: install the Debian packages nodejs and npm (apt-get install nodejs npm)"
+    command -v npm >/dev/null 2>&1 ||
+        die "npm not found: install the Debian package npm (apt-get install npm)"
+    (cd "$PEERS_DIR" && npm ci --no-audit --no-fund) ||
+        die "npm ci in $PEERS_DIR failed: check that the npm registry is reachable"
+    [[ -f "$KINESALITE_CLI" ]] ||
+        die "npm ci finished but $KINESALITE_CLI is missing"
+    [[ -x "$MOSQUITTO_BIN" ]] ||
+        die "$MOSQUITTO_BIN not found: install the Debian package mosquitto (apt-get install mosquitto)"
+    echo "peers: kinesalite $(node -p "require('$PEERS_DIR/node_modules/kinesalite/package.json').version") and $("$MOSQUITTO_BIN" -h 2>&1 | head -n 1) are ready"
+}
+
+# Wait until kinesalite on port responds to ListStreams, or fail when pid exits
+# or the deadline passes.
+wait_kinesalite() {
+    local port="$1" pid="$2" log="$3"
+    local deadline=$(($(now_s) + START_TIMEOUT_S))
+    while (($(now_s) < deadline)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            print_log_tail "$log"
+            echo "peers: kinesalite (pid $pid) exited before it responded on port $port" >&2
+            return 1
+        fi
+        if "$TOOLS_DIR/kinesis-call.sh" "$port" ListStreams '{}' >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    print_log_tail "$log"
+    echo "peers: kinesalite (pid $pid) did not respond on port $port within ${START_TIMEOUT_S}s" >&2
+    return 1
+}
+
+# Wait until mosquitto has opened its listener and the port accepts a TCP
+# connection, or fail when pid exits or the deadline passes.
+wait_mosquitto() {
+    local port="$1" pid="$2" log="$3"
+    local deadline=$(($(now_s) + START_TIMEOUT_S))
+    while (($(now_s) < deadline)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            print_log_tail "$log"
+            echo "peers: mosquitto (pid $pid) exited before it listened on port $port" >&2
+            return 1
+        fi
+        if grep -q ' running$' "$log" 2>/dev/null &&
+            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    print_log_tail "$log"
+    echo "peers: mosquitto (pid $pid) did not accept connections on port $port within ${START_TIMEOUT_S}s" >&2
+    return 1
+}
+
+# Start one peer on a free port in the background. Prints its pid.
+launch_kinesalite() {
+    local dir="$1" port="$2"
+    [[ -f "$KINESALITE_CLI" ]] ||
+        die "$KINESALITE_CLI not found: run 'bash tools/peers.sh install' first"
+    PEER_IGNORE_ABORTED=1 nohup node -r "$TOOLS_DIR/force-loopback.cjs" "$KINESALITE_CLI" \
+        --port "$port" --createStreamMs 50 --deleteStreamMs 50 \
+        --updateStreamMs 50 --shardLimit 50 \
+        </dev/null >>"$dir/kinesalite.log" 2>&1 &
+    echo "$!"
+}
+
+launch_mosquitto() {
+    local dir="$1" port="$2"
+    [[ -x "$MOSQUITTO_BIN" ]] ||
+        die "$MOSQUITTO_BIN not found: install the Debian package mosquitto (apt-get install mosquitto)"
+    cat >"$dir/mosquitto.conf" <<EOF
+per_listener_settings true
+listener $port 127.0.0.1
+allow_anonymous true
+persistence false
+log_dest stderr
+EOF
+    # mosquitto started as root switches to the user "mosquitto" before it
+    # opens log files, so its log goes to stderr and the shell writes it.
+    nohup "$MOSQUITTO_BIN" -c "$dir/mosquitto.conf" \
+        </dev/null >>"$dir/mosquitto.log" 2>&1 &
+    echo "$!"
+}
+
+cmd_start() {
+    local name="$1" dir="$2"
+    case "$name" in
+    kinesalite | mosquitto) ;;
+    *) die "unknown peer '$name': expected kinesalite or mosquitto" ;;
+    esac
+    mkdir -p "$dir"
+    dir="$(cd "$dir" && pwd)"
+    if [[ -f "$dir/$name.pid" ]] && pid_runs "$(cat "$dir/$name.pid")" "$name"; then
+        die "$name already runs in $dir (pid $(cat "$dir/$name.pid")): run '$0 stop $dir' first"
+    fi
+
+    local attempt port pid
+    for ((attempt = 1; attempt <= START_ATTEMPTS; attempt++)); do
+        port="$(free_port)"
+        echo "peers: starting $name on 127.0.0.1:$port (attempt $attempt)" >>"$dir/$name.log"
+        pid="$("launch_$name" "$dir" "$port")"
+        echo "$pid" >"$dir/$name.pid"
+        if "wait_$name" "$port" "$pid" "$dir/$name.log"; then
+            echo "$port" >"$dir/$name.port"
+            echo "$port"
+            return 0
+        fi
+        kill -KILL "$pid" 2>/dev/null || true
+        rm -f "$dir/$name.pid"
+    done
+    die "$name did not start after $START_ATTEMPTS attempts: see $dir/$name.log"
+}
+
+stop_one() {
+    local name="$1" dir="$2"
+    local pid_file="$dir/$name.pid"
+    [[ -f "$pid_file" ]] || return 0
+    local pid
+    pid="$(cat "$pid_file")"
+    if ! pid_runs "$pid" "$name"; then
+        rm -f "$pid_file"
+        return 0
+    fi
+
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$(($(now_s) + STOP_GRACE_S))
+    while pid_runs "$pid" "$name" && (($(now_s) < deadline)); do
+        sleep 0.1
+    done
+    if pid_runs "$pid" "$name"; then
+        echo "peers: $name (pid $pid) still runs ${STOP_GRACE_S}s after SIGTERM, sending SIGKILL" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pid_file"
+}
+
+cmd_stop() {
+    local dir="$1"
+    [[ -d "$dir" ]] || return 0
+    local name
+    for name in "${PEER_NAMES[@]}"; do
+        stop_one "$name" "$dir"
+    done
+}
+
+cmd_status() {
+    local dir="$1"
+    local name pid port
+    for name in "${PEER_NAMES[@]}"; do
+        if [[ ! -f "$dir/$name.pid" ]]; then
+            echo "$name: not running (no pid file in $dir)"
+            continue
+        fi
+        pid="$(cat "$dir/$name.pid")"
+        port="$(cat "$dir/$name.port" 2>/dev/null || echo '?')"
+        if pid_runs "$pid" "$name"; then
+            echo "$name: running, pid $pid, 127.0.0.1:$port, log $dir/$name.log"
+        else
+            echo "$name: stopped (pid $pid is gone), log $dir/$name.log"
+        fi
+    done
+}
+
+main() {
+    [[ $# -ge 1 ]] || usage
+    local command="$1"
+    shift
+    case "$command" in
+    install)
+        [[ $# -eq 0 ]] || usage
+        cmd_install
+        ;;
+    start)
+        [[ $# -eq 2 ]] || usage
+        cmd_start "$1" "$2"
+        ;;
+    stop)
+        [[ $# -eq 1 ]] || usage
+        cmd_stop "$1"
+        ;;
+    status)
+        [[ $# -eq 1 ]] || usage
+        cmd_status "$1"
+        ;;
+    *)
+        usage
+        ;;
+    esac
+}
+
+main "$@"
