@@ -56,8 +56,8 @@ struct sigv4_output {
  * and x-amz-security-token when the credentials carry a non-empty token.
  * Returns 0, or -EINVAL when an input is missing or a buffer is too small.
  */
-int sigv4_sign(const struct sigv4_input *in, const struct aws_credentials *creds,
-               struct sigv4_output *out);
+int sigv4_sign(const struct sigv4_input *in,
+               const struct aws_credentials *creds, struct sigv4_output *out);
 
 /*
  * Percent-encode s the way SigV4 does: unreserved characters
@@ -66,6 +66,15 @@ int sigv4_sign(const struct sigv4_input *in, const struct aws_credentials *creds
  */
 int sigv4_uri_encode(struct strbuf *sb, const char *s, size_t n,
                      bool encode_slash);
+
+/*
+ * Canonical query string of a wire query ("b=2&a=1", without the '?'): each
+ * name and value is decoded and encoded again with sigv4_uri_encode(), and
+ * the pairs are sorted by name, then value. A '+' is a literal plus, not a
+ * space. Appends to sb. Returns 0, or -EINVAL on a bad %XX escape or more
+ * than 32 parameters.
+ */
+int sigv4_canonical_query(struct strbuf *sb, const char *wire_query);
 
 /*
  * Canonical URI of a wire path that is already percent-encoded, for non-S3

@@ -1,1 +1,2 @@
 # Tests of the common module.
+podium_test(test_http test_http.c LIBS podium_common PkgConfig::LIBUV)
