@@ -1,1 +1,2 @@
 # Tests of the aggregator module.
+podium_test(test_aggregator test_aggregator.c LIBS podium_aggregator)
