@@ -6,8 +6,14 @@
  */
 #include "tests/testlib.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdbool.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "common/aws.h"
 #include "common/httpc.h"
@@ -240,4 +246,753 @@ TEST(sigv4_credentials_clear)
     ASSERT_TRUE(creds.secret_access_key == NULL);
     ASSERT_TRUE(creds.session_token == NULL);
     aws_credentials_clear(&creds);
+}
+
+/* ---- A tiny HTTP/1.1 server on 127.0.0.1, on the test's own loop. ---- */
+
+#define SERVER_MAX_HEADERS 32
+#define SERVER_MAX_REQUEST (64 * 1024)
+
+/* The last request the server received. */
+struct received {
+    char method[16];
+    char target[1024];
+    struct {
+        char name[64];
+        char value[4096];
+    } headers[SERVER_MAX_HEADERS];
+    size_t header_count;
+    char body[4096];
+    size_t body_len;
+};
+
+/*
+ * What the server does depends on the request path:
+ * /silent never replies, /reset-head resets the connection without replying,
+ * /reset-body sends half a body then resets, /large sends large_len bytes
+ * with a Content-Length, /stream sends them without one and closes, and
+ * anything else gets status and body.
+ */
+struct server {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    int port;
+    int status;
+    const char *body;
+    size_t large_len;
+    size_t connections;
+    size_t requests;
+    struct received last;
+    struct connection *conns;
+};
+
+struct connection {
+    uv_tcp_t tcp;
+    struct server *server;
+    struct strbuf in;
+    struct connection *next;
+};
+
+struct write_request {
+    uv_write_t req;
+    struct connection *conn;
+    char *data;
+    int then; /* 0 keep open, 1 close, 2 reset */
+};
+
+static void on_connection_closed(uv_handle_t *handle)
+{
+    struct connection *conn = handle->data;
+    struct server *server = conn->server;
+
+    for (struct connection **p = &server->conns; *p != NULL; p = &(*p)->next) {
+        if (*p == conn) {
+            *p = conn->next;
+            break;
+        }
+    }
+    sb_free(&conn->in);
+    free(conn);
+}
+
+static void close_connection(struct connection *conn, bool reset)
+{
+    uv_handle_t *handle = (uv_handle_t *)&conn->tcp;
+
+    if (uv_is_closing(handle))
+        return;
+    if (reset)
+        ASSERT_EQ(uv_tcp_close_reset(&conn->tcp, on_connection_closed), 0);
+    else
+        uv_close(handle, on_connection_closed);
+}
+
+/* A reset that waits until the client has read what was sent before it. */
+struct delayed_reset {
+    uv_timer_t timer;
+    struct connection *conn;
+};
+
+static void on_reset_timer_closed(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+static void on_reset_timer(uv_timer_t *timer)
+{
+    struct delayed_reset *reset = timer->data;
+
+    close_connection(reset->conn, true);
+    uv_close((uv_handle_t *)timer, on_reset_timer_closed);
+}
+
+static void on_written(uv_write_t *req, int status)
+{
+    struct write_request *wr = (struct write_request *)req;
+
+    (void)status;
+    if (wr->then == 1)
+        close_connection(wr->conn, false);
+    if (wr->then == 2) {
+        /* Linux drops unread data when a reset arrives, so give the client
+         * 100 ms to read the partial reply first. */
+        struct delayed_reset *reset = calloc(1, sizeof *reset);
+        ASSERT_TRUE(reset != NULL);
+        reset->conn = wr->conn;
+        reset->timer.data = reset;
+        ASSERT_EQ(uv_timer_init(wr->conn->server->loop, &reset->timer), 0);
+        ASSERT_EQ(uv_timer_start(&reset->timer, on_reset_timer, 100, 0), 0);
+    }
+    free(wr->data);
+    free(wr);
+}
+
+/* Send len bytes of data (copied), then keep, close or reset. */
+static void send_bytes(struct connection *conn, const char *data, size_t len,
+                       int then)
+{
+    struct write_request *wr = calloc(1, sizeof *wr);
+
+    ASSERT_TRUE(wr != NULL);
+    wr->conn = conn;
+    wr->then = then;
+    wr->data = malloc(len + 1);
+    ASSERT_TRUE(wr->data != NULL);
+    memcpy(wr->data, data, len);
+    uv_buf_t buf = uv_buf_init(wr->data, (unsigned)len);
+    ASSERT_EQ(
+        uv_write(&wr->req, (uv_stream_t *)&conn->tcp, &buf, 1, on_written), 0);
+}
+
+/* Send a reply with a body of len bytes of 'x' and optional length. */
+static void send_filler(struct connection *conn, size_t len, bool with_length)
+{
+    struct strbuf sb;
+
+    sb_init(&sb, len + 1024);
+    if (with_length)
+        sb_printf(&sb, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", len);
+    else
+        sb_puts(&sb, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+    for (size_t i = 0; i < len; i++)
+        sb_putc(&sb, 'x');
+    ASSERT_EQ(sb_error(&sb), 0);
+    send_bytes(conn, sb.data, sb.len, with_length ? 0 : 1);
+    sb_free(&sb);
+}
+
+static void respond(struct connection *conn)
+{
+    struct server *server = conn->server;
+    const char *path = server->last.target;
+    static const char partial[] =
+        "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789";
+    struct strbuf sb;
+
+    if (strcmp(path, "/silent") == 0)
+        return;
+    if (strcmp(path, "/reset-head") == 0) {
+        close_connection(conn, true);
+        return;
+    }
+    if (strcmp(path, "/reset-body") == 0) {
+        send_bytes(conn, partial, strlen(partial), 2);
+        return;
+    }
+    if (strcmp(path, "/large") == 0 || strcmp(path, "/stream") == 0) {
+        send_filler(conn, server->large_len, strcmp(path, "/large") == 0);
+        return;
+    }
+
+    sb_init(&sb, SERVER_MAX_REQUEST);
+    sb_printf(&sb,
+              "HTTP/1.1 %d Test\r\nContent-Type: application/json\r\n"
+              "Content-Length: %zu\r\n\r\n%s",
+              server->status, strlen(server->body), server->body);
+    send_bytes(conn, sb.data, sb.len, 0);
+    sb_free(&sb);
+}
+
+/* Parse one header line into the next slot of req. */
+static void parse_header_line(struct received *req, const char *line,
+                              size_t len)
+{
+    const char *colon = memchr(line, ':', len);
+
+    ASSERT_TRUE(colon != NULL);
+    ASSERT_TRUE(req->header_count < SERVER_MAX_HEADERS);
+    size_t name_len = (size_t)(colon - line);
+    ASSERT_TRUE(name_len < sizeof req->headers[0].name);
+    for (size_t i = 0; i < name_len; i++)
+        req->headers[req->header_count].name[i] =
+            (char)tolower((unsigned char)line[i]);
+    req->headers[req->header_count].name[name_len] = '\0';
+
+    const char *value = colon + 1;
+    const char *end = line + len;
+    while (value < end && *value == ' ')
+        value++;
+    size_t value_len = (size_t)(end - value);
+    ASSERT_TRUE(value_len < sizeof req->headers[0].value);
+    memcpy(req->headers[req->header_count].value, value, value_len);
+    req->headers[req->header_count].value[value_len] = '\0';
+    req->header_count++;
+}
+
+/* Value of header name (lower-case) in req, or NULL. */
+static const char *find_header(const struct received *req, const char *name)
+{
+    for (size_t i = 0; i < req->header_count; i++) {
+        if (strcmp(req->headers[i].name, name) == 0)
+            return req->headers[i].value;
+    }
+    return NULL;
+}
+
+/*
+ * Parse a complete request head of head_len bytes into req. Returns the
+ * Content-Length.
+ */
+static size_t parse_head(struct received *req, const char *data,
+                         size_t head_len)
+{
+    const char *line = data;
+    const char *end = data + head_len;
+    const char *eol = strstr(line, "\r\n");
+
+    memset(req, 0, sizeof *req);
+    ASSERT_EQ(sscanf(line, "%15s %1023s HTTP/1.1", req->method, req->target),
+              2);
+    for (line = eol + 2; line < end - 2; line = eol + 2) {
+        eol = strstr(line, "\r\n");
+        parse_header_line(req, line, (size_t)(eol - line));
+    }
+    const char *length = find_header(req, "content-length");
+    return length != NULL ? (size_t)strtoul(length, NULL, 10) : 0;
+}
+
+/* Handle every complete request in conn->in. */
+static void handle_input(struct connection *conn)
+{
+    struct server *server = conn->server;
+
+    for (;;) {
+        const char *head_end = strstr(conn->in.data, "\r\n\r\n");
+        if (head_end == NULL)
+            return;
+        size_t head_len = (size_t)(head_end - conn->in.data) + 4;
+        size_t body_len = parse_head(&server->last, conn->in.data, head_len);
+        ASSERT_TRUE(body_len < sizeof server->last.body);
+        if (conn->in.len < head_len + body_len)
+            return;
+
+        memcpy(server->last.body, conn->in.data + head_len, body_len);
+        server->last.body_len = body_len;
+        server->requests++;
+        size_t used = head_len + body_len;
+        memmove(conn->in.data, conn->in.data + used, conn->in.len - used + 1);
+        conn->in.len -= used;
+        respond(conn);
+    }
+}
+
+static void on_alloc(uv_handle_t *handle, size_t size, uv_buf_t *buf)
+{
+    (void)handle;
+    buf->base = malloc(size);
+    buf->len = buf->base != NULL ? size : 0;
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    struct connection *conn = stream->data;
+
+    if (nread < 0)
+        close_connection(conn, false);
+    if (nread > 0) {
+        ASSERT_EQ(sb_append(&conn->in, buf->base, (size_t)nread), 0);
+        handle_input(conn);
+    }
+    free(buf->base);
+}
+
+static void on_connect(uv_stream_t *listener, int status)
+{
+    struct server *server = listener->data;
+    struct connection *conn = calloc(1, sizeof *conn);
+
+    ASSERT_EQ(status, 0);
+    ASSERT_TRUE(conn != NULL);
+    conn->server = server;
+    sb_init(&conn->in, SERVER_MAX_REQUEST);
+    ASSERT_EQ(uv_tcp_init(server->loop, &conn->tcp), 0);
+    conn->tcp.data = conn;
+    conn->next = server->conns;
+    server->conns = conn;
+    ASSERT_EQ(uv_accept(listener, (uv_stream_t *)&conn->tcp), 0);
+    ASSERT_EQ(uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read), 0);
+    server->connections++;
+}
+
+/* Bind to 127.0.0.1 on a free port and listen. */
+static void server_start(struct server *server, uv_loop_t *loop)
+{
+    struct sockaddr_in addr;
+    struct sockaddr_storage bound;
+    int len = sizeof bound;
+
+    memset(server, 0, sizeof *server);
+    server->loop = loop;
+    server->status = 200;
+    server->body = "{}";
+    ASSERT_EQ(uv_ip4_addr("127.0.0.1", 0, &addr), 0);
+    ASSERT_EQ(uv_tcp_init(loop, &server->listener), 0);
+    server->listener.data = server;
+    ASSERT_EQ(uv_tcp_bind(&server->listener, (struct sockaddr *)&addr, 0), 0);
+    ASSERT_EQ(uv_listen((uv_stream_t *)&server->listener, 16, on_connect), 0);
+    ASSERT_EQ(
+        uv_tcp_getsockname(&server->listener, (struct sockaddr *)&bound, &len),
+        0);
+    server->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+}
+
+static void server_stop(struct server *server)
+{
+    uv_close((uv_handle_t *)&server->listener, NULL);
+    for (struct connection *c = server->conns; c != NULL; c = c->next)
+        close_connection(c, false);
+}
+
+/* ---- Client side: a loop with the server, an httpc client and a guard. */
+
+struct fixture {
+    uv_loop_t loop;
+    struct server server;
+    struct httpc *http;
+    uv_timer_t guard;
+    bool closed;
+};
+
+static void on_guard(uv_timer_t *timer)
+{
+    (void)timer;
+    test_fail(__FILE__, __LINE__, "the loop did not finish within 20 s");
+}
+
+static void fixture_init(struct fixture *f)
+{
+    memset(f, 0, sizeof *f);
+    ASSERT_EQ(uv_loop_init(&f->loop), 0);
+    server_start(&f->server, &f->loop);
+    ASSERT_EQ(httpc_new(&f->loop, &f->http), 0);
+    ASSERT_EQ(uv_timer_init(&f->loop, &f->guard), 0);
+    ASSERT_EQ(uv_timer_start(&f->guard, on_guard, 20000, 0), 0);
+    uv_unref((uv_handle_t *)&f->guard);
+}
+
+static void on_closed(void *arg)
+{
+    *(bool *)arg = true;
+}
+
+/* Close the client and the server, and check that nothing is left. */
+static void fixture_close(struct fixture *f)
+{
+    if (f->http != NULL)
+        httpc_close(f->http, on_closed, &f->closed);
+    f->http = NULL;
+    server_stop(&f->server);
+    uv_close((uv_handle_t *)&f->guard, NULL);
+    ASSERT_EQ(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+    ASSERT_TRUE(f->closed);
+    ASSERT_EQ(uv_loop_close(&f->loop), 0);
+}
+
+/* Run the loop one iteration; fail when nothing is left to wait for. */
+static void run_once(struct fixture *f)
+{
+    if (uv_run(&f->loop, UV_RUN_ONCE) == 0)
+        test_fail(__FILE__, __LINE__, "the loop ran out of events");
+}
+
+static void run_until(struct fixture *f, const bool *flag)
+{
+    while (!*flag)
+        run_once(f);
+}
+
+/* A copy of one httpc response. */
+struct result {
+    bool done;
+    int calls;
+    int cancels;
+    enum httpc_error error;
+    long status;
+    char body[8192];
+    size_t body_len;
+    char error_text[256];
+};
+
+static void on_done(void *arg, const struct httpc_response *resp)
+{
+    struct result *r = arg;
+
+    r->done = true;
+    r->calls++;
+    r->error = resp->error;
+    r->status = resp->status;
+    ASSERT_TRUE(resp->body != NULL);
+    ASSERT_TRUE(resp->body_len < sizeof r->body);
+    memcpy(r->body, resp->body, resp->body_len + 1);
+    r->body_len = resp->body_len;
+    snprintf(r->error_text, sizeof r->error_text, "%s",
+             resp->error_text != NULL ? resp->error_text : "");
+}
+
+static void on_cancel_count(void *arg)
+{
+    ((struct result *)arg)->cancels++;
+}
+
+static char *url_of(int port, const char *path)
+{
+    static char url[256];
+
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    return url;
+}
+
+/* Start a GET of path on the fixture's server. */
+static struct httpc_call *start_get(struct fixture *f, const char *path,
+                                    long timeout_ms, size_t max_response,
+                                    struct result *r)
+{
+    struct httpc_request req = {
+        .method = "GET",
+        .url = url_of(f->server.port, path),
+        .timeout_ms = timeout_ms,
+        .max_response = max_response,
+        .on_cancel = on_cancel_count,
+    };
+
+    return httpc_start(f->http, &req, on_done, r);
+}
+
+TEST(httpc_get_ok)
+{
+    struct fixture f;
+    struct result r = {0};
+
+    fixture_init(&f);
+    f.server.body = "{\"ok\":true}";
+    ASSERT_TRUE(start_get(&f, "/ok", 5000, 1024, &r) != NULL);
+    ASSERT_EQ(httpc_pending(f.http), 1);
+    run_until(&f, &r.done);
+
+    ASSERT_EQ(r.calls, 1);
+    ASSERT_EQ(r.error, HTTPC_OK);
+    ASSERT_EQ(r.status, 200);
+    ASSERT_STR_EQ(r.body, "{\"ok\":true}");
+    ASSERT_EQ(r.body_len, strlen("{\"ok\":true}"));
+    ASSERT_EQ(httpc_pending(f.http), 0);
+    ASSERT_STR_EQ(f.server.last.method, "GET");
+    ASSERT_STR_EQ(f.server.last.target, "/ok");
+    fixture_close(&f);
+    ASSERT_EQ(r.cancels, 0);
+}
+
+TEST(httpc_post_copies_body)
+{
+    struct fixture f;
+    struct result r = {0};
+    char body[] = "hello body";
+    const char *headers[] = {"X-Test: 1"};
+    struct httpc_request req = {
+        .method = "POST",
+        .headers = headers,
+        .header_count = 1,
+        .body = body,
+        .body_len = strlen(body),
+        .timeout_ms = 5000,
+        .max_response = 1024,
+    };
+
+    fixture_init(&f);
+    req.url = url_of(f.server.port, "/post");
+    ASSERT_TRUE(httpc_start(f.http, &req, on_done, &r) != NULL);
+    memset(body, 'z', strlen(body));
+    run_until(&f, &r.done);
+
+    ASSERT_EQ(r.error, HTTPC_OK);
+    ASSERT_STR_EQ(f.server.last.method, "POST");
+    ASSERT_MEM_EQ(f.server.last.body, f.server.last.body_len, "hello body",
+                  strlen("hello body"));
+    ASSERT_STR_EQ(find_header(&f.server.last, "x-test"), "1");
+    ASSERT_TRUE(find_header(&f.server.last, "expect") == NULL);
+    fixture_close(&f);
+}
+
+TEST(httpc_reuses_connection)
+{
+    struct fixture f;
+    struct result first = {0}, second = {0};
+
+    fixture_init(&f);
+    ASSERT_TRUE(start_get(&f, "/one", 5000, 1024, &first) != NULL);
+    run_until(&f, &first.done);
+    ASSERT_TRUE(start_get(&f, "/two", 5000, 1024, &second) != NULL);
+    run_until(&f, &second.done);
+
+    ASSERT_EQ(first.error, HTTPC_OK);
+    ASSERT_EQ(second.error, HTTPC_OK);
+    ASSERT_EQ(f.server.requests, 2);
+    ASSERT_EQ(f.server.connections, 1);
+    fixture_close(&f);
+}
+
+TEST(httpc_timeout)
+{
+    struct fixture f;
+    struct result r = {0};
+
+    fixture_init(&f);
+    uint64_t start = uv_hrtime();
+    ASSERT_TRUE(start_get(&f, "/silent", 300, 1024, &r) != NULL);
+    run_until(&f, &r.done);
+    uint64_t elapsed_ms = (uv_hrtime() - start) / 1000000;
+
+    ASSERT_EQ(r.error, HTTPC_ERR_TIMEOUT);
+    ASSERT_TRUE(elapsed_ms >= 290);
+    ASSERT_TRUE(elapsed_ms < 3000);
+    ASSERT_TRUE(r.error_text[0] != '\0');
+    fixture_close(&f);
+}
+
+TEST(httpc_connection_refused)
+{
+    struct fixture f;
+    struct result r = {0};
+    struct sockaddr_in addr = {.sin_family = AF_INET};
+    socklen_t len = sizeof addr;
+    /* A bound socket that does not listen: connecting to it is refused,
+     * and holding it keeps other programs off the port. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    ASSERT_TRUE(fd >= 0);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(bind(fd, (struct sockaddr *)&addr, sizeof addr), 0);
+    ASSERT_EQ(getsockname(fd, (struct sockaddr *)&addr, &len), 0);
+
+    fixture_init(&f);
+    f.server.port = ntohs(addr.sin_port);
+    ASSERT_TRUE(start_get(&f, "/", 5000, 1024, &r) != NULL);
+    run_until(&f, &r.done);
+
+    ASSERT_EQ(r.error, HTTPC_ERR_CONNECT);
+    fixture_close(&f);
+    close(fd);
+}
+
+TEST(httpc_too_large)
+{
+    static const char *const paths[] = {"/large", "/stream"};
+
+    for (size_t i = 0; i < 2; i++) {
+        struct fixture f;
+        struct result r = {0};
+
+        fixture_init(&f);
+        f.server.large_len = 5000;
+        ASSERT_TRUE(start_get(&f, paths[i], 5000, 1000, &r) != NULL);
+        run_until(&f, &r.done);
+        ASSERT_EQ(r.error, HTTPC_ERR_TOO_LARGE);
+        ASSERT_TRUE(strstr(r.error_text, "1000") != NULL);
+        fixture_close(&f);
+    }
+}
+
+TEST(httpc_body_at_max)
+{
+    struct fixture f;
+    struct result r = {0};
+
+    fixture_init(&f);
+    f.server.large_len = 1000;
+    ASSERT_TRUE(start_get(&f, "/stream", 5000, 1000, &r) != NULL);
+    run_until(&f, &r.done);
+    ASSERT_EQ(r.error, HTTPC_OK);
+    ASSERT_EQ(r.body_len, 1000);
+    fixture_close(&f);
+}
+
+TEST(httpc_reset_mid_reply)
+{
+    struct fixture f;
+    struct result r = {0};
+
+    fixture_init(&f);
+    ASSERT_TRUE(start_get(&f, "/reset-body", 5000, 1024, &r) != NULL);
+    run_until(&f, &r.done);
+    ASSERT_EQ(r.error, HTTPC_ERR_TRANSFER);
+    fixture_close(&f);
+}
+
+TEST(httpc_reset_before_reply)
+{
+    struct fixture f;
+    struct result r = {0};
+
+    fixture_init(&f);
+    ASSERT_TRUE(start_get(&f, "/reset-head", 5000, 1024, &r) != NULL);
+    run_until(&f, &r.done);
+    ASSERT_EQ(r.error, HTTPC_ERR_CONNECT);
+    fixture_close(&f);
+}
+
+/* State for a done callback that cancels calls. */
+struct canceller {
+    struct result result;
+    struct httpc_call *self;
+    struct httpc_call *victim;
+};
+
+static void on_done_cancel(void *arg, const struct httpc_response *resp)
+{
+    struct canceller *c = arg;
+
+    on_done(&c->result, resp);
+    httpc_cancel(c->victim);
+    /* Cancelling the call whose callback is running is ignored. */
+    httpc_cancel(c->self);
+}
+
+TEST(httpc_cancel_in_callback)
+{
+    struct fixture f;
+    struct result victim = {0};
+    struct canceller c = {0};
+    struct httpc_request req = {
+        .method = "GET",
+        .timeout_ms = 5000,
+        .max_response = 1024,
+    };
+
+    fixture_init(&f);
+    c.victim = start_get(&f, "/silent", 5000, 1024, &victim);
+    ASSERT_TRUE(c.victim != NULL);
+    req.url = url_of(f.server.port, "/ok");
+    c.self = httpc_start(f.http, &req, on_done_cancel, &c);
+    ASSERT_TRUE(c.self != NULL);
+    run_until(&f, &c.result.done);
+
+    ASSERT_EQ(c.result.error, HTTPC_OK);
+    ASSERT_EQ(victim.calls, 0);
+    ASSERT_EQ(victim.cancels, 1);
+    ASSERT_EQ(httpc_pending(f.http), 0);
+    fixture_close(&f);
+    ASSERT_EQ(victim.calls, 0);
+}
+
+TEST(httpc_close_in_flight)
+{
+    struct fixture f;
+    struct result r[3] = {{0}};
+
+    fixture_init(&f);
+    for (size_t i = 0; i < 3; i++)
+        ASSERT_TRUE(start_get(&f, "/silent", 5000, 1024, &r[i]) != NULL);
+    while (f.server.requests < 3)
+        run_once(&f);
+    ASSERT_EQ(httpc_pending(f.http), 3);
+
+    fixture_close(&f);
+    for (size_t i = 0; i < 3; i++) {
+        ASSERT_EQ(r[i].calls, 0);
+        ASSERT_EQ(r[i].cancels, 1);
+    }
+}
+
+/* State for a done callback that closes the client. */
+struct closer {
+    struct fixture *f;
+    struct result result;
+};
+
+static void on_done_close(void *arg, const struct httpc_response *resp)
+{
+    struct closer *c = arg;
+
+    on_done(&c->result, resp);
+    httpc_close(c->f->http, on_closed, &c->f->closed);
+    c->f->http = NULL;
+}
+
+TEST(httpc_close_in_callback)
+{
+    struct fixture f;
+    struct result other = {0};
+    struct closer c = {.f = &f};
+    struct httpc_request req = {
+        .method = "GET",
+        .timeout_ms = 5000,
+        .max_response = 1024,
+    };
+
+    fixture_init(&f);
+    ASSERT_TRUE(start_get(&f, "/silent", 5000, 1024, &other) != NULL);
+    req.url = url_of(f.server.port, "/ok");
+    ASSERT_TRUE(httpc_start(f.http, &req, on_done_close, &c) != NULL);
+    run_until(&f, &f.closed);
+
+    ASSERT_EQ(c.result.calls, 1);
+    ASSERT_EQ(other.calls, 0);
+    ASSERT_EQ(other.cancels, 1);
+    fixture_close(&f);
+}
+
+TEST(httpc_rejects_bad_request)
+{
+    struct fixture f;
+    struct result r = {0};
+    const char *bad_header[] = {"X-A: 1\r\nX-B: 2"};
+    struct httpc_request req = {
+        .method = "GET",
+        .timeout_ms = 5000,
+        .max_response = 1024,
+    };
+
+    fixture_init(&f);
+    req.url = url_of(f.server.port, "/");
+    req.timeout_ms = 0;
+    ASSERT_TRUE(httpc_start(f.http, &req, on_done, &r) == NULL);
+    req.timeout_ms = 5000;
+    req.method = "PUT";
+    ASSERT_TRUE(httpc_start(f.http, &req, on_done, &r) == NULL);
+    req.method = "GET";
+    req.headers = bad_header;
+    req.header_count = 1;
+    ASSERT_TRUE(httpc_start(f.http, &req, on_done, &r) == NULL);
+    ASSERT_EQ(httpc_pending(f.http), 0);
+    fixture_close(&f);
+    ASSERT_EQ(r.calls, 0);
 }
