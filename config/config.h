@@ -13,15 +13,25 @@
 #include <stdint.h>
 #include <stdio.h>
 
-enum cfg_source { CFG_SOURCE_DEFAULT, CFG_SOURCE_FILE, CFG_SOURCE_ENV,
-                  CFG_SOURCE_FLAG };
+enum cfg_source {
+    CFG_SOURCE_DEFAULT,
+    CFG_SOURCE_FILE,
+    CFG_SOURCE_ENV,
+    CFG_SOURCE_FLAG
+};
 
-enum cfg_position { CFG_POSITION_TRIM_HORIZON, CFG_POSITION_LATEST,
-                    CFG_POSITION_AT_TIMESTAMP };
+enum cfg_position {
+    CFG_POSITION_TRIM_HORIZON,
+    CFG_POSITION_LATEST,
+    CFG_POSITION_AT_TIMESTAMP
+};
 enum cfg_missing_key { CFG_MISSING_KEY_PROCESS, CFG_MISSING_KEY_REJECT };
 enum cfg_late_policy { CFG_LATE_AMEND, CFG_LATE_DROP };
-enum cfg_transport { CFG_TRANSPORT_MQTT, CFG_TRANSPORT_IOT,
-                     CFG_TRANSPORT_FILE };
+enum cfg_transport {
+    CFG_TRANSPORT_MQTT,
+    CFG_TRANSPORT_IOT,
+    CFG_TRANSPORT_FILE
+};
 
 /* All strings are owned by the config and freed by cfg_free(). */
 struct podium_config {
@@ -32,7 +42,7 @@ struct podium_config {
     int64_t initial_timestamp_ms; /* for AT_TIMESTAMP */
     int32_t poll_interval_ms;
     int32_t request_timeout_ms;
-    int32_t max_records;        /* GetRecords Limit */
+    int32_t max_records; /* GetRecords Limit */
     int32_t shard_sync_interval_s;
 
     char *store_path;
@@ -78,10 +88,22 @@ struct podium_config {
  * false a missing file is not an error (the default path). env is a
  * NULL-terminated "NAME=value" array (usually environ). sets holds the
  * "key=value" strings of --set flags in order.
+ *
+ * File lines are "key = value", blank or "# comment". A value may be
+ * double-quoted (with \" and \\ escapes), and in an unquoted value a '#'
+ * after whitespace starts a comment. Each --set is parsed like a file line.
+ * An empty value unsets a setting that may be unset (the ones documented
+ * "NULL when unset"). Unknown keys in the file or --set are errors, unknown
+ * PODIUM_* variables are ignored. A setting that AWS_REGION,
+ * AWS_DEFAULT_REGION, AWS_ENDPOINT_URL_KINESIS, AWS_ENDPOINT_URL,
+ * AWS_ENDPOINT_URL_IOT_DATA_PLANE or STATE_DIRECTORY decides has the source
+ * CFG_SOURCE_ENV.
+ *
  * Returns 0, or -1 with a message in err such as
  *   invalid value for race.allowed_lateness_s: "-1" (expected an integer
- *   from 0 to 3600)
- * in which case the caller exits with status 2.
+ *   from 0 to 3600) in /etc/podium.conf line 4
+ * in which case the caller exits with status 2. On failure cfg holds no
+ * memory and cfg_free() is optional.
  */
 int cfg_load(struct podium_config *cfg, const char *file, bool file_required,
              char *const *env, const char *const *sets, size_t set_count,
@@ -94,8 +116,37 @@ void cfg_free(struct podium_config *cfg);
  */
 void cfg_print(const struct podium_config *cfg, FILE *out);
 
-/* Source of a setting after cfg_load, for check-config. */
-enum cfg_source cfg_source_of(const struct podium_config *cfg,
-                              const char *key);
+/*
+ * Source of a setting after cfg_load, for check-config. An unknown key
+ * returns CFG_SOURCE_DEFAULT.
+ */
+enum cfg_source cfg_source_of(const struct podium_config *cfg, const char *key);
+
+/* Description of one setting for --help. */
+struct cfg_setting_info {
+    const char *name;         /* "race.late_policy" */
+    const char *help;         /* what it sets, with its unit */
+    const char *default_text; /* default value or rule, "none" if none */
+    char accepted[192];       /* "an integer from 0 to 3600", "amend or drop" */
+};
+
+/*
+ * Number of settings. Indexes 0 to count - 1 are valid for the functions
+ * below and for podium_config.sources.
+ */
+size_t cfg_setting_count(void);
+
+/*
+ * Fill info for the setting at index. Its strings are static. Returns 0, or
+ * -1 when index is out of range.
+ */
+int cfg_setting_describe(size_t index, struct cfg_setting_info *info);
+
+/*
+ * Write the environment variable name of key into buf: "PODIUM_" and the
+ * key in upper case with every other character turned into '_'
+ * (store.path -> PODIUM_STORE_PATH). Returns 0, or -1 when buf is too short.
+ */
+int cfg_env_name(const char *key, char *buf, size_t len);
 
 #endif
