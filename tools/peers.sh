@@ -80,8 +80,18 @@ cmd_install() {
         die "node not found: install the Debian packages nodejs and npm (apt-get install nodejs npm)"
     command -v npm >/dev/null 2>&1 ||
         die "npm not found: install the Debian package npm (apt-get install npm)"
-    (cd "$PEERS_DIR" && npm ci --no-audit --no-fund) ||
-        die "npm ci in $PEERS_DIR failed: check that the npm registry is reachable"
+    # The stamp is a copy of the lockfile that npm ci installed, so a second
+    # run with the same lockfile skips npm and needs no registry.
+    local stamp="$PEERS_DIR/node_modules/.installed-package-lock.json"
+    if [[ -f "$KINESALITE_CLI" ]] && cmp -s "$PEERS_DIR/package-lock.json" "$stamp"; then
+        echo "peers: npm packages in $PEERS_DIR match package-lock.json"
+    else
+        # --ignore-scripts skips the native build of leveldown, an optional
+        # dependency that kinesalite loads only for --path (on-disk storage).
+        (cd "$PEERS_DIR" && npm ci --no-audit --no-fund --ignore-scripts) ||
+            die "npm ci in $PEERS_DIR failed: check that the npm registry is reachable"
+        cp "$PEERS_DIR/package-lock.json" "$stamp"
+    fi
     [[ -f "$KINESALITE_CLI" ]] ||
         die "npm ci finished but $KINESALITE_CLI is missing"
     [[ -x "$MOSQUITTO_BIN" ]] ||
