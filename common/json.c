@@ -1,2 +1,1177 @@
-/* placeholder */
-typedef int podium_placeholder_json;
+/*
+ * Strict JSON parser. The parser runs as a loop over an explicit stack of
+ * open containers, so nesting never grows the C stack. While it runs, values
+ * live in two scratch arrays of nodes that refer to text by offset: "open"
+ * contains the values of containers not yet closed, and "done" receives the
+ * children of each container as it closes, so every container's children
+ * end up contiguous. At the end one allocation receives the document header,
+ * all values and all string bytes, and offsets become pointers.
+ */
+#include "common/json.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/strbuf.h"
+
+/* Objects with at most this many members are checked for duplicate keys by
+ * comparing every pair, larger ones by sorting their keys. */
+#define DUPLICATE_SCAN_MAX 16
+
+/* Bytes of a key quoted in a duplicate key message before it is cut. */
+#define MESSAGE_KEY_MAX 60
+
+struct json_doc {
+    const struct json_value *root;
+    struct json_value values[];
+};
+
+/* A value under construction. Offsets index parser.strings. */
+struct json_node {
+    enum json_type type;
+    size_t str;
+    size_t len;
+    size_t key;
+    size_t key_len;
+    bool has_key;
+    size_t items; /* index of the first child in parser.done */
+    size_t count;
+    size_t pos; /* input offset of the member name, else of the value */
+};
+
+/* A growable array of nodes. Its length never passes the number of values
+ * in the input, which is at most the input length. */
+struct node_vec {
+    struct json_node *items;
+    size_t len;
+    size_t cap;
+};
+
+/* An open container. first indexes parser.open, just past its own node. */
+struct json_frame {
+    size_t first;
+    bool object;
+};
+
+/* Key of one object member, for duplicate detection by sorting. */
+struct key_ref {
+    const char *bytes;
+    size_t len;
+    size_t index;
+};
+
+struct parser {
+    const char *text;
+    size_t len;
+    size_t pos;
+    int max_depth;
+    struct json_err *err;
+
+    /* Decoded strings and number text, each NUL-terminated. Its capacity is
+     * len + 1, which parser_init shows is enough. */
+    char *strings;
+    size_t strings_len;
+
+    struct node_vec open;
+    struct node_vec done;
+
+    /* Open containers. There are at most max_depth of them. */
+    struct json_frame *frames;
+    size_t depth;
+    size_t frames_cap;
+
+    /* Name of the member whose value comes next, when inside an object. */
+    bool has_key;
+    size_t key;
+    size_t key_len;
+    size_t key_pos;
+
+    /* Scratch for sorting the keys of one large object. Its length never
+     * passes the member count of the largest object. */
+    struct key_ref *keys;
+    size_t keys_cap;
+};
+
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* Bytes that cannot follow a number token and belong to a malformed one. */
+static bool is_number_byte(char c)
+{
+    return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           c == '.' || c == '+' || c == '-';
+}
+
+static bool is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/*
+ * Record an error at input offset pos and return its code. The message is
+ * formatted into err, never printed.
+ */
+static int fail(struct parser *p, enum json_error code, size_t pos,
+                const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static int fail(struct parser *p, enum json_error code, size_t pos,
+                const char *fmt, ...)
+{
+    va_list ap;
+
+    p->err->code = code;
+    p->err->offset = pos;
+    va_start(ap, fmt);
+    vsnprintf(p->err->message, sizeof p->err->message, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+/*
+ * Return a copy of items with room for twice as many elements (64 at
+ * first), updating *cap, or NULL when memory runs out. On failure items is
+ * left untouched.
+ */
+static void *grow_array(void *items, size_t *cap, size_t size)
+{
+    size_t next = *cap ? *cap * 2 : 64;
+
+    if (next > SIZE_MAX / 2 / size)
+        return NULL;
+    void *grown = realloc(items, next * size);
+    if (grown != NULL)
+        *cap = next;
+    return grown;
+}
+
+static int vec_push(struct parser *p, struct node_vec *vec,
+                    const struct json_node *node)
+{
+    if (vec->len == vec->cap) {
+        void *grown = grow_array(vec->items, &vec->cap, sizeof *vec->items);
+        if (grown == NULL)
+            return fail(p, JSON_ERR_NOMEM, p->pos, "out of memory");
+        vec->items = grown;
+    }
+    vec->items[vec->len++] = *node;
+    return JSON_OK;
+}
+
+/*
+ * Push a value that starts at input offset pos onto the open stack, taking
+ * the pending member name if there is one.
+ */
+static int push_value(struct parser *p, enum json_type type, size_t str,
+                      size_t len, size_t pos)
+{
+    struct json_node node = {.type = type, .str = str, .len = len};
+
+    node.pos = pos;
+    if (p->has_key) {
+        node.has_key = true;
+        node.key = p->key;
+        node.key_len = p->key_len;
+        node.pos = p->key_pos;
+        p->has_key = false;
+    }
+    return vec_push(p, &p->open, &node);
+}
+
+/* ---- Strings ---- */
+
+/*
+ * Return the length of the valid UTF-8 sequence of 2 to 4 bytes at s (n
+ * bytes available), or 0 when it is invalid. Invalid means a bad lead byte
+ * (80-C1, F5-FF), an overlong form, a UTF-16 surrogate, a code point past
+ * U+10FFFF or a truncated sequence.
+ */
+static size_t utf8_sequence_length(const unsigned char *s, size_t n)
+{
+    unsigned char lo = 0x80, hi = 0xBF;
+    size_t need;
+
+    if (s[0] >= 0xC2 && s[0] <= 0xDF)
+        need = 2;
+    else if (s[0] >= 0xE0 && s[0] <= 0xEF)
+        need = 3;
+    else if (s[0] >= 0xF0 && s[0] <= 0xF4)
+        need = 4;
+    else
+        return 0;
+
+    /* The second byte carries the limits against overlong forms,
+     * surrogates and code points past U+10FFFF. */
+    if (s[0] == 0xE0)
+        lo = 0xA0;
+    else if (s[0] == 0xED)
+        hi = 0x9F;
+    else if (s[0] == 0xF0)
+        lo = 0x90;
+    else if (s[0] == 0xF4)
+        hi = 0x8F;
+
+    if (n < need || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < need; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+    }
+    return need;
+}
+
+/* Write code point cp as UTF-8 at out and return the byte count. */
+static size_t utf8_encode(unsigned long cp, char *out)
+{
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/*
+ * Read the four hex digits of a \u escape that starts at pos (at the
+ * backslash). Returns 0 and sets *cp, or -1 when the escape is cut short or
+ * has a non-hex digit.
+ */
+static int read_hex4(const struct parser *p, size_t pos, unsigned long *cp)
+{
+    unsigned long value = 0;
+
+    if (p->len - pos < 6 || p->text[pos + 1] != 'u')
+        return -1;
+    for (size_t i = pos + 2; i < pos + 6; i++) {
+        char c = p->text[i];
+        unsigned digit;
+        if (c >= '0' && c <= '9')
+            digit = (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            digit = (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            digit = (unsigned)(c - 'A' + 10);
+        else
+            return -1;
+        value = value * 16 + digit;
+    }
+    *cp = value;
+    return 0;
+}
+
+/*
+ * Decode a \u escape at the current position (the backslash), joining a
+ * surrogate pair into one code point. Appends UTF-8 at *out and advances
+ * both. Lone surrogates are rejected because they have no UTF-8 form.
+ */
+static int decode_unicode_escape(struct parser *p, char **out)
+{
+    size_t start = p->pos;
+    unsigned long cp, low;
+
+    if (read_hex4(p, start, &cp) != 0)
+        return fail(p, JSON_ERR_SYNTAX, start,
+                    "invalid \\u escape: expected 4 hex digits");
+    p->pos += 6;
+
+    if (cp >= 0xDC00 && cp <= 0xDFFF)
+        return fail(p, JSON_ERR_UTF8, start,
+                    "lone low surrogate \\u%04lX in string", cp);
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+        if (p->pos >= p->len || p->text[p->pos] != '\\' ||
+            read_hex4(p, p->pos, &low) != 0 || low < 0xDC00 || low > 0xDFFF)
+            return fail(p, JSON_ERR_UTF8, start,
+                        "lone high surrogate \\u%04lX in string", cp);
+        p->pos += 6;
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+    }
+
+    *out += utf8_encode(cp, *out);
+    return JSON_OK;
+}
+
+/* Decode the escape at the current position (the backslash) into *out. */
+static int decode_escape(struct parser *p, char **out)
+{
+    char c = p->pos + 1 < p->len ? p->text[p->pos + 1] : '\0';
+    char byte;
+
+    switch (c) {
+    case '"':
+    case '\\':
+    case '/':
+        byte = c;
+        break;
+    case 'b':
+        byte = '\b';
+        break;
+    case 'f':
+        byte = '\f';
+        break;
+    case 'n':
+        byte = '\n';
+        break;
+    case 'r':
+        byte = '\r';
+        break;
+    case 't':
+        byte = '\t';
+        break;
+    case 'u':
+        return decode_unicode_escape(p, out);
+    default:
+        return fail(p, JSON_ERR_SYNTAX, p->pos,
+                    "invalid escape sequence: backslash before byte 0x%02x",
+                    (unsigned char)c);
+    }
+    *(*out)++ = byte;
+    p->pos += 2;
+    return JSON_OK;
+}
+
+/*
+ * Handle the byte at the current position inside a string that is not plain
+ * printable ASCII: an escape, a raw control character or a UTF-8 sequence.
+ * Appends the decoded bytes at *out.
+ */
+static int decode_special(struct parser *p, char **out)
+{
+    unsigned char c = (unsigned char)p->text[p->pos];
+
+    if (c == '\\')
+        return decode_escape(p, out);
+    if (c < 0x20)
+        return fail(p, JSON_ERR_SYNTAX, p->pos,
+                    "unescaped control character 0x%02x in string", c);
+
+    size_t n = utf8_sequence_length((const unsigned char *)p->text + p->pos,
+                                    p->len - p->pos);
+    if (n == 0)
+        return fail(p, JSON_ERR_UTF8, p->pos,
+                    "invalid UTF-8 sequence starting with byte 0x%02x", c);
+    memcpy(*out, p->text + p->pos, n);
+    *out += n;
+    p->pos += n;
+    return JSON_OK;
+}
+
+/*
+ * Decode the string token at the current position (the opening quote) into
+ * p->strings, NUL-terminated. Sets *off and *len to where the bytes went.
+ */
+static int parse_string(struct parser *p, size_t *off, size_t *len)
+{
+    size_t start = p->pos;
+    char *begin = p->strings + p->strings_len;
+    char *out = begin;
+
+    p->pos++;
+    for (;;) {
+        /* Copy the run of printable ASCII in one step. */
+        size_t run = p->pos;
+        while (run < p->len) {
+            unsigned char c = (unsigned char)p->text[run];
+            if (c < 0x20 || c == '"' || c == '\\' || c >= 0x80)
+                break;
+            run++;
+        }
+        memcpy(out, p->text + p->pos, run - p->pos);
+        out += run - p->pos;
+        p->pos = run;
+
+        if (p->pos == p->len)
+            return fail(p, JSON_ERR_SYNTAX, start, "unterminated string");
+        if (p->text[p->pos] == '"')
+            break;
+        int rc = decode_special(p, &out);
+        if (rc != JSON_OK)
+            return rc;
+    }
+
+    p->pos++;
+    *out = '\0';
+    *off = p->strings_len;
+    *len = (size_t)(out - begin);
+    p->strings_len += *len + 1;
+    return JSON_OK;
+}
+
+/* ---- Numbers ---- */
+
+/*
+ * Check the JSON number grammar from s[i] (n bytes in all). On success
+ * returns NULL and sets *end past the token. On failure returns what is
+ * wrong and sets *end to the offending offset.
+ */
+static const char *scan_number(const char *s, size_t n, size_t i, size_t *end)
+{
+    if (i < n && s[i] == '-')
+        i++;
+    *end = i;
+    if (i == n || !is_digit(s[i]))
+        return "number has no digits before its point or exponent";
+    if (s[i] == '0' && i + 1 < n && is_digit(s[i + 1]))
+        return "number has a leading zero";
+    while (i < n && is_digit(s[i]))
+        i++;
+
+    if (i < n && s[i] == '.') {
+        *end = ++i;
+        if (i == n || !is_digit(s[i]))
+            return "number has no digits after its decimal point";
+        while (i < n && is_digit(s[i]))
+            i++;
+    }
+
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < n && (s[i] == '+' || s[i] == '-'))
+            i++;
+        *end = i;
+        if (i == n || !is_digit(s[i]))
+            return "number has no digits in its exponent";
+        while (i < n && is_digit(s[i]))
+            i++;
+    }
+    *end = i;
+    return NULL;
+}
+
+/* Parse the number token at the current position and push its text. */
+static int parse_number(struct parser *p)
+{
+    size_t start = p->pos, end;
+    const char *problem = scan_number(p->text, p->len, start, &end);
+
+    if (problem != NULL)
+        return fail(p, JSON_ERR_NUMBER, end, "invalid number: %s", problem);
+    /* A token such as "1.5.2", "1e5e3" or "0x10" is one bad number, not a
+     * number followed by unexpected data. */
+    if (end < p->len && is_number_byte(p->text[end]))
+        return fail(p, JSON_ERR_NUMBER, end,
+                    "invalid number: unexpected '%c' after it", p->text[end]);
+
+    size_t len = end - start;
+    size_t off = p->strings_len;
+    memcpy(p->strings + off, p->text + start, len);
+    p->strings[off + len] = '\0';
+    p->strings_len += len + 1;
+
+    p->pos = end;
+    return push_value(p, JSON_NUMBER, off, len, start);
+}
+
+/* ---- Structure ---- */
+
+/*
+ * Parse true, false or null at the current position. Other letters
+ * (NaN, Infinity, a misspelling) are syntax errors.
+ */
+static int parse_literal(struct parser *p)
+{
+    static const struct {
+        const char *word;
+        size_t len;
+        enum json_type type;
+    } literals[] = {{"true", 4, JSON_TRUE},
+                    {"false", 5, JSON_FALSE},
+                    {"null", 4, JSON_NULL}};
+
+    for (size_t i = 0; i < sizeof literals / sizeof literals[0]; i++) {
+        if (p->len - p->pos >= literals[i].len &&
+            memcmp(p->text + p->pos, literals[i].word, literals[i].len) == 0) {
+            p->pos += literals[i].len;
+            return push_value(p, literals[i].type, 0, 0,
+                              p->pos - literals[i].len);
+        }
+    }
+    return fail(p, JSON_ERR_SYNTAX, p->pos,
+                "invalid literal: expected true, false or null");
+}
+
+static void skip_space(struct parser *p)
+{
+    while (p->pos < p->len && is_space(p->text[p->pos]))
+        p->pos++;
+}
+
+/*
+ * Parse a member name and the colon after it, and keep the name as the
+ * pending key for the value that follows.
+ */
+static int parse_member_name(struct parser *p)
+{
+    skip_space(p);
+    if (p->pos == p->len || p->text[p->pos] != '"')
+        return fail(p, JSON_ERR_SYNTAX, p->pos,
+                    "expected a string as object member name");
+
+    size_t key_pos = p->pos;
+    int rc = parse_string(p, &p->key, &p->key_len);
+    if (rc != JSON_OK)
+        return rc;
+
+    skip_space(p);
+    if (p->pos == p->len || p->text[p->pos] != ':')
+        return fail(p, JSON_ERR_SYNTAX, p->pos,
+                    "expected ':' after object member name");
+    p->pos++;
+    p->has_key = true;
+    p->key_pos = key_pos;
+    return JSON_OK;
+}
+
+/* Push the node of a container at the current position and open it. */
+static int open_container(struct parser *p, bool object)
+{
+    if (p->max_depth < 0 || p->depth >= (size_t)p->max_depth)
+        return fail(p, JSON_ERR_DEPTH, p->pos,
+                    "nesting is deeper than the limit of %d", p->max_depth);
+
+    int rc = push_value(p, object ? JSON_OBJECT : JSON_ARRAY, 0, 0, p->pos);
+    if (rc != JSON_OK)
+        return rc;
+
+    if (p->depth == p->frames_cap) {
+        void *grown = grow_array(p->frames, &p->frames_cap, sizeof *p->frames);
+        if (grown == NULL)
+            return fail(p, JSON_ERR_NOMEM, p->pos, "out of memory");
+        p->frames = grown;
+    }
+    p->frames[p->depth].first = p->open.len;
+    p->frames[p->depth].object = object;
+    p->depth++;
+    p->pos++;
+    return JSON_OK;
+}
+
+/*
+ * Write key (len bytes) into buf (cap bytes) for an error message: printable
+ * ASCII as is, other bytes as \xHH, cut with "..." when long.
+ */
+static void quote_key(char *buf, size_t cap, const char *key, size_t len)
+{
+    size_t used = 0;
+
+    for (size_t i = 0; i < len && used + 5 < cap; i++) {
+        unsigned char c = (unsigned char)key[i];
+        if (used >= MESSAGE_KEY_MAX) {
+            memcpy(buf + used, "...", 3);
+            used += 3;
+            break;
+        }
+        if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\')
+            buf[used++] = (char)c;
+        else
+            used += (size_t)snprintf(buf + used, cap - used, "\\x%02x", c);
+    }
+    buf[used] = '\0';
+}
+
+static int report_duplicate(struct parser *p, const struct json_node *member)
+{
+    char shown[MESSAGE_KEY_MAX + 8];
+
+    quote_key(shown, sizeof shown, p->strings + member->key, member->key_len);
+    return fail(p, JSON_ERR_DUPLICATE_KEY, member->pos,
+                "duplicate object key \"%s\"", shown);
+}
+
+static int compare_key_refs(const void *a, const void *b)
+{
+    const struct key_ref *x = a, *y = b;
+    size_t common = x->len < y->len ? x->len : y->len;
+    int order = memcmp(x->bytes, y->bytes, common);
+
+    if (order != 0)
+        return order;
+    if (x->len != y->len)
+        return x->len < y->len ? -1 : 1;
+    return x->index < y->index ? -1 : (x->index > y->index);
+}
+
+/*
+ * Find duplicate names among count members (count > DUPLICATE_SCAN_MAX) by
+ * sorting their keys, and report the first repeated name in document
+ * order.
+ */
+static int check_duplicates_sorted(struct parser *p,
+                                   const struct json_node *members,
+                                   size_t count)
+{
+    while (p->keys_cap < count) {
+        void *grown = grow_array(p->keys, &p->keys_cap, sizeof *p->keys);
+        if (grown == NULL)
+            return fail(p, JSON_ERR_NOMEM, p->pos, "out of memory");
+        p->keys = grown;
+    }
+    for (size_t i = 0; i < count; i++) {
+        p->keys[i].bytes = p->strings + members[i].key;
+        p->keys[i].len = members[i].key_len;
+        p->keys[i].index = i;
+    }
+    qsort(p->keys, count, sizeof *p->keys, compare_key_refs);
+
+    /* Equal keys sort by position, so each repeat follows its earlier
+     * occurrence. The smallest such index is the first repeat. */
+    size_t first = count;
+    for (size_t i = 1; i < count; i++) {
+        const struct key_ref *a = &p->keys[i - 1], *b = &p->keys[i];
+        if (a->len == b->len && memcmp(a->bytes, b->bytes, a->len) == 0 &&
+            b->index < first)
+            first = b->index;
+    }
+    return first < count ? report_duplicate(p, &members[first]) : JSON_OK;
+}
+
+/* Reject an object whose members repeat a name (compared as bytes). */
+static int check_duplicates(struct parser *p, const struct json_node *members,
+                            size_t count)
+{
+    if (count > DUPLICATE_SCAN_MAX)
+        return check_duplicates_sorted(p, members, count);
+
+    for (size_t i = 1; i < count; i++) {
+        for (size_t j = 0; j < i; j++) {
+            if (members[i].key_len == members[j].key_len &&
+                memcmp(p->strings + members[i].key, p->strings + members[j].key,
+                       members[i].key_len) == 0)
+                return report_duplicate(p, &members[i]);
+        }
+    }
+    return JSON_OK;
+}
+
+/*
+ * Close the innermost container: move its children from the open stack to
+ * the end of the done array and link them to the container's node.
+ */
+static int close_container(struct parser *p)
+{
+    const struct json_frame *frame = &p->frames[p->depth - 1];
+    size_t first = frame->first;
+    size_t count = p->open.len - first;
+    struct json_node *children = p->open.items + first;
+
+    if (frame->object) {
+        int rc = check_duplicates(p, children, count);
+        if (rc != JSON_OK)
+            return rc;
+    }
+
+    struct json_node *parent = &p->open.items[first - 1];
+    parent->items = p->done.len;
+    parent->count = count;
+    for (size_t i = 0; i < count; i++) {
+        /* vec_push can move p->done but never p->open. */
+        int rc = vec_push(p, &p->done, &children[i]);
+        if (rc != JSON_OK)
+            return rc;
+    }
+    p->open.len = first;
+    p->depth--;
+    p->pos++;
+    return JSON_OK;
+}
+
+/*
+ * Parse the start of one value: a whole scalar, an empty container, or the
+ * opening of a container (and its first member name). *opened is set when a
+ * container was left open, so that a value must come next.
+ */
+static int parse_value(struct parser *p, bool *opened)
+{
+    *opened = false;
+    skip_space(p);
+    if (p->pos == p->len)
+        return fail(p, JSON_ERR_SYNTAX, p->pos,
+                    "unexpected end of input: expected a value");
+
+    char c = p->text[p->pos];
+    if (c == '"') {
+        size_t start = p->pos, off, len;
+        int rc = parse_string(p, &off, &len);
+        if (rc != JSON_OK)
+            return rc;
+        return push_value(p, JSON_STRING, off, len, start);
+    }
+    if (c == '-' || is_digit(c))
+        return parse_number(p);
+    if (c == '+' || c == '.')
+        return fail(p, JSON_ERR_NUMBER, p->pos,
+                    "invalid number: it must start with '-' or a digit");
+    if (c >= 'a' && c <= 'z')
+        return parse_literal(p);
+    if (c != '{' && c != '[')
+        return fail(p, JSON_ERR_SYNTAX, p->pos,
+                    "unexpected byte 0x%02x: expected a value",
+                    (unsigned char)c);
+
+    int rc = open_container(p, c == '{');
+    if (rc != JSON_OK)
+        return rc;
+    skip_space(p);
+    if (p->pos < p->len && p->text[p->pos] == (c == '{' ? '}' : ']'))
+        return close_container(p);
+    *opened = true;
+    return c == '{' ? parse_member_name(p) : JSON_OK;
+}
+
+/*
+ * After a value: close the containers that end here, then either consume a
+ * ',' (and the next member name) so that *more is true, or reach the end of
+ * the top-level value, where only whitespace may follow.
+ */
+static int finish_value(struct parser *p, bool *more)
+{
+    for (;;) {
+        skip_space(p);
+        if (p->depth == 0) {
+            *more = false;
+            if (p->pos != p->len)
+                return fail(p, JSON_ERR_SYNTAX, p->pos,
+                            "unexpected data after the top-level value");
+            return JSON_OK;
+        }
+
+        bool object = p->frames[p->depth - 1].object;
+        char close = object ? '}' : ']';
+        if (p->pos == p->len)
+            return fail(p, JSON_ERR_SYNTAX, p->pos,
+                        "unexpected end of input: expected ',' or '%c'", close);
+        if (p->text[p->pos] == ',') {
+            p->pos++;
+            *more = true;
+            return object ? parse_member_name(p) : JSON_OK;
+        }
+        if (p->text[p->pos] != close)
+            return fail(p, JSON_ERR_SYNTAX, p->pos,
+                        "expected ',' or '%c' after %s", close,
+                        object ? "object member" : "array element");
+        int rc = close_container(p);
+        if (rc != JSON_OK)
+            return rc;
+    }
+}
+
+static int parse_document(struct parser *p)
+{
+    for (;;) {
+        bool opened, more;
+        int rc = parse_value(p, &opened);
+        if (rc != JSON_OK)
+            return rc;
+        if (opened)
+            continue;
+        rc = finish_value(p, &more);
+        if (rc != JSON_OK || !more)
+            return rc;
+    }
+}
+
+/* ---- Document ---- */
+
+static void set_value(struct json_value *value, const struct json_node *node,
+                      const struct json_doc *doc, const char *strings)
+{
+    bool text = node->type == JSON_STRING || node->type == JSON_NUMBER;
+
+    value->type = node->type;
+    value->str = text ? strings + node->str : NULL;
+    value->len = node->len;
+    value->key = node->has_key ? strings + node->key : NULL;
+    value->key_len = node->key_len;
+    value->items = node->count ? &doc->values[node->items] : NULL;
+    value->count = node->count;
+}
+
+/*
+ * Build the final document from the done array and the root left on the
+ * open stack, in one allocation. Returns it (owned) or NULL when memory runs
+ * out.
+ */
+static struct json_doc *build_doc(const struct parser *p)
+{
+    size_t count = p->done.len + 1;
+    size_t head = sizeof(struct json_doc);
+
+    if (count > (SIZE_MAX - head - p->strings_len) / sizeof(struct json_value))
+        return NULL;
+    struct json_doc *doc =
+        malloc(head + count * sizeof(struct json_value) + p->strings_len);
+    if (doc == NULL)
+        return NULL;
+
+    char *strings = (char *)&doc->values[count];
+    if (p->strings_len > 0)
+        memcpy(strings, p->strings, p->strings_len);
+    for (size_t i = 0; i < p->done.len; i++)
+        set_value(&doc->values[i], &p->done.items[i], doc, strings);
+    set_value(&doc->values[count - 1], &p->open.items[0], doc, strings);
+    doc->root = &doc->values[count - 1];
+    return doc;
+}
+
+/* Set up p for text, or fail with JSON_ERR_TOO_LARGE or JSON_ERR_NOMEM. */
+static int parser_init(struct parser *p, const char *text, size_t len,
+                       const struct json_limits *limits, struct json_err *err)
+{
+    memset(p, 0, sizeof *p);
+    p->text = text;
+    p->len = len;
+    p->err = err;
+    p->max_depth = limits ? limits->max_depth : JSON_DEFAULT_MAX_DEPTH;
+
+    size_t max_bytes = limits ? limits->max_bytes : JSON_DEFAULT_MAX_BYTES;
+    if (len > max_bytes || len == SIZE_MAX)
+        return fail(p, JSON_ERR_TOO_LARGE, max_bytes,
+                    "input is %zu bytes, more than the limit of %zu", len,
+                    max_bytes);
+
+    /* Every string token of k bytes stores at most k - 2 decoded bytes and
+     * a NUL. A number token of k bytes stores k + 1, but the byte after it
+     * lies in no token, except for a top-level number at the very end. So
+     * len + 1 bytes hold every string and number of any input. */
+    p->strings = malloc(len + 1);
+    if (p->strings == NULL)
+        return fail(p, JSON_ERR_NOMEM, 0, "out of memory");
+    return JSON_OK;
+}
+
+static void parser_free(struct parser *p)
+{
+    free(p->strings);
+    free(p->open.items);
+    free(p->done.items);
+    free(p->frames);
+    free(p->keys);
+}
+
+int json_parse(const char *text, size_t len, const struct json_limits *limits,
+               struct json_doc **out, struct json_err *err)
+{
+    struct json_err unused;
+    struct parser p;
+
+    *out = NULL;
+    if (err == NULL)
+        err = &unused;
+    err->code = JSON_OK;
+    err->offset = 0;
+    err->message[0] = '\0';
+
+    int rc = parser_init(&p, text, len, limits, err);
+    if (rc == JSON_OK)
+        rc = parse_document(&p);
+    if (rc == JSON_OK) {
+        *out = build_doc(&p);
+        if (*out == NULL)
+            rc = fail(&p, JSON_ERR_NOMEM, len, "out of memory");
+    }
+    parser_free(&p);
+    return rc;
+}
+
+void json_doc_free(struct json_doc *doc)
+{
+    free(doc);
+}
+
+const struct json_value *json_doc_root(const struct json_doc *doc)
+{
+    return doc ? doc->root : NULL;
+}
+
+const struct json_value *json_object_get(const struct json_value *object,
+                                         const char *key)
+{
+    if (object == NULL || object->type != JSON_OBJECT || key == NULL)
+        return NULL;
+
+    size_t len = strlen(key);
+    for (size_t i = 0; i < object->count; i++) {
+        const struct json_value *member = &object->items[i];
+        if (member->key_len == len && memcmp(member->key, key, len) == 0)
+            return member;
+    }
+    return NULL;
+}
+
+const char *json_error_name(enum json_error code)
+{
+    switch (code) {
+    case JSON_OK:
+        return "ok";
+    case JSON_ERR_SYNTAX:
+        return "syntax";
+    case JSON_ERR_DEPTH:
+        return "depth";
+    case JSON_ERR_DUPLICATE_KEY:
+        return "duplicate_key";
+    case JSON_ERR_UTF8:
+        return "utf8";
+    case JSON_ERR_NUMBER:
+        return "number";
+    case JSON_ERR_TOO_LARGE:
+        return "too_large";
+    case JSON_ERR_NOMEM:
+        return "nomem";
+    }
+    return "unknown";
+}
+
+/* ---- Canonical form ---- */
+
+/* Token lengths past this are rejected so exponent sums fit in int64_t. */
+#define NUMBER_TOKEN_MAX ((size_t)1000000000000000)
+/* Exponent digits stop adding up here, because any larger value is out of
+ * range anyway. */
+#define EXPONENT_SATURATION 10000000000000000LL
+#define EXPONENT_LIMIT      1000000000LL
+
+/* Read the exponent digits from s[i] to s[n], saturating. */
+static long long read_exponent(const char *s, size_t n, size_t i)
+{
+    bool negative = false;
+    long long value = 0;
+
+    if (s[i] == '+' || s[i] == '-')
+        negative = s[i++] == '-';
+    for (; i < n; i++) {
+        if (value < EXPONENT_SATURATION)
+            value = value * 10 + (s[i] - '0');
+    }
+    return negative ? -value : value;
+}
+
+int json_number_canonical(const char *tok, size_t len, struct strbuf *out)
+{
+    size_t end;
+
+    if (tok == NULL || len > NUMBER_TOKEN_MAX ||
+        scan_number(tok, len, 0, &end) != NULL || end != len)
+        return -1;
+
+    /* Split into [int_start, int_end) digits, an optional fraction after
+     * the point, and the exponent after 'e'. */
+    size_t int_start = tok[0] == '-' ? 1 : 0, int_end = int_start;
+    while (int_end < len && is_digit(tok[int_end]))
+        int_end++;
+    size_t digits_end = int_end;
+    while (digits_end < len &&
+           (is_digit(tok[digits_end]) || tok[digits_end] == '.'))
+        digits_end++;
+    long long exponent =
+        digits_end < len ? read_exponent(tok, len, digits_end + 1) : 0;
+
+    /* Find the first and last non-zero digits across both parts. */
+    size_t first = int_start, last = digits_end;
+    while (first < digits_end && (tok[first] == '0' || tok[first] == '.'))
+        first++;
+    if (first == digits_end)
+        return sb_putc(out, '0') == 0 ? 0 : -1;
+    while (tok[last - 1] == '0' || tok[last - 1] == '.')
+        last--;
+
+    /* The kept digits end at index last_index of the digit sequence
+     * without the point, so the value is digits x 10^(exponent + int_len - 1
+     * - last_index). */
+    size_t int_len = int_end - int_start;
+    size_t last_index = last - 1 - int_start - (last - 1 > int_end ? 1 : 0);
+    exponent += (long long)int_len - 1 - (long long)last_index;
+    if (exponent > EXPONENT_LIMIT || exponent < -EXPONENT_LIMIT)
+        return -1;
+
+    if (tok[0] == '-')
+        sb_putc(out, '-');
+    if (first < int_end && last > int_end + 1) {
+        sb_append(out, tok + first, int_end - first);
+        sb_append(out, tok + int_end + 1, last - int_end - 1);
+    } else {
+        sb_append(out, tok + first, last - first);
+    }
+    sb_printf(out, "e%lld", exponent);
+    return sb_error(out) == 0 ? 0 : -1;
+}
+
+/* Append s (n bytes) as a JSON string, escaping only '"', '\\' and bytes
+ * below 0x20, the latter always as \u00xx. */
+static void canonical_string(struct strbuf *out, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t start = 0;
+
+    sb_putc(out, '"');
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        sb_append(out, s + start, i - start);
+        start = i + 1;
+        if (c == '"' || c == '\\') {
+            char escape[2] = {'\\', (char)c};
+            sb_append(out, escape, sizeof escape);
+        } else {
+            char escape[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            sb_append(out, escape, sizeof escape);
+        }
+    }
+    sb_append(out, s + start, n - start);
+    sb_putc(out, '"');
+}
+
+/* Order members by key bytes, a prefix first. Equal keys, which a parsed
+ * document never has, keep their array order so the output stays fixed. */
+static int compare_members(const void *a, const void *b)
+{
+    const struct json_value *x = *(const struct json_value *const *)a;
+    const struct json_value *y = *(const struct json_value *const *)b;
+    size_t common = x->key_len < y->key_len ? x->key_len : y->key_len;
+    int order = common ? memcmp(x->key, y->key, common) : 0;
+
+    if (order != 0)
+        return order;
+    if (x->key_len != y->key_len)
+        return x->key_len < y->key_len ? -1 : 1;
+    return x < y ? -1 : (x > y);
+}
+
+/* A container being written. For an object, base indexes the sorted member
+ * list in canonical_state.order. */
+struct canonical_frame {
+    const struct json_value *value;
+    size_t base;
+    size_t next;
+};
+
+/* Both arrays grow with the tree: frames up to its depth, order up to the
+ * members of the objects open at once, so at most its value count. */
+struct canonical_state {
+    struct strbuf *out;
+    struct canonical_frame *frames;
+    size_t depth;
+    size_t frames_cap;
+    const struct json_value **order;
+    size_t order_len;
+    size_t order_cap;
+};
+
+/* Append the members of object to state->order, sorted by key. */
+static int push_sorted_members(struct canonical_state *state,
+                               const struct json_value *object)
+{
+    while (state->order_cap - state->order_len < object->count) {
+        void *grown =
+            grow_array(state->order, &state->order_cap, sizeof *state->order);
+        if (grown == NULL)
+            return -1;
+        state->order = grown;
+    }
+
+    const struct json_value **members = state->order + state->order_len;
+    for (size_t i = 0; i < object->count; i++)
+        members[i] = &object->items[i];
+    qsort(members, object->count, sizeof *members, compare_members);
+    state->order_len += object->count;
+    return 0;
+}
+
+/*
+ * Write a scalar completely, or the opening of a container, pushing a frame
+ * so the main loop writes its children.
+ */
+static int canonical_begin(struct canonical_state *state,
+                           const struct json_value *v)
+{
+    struct strbuf *out = state->out;
+
+    switch (v->type) {
+    case JSON_NULL:
+        return sb_puts(out, "null") == 0 ? 0 : -1;
+    case JSON_FALSE:
+        return sb_puts(out, "false") == 0 ? 0 : -1;
+    case JSON_TRUE:
+        return sb_puts(out, "true") == 0 ? 0 : -1;
+    case JSON_NUMBER:
+        return json_number_canonical(v->str, v->len, out);
+    case JSON_STRING:
+        canonical_string(out, v->str, v->len);
+        return sb_error(out) == 0 ? 0 : -1;
+    case JSON_ARRAY:
+    case JSON_OBJECT:
+        break;
+    default:
+        return -1;
+    }
+
+    if (state->depth == state->frames_cap) {
+        void *grown = grow_array(state->frames, &state->frames_cap,
+                                 sizeof *state->frames);
+        if (grown == NULL)
+            return -1;
+        state->frames = grown;
+    }
+    struct canonical_frame *frame = &state->frames[state->depth++];
+    frame->value = v;
+    frame->base = state->order_len;
+    frame->next = 0;
+    sb_putc(out, v->type == JSON_OBJECT ? '{' : '[');
+    return v->type == JSON_OBJECT ? push_sorted_members(state, v) : 0;
+}
+
+/* Write the next child of the innermost container, or close it. */
+static int canonical_step(struct canonical_state *state)
+{
+    struct canonical_frame *frame = &state->frames[state->depth - 1];
+    const struct json_value *container = frame->value;
+    bool object = container->type == JSON_OBJECT;
+
+    if (frame->next == container->count) {
+        sb_putc(state->out, object ? '}' : ']');
+        state->order_len = frame->base;
+        state->depth--;
+        return sb_error(state->out) == 0 ? 0 : -1;
+    }
+
+    size_t index = frame->next++;
+    if (index > 0)
+        sb_putc(state->out, ',');
+    if (!object)
+        return canonical_begin(state, &container->items[index]);
+
+    /* canonical_begin may move state->order, so take the member first. */
+    const struct json_value *member = state->order[frame->base + index];
+    canonical_string(state->out, member->key, member->key_len);
+    sb_putc(state->out, ':');
+    return canonical_begin(state, member);
+}
+
+int json_canonical(const struct json_value *v, struct strbuf *out)
+{
+    struct canonical_state state = {.out = out};
+    int rc = v ? canonical_begin(&state, v) : -1;
+
+    while (rc == 0 && state.depth > 0)
+        rc = canonical_step(&state);
+
+    free(state.frames);
+    free(state.order);
+    return rc == 0 && sb_error(out) == 0 ? 0 : -1;
+}

@@ -59,16 +59,23 @@ struct json_limits {
 
 struct json_err {
     enum json_error code;
-    size_t offset;       /* byte offset where the problem was found */
-    char message[128];   /* e.g. "duplicate object key \"racerId\"" */
+    size_t offset;     /* byte offset where the problem was found */
+    char message[128]; /* e.g. "duplicate object key \"racerId\"" */
 };
 
 struct json_doc;
+struct strbuf;
+
+/* Limits used when json_parse gets NULL limits. */
+#define JSON_DEFAULT_MAX_BYTES (1024 * 1024)
+#define JSON_DEFAULT_MAX_DEPTH 64
 
 /*
  * Parse len bytes (need not be NUL-terminated). On success returns 0 and
  * *out is an owned document (free with json_doc_free). On failure returns
- * the error code, fills *err and sets *out to NULL.
+ * the error code, fills *err (when not NULL) and sets *out to NULL.
+ * Lone surrogate escapes are reported as JSON_ERR_UTF8, and a number token
+ * with a bad form ("01", "1.", "+1") as JSON_ERR_NUMBER.
  */
 int json_parse(const char *text, size_t len, const struct json_limits *limits,
                struct json_doc **out, struct json_err *err);
@@ -80,6 +87,28 @@ const struct json_value *json_doc_root(const struct json_doc *doc);
 const struct json_value *json_object_get(const struct json_value *object,
                                          const char *key);
 
+/* Short lower-case name of an error code, such as "duplicate_key". */
 const char *json_error_name(enum json_error code);
+
+/*
+ * Append the canonical text of the JSON number token tok (len bytes) to out.
+ * Zero of any form gives "0". Any other value gives an optional '-', its
+ * significant digits without leading or trailing zeros, 'e' and the decimal
+ * exponent: 90, 90.0 and 9.0e1 all give "9e1", and 0.001 gives "1e-3".
+ * Returns 0, or -1 when tok is not a valid JSON number, when the exponent
+ * would pass +-1,000,000,000, or when out has failed.
+ */
+int json_number_canonical(const char *tok, size_t len, struct strbuf *out);
+
+/*
+ * Append a canonical serialization of v to out, so that equal documents hash
+ * equally: no whitespace, object members sorted by key bytes (memcmp, a
+ * prefix before longer keys), numbers as json_number_canonical writes them,
+ * and strings with only '"', '\\' and bytes below 0x20 escaped (the latter
+ * as \u00xx in lower-case hex). Arrays keep their order. Works without
+ * recursion, so any nesting depth is fine. Returns 0, or -1 when a number
+ * cannot be canonicalized, memory runs out or out reaches its maximum.
+ */
+int json_canonical(const struct json_value *v, struct strbuf *out);
 
 #endif

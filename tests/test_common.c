@@ -1,0 +1,814 @@
+/* Tests of the common module: JSON parser and canonical form. */
+#include "tests/testlib.h"
+
+#include <time.h>
+
+#include "common/json.h"
+#include "common/strbuf.h"
+
+static const struct json_limits test_limits = {1024 * 1024, 64};
+
+/* Parse len bytes with limits and return the error code. */
+static int parse_code_limits(const char *text, size_t len,
+                             const struct json_limits *limits)
+{
+    struct json_doc *doc = NULL;
+    struct json_err err;
+    int rc = json_parse(text, len, limits, &doc, &err);
+
+    if (rc == JSON_OK)
+        ASSERT_TRUE(doc != NULL);
+    else
+        ASSERT_TRUE(doc == NULL);
+    ASSERT_EQ(err.code, rc);
+    json_doc_free(doc);
+    return rc;
+}
+
+static int parse_code(const char *text)
+{
+    return parse_code_limits(text, strlen(text), &test_limits);
+}
+
+/* For literals that contain NUL bytes. */
+#define PARSE_BYTES(literal)                                                   \
+    parse_code_limits(literal, sizeof(literal) - 1, &test_limits)
+
+/* Parse text that must be valid; the document is owned by the caller. */
+static struct json_doc *parse_ok(const char *text, size_t len)
+{
+    struct json_doc *doc = NULL;
+    struct json_err err;
+    int rc = json_parse(text, len, &test_limits, &doc, &err);
+
+    if (rc != JSON_OK)
+        test_fail(__FILE__, __LINE__, "parse of %s failed: %s at %zu: %s", text,
+                  json_error_name(err.code), err.offset, err.message);
+    return doc;
+}
+
+/* Return the canonical form of text (owned), which must be valid. */
+static char *canonical_of(const char *text)
+{
+    struct json_doc *doc = parse_ok(text, strlen(text));
+    struct strbuf sb;
+
+    sb_init(&sb, 1024 * 1024);
+    ASSERT_EQ(json_canonical(json_doc_root(doc), &sb), 0);
+    json_doc_free(doc);
+    return sb_take(&sb, NULL);
+}
+
+/* Build a string of n copies of unit followed by tail (owned). */
+static char *repeat(const char *unit, size_t n, const char *tail)
+{
+    size_t unit_len = strlen(unit), tail_len = strlen(tail);
+    char *s = malloc(unit_len * n + tail_len + 1);
+
+    ASSERT_TRUE(s != NULL);
+    for (size_t i = 0; i < n; i++)
+        memcpy(s + i * unit_len, unit, unit_len);
+    memcpy(s + unit_len * n, tail, tail_len + 1);
+    return s;
+}
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+TEST(json_parses_nested_document)
+{
+    const char *text = " {\"b\": [1, -2.5e3, \"x\", true, false, null],"
+                       " \"a\": {}, \"c\": []} ";
+    struct json_doc *doc = parse_ok(text, strlen(text));
+    const struct json_value *root = json_doc_root(doc);
+
+    ASSERT_EQ(root->type, JSON_OBJECT);
+    ASSERT_EQ(root->count, 3);
+    ASSERT_TRUE(root->key == NULL);
+    ASSERT_STR_EQ(root->items[0].key, "b");
+    ASSERT_STR_EQ(root->items[1].key, "a");
+    ASSERT_STR_EQ(root->items[2].key, "c");
+
+    const struct json_value *b = &root->items[0];
+    ASSERT_EQ(b->type, JSON_ARRAY);
+    ASSERT_EQ(b->count, 6);
+    ASSERT_EQ(b->items[0].type, JSON_NUMBER);
+    ASSERT_STR_EQ(b->items[0].str, "1");
+    ASSERT_STR_EQ(b->items[1].str, "-2.5e3");
+    ASSERT_EQ(b->items[1].len, 6);
+    ASSERT_EQ(b->items[2].type, JSON_STRING);
+    ASSERT_STR_EQ(b->items[2].str, "x");
+    ASSERT_TRUE(b->items[2].key == NULL);
+    ASSERT_EQ(b->items[3].type, JSON_TRUE);
+    ASSERT_EQ(b->items[4].type, JSON_FALSE);
+    ASSERT_EQ(b->items[5].type, JSON_NULL);
+
+    ASSERT_EQ(root->items[1].type, JSON_OBJECT);
+    ASSERT_EQ(root->items[1].count, 0);
+    ASSERT_EQ(root->items[2].type, JSON_ARRAY);
+    ASSERT_EQ(root->items[2].count, 0);
+    json_doc_free(doc);
+}
+
+TEST(json_parses_top_level_scalars)
+{
+    ASSERT_EQ(parse_code("0"), JSON_OK);
+    ASSERT_EQ(parse_code("\"\""), JSON_OK);
+    ASSERT_EQ(parse_code(" true "), JSON_OK);
+    ASSERT_EQ(parse_code("null"), JSON_OK);
+    ASSERT_EQ(parse_code("-12.5E-3"), JSON_OK);
+}
+
+TEST(json_object_get_matches_bytes)
+{
+    const char *text = "{\"id\":\"r1\",\"lap\":3,\"i\":null}";
+    struct json_doc *doc = parse_ok(text, strlen(text));
+    const struct json_value *root = json_doc_root(doc);
+
+    ASSERT_STR_EQ(json_object_get(root, "id")->str, "r1");
+    ASSERT_STR_EQ(json_object_get(root, "lap")->str, "3");
+    ASSERT_EQ(json_object_get(root, "i")->type, JSON_NULL);
+    ASSERT_TRUE(json_object_get(root, "I") == NULL);
+    ASSERT_TRUE(json_object_get(root, "la") == NULL);
+    ASSERT_TRUE(json_object_get(root, "") == NULL);
+    ASSERT_TRUE(json_object_get(&root->items[1], "lap") == NULL);
+    ASSERT_TRUE(json_object_get(NULL, "id") == NULL);
+    json_doc_free(doc);
+}
+
+TEST(json_rejects_trailing_commas)
+{
+    ASSERT_EQ(parse_code("[1,]"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[1,2,]"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("{\"a\":1,}"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[,]"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[,1]"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("{,}"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[1,,2]"), JSON_ERR_SYNTAX);
+}
+
+TEST(json_rejects_comments)
+{
+    ASSERT_EQ(parse_code("[1 /* c */]"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[1] // c"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("# c\n[1]"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("{\"a\":1 /**/}"), JSON_ERR_SYNTAX);
+}
+
+TEST(json_rejects_bad_number_forms)
+{
+    static const char *const bad[] = {
+        "01",   "-01",  "00",        "1.",   ".5",    "-.5",   "1e",  "1E+",
+        "1e-",  "+1",   "-",         "1.e5", "1.5.2", "1e5e3", "1-2", "0x10",
+        "[01]", "[1.]", "{\"a\":-}", "[-a]", "- 1",   "2.e"};
+
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (parse_code(bad[i]) != JSON_ERR_NUMBER)
+            test_fail(__FILE__, __LINE__, "%s: not JSON_ERR_NUMBER", bad[i]);
+    }
+}
+
+TEST(json_accepts_valid_number_forms)
+{
+    static const char *const good[] = {
+        "0",       "-0",           "0.5",
+        "1e5",     "1E+5",         "1e-5",
+        "-0.0e-0", "10",           "1e00",
+        "0e0",     "9.99E99",      "[0,1]",
+        "[-0]",    "123.456e-789", "1.8011670033376514e-308"};
+
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        if (parse_code(good[i]) != JSON_OK)
+            test_fail(__FILE__, __LINE__, "%s: rejected", good[i]);
+    }
+}
+
+TEST(json_keeps_huge_integers_as_text)
+{
+    const char *text = "[18446744073709551616,-9223372036854775809,"
+                       "123456789012345678901234567890123456789]";
+    struct json_doc *doc = parse_ok(text, strlen(text));
+    const struct json_value *root = json_doc_root(doc);
+
+    ASSERT_EQ(root->count, 3);
+    ASSERT_EQ(root->items[0].type, JSON_NUMBER);
+    ASSERT_MEM_EQ(root->items[0].str, root->items[0].len,
+                  "18446744073709551616", 20);
+    ASSERT_EQ(root->items[1].type, JSON_NUMBER);
+    ASSERT_MEM_EQ(root->items[1].str, root->items[1].len,
+                  "-9223372036854775809", 20);
+    ASSERT_STR_EQ(root->items[2].str,
+                  "123456789012345678901234567890123456789");
+    json_doc_free(doc);
+}
+
+TEST(json_rejects_nan_and_infinity)
+{
+    ASSERT_EQ(parse_code("NaN"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("nan"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("Infinity"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[infinity]"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("-Infinity"), JSON_ERR_NUMBER);
+    ASSERT_EQ(parse_code("-NaN"), JSON_ERR_NUMBER);
+}
+
+TEST(json_rejects_bad_literals)
+{
+    ASSERT_EQ(parse_code("tru"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("True"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("nul"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("nulls"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("falsey"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("undefined"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("'a'"), JSON_ERR_SYNTAX);
+}
+
+TEST(json_rejects_raw_control_chars)
+{
+    ASSERT_EQ(parse_code("\"a\x01z\""), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"a\tb\""), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"a\nb\""), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\x1f\""), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("{\"k\x02\":1}"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(PARSE_BYTES("\"a\0b\""), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\x7f\""), JSON_OK);
+}
+
+TEST(json_decodes_standard_escapes)
+{
+    const char *text = "\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u0041\\u00e9\\u20AC\"";
+    struct json_doc *doc = parse_ok(text, strlen(text));
+    const struct json_value *root = json_doc_root(doc);
+
+    ASSERT_EQ(root->type, JSON_STRING);
+    ASSERT_MEM_EQ(root->str, root->len, "\"\\/\b\f\n\r\tA\xc3\xa9\xe2\x82\xac",
+                  14);
+    ASSERT_EQ(root->str[root->len], '\0');
+    json_doc_free(doc);
+}
+
+TEST(json_rejects_unknown_escapes)
+{
+    ASSERT_EQ(parse_code("\"\\x41\""), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\a\""), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\'\""), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\U0041\""), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\0\""), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\u12\""), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\u12G4\""), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\u123"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\\""), JSON_ERR_SYNTAX);
+}
+
+TEST(json_decodes_surrogate_pairs)
+{
+    const char *text = "[\"\\uD83D\\uDE00\",\"\\udbff\\udfff\"]";
+    struct json_doc *doc = parse_ok(text, strlen(text));
+    const struct json_value *root = json_doc_root(doc);
+
+    ASSERT_MEM_EQ(root->items[0].str, root->items[0].len, "\xf0\x9f\x98\x80",
+                  4);
+    ASSERT_MEM_EQ(root->items[1].str, root->items[1].len, "\xf4\x8f\xbf\xbf",
+                  4);
+    json_doc_free(doc);
+}
+
+TEST(json_rejects_lone_surrogates)
+{
+    ASSERT_EQ(parse_code("\"\\uD800\""), JSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("\"\\uDBFF\""), JSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("\"\\uDC00\""), JSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("\"\\uDFFF\\uD800\""), JSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("\"\\uD800\\u0041\""), JSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("\"\\uD800x\""), JSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("\"\\uD800\\n\""), JSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("\"\\uD800\\uD800\""), JSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("{\"\\uDE00\":1}"), JSON_ERR_UTF8);
+}
+
+TEST(json_rejects_invalid_utf8)
+{
+    static const char *const bad[] = {
+        "\"\xc3\x28\"",             /* lead byte without continuation */
+        "\"\x80\"",                 /* continuation without lead byte */
+        "\"\xbf\"",                 /* continuation without lead byte */
+        "\"\xc0\x80\"",             /* overlong NUL */
+        "\"\xc1\xbf\"",             /* overlong 2-byte form */
+        "\"\xe0\x80\x80\"",         /* overlong 3-byte form */
+        "\"\xe0\x9f\xbf\"",         /* overlong 3-byte form */
+        "\"\xf0\x80\x80\x80\"",     /* overlong 4-byte form */
+        "\"\xf0\x8f\xbf\xbf\"",     /* overlong 4-byte form */
+        "\"\xed\xa0\x80\"",         /* surrogate U+D800 */
+        "\"\xed\xbf\xbf\"",         /* surrogate U+DFFF */
+        "\"\xf4\x90\x80\x80\"",     /* U+110000 */
+        "\"\xf5\x80\x80\x80\"",     /* lead byte F5 */
+        "\"\xf8\x88\x80\x80\x80\"", /* 5-byte form */
+        "\"\xfe\"",                 /* byte FE */
+        "\"\xff\"",                 /* byte FF */
+        "\"\xe2\x82\"",             /* truncated before the quote */
+        "\"\xe2\x82",               /* truncated at end of input */
+        "\"\xf0\x9f\x98\"",         /* truncated 4-byte form */
+        "\"\xe2\x28\xa1\"",         /* bad second byte */
+        "\"\xe2\x82\x28\"",         /* bad third byte */
+        "\"\xf0\x9f\x28\x80\"",     /* bad third byte */
+        "{\"\xc3\x28\":1}",         /* in a key */
+    };
+
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (parse_code(bad[i]) != JSON_ERR_UTF8)
+            test_fail(__FILE__, __LINE__, "case %zu: not JSON_ERR_UTF8", i);
+    }
+}
+
+TEST(json_accepts_utf8_boundaries)
+{
+    static const char *const good[] = {
+        "\"\xc2\x80\"",         "\"\xdf\xbf\"",         "\"\xe0\xa0\x80\"",
+        "\"\xed\x9f\xbf\"",     "\"\xee\x80\x80\"",     "\"\xef\xbf\xbf\"",
+        "\"\xf0\x90\x80\x80\"", "\"\xf4\x8f\xbf\xbf\"", "\"caf\xc3\xa9\"",
+    };
+
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        if (parse_code(good[i]) != JSON_OK)
+            test_fail(__FILE__, __LINE__, "case %zu: rejected", i);
+    }
+}
+
+TEST(json_rejects_bytes_outside_strings)
+{
+    ASSERT_EQ(parse_code("\xef\xbb\xbf[]"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[\xc3\xa9]"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[1]\xff"), JSON_ERR_SYNTAX);
+}
+
+TEST(json_accepts_only_json_whitespace)
+{
+    ASSERT_EQ(parse_code(" \t\r\n[ \t\r\n1 \t\r\n, 2 ] \t\r\n"), JSON_OK);
+    ASSERT_EQ(parse_code("\f1"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("1\v"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[1,\xc2\xa0 2]"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(PARSE_BYTES("1\0"), JSON_ERR_SYNTAX);
+}
+
+TEST(json_rejects_trailing_data)
+{
+    ASSERT_EQ(parse_code("1 2"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("{} {}"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[]]"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[] ,"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"a\"\"b\""), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("null x"), JSON_ERR_SYNTAX);
+}
+
+TEST(json_rejects_empty_input)
+{
+    ASSERT_EQ(parse_code(""), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code(" \n\t "), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code_limits(NULL, 0, &test_limits), JSON_ERR_SYNTAX);
+}
+
+TEST(json_rejects_truncated_documents)
+{
+    static const char *const bad[] = {
+        "[",   "{",         "{\"a\"", "{\"a\":",  "{\"a\":1",
+        "[1",  "[1,",       "\"abc",  "[\"abc]",  "{\"a\":1,",
+        "[[]", "{\"a\":{}", "{\"a",   "[true,fal"};
+
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (parse_code(bad[i]) != JSON_ERR_SYNTAX)
+            test_fail(__FILE__, __LINE__, "%s: not JSON_ERR_SYNTAX", bad[i]);
+    }
+}
+
+TEST(json_rejects_structural_errors)
+{
+    static const char *const bad[] = {
+        "{1:2}",     "{\"a\" 1}", "{\"a\"::1}", "[1 2]",    "{\"a\":1 \"b\":2}",
+        "]",         "}",         ":",          ",",        "[}",
+        "{]",        "{\"a\":1]", "[1}",        "{null:1}", "{\"a\",1}",
+        "[\"a\":1]", "{'a':1}"};
+
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (parse_code(bad[i]) != JSON_ERR_SYNTAX)
+            test_fail(__FILE__, __LINE__, "%s: not JSON_ERR_SYNTAX", bad[i]);
+    }
+}
+
+TEST(json_reports_error_offsets)
+{
+    struct json_doc *doc;
+    struct json_err err;
+
+    ASSERT_EQ(json_parse("[1,]", 4, &test_limits, &doc, &err), JSON_ERR_SYNTAX);
+    ASSERT_EQ(err.offset, 3);
+    ASSERT_TRUE(err.message[0] != '\0');
+
+    ASSERT_EQ(json_parse("[\"\xc3\x28\"]", 5, &test_limits, &doc, &err),
+              JSON_ERR_UTF8);
+    ASSERT_EQ(err.offset, 2);
+
+    ASSERT_EQ(json_parse("{\"a\":01}", 8, &test_limits, &doc, &err),
+              JSON_ERR_NUMBER);
+    ASSERT_EQ(err.offset, 5);
+    ASSERT_TRUE(doc == NULL);
+}
+
+TEST(json_rejects_input_over_max_bytes)
+{
+    const struct json_limits small = {10, 64};
+
+    ASSERT_EQ(parse_code_limits("[1,2,3,45]", 10, &small), JSON_OK);
+    ASSERT_EQ(parse_code_limits("[1,2,3,456]", 11, &small), JSON_ERR_TOO_LARGE);
+    ASSERT_EQ(parse_code_limits("[1,2,3,4] ", 11, &small), JSON_ERR_TOO_LARGE);
+}
+
+TEST(json_null_limits_use_defaults)
+{
+    struct json_doc *doc;
+    char *deep = repeat("[", JSON_DEFAULT_MAX_DEPTH + 1, "");
+
+    ASSERT_EQ(json_parse("[1]", 3, NULL, &doc, NULL), JSON_OK);
+    json_doc_free(doc);
+    ASSERT_EQ(json_parse(deep, strlen(deep), NULL, &doc, NULL), JSON_ERR_DEPTH);
+    ASSERT_TRUE(doc == NULL);
+    free(deep);
+}
+
+TEST(json_rejects_100000_open_brackets)
+{
+    char *text = repeat("[", 100000, "");
+    struct json_doc *doc;
+    struct json_err err;
+    double start = seconds_now();
+
+    ASSERT_EQ(json_parse(text, 100000, &test_limits, &doc, &err),
+              JSON_ERR_DEPTH);
+    ASSERT_EQ(err.offset, 64);
+
+    /* With a limit past the nesting, the explicit stack reaches 100,000
+     * levels and the parse fails only at the end of the input. */
+    const struct json_limits deep = {1024 * 1024, 1000000};
+    ASSERT_EQ(json_parse(text, 100000, &deep, &doc, &err), JSON_ERR_SYNTAX);
+    ASSERT_EQ(err.offset, 100000);
+    ASSERT_TRUE(seconds_now() - start < 5.0);
+    free(text);
+}
+
+TEST(json_parses_deep_nesting_iteratively)
+{
+    size_t depth = 100000;
+    char *text = malloc(2 * depth + 1);
+    const struct json_limits deep = {1024 * 1024, (int)depth};
+    struct json_doc *doc;
+    struct strbuf sb;
+
+    ASSERT_TRUE(text != NULL);
+    memset(text, '[', depth);
+    memset(text + depth, ']', depth);
+    text[2 * depth] = '\0';
+    ASSERT_EQ(parse_code_limits(text, 2 * depth, &deep), JSON_OK);
+
+    ASSERT_EQ(json_parse(text, 2 * depth, &deep, &doc, NULL), JSON_OK);
+    sb_init(&sb, 4 * depth);
+    ASSERT_EQ(json_canonical(json_doc_root(doc), &sb), 0);
+    ASSERT_MEM_EQ(sb.data, sb.len, text, 2 * depth);
+    sb_free(&sb);
+    json_doc_free(doc);
+    free(text);
+}
+
+TEST(json_rejects_deep_object_at_limit)
+{
+    char *open = repeat("{\"a\":", 2000, "1");
+    char *close = repeat("}", 2000, "");
+    size_t open_len = strlen(open);
+    char *text = malloc(open_len + 2000 + 1);
+
+    ASSERT_TRUE(text != NULL);
+    memcpy(text, open, open_len);
+    memcpy(text + open_len, close, 2001);
+    ASSERT_EQ(parse_code(text), JSON_ERR_DEPTH);
+    free(text);
+    free(open);
+    free(close);
+}
+
+TEST(json_depth_limit_counts_levels)
+{
+    const struct json_limits zero = {100, 0}, one = {100, 1};
+    char text[200];
+
+    ASSERT_EQ(parse_code_limits("1", 1, &zero), JSON_OK);
+    ASSERT_EQ(parse_code_limits("[]", 2, &zero), JSON_ERR_DEPTH);
+    ASSERT_EQ(parse_code_limits("[]", 2, &one), JSON_OK);
+    ASSERT_EQ(parse_code_limits("{\"a\":[]}", 8, &one), JSON_ERR_DEPTH);
+    ASSERT_EQ(parse_code_limits("[[]]", 4, &one), JSON_ERR_DEPTH);
+
+    /* test_limits allows 64 levels. */
+    memset(text, '[', 64);
+    memset(text + 64, ']', 64);
+    text[128] = '\0';
+    ASSERT_EQ(parse_code(text), JSON_OK);
+    memset(text, '[', 65);
+    memset(text + 65, ']', 65);
+    text[130] = '\0';
+    ASSERT_EQ(parse_code(text), JSON_ERR_DEPTH);
+}
+
+TEST(json_keeps_nul_in_keys_and_values)
+{
+    const char *text = "{\"a\\u0000b\":\"x\\u0000y\",\"a\":\"\\u0000\"}";
+    struct json_doc *doc = parse_ok(text, strlen(text));
+    const struct json_value *root = json_doc_root(doc);
+
+    ASSERT_EQ(root->count, 2);
+    ASSERT_MEM_EQ(root->items[0].key, root->items[0].key_len, "a\0b", 3);
+    ASSERT_EQ(root->items[0].key[3], '\0');
+    ASSERT_MEM_EQ(root->items[0].str, root->items[0].len, "x\0y", 3);
+    ASSERT_EQ(root->items[0].str[3], '\0');
+    ASSERT_MEM_EQ(root->items[1].key, root->items[1].key_len, "a", 1);
+    ASSERT_MEM_EQ(root->items[1].str, root->items[1].len, "\0", 1);
+    ASSERT_TRUE(json_object_get(root, "a") == &root->items[1]);
+    json_doc_free(doc);
+}
+
+TEST(json_rejects_duplicate_keys)
+{
+    struct json_doc *doc;
+    struct json_err err;
+
+    ASSERT_EQ(json_parse("{\"a\":1,\"a\":2}", 13, &test_limits, &doc, &err),
+              JSON_ERR_DUPLICATE_KEY);
+    ASSERT_EQ(err.offset, 7);
+    ASSERT_STR_EQ(err.message, "duplicate object key \"a\"");
+
+    ASSERT_EQ(parse_code("{\"a\":1,\"b\":2,\"a\":3}"), JSON_ERR_DUPLICATE_KEY);
+    ASSERT_EQ(parse_code("{\"a\":1,\"\\u0061\":2}"), JSON_ERR_DUPLICATE_KEY);
+    ASSERT_EQ(parse_code("[{\"x\":1,\"x\":1}]"), JSON_ERR_DUPLICATE_KEY);
+    ASSERT_EQ(parse_code("{\"\":1,\"\":2}"), JSON_ERR_DUPLICATE_KEY);
+    ASSERT_EQ(parse_code("{\"a\\u0000\":1,\"a\\u0000\":2}"),
+              JSON_ERR_DUPLICATE_KEY);
+}
+
+TEST(json_accepts_same_key_elsewhere)
+{
+    ASSERT_EQ(parse_code("{\"a\":1,\"b\":{\"a\":2}}"), JSON_OK);
+    ASSERT_EQ(parse_code("[{\"x\":1},{\"x\":1}]"), JSON_OK);
+    ASSERT_EQ(parse_code("{\"a\":1,\"a\\u0000b\":2}"), JSON_OK);
+    ASSERT_EQ(parse_code("{\"a\\u0000\":1,\"a\":2}"), JSON_OK);
+    ASSERT_EQ(parse_code("{\"a\":1,\"A\":2,\"\":3}"), JSON_OK);
+    ASSERT_EQ(parse_code("{\"a\":\"a\",\"b\":\"a\"}"), JSON_OK);
+}
+
+TEST(json_finds_duplicates_in_large_objects)
+{
+    size_t count = 50000;
+    struct strbuf sb;
+    struct json_doc *doc;
+    struct json_err err;
+    double start = seconds_now();
+
+    sb_init(&sb, 4 * 1024 * 1024);
+    sb_putc(&sb, '{');
+    for (size_t i = 0; i < count; i++)
+        sb_printf(&sb, "%s\"k%zu\":%zu", i ? "," : "", (i * 7919) % count, i);
+    sb_putc(&sb, '}');
+    const struct json_limits limits = {sb.len, 8};
+    ASSERT_EQ(json_parse(sb.data, sb.len, &limits, &doc, &err), JSON_OK);
+    ASSERT_EQ(json_doc_root(doc)->count, count);
+    ASSERT_STR_EQ(json_doc_root(doc)->items[1].key, "k7919");
+    json_doc_free(doc);
+
+    /* Two later repeats: the first one in document order is reported. */
+    sb.len--;
+    sb_puts(&sb, ",\"k5\":0,\"k3\":0}");
+    const struct json_limits more = {sb.len, 8};
+    ASSERT_EQ(json_parse(sb.data, sb.len, &more, &doc, &err),
+              JSON_ERR_DUPLICATE_KEY);
+    ASSERT_STR_EQ(err.message, "duplicate object key \"k5\"");
+    ASSERT_EQ(sb.data[err.offset], '"');
+    ASSERT_EQ(sb.data[err.offset + 2], '5');
+    ASSERT_TRUE(seconds_now() - start < 5.0);
+    sb_free(&sb);
+}
+
+TEST(json_duplicate_message_escapes_key)
+{
+    struct json_doc *doc;
+    struct json_err err;
+    const char *ctl = "{\"a\\u0001\\\"\":1,\"a\\u0001\\\"\":2}";
+    char *long_key = repeat("k", 200, "");
+    char text[512];
+
+    ASSERT_EQ(json_parse(ctl, strlen(ctl), &test_limits, &doc, &err),
+              JSON_ERR_DUPLICATE_KEY);
+    ASSERT_STR_EQ(err.message, "duplicate object key \"a\\x01\\x22\"");
+
+    snprintf(text, sizeof text, "{\"%s\":1,\"%s\":2}", long_key, long_key);
+    ASSERT_EQ(json_parse(text, strlen(text), &test_limits, &doc, &err),
+              JSON_ERR_DUPLICATE_KEY);
+    ASSERT_TRUE(strlen(err.message) < sizeof err.message);
+    ASSERT_TRUE(strstr(err.message, "kkk...\"") != NULL);
+    free(long_key);
+}
+
+TEST(json_error_names_are_distinct)
+{
+    ASSERT_STR_EQ(json_error_name(JSON_OK), "ok");
+    ASSERT_STR_EQ(json_error_name(JSON_ERR_SYNTAX), "syntax");
+    ASSERT_STR_EQ(json_error_name(JSON_ERR_DEPTH), "depth");
+    ASSERT_STR_EQ(json_error_name(JSON_ERR_DUPLICATE_KEY), "duplicate_key");
+    ASSERT_STR_EQ(json_error_name(JSON_ERR_UTF8), "utf8");
+    ASSERT_STR_EQ(json_error_name(JSON_ERR_NUMBER), "number");
+    ASSERT_STR_EQ(json_error_name(JSON_ERR_TOO_LARGE), "too_large");
+    ASSERT_STR_EQ(json_error_name(JSON_ERR_NOMEM), "nomem");
+}
+
+TEST(json_number_canonical_table)
+{
+    static const struct {
+        const char *token;
+        const char *canonical;
+    } cases[] = {
+        {"0", "0"},
+        {"-0", "0"},
+        {"0.000", "0"},
+        {"0e5", "0"},
+        {"-0.0E-7", "0"},
+        {"0e99999999999999999999", "0"},
+        {"90", "9e1"},
+        {"90.0", "9e1"},
+        {"9.0e1", "9e1"},
+        {"9E+1", "9e1"},
+        {"900e-1", "9e1"},
+        {"0.09e3", "9e1"},
+        {"12.5", "125e-1"},
+        {"12.50", "125e-1"},
+        {"0.001", "1e-3"},
+        {"100", "1e2"},
+        {"1", "1e0"},
+        {"-3", "-3e0"},
+        {"-3.000", "-3e0"},
+        {"10.01", "1001e-2"},
+        {"-0.5", "-5e-1"},
+        {"1.8011670033376514e-308", "18011670033376514e-324"},
+        {"18446744073709551616", "18446744073709551616e0"},
+        {"-9223372036854775809", "-9223372036854775809e0"},
+        {"1e1000000000", "1e1000000000"},
+        {"10e999999999", "1e1000000000"},
+        {"1e-1000000000", "1e-1000000000"},
+        {"0.1e-999999999", "1e-1000000000"},
+        {"100e-1000000002", "1e-1000000000"},
+        {"1e0000000000000000000000000000001", "1e1"},
+    };
+    struct strbuf sb;
+
+    sb_init(&sb, 1024);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        sb_reset(&sb);
+        if (json_number_canonical(cases[i].token, strlen(cases[i].token),
+                                  &sb) != 0)
+            test_fail(__FILE__, __LINE__, "%s: rejected", cases[i].token);
+        if (strcmp(sb.data, cases[i].canonical) != 0)
+            test_fail(__FILE__, __LINE__, "%s: \"%s\", expected \"%s\"",
+                      cases[i].token, sb.data, cases[i].canonical);
+    }
+    sb_free(&sb);
+}
+
+TEST(json_number_canonical_rejects_invalid)
+{
+    static const char *const bad[] = {"",
+                                      "-",
+                                      "01",
+                                      "1.",
+                                      ".5",
+                                      "+1",
+                                      "1e",
+                                      "1e+",
+                                      "NaN",
+                                      "1 ",
+                                      " 1",
+                                      "0x1",
+                                      "1.5.2",
+                                      "1e1000000001",
+                                      "1e-1000000001",
+                                      "0.01e-999999999",
+                                      "100e999999999",
+                                      "1e99999999999999999999",
+                                      "1e-99999999999999999999"};
+    struct strbuf sb;
+
+    sb_init(&sb, 1024);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (json_number_canonical(bad[i], strlen(bad[i]), &sb) != -1)
+            test_fail(__FILE__, __LINE__, "%s: accepted", bad[i]);
+    }
+    ASSERT_EQ(json_number_canonical(NULL, 0, &sb), -1);
+    ASSERT_EQ(json_number_canonical("12", 1, &sb), 0);
+    ASSERT_STR_EQ(sb.data, "1e0");
+    sb_free(&sb);
+}
+
+TEST(json_canonical_sorts_and_strips)
+{
+    char *a = canonical_of("{\"racer\":\"r1\",\"lap\":3,\"t\":{\"b\":1,"
+                           "\"a\":[true,null,false]}}");
+    char *b = canonical_of(" { \"t\" : { \"a\" : [ true , null , false ] ,"
+                           "\n\"b\":1 } ,\t\"lap\":3 , \"racer\" : \"r1\" }");
+
+    ASSERT_STR_EQ(a, "{\"lap\":3e0,\"racer\":\"r1\",\"t\":{\"a\":[true,null,"
+                     "false],\"b\":1e0}}");
+    ASSERT_STR_EQ(a, b);
+    free(a);
+    free(b);
+}
+
+TEST(json_canonical_unifies_number_forms)
+{
+    char *a = canonical_of("{\"speed\":90,\"gap\":12.5,\"z\":0}");
+    char *b = canonical_of("{\"speed\":90.0,\"gap\":12.50,\"z\":-0.0}");
+    char *c = canonical_of("{\"gap\":1.25e1,\"z\":0e3,\"speed\":9.0e1}");
+
+    ASSERT_STR_EQ(a, "{\"gap\":125e-1,\"speed\":9e1,\"z\":0}");
+    ASSERT_STR_EQ(a, b);
+    ASSERT_STR_EQ(a, c);
+    free(a);
+    free(b);
+    free(c);
+}
+
+TEST(json_canonical_detects_changed_value)
+{
+    char *a = canonical_of("{\"racer\":\"r1\",\"speed\":90}");
+    char *b = canonical_of("{\"racer\":\"r1\",\"speed\":91}");
+    char *c = canonical_of("{\"racer\":\"r2\",\"speed\":90}");
+    char *d = canonical_of("{\"racer\":\"r1\",\"speed\":\"90\"}");
+    char *e = canonical_of("{\"racer\":\"r1\",\"Speed\":90}");
+
+    ASSERT_TRUE(strcmp(a, b) != 0);
+    ASSERT_TRUE(strcmp(a, c) != 0);
+    ASSERT_TRUE(strcmp(a, d) != 0);
+    ASSERT_TRUE(strcmp(a, e) != 0);
+    free(a);
+    free(b);
+    free(c);
+    free(d);
+    free(e);
+}
+
+TEST(json_canonical_orders_keys_bytewise)
+{
+    char *a = canonical_of("{\"b\":1,\"\\u00e9\":2,\"ab\":3,\"a\\u0000\":4,"
+                           "\"a\":5,\"Z\":6,\"\":7}");
+
+    ASSERT_MEM_EQ(a, strlen(a),
+                  "{\"\":7e0,\"Z\":6e0,\"a\":5e0,\"a\\u0000\":4e0,\"ab\":3e0,"
+                  "\"b\":1e0,\"\xc3\xa9\":2e0}",
+                  strlen("{\"\":7e0,\"Z\":6e0,\"a\":5e0,\"a\\u0000\":4e0,"
+                         "\"ab\":3e0,\"b\":1e0,\"\xc3\xa9\":2e0}"));
+    free(a);
+}
+
+TEST(json_canonical_escapes_minimally)
+{
+    char *a = canonical_of("[\"q\\\"b\\\\s\\/n\\nt\\tu\\u0001\\u001F"
+                           "\\u007f\\u00e9\\u0000end\"]");
+    const char expected[] = "[\"q\\\"b\\\\s/n\\u000at\\u0009u\\u0001\\u001f"
+                            "\x7f\xc3\xa9\\u0000end\"]";
+
+    ASSERT_MEM_EQ(a, strlen(a), expected, sizeof expected - 1);
+    free(a);
+}
+
+TEST(json_canonical_reports_full_buffer)
+{
+    struct json_doc *doc = parse_ok("{\"a\":[1,2,3]}", 13);
+    struct strbuf sb;
+
+    sb_init(&sb, 8);
+    ASSERT_EQ(json_canonical(json_doc_root(doc), &sb), -1);
+    sb_free(&sb);
+
+    sb_init(&sb, 64);
+    ASSERT_EQ(json_canonical(json_doc_root(doc), &sb), 0);
+    ASSERT_STR_EQ(sb.data, "{\"a\":[1e0,2e0,3e0]}");
+    sb_free(&sb);
+    json_doc_free(doc);
+}
+
+TEST(json_canonical_rejects_huge_exponent)
+{
+    struct json_doc *doc = parse_ok("[1e2000000000]", 14);
+    struct strbuf sb;
+
+    sb_init(&sb, 64);
+    ASSERT_EQ(json_canonical(json_doc_root(doc), &sb), -1);
+    sb_free(&sb);
+    json_doc_free(doc);
+}
