@@ -1,1 +1,150 @@
-int main(void) { return 0; }
+/*
+ * podium: race telemetry from Kinesis to live leaderboards.
+ *
+ * One executable with subcommands. Exit status: 0 success, 1 runtime
+ * failure, 2 usage or configuration error.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config/config.h"
+#include "daemon/daemon.h"
+
+#define DEFAULT_CONFIG_FILE "/etc/podium/podium.conf"
+
+extern char **environ;
+int cmd_run_with(struct podium_config *cfg);
+
+static void usage(FILE *out)
+{
+    fputs("usage: podium <command> [options]\n"
+          "\n"
+          "commands:\n"
+          "  run        read the stream and publish leaderboards until "
+          "stopped\n"
+          "  simulate   generate riders and put them to a stream or a file\n"
+          "  version    print the version\n"
+          "  help       print this text\n"
+          "\n"
+          "Options common to run and simulate:\n"
+          "  --config FILE     configuration file (default "
+          DEFAULT_CONFIG_FILE " when it exists)\n"
+          "  --set KEY=VALUE   override one setting, after the file and the\n"
+          "                    environment (PODIUM_<KEY>); repeatable\n"
+          "\n"
+          "Run `podium <command> --help` for the options of a command.\n",
+          out);
+}
+
+/*
+ * Load the configuration from the file named by --config (required then),
+ * else the default file when it exists, then the environment, then the
+ * --set flags. Prints the error and returns 2 on failure.
+ */
+int load_config(const struct common_opts *opts, struct podium_config *cfg)
+{
+    char err[1024];
+    const char *file = opts->config_file;
+    bool required = file != NULL;
+
+    if (file == NULL && access(DEFAULT_CONFIG_FILE, F_OK) == 0)
+        file = DEFAULT_CONFIG_FILE;
+    if (cfg_load(cfg, file, required, environ, opts->sets, opts->set_count,
+                 err, sizeof err) != 0) {
+        fprintf(stderr, "podium: %s\n", err);
+        return 2;
+    }
+    return 0;
+}
+
+static void run_usage(FILE *out)
+{
+    fputs("usage: podium run [--config FILE] [--set KEY=VALUE]...\n"
+          "\n"
+          "Read every shard of stream.name, apply each record exactly once\n"
+          "to the race state in store.path and publish the leaderboards.\n"
+          "Stops on SIGINT or SIGTERM after committing the batches in "
+          "flight.\n",
+          out);
+}
+
+/* Append one --set value to opts. Returns 0 or -1 when out of memory. */
+static int add_set(struct common_opts *opts, const char *value)
+{
+    const char **p = realloc(opts->sets, (opts->set_count + 1) * sizeof *p);
+    if (p == NULL)
+        return -1;
+    opts->sets = p;
+    opts->sets[opts->set_count++] = value;
+    return 0;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"set", required_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct common_opts opts = {0};
+    struct podium_config cfg;
+    int opt;
+
+    while ((opt = getopt_long(argc, argv, "c:s:h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            opts.config_file = optarg;
+            break;
+        case 's':
+            if (add_set(&opts, optarg) != 0)
+                return 1;
+            break;
+        case 'h':
+            run_usage(stdout);
+            free(opts.sets);
+            return 0;
+        default:
+            run_usage(stderr);
+            free(opts.sets);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "podium run: unexpected argument \"%s\"\n",
+                argv[optind]);
+        free(opts.sets);
+        return 2;
+    }
+    int rc = load_config(&opts, &cfg);
+    free(opts.sets);
+    return rc != 0 ? rc : cmd_run_with(&cfg);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "run") == 0)
+        return cmd_run(argc - 1, argv + 1);
+    if (strcmp(cmd, "simulate") == 0)
+        return cmd_simulate(argc - 1, argv + 1);
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        printf("podium %s\n", PODIUM_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 ||
+        strcmp(cmd, "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "podium: unknown command \"%s\"\n\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,2 +1,751 @@
-/* placeholder */
-typedef int podium_placeholder_pipeline;
+/*
+ * The batch pipeline: the one place where Kinesis records become durable
+ * state.
+ *
+ * Every unit of work is a job: a GetRecords batch of one shard, a
+ * stream-time tick, closing every race at the end of a replay, or deleting
+ * delivered outbox rows. Jobs run one at a time, in submission order, on a
+ * libuv worker thread (uv_queue_work), so the loop thread never waits on a
+ * commit and the store and the aggregator are never used by two threads at
+ * once. A job opens one write transaction (BEGIN IMMEDIATE) and puts
+ * everything it causes into it: idempotency rows, samples, race state, dead
+ * letters, outbox messages, deletions of delivered messages and the shard
+ * checkpoint. A crash therefore keeps all of a batch or none of it, and the
+ * records of a batch that did not commit are read again from the stored
+ * checkpoint.
+ *
+ * The aggregator's memory changes while the job runs. If the commit fails,
+ * memory and database disagree, so the pipeline stops taking jobs and
+ * reports a fatal error; the daemon exits and the next start rebuilds the
+ * aggregator from the database.
+ *
+ * Messages leave through the outbox: only after the commit are they handed
+ * to the publisher, and their rows are deleted by a later job once the
+ * publisher reports them delivered. A crash in between sends them again,
+ * byte for byte.
+ */
+#include "daemon/daemon.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/strbuf.h"
+#include "publisher/publisher.h"
+
+/* Deleted outbox rows per job, so one job never grows without bound. */
+#define PIPELINE_MAX_ACKS_PER_JOB 20000
+
+enum job_kind { JOB_BATCH, JOB_TICK, JOB_CLOSE_ALL, JOB_ACKS };
+
+struct out_message {
+    int64_t id;
+    char *topic;
+    char *payload;
+    size_t len;
+};
+
+struct job {
+    uv_work_t work;
+    struct pipeline *pl;
+    enum job_kind kind;
+    struct shard_batch *batch; /* JOB_BATCH, owned */
+    int64_t now_ms;            /* JOB_TICK */
+    int64_t *acks;             /* owned; outbox ids to delete */
+    size_t ack_count;
+    struct out_message *msgs; /* owned; built by the worker */
+    size_t msg_count;
+    size_t msg_cap;
+    bool failed;
+    char error[512];
+    struct job *next;
+};
+
+struct pipeline {
+    uv_loop_t *loop;
+    struct store *store;
+    const struct podium_config *cfg;
+    struct pipeline_hooks hooks;
+    struct agg *agg;
+
+    struct job *head; /* queued jobs, oldest first */
+    struct job *tail;
+    struct job *running;
+    bool failed;
+
+    int64_t *acks; /* delivered outbox ids not yet given to a job */
+    size_t ack_count;
+    size_t ack_cap;
+
+    /* Worker-side scratch, used only by the running job. */
+    struct job *current;
+    const char *current_shard;
+    struct strbuf ids[3];
+    struct strbuf topic;
+
+    struct log_limit reject_limit;
+    struct log_limit conflict_limit;
+    struct log_limit message_limit;
+    struct pipeline_counters counters;
+};
+
+static int sink_sample(void *arg, const struct agg_sample_row *row);
+static int sink_race_state(void *arg, const struct agg_id *race,
+                           const char *json, size_t len);
+static int sink_message(void *arg, const struct agg_message *msg);
+
+/* ---- construction ---------------------------------------------------- */
+
+static void agg_config_from(const struct podium_config *cfg,
+                            struct agg_config *out)
+{
+    memset(out, 0, sizeof *out);
+    out->max_seconds = cfg->race_max_seconds;
+    out->allowed_lateness_s = cfg->allowed_lateness_s;
+    out->idle_close_s = cfg->idle_close_s;
+    out->max_future_skew_s = cfg->max_future_skew_s;
+    out->max_second_jump = cfg->max_second_jump;
+    out->late_policy =
+        cfg->late_policy == CFG_LATE_DROP ? AGG_LATE_DROP : AGG_LATE_AMEND;
+    out->amend_window_s = cfg->amend_window_s;
+    out->top_n = cfg->top_n;
+}
+
+/*
+ * Create a pipeline over an open store. The store and cfg are borrowed and
+ * must outlive the pipeline. Returns NULL when out of memory.
+ */
+struct pipeline *pipeline_new(uv_loop_t *loop, struct store *st,
+                              const struct podium_config *cfg,
+                              const struct pipeline_hooks *hooks)
+{
+    struct pipeline *pl = calloc(1, sizeof *pl);
+    if (pl == NULL)
+        return NULL;
+    pl->loop = loop;
+    pl->store = st;
+    pl->cfg = cfg;
+    pl->hooks = *hooks;
+    for (size_t i = 0; i < 3; i++)
+        sb_init(&pl->ids[i], 256);
+    sb_init(&pl->topic, 4096);
+    pl->reject_limit = (struct log_limit)LOG_LIMIT_INIT(10000, 20);
+    pl->conflict_limit = (struct log_limit)LOG_LIMIT_INIT(10000, 20);
+    pl->message_limit = (struct log_limit)LOG_LIMIT_INIT(10000, 20);
+
+    struct agg_config acfg;
+    struct agg_sink sink = {pl, sink_sample, sink_race_state, sink_message};
+    agg_config_from(cfg, &acfg);
+    pl->agg = agg_new(&acfg, &sink);
+    if (pl->agg == NULL) {
+        pipeline_free(pl);
+        return NULL;
+    }
+    return pl;
+}
+
+static void out_messages_free(struct job *job)
+{
+    for (size_t i = 0; i < job->msg_count; i++) {
+        free(job->msgs[i].topic);
+        free(job->msgs[i].payload);
+    }
+    free(job->msgs);
+    job->msgs = NULL;
+    job->msg_count = job->msg_cap = 0;
+}
+
+static void job_free(struct job *job)
+{
+    if (job == NULL)
+        return;
+    shard_batch_free(job->batch);
+    free(job->acks);
+    out_messages_free(job);
+    free(job);
+}
+
+/* Free the pipeline. No job may be running (the loop has stopped). */
+void pipeline_free(struct pipeline *pl)
+{
+    if (pl == NULL)
+        return;
+    while (pl->head != NULL) {
+        struct job *next = pl->head->next;
+        job_free(pl->head);
+        pl->head = next;
+    }
+    agg_free(pl->agg);
+    free(pl->acks);
+    for (size_t i = 0; i < 3; i++)
+        sb_free(&pl->ids[i]);
+    sb_free(&pl->topic);
+    free(pl);
+}
+
+const struct pipeline_counters *pipeline_counters(const struct pipeline *pl)
+{
+    return &pl->counters;
+}
+
+static void count(atomic_uint_fast64_t *counter)
+{
+    atomic_fetch_add_explicit(counter, 1, memory_order_relaxed);
+}
+
+/* ---- restore --------------------------------------------------------- */
+
+struct restore_ids {
+    struct agg_id race;
+    struct agg_id racer;
+    struct agg_id class_id;
+};
+
+static int restore_sample(void *arg, const struct store_sample *s)
+{
+    struct pipeline *pl = arg;
+    struct restore_ids ids;
+
+    if (agg_id_from_json(s->race_id, strlen(s->race_id), &ids.race) != 0 ||
+        agg_id_from_json(s->racer_id, strlen(s->racer_id), &ids.racer) != 0 ||
+        agg_id_from_json(s->class_id, strlen(s->class_id), &ids.class_id) !=
+            0) {
+        log_error("main", NULL, "failed to restore sample: bad id in row "
+                  "race %s racer %s", s->race_id, s->racer_id);
+        return -1;
+    }
+    struct agg_sample_row row = {
+        .race = &ids.race,
+        .racer = &ids.racer,
+        .class_id = &ids.class_id,
+        .second = s->second,
+        .name = s->name,
+        .name_len = s->name_len,
+        .uuid = s->uuid,
+        .uuid_len = s->uuid_len,
+        .device_ts_ms = s->device_ts_ms,
+        .arrival_ms = s->arrival_ms,
+        .cadence4 = s->cadence4,
+        .resistance4 = s->resistance4,
+        .output4 = s->output4,
+        .cadence_exact = s->cadence_exact,
+        .resistance_exact = s->resistance_exact,
+        .final = s->final,
+    };
+    return agg_restore_sample(pl->agg, &row);
+}
+
+static int restore_race(void *arg, const char *key, const char *value,
+                        size_t len)
+{
+    struct pipeline *pl = arg;
+    if (agg_restore_race(pl->agg, value, len) != 0) {
+        log_error("main", NULL, "failed to restore race %s: invalid state",
+                  key);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Rebuild the aggregator from the samples and race states in the store, so
+ * that processing continues exactly where the last commit left it.
+ */
+int pipeline_restore(struct pipeline *pl)
+{
+    char text[32];
+
+    if (store_samples_load(pl->store, restore_sample, pl) != 0 ||
+        store_state_load(pl->store, "race", restore_race, pl) != 0) {
+        log_error("main", NULL, "failed to restore state: %s",
+                  store_errmsg(pl->store));
+        return -1;
+    }
+    int found = store_meta_get(pl->store, "stream_time_ms", text, sizeof text);
+    if (found < 0) {
+        log_error("main", NULL, "failed to read stream time: %s",
+                  store_errmsg(pl->store));
+        return -1;
+    }
+    if (found == 1)
+        agg_restore_stream_time(pl->agg, strtoll(text, NULL, 10));
+    return 0;
+}
+
+/* ---- sink: aggregator output into the open transaction ------------- */
+
+static int sink_sample(void *arg, const struct agg_sample_row *row)
+{
+    struct pipeline *pl = arg;
+    for (size_t i = 0; i < 3; i++)
+        sb_reset(&pl->ids[i]);
+    agg_id_to_json(row->race, &pl->ids[0]);
+    agg_id_to_json(row->racer, &pl->ids[1]);
+    agg_id_to_json(row->class_id, &pl->ids[2]);
+
+    struct store_sample s = {
+        .race_id = pl->ids[0].data,
+        .racer_id = pl->ids[1].data,
+        .second = row->second,
+        .class_id = pl->ids[2].data,
+        .name = row->name,
+        .name_len = row->name_len,
+        .uuid = row->uuid,
+        .uuid_len = row->uuid_len,
+        .device_ts_ms = row->device_ts_ms,
+        .arrival_ms = row->arrival_ms,
+        .cadence4 = row->cadence4,
+        .resistance4 = row->resistance4,
+        .output4 = row->output4,
+        .cadence_exact = row->cadence_exact,
+        .resistance_exact = row->resistance_exact,
+        .final = row->final,
+    };
+    return store_sample_put(pl->store, &s);
+}
+
+static int sink_race_state(void *arg, const struct agg_id *race,
+                           const char *json, size_t len)
+{
+    struct pipeline *pl = arg;
+    sb_reset(&pl->ids[0]);
+    agg_id_to_json(race, &pl->ids[0]);
+    return store_state_put(pl->store, "race", pl->ids[0].data, json, len);
+}
+
+static const char *topic_template(const struct podium_config *cfg,
+                                  enum agg_message_kind kind)
+{
+    switch (kind) {
+    case AGG_MSG_RACE_LEADERBOARD:
+        return cfg->topic_race_leaderboard;
+    case AGG_MSG_RACE_RESULTS:
+        return cfg->topic_race_results;
+    case AGG_MSG_CLASS_LEADERBOARD:
+        return cfg->topic_class_leaderboard;
+    }
+    return NULL;
+}
+
+/* Log a message that cannot be published; it is counted, never sent. */
+static int drop_message(struct pipeline *pl, const struct agg_message *msg,
+                        const char *reason)
+{
+    uint32_t suppressed;
+    count(&pl->counters.messages_invalid);
+    if (log_limit_allow(&pl->message_limit, (uint64_t)log_now_ms(),
+                        &suppressed)) {
+        struct log_ids ids = {.race = msg->race ? msg->race->str : NULL};
+        log_error("main", &ids,
+                  "failed to build message for second %" PRId32
+                  ": %s (%" PRIu32 " similar errors not logged)",
+                  msg->second, reason, suppressed);
+    }
+    return 0;
+}
+
+static int keep_message(struct job *job, int64_t id, const char *topic,
+                        const char *payload, size_t len)
+{
+    if (job->msg_count == job->msg_cap) {
+        size_t cap = job->msg_cap ? job->msg_cap * 2 : 16;
+        struct out_message *p = realloc(job->msgs, cap * sizeof *p);
+        if (p == NULL)
+            return -1;
+        job->msgs = p;
+        job->msg_cap = cap;
+    }
+    struct out_message *m = &job->msgs[job->msg_count];
+    m->id = id;
+    m->topic = strdup(topic);
+    m->payload = malloc(len + 1);
+    if (m->topic == NULL || m->payload == NULL) {
+        free(m->topic);
+        free(m->payload);
+        return -1;
+    }
+    memcpy(m->payload, payload, len);
+    m->payload[len] = '\0';
+    m->len = len;
+    job->msg_count++;
+    return 0;
+}
+
+static int sink_message(void *arg, const struct agg_message *msg)
+{
+    struct pipeline *pl = arg;
+    const struct agg_id *race = msg->race, *cls = msg->class_id;
+    char err[256];
+    int64_t id;
+
+    sb_reset(&pl->topic);
+    if (pub_topic_expand(topic_template(pl->cfg, msg->kind),
+                         race ? race->str : NULL, race ? race->len : 0,
+                         cls ? cls->str : NULL, cls ? cls->len : 0,
+                         &pl->topic, err, sizeof err) != 0)
+        return drop_message(pl, msg, err);
+    if (msg->payload_len > PUB_MAX_PAYLOAD) {
+        snprintf(err, sizeof err,
+                 "payload of %zu bytes is over the %d-byte limit; lower "
+                 "leaderboard.top_n",
+                 msg->payload_len, PUB_MAX_PAYLOAD);
+        return drop_message(pl, msg, err);
+    }
+    if (store_outbox_add(pl->store, pl->topic.data, msg->payload,
+                         msg->payload_len, &id) != 0)
+        return -1;
+    count(&pl->counters.messages_built);
+    return keep_message(pl->current, id, pl->topic.data, msg->payload,
+                        msg->payload_len);
+}
+
+/* ---- worker: records into the transaction ------------------------- */
+
+static int dead_letter(struct pipeline *pl, const struct shard_record *r,
+                       const char *reason, const char *detail)
+{
+    struct store_dead_letter d = {
+        .shard_id = pl->current_shard,
+        .seq = r->seq,
+        .subseq = r->subseq,
+        .arrival_ms = r->arrival_ms,
+        .reason = reason,
+        .detail = detail,
+        .data = r->data,
+        .data_len = r->len,
+    };
+    return store_dead_letter_add(pl->store, &d);
+}
+
+static void log_record(struct pipeline *pl, struct log_limit *limit,
+                       const struct shard_record *r, const char *what,
+                       const char *detail)
+{
+    uint32_t suppressed;
+    if (!log_limit_allow(limit, (uint64_t)log_now_ms(), &suppressed))
+        return;
+    struct log_ids ids = {.stream = pl->cfg->stream_name,
+                          .shard = pl->current_shard,
+                          .seq = r->seq};
+    log_warn("main", &ids, "%s: %s (%" PRIu32 " similar lines not logged)",
+             what, detail, suppressed);
+}
+
+static int reject_record(struct pipeline *pl, const struct shard_record *r,
+                         const struct agg_reject_info *why)
+{
+    const char *reason = agg_reject_name(why->reason);
+    count(&pl->counters.rejected[why->reason]);
+    log_record(pl, &pl->reject_limit, r, "rejected record", why->detail);
+    return dead_letter(pl, r, reason, why->detail);
+}
+
+static bool outcome_applied(enum agg_outcome outcome)
+{
+    return outcome == AGG_APPLIED || outcome == AGG_CONFLICT_REPLACED ||
+           outcome == AGG_LATE_AMENDED;
+}
+
+/* Apply a record whose key was seen for the first time. */
+static int apply_record(struct pipeline *pl, const struct shard_record *r,
+                        const struct agg_record *rec)
+{
+    enum agg_outcome outcome;
+    int rc = agg_apply(pl->agg, rec, r->arrival_ms, &outcome);
+    if (rc != 0)
+        return rc;
+
+    count(&pl->counters.outcomes[outcome]);
+    if (outcome_applied(outcome))
+        count(&pl->counters.records_applied);
+    if (outcome == AGG_CONFLICT_KEPT || outcome == AGG_CONFLICT_REPLACED)
+        log_record(pl, &pl->conflict_limit, r, "sample conflict",
+                   "another record has other values for the same rider "
+                   "and second; the one with the smaller "
+                   "(deviceTimestamp, uuid) is kept");
+    if (outcome == AGG_APPLIED)
+        return 0;
+    if (store_idem_set_outcome(pl->store, rec->uuid, rec->uuid_len,
+                               agg_outcome_name(outcome)) != 0)
+        return -1;
+    if (outcome == AGG_QUARANTINED_SKEW || outcome == AGG_QUARANTINED_JUMP)
+        return dead_letter(pl, r, agg_outcome_name(outcome),
+                           outcome == AGG_QUARANTINED_SKEW
+                               ? "deviceTimestamp is too far ahead of the "
+                                 "arrival time (race.max_future_skew_s)"
+                               : "second jumps too far past the race's "
+                                 "latest second (race.max_second_jump)");
+    return 0;
+}
+
+static int process_record(struct pipeline *pl, const struct shard_record *r)
+{
+    struct agg_record rec;
+    struct agg_reject_info why;
+    enum store_claim claim;
+
+    count(&pl->counters.records_read);
+    if (agg_record_parse(r->data, r->len, pl->cfg->race_max_seconds, &rec,
+                         &why) != 0)
+        return reject_record(pl, r, &why);
+
+    struct store_idem_row row = {
+        .key = rec.uuid,
+        .key_len = rec.uuid_len,
+        .hash = rec.hash,
+        .now_ms = r->arrival_ms,
+        .expiry_s = pl->cfg->idempotency_expiry_s,
+        .outcome = "applied",
+        .shard_id = pl->current_shard,
+        .seq = r->seq,
+        .subseq = r->subseq,
+    };
+    if (store_idem_record(pl->store, &row, &claim, NULL, 0) != 0)
+        return -1;
+    if (claim == STORE_CLAIM_DUPLICATE) {
+        count(&pl->counters.duplicates);
+        return 0;
+    }
+    if (claim == STORE_CLAIM_CONFLICT) {
+        count(&pl->counters.validation_conflicts);
+        log_record(pl, &pl->conflict_limit, r, "validation conflict",
+                   "a record with this uuid was seen before with other "
+                   "contents; this copy is not applied");
+        return dead_letter(pl, r, "validation_conflict",
+                           "uuid seen before with other contents");
+    }
+    return apply_record(pl, r, &rec);
+}
+
+static int process_batch(struct pipeline *pl, struct shard_batch *batch)
+{
+    pl->current_shard = batch->shard_id;
+    for (size_t i = 0; i < batch->count; i++) {
+        if (process_record(pl, &batch->records[i]) != 0)
+            return -1;
+    }
+    if (batch->checkpoint_seq == NULL && !batch->shard_end)
+        return 0;
+
+    struct store_checkpoint cp = {
+        .shard_id = batch->shard_id,
+        .seq = batch->checkpoint_seq,
+        .subseq = batch->checkpoint_subseq,
+        .finished = batch->shard_end,
+    };
+    return store_checkpoint_put(pl->store, &cp);
+}
+
+static int save_stream_time(struct pipeline *pl)
+{
+    char text[32];
+    snprintf(text, sizeof text, "%" PRId64, agg_stream_time(pl->agg));
+    return store_meta_put(pl->store, "stream_time_ms", text);
+}
+
+static int run_job(struct pipeline *pl, struct job *job)
+{
+    int rc = 0;
+    if (job->ack_count > 0)
+        rc = store_outbox_delete(pl->store, job->acks, job->ack_count);
+    if (rc == 0) {
+        switch (job->kind) {
+        case JOB_BATCH:
+            rc = process_batch(pl, job->batch);
+            break;
+        case JOB_TICK:
+            rc = agg_advance(pl->agg, job->now_ms);
+            break;
+        case JOB_CLOSE_ALL:
+            rc = agg_close_all(pl->agg);
+            break;
+        case JOB_ACKS:
+            break;
+        }
+    }
+    if (rc == 0)
+        rc = agg_flush(pl->agg);
+    if (rc == 0)
+        rc = save_stream_time(pl);
+    return rc;
+}
+
+/* Worker thread: one transaction for the whole job. */
+static void job_work(uv_work_t *work)
+{
+    struct job *job = work->data;
+    struct pipeline *pl = job->pl;
+
+    pl->current = job;
+    if (store_begin(pl->store) != 0 || run_job(pl, job) != 0 ||
+        store_commit(pl->store) != 0) {
+        snprintf(job->error, sizeof job->error,
+                 "failed to commit batch: %s", store_errmsg(pl->store));
+        store_rollback(pl->store);
+        out_messages_free(job);
+        job->failed = true;
+    }
+    pl->current = NULL;
+    pl->current_shard = NULL;
+}
+
+/* ---- loop side: queue and completion ------------------------------ */
+
+static void start_next(struct pipeline *pl);
+
+static void job_done(uv_work_t *work, int status)
+{
+    struct job *job = work->data;
+    struct pipeline *pl = job->pl;
+
+    pl->running = NULL;
+    if (status != 0 && !job->failed) {
+        job->failed = true;
+        snprintf(job->error, sizeof job->error, "failed to run batch: %s",
+                 uv_strerror(status));
+    }
+    if (job->failed) {
+        pl->failed = true;
+        pl->hooks.fatal(pl->hooks.arg, job->error);
+        job_free(job);
+        return;
+    }
+    count(&pl->counters.batches_committed);
+    for (size_t i = 0; i < job->msg_count; i++) {
+        struct out_message *m = &job->msgs[i];
+        pl->hooks.message(pl->hooks.arg, m->id, m->topic, m->payload, m->len);
+    }
+    if (job->kind == JOB_BATCH)
+        pl->hooks.batch_committed(pl->hooks.arg, job->batch->shard_id);
+    job_free(job);
+    start_next(pl);
+    if (pipeline_idle(pl) && pl->hooks.idle != NULL)
+        pl->hooks.idle(pl->hooks.arg);
+}
+
+/* Hand the delivered ids collected so far to job (up to the cap). */
+static void take_acks(struct pipeline *pl, struct job *job)
+{
+    size_t n = pl->ack_count;
+    if (n == 0)
+        return;
+    if (n > PIPELINE_MAX_ACKS_PER_JOB)
+        n = PIPELINE_MAX_ACKS_PER_JOB;
+    job->acks = malloc(n * sizeof *job->acks);
+    if (job->acks == NULL)
+        return; /* they stay queued for a later job */
+    memcpy(job->acks, pl->acks, n * sizeof *job->acks);
+    job->ack_count = n;
+    memmove(pl->acks, pl->acks + n, (pl->ack_count - n) * sizeof *pl->acks);
+    pl->ack_count -= n;
+}
+
+static void start_next(struct pipeline *pl)
+{
+    if (pl->running != NULL || pl->failed || pl->head == NULL)
+        return;
+    struct job *job = pl->head;
+    pl->head = job->next;
+    if (pl->head == NULL)
+        pl->tail = NULL;
+    job->next = NULL;
+
+    take_acks(pl, job);
+    job->work.data = job;
+    pl->running = job;
+    int rc = uv_queue_work(pl->loop, &job->work, job_work, job_done);
+    if (rc != 0) {
+        pl->running = NULL;
+        pl->failed = true;
+        job_free(job);
+        pl->hooks.fatal(pl->hooks.arg, "failed to queue batch work");
+    }
+}
+
+static void enqueue(struct pipeline *pl, struct job *job)
+{
+    job->pl = pl;
+    if (pl->tail != NULL)
+        pl->tail->next = job;
+    else
+        pl->head = job;
+    pl->tail = job;
+    start_next(pl);
+}
+
+static struct job *job_new(enum job_kind kind)
+{
+    struct job *job = calloc(1, sizeof *job);
+    if (job == NULL) {
+        log_error("main", NULL, "failed to queue a job: out of memory");
+        return NULL;
+    }
+    job->kind = kind;
+    return job;
+}
+
+void pipeline_submit_batch(struct pipeline *pl, struct shard_batch *batch)
+{
+    struct job *job = pl->failed ? NULL : job_new(JOB_BATCH);
+    if (job == NULL) {
+        /* Not committed, so its records are read again after a restart. */
+        shard_batch_free(batch);
+        return;
+    }
+    job->batch = batch;
+    enqueue(pl, job);
+}
+
+void pipeline_submit_tick(struct pipeline *pl, int64_t now_ms)
+{
+    struct job *job = pl->failed ? NULL : job_new(JOB_TICK);
+    if (job == NULL)
+        return;
+    job->now_ms = now_ms;
+    enqueue(pl, job);
+}
+
+void pipeline_submit_close_all(struct pipeline *pl)
+{
+    struct job *job = pl->failed ? NULL : job_new(JOB_CLOSE_ALL);
+    if (job != NULL)
+        enqueue(pl, job);
+}
+
+void pipeline_ack(struct pipeline *pl, int64_t id)
+{
+    if (pl->ack_count == pl->ack_cap) {
+        size_t cap = pl->ack_cap ? pl->ack_cap * 2 : 1024;
+        int64_t *p = realloc(pl->acks, cap * sizeof *p);
+        if (p == NULL) {
+            /* The row stays in the outbox and is sent again on restart. */
+            log_warn("main", NULL, "failed to record delivery of outbox "
+                     "message %" PRId64 ": out of memory", id);
+            return;
+        }
+        pl->acks = p;
+        pl->ack_cap = cap;
+    }
+    pl->acks[pl->ack_count++] = id;
+}
+
+void pipeline_flush_acks(struct pipeline *pl)
+{
+    if (pl->ack_count == 0 || pl->failed)
+        return;
+    struct job *job = job_new(JOB_ACKS);
+    if (job != NULL)
+        enqueue(pl, job);
+}
+
+bool pipeline_idle(const struct pipeline *pl)
+{
+    return pl->running == NULL && (pl->head == NULL || pl->failed);
+}
+
+size_t pipeline_pending_acks(const struct pipeline *pl)
+{
+    return pl->ack_count;
+}

@@ -1,2 +1,623 @@
-/* placeholder */
-typedef int podium_placeholder_simulate;
+/*
+ * `podium simulate`: riders on exercise bikes, the way the Alleycat sample
+ * simulator plays them, plus what it lacks (a uuid on every message, seeds
+ * for repeatable runs, duplicate puts).
+ *
+ * Each rider gets a permanent cadence range inside 30..90 and a resistance
+ * range inside 33..86, and for the race a narrower range inside those; the
+ * value at second s rises linearly from the race minimum to the race maximum
+ * over the race, in hundredths. Every rider sends one message per second;
+ * the last second carries event "final". Riders are spread over the classes
+ * in turn and each class rides its own race. A duplicate is the same bytes
+ * put again with the same partition key a second later, as a producer retry
+ * would do.
+ *
+ * Output goes to a stream (PutRecords, at most 500 records a call, failed
+ * entries retried) or to a file in the recording format: one JSON object a
+ * line with the Kinesis field names, Data in base64.
+ */
+#include "daemon/daemon.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/aws.h"
+#include "common/base64.h"
+#include "common/log.h"
+#include "common/strbuf.h"
+
+#define SIM_MAX_RACERS 100000
+#define SIM_MAX_CLASSES 999
+#define SIM_MAX_SECONDS 86400
+/* Records queued in the putter before the feeder waits. */
+#define SIM_MAX_QUEUED 20000
+
+static const char *const rider_names[] = {
+    "Ada",   "Bo",     "Carmen", "Dev",    "Eun",    "Femi",  "Gus",
+    "Hana",  "Ivo",    "Jia",    "Kofi",   "Lena",   "Mateo", "Nia",
+    "Oskar", "Priya",  "Quinn",  "Rosa",   "Sami",   "Tove",  "Uma",
+    "Vik",   "Wen",    "Xavi",   "Yara",   "Zeno",   "Ayla",  "Bram",
+    "Cleo",  "Dario",  "Elif",   "Finn",   "Greta",  "Hugo",  "Inés",
+    "Joon",  "Kaia",   "Luca",   "Mira",   "Nils",   "Olu",   "Pia",
+    "Rafa",  "Sora",   "Teo",    "Una",    "Vera",   "Wim",   "Yusuf",
+    "Zoe",
+};
+
+struct sim_options {
+    int64_t racers;
+    int64_t seconds;
+    int64_t classes;
+    uint64_t seed;
+    double duplicates;
+    const char *out_file;
+    const char *stream;
+    int64_t start_ms;
+    bool realtime;
+};
+
+struct rider {
+    int64_t racer_id;
+    int64_t class_no;
+    int64_t race_id;
+    const char *name;
+    int64_t cadence_min; /* race range, whole units */
+    int64_t cadence_max;
+    int64_t resistance_min;
+    int64_t resistance_max;
+};
+
+struct sim_record {
+    char *data;
+    size_t len;
+    char partition_key[16];
+    int64_t device_ts_ms;
+};
+
+/* ---- deterministic randomness (splitmix64) ----------------------- */
+
+struct rng {
+    uint64_t state;
+};
+
+static uint64_t rng_next(struct rng *r)
+{
+    uint64_t z = (r->state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Uniform integer in lo..hi inclusive. */
+static int64_t rng_range(struct rng *r, int64_t lo, int64_t hi)
+{
+    uint64_t span = (uint64_t)(hi - lo) + 1;
+    return lo + (int64_t)(rng_next(r) % span);
+}
+
+static bool rng_chance(struct rng *r, double p)
+{
+    return (double)(rng_next(r) >> 11) * 0x1.0p-53 < p;
+}
+
+static void rng_uuid(struct rng *r, char out[37])
+{
+    uint8_t b[16];
+    uint64_t a = rng_next(r), c = rng_next(r);
+    memcpy(b, &a, 8);
+    memcpy(b + 8, &c, 8);
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* version 4 */
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+    snprintf(out, 37,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
+             "%02x%02x%02x%02x%02x%02x",
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9],
+             b[10], b[11], b[12], b[13], b[14], b[15]);
+}
+
+/* ---- riders and records ----------------------------------------- */
+
+static void make_rider(struct rng *r, const struct sim_options *o,
+                       int64_t index, struct rider *out)
+{
+    int64_t cmin = rng_range(r, 30, 90), cmax = rng_range(r, cmin, 90);
+    int64_t rmin = rng_range(r, 33, 86), rmax = rng_range(r, rmin, 86);
+
+    out->racer_id = 100 + index;
+    out->class_no = 1 + index % o->classes;
+    out->race_id = o->start_ms / 300000 * 1000 + out->class_no;
+    out->name = rider_names[rng_next(r) % (sizeof rider_names /
+                                           sizeof rider_names[0])];
+    out->cadence_min = rng_range(r, cmin, cmax);
+    out->cadence_max = rng_range(r, out->cadence_min, cmax);
+    out->resistance_min = rng_range(r, rmin, rmax);
+    out->resistance_max = rng_range(r, out->resistance_min, rmax);
+}
+
+/* Value at second s of seconds, in hundredths, rising from lo to hi. */
+static int64_t ramp(int64_t lo, int64_t hi, int64_t s, int64_t seconds)
+{
+    return lo * 100 + (hi - lo) * 100 * s / seconds;
+}
+
+static void put_hundredths(struct strbuf *sb, int64_t v)
+{
+    sb_fixed4(sb, v * 100);
+}
+
+static int make_record(struct rng *r, const struct sim_options *o,
+                       const struct rider *rd, int64_t second,
+                       struct sim_record *out)
+{
+    struct strbuf sb;
+    char uuid[37];
+
+    rng_uuid(r, uuid);
+    out->device_ts_ms = o->start_ms + second * 1000 + rng_range(r, 0, 199);
+    snprintf(out->partition_key, sizeof out->partition_key, "%" PRId64,
+             rng_range(r, 0, 99999999));
+
+    sb_init(&sb, 4096);
+    sb_printf(&sb,
+              "{\"uuid\":\"%s\",\"event\":\"%s\",\"deviceTimestamp\":%" PRId64
+              ",\"second\":%" PRId64 ",\"raceId\":%" PRId64
+              ",\"name\":\"%s\",\"racerId\":%" PRId64 ",\"classId\":%" PRId64
+              ",\"cadence\":",
+              uuid, second == o->seconds ? "final" : "update",
+              out->device_ts_ms, second, rd->race_id, rd->name, rd->racer_id,
+              rd->class_no);
+    put_hundredths(&sb, ramp(rd->cadence_min, rd->cadence_max, second,
+                             o->seconds));
+    sb_puts(&sb, ",\"resistance\":");
+    put_hundredths(&sb, ramp(rd->resistance_min, rd->resistance_max, second,
+                             o->seconds));
+    sb_putc(&sb, '}');
+    if (sb_error(&sb) != 0) {
+        sb_free(&sb);
+        return -1;
+    }
+    out->data = sb_take(&sb, &out->len);
+    return 0;
+}
+
+/* ---- the run: records second by second -------------------------- */
+
+struct sim_state {
+    struct sim_options opts;
+    struct rng rng;
+    struct rider *riders;
+    int64_t next_second;         /* next second to generate */
+    struct sim_record *retries;  /* duplicates to put after this second */
+    size_t retry_count;
+    size_t retry_cap;
+    uint64_t records;
+    uint64_t duplicates;
+
+    /* file output */
+    FILE *out;
+    uint64_t sequence;
+    int64_t last_arrival_ms;
+
+    /* stream output */
+    uv_loop_t loop;
+    uv_timer_t feeder;
+    struct httpc *http;
+    struct kinesis_putter *putter;
+    struct aws_endpoint endpoint;
+    struct aws_credentials creds;
+    int64_t wall_start_ms;
+    const char *error;
+    int exit_code;
+};
+
+static int emit_file(struct sim_state *st, const struct sim_record *rec)
+{
+    size_t b64_len = BASE64_ENCODED_LEN(rec->len);
+    char *b64 = malloc(b64_len + 1);
+    if (b64 == NULL)
+        return -1;
+    base64_encode((const uint8_t *)rec->data, rec->len, b64);
+
+    /* Arrival follows the device clock by a small delay and, like a real
+     * shard's, never goes backwards within this one-shard recording. */
+    int64_t arrival = rec->device_ts_ms + 150;
+    if (arrival < st->last_arrival_ms)
+        arrival = st->last_arrival_ms;
+    st->last_arrival_ms = arrival;
+    st->sequence++;
+    int rc = fprintf(st->out,
+                     "{\"ShardId\":\"shardId-000000000000\","
+                     "\"SequenceNumber\":\"49%054" PRIu64 "\","
+                     "\"ApproximateArrivalTimestamp\":%" PRId64
+                     ".%03" PRId64 ",\"PartitionKey\":\"%s\","
+                     "\"Data\":\"%s\"}\n",
+                     st->sequence, arrival / 1000, arrival % 1000,
+                     rec->partition_key, b64);
+    free(b64);
+    return rc < 0 ? -1 : 0;
+}
+
+static int emit(struct sim_state *st, const struct sim_record *rec)
+{
+    st->records++;
+    if (st->out != NULL)
+        return emit_file(st, rec);
+    return kinesis_putter_add(st->putter, rec->data, rec->len,
+                              rec->partition_key);
+}
+
+static int keep_retry(struct sim_state *st, struct sim_record *rec)
+{
+    if (st->retry_count == st->retry_cap) {
+        size_t cap = st->retry_cap ? st->retry_cap * 2 : 64;
+        struct sim_record *p = realloc(st->retries, cap * sizeof *p);
+        if (p == NULL)
+            return -1;
+        st->retries = p;
+        st->retry_cap = cap;
+    }
+    st->retries[st->retry_count++] = *rec;
+    return 0;
+}
+
+/* Emit the duplicates held back from the previous second. */
+static int flush_retries(struct sim_state *st)
+{
+    int rc = 0;
+    for (size_t i = 0; i < st->retry_count; i++) {
+        if (rc == 0)
+            rc = emit(st, &st->retries[i]);
+        st->duplicates++;
+        free(st->retries[i].data);
+    }
+    st->retry_count = 0;
+    return rc;
+}
+
+/* Generate and emit every rider's record of the next second. */
+static int emit_second(struct sim_state *st)
+{
+    int64_t second = st->next_second++;
+    struct sim_record *held = NULL;
+    size_t held_count = st->retry_count;
+
+    /* Duplicates of the previous second go out after this second's
+     * records, so swap them aside first. */
+    held = st->retries;
+    st->retries = NULL;
+    st->retry_count = st->retry_cap = 0;
+
+    int rc = 0;
+    for (int64_t i = 0; i < st->opts.racers && rc == 0; i++) {
+        struct sim_record rec;
+        rc = make_record(&st->rng, &st->opts, &st->riders[i], second, &rec);
+        if (rc == 0)
+            rc = emit(st, &rec);
+        if (rc == 0 && rng_chance(&st->rng, st->opts.duplicates))
+            rc = keep_retry(st, &rec);
+        else
+            free(rec.data);
+    }
+    for (size_t i = 0; i < held_count; i++) {
+        if (rc == 0)
+            rc = emit(st, &held[i]);
+        st->duplicates++;
+        free(held[i].data);
+    }
+    free(held);
+    return rc;
+}
+
+static bool all_generated(const struct sim_state *st)
+{
+    return st->next_second > st->opts.seconds;
+}
+
+/* ---- file output -------------------------------------------------- */
+
+static int run_to_file(struct sim_state *st)
+{
+    bool to_stdout = strcmp(st->opts.out_file, "-") == 0;
+    st->out = to_stdout ? stdout : fopen(st->opts.out_file, "w");
+    if (st->out == NULL) {
+        fprintf(stderr, "podium simulate: failed to open %s: %s\n",
+                st->opts.out_file, strerror(errno));
+        return 1;
+    }
+    int rc = 0;
+    while (rc == 0 && !all_generated(st))
+        rc = emit_second(st);
+    if (rc == 0)
+        rc = flush_retries(st);
+    if (fflush(st->out) != 0 || (!to_stdout && fclose(st->out) != 0))
+        rc = -1;
+    if (rc != 0) {
+        fprintf(stderr, "podium simulate: failed to write %s: %s\n",
+                st->opts.out_file, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- stream output ------------------------------------------------ */
+
+static void on_put_done(void *arg, const char *error)
+{
+    struct sim_state *st = arg;
+    if (error != NULL) {
+        fprintf(stderr, "podium simulate: failed to put records: %s\n",
+                error);
+        st->exit_code = 1;
+    }
+    uv_close((uv_handle_t *)&st->feeder, NULL);
+    httpc_close(st->http, NULL, NULL);
+    st->http = NULL;
+}
+
+/* Feed seconds into the putter without queueing the whole race at once;
+ * with --realtime, second s goes out s seconds after the start. */
+static void on_feed(uv_timer_t *timer)
+{
+    struct sim_state *st = timer->data;
+    int64_t now = log_now_ms();
+
+    while (!all_generated(st) &&
+           kinesis_putter_pending(st->putter) < SIM_MAX_QUEUED) {
+        if (st->opts.realtime &&
+            now < st->wall_start_ms + (st->next_second - 1) * 1000)
+            return;
+        if (emit_second(st) != 0) {
+            st->exit_code = 1;
+            break;
+        }
+    }
+    if (!all_generated(st) && st->exit_code == 0)
+        return;
+    uv_timer_stop(timer);
+    if (flush_retries(st) != 0)
+        st->exit_code = 1;
+    kinesis_putter_finish(st->putter, on_put_done, st);
+}
+
+static int run_to_stream(struct sim_state *st, struct podium_config *cfg)
+{
+    char err[512];
+    if (aws_endpoint_init(&st->endpoint, cfg->kinesis_endpoint, cfg->region,
+                          "kinesis", err, sizeof err) != 0) {
+        fprintf(stderr, "podium simulate: invalid kinesis.endpoint: %s\n",
+                err);
+        return 2;
+    }
+    if (aws_credentials_from_env(&st->creds) != 0) {
+        fprintf(stderr, "podium simulate: no AWS credentials: set "
+                        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY\n");
+        aws_endpoint_clear(&st->endpoint);
+        return 2;
+    }
+    uv_loop_init(&st->loop);
+    if (httpc_new(&st->loop, &st->http) != 0)
+        return 1;
+    st->putter = kinesis_putter_new(&st->loop, st->http, &st->endpoint,
+                                    &st->creds, st->opts.stream,
+                                    cfg->request_timeout_ms);
+    if (st->putter == NULL)
+        return 1;
+    st->wall_start_ms = log_now_ms();
+    uv_timer_init(&st->loop, &st->feeder);
+    st->feeder.data = st;
+    uv_timer_start(&st->feeder, on_feed, 0, 5);
+    uv_run(&st->loop, UV_RUN_DEFAULT);
+
+    kinesis_putter_free(st->putter);
+    if (uv_loop_close(&st->loop) != 0)
+        fprintf(stderr, "podium simulate: handles left open at exit\n");
+    aws_endpoint_clear(&st->endpoint);
+    aws_credentials_clear(&st->creds);
+    return st->exit_code;
+}
+
+/* ---- options ------------------------------------------------------ */
+
+static void simulate_usage(FILE *out)
+{
+    fputs(
+        "usage: podium simulate (--stream NAME | --out FILE) [options]\n"
+        "\n"
+        "  --racers N        riders (default 1000, up to 100000)\n"
+        "  --seconds N       race length in seconds (default 300)\n"
+        "  --classes N       classes; each class rides its own race "
+        "(default 6)\n"
+        "  --seed N          seed for repeatable runs (default 1)\n"
+        "  --duplicates F    fraction 0..1 of messages put twice "
+        "(default 0)\n"
+        "  --start-ms MS     device time of second 0, ms since the epoch\n"
+        "                    (default: now)\n"
+        "  --realtime        put second s at s seconds after the start\n"
+        "  --stream NAME     put to this Kinesis stream (kinesis.endpoint)\n"
+        "  --out FILE        write the recording format ('-' = standard "
+        "output)\n"
+        "  --config FILE, --set KEY=VALUE   as for podium run\n",
+        out);
+}
+
+static int parse_int(const char *name, const char *text, int64_t lo,
+                     int64_t hi, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || v < lo || v > hi) {
+        fprintf(stderr,
+                "podium simulate: invalid value for --%s: \"%s\" (expected "
+                "an integer from %" PRId64 " to %" PRId64 ")\n",
+                name, text, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_fraction(const char *name, const char *text, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno != 0 || end == text || *end != '\0' || !(v >= 0 && v <= 1)) {
+        fprintf(stderr,
+                "podium simulate: invalid value for --%s: \"%s\" (expected "
+                "a fraction from 0 to 1)\n",
+                name, text);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_sim_option(int opt, const char *arg, struct sim_options *o,
+                            struct common_opts *common)
+{
+    int64_t v;
+    switch (opt) {
+    case 'r':
+        return parse_int("racers", arg, 1, SIM_MAX_RACERS, &o->racers);
+    case 'S':
+        return parse_int("seconds", arg, 1, SIM_MAX_SECONDS, &o->seconds);
+    case 'C':
+        return parse_int("classes", arg, 1, SIM_MAX_CLASSES, &o->classes);
+    case 'e':
+        if (parse_int("seed", arg, 0, INT64_MAX, &v) != 0)
+            return -1;
+        o->seed = (uint64_t)v;
+        return 0;
+    case 'd':
+        return parse_fraction("duplicates", arg, &o->duplicates);
+    case 't':
+        return parse_int("start-ms", arg, 0, 253402300799999, &o->start_ms);
+    case 'R':
+        o->realtime = true;
+        return 0;
+    case 'o':
+        o->out_file = arg;
+        return 0;
+    case 'n':
+        o->stream = arg;
+        return 0;
+    case 'c':
+        common->config_file = arg;
+        return 0;
+    case 's': {
+        const char **p = realloc(common->sets,
+                                 (common->set_count + 1) * sizeof *p);
+        if (p == NULL)
+            return -1;
+        common->sets = p;
+        common->sets[common->set_count++] = arg;
+        return 0;
+    }
+    }
+    return -1;
+}
+
+static int parse_sim_args(int argc, char **argv, struct sim_options *o,
+                          struct common_opts *common)
+{
+    static const struct option longopts[] = {
+        {"racers", required_argument, NULL, 'r'},
+        {"seconds", required_argument, NULL, 'S'},
+        {"classes", required_argument, NULL, 'C'},
+        {"seed", required_argument, NULL, 'e'},
+        {"duplicates", required_argument, NULL, 'd'},
+        {"start-ms", required_argument, NULL, 't'},
+        {"realtime", no_argument, NULL, 'R'},
+        {"out", required_argument, NULL, 'o'},
+        {"stream", required_argument, NULL, 'n'},
+        {"config", required_argument, NULL, 'c'},
+        {"set", required_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int opt;
+    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        if (opt == 'h') {
+            simulate_usage(stdout);
+            return 1;
+        }
+        if (opt == '?' || parse_sim_option(opt, optarg, o, common) != 0)
+            return -1;
+    }
+    if (optind < argc || (o->out_file == NULL) == (o->stream == NULL)) {
+        fprintf(stderr, "podium simulate: give exactly one of --stream NAME "
+                        "and --out FILE\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Print what was generated as one JSON line: on standard output, or on
+ * standard error when the records themselves go to standard output. */
+static void print_summary(const struct sim_state *st)
+{
+    FILE *out = st->opts.out_file != NULL && strcmp(st->opts.out_file, "-") == 0
+                    ? stderr
+                    : stdout;
+    fprintf(out, "{\"records\":%" PRIu64 ",\"duplicates\":%" PRIu64
+           ",\"racers\":%" PRId64 ",\"seconds\":%" PRId64
+           ",\"start_ms\":%" PRId64 ",\"races\":[",
+           st->records, st->duplicates, st->opts.racers, st->opts.seconds,
+           st->opts.start_ms);
+    for (int64_t c = 1; c <= st->opts.classes && c <= st->opts.racers; c++)
+        fprintf(out, "%s%" PRId64, c > 1 ? "," : "",
+                st->opts.start_ms / 300000 * 1000 + c);
+    fprintf(out, "]}\n");
+}
+
+int cmd_simulate(int argc, char **argv)
+{
+    struct sim_state *st = calloc(1, sizeof *st);
+    struct common_opts common = {0};
+    struct podium_config cfg;
+    int rc;
+
+    if (st == NULL)
+        return 1;
+    st->opts = (struct sim_options){1000, 300, 6, 1, 0, NULL, NULL,
+                                    log_now_ms() / 1000 * 1000, false};
+    rc = parse_sim_args(argc, argv, &st->opts, &common);
+    if (rc != 0) {
+        free(common.sets);
+        free(st);
+        return rc > 0 ? 0 : 2;
+    }
+    rc = load_config(&common, &cfg);
+    free(common.sets);
+    if (rc != 0) {
+        free(st);
+        return rc;
+    }
+    log_set_level((enum log_level)cfg.log_level);
+    st->rng.state = st->opts.seed;
+    st->next_second = 1;
+    st->riders = calloc((size_t)st->opts.racers, sizeof *st->riders);
+    if (st->riders == NULL) {
+        rc = 1;
+        goto out;
+    }
+    for (int64_t i = 0; i < st->opts.racers; i++)
+        make_rider(&st->rng, &st->opts, i, &st->riders[i]);
+
+    rc = st->opts.out_file != NULL ? run_to_file(st)
+                                   : run_to_stream(st, &cfg);
+    if (rc == 0)
+        print_summary(st);
+out:
+    for (size_t i = 0; i < st->retry_count; i++)
+        free(st->retries[i].data);
+    free(st->retries);
+    free(st->riders);
+    free(st);
+    cfg_free(&cfg);
+    return rc;
+}

@@ -1,0 +1,94 @@
+/*
+ * Internal interfaces of the daemon module: the subcommands and the batch
+ * pipeline that turns Kinesis batches into committed state and outbox
+ * messages.
+ */
+#ifndef PODIUM_DAEMON_DAEMON_H
+#define PODIUM_DAEMON_DAEMON_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "aggregator/aggregator.h"
+#include "config/config.h"
+#include "shardreader/shardreader.h"
+#include "store/store.h"
+
+/* Subcommands; each returns the process exit status. */
+int cmd_run(int argc, char **argv);
+int cmd_simulate(int argc, char **argv);
+
+/*
+ * Parse the options every subcommand shares (--config FILE, --set K=V) out
+ * of argv and load the configuration. Returns 0, or 2 after printing the
+ * error. Unknown options are left for the caller in *rest.
+ */
+struct common_opts {
+    const char *config_file;
+    const char **sets; /* owned array of borrowed argv strings */
+    size_t set_count;
+};
+
+int load_config(const struct common_opts *opts, struct podium_config *cfg);
+
+/* Counters of the pipeline, written by the worker, read anywhere. */
+struct pipeline_counters {
+    atomic_uint_fast64_t records_read;
+    atomic_uint_fast64_t records_applied;
+    atomic_uint_fast64_t duplicates;
+    atomic_uint_fast64_t validation_conflicts;
+    atomic_uint_fast64_t rejected[AGG_REJECT_COUNT];
+    atomic_uint_fast64_t outcomes[AGG_OUTCOME_COUNT];
+    atomic_uint_fast64_t messages_built;
+    atomic_uint_fast64_t messages_invalid;
+    atomic_uint_fast64_t batches_committed;
+};
+
+struct pipeline;
+
+/* What the pipeline asks of its owner, on the loop thread. */
+struct pipeline_hooks {
+    void *arg;
+    /* A batch of shard_id is durable (checkpoint included). */
+    void (*batch_committed)(void *arg, const char *shard_id);
+    /* A committed outbox message to publish; pointers borrowed. */
+    void (*message)(void *arg, int64_t id, const char *topic,
+                    const char *payload, size_t len);
+    /* A commit failed; the in-memory state can no longer be trusted. */
+    void (*fatal)(void *arg, const char *message);
+    /* The queue ran empty (for shutdown). */
+    void (*idle)(void *arg);
+};
+
+struct pipeline *pipeline_new(uv_loop_t *loop, struct store *st,
+                              const struct podium_config *cfg,
+                              const struct pipeline_hooks *hooks);
+void pipeline_free(struct pipeline *pl);
+
+/*
+ * Rebuild the aggregator from the store. Loop thread, before any job.
+ * Returns 0 or -1 (logged).
+ */
+int pipeline_restore(struct pipeline *pl);
+
+/* Queue a batch (takes ownership). */
+void pipeline_submit_batch(struct pipeline *pl, struct shard_batch *batch);
+/* Queue a stream-time advance to now_ms (all shards caught up). */
+void pipeline_submit_tick(struct pipeline *pl, int64_t now_ms);
+/* Queue closing every open second (end of a replay). */
+void pipeline_submit_close_all(struct pipeline *pl);
+/* Remember that outbox message id was delivered; deleted by a later job. */
+void pipeline_ack(struct pipeline *pl, int64_t id);
+/* Queue a job that only deletes delivered outbox rows, if there are any. */
+void pipeline_flush_acks(struct pipeline *pl);
+/* True when no job runs or waits. */
+bool pipeline_idle(const struct pipeline *pl);
+size_t pipeline_pending_acks(const struct pipeline *pl);
+
+const struct pipeline_counters *pipeline_counters(const struct pipeline *pl);
+
+#endif

@@ -1,0 +1,510 @@
+/*
+ * `podium run`: wire the modules together on one libuv loop.
+ *
+ * Start-up: configuration, the store, the aggregator rebuilt from the store,
+ * the publisher with the outbox rows left from the last run, then the shard
+ * reader from the stored checkpoints. Batches flow reader -> pipeline
+ * (worker thread, one transaction each) -> publisher, and the reader
+ * continues a shard only after its batch committed.
+ *
+ * Stopping on SIGINT or SIGTERM: stop reading (a GetRecords reply still in
+ * flight is abandoned and read again next time), let the queued batches
+ * commit, give the publisher a bounded time to deliver, delete what it
+ * delivered, close every handle and exit 0. A fatal error takes the same
+ * path and exits 1.
+ */
+#include "daemon/daemon.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/aws.h"
+#include "common/log.h"
+#include "publisher/publisher.h"
+
+/* Time the publisher gets to deliver the outbox when stopping. */
+#define RUN_FLUSH_TIMEOUT_MS 5000
+/* How often the loop checks for idleness, acks and stopping. */
+#define RUN_TICK_MS 250
+/* Stream-time advance while caught up, at most this often. */
+#define RUN_STREAM_TICK_MS 1000
+/* Outbox rows loaded per query at start-up. */
+#define RUN_OUTBOX_PAGE 1000
+
+enum run_phase { PHASE_RUNNING, PHASE_STOP_READING, PHASE_DRAINING,
+                 PHASE_FLUSHING, PHASE_FINAL_ACKS, PHASE_CLOSING };
+
+struct daemon {
+    uv_loop_t loop;
+    struct podium_config cfg;
+    struct store *store;
+    struct pipeline *pipeline;
+    struct httpc *http;
+    struct reader *reader;
+    struct publisher *publisher;
+    struct aws_endpoint endpoint;
+    struct aws_credentials creds;
+
+    uv_signal_t sigint;
+    uv_signal_t sigterm;
+    uv_timer_t tick;
+
+    enum run_phase phase;
+    int exit_code;
+    int64_t flush_deadline_ms;
+    int64_t last_stream_tick_ms;
+    int open_handles; /* closes still to complete */
+};
+
+static void begin_stop(struct daemon *d, int exit_code);
+
+/* ---- hooks --------------------------------------------------------- */
+
+static void on_batch(void *arg, struct shard_batch *batch)
+{
+    struct daemon *d = arg;
+    pipeline_submit_batch(d->pipeline, batch);
+}
+
+static void on_ready(void *arg, size_t open_shards)
+{
+    struct daemon *d = arg;
+    struct log_ids ids = {.stream = d->cfg.stream_name};
+    if (open_shards == 0)
+        log_info("main", &ids, "ready: the stream has no open shards");
+    else
+        log_info("main", &ids, "ready: reading %zu open shards",
+                 open_shards);
+}
+
+static void on_reader_fatal(void *arg, const char *message)
+{
+    struct daemon *d = arg;
+    struct log_ids ids = {.stream = d->cfg.stream_name};
+    log_error("main", &ids, "stopping: %s", message);
+    begin_stop(d, 1);
+}
+
+static void on_committed(void *arg, const char *shard_id)
+{
+    struct daemon *d = arg;
+    if (d->reader != NULL && d->phase == PHASE_RUNNING)
+        reader_batch_committed(d->reader, shard_id);
+}
+
+static void on_message(void *arg, int64_t id, const char *topic,
+                       const char *payload, size_t len)
+{
+    struct daemon *d = arg;
+    if (publisher_submit(d->publisher, id, topic, payload, len) != 0) {
+        struct log_ids ids = {.topic = topic};
+        log_error("main", &ids, "failed to queue outbox message %" PRId64
+                  " for publishing; it stays in the outbox", id);
+    }
+}
+
+static void on_pipeline_fatal(void *arg, const char *message)
+{
+    struct daemon *d = arg;
+    log_error("main", NULL, "stopping: %s", message);
+    begin_stop(d, 1);
+}
+
+static void on_ack(void *arg, int64_t id)
+{
+    struct daemon *d = arg;
+    pipeline_ack(d->pipeline, id);
+}
+
+/* ---- stopping ------------------------------------------------------ */
+
+static void on_handle_closed(uv_handle_t *handle)
+{
+    struct daemon *d = handle->data;
+    d->open_handles--;
+}
+
+static void on_module_closed(void *arg)
+{
+    struct daemon *d = arg;
+    d->open_handles--;
+}
+
+static void close_all(struct daemon *d)
+{
+    enum run_phase was = d->phase;
+
+    d->phase = PHASE_CLOSING;
+    d->open_handles = 3;
+    /* Start-up failed after the reader started: stop it before freeing. */
+    if (was == PHASE_RUNNING && d->reader != NULL) {
+        d->open_handles++;
+        reader_stop(d->reader, on_module_closed, d);
+    }
+    uv_close((uv_handle_t *)&d->sigint, on_handle_closed);
+    uv_close((uv_handle_t *)&d->sigterm, on_handle_closed);
+    uv_close((uv_handle_t *)&d->tick, on_handle_closed);
+    if (d->publisher != NULL) {
+        d->open_handles++;
+        publisher_close(d->publisher, on_module_closed, d);
+        d->publisher = NULL;
+    }
+    if (d->http != NULL) {
+        d->open_handles++;
+        httpc_close(d->http, on_module_closed, d);
+        d->http = NULL;
+    }
+}
+
+static void on_reader_stopped(void *arg)
+{
+    struct daemon *d = arg;
+    d->phase = PHASE_DRAINING;
+}
+
+static void begin_stop(struct daemon *d, int exit_code)
+{
+    if (exit_code > d->exit_code)
+        d->exit_code = exit_code;
+    if (d->phase != PHASE_RUNNING)
+        return;
+    d->phase = PHASE_STOP_READING;
+    log_info("main", NULL, "stopping: no new reads, committing batches in "
+             "flight");
+    if (d->reader != NULL)
+        reader_stop(d->reader, on_reader_stopped, d);
+    else
+        d->phase = PHASE_DRAINING;
+}
+
+static void on_signal(uv_signal_t *handle, int signum)
+{
+    struct daemon *d = handle->data;
+    if (d->phase != PHASE_RUNNING) {
+        log_warn("main", NULL, "second signal %d: exiting now", signum);
+        exit(d->exit_code);
+    }
+    log_info("main", NULL, "received signal %d", signum);
+    begin_stop(d, 0);
+}
+
+/* Advance the stopping state machine; called from the tick timer. */
+static void step_stop(struct daemon *d, int64_t now)
+{
+    switch (d->phase) {
+    case PHASE_DRAINING:
+        if (!pipeline_idle(d->pipeline))
+            return;
+        d->phase = PHASE_FLUSHING;
+        d->flush_deadline_ms = now + RUN_FLUSH_TIMEOUT_MS;
+        return;
+    case PHASE_FLUSHING:
+        if (d->publisher != NULL && publisher_pending(d->publisher) > 0 &&
+            now < d->flush_deadline_ms)
+            return;
+        if (d->publisher != NULL && publisher_pending(d->publisher) > 0)
+            log_warn("main", NULL, "%zu messages not delivered before the "
+                     "deadline; they stay in the outbox for the next start",
+                     publisher_pending(d->publisher));
+        d->phase = PHASE_FINAL_ACKS;
+        pipeline_flush_acks(d->pipeline);
+        return;
+    case PHASE_FINAL_ACKS:
+        if (pipeline_idle(d->pipeline))
+            close_all(d);
+        return;
+    default:
+        return;
+    }
+}
+
+/* ---- periodic work ------------------------------------------------- */
+
+static void on_tick(uv_timer_t *timer)
+{
+    struct daemon *d = timer->data;
+    int64_t now = log_now_ms();
+
+    if (d->phase != PHASE_RUNNING) {
+        step_stop(d, now);
+        return;
+    }
+    if (!pipeline_idle(d->pipeline))
+        return;
+    /* While every shard is caught up, stream time follows the clock so an
+     * idle race still closes in a live run. */
+    if (reader_caught_up(d->reader) &&
+        now - d->last_stream_tick_ms >= RUN_STREAM_TICK_MS) {
+        d->last_stream_tick_ms = now;
+        pipeline_submit_tick(d->pipeline, now);
+        return;
+    }
+    pipeline_flush_acks(d->pipeline);
+}
+
+/* ---- start-up ------------------------------------------------------ */
+
+struct checkpoint_list {
+    struct reader_checkpoint *items;
+    size_t count;
+    size_t cap;
+};
+
+static int collect_checkpoint(void *arg, const struct store_checkpoint *cp)
+{
+    struct checkpoint_list *list = arg;
+    if (list->count == list->cap) {
+        size_t cap = list->cap ? list->cap * 2 : 16;
+        struct reader_checkpoint *p = realloc(list->items, cap * sizeof *p);
+        if (p == NULL)
+            return -1;
+        list->items = p;
+        list->cap = cap;
+    }
+    struct reader_checkpoint *rc = &list->items[list->count];
+    rc->shard_id = strdup(cp->shard_id);
+    rc->seq = cp->seq ? strdup(cp->seq) : NULL;
+    rc->subseq = cp->subseq;
+    rc->finished = cp->finished;
+    if (rc->shard_id == NULL || (cp->seq != NULL && rc->seq == NULL)) {
+        free((char *)rc->shard_id);
+        free((char *)rc->seq);
+        return -1;
+    }
+    list->count++;
+    return 0;
+}
+
+static void checkpoint_list_free(struct checkpoint_list *list)
+{
+    for (size_t i = 0; i < list->count; i++) {
+        free((char *)list->items[i].shard_id);
+        free((char *)list->items[i].seq);
+    }
+    free(list->items);
+}
+
+struct outbox_cursor {
+    struct daemon *d;
+    int64_t last_id;
+    size_t rows;
+};
+
+static int submit_outbox_row(void *arg, int64_t id, const char *topic,
+                             const void *payload, size_t len)
+{
+    struct outbox_cursor *cur = arg;
+    cur->last_id = id;
+    cur->rows++;
+    return publisher_submit(cur->d->publisher, id, topic, payload, len) == 0
+               ? 0
+               : 0; /* an unusable row stays in the outbox and is logged */
+}
+
+/* Hand the messages left in the outbox by the last run to the publisher. */
+static int resend_outbox(struct daemon *d)
+{
+    struct outbox_cursor cur = {d, 0, 0};
+    size_t total = 0;
+    do {
+        cur.rows = 0;
+        if (store_outbox_load(d->store, cur.last_id, RUN_OUTBOX_PAGE,
+                              submit_outbox_row, &cur) != 0) {
+            log_error("main", NULL, "failed to read the outbox: %s",
+                      store_errmsg(d->store));
+            return -1;
+        }
+        total += cur.rows;
+    } while (cur.rows == RUN_OUTBOX_PAGE);
+    if (total > 0)
+        log_info("main", NULL, "sending %zu messages left in the outbox",
+                 total);
+    return 0;
+}
+
+static enum reader_position reader_position_of(enum cfg_position pos)
+{
+    switch (pos) {
+    case CFG_POSITION_LATEST:
+        return READER_LATEST;
+    case CFG_POSITION_AT_TIMESTAMP:
+        return READER_AT_TIMESTAMP;
+    default:
+        return READER_TRIM_HORIZON;
+    }
+}
+
+static int start_reader(struct daemon *d)
+{
+    struct checkpoint_list list = {0};
+    struct reader_config rc = {
+        .stream_name = d->cfg.stream_name,
+        .endpoint = &d->endpoint,
+        .credentials = &d->creds,
+        .initial_position = reader_position_of(d->cfg.initial_position),
+        .initial_timestamp_ms = d->cfg.initial_timestamp_ms,
+        .poll_interval_ms = d->cfg.poll_interval_ms,
+        .request_timeout_ms = d->cfg.request_timeout_ms,
+        .max_records = d->cfg.max_records,
+        .shard_sync_interval_s = d->cfg.shard_sync_interval_s,
+    };
+    struct reader_callbacks cbs = {d, on_batch, on_ready, on_reader_fatal};
+    int rc_start = -1;
+
+    if (store_checkpoints_load(d->store, collect_checkpoint, &list) != 0) {
+        log_error("main", NULL, "failed to read checkpoints: %s",
+                  store_errmsg(d->store));
+        goto out;
+    }
+    d->reader = reader_new(&d->loop, d->http, &rc, &cbs);
+    if (d->reader == NULL) {
+        log_error("main", NULL, "failed to create the shard reader");
+        goto out;
+    }
+    rc_start = reader_start(d->reader, list.items, list.count);
+out:
+    checkpoint_list_free(&list);
+    return rc_start;
+}
+
+static int start_publisher(struct daemon *d)
+{
+    char err[512];
+    struct pub_config pc = {
+        .transport = d->cfg.transport == CFG_TRANSPORT_FILE  ? PUB_FILE
+                     : d->cfg.transport == CFG_TRANSPORT_IOT ? PUB_IOT
+                                                             : PUB_MQTT,
+        .file_path = d->cfg.publish_file,
+        .mqtt_url = d->cfg.mqtt_url,
+        .mqtt_client_id = d->cfg.mqtt_client_id,
+        .mqtt_ca_file = d->cfg.mqtt_ca_file,
+        .mqtt_cert_file = d->cfg.mqtt_cert_file,
+        .mqtt_key_file = d->cfg.mqtt_key_file,
+        .max_inflight = 100,
+    };
+    d->publisher = publisher_new(&d->loop, &pc, on_ack, d, err, sizeof err);
+    if (d->publisher == NULL) {
+        log_error("main", NULL, "failed to start the publisher: %s", err);
+        return -1;
+    }
+    return resend_outbox(d);
+}
+
+/* Open the store and rebuild the aggregator; returns an exit status. */
+static int open_state(struct daemon *d)
+{
+    char err[512];
+    struct pipeline_hooks hooks = {d, on_committed, on_message,
+                                   on_pipeline_fatal, NULL};
+
+    if (store_open(d->cfg.store_path, &d->store, err, sizeof err) != 0) {
+        log_error("main", NULL, "failed to open the store: %s", err);
+        return 1;
+    }
+    d->pipeline = pipeline_new(&d->loop, d->store, &d->cfg, &hooks);
+    if (d->pipeline == NULL || pipeline_restore(d->pipeline) != 0)
+        return 1;
+    return 0;
+}
+
+/* Resolve endpoint and credentials; returns 0 or an exit status. */
+static int prepare_aws(struct daemon *d)
+{
+    char err[512];
+    if (d->cfg.stream_name == NULL) {
+        fprintf(stderr, "podium: stream.name is not set; set it in the "
+                        "configuration file, with PODIUM_STREAM_NAME or "
+                        "with --set stream.name=NAME\n");
+        return 2;
+    }
+    if (aws_endpoint_init(&d->endpoint, d->cfg.kinesis_endpoint,
+                          d->cfg.region, "kinesis", err, sizeof err) != 0) {
+        fprintf(stderr, "podium: invalid kinesis.endpoint: %s\n", err);
+        return 2;
+    }
+    if (aws_credentials_from_env(&d->creds) != 0) {
+        fprintf(stderr, "podium: no AWS credentials: set AWS_ACCESS_KEY_ID "
+                        "and AWS_SECRET_ACCESS_KEY\n");
+        return 2;
+    }
+    return 0;
+}
+
+static int init_loop(struct daemon *d)
+{
+    if (uv_loop_init(&d->loop) != 0)
+        return -1;
+    uv_signal_init(&d->loop, &d->sigint);
+    uv_signal_init(&d->loop, &d->sigterm);
+    uv_timer_init(&d->loop, &d->tick);
+    d->sigint.data = d->sigterm.data = d->tick.data = d;
+    uv_signal_start(&d->sigint, on_signal, SIGINT);
+    uv_signal_start(&d->sigterm, on_signal, SIGTERM);
+    uv_timer_start(&d->tick, on_tick, RUN_TICK_MS, RUN_TICK_MS);
+    return httpc_new(&d->loop, &d->http);
+}
+
+static void shutdown_daemon(struct daemon *d)
+{
+    if (d->phase != PHASE_CLOSING)
+        close_all(d);
+    uv_run(&d->loop, UV_RUN_DEFAULT);
+    reader_free(d->reader);
+    pipeline_free(d->pipeline);
+    store_close(d->store);
+    int rc = uv_loop_close(&d->loop);
+    if (rc != 0) {
+        log_warn("main", NULL, "handles still open at exit: %s",
+                 uv_strerror(rc));
+        uv_print_all_handles(&d->loop, stderr);
+    }
+    aws_endpoint_clear(&d->endpoint);
+    aws_credentials_clear(&d->creds);
+}
+
+static int run_daemon(struct daemon *d)
+{
+    int rc = prepare_aws(d);
+    if (rc != 0) {
+        aws_endpoint_clear(&d->endpoint);
+        aws_credentials_clear(&d->creds);
+        return rc;
+    }
+    if (init_loop(d) != 0) {
+        log_error("main", NULL, "failed to set up the event loop");
+        return 1;
+    }
+    rc = open_state(d);
+    if (rc == 0 && start_publisher(d) != 0)
+        rc = 1;
+    if (rc == 0 && start_reader(d) != 0)
+        rc = 1;
+    if (rc == 0) {
+        struct log_ids ids = {.stream = d->cfg.stream_name};
+        log_info("main", &ids, "podium %s started: store %s", PODIUM_VERSION,
+                 d->cfg.store_path);
+        uv_run(&d->loop, UV_RUN_DEFAULT);
+        rc = d->exit_code;
+    }
+    shutdown_daemon(d);
+    return rc;
+}
+
+int cmd_run_with(struct podium_config *cfg);
+
+/* Run the daemon with a loaded configuration (takes cfg). */
+int cmd_run_with(struct podium_config *cfg)
+{
+    struct daemon *d = calloc(1, sizeof *d);
+    if (d == NULL)
+        return 1;
+    d->cfg = *cfg;
+    log_set_level((enum log_level)d->cfg.log_level);
+    int rc = run_daemon(d);
+    cfg_free(&d->cfg);
+    free(d);
+    return rc;
+}
