@@ -1,0 +1,955 @@
+#!/usr/bin/env node
+// An independent implementation of podium's race leaderboard rules, used by
+// the end-to-end tests to check what podium published.
+//
+//   node checker.mjs wait   --port P --stream NAME --capture FILE [options]
+//   node checker.mjs verify --port P --stream NAME --capture FILE [options]
+//   node checker.mjs expected --port P --stream NAME
+//
+// The checker reads every record back from the Kinesis stream on
+// 127.0.0.1:P and computes the expected leaderboard of every (race, second)
+// itself. FILE contains one "TOPIC PAYLOAD" line per MQTT message, as
+// written by `mosquitto_sub -v`.
+//
+// wait      polls FILE until every (race, second) that has samples has a
+//           leaderboard and no message arrived for --idle-s seconds; exits 1
+//           after --timeout-s seconds.
+// verify    compares the last revision of every (race, second) in FILE with
+//           the expected leaderboard, byte for byte except the revision
+//           value, and checks repeats, revision order and coverage.
+// expected  prints the expected leaderboards as "TOPIC PAYLOAD" lines with
+//           revision 0, for debugging a mismatch.
+//
+// Options: --seconds N requires every race to have samples and leaderboards
+// for seconds 1..N. --summary FILE writes the number of unique samples and
+// the sum of outputs per race (in 1/10000 units) as JSON. --idle-s N
+// (default 3) and --timeout-s N (default 180) apply to wait.
+//
+// Exit status: 0 when the check passes, 1 when it fails, 2 on invalid
+// arguments.
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const TOP_N = 100;
+const GET_RECORDS_LIMIT = 10000;
+const MAX_REPORTED_FAILURES = 20;
+
+class CheckFailure extends Error {}
+
+function fail(message) {
+  throw new CheckFailure(message);
+}
+
+// ---- exact decimals ---------------------------------------------------
+//
+// A decimal is { units: BigInt, scale: number } with value units / 10^scale
+// and scale >= 0, parsed from the JSON number text so no binary rounding
+// ever happens.
+
+const TEN = 10n;
+
+function pow10(exponent) {
+  return TEN ** BigInt(exponent);
+}
+
+function parseDecimal(raw) {
+  const match = /^(-?)(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?$/.exec(raw);
+  if (match === null) {
+    fail(`invalid JSON number text '${raw}'`);
+  }
+  const [, sign, intDigits, fracDigits = '', exponentText = '0'] = match;
+  let units = BigInt(intDigits + fracDigits);
+  let scale = fracDigits.length - Number(exponentText);
+  if (scale < 0) {
+    units *= pow10(-scale);
+    scale = 0;
+  }
+  return { units: sign === '-' ? -units : units, scale };
+}
+
+function compareBigInts(a, b) {
+  if (a < b) {
+    return -1;
+  }
+  return a > b ? 1 : 0;
+}
+
+function compareDecimals(a, b) {
+  const scale = Math.max(a.scale, b.scale);
+  const left = a.units * pow10(scale - a.scale);
+  const right = b.units * pow10(scale - b.scale);
+  return compareBigInts(left, right);
+}
+
+// Divides numerator by a positive denominator, rounding half away from
+// zero, which is "half up" for the non-negative values podium accepts.
+function divideRoundHalfUp(numerator, denominator) {
+  const negative = numerator < 0n;
+  const magnitude = negative ? -numerator : numerator;
+  const quotient = (magnitude * 2n + denominator) / (denominator * 2n);
+  return negative ? -quotient : quotient;
+}
+
+// Returns the decimal rounded half up to 4 decimals, in 1/10000 units.
+function toUnits4(decimal) {
+  return divideRoundHalfUp(decimal.units * 10000n, pow10(decimal.scale));
+}
+
+// output = (cadence + 35) x (resistance + 65) / 100, rounded half up to
+// 4 decimals and returned in 1/10000 units.
+function computeOutput4(cadence, resistance) {
+  const cadencePlus = cadence.units + 35n * pow10(cadence.scale);
+  const resistancePlus = resistance.units + 65n * pow10(resistance.scale);
+  const denominator = pow10(cadence.scale) * pow10(resistance.scale) * 100n;
+  return divideRoundHalfUp(cadencePlus * resistancePlus * 10000n, denominator);
+}
+
+// Formats 1/10000 units as a JSON number: at most 4 decimals, no trailing
+// zeros and no decimal point for integers (22.75, 165.312, 7).
+function formatUnits4(units) {
+  const negative = units < 0n;
+  const magnitude = negative ? -units : units;
+  const whole = magnitude / 10000n;
+  const fraction = (magnitude % 10000n).toString().padStart(4, '0').replace(/0+$/, '');
+  const text = fraction === '' ? whole.toString() : `${whole}.${fraction}`;
+  return negative ? `-${text}` : text;
+}
+
+// ---- JSON with raw numbers ---------------------------------------------
+//
+// JSON.parse turns numbers into doubles, which loses digits. This parser
+// keeps each number as a RawNumber with its source text. Objects keep their
+// keys in a Map so a duplicate key can be reported.
+
+class RawNumber {
+  constructor(text) {
+    this.text = text;
+  }
+}
+
+function parseJsonRaw(text) {
+  let position = 0;
+
+  function error(message) {
+    fail(`${message} at offset ${position}`);
+  }
+
+  function skipWhitespace() {
+    while (position < text.length && ' \t\r\n'.includes(text[position])) {
+      position += 1;
+    }
+  }
+
+  function parseString() {
+    const match = /^"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/.exec(
+      text.slice(position),
+    );
+    if (match === null) {
+      error('invalid JSON string');
+    }
+    position += match[0].length;
+    return JSON.parse(match[0]);
+  }
+
+  function parseValue() {
+    skipWhitespace();
+    const character = text[position];
+    if (character === '{') {
+      position += 1;
+      const object = new Map();
+      skipWhitespace();
+      if (text[position] === '}') {
+        position += 1;
+        return object;
+      }
+      for (;;) {
+        skipWhitespace();
+        if (text[position] !== '"') {
+          error('expected a string key');
+        }
+        const key = parseString();
+        skipWhitespace();
+        if (text[position] !== ':') {
+          error(`expected ':' after key ${JSON.stringify(key)}`);
+        }
+        position += 1;
+        if (object.has(key)) {
+          error(`duplicate key ${JSON.stringify(key)}`);
+        }
+        object.set(key, parseValue());
+        skipWhitespace();
+        if (text[position] === ',') {
+          position += 1;
+        } else if (text[position] === '}') {
+          position += 1;
+          return object;
+        } else {
+          error("expected ',' or '}'");
+        }
+      }
+    }
+    if (character === '[') {
+      position += 1;
+      const array = [];
+      skipWhitespace();
+      if (text[position] === ']') {
+        position += 1;
+        return array;
+      }
+      for (;;) {
+        array.push(parseValue());
+        skipWhitespace();
+        if (text[position] === ',') {
+          position += 1;
+        } else if (text[position] === ']') {
+          position += 1;
+          return array;
+        } else {
+          error("expected ',' or ']'");
+        }
+      }
+    }
+    if (character === '"') {
+      return parseString();
+    }
+    const numberMatch = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/.exec(text.slice(position));
+    if (numberMatch !== null) {
+      position += numberMatch[0].length;
+      return new RawNumber(numberMatch[0]);
+    }
+    for (const [word, value] of [['true', true], ['false', false], ['null', null]]) {
+      if (text.startsWith(word, position)) {
+        position += word.length;
+        return value;
+      }
+    }
+    return error('unexpected character');
+  }
+
+  const value = parseValue();
+  skipWhitespace();
+  if (position !== text.length) {
+    error('unexpected text after the JSON value');
+  }
+  return value;
+}
+
+// ---- records ---------------------------------------------------------
+
+// An id is an integer or a string. json is its form in a message (5402746
+// or "R-7"), topic its form in a topic (5402746 or R-7).
+function parseId(value, field) {
+  if (value instanceof RawNumber) {
+    if (!/^-?\d+$/.test(value.text)) {
+      fail(`${field} ${value.text} is not an integer`);
+    }
+    const number = BigInt(value.text);
+    return { isNumber: true, number, json: number.toString(), topic: number.toString() };
+  }
+  if (typeof value === 'string') {
+    return { isNumber: false, string: value, json: JSON.stringify(value), topic: value };
+  }
+  return fail(`${field} is neither an integer nor a string`);
+}
+
+// Numbers by value before strings, strings by UTF-8 bytes.
+function compareIds(a, b) {
+  if (a.isNumber && b.isNumber) {
+    return compareBigInts(a.number, b.number);
+  }
+  if (a.isNumber !== b.isNumber) {
+    return a.isNumber ? -1 : 1;
+  }
+  return Buffer.compare(Buffer.from(a.string, 'utf8'), Buffer.from(b.string, 'utf8'));
+}
+
+function requireField(record, field) {
+  if (!record.has(field)) {
+    fail(`missing field "${field}"`);
+  }
+  return record.get(field);
+}
+
+function requireNumber(record, field) {
+  const value = requireField(record, field);
+  if (!(value instanceof RawNumber)) {
+    fail(`field "${field}" is not a number`);
+  }
+  return parseDecimal(value.text);
+}
+
+function requireString(record, field) {
+  const value = requireField(record, field);
+  if (typeof value !== 'string') {
+    fail(`field "${field}" is not a string`);
+  }
+  return value;
+}
+
+// Decodes one record. The checker does not model podium's rejection rules,
+// so a record it cannot decode fails the check instead of being skipped.
+function decodeRecord(data) {
+  const record = parseJsonRaw(data);
+  if (!(record instanceof Map)) {
+    fail('the record is not a JSON object');
+  }
+
+  const event = requireString(record, 'event');
+  if (event !== 'update' && event !== 'final') {
+    fail(`field "event" is ${JSON.stringify(event)}, expected "update" or "final"`);
+  }
+  const secondValue = requireField(record, 'second');
+  if (!(secondValue instanceof RawNumber) || !/^\d+$/.test(secondValue.text)) {
+    fail('field "second" is not a non-negative integer');
+  }
+  const second = Number(secondValue.text);
+  if (second < 1) {
+    fail(`field "second" is ${second}, expected 1 or more`);
+  }
+
+  const deviceTimestamp = requireField(record, 'deviceTimestamp');
+  if (!(deviceTimestamp instanceof RawNumber) && typeof deviceTimestamp !== 'string') {
+    fail('field "deviceTimestamp" is neither a number nor a string');
+  }
+
+  const cadence = requireNumber(record, 'cadence');
+  const resistance = requireNumber(record, 'resistance');
+  return {
+    uuid: requireString(record, 'uuid'),
+    deviceTimestamp:
+      deviceTimestamp instanceof RawNumber ? parseDecimal(deviceTimestamp.text) : deviceTimestamp,
+    second,
+    race: parseId(requireField(record, 'raceId'), 'raceId'),
+    racer: parseId(requireField(record, 'racerId'), 'racerId'),
+    classId: parseId(requireField(record, 'classId'), 'classId'),
+    name: requireString(record, 'name'),
+    cadence,
+    resistance,
+    cadence4: toUnits4(cadence),
+    resistance4: toUnits4(resistance),
+    output4: computeOutput4(cadence, resistance),
+  };
+}
+
+function compareDeviceTimestamps(a, b) {
+  if (typeof a === 'string' || typeof b === 'string') {
+    return Buffer.compare(Buffer.from(String(a)), Buffer.from(String(b)));
+  }
+  return compareDecimals(a, b);
+}
+
+// NOTE: "same values" compares name, classId, cadence and resistance by
+// exact value. A repeat that differs only in deviceTimestamp or uuid keeps
+// the stored sample; the simulator does not produce one.
+function hasSameValues(a, b) {
+  return (
+    a.name === b.name &&
+    a.classId.json === b.classId.json &&
+    compareDecimals(a.cadence, b.cadence) === 0 &&
+    compareDecimals(a.resistance, b.resistance) === 0
+  );
+}
+
+// True when the candidate replaces the stored sample: the smaller
+// (deviceTimestamp, uuid) wins.
+function winsConflict(candidate, stored) {
+  const byTime = compareDeviceTimestamps(candidate.deviceTimestamp, stored.deviceTimestamp);
+  if (byTime !== 0) {
+    return byTime < 0;
+  }
+  return Buffer.compare(Buffer.from(candidate.uuid), Buffer.from(stored.uuid)) < 0;
+}
+
+// ---- reading the stream ---------------------------------------------------
+
+function callKinesis(port, action, body) {
+  const payload = JSON.stringify(body);
+  const amzDate = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+/, '');
+  const options = {
+    host: '127.0.0.1',
+    port,
+    method: 'POST',
+    path: '/',
+    headers: {
+      'Content-Type': 'application/x-amz-json-1.1',
+      'X-Amz-Target': `Kinesis_20131202.${action}`,
+      'X-Amz-Date': amzDate,
+      // kinesalite checks the shape of the header, not the signature.
+      Authorization:
+        'AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/kinesis/aws4_request, ' +
+        'SignedHeaders=host;x-amz-date, Signature=00',
+      'Content-Length': Buffer.byteLength(payload),
+    },
+  };
+  return new Promise((resolve, reject) => {
+    const request = http.request(options, (response) => {
+      const chunks = [];
+      response.on('data', (chunk) => chunks.push(chunk));
+      response.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        if (response.statusCode !== 200) {
+          reject(
+            new CheckFailure(
+              `Kinesis ${action} on 127.0.0.1:${port} failed with HTTP ${response.statusCode}: ${text}`,
+            ),
+          );
+          return;
+        }
+        resolve(text === '' ? {} : JSON.parse(text));
+      });
+    });
+    request.setTimeout(30000, () => {
+      request.destroy(new CheckFailure(`Kinesis ${action} on 127.0.0.1:${port} timed out after 30s`));
+    });
+    request.on('error', (err) =>
+      reject(
+        err instanceof CheckFailure
+          ? err
+          : new CheckFailure(
+              `Kinesis ${action} on 127.0.0.1:${port} failed: ${err.message}; is kinesalite running?`,
+            ),
+      ),
+    );
+    request.end(payload);
+  });
+}
+
+async function listShardIds(port, stream) {
+  const shardIds = [];
+  let reply = await callKinesis(port, 'ListShards', { StreamName: stream });
+  for (;;) {
+    for (const shard of reply.Shards ?? []) {
+      shardIds.push(shard.ShardId);
+    }
+    if (!reply.NextToken) {
+      return shardIds;
+    }
+    reply = await callKinesis(port, 'ListShards', { NextToken: reply.NextToken });
+  }
+}
+
+// Returns every record of the shard in sequence order, reading until
+// GetRecords returns no records.
+async function readShard(port, stream, shardId) {
+  const iteratorReply = await callKinesis(port, 'GetShardIterator', {
+    StreamName: stream,
+    ShardId: shardId,
+    ShardIteratorType: 'TRIM_HORIZON',
+  });
+  const records = [];
+  let iterator = iteratorReply.ShardIterator;
+  while (iterator) {
+    const reply = await callKinesis(port, 'GetRecords', {
+      ShardIterator: iterator,
+      Limit: GET_RECORDS_LIMIT,
+    });
+    const batch = reply.Records ?? [];
+    for (const record of batch) {
+      records.push({
+        shardId,
+        sequenceNumber: BigInt(record.SequenceNumber),
+        arrivalMs: Math.round(record.ApproximateArrivalTimestamp * 1000),
+        data: Buffer.from(record.Data, 'base64').toString('utf8'),
+      });
+    }
+    if (batch.length === 0) {
+      break;
+    }
+    iterator = reply.NextShardIterator;
+  }
+  return records;
+}
+
+async function readStream(port, stream) {
+  const shardIds = await listShardIds(port, stream);
+  if (shardIds.length === 0) {
+    fail(`stream "${stream}" on 127.0.0.1:${port} has no shards`);
+  }
+  const shards = [];
+  for (const shardId of shardIds) {
+    shards.push({ shardId, records: await readShard(port, stream, shardId) });
+  }
+  return shards;
+}
+
+// ---- expected state ----------------------------------------------------------
+
+// Applies the records of every shard and returns the kept samples per race.
+// A uuid seen before is dropped, keeping the first copy in its shard's
+// sequence order. Shards are merged by arrival time so that a conflict
+// between shards resolves in a stable order.
+function buildRaces(shards) {
+  const ordered = shards
+    .flatMap((shard) => shard.records)
+    .sort((a, b) => {
+      if (a.arrivalMs !== b.arrivalMs) {
+        return a.arrivalMs - b.arrivalMs;
+      }
+      if (a.shardId !== b.shardId) {
+        return a.shardId < b.shardId ? -1 : 1;
+      }
+      return compareBigInts(a.sequenceNumber, b.sequenceNumber);
+    });
+
+  const seenUuids = new Set();
+  const races = new Map();
+  const stats = { records: ordered.length, duplicateUuids: 0, unchanged: 0, conflicts: 0 };
+  for (const entry of ordered) {
+    let sample;
+    try {
+      sample = { ...decodeRecord(entry.data), arrivalMs: entry.arrivalMs };
+    } catch (err) {
+      if (err instanceof CheckFailure) {
+        fail(
+          `record ${entry.shardId}/${entry.sequenceNumber} is invalid: ${err.message}; ` +
+            `data: ${entry.data.slice(0, 300)}`,
+        );
+      }
+      throw err;
+    }
+    if (seenUuids.has(sample.uuid)) {
+      stats.duplicateUuids += 1;
+      continue;
+    }
+    seenUuids.add(sample.uuid);
+
+    if (!races.has(sample.race.json)) {
+      races.set(sample.race.json, { id: sample.race, racers: new Map() });
+    }
+    const race = races.get(sample.race.json);
+    if (!race.racers.has(sample.racer.json)) {
+      race.racers.set(sample.racer.json, { id: sample.racer, seconds: new Map() });
+    }
+    const racer = race.racers.get(sample.racer.json);
+    const stored = racer.seconds.get(sample.second);
+    if (stored === undefined) {
+      racer.seconds.set(sample.second, sample);
+    } else if (hasSameValues(stored, sample)) {
+      stats.unchanged += 1;
+    } else {
+      stats.conflicts += 1;
+      if (winsConflict(sample, stored)) {
+        racer.seconds.set(sample.second, sample);
+      }
+    }
+  }
+  return { races, stats };
+}
+
+function secondsWithSamples(race) {
+  const seconds = new Set();
+  for (const racer of race.racers.values()) {
+    for (const second of racer.seconds.keys()) {
+      seconds.add(second);
+    }
+  }
+  return [...seconds].sort((a, b) => a - b);
+}
+
+function formatEntry(rank, rider) {
+  const { sample } = rider;
+  return (
+    `{"rank":${rank},"racerId":${sample.racer.json},"name":${JSON.stringify(sample.name)},` +
+    `"classId":${sample.classId.json},"second":${sample.second},` +
+    `"cadence":${formatUnits4(sample.cadence4)},"resistance":${formatUnits4(sample.resistance4)},` +
+    `"output":${formatUnits4(sample.output4)},"total":${formatUnits4(rider.total)}}`
+  );
+}
+
+// Returns the expected payload of the race leaderboard at second, with the
+// given revision.
+function buildLeaderboard(race, second, revision) {
+  const riders = [];
+  let ts = null;
+  for (const racer of race.racers.values()) {
+    let total = 0n;
+    let latest = null;
+    for (const [sampleSecond, sample] of racer.seconds) {
+      if (sampleSecond > second) {
+        continue;
+      }
+      total += sample.output4;
+      if (latest === null || sampleSecond > latest.second) {
+        latest = sample;
+      }
+      if (ts === null || sample.arrivalMs > ts) {
+        ts = sample.arrivalMs;
+      }
+    }
+    if (latest !== null) {
+      riders.push({ sample: latest, total });
+    }
+  }
+
+  riders.sort((a, b) => {
+    if (a.total !== b.total) {
+      return a.total > b.total ? -1 : 1;
+    }
+    return compareIds(a.sample.racer, b.sample.racer);
+  });
+  const entries = [];
+  let rank = 0;
+  for (let index = 0; index < riders.length && index < TOP_N; index += 1) {
+    if (index === 0 || riders[index].total !== riders[index - 1].total) {
+      rank = index + 1;
+    }
+    entries.push(formatEntry(rank, riders[index]));
+  }
+  return (
+    `{"type":"leaderboard","raceId":${race.id.json},"second":${second},` +
+    `"revision":${revision},"ts":${ts ?? 0},"entries":[${entries.join(',')}]}`
+  );
+}
+
+function leaderboardTopic(race) {
+  return `podium/races/${race.id.topic}/leaderboard`;
+}
+
+// ---- the capture file ------------------------------------------------------
+
+const REVISION_PATTERN = /^\{"type":"leaderboard","raceId":(?:-?\d+|"(?:[^"\\]|\\.)*"),"second":(\d+),"revision":(\d+),/;
+
+// Parses the complete lines of the capture file. Race leaderboards are
+// returned in arrival order; other topics are only counted.
+function readCapture(file) {
+  if (!existsSync(file)) {
+    return { messages: [], otherTopics: 0 };
+  }
+  const text = readFileSync(file, 'utf8');
+  const lines = text.split('\n');
+  lines.pop(); // an incomplete last line, or '' after the final newline
+  const messages = [];
+  let otherTopics = 0;
+  lines.forEach((line, index) => {
+    const space = line.indexOf(' ');
+    if (space < 0) {
+      fail(`${file}:${index + 1}: expected "TOPIC PAYLOAD", got ${JSON.stringify(line.slice(0, 200))}`);
+    }
+    const topic = line.slice(0, space);
+    const payload = line.slice(space + 1);
+    if (!/^podium\/races\/[^/]+\/leaderboard$/.test(topic)) {
+      otherTopics += 1;
+      return;
+    }
+    const match = REVISION_PATTERN.exec(payload);
+    if (match === null) {
+      fail(
+        `${file}:${index + 1}: the payload on ${topic} does not start with ` +
+          `{"type":"leaderboard","raceId":…,"second":…,"revision":…,: ${payload.slice(0, 200)}`,
+      );
+    }
+    messages.push({
+      line: index + 1,
+      topic,
+      payload,
+      second: Number(match[1]),
+      revision: Number(match[2]),
+    });
+  });
+  return { messages, otherTopics };
+}
+
+function withRevision(payload, revision) {
+  return payload.replace(/,"revision":\d+,/, `,"revision":${revision},`);
+}
+
+function describeDifference(expected, actual, labels = ['expected', 'received']) {
+  let index = 0;
+  while (index < expected.length && expected[index] === actual[index]) {
+    index += 1;
+  }
+  const from = Math.max(0, index - 60);
+  const width = Math.max(labels[0].length, labels[1].length);
+  return (
+    `first difference at character ${index}:\n` +
+    `    ${labels[0].padEnd(width)} …${expected.slice(from, index + 80)}\n` +
+    `    ${labels[1].padEnd(width)} …${actual.slice(from, index + 80)}`
+  );
+}
+
+// ---- modes ---------------------------------------------------------------
+
+function expectedKeys(races, requiredSeconds) {
+  const keys = [];
+  for (const race of races.values()) {
+    const seconds = new Set(secondsWithSamples(race));
+    for (let second = 1; second <= requiredSeconds; second += 1) {
+      seconds.add(second);
+    }
+    for (const second of seconds) {
+      keys.push({ race, second, key: `${leaderboardTopic(race)} ${second}` });
+    }
+  }
+  return keys;
+}
+
+function checkDataCoverage(races, requiredSeconds) {
+  const failures = [];
+  if (races.size === 0) {
+    failures.push('the stream contains no records: did `podium simulate` put any?');
+  }
+  for (const race of races.values()) {
+    const seconds = new Set(secondsWithSamples(race));
+    for (let second = 1; second <= requiredSeconds; second += 1) {
+      if (!seconds.has(second)) {
+        failures.push(`race ${race.id.json} has no sample at second ${second} in the stream`);
+        break;
+      }
+    }
+  }
+  return failures;
+}
+
+function verify(races, capture, requiredSeconds) {
+  const failures = checkDataCoverage(races, requiredSeconds);
+  const byTopic = new Map();
+  for (const race of races.values()) {
+    byTopic.set(leaderboardTopic(race), race);
+  }
+
+  const lastByKey = new Map();
+  const payloadByRevision = new Map();
+  for (const message of capture.messages) {
+    const race = byTopic.get(message.topic);
+    if (race === undefined) {
+      failures.push(`line ${message.line}: ${message.topic} names a race that has no records in the stream`);
+      continue;
+    }
+    const key = `${message.topic} ${message.second}`;
+    const revisionKey = `${key} ${message.revision}`;
+    const earlier = payloadByRevision.get(revisionKey);
+    if (earlier !== undefined && earlier.payload !== message.payload) {
+      failures.push(
+        `line ${message.line}: ${key} revision ${message.revision} differs from line ${earlier.line} ` +
+          `with the same revision; ${describeDifference(earlier.payload, message.payload, [
+            `line ${earlier.line}`,
+            `line ${message.line}`,
+          ])}`,
+      );
+    }
+    payloadByRevision.set(revisionKey, message);
+
+    const last = lastByKey.get(key);
+    if (last !== undefined && message.revision < last.revision) {
+      failures.push(
+        `line ${message.line}: ${key} revision ${message.revision} arrived after revision ` +
+          `${last.revision} (line ${last.line}): revisions must not decrease`,
+      );
+    }
+    if (last === undefined || message.revision >= last.revision) {
+      lastByKey.set(key, message);
+    }
+  }
+
+  let compared = 0;
+  const keys = expectedKeys(races, requiredSeconds);
+  for (const { race, second, key } of keys) {
+    const last = lastByKey.get(key);
+    if (last === undefined) {
+      failures.push(`${key}: no leaderboard was published for race ${race.id.json} second ${second}`);
+      continue;
+    }
+    const expected = buildLeaderboard(race, second, last.revision);
+    if (expected !== last.payload) {
+      failures.push(
+        `${key}: the last revision (${last.revision}, line ${last.line}) differs from the expected ` +
+          `leaderboard; ${describeDifference(expected, last.payload)}`,
+      );
+    }
+    compared += 1;
+  }
+  // A leaderboard for a second without samples, such as one past the end
+  // of the data, is checked against the rules too.
+  const expectedKeySet = new Set(keys.map((k) => k.key));
+  for (const [key, last] of lastByKey) {
+    const race = byTopic.get(last.topic);
+    if (race === undefined || expectedKeySet.has(key)) {
+      continue;
+    }
+    const expected = buildLeaderboard(race, last.second, last.revision);
+    if (expected !== last.payload) {
+      failures.push(
+        `${key}: the last revision (${last.revision}, line ${last.line}) of a second without ` +
+          `samples differs from the expected leaderboard; ${describeDifference(expected, last.payload)}`,
+      );
+    }
+    compared += 1;
+  }
+  return { failures, compared };
+}
+
+function summarize(races) {
+  let samples = 0;
+  const totals = {};
+  for (const race of races.values()) {
+    let total = 0n;
+    for (const racer of race.racers.values()) {
+      samples += racer.seconds.size;
+      for (const sample of racer.seconds.values()) {
+        total += sample.output4;
+      }
+    }
+    totals[race.id.json] = total.toString();
+  }
+  return { samples, totalOutput4ByRace: totals };
+}
+
+async function waitForCapture(races, options) {
+  const keys = expectedKeys(races, options.seconds);
+  const deadline = Date.now() + options.timeoutS * 1000;
+  let lastCount = -1;
+  let lastChangeAt = Date.now();
+  for (;;) {
+    const capture = readCapture(options.capture);
+    const total = capture.messages.length + capture.otherTopics;
+    if (total !== lastCount) {
+      lastCount = total;
+      lastChangeAt = Date.now();
+    }
+    const published = new Set(capture.messages.map((m) => `${m.topic} ${m.second}`));
+    const missing = keys.filter((k) => !published.has(k.key));
+    if (missing.length === 0 && Date.now() - lastChangeAt >= options.idleS * 1000) {
+      console.log(
+        `checker: all ${keys.length} leaderboards arrived (${capture.messages.length} messages); ` +
+          `none arrived in the last ${options.idleS}s`,
+      );
+      return;
+    }
+    if (Date.now() >= deadline) {
+      const sample = missing.slice(0, 5).map((k) => k.key).join(', ');
+      fail(
+        `timed out after ${options.timeoutS}s: ${missing.length} of ${keys.length} leaderboards ` +
+          `are missing (for example ${sample || 'none, but messages kept arriving'}); ` +
+          `${capture.messages.length} messages in ${options.capture}`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+}
+
+// ---- command line ----------------------------------------------------------
+
+function parseOptions(argv) {
+  const usage =
+    'usage: checker.mjs wait|verify|expected --port P --stream NAME [--capture FILE] ' +
+    '[--seconds N] [--summary FILE] [--idle-s N] [--timeout-s N]';
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        port: { type: 'string' },
+        stream: { type: 'string' },
+        capture: { type: 'string' },
+        seconds: { type: 'string', default: '0' },
+        summary: { type: 'string' },
+        'idle-s': { type: 'string', default: '3' },
+        'timeout-s': { type: 'string', default: '180' },
+      },
+    });
+  } catch (err) {
+    return { error: `${err.message}\n${usage}` };
+  }
+  const { values, positionals } = parsed;
+  const mode = positionals[0];
+  if (positionals.length !== 1 || !['wait', 'verify', 'expected'].includes(mode)) {
+    return { error: `expected one mode (wait, verify or expected), got ${JSON.stringify(positionals)}\n${usage}` };
+  }
+  for (const name of ['port', 'seconds', 'idle-s', 'timeout-s']) {
+    if (values[name] !== undefined && !/^\d+$/.test(values[name])) {
+      return { error: `invalid --${name} '${values[name]}': expected a non-negative integer` };
+    }
+  }
+  if (values.port === undefined || values.stream === undefined) {
+    return { error: `missing --port or --stream\n${usage}` };
+  }
+  if (mode !== 'expected' && values.capture === undefined) {
+    return { error: `missing --capture FILE for ${mode}\n${usage}` };
+  }
+  return {
+    mode,
+    port: Number(values.port),
+    stream: values.stream,
+    capture: values.capture,
+    seconds: Number(values.seconds),
+    summary: values.summary,
+    idleS: Number(values['idle-s']),
+    timeoutS: Number(values['timeout-s']),
+  };
+}
+
+async function main() {
+  const options = parseOptions(process.argv.slice(2));
+  if (options.error) {
+    console.error(`checker: ${options.error}`);
+    process.exit(2);
+  }
+
+  const shards = await readStream(options.port, options.stream);
+  const { races, stats } = buildRaces(shards);
+  console.error(
+    `checker: read ${stats.records} records from ${shards.length} shards of "${options.stream}": ` +
+      `${stats.duplicateUuids} duplicate uuids dropped, ${stats.unchanged} unchanged repeats, ` +
+      `${stats.conflicts} conflicts, ${races.size} races`,
+  );
+  if (options.summary) {
+    writeFileSync(options.summary, `${JSON.stringify(summarize(races), null, 2)}\n`);
+  }
+
+  if (options.mode === 'expected') {
+    for (const race of races.values()) {
+      for (const second of secondsWithSamples(race)) {
+        console.log(`${leaderboardTopic(race)} ${buildLeaderboard(race, second, 0)}`);
+      }
+    }
+    return;
+  }
+
+  if (options.mode === 'wait') {
+    await waitForCapture(races, options);
+    return;
+  }
+
+  const capture = readCapture(options.capture);
+  const { failures, compared } = verify(races, capture, options.seconds);
+  if (failures.length > 0) {
+    for (const failure of failures.slice(0, MAX_REPORTED_FAILURES)) {
+      console.error(`checker: FAILED: ${failure}`);
+    }
+    if (failures.length > MAX_REPORTED_FAILURES) {
+      console.error(`checker: … and ${failures.length - MAX_REPORTED_FAILURES} more failures`);
+    }
+    fail(`${failures.length} checks failed; the capture is ${options.capture}`);
+  }
+  console.log(
+    `checker: OK: ${compared} leaderboards of ${races.size} races match the rules ` +
+      `(${capture.messages.length} race leaderboard messages, ${capture.otherTopics} on other topics)`,
+  );
+}
+
+// The rule functions are exported for checker.test.mjs; main() runs only
+// when this file is the program.
+export {
+  buildLeaderboard,
+  buildRaces,
+  computeOutput4,
+  formatUnits4,
+  parseDecimal,
+  parseJsonRaw,
+  toUnits4,
+  verify,
+};
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((err) => {
+    if (err instanceof CheckFailure) {
+      console.error(`checker: ${err.message}`);
+    } else {
+      console.error(err.stack ?? err);
+    }
+    process.exit(1);
+  });
+}

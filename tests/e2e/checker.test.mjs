@@ -1,0 +1,189 @@
+// Tests of the leaderboard rules in checker.mjs on hand-computed cases, so
+// that a mistake in the checker cannot pass or fail the end-to-end tests
+// unnoticed. Run with `node --test tests/e2e/checker.test.mjs`.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import {
+  buildLeaderboard,
+  buildRaces,
+  computeOutput4,
+  formatUnits4,
+  parseDecimal,
+  toUnits4,
+  verify,
+} from './checker.mjs';
+
+// Builds one shard from record objects; `raw` overrides the JSON text.
+function shardOf(shardId, records) {
+  return {
+    shardId,
+    records: records.map((record, index) => ({
+      shardId,
+      sequenceNumber: BigInt(1000 + index),
+      arrivalMs: record.arrivalMs ?? 1000 + index,
+      data: record.raw ?? JSON.stringify(record.fields),
+    })),
+  };
+}
+
+function sample(fields) {
+  return {
+    fields: {
+      uuid: `u-${fields.racerId}-${fields.second}`,
+      event: 'update',
+      deviceTimestamp: 1700000000000 + fields.second * 1000,
+      raceId: 1,
+      name: `Rider ${fields.racerId}`,
+      classId: 1,
+      cadence: 90,
+      resistance: 0,
+      ...fields,
+    },
+  };
+}
+
+function outputOf(cadence, resistance) {
+  return formatUnits4(computeOutput4(parseDecimal(cadence), parseDecimal(resistance)));
+}
+
+test('output formula exact values', () => {
+  assert.equal(outputOf('90', '0'), '81.25');
+  assert.equal(outputOf('0', '0'), '22.75');
+  assert.equal(outputOf('1.00005', '35'), '36.0001');
+  assert.equal(outputOf('0.00004', '0'), '22.75');
+  assert.equal(outputOf('9.0e1', '0.0'), '81.25');
+  // (10.12 + 35) x (41.3 + 65) / 100 = 45.12 x 106.3 / 100 = 47.96256 -> 47.9626
+  assert.equal(outputOf('10.12', '41.3'), '47.9626');
+});
+
+test('rounding half up to 4 decimals', () => {
+  assert.equal(toUnits4(parseDecimal('1.00005')), 10001n);
+  assert.equal(toUnits4(parseDecimal('1.00004999')), 10000n);
+  assert.equal(toUnits4(parseDecimal('2.5e-4')), 3n);
+  assert.equal(toUnits4(parseDecimal('120')), 1200000n);
+});
+
+test('number formatting without trailing zeros', () => {
+  assert.equal(formatUnits4(1653120n), '165.312');
+  assert.equal(formatUnits4(227500n), '22.75');
+  assert.equal(formatUnits4(70000n), '7');
+  assert.equal(formatUnits4(1n), '0.0001');
+  assert.equal(formatUnits4(0n), '0');
+});
+
+test('leaderboard message bytes', () => {
+  const shard = shardOf('shardId-000000000000', [
+    { ...sample({ racerId: 2, second: 1, name: 'Bo "B" \\', cadence: 90, resistance: 0 }), arrivalMs: 5000 },
+    { ...sample({ racerId: 1, second: 1, name: 'Ada', cadence: 0, resistance: 0 }), arrivalMs: 5001 },
+    { ...sample({ racerId: 1, second: 2, name: 'Ada', cadence: 90, resistance: 0, classId: 'c2' }), arrivalMs: 5002 },
+  ]);
+  const { races } = buildRaces([shard]);
+  const race = races.get('1');
+
+  assert.equal(
+    buildLeaderboard(race, 1, 0),
+    '{"type":"leaderboard","raceId":1,"second":1,"revision":0,"ts":5001,"entries":[' +
+      '{"rank":1,"racerId":2,"name":"Bo \\"B\\" \\\\","classId":1,"second":1,"cadence":90,"resistance":0,"output":81.25,"total":81.25},' +
+      '{"rank":2,"racerId":1,"name":"Ada","classId":1,"second":1,"cadence":0,"resistance":0,"output":22.75,"total":22.75}]}',
+  );
+  // Racer 2 has no sample at second 2, so its entry keeps second 1.
+  assert.equal(
+    buildLeaderboard(race, 2, 3),
+    '{"type":"leaderboard","raceId":1,"second":2,"revision":3,"ts":5002,"entries":[' +
+      '{"rank":1,"racerId":1,"name":"Ada","classId":"c2","second":2,"cadence":90,"resistance":0,"output":81.25,"total":104},' +
+      '{"rank":2,"racerId":2,"name":"Bo \\"B\\" \\\\","classId":1,"second":1,"cadence":90,"resistance":0,"output":81.25,"total":81.25}]}',
+  );
+});
+
+test('equal totals share a rank', () => {
+  const shard = shardOf('shardId-000000000000', [
+    sample({ racerId: 'b', second: 1, cadence: 90 }),
+    sample({ racerId: 'a', second: 1, cadence: 10 }),
+    sample({ racerId: 7, second: 1, cadence: 10 }),
+    sample({ racerId: 10, second: 1, cadence: 10 }),
+    sample({ racerId: 3, second: 1, cadence: 0 }),
+  ]);
+  const { races } = buildRaces([shard]);
+  const message = JSON.parse(buildLeaderboard(races.get('1'), 1, 0));
+  const ranks = message.entries.map((entry) => [entry.rank, entry.racerId]);
+  // Ties list numbers by value before strings.
+  assert.deepEqual(ranks, [
+    [1, 'b'],
+    [2, 7],
+    [2, 10],
+    [2, 'a'],
+    [5, 3],
+  ]);
+});
+
+test('top 100 entries only', () => {
+  const records = [];
+  for (let racerId = 1; racerId <= 105; racerId += 1) {
+    records.push(sample({ racerId, second: 1, cadence: racerId }));
+  }
+  const { races } = buildRaces([shardOf('shardId-000000000000', records)]);
+  const message = JSON.parse(buildLeaderboard(races.get('1'), 1, 0));
+  assert.equal(message.entries.length, 100);
+  assert.equal(message.entries[0].racerId, 105);
+  assert.equal(message.entries[99].racerId, 6);
+});
+
+test('duplicate uuid keeps first copy', () => {
+  const first = sample({ racerId: 1, second: 1, cadence: 90 });
+  const copy = { ...first, arrivalMs: 9000 };
+  const { races, stats } = buildRaces([shardOf('shardId-000000000000', [first, copy])]);
+  assert.equal(stats.duplicateUuids, 1);
+  const message = JSON.parse(buildLeaderboard(races.get('1'), 1, 0));
+  assert.equal(message.ts, 1000);
+});
+
+test('conflict smaller device time wins', () => {
+  const late = sample({ racerId: 1, second: 1, cadence: 90, deviceTimestamp: 5, uuid: 'x' });
+  const early = sample({ racerId: 1, second: 1, cadence: 10, deviceTimestamp: 4, uuid: 'y' });
+  const tieLoser = sample({ racerId: 1, second: 1, cadence: 20, deviceTimestamp: 4, uuid: 'z' });
+  const same = sample({ racerId: 1, second: 1, cadence: '10.0', deviceTimestamp: 3, uuid: 'w' });
+  same.raw = JSON.stringify(same.fields).replace('"10.0"', '10.0');
+  const { races, stats } = buildRaces([
+    shardOf('shardId-000000000000', [late, early, tieLoser, same]),
+  ]);
+  assert.equal(stats.conflicts, 2);
+  assert.equal(stats.unchanged, 1);
+  const message = JSON.parse(buildLeaderboard(races.get('1'), 1, 0));
+  assert.equal(message.entries[0].cadence, 10);
+  // ts comes from the kept sample (the second record), not from the others.
+  assert.equal(message.ts, 1001);
+});
+
+test('integer ids keep every digit', () => {
+  const record = sample({ racerId: 1, second: 1 });
+  record.raw = JSON.stringify(record.fields).replace('"raceId":1', '"raceId":9007199254740993');
+  const { races } = buildRaces([shardOf('shardId-000000000000', [record])]);
+  assert.ok(races.has('9007199254740993'));
+});
+
+test('verify reports a wrong total', () => {
+  const { races } = buildRaces([
+    shardOf('shardId-000000000000', [sample({ racerId: 1, second: 1 })]),
+  ]);
+  const good = buildLeaderboard(races.get('1'), 1, 0);
+  const topic = 'podium/races/1/leaderboard';
+  const capture = (payloads) => ({
+    messages: payloads.map((payload, index) => ({
+      line: index + 1,
+      topic,
+      payload,
+      second: 1,
+      revision: Number(/"revision":(\d+)/.exec(payload)[1]),
+    })),
+    otherTopics: 0,
+  });
+
+  assert.deepEqual(verify(races, capture([good]), 1).failures, []);
+  const wrong = good.replace('"total":81.25', '"total":81.2');
+  assert.equal(verify(races, capture([wrong]), 1).failures.length, 1);
+  const revised = good.replace('"revision":0', '"revision":1');
+  assert.deepEqual(verify(races, capture([wrong, revised]), 1).failures, []);
+  assert.equal(verify(races, capture([revised, good]), 1).failures.length, 1);
+  assert.equal(verify(races, capture([]), 1).failures.length, 1);
+});

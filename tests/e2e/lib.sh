@@ -1,0 +1,227 @@
+# Helpers for the end-to-end tests; source this file from a test script.
+#
+# e2e_init creates the work folder E2E_DIR under $PODIUM_E2E_WORK_ROOT (or
+# $TMPDIR) and sets a trap that, on exit, stops every process started with
+# e2e_start_bg and the peers in E2E_DIR. The folder is removed when the
+# test passes and kept, with the tails of its logs printed, when it fails.
+# A peer that cannot start fails the test; nothing is skipped.
+
+E2E_LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+E2E_SOURCE_DIR="${PODIUM_SOURCE_DIR:-$(cd "$E2E_LIB_DIR/../.." && pwd)}"
+E2E_PEERS="$E2E_SOURCE_DIR/tools/peers.sh"
+E2E_KINESIS_CALL="$E2E_SOURCE_DIR/tools/kinesis-call.sh"
+E2E_CHECKER="$E2E_LIB_DIR/checker.mjs"
+
+# Seconds a started process gets between SIGTERM and SIGKILL in cleanup.
+E2E_STOP_GRACE_S=5
+
+E2E_DIR=""
+E2E_NAME=""
+E2E_BG_PIDS=()
+KINESALITE_PORT=""
+MOSQUITTO_PORT=""
+
+# Test credentials for kinesalite, which accepts any signature.
+export AWS_ACCESS_KEY_ID=AKIDEXAMPLE
+export AWS_SECRET_ACCESS_KEY=SECRETEXAMPLE
+export AWS_REGION=us-east-1
+
+e2e_log() {
+    echo "[$E2E_NAME $(date +%H:%M:%S)] $*"
+}
+
+# Fail the test with a message. Cleanup prints the log tails.
+e2e_fail() {
+    echo "[$E2E_NAME] FAILED: $*" >&2
+    exit 1
+}
+
+e2e_print_logs() {
+    local log
+    for log in "$E2E_DIR"/*.log; do
+        [[ -s "$log" ]] || continue
+        echo "--- last 30 lines of $log ---" >&2
+        tail -n 30 "$log" >&2
+    done
+}
+
+e2e_cleanup() {
+    local status=$?
+    set +e
+    local pid
+    for pid in "${E2E_BG_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    local deadline=$((SECONDS + E2E_STOP_GRACE_S))
+    for pid in "${E2E_BG_PIDS[@]}"; do
+        while e2e_pid_alive "$pid" && ((SECONDS < deadline)); do
+            sleep 0.1
+        done
+        if e2e_pid_alive "$pid"; then
+            echo "[$E2E_NAME] pid $pid still runs ${E2E_STOP_GRACE_S}s after SIGTERM, sending SIGKILL" >&2
+            kill -KILL "$pid" 2>/dev/null
+        fi
+    done
+    if [[ -n "$E2E_DIR" ]]; then
+        bash "$E2E_PEERS" stop "$E2E_DIR"
+        if [[ $status -eq 0 && "${PODIUM_E2E_KEEP:-0}" != 1 ]]; then
+            rm -rf "$E2E_DIR"
+        else
+            e2e_print_logs
+            echo "[$E2E_NAME] exit status $status; logs and capture kept in $E2E_DIR" >&2
+        fi
+    fi
+    exit "$status"
+}
+
+# Create the work folder and the cleanup trap. Fails when PODIUM_BIN is not
+# an executable file.
+e2e_init() {
+    E2E_NAME="$1"
+    if [[ -z "${PODIUM_BIN:-}" || ! -x "${PODIUM_BIN:-}" ]]; then
+        e2e_fail "PODIUM_BIN='${PODIUM_BIN:-}' is not an executable file: build podium and run this test through ctest"
+    fi
+    local command package
+    for command in node:nodejs curl:curl sqlite3:sqlite3 mosquitto_sub:mosquitto-clients mosquitto_pub:mosquitto-clients; do
+        package="${command#*:}"
+        command="${command%%:*}"
+        command -v "$command" >/dev/null 2>&1 ||
+            e2e_fail "$command not found: install the Debian package $package, or run 'bash tools/deps.sh'"
+    done
+    local root="${PODIUM_E2E_WORK_ROOT:-${TMPDIR:-/tmp}}"
+    mkdir -p "$root"
+    E2E_DIR="$(mktemp -d "$root/$E2E_NAME.XXXXXX")"
+    trap e2e_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    e2e_log "work folder $E2E_DIR"
+}
+
+e2e_start_peers() {
+    KINESALITE_PORT="$(bash "$E2E_PEERS" start kinesalite "$E2E_DIR")" ||
+        e2e_fail "kinesalite did not start: see $E2E_DIR/kinesalite.log; run 'bash tools/peers.sh install' if the npm packages are missing"
+    MOSQUITTO_PORT="$(bash "$E2E_PEERS" start mosquitto "$E2E_DIR")" ||
+        e2e_fail "mosquitto did not start: see $E2E_DIR/mosquitto.log; install the Debian package mosquitto if it is missing"
+    e2e_log "kinesalite on 127.0.0.1:$KINESALITE_PORT, mosquitto on 127.0.0.1:$MOSQUITTO_PORT"
+}
+
+e2e_kinesis() {
+    bash "$E2E_KINESIS_CALL" "$KINESALITE_PORT" "$@"
+}
+
+# Create a stream and wait until it is ACTIVE.
+e2e_create_stream() {
+    local stream="$1" shards="$2"
+    e2e_kinesis CreateStream "{\"StreamName\":\"$stream\",\"ShardCount\":$shards}" >/dev/null ||
+        e2e_fail "CreateStream $stream with $shards shards failed on kinesalite port $KINESALITE_PORT"
+    local deadline=$((SECONDS + 15)) summary=""
+    while ((SECONDS < deadline)); do
+        summary="$(e2e_kinesis DescribeStreamSummary "{\"StreamName\":\"$stream\"}" 2>&1)" || true
+        if [[ "$summary" == *'"StreamStatus":"ACTIVE"'* ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    e2e_fail "stream $stream did not become ACTIVE within 15s; last DescribeStreamSummary: $summary"
+}
+
+# Start a command in the background with stdout and stderr in
+# E2E_DIR/NAME.log. Sets E2E_LAST_PID; cleanup stops the process.
+e2e_start_bg() {
+    local name="$1"
+    shift
+    "$@" </dev/null >>"$E2E_DIR/$name.log" 2>&1 &
+    E2E_LAST_PID=$!
+    E2E_BG_PIDS+=("$E2E_LAST_PID")
+}
+
+# Subscribe to podium/# with QoS 1; every message becomes a line
+# "TOPIC PAYLOAD" in FILE. Returns once a probe message published to
+# podium/e2e-probe shows up in FILE, so no later message can be missed.
+e2e_start_capture() {
+    local file="$1"
+    : >"$file"
+    mosquitto_sub -h 127.0.0.1 -p "$MOSQUITTO_PORT" -t 'podium/#' -q 1 -v \
+        </dev/null >"$file" 2>>"$E2E_DIR/mosquitto_sub.log" &
+    E2E_LAST_PID=$!
+    E2E_BG_PIDS+=("$E2E_LAST_PID")
+
+    local deadline=$((SECONDS + 15))
+    while ! grep -q '^podium/e2e-probe ' "$file"; do
+        if ((SECONDS >= deadline)); then
+            e2e_fail "mosquitto_sub on port $MOSQUITTO_PORT received no probe message within 15s: see $E2E_DIR/mosquitto_sub.log"
+        fi
+        mosquitto_pub -h 127.0.0.1 -p "$MOSQUITTO_PORT" -q 1 -t podium/e2e-probe -m probe ||
+            e2e_fail "mosquitto_pub to port $MOSQUITTO_PORT failed"
+        sleep 0.2
+    done
+}
+
+# True while pid runs and is not a zombie.
+e2e_pid_alive() {
+    local pid="$1"
+    [[ -r "/proc/$pid/stat" ]] || return 1
+    local state
+    # The state follows the command name, which is in parentheses.
+    state="$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)" || return 1
+    [[ -n "$state" && "$state" != Z ]]
+}
+
+# e2e_wait_for SECONDS DESCRIPTION COMMAND...: run COMMAND every 0.2 s until
+# it succeeds; fail the test when SECONDS pass first.
+e2e_wait_for() {
+    local timeout_s="$1" description="$2"
+    shift 2
+    local deadline=$((SECONDS + timeout_s))
+    while ! "$@" >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then
+            e2e_fail "timed out after ${timeout_s}s waiting for: $description"
+        fi
+        sleep 0.2
+    done
+}
+
+# Print the number of lines in a file (0 when it does not exist).
+e2e_line_count() {
+    local file="$1"
+    if [[ -f "$file" ]]; then
+        wc -l <"$file"
+    else
+        echo 0
+    fi
+}
+
+# Wait up to SECONDS for pid to exit and return its exit status; fail the
+# test when it still runs then.
+e2e_wait_exit() {
+    local pid="$1" timeout_s="$2" what="$3"
+    local deadline=$((SECONDS + timeout_s))
+    while e2e_pid_alive "$pid"; do
+        if ((SECONDS >= deadline)); then
+            e2e_fail "$what (pid $pid) still runs ${timeout_s}s after SIGTERM"
+        fi
+        sleep 0.1
+    done
+    local status=0
+    wait "$pid" || status=$?
+    return "$status"
+}
+
+e2e_checker() {
+    node "$E2E_CHECKER" "$@" --port "$KINESALITE_PORT"
+}
+
+# The settings every podium run of the tests uses. The HTTP server for
+# health and metrics takes a free port so that tests can run in parallel.
+e2e_podium_run_settings() {
+    local stream="$1"
+    printf '%s\n' \
+        --set "stream.name=$stream" \
+        --set "kinesis.endpoint=http://127.0.0.1:$KINESALITE_PORT" \
+        --set "store.path=$E2E_DIR/podium.db" \
+        --set publish.transport=mqtt \
+        --set "mqtt.url=mqtt://127.0.0.1:$MOSQUITTO_PORT" \
+        --set race.idle_close_s=3 \
+        --set kinesis.poll_interval_ms=200 \
+        --set http.listen=127.0.0.1:0
+}
