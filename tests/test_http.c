@@ -267,11 +267,13 @@ struct received {
 };
 
 /*
- * What the server does depends on the request path:
- * /silent never replies, /reset-head resets the connection without replying,
- * /reset-body sends half a body then resets, /large sends large_len bytes
- * with a Content-Length, /stream sends them without one and closes, and
- * anything else gets status and body.
+ * The server's reply depends on the request path:
+ *   /silent      never replies;
+ *   /reset-head  resets the connection without replying;
+ *   /reset-body  sends half a body, then resets;
+ *   /large       sends large_len bytes with a Content-Length;
+ *   /stream      sends large_len bytes without one, then closes;
+ *   anything else gets status and body.
  */
 struct server {
     uv_loop_t *loop;
@@ -993,6 +995,446 @@ TEST(httpc_rejects_bad_request)
     req.header_count = 1;
     ASSERT_TRUE(httpc_start(f.http, &req, on_done, &r) == NULL);
     ASSERT_EQ(httpc_pending(f.http), 0);
+    fixture_close(&f);
+    ASSERT_EQ(r.calls, 0);
+}
+
+/* ---- AWS layer ---- */
+
+TEST(aws_endpoint_valid)
+{
+    static const char *const cases[][3] = {
+        /* input, url, Host header */
+        {"http://127.0.0.1:4567", "http://127.0.0.1:4567", "127.0.0.1:4567"},
+        {"https://Kinesis.eu-west-1.amazonaws.com/",
+         "https://kinesis.eu-west-1.amazonaws.com",
+         "kinesis.eu-west-1.amazonaws.com"},
+        {"https://example.com:443", "https://example.com:443", "example.com"},
+        {"HTTP://example.com:80/", "http://example.com:80", "example.com"},
+        {"https://example.com:8443", "https://example.com:8443",
+         "example.com:8443"},
+        {"http://[::1]:4567", "http://[::1]:4567", "[::1]:4567"},
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct aws_endpoint ep;
+        char err[256] = "";
+        ASSERT_EQ(aws_endpoint_init(&ep, cases[i][0], "eu-west-1", "kinesis",
+                                    err, sizeof err),
+                  0);
+        ASSERT_STR_EQ(ep.url, cases[i][1]);
+        ASSERT_STR_EQ(ep.host, cases[i][2]);
+        ASSERT_STR_EQ(ep.region, "eu-west-1");
+        ASSERT_STR_EQ(ep.service, "kinesis");
+        aws_endpoint_clear(&ep);
+    }
+}
+
+TEST(aws_endpoint_invalid)
+{
+    static const char *const urls[] = {
+        "ftp://example.com",        "http://",
+        "http://example.com/path",  "http://example.com?x=1",
+        "http://example.com#top",   "http://example.com:0",
+        "http://example.com:70000", "http://example.com:12a",
+        "http://example.com:",      "kinesis.eu-west-1.amazonaws.com",
+        "http://exa mple.com",      "http://[::1",
+    };
+
+    for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
+        struct aws_endpoint ep;
+        char err[256] = "";
+        ASSERT_EQ(aws_endpoint_init(&ep, urls[i], "eu-west-1", "kinesis", err,
+                                    sizeof err),
+                  -EINVAL);
+        if (strstr(err, urls[i]) == NULL)
+            test_fail(__FILE__, __LINE__, "message does not name %s: %s",
+                      urls[i], err);
+    }
+}
+
+TEST(aws_endpoint_hides_userinfo)
+{
+    struct aws_endpoint ep;
+    char err[256] = "";
+
+    ASSERT_EQ(aws_endpoint_init(&ep, "https://user:hunter2@example.com",
+                                "eu-west-1", "kinesis", err, sizeof err),
+              -EINVAL);
+    ASSERT_TRUE(strstr(err, "user info") != NULL);
+    ASSERT_TRUE(strstr(err, "hunter2") == NULL);
+    ASSERT_EQ(aws_endpoint_init(&ep, "http://127.0.0.1:1", "EU", "kinesis", err,
+                                sizeof err),
+              -EINVAL);
+    ASSERT_TRUE(strstr(err, "\"EU\"") != NULL);
+}
+
+TEST(aws_credentials_env)
+{
+    struct aws_credentials creds;
+
+    setenv("AWS_ACCESS_KEY_ID", EXAMPLE_KEY_ID, 1);
+    setenv("AWS_SECRET_ACCESS_KEY", EXAMPLE_SECRET, 1);
+    setenv("AWS_SESSION_TOKEN", "EXAMPLETOKEN", 1);
+    ASSERT_EQ(aws_credentials_from_env(&creds), 0);
+    ASSERT_STR_EQ(creds.access_key_id, EXAMPLE_KEY_ID);
+    ASSERT_STR_EQ(creds.secret_access_key, EXAMPLE_SECRET);
+    ASSERT_STR_EQ(creds.session_token, "EXAMPLETOKEN");
+    aws_credentials_clear(&creds);
+
+    unsetenv("AWS_SESSION_TOKEN");
+    ASSERT_EQ(aws_credentials_from_env(&creds), 0);
+    ASSERT_TRUE(creds.session_token == NULL);
+    aws_credentials_clear(&creds);
+
+    unsetenv("AWS_SECRET_ACCESS_KEY");
+    ASSERT_EQ(aws_credentials_from_env(&creds), -ENOENT);
+    setenv("AWS_SECRET_ACCESS_KEY", "", 1);
+    ASSERT_EQ(aws_credentials_from_env(&creds), -ENOENT);
+}
+
+static int64_t example_now(void)
+{
+    return EXAMPLE_TIME;
+}
+
+/* A copy of one aws_reply. */
+struct aws_result {
+    bool done;
+    int calls;
+    enum httpc_error transport;
+    long status;
+    bool has_type;
+    bool has_message;
+    char error_type[128];
+    char error_message[256];
+    char body[4096];
+};
+
+static void on_aws_reply(void *arg, const struct aws_reply *reply)
+{
+    struct aws_result *r = arg;
+
+    r->done = true;
+    r->calls++;
+    r->transport = reply->transport;
+    r->status = reply->status;
+    r->has_type = reply->error_type != NULL;
+    r->has_message = reply->error_message != NULL;
+    snprintf(r->error_type, sizeof r->error_type, "%s",
+             r->has_type ? reply->error_type : "");
+    snprintf(r->error_message, sizeof r->error_message, "%s",
+             r->has_message ? reply->error_message : "");
+    ASSERT_TRUE(reply->body_len < sizeof r->body);
+    memcpy(r->body, reply->body, reply->body_len);
+    r->body[reply->body_len] = '\0';
+}
+
+/* An AWS client for service on the fixture's server. */
+static struct aws_client *new_aws_client(struct fixture *f, const char *service,
+                                         const char *token)
+{
+    struct aws_credentials creds = example_creds(token);
+    struct aws_endpoint ep;
+    char url[64], err[256];
+    struct aws_client *client;
+
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", f->server.port);
+    ASSERT_EQ(
+        aws_endpoint_init(&ep, url, "eu-west-1", service, err, sizeof err), 0);
+    client =
+        aws_client_new(f->http, &ep, &creds, "Kinesis_20131202", example_now);
+    ASSERT_TRUE(client != NULL);
+    aws_endpoint_clear(&ep);
+    return client;
+}
+
+/* Run one GetRecords call against the fixture's server. */
+static void get_records(struct fixture *f, struct aws_client *client,
+                        struct aws_result *r)
+{
+    memset(r, 0, sizeof *r);
+    ASSERT_TRUE(aws_json_call(client, "GetRecords", KINESIS_BODY,
+                              strlen(KINESIS_BODY), 5000, 4096, on_aws_reply,
+                              r) != NULL);
+    run_until(f, &r->done);
+    ASSERT_EQ(r->calls, 1);
+    ASSERT_EQ(r->transport, HTTPC_OK);
+}
+
+TEST(aws_json_error_parsed)
+{
+    struct fixture f;
+    struct aws_client *client;
+    struct aws_result r;
+
+    fixture_init(&f);
+    client = new_aws_client(&f, "kinesis", "EXAMPLETOKEN");
+
+    f.server.status = 400;
+    f.server.body = "{\"__type\":\"com.amazonaws.kinesis.v20131202#"
+                    "ExpiredIteratorException\",\"message\":\"Iterator "
+                    "expired\"}";
+    get_records(&f, client, &r);
+    ASSERT_EQ(r.status, 400);
+    ASSERT_STR_EQ(r.error_type, "ExpiredIteratorException");
+    ASSERT_STR_EQ(r.error_message, "Iterator expired");
+
+    f.server.body = "{\"__type\":\"ResourceNotFoundException\","
+                    "\"Message\":\"Stream s not found\"}";
+    get_records(&f, client, &r);
+    ASSERT_STR_EQ(r.error_type, "ResourceNotFoundException");
+    ASSERT_STR_EQ(r.error_message, "Stream s not found");
+
+    f.server.status = 503;
+    f.server.body = "Service Unavailable";
+    get_records(&f, client, &r);
+    ASSERT_EQ(r.status, 503);
+    ASSERT_FALSE(r.has_type);
+    ASSERT_FALSE(r.has_message);
+    ASSERT_STR_EQ(r.body, "Service Unavailable");
+
+    aws_client_free(client);
+    fixture_close(&f);
+}
+
+TEST(aws_json_ok_passthrough)
+{
+    struct fixture f;
+    struct aws_client *client;
+    struct aws_result r;
+
+    fixture_init(&f);
+    client = new_aws_client(&f, "kinesis", "EXAMPLETOKEN");
+    f.server.body = "{\"Records\":[],\"__type\":\"NotAnError#X\"}";
+    get_records(&f, client, &r);
+
+    ASSERT_EQ(r.status, 200);
+    ASSERT_STR_EQ(r.body, "{\"Records\":[],\"__type\":\"NotAnError#X\"}");
+    ASSERT_FALSE(r.has_type);
+    ASSERT_FALSE(r.has_message);
+    aws_client_free(client);
+    fixture_close(&f);
+}
+
+static bool is_in_list(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+
+    for (const char *p = list; p != NULL; p = strchr(p, ';')) {
+        if (*p == ';')
+            p++;
+        if (strncmp(p, name, n) == 0 && (p[n] == ';' || p[n] == '\0'))
+            return true;
+    }
+    return false;
+}
+
+/*
+ * Recompute the signature of a received request from what was sent, and
+ * check that every signed header was sent and that no other header was,
+ * apart from Authorization and Content-Length.
+ */
+static void verify_signature(const struct received *req,
+                             const struct aws_credentials *creds,
+                             const char *service)
+{
+    const char *auth = find_header(req, "authorization");
+    char key_id[64], scope[128], signed_list[512], signature[65];
+    char expected_scope[128], names[512], target[1024];
+    struct sigv4_header headers[SERVER_MAX_HEADERS];
+    size_t header_count = 0;
+    char *save = NULL;
+
+    ASSERT_TRUE(auth != NULL);
+    ASSERT_EQ(sscanf(auth,
+                     "AWS4-HMAC-SHA256 Credential=%63[^/]/%127[^,], "
+                     "SignedHeaders=%511[^,], Signature=%64s",
+                     key_id, scope, signed_list, signature),
+              4);
+    ASSERT_STR_EQ(key_id, creds->access_key_id);
+    snprintf(expected_scope, sizeof expected_scope,
+             "20260101/eu-west-1/%s/aws4_request", service);
+    ASSERT_STR_EQ(scope, expected_scope);
+
+    snprintf(names, sizeof names, "%s", signed_list);
+    for (char *name = strtok_r(names, ";", &save); name != NULL;
+         name = strtok_r(NULL, ";", &save)) {
+        const char *value = find_header(req, name);
+        if (value == NULL)
+            test_fail(__FILE__, __LINE__, "signed header %s not sent", name);
+        if (strcmp(name, "host") != 0 && strcmp(name, "x-amz-date") != 0 &&
+            strcmp(name, "x-amz-security-token") != 0)
+            headers[header_count++] = (struct sigv4_header){name, value};
+    }
+    for (size_t i = 0; i < req->header_count; i++) {
+        const char *name = req->headers[i].name;
+        if (!is_in_list(signed_list, name) &&
+            strcmp(name, "authorization") != 0 &&
+            strcmp(name, "content-length") != 0)
+            test_fail(__FILE__, __LINE__, "unsigned header sent: %s", name);
+    }
+
+    snprintf(target, sizeof target, "%s", req->target);
+    char *query = strchr(target, '?');
+    if (query != NULL)
+        *query++ = '\0';
+    struct strbuf uri, canonical_query;
+    sb_init(&uri, 4096);
+    sb_init(&canonical_query, 4096);
+    ASSERT_EQ(sigv4_canonical_uri(&uri, target), 0);
+    ASSERT_EQ(sigv4_canonical_query(&canonical_query, query), 0);
+
+    struct sigv4_input in = {
+        .method = req->method,
+        .host = find_header(req, "host"),
+        .canonical_uri = uri.data,
+        .canonical_query = canonical_query.data ? canonical_query.data : "",
+        .headers = headers,
+        .header_count = header_count,
+        .payload = req->body,
+        .payload_len = req->body_len,
+        .region = "eu-west-1",
+        .service = service,
+        .unix_time = EXAMPLE_TIME,
+    };
+    struct sigv4_output out;
+    ASSERT_EQ(sigv4_sign(&in, creds, &out), 0);
+    ASSERT_STR_EQ(find_header(req, "x-amz-date"), out.amz_date);
+    ASSERT_STR_EQ(out.signed_headers, signed_list);
+    ASSERT_STR_EQ(out.signature, signature);
+    sb_free(&uri);
+    sb_free(&canonical_query);
+}
+
+TEST(aws_json_signature_verified)
+{
+    struct fixture f;
+    struct aws_credentials creds = example_creds("EXAMPLETOKEN");
+    struct aws_client *client;
+    struct aws_result r;
+
+    fixture_init(&f);
+    client = new_aws_client(&f, "kinesis", "EXAMPLETOKEN");
+    get_records(&f, client, &r);
+
+    const struct received *req = &f.server.last;
+    ASSERT_STR_EQ(req->method, "POST");
+    ASSERT_STR_EQ(req->target, "/");
+    ASSERT_MEM_EQ(req->body, req->body_len, KINESIS_BODY, strlen(KINESIS_BODY));
+    ASSERT_STR_EQ(find_header(req, "content-type"),
+                  "application/x-amz-json-1.1");
+    ASSERT_STR_EQ(find_header(req, "x-amz-target"),
+                  "Kinesis_20131202.GetRecords");
+    ASSERT_STR_EQ(find_header(req, "x-amz-security-token"), "EXAMPLETOKEN");
+    ASSERT_TRUE(find_header(req, "accept") == NULL);
+    ASSERT_TRUE(find_header(req, "expect") == NULL);
+    verify_signature(req, &creds, "kinesis");
+    ASSERT_TRUE(strstr(find_header(req, "authorization"),
+                       "SignedHeaders=content-type;host;x-amz-date;"
+                       "x-amz-security-token;x-amz-target,") != NULL);
+
+    aws_client_free(client);
+    fixture_close(&f);
+}
+
+TEST(aws_empty_token_not_sent)
+{
+    struct fixture f;
+    struct aws_credentials creds = example_creds("");
+    struct aws_client *client;
+    struct aws_result r;
+
+    fixture_init(&f);
+    client = new_aws_client(&f, "kinesis", "");
+    get_records(&f, client, &r);
+
+    const struct received *req = &f.server.last;
+    ASSERT_TRUE(find_header(req, "x-amz-security-token") == NULL);
+    ASSERT_TRUE(strstr(find_header(req, "authorization"),
+                       "x-amz-security-token") == NULL);
+    verify_signature(req, &creds, "kinesis");
+
+    aws_client_free(client);
+    fixture_close(&f);
+}
+
+TEST(aws_signed_post_verified)
+{
+    static const char *const content_types[] = {"application/json", NULL};
+    struct aws_credentials creds = example_creds("EXAMPLETOKEN");
+
+    for (size_t i = 0; i < 2; i++) {
+        struct fixture f;
+        struct aws_result r = {0};
+        struct aws_client *client;
+
+        fixture_init(&f);
+        client = new_aws_client(&f, "iotdata", "EXAMPLETOKEN");
+        ASSERT_TRUE(aws_signed_post(client, "/topics/leaderboards%2FR-7%2FB",
+                                    "qos=1", content_types[i], IOT_BODY,
+                                    strlen(IOT_BODY), 5000, on_aws_reply,
+                                    &r) != NULL);
+        run_until(&f, &r.done);
+
+        const struct received *req = &f.server.last;
+        ASSERT_EQ(r.status, 200);
+        ASSERT_STR_EQ(req->target, "/topics/leaderboards%2FR-7%2FB?qos=1");
+        ASSERT_MEM_EQ(req->body, req->body_len, IOT_BODY, strlen(IOT_BODY));
+        if (content_types[i] != NULL)
+            ASSERT_STR_EQ(find_header(req, "content-type"), content_types[i]);
+        else
+            ASSERT_TRUE(find_header(req, "content-type") == NULL);
+        verify_signature(req, &creds, "iotdata");
+
+        aws_client_free(client);
+        fixture_close(&f);
+    }
+}
+
+TEST(aws_signed_post_rejects_raw_path)
+{
+    struct fixture f;
+    struct aws_result r = {0};
+    struct aws_client *client;
+
+    fixture_init(&f);
+    client = new_aws_client(&f, "iotdata", NULL);
+    ASSERT_TRUE(aws_signed_post(client, "/topics/R 7", "qos=1", NULL, "", 0,
+                                5000, on_aws_reply, &r) == NULL);
+    ASSERT_TRUE(aws_signed_post(client, "topics/x", NULL, NULL, "", 0, 5000,
+                                on_aws_reply, &r) == NULL);
+    ASSERT_TRUE(aws_signed_post(client, "/topics/x", "a=%zz", NULL, "", 0, 5000,
+                                on_aws_reply, &r) == NULL);
+    ASSERT_TRUE(aws_json_call(client, "Get\r\nX: y", "{}", 2, 5000, 1024,
+                              on_aws_reply, &r) == NULL);
+    ASSERT_EQ(httpc_pending(f.http), 0);
+    aws_client_free(client);
+    fixture_close(&f);
+    ASSERT_EQ(r.calls, 0);
+}
+
+TEST(aws_cancel_frees_call)
+{
+    struct fixture f;
+    struct aws_result r = {0};
+    struct aws_client *client;
+    struct httpc_call *call;
+
+    fixture_init(&f);
+    client = new_aws_client(&f, "kinesis", NULL);
+    call = aws_json_call(client, "GetRecords", "{}", 2, 5000, 1024,
+                         on_aws_reply, &r);
+    ASSERT_TRUE(call != NULL);
+    while (f.server.requests < 1)
+        run_once(&f);
+    httpc_cancel(call);
+    ASSERT_EQ(httpc_pending(f.http), 0);
+
+    /* Freeing the client with a call in flight is allowed too. */
+    ASSERT_TRUE(aws_json_call(client, "GetRecords", "{}", 2, 5000, 1024,
+                              on_aws_reply, &r) != NULL);
+    aws_client_free(client);
     fixture_close(&f);
     ASSERT_EQ(r.calls, 0);
 }
