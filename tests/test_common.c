@@ -1,9 +1,11 @@
-/* Tests of the common module: JSON parser and canonical form. */
+/* Tests of the common module: JSON, base64 and sequence numbers. */
 #include "tests/testlib.h"
 
 #include <time.h>
 
+#include "common/base64.h"
 #include "common/json.h"
+#include "common/seqnum.h"
 #include "common/strbuf.h"
 
 static const struct json_limits test_limits = {1024 * 1024, 64};
@@ -34,7 +36,7 @@ static int parse_code(const char *text)
 #define PARSE_BYTES(literal)                                                   \
     parse_code_limits(literal, sizeof(literal) - 1, &test_limits)
 
-/* Parse text that must be valid; the document is owned by the caller. */
+/* Parse text, which must be valid, and return the document (owned). */
 static struct json_doc *parse_ok(const char *text, size_t len)
 {
     struct json_doc *doc = NULL;
@@ -811,4 +813,244 @@ TEST(json_canonical_rejects_huge_exponent)
     ASSERT_EQ(json_canonical(json_doc_root(doc), &sb), -1);
     sb_free(&sb);
     json_doc_free(doc);
+}
+
+/* Decode text, which must be valid, and compare with the expected bytes. */
+static void check_decode(const char *text, const char *expected)
+{
+    uint8_t out[BASE64_DECODED_MAX(64)];
+    size_t out_len = 0;
+
+    if (base64_decode(text, strlen(text), out, &out_len) != 0)
+        test_fail(__FILE__, __LINE__, "\"%s\": rejected", text);
+    ASSERT_MEM_EQ(out, out_len, expected, strlen(expected));
+}
+
+/* Decode n bytes of text and return the result code. */
+static int decode_code(const char *text, size_t n)
+{
+    uint8_t out[BASE64_DECODED_MAX(64)];
+    size_t out_len;
+
+    ASSERT_TRUE(n <= 64);
+    return base64_decode(text, n, out, &out_len);
+}
+
+TEST(base64_matches_rfc_vectors)
+{
+    static const char *const plain[] = {"",     "f",     "fo",    "foo",
+                                        "foob", "fooba", "foobar"};
+    static const char *const encoded[] = {
+        "", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
+    char out[BASE64_ENCODED_LEN(6) + 1];
+
+    for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++) {
+        size_t n =
+            base64_encode((const uint8_t *)plain[i], strlen(plain[i]), out);
+        ASSERT_EQ(n, strlen(encoded[i]));
+        ASSERT_STR_EQ(out, encoded[i]);
+        check_decode(encoded[i], plain[i]);
+    }
+}
+
+TEST(base64_round_trips_lengths_0_to_64)
+{
+    uint8_t data[64], decoded[BASE64_DECODED_MAX(BASE64_ENCODED_LEN(64))];
+    char text[BASE64_ENCODED_LEN(64) + 1];
+
+    for (size_t len = 0; len <= 64; len++) {
+        for (size_t i = 0; i < len; i++)
+            data[i] = (uint8_t)(i * 37 + len * 101 + 0x80);
+        size_t n = base64_encode(data, len, text);
+        ASSERT_EQ(n, BASE64_ENCODED_LEN(len));
+        ASSERT_EQ(strlen(text), n);
+
+        size_t out_len = 999;
+        ASSERT_EQ(base64_decode(text, n, decoded, &out_len), 0);
+        ASSERT_MEM_EQ(decoded, out_len, data, len);
+        ASSERT_TRUE(out_len <= BASE64_DECODED_MAX(n));
+    }
+}
+
+TEST(base64_round_trips_all_byte_values)
+{
+    uint8_t data[256], decoded[BASE64_DECODED_MAX(BASE64_ENCODED_LEN(256))];
+    char text[BASE64_ENCODED_LEN(256) + 1];
+    size_t out_len;
+
+    for (size_t i = 0; i < 256; i++)
+        data[i] = (uint8_t)i;
+    size_t n = base64_encode(data, sizeof data, text);
+    ASSERT_EQ(base64_decode(text, n, decoded, &out_len), 0);
+    ASSERT_MEM_EQ(decoded, out_len, data, sizeof data);
+    ASSERT_TRUE(strncmp(text, "AAECAwQFBgcICQoL", 16) == 0);
+    ASSERT_STR_EQ(text + n - 8, "/P3+/w==");
+}
+
+TEST(base64_rejects_bad_length)
+{
+    ASSERT_EQ(decode_code("Z", 1), -1);
+    ASSERT_EQ(decode_code("Zg", 2), -1);
+    ASSERT_EQ(decode_code("Zg=", 3), -1);
+    ASSERT_EQ(decode_code("Zm9", 3), -1);
+    ASSERT_EQ(decode_code("Zm9vY", 5), -1);
+    ASSERT_EQ(decode_code("Zm9vYg=", 7), -1);
+    ASSERT_EQ(decode_code("Zm9vYg===", 9), -1);
+}
+
+TEST(base64_rejects_bad_characters)
+{
+    ASSERT_EQ(decode_code("Zm9-", 4), -1);
+    ASSERT_EQ(decode_code("Zm9_", 4), -1);
+    ASSERT_EQ(decode_code("Zm 9", 4), -1);
+    ASSERT_EQ(decode_code("Zm9\n", 4), -1);
+    ASSERT_EQ(decode_code("Zm9\0", 4), -1);
+    ASSERT_EQ(decode_code("Zm9\x80", 4), -1);
+    ASSERT_EQ(decode_code("\xffm9v", 4), -1);
+    ASSERT_EQ(decode_code("Zm9vZm.v", 8), -1);
+    ASSERT_EQ(decode_code("Zm9vZm9v*g==", 12), -1);
+    ASSERT_EQ(decode_code("Zm9vZm9vY*==", 12), -1);
+    ASSERT_EQ(decode_code("Zm9vZm9vYm*=", 12), -1);
+}
+
+TEST(base64_rejects_bad_padding)
+{
+    ASSERT_EQ(decode_code("====", 4), -1);
+    ASSERT_EQ(decode_code("Z===", 4), -1);
+    ASSERT_EQ(decode_code("=m9v", 4), -1);
+    ASSERT_EQ(decode_code("Z=9v", 4), -1);
+    ASSERT_EQ(decode_code("Zm=v", 4), -1);
+    ASSERT_EQ(decode_code("Zg=A", 4), -1);
+    ASSERT_EQ(decode_code("Zg==Zm9v", 8), -1);
+    ASSERT_EQ(decode_code("Zm8=Zm9v", 8), -1);
+    ASSERT_EQ(decode_code("Zm9v====", 8), -1);
+    ASSERT_EQ(decode_code("Zg==", 4), 0);
+}
+
+TEST(base64_rejects_nonzero_unused_bits)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char text[5];
+
+    /* With "==" the second character's low 4 bits are unused, and with
+     * one '=' the third character's low 2 bits are. */
+    for (int v = 0; v < 64; v++) {
+        snprintf(text, sizeof text, "Z%c==", alphabet[v]);
+        ASSERT_EQ(decode_code(text, 4), v % 16 == 0 ? 0 : -1);
+        snprintf(text, sizeof text, "Zm%c=", alphabet[v]);
+        ASSERT_EQ(decode_code(text, 4), v % 4 == 0 ? 0 : -1);
+    }
+    ASSERT_EQ(decode_code("Zh==", 4), -1);
+    ASSERT_EQ(decode_code("Zm9=", 4), -1);
+}
+
+TEST(base64_decodes_empty_input)
+{
+    uint8_t out[BASE64_DECODED_MAX(0)];
+    size_t out_len = 7;
+
+    ASSERT_EQ(base64_decode("", 0, out, &out_len), 0);
+    ASSERT_EQ(out_len, 0);
+}
+
+/* Return n copies of digit after first (owned). */
+static char *make_seqnum(char first, char digit, size_t n)
+{
+    char *s = malloc(n + 2);
+
+    ASSERT_TRUE(s != NULL);
+    s[0] = first;
+    memset(s + 1, digit, n);
+    s[n + 1] = '\0';
+    return s;
+}
+
+TEST(seqnum_valid_accepts_decimal_forms)
+{
+    char *max = make_seqnum('9', '9', SEQNUM_MAX_DIGITS - 1);
+
+    ASSERT_TRUE(seqnum_valid("0"));
+    ASSERT_TRUE(seqnum_valid("1"));
+    ASSERT_TRUE(seqnum_valid("10"));
+    ASSERT_TRUE(seqnum_valid(
+        "49590338271490256608559692538361571095921575989136588898"));
+    ASSERT_EQ(strlen(max), SEQNUM_MAX_DIGITS);
+    ASSERT_TRUE(seqnum_valid(max));
+    free(max);
+}
+
+TEST(seqnum_valid_rejects_other_forms)
+{
+    char *too_long = make_seqnum('1', '0', SEQNUM_MAX_DIGITS);
+
+    ASSERT_FALSE(seqnum_valid(NULL));
+    ASSERT_FALSE(seqnum_valid(""));
+    ASSERT_FALSE(seqnum_valid("00"));
+    ASSERT_FALSE(seqnum_valid("01"));
+    ASSERT_FALSE(seqnum_valid("-1"));
+    ASSERT_FALSE(seqnum_valid("+1"));
+    ASSERT_FALSE(seqnum_valid(" 1"));
+    ASSERT_FALSE(seqnum_valid("1 "));
+    ASSERT_FALSE(seqnum_valid("1a"));
+    ASSERT_FALSE(seqnum_valid("1.0"));
+    ASSERT_FALSE(seqnum_valid("0x1"));
+    ASSERT_FALSE(seqnum_valid("1e5"));
+    ASSERT_FALSE(seqnum_valid(too_long));
+    free(too_long);
+}
+
+TEST(seqnum_cmp_orders_by_length)
+{
+    char *shorter = make_seqnum('9', '9', 54);
+    char *longer = make_seqnum('1', '0', 55);
+
+    ASSERT_EQ(strlen(shorter), 55);
+    ASSERT_EQ(strlen(longer), 56);
+    ASSERT_TRUE(seqnum_cmp(shorter, longer) < 0);
+    ASSERT_TRUE(seqnum_cmp(longer, shorter) > 0);
+    ASSERT_TRUE(seqnum_cmp("0", "1") < 0);
+    ASSERT_TRUE(seqnum_cmp("9", "10") < 0);
+    free(shorter);
+    free(longer);
+}
+
+TEST(seqnum_cmp_equal_strings)
+{
+    char a[] = "49590338271490256608559692538361571095921575989136588898";
+    char b[] = "49590338271490256608559692538361571095921575989136588898";
+
+    ASSERT_EQ(seqnum_cmp(a, b), 0);
+    ASSERT_EQ(seqnum_cmp(a, a), 0);
+    ASSERT_EQ(seqnum_cmp("0", "0"), 0);
+}
+
+TEST(seqnum_cmp_compares_equal_lengths)
+{
+    const char *a = "49590338271490256608559692538361571095921575989136588898";
+    const char *b = "49590338271490256608559692538361571095921575989136588899";
+    const char *c = "59590338271490256608559692538361571095921575989136588898";
+
+    ASSERT_TRUE(seqnum_cmp(a, b) < 0);
+    ASSERT_TRUE(seqnum_cmp(b, a) > 0);
+    ASSERT_TRUE(seqnum_cmp(c, b) > 0);
+    ASSERT_TRUE(seqnum_cmp("12", "21") < 0);
+}
+
+TEST(seqnum_cmp_ext_orders_sub_sequence)
+{
+    const char *a = "49590338271490256608559692538361571095921575989136588898";
+    const char *b = "49590338271490256608559692538361571095921575989136588899";
+
+    ASSERT_EQ(seqnum_cmp_ext(a, 0, a, 0), 0);
+    ASSERT_EQ(seqnum_cmp_ext(a, 7, a, 7), 0);
+    ASSERT_TRUE(seqnum_cmp_ext(a, 0, a, 1) < 0);
+    ASSERT_TRUE(seqnum_cmp_ext(a, 2, a, 1) > 0);
+    ASSERT_TRUE(seqnum_cmp_ext(a, INT64_MIN, a, INT64_MAX) < 0);
+    ASSERT_TRUE(seqnum_cmp_ext(a, INT64_MAX, a, INT64_MIN) > 0);
+
+    /* The sequence number decides before the sub-sequence. */
+    ASSERT_TRUE(seqnum_cmp_ext(a, 1000, b, 0) < 0);
+    ASSERT_TRUE(seqnum_cmp_ext(b, 0, a, 1000) > 0);
+    ASSERT_TRUE(seqnum_cmp_ext("99", 5, "100", 0) < 0);
 }
