@@ -125,6 +125,15 @@ e2e_create_stream() {
     e2e_fail "stream $stream did not become ACTIVE within 15s; last DescribeStreamSummary: $summary"
 }
 
+# Remember a background process for cleanup. E2E_DIR/processes.txt gets a
+# line "PID EXECUTABLE", so tools/test.sh can stop the process when ctest
+# kills this script on a timeout before its trap runs.
+e2e_track_pid() {
+    local pid="$1" executable="$2"
+    E2E_BG_PIDS+=("$pid")
+    echo "$pid $(readlink -f "$(command -v "$executable")")" >>"$E2E_DIR/processes.txt"
+}
+
 # Start a command in the background with stdout and stderr in
 # E2E_DIR/NAME.log. Sets E2E_LAST_PID; cleanup stops the process.
 e2e_start_bg() {
@@ -132,7 +141,7 @@ e2e_start_bg() {
     shift
     "$@" </dev/null >>"$E2E_DIR/$name.log" 2>&1 &
     E2E_LAST_PID=$!
-    E2E_BG_PIDS+=("$E2E_LAST_PID")
+    e2e_track_pid "$E2E_LAST_PID" "$1"
 }
 
 # Subscribe to podium/# with QoS 1; every message becomes a line
@@ -144,7 +153,7 @@ e2e_start_capture() {
     mosquitto_sub -h 127.0.0.1 -p "$MOSQUITTO_PORT" -t 'podium/#' -q 1 -v \
         </dev/null >"$file" 2>>"$E2E_DIR/mosquitto_sub.log" &
     E2E_LAST_PID=$!
-    E2E_BG_PIDS+=("$E2E_LAST_PID")
+    e2e_track_pid "$E2E_LAST_PID" mosquitto_sub
 
     local deadline=$((SECONDS + 15))
     while ! grep -q '^podium/e2e-probe ' "$file"; do
