@@ -7,6 +7,9 @@
  *
  * A struct store is used by one thread at a time; the daemon hands it from
  * the loop thread to one worker job at a time and never uses it concurrently.
+ *
+ * Load functions pass pointers that are valid only during the callback. A
+ * callback must not call functions of the same store.
  */
 #ifndef PODIUM_STORE_STORE_H
 #define PODIUM_STORE_STORE_H
@@ -22,14 +25,17 @@ struct store;
  * Returns 0, or -1 with a message in err naming the path and the SQLite
  * error.
  */
-int store_open(const char *path, struct store **out, char *err,
-               size_t err_len);
+int store_open(const char *path, struct store **out, char *err, size_t err_len);
 void store_close(struct store *st);
 
 /* The last SQLite error message (borrowed, valid until the next call). */
 const char *store_errmsg(const struct store *st);
 
-/* BEGIN IMMEDIATE, COMMIT, ROLLBACK. Return 0 or -1. */
+/*
+ * BEGIN IMMEDIATE, COMMIT, ROLLBACK. Return 0 or -1. A failed commit rolls
+ * the transaction back itself; store_rollback() without an open transaction
+ * does nothing.
+ */
 int store_begin(struct store *st);
 int store_commit(struct store *st);
 void store_rollback(struct store *st);
@@ -47,7 +53,7 @@ struct store_idem_row {
     size_t key_len;
     const uint8_t *hash; /* 32-byte SHA-256 of the canonical payload */
     int64_t now_ms;
-    int64_t expiry_s; /* seconds the key is remembered */
+    int64_t expiry_s;    /* seconds the key is remembered */
     const char *outcome; /* "applied", "rejected:<reason>", ... */
     const char *shard_id;
     const char *seq;
@@ -56,9 +62,9 @@ struct store_idem_row {
 
 /*
  * Record a key as completed with its outcome unless an unexpired row exists.
- * *claim tells which case applied; for a duplicate or conflict, the stored
- * outcome is copied into stored_outcome (may be NULL) when it fits.
- * Returns 0 or -1.
+ * *claim is set to the case that applied. For a duplicate or conflict, the
+ * stored outcome is copied into stored_outcome (may be NULL) when it fits,
+ * and "" is copied otherwise. Returns 0 or -1.
  */
 int store_idem_record(struct store *st, const struct store_idem_row *row,
                       enum store_claim *claim, char *stored_outcome,
@@ -111,16 +117,15 @@ int store_state_load(struct store *st, const char *kind, store_state_cb cb,
 
 struct store_checkpoint {
     const char *shard_id;
-    const char *seq;  /* last committed sequence number; NULL when none */
-    int64_t subseq;   /* sub-sequence inside a KPL aggregate, else 0 */
-    bool finished;    /* read to its end and closed: never read again */
+    const char *seq; /* last committed sequence number; NULL when none */
+    int64_t subseq;  /* sub-sequence inside a KPL aggregate, else 0 */
+    bool finished;   /* read to its end and closed: never read again */
 };
 
 int store_checkpoint_put(struct store *st, const struct store_checkpoint *cp);
 typedef int (*store_checkpoint_cb)(void *arg,
                                    const struct store_checkpoint *cp);
-int store_checkpoints_load(struct store *st, store_checkpoint_cb cb,
-                           void *arg);
+int store_checkpoints_load(struct store *st, store_checkpoint_cb cb, void *arg);
 
 /* ---- outbox --------------------------------------------------------- */
 
@@ -150,6 +155,11 @@ struct store_dead_letter {
 
 int store_dead_letter_add(struct store *st, const struct store_dead_letter *d);
 int store_dead_letter_count(struct store *st, int64_t *count);
+typedef int (*store_dead_letter_cb)(void *arg, int64_t id,
+                                    const struct store_dead_letter *d);
+/* Dead letters with id > after_id in id order, at most limit of them. */
+int store_dead_letters_load(struct store *st, int64_t after_id, size_t limit,
+                            store_dead_letter_cb cb, void *arg);
 
 /* ---- metadata ------------------------------------------------------- */
 
