@@ -24,7 +24,8 @@
 #define AWS_MAX_TARGET 4096
 /* Header lines of one request: host, date, token, 2 signed, auth, 2 removed */
 #define AWS_MAX_HEADER_LINES 8
-/* Maximum length of one header line; session tokens are up to a few KiB. */
+/* Maximum length of one header line. AWS fixes no maximum for session
+ * tokens, so 8 KiB is an estimate with room to spare. */
 #define AWS_MAX_HEADER_LINE 8192
 
 struct aws_client {

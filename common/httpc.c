@@ -440,6 +440,11 @@ static CURLcode set_common_options(struct httpc_call *call,
     /* An empty proxy disables proxies, http_proxy and friends included. */
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(easy, CURLOPT_PROXY, "");
+    /* libcurl 7.88 would pick HTTP/2 for https:// URLs. HTTP/1.1 is what
+     * the loopback tests exercise, and botocore (urllib3) speaks only 1.1. */
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(easy, CURLOPT_HTTP_VERSION,
+                              (long)CURL_HTTP_VERSION_1_1);
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
     if (rc == CURLE_OK)
