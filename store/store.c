@@ -84,6 +84,7 @@ enum stmt_id {
     STMT_ROLLBACK,
     STMT_IDEM_GET,
     STMT_IDEM_PUT,
+    STMT_IDEM_SET_OUTCOME,
     STMT_SAMPLE_PUT,
     STMT_SAMPLE_LOAD,
     STMT_SAMPLE_COUNT,
@@ -116,6 +117,8 @@ static const char *const stmt_sql[STMT_COUNT] = {
                       " hash, outcome, shard_id, seq, subseq)"
                       " VALUES (?1, 'COMPLETED', ?2, NULL, NULL,"
                       " ?3, ?4, ?5, ?6, ?7)",
+    [STMT_IDEM_SET_OUTCOME] = "UPDATE idempotency SET outcome = ?2"
+                              " WHERE key = ?1",
     [STMT_SAMPLE_PUT] = "INSERT OR REPLACE INTO samples"
                         " (race_id, racer_id, second, class_id, name, uuid,"
                         " device_ts_ms, arrival_ms, cadence4, resistance4,"
@@ -918,6 +921,26 @@ int store_idem_record(struct store *st, const struct store_idem_row *row,
 
     *claim = STORE_CLAIM_NEW;
     copy_outcome(stored_outcome, outcome_len, "", 0);
+    return 0;
+}
+
+/*
+ * The outcome is known only after the record was applied, in the same
+ * transaction that recorded the key, so it is written in a second step.
+ */
+int store_idem_set_outcome(struct store *st, const void *key, size_t key_len,
+                           const char *outcome)
+{
+    if (key == NULL || key_len == 0 || outcome == NULL)
+        return fail(st, "idempotency key or outcome is missing");
+
+    struct binder b = bind_start(st, STMT_IDEM_SET_OUTCOME);
+    bind_blob(&b, 1, key, key_len);
+    bind_text(&b, 2, outcome);
+    if (exec_bound(st, &b, "update idempotency outcome") != 0)
+        return -1;
+    if (sqlite3_changes(st->db) != 1)
+        return fail(st, "no idempotency row to update");
     return 0;
 }
 

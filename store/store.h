@@ -70,6 +70,13 @@ int store_idem_record(struct store *st, const struct store_idem_row *row,
                       enum store_claim *claim, char *stored_outcome,
                       size_t outcome_len);
 
+/*
+ * Replace the outcome of the row of key, written by store_idem_record in the
+ * same transaction. Returns 0, or -1 when no such row exists.
+ */
+int store_idem_set_outcome(struct store *st, const void *key, size_t key_len,
+                           const char *outcome);
+
 /* ---- samples ---------------------------------------------------------- */
 
 /* Ids are stored as JSON text: 5402746 or "R-7", so they keep their type. */

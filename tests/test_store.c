@@ -460,6 +460,24 @@ TEST(store_idem_new_then_duplicate)
     store_close(st);
 }
 
+TEST(store_idem_outcome_updated)
+{
+    struct store *st = open_store(db_path("podium.db"));
+    struct store_idem_row row = idem_row("u-1", hash_a, 1000000, "applied");
+    enum store_claim claim;
+    char outcome[32];
+
+    ASSERT_OK(st, store_idem_record(st, &row, &claim, NULL, 0));
+    ASSERT_OK(st, store_idem_set_outcome(st, "u-1", 3, "too_late"));
+    ASSERT_OK(st, store_idem_record(st, &row, &claim, outcome, sizeof outcome));
+    ASSERT_EQ(claim, STORE_CLAIM_DUPLICATE);
+    ASSERT_STR_EQ(outcome, "too_late");
+
+    /* A key never recorded has no row to update. */
+    ASSERT_EQ(store_idem_set_outcome(st, "u-2", 3, "too_late"), -1);
+    store_close(st);
+}
+
 TEST(store_idem_conflict_copies_outcome)
 {
     struct store *st = open_store(db_path("podium.db"));
