@@ -17,9 +17,9 @@
 
 #include "common/strbuf.h"
 
-#define PUB_MAX_PAYLOAD (128 * 1024) /* AWS IoT Core message size limit */
-#define PUB_MAX_TOPIC 256            /* AWS IoT Core topic length, bytes */
-#define PUB_MAX_TOPIC_SLASHES 7      /* AWS IoT Core topic depth limit */
+#define PUB_MAX_PAYLOAD       (128 * 1024) /* AWS IoT Core message size limit */
+#define PUB_MAX_TOPIC         256 /* AWS IoT Core topic length, bytes */
+#define PUB_MAX_TOPIC_SLASHES 7   /* AWS IoT Core topic depth limit */
 
 enum pub_transport { PUB_MQTT, PUB_IOT, PUB_FILE };
 
@@ -47,7 +47,14 @@ struct publisher *publisher_new(uv_loop_t *loop, const struct pub_config *cfg,
                                 pub_ack_cb ack_cb, void *arg, char *err,
                                 size_t err_len);
 
-/* Queue a message (copied). Returns 0, or -1 when the message is invalid. */
+/*
+ * Queue a message (copied). Returns 0, or -1 when the message is invalid or
+ * cannot be queued. A message is invalid when its payload is over
+ * PUB_MAX_PAYLOAD bytes, or its topic is empty, is over PUB_MAX_TOPIC bytes,
+ * has more than PUB_MAX_TOPIC_SLASHES slashes, contains '+' or '#', or is
+ * not valid UTF-8 without control characters. Also returns -1 when out of
+ * memory or after publisher_close. ack_cb never runs before this returns.
+ */
 int publisher_submit(struct publisher *pub, int64_t id, const char *topic,
                      const void *payload, size_t payload_len);
 
@@ -57,7 +64,23 @@ size_t publisher_pending(const struct publisher *pub);
 /* True while connected (always true for the file transport). */
 bool publisher_connected(const struct publisher *pub);
 
-/* Disconnect and close handles; closed_cb runs when all are closed. */
+/* Counters since publisher_new, for metrics and tests. */
+struct pub_stats {
+    uint64_t connect_attempts; /* MQTT connections started */
+    uint64_t connections;      /* MQTT connections accepted by CONNACK */
+    uint64_t sent;   /* PUBLISH packets or lines written, resends included */
+    uint64_t resent; /* sends of a message that was sent before */
+    uint64_t acked;  /* messages acknowledged by the broker or written */
+};
+
+/* Copy the counters into out. */
+void publisher_stats(const struct publisher *pub, struct pub_stats *out);
+
+/*
+ * Disconnect and close handles; closed_cb runs when all are closed, after
+ * pub was freed. Unacknowledged messages are dropped, and ack_cb does not
+ * run after this call. Loop thread only. A second call does nothing.
+ */
 void publisher_close(struct publisher *pub, void (*closed_cb)(void *arg),
                      void *arg);
 
@@ -66,10 +89,11 @@ void publisher_close(struct publisher *pub, void (*closed_cb)(void *arg),
  * text (digits, or the string without quotes). A value containing '/', '+',
  * '#' or U+0000, or a result over PUB_MAX_TOPIC bytes or with more than
  * PUB_MAX_TOPIC_SLASHES slashes, is rejected with a message in err.
- * race_id or class_id may be NULL when the template does not use it.
+ * race_id or class_id may be NULL when the template does not use it. out
+ * is reset first. An unknown placeholder, or a '{' without '}', is an error.
  */
 int pub_topic_expand(const char *tmpl, const char *race_id, size_t race_len,
-                     const char *class_id, size_t class_len,
-                     struct strbuf *out, char *err, size_t err_len);
+                     const char *class_id, size_t class_len, struct strbuf *out,
+                     char *err, size_t err_len);
 
 #endif
