@@ -54,7 +54,8 @@ int file_open(struct publisher *pub, const struct pub_config *cfg, char *err,
     } else {
         f->fd = open(f->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
         if (f->fd < 0) {
-            snprintf(err, err_len, "cannot open publish file %s: %s", f->path,
+            snprintf(err, err_len,
+                     "cannot open publish file %s (publish.file): %s", f->path,
                      strerror(errno));
             free(f->path);
             f->path = NULL;

@@ -84,7 +84,7 @@ static int mqtt_parse_url(struct pub_mqtt *m, const char *url, char *err,
 
     if (url == NULL || url[0] == '\0') {
         snprintf(err, err_len,
-                 "MQTT URL is missing; expected "
+                 "mqtt.url is missing; expected "
                  "mqtt://host:port or mqtts://host:port");
         return -1;
     }
@@ -134,8 +134,8 @@ static int mqtt_parse_url(struct pub_mqtt *m, const char *url, char *err,
 
 invalid:
     snprintf(err, err_len,
-             "invalid MQTT URL \"%s\": expected mqtt://host:port or "
-             "mqtts://host:port",
+             "invalid MQTT URL \"%s\" in mqtt.url: expected "
+             "mqtt://host:port or mqtts://host:port",
              url);
     return -1;
 }
@@ -148,14 +148,14 @@ static int mqtt_check_tls(const struct pub_mqtt *m, char *err, size_t err_len)
         return 0;
     if (m->ca_file == NULL) {
         snprintf(err, err_len,
-                 "mqtts:// needs a CA file to verify the broker; set the "
-                 "MQTT CA file or use mqtt://");
+                 "mqtts:// needs a CA file to verify the broker; set "
+                 "mqtt.ca_file, or use mqtt://");
         return -1;
     }
     if ((m->cert_file == NULL) != (m->key_file == NULL)) {
         snprintf(err, err_len,
-                 "the MQTT client certificate and key file must be set "
-                 "together (certificate %s, key %s)",
+                 "mqtt.cert_file and mqtt.key_file must be set together "
+                 "(mqtt.cert_file %s, mqtt.key_file %s)",
                  m->cert_file ? m->cert_file : "unset",
                  m->key_file ? m->key_file : "unset");
         return -1;
@@ -238,8 +238,9 @@ static struct mosquitto *mqtt_new_client(struct publisher *pub, char *err,
                                m->key_file, NULL);
         if (rc != MOSQ_ERR_SUCCESS) {
             snprintf(err, err_len,
-                     "cannot use the MQTT TLS files (CA %s, certificate %s, "
-                     "key %s): %s; check that they exist and are readable",
+                     "cannot use the MQTT TLS files (mqtt.ca_file %s, "
+                     "mqtt.cert_file %s, mqtt.key_file %s): %s; check that "
+                     "they exist and are readable",
                      m->ca_file, m->cert_file ? m->cert_file : "unset",
                      m->key_file ? m->key_file : "unset", mqtt_error_text(rc));
             mosquitto_destroy(mosq);
@@ -471,7 +472,7 @@ static void mqtt_on_misc_timer(uv_timer_t *timer)
         return;
     if (!m->connected &&
         uv_now(pub->loop) - m->connect_started_ms >= MQTT_CONNECT_TIMEOUT_MS) {
-        mqtt_mark_broken(m, "no CONNACK within 10 s");
+        mqtt_mark_broken(m, "connect timed out: no CONNACK within 10 s");
         mqtt_after_io(pub);
         return;
     }
@@ -571,7 +572,8 @@ void mqtt_close(struct publisher *pub)
         if (mosquitto_socket(m->mosq) >= 0 && mosquitto_want_write(m->mosq))
             mosquitto_loop_write(m->mosq, 1);
         log_info(PUB_LOG_MODULE, NULL,
-                 "disconnected from %s:%d; %zu messages not acknowledged",
+                 "disconnected from %s:%d on close; %zu messages were not "
+                 "acknowledged and stay with the caller",
                  m->host, m->port, pub->queue.length);
     }
     /* Close the poll before mosquitto_destroy closes its socket. */

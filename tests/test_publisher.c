@@ -3,8 +3,8 @@
  * (/usr/sbin/mosquitto) that each case starts on a free 127.0.0.1 port with
  * its own configuration file, and a libmosquitto subscriber on its own
  * thread. The max_inflight case uses a small fake broker on a thread that
- * reads PUBLISH packets and sends PUBACK only when the test says so, so it
- * can count what is on the wire.
+ * reads PUBLISH packets and sends PUBACK only when the test calls for it, so
+ * the test can count what is on the wire.
  */
 #include "tests/testlib.h"
 
@@ -254,7 +254,8 @@ struct ctx {
 static void on_ack(void *arg, int64_t id)
 {
     struct ctx *c = arg;
-    ASSERT_TRUE(id >= 0 && id < MAX_IDS);
+    ASSERT_TRUE(id >= 0);
+    ASSERT_TRUE(id < MAX_IDS);
     ASSERT_FALSE(c->closed);
     c->acks[id]++;
     c->ack_order[c->ack_count++] = id;
@@ -398,7 +399,8 @@ static int64_t check_received(const struct received *r)
     int64_t id = -1;
 
     ASSERT_EQ(sscanf(r->payload, "{\"id\":%" SCNd64, &id), 1);
-    ASSERT_TRUE(id >= 0 && id < MAX_IDS);
+    ASSERT_TRUE(id >= 0);
+    ASSERT_TRUE(id < MAX_IDS);
     size_t len = make_payload(id, payload, sizeof payload);
     make_topic(id, topic, sizeof topic);
     ASSERT_MEM_EQ(r->payload, r->len, payload, len);
@@ -502,7 +504,7 @@ TEST(publisher_resends_after_broker_restart)
     ASSERT_TRUE(run_until(c, acks_and_sub_reached, 10000));
 
     /* A stopped broker takes PUBLISH packets into its socket buffer but
-     * never answers, so 50 messages are on the wire without PUBACK. */
+     * never replies, so 50 messages are on the wire without PUBACK. */
     broker_signal(broker, SIGSTOP);
     submit_range(c, 100, 300);
     run_until(c, never, 500);
@@ -794,7 +796,7 @@ TEST(publisher_rejects_invalid_config)
         expect_config_error(&cfg, "invalid MQTT URL");
     }
     cfg.mqtt_url = NULL;
-    expect_config_error(&cfg, "MQTT URL is missing");
+    expect_config_error(&cfg, "mqtt.url is missing");
     cfg.mqtt_url = "mqtt://127.0.0.1:1883";
     cfg.max_inflight = 0;
     expect_config_error(&cfg, "between 1 and 65535");
