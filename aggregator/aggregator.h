@@ -20,11 +20,13 @@
 
 #include "common/strbuf.h"
 
-#define AGG_MAX_ID_BYTES 64        /* ids and names, in UTF-8 bytes */
-#define AGG_MAX_EXACT_TEXT 64      /* canonical exact number text */
+#define AGG_MAX_ID_BYTES     64 /* ids and names, in UTF-8 bytes */
+#define AGG_MAX_EXACT_TEXT   64 /* canonical exact number text */
 #define AGG_MAX_RECORD_BYTES (1024 * 1024)
-#define AGG_MAX_CADENCE 1000       /* accepted range of cadence */
-#define AGG_MAX_RESISTANCE 1000    /* accepted range of resistance */
+#define AGG_MAX_CADENCE      1000   /* accepted range of cadence */
+#define AGG_MAX_RESISTANCE   1000   /* accepted range of resistance */
+#define AGG_MAX_RACES        100000 /* races held in memory */
+#define AGG_MAX_RACERS       100000 /* riders per race */
 
 /* raceId, racerId or classId: an integer or a string, as in the input. */
 struct agg_id {
@@ -46,20 +48,20 @@ int agg_id_from_json(const char *text, size_t len, struct agg_id *id);
 
 enum agg_reject {
     AGG_REJECT_NONE = 0,
-    AGG_REJECT_TOO_LARGE,       /* data over AGG_MAX_RECORD_BYTES */
-    AGG_REJECT_NOT_JSON,        /* syntax error, trailing bytes */
-    AGG_REJECT_TOO_DEEP,        /* nesting past the parser's limit */
+    AGG_REJECT_TOO_LARGE, /* data over AGG_MAX_RECORD_BYTES */
+    AGG_REJECT_NOT_JSON,  /* syntax error, trailing bytes */
+    AGG_REJECT_TOO_DEEP,  /* nesting past the parser's limit */
     AGG_REJECT_INVALID_UTF8,
     AGG_REJECT_NOT_OBJECT,
     AGG_REJECT_DUPLICATE_KEY,
     AGG_REJECT_MISSING_FIELD,
     AGG_REJECT_WRONG_TYPE,
-    AGG_REJECT_BAD_NUMBER,      /* not finite, too big, too precise */
-    AGG_REJECT_BAD_EVENT,       /* event not "update" or "final" */
-    AGG_REJECT_BAD_ID,          /* U+0000 or a control character in an id */
-    AGG_REJECT_TOO_LONG,        /* id or name longer than 64 bytes */
-    AGG_REJECT_SECOND_RANGE,    /* second outside 1..max_seconds */
-    AGG_REJECT_VALUE_RANGE,     /* cadence or resistance out of range */
+    AGG_REJECT_BAD_NUMBER,   /* not finite, too big, too precise */
+    AGG_REJECT_BAD_EVENT,    /* event not "update" or "final" */
+    AGG_REJECT_BAD_ID,       /* U+0000 or a control character in an id */
+    AGG_REJECT_TOO_LONG,     /* id or name longer than 64 bytes */
+    AGG_REJECT_SECOND_RANGE, /* second outside 1..max_seconds */
+    AGG_REJECT_VALUE_RANGE,  /* cadence or resistance out of range */
     AGG_REJECT_COUNT
 };
 
@@ -77,9 +79,9 @@ struct agg_record {
     struct agg_id class_id;
     char name[AGG_MAX_ID_BYTES + 1];
     uint8_t name_len; /* may contain U+0000: use the length */
-    int64_t cadence4;    /* rounded half up to 1/10000, for display */
+    int64_t cadence4; /* rounded half up to 1/10000, for display */
     int64_t resistance4;
-    int64_t output4;     /* exact formula, rounded half up, 1/10000 */
+    int64_t output4; /* exact formula, rounded half up, 1/10000 */
     /* Canonical exact values: mantissa digits, 'e', exponent ("125e-1"),
      * so 90, 90.0 and 9.0e1 compare equal. */
     char cadence_exact[AGG_MAX_EXACT_TEXT];
@@ -95,7 +97,8 @@ struct agg_reject_info {
 
 /*
  * Decode and validate one record. Returns 0 and fills *rec, or -1 and fills
- * *why. max_seconds bounds "second".
+ * *why. max_seconds bounds "second". Returns -ENOMEM, with why->reason
+ * AGG_REJECT_NONE, when memory runs out: the record itself may be valid.
  */
 int agg_record_parse(const uint8_t *data, size_t len, int32_t max_seconds,
                      struct agg_record *rec, struct agg_reject_info *why);
@@ -120,19 +123,21 @@ struct agg_config {
     int32_t max_second_jump;
     enum agg_late_policy late_policy;
     int32_t amend_window_s;
-    int32_t top_n;
+    int32_t top_n; /* entries per leaderboard; 0 or less lists everyone */
 };
 
 enum agg_outcome {
-    AGG_APPLIED,          /* new sample */
-    AGG_UNCHANGED,        /* same values as the stored sample */
-    AGG_CONFLICT_KEPT,    /* other values; the stored sample wins */
-    AGG_CONFLICT_REPLACED,/* other values; this record wins */
-    AGG_LATE_AMENDED,     /* late, applied, leaderboards republished */
-    AGG_LATE_DROPPED,     /* late under late_policy drop */
-    AGG_TOO_LATE,         /* later than amend_window: no change */
-    AGG_QUARANTINED_SKEW, /* device time too far ahead of arrival */
-    AGG_QUARANTINED_JUMP, /* second jumps past max_second_jump */
+    AGG_APPLIED,           /* new sample */
+    AGG_UNCHANGED,         /* same values as the stored sample */
+    AGG_CONFLICT_KEPT,     /* other values; the stored sample wins */
+    AGG_CONFLICT_REPLACED, /* other values; this record wins */
+    AGG_LATE_AMENDED,      /* late, applied, leaderboards republished */
+    AGG_LATE_DROPPED,      /* late under late_policy drop */
+    AGG_TOO_LATE,          /* later than amend_window: no change */
+    AGG_QUARANTINED_SKEW,  /* device time too far ahead of arrival */
+    AGG_QUARANTINED_JUMP,  /* second jumps past max_second_jump */
+    AGG_OVER_CAPACITY,     /* would pass AGG_MAX_RACES, AGG_MAX_RACERS or the
+                              names or classIds kept per rider: no change */
     AGG_OUTCOME_COUNT
 };
 
@@ -189,22 +194,26 @@ struct agg_sink {
 
 struct agg;
 
+/* Returns NULL when a setting is negative (max_seconds below 1), a sink
+ * callback is missing, or memory runs out. */
 struct agg *agg_new(const struct agg_config *cfg, const struct agg_sink *sink);
 void agg_free(struct agg *agg);
 
 /*
  * Apply one validated record that arrived at arrival_ms (Kinesis
- * ApproximateArrivalTimestamp). Moves stream time to at least arrival_ms,
- * then closes every second that is now closed, in this race by lateness and
- * in every race by idleness, emitting their leaderboards. Returns 0 and
- * sets *outcome, or the sink's non-zero error.
+ * ApproximateArrivalTimestamp). Moves stream time to at least arrival_ms
+ * and closes every idle race first, then applies the record and closes the
+ * seconds of its race that lateness now closes, emitting their
+ * leaderboards. Returns 0 and sets *outcome; the sink's non-zero error;
+ * -EINVAL when rec breaks a range that agg_record_parse checks; or -ENOMEM.
  */
-int agg_apply(struct agg *agg, const struct agg_record *rec,
-              int64_t arrival_ms, enum agg_outcome *outcome);
+int agg_apply(struct agg *agg, const struct agg_record *rec, int64_t arrival_ms,
+              enum agg_outcome *outcome);
 
 /*
- * Move stream time to at least stream_time_ms and close idle races. Used
- * while every shard is caught up, so an idle race closes in a live run.
+ * Move stream time to at least stream_time_ms and close idle races, in
+ * raceId order. Used while every shard is caught up, so an idle race closes
+ * in a live run. Returns 0, the sink's error, or -ENOMEM.
  */
 int agg_advance(struct agg *agg, int64_t stream_time_ms);
 
@@ -212,12 +221,18 @@ int agg_advance(struct agg *agg, int64_t stream_time_ms);
 int agg_close_all(struct agg *agg);
 
 /* Send the state of every race changed since the last flush to
- * sink->race_state. Call once per batch, before commit. */
+ * sink->race_state, in raceId order. Call once per batch, before commit.
+ * Returns 0, the sink's error, or -ENOMEM. */
 int agg_flush(struct agg *agg);
 
 int64_t agg_stream_time(const struct agg *agg);
 
-/* Rebuild after a restart: samples first, then race states. */
+/*
+ * Rebuild after a restart: samples first, then race states, then the
+ * stream time; nothing is sent to the sink. Each returns 0, -EINVAL for a
+ * row or document that is invalid or disagrees with the samples, -ENOSPC
+ * past a cap, or -ENOMEM.
+ */
 int agg_restore_sample(struct agg *agg, const struct agg_sample_row *row);
 int agg_restore_race(struct agg *agg, const char *json, size_t len);
 void agg_restore_stream_time(struct agg *agg, int64_t stream_time_ms);

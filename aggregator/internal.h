@@ -1,0 +1,262 @@
+/*
+ * State shared by the aggregator's source files. Nothing here is part of
+ * the module's interface.
+ *
+ * A race owns its riders. A rider owns one slot per second, indexed by
+ * second - 1, and a byte arena for uuids, names and the exact texts that
+ * the 4-decimal values cannot represent.
+ */
+#ifndef PODIUM_AGGREGATOR_INTERNAL_H
+#define PODIUM_AGGREGATOR_INTERNAL_H
+
+#include "aggregator/aggregator.h"
+#include "aggregator/fixed.h"
+
+#define AGG_MAX_NAMES_PER_RIDER   64 /* distinct names of one rider */
+#define AGG_MAX_CLASSES_PER_RIDER 64 /* distinct classIds of one rider */
+
+/* Largest message or race state document, in bytes. */
+#define AGG_MAX_DOCUMENT_BYTES (256u * 1024 * 1024)
+
+/* Hash index from ids to positions in an array, open addressing. */
+struct id_index {
+    uint32_t *hashes;
+    uint32_t *positions; /* position + 1; 0 marks an empty bucket */
+    uint32_t cap;        /* power of two, or 0 */
+    uint32_t count;
+};
+
+uint32_t agg_id_hash(const struct agg_id *id);
+/* Position of the id, or -1. key_at returns the id stored at a position. */
+int64_t id_index_find(const struct id_index *index, const struct agg_id *id,
+                      const struct agg_id *(*key_at)(const void *, uint32_t),
+                      const void *owner);
+/* Add a position whose id is not in the index yet. Returns 0 or -ENOMEM. */
+int id_index_add(struct id_index *index, const struct agg_id *id,
+                 uint32_t position);
+void id_index_free(struct id_index *index);
+
+/*
+ * Check a string id: not empty, at most AGG_MAX_ID_BYTES, no control
+ * character. Returns AGG_REJECT_NONE, AGG_REJECT_BAD_ID or
+ * AGG_REJECT_TOO_LONG.
+ */
+enum agg_reject agg_id_check_string(const char *s, size_t len);
+
+struct json_value;
+/*
+ * Read an id from a parsed JSON value: a string that passes
+ * agg_id_check_string, or an integer without fraction or exponent within
+ * int64. Returns AGG_REJECT_NONE, WRONG_TYPE, BAD_NUMBER, BAD_ID or
+ * TOO_LONG.
+ */
+enum agg_reject agg_id_from_value(const struct json_value *v,
+                                  struct agg_id *id);
+/* Strict JSON integer within int64. Returns 0 or -1. */
+int agg_parse_int64(const char *text, size_t len, int64_t *out);
+void agg_id_set_num(struct agg_id *id, int64_t num);
+/* len <= AGG_MAX_ID_BYTES. */
+void agg_id_set_string(struct agg_id *id, const char *s, size_t len);
+
+/* ---- samples ------------------------------------------------------------ */
+
+#define SLOT_PRESENT 1u
+#define SLOT_FINAL   2u
+
+/*
+ * One rider's second: 56 bytes, plus the uuid bytes in the rider's arena.
+ * total4 and latest cache prefix results and are only meaningful for
+ * seconds <= rider.valid_through.
+ */
+struct slot {
+    int64_t device_ts_ms;
+    int64_t arrival_ms;
+    int64_t total4; /* sum of outputs for seconds <= this one */
+    int32_t cadence4;
+    int32_t resistance4;
+    int32_t output4;
+    int32_t latest;     /* latest present second <= this one, or 0 */
+    uint32_t uuid_at;   /* offset in the rider's arena */
+    uint32_t exact_at;  /* 0 when the 4-decimal values are exact, else the
+                           arena offset + 1 of "cadence\0resistance\0" */
+    uint16_t name_idx;  /* into rider.names */
+    uint16_t class_idx; /* into rider.classes */
+    uint8_t uuid_len;
+    uint8_t flags; /* SLOT_PRESENT, SLOT_FINAL */
+};
+
+struct arena_text {
+    uint32_t at;
+    uint8_t len;
+};
+
+struct rider {
+    struct agg_id id;
+    struct slot *slots; /* slots[second - 1] */
+    int32_t slot_cap;
+    int32_t min_second; /* 0 while the rider has no sample */
+    int32_t max_second;
+    int32_t valid_through; /* prefix caches valid for seconds <= this */
+    int32_t final_second;  /* largest second flagged final, or 0 */
+    char *arena;
+    uint32_t arena_len;
+    uint32_t arena_cap;
+    struct arena_text *names;
+    uint32_t name_count;
+    uint32_t name_cap;
+    struct agg_id *classes;
+    uint32_t class_count;
+    uint32_t class_cap;
+};
+
+struct race_second {
+    int64_t max_arrival; /* of the samples at this second; INT64_MIN: none */
+    int64_t ts;          /* max_arrival over seconds <= this one, cached */
+    int32_t revision;
+};
+
+struct race {
+    struct agg_id id;
+    struct rider *riders;
+    uint32_t rider_count;
+    uint32_t rider_cap;
+    struct id_index rider_index;
+    struct race_second *seconds; /* seconds[second - 1] */
+    int32_t second_cap;
+    int32_t first_second; /* smallest sample second; 0 while empty */
+    int32_t latest_second;
+    int32_t published_from;    /* first published second; 0: none yet */
+    int32_t published_through; /* last published second; 0: none yet */
+    int32_t ts_valid_through;  /* race_second.ts valid through here */
+    int64_t activity_ms;       /* stream time of the last applied sample */
+    bool dirty;                /* state changed since the last flush */
+    bool open;                 /* listed in agg.open */
+};
+
+struct board_entry {
+    int64_t total4;
+    const struct agg_id *racer;
+    uint32_t rider;
+    int32_t latest;
+};
+
+struct agg {
+    struct agg_config cfg;
+    struct agg_sink sink;
+    int64_t stream_time_ms;
+    struct race **races;
+    uint32_t race_count;
+    uint32_t race_cap;
+    struct id_index race_index;
+    uint32_t *open; /* positions of races with unpublished seconds */
+    uint32_t open_count;
+    uint32_t open_cap;
+    struct board_entry *board;
+    uint32_t board_cap;
+    struct strbuf doc; /* message and state scratch */
+};
+
+/* ---- race.c ------------------------------------------------------------- */
+
+/* The race with this id, or NULL. */
+struct race *race_find(const struct agg *agg, const struct agg_id *id);
+/* Find or create the race. Returns 0, -ENOSPC past AGG_MAX_RACES, or
+ * -ENOMEM. */
+int race_get(struct agg *agg, const struct agg_id *id, struct race **out);
+void race_free(struct race *race);
+/* Find or create the rider. Returns its position in race->riders, -ENOSPC
+ * past AGG_MAX_RACERS, or -ENOMEM. */
+int64_t race_rider(struct race *race, const struct agg_id *id);
+/* Grow the per-second arrays of the race and, unless NULL, the rider to
+ * hold second. Returns 0 or -ENOMEM. */
+int race_reserve(struct agg *agg, struct race *race, struct rider *rider,
+                 int32_t second);
+
+/* A sample about to be stored, from a record or from a stored row. */
+struct sample_in {
+    int32_t second;
+    const struct agg_id *class_id;
+    const char *name;
+    size_t name_len;
+    const char *uuid;
+    size_t uuid_len;
+    int64_t device_ts_ms;
+    int64_t arrival_ms;
+    int64_t cadence4;
+    int64_t resistance4;
+    int64_t output4;
+    const char *cadence_exact;
+    const char *resistance_exact;
+    bool exact4; /* both values have at most 4 decimals */
+    bool final;
+};
+
+/*
+ * Check the ranges of a sample and derive exact4. Returns 0, or -EINVAL
+ * when a value is out of range or its exact text does not round to its
+ * 4-decimal value.
+ */
+int sample_in_check(const struct agg *agg, struct sample_in *in);
+
+/*
+ * Store in as the sample of rider at in->second, new or replacing, and
+ * update every cache that depends on it. Nothing is sent to the sink.
+ * Returns 0, -ENOSPC when the rider has too many distinct names or
+ * classIds (nothing changed), or -ENOMEM.
+ */
+int race_store_sample(struct agg *agg, struct race *race, uint32_t rider,
+                      const struct sample_in *in);
+
+/* Position of name in rider->names, adding it if needed. Returns -ENOSPC
+ * past AGG_MAX_NAMES_PER_RIDER, or -ENOMEM. */
+int rider_intern_name(struct rider *rider, const char *name, size_t len);
+int rider_intern_class(struct rider *rider, const struct agg_id *class_id);
+/* Append bytes to the arena. Returns the offset, or -ENOMEM. */
+int64_t rider_arena_add(struct rider *rider, const void *bytes, size_t len);
+/* Store the uuid of a slot, reusing its bytes when the new one fits. */
+int rider_set_uuid(struct rider *rider, struct slot *slot, const char *uuid,
+                   size_t len);
+
+/* Total and latest present second of the rider at second (>= min). */
+void rider_total_at(struct rider *rider, int32_t second, int64_t *total4,
+                    int32_t *latest);
+/* Forget cached prefixes from second onward after a slot changed. */
+void rider_invalidate(struct rider *rider, int32_t second);
+/* Recompute final_second after the slot at second lost its final flag. */
+void rider_update_final(struct rider *rider, int32_t second);
+
+/* Largest arrival_ms of the race's samples at seconds <= second. */
+int64_t race_ts_at(struct race *race, int32_t second);
+/* Recompute max_arrival of one second from every rider's slot. */
+void race_rescan_arrival(struct race *race, int32_t second);
+/* Account a new sample at second in first/latest and max_arrival. */
+void race_note_sample(struct race *race, int32_t second, int64_t arrival_ms);
+
+/* List the race for idle closing if it has unpublished seconds. Returns 0
+ * or -ENOMEM. */
+int agg_mark_open(struct agg *agg, struct race *race);
+/* Position of race in agg->races. */
+uint32_t agg_race_position(const struct agg *agg, const struct race *race);
+
+/* Point *cadence and *resistance at the exact texts of a slot, written
+ * into the buffers when the slot keeps only 4-decimal values. */
+void slot_exact_texts(const struct rider *rider, const struct slot *slot,
+                      char *cadence_buf, char *resistance_buf, size_t buf_len,
+                      const char **cadence, const char **resistance);
+/* Fill row from a stored slot; buffers hold regenerated exact texts. */
+void slot_to_row(const struct race *race, const struct rider *rider,
+                 const struct slot *slot, int32_t second,
+                 struct agg_sample_row *row, char *cadence_buf,
+                 char *resistance_buf, size_t buf_len);
+
+/* ---- board.c ------------------------------------------------------------ */
+
+/* Build and send the leaderboard of one second. Returns 0 or the error. */
+int board_publish(struct agg *agg, struct race *race, int32_t second);
+
+/* ---- state.c ------------------------------------------------------------ */
+
+/* Serialize the race state into agg->doc. Returns 0 or -ENOMEM. */
+int state_write(struct agg *agg, const struct race *race);
+
+#endif

@@ -1,0 +1,452 @@
+/*
+ * Storage of races, riders and per-second slots, and the cached prefix
+ * results (running totals, latest second, largest arrival) that keep a
+ * leaderboard at O(riders) when seconds are published in order.
+ */
+#include "aggregator/internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregator/fixed.h"
+
+static const struct agg_id *race_key_at(const void *owner, uint32_t i)
+{
+    const struct agg *agg = owner;
+    return &agg->races[i]->id;
+}
+
+static const struct agg_id *rider_key_at(const void *owner, uint32_t i)
+{
+    const struct race *race = owner;
+    return &race->riders[i].id;
+}
+
+struct race *race_find(const struct agg *agg, const struct agg_id *id)
+{
+    int64_t i = id_index_find(&agg->race_index, id, race_key_at, agg);
+    return i < 0 ? NULL : agg->races[i];
+}
+
+uint32_t agg_race_position(const struct agg *agg, const struct race *race)
+{
+    return (uint32_t)id_index_find(&agg->race_index, &race->id, race_key_at,
+                                   agg);
+}
+
+/*
+ * Grow an array of elements to hold at least need, doubling but never past
+ * limit. Returns 0, -ENOSPC when need passes limit, or -ENOMEM.
+ */
+static int grow(void **items, uint32_t *cap, uint32_t need, uint32_t limit,
+                size_t size)
+{
+    if (need <= *cap)
+        return 0;
+    if (need > limit)
+        return -ENOSPC;
+    uint64_t n = *cap ? *cap : 1;
+    while (n < need)
+        n *= 2;
+    if (n > limit)
+        n = limit;
+    void *p = realloc(*items, (size_t)n * size);
+    if (p == NULL)
+        return -ENOMEM;
+    *items = p;
+    *cap = (uint32_t)n;
+    return 0;
+}
+
+int race_get(struct agg *agg, const struct agg_id *id, struct race **out)
+{
+    *out = race_find(agg, id);
+    if (*out != NULL)
+        return 0;
+    /* TODO: evict races that are fully published and long idle - until
+     * then a process that has seen AGG_MAX_RACES races rejects new ones as
+     * AGG_OVER_CAPACITY. */
+    if (agg->race_count == AGG_MAX_RACES)
+        return -ENOSPC;
+    if (grow((void **)&agg->races, &agg->race_cap, agg->race_count + 1,
+             AGG_MAX_RACES, sizeof agg->races[0]) != 0)
+        return -ENOMEM;
+
+    struct race *race = calloc(1, sizeof *race);
+    if (race == NULL)
+        return -ENOMEM;
+    race->id = *id;
+    if (id_index_add(&agg->race_index, id, agg->race_count) != 0) {
+        free(race);
+        return -ENOMEM;
+    }
+    agg->races[agg->race_count++] = race;
+    *out = race;
+    return 0;
+}
+
+void race_free(struct race *race)
+{
+    for (uint32_t i = 0; i < race->rider_count; i++) {
+        free(race->riders[i].slots);
+        free(race->riders[i].arena);
+        free(race->riders[i].names);
+        free(race->riders[i].classes);
+    }
+    free(race->riders);
+    free(race->seconds);
+    id_index_free(&race->rider_index);
+    free(race);
+}
+
+int64_t race_rider(struct race *race, const struct agg_id *id)
+{
+    int64_t i = id_index_find(&race->rider_index, id, rider_key_at, race);
+    if (i >= 0)
+        return i;
+    if (race->rider_count == AGG_MAX_RACERS)
+        return -ENOSPC;
+    if (grow((void **)&race->riders, &race->rider_cap, race->rider_count + 1,
+             AGG_MAX_RACERS, sizeof race->riders[0]) != 0)
+        return -ENOMEM;
+
+    struct rider *rider = &race->riders[race->rider_count];
+    memset(rider, 0, sizeof *rider);
+    rider->id = *id;
+    if (id_index_add(&race->rider_index, id, race->rider_count) != 0)
+        return -ENOMEM;
+    return race->rider_count++;
+}
+
+/*
+ * Grow the per-second arrays of the race and, unless NULL, of the rider to
+ * cover second (<= max_seconds), doubling but never past max_seconds.
+ */
+int race_reserve(struct agg *agg, struct race *race, struct rider *rider,
+                 int32_t second)
+{
+    uint32_t limit = (uint32_t)agg->cfg.max_seconds;
+    uint32_t old = (uint32_t)race->second_cap;
+    uint32_t cap = old;
+
+    int rc = grow((void **)&race->seconds, &cap, (uint32_t)second, limit,
+                  sizeof race->seconds[0]);
+    if (rc != 0)
+        return rc;
+    for (uint32_t i = old; i < cap; i++) {
+        race->seconds[i].max_arrival = INT64_MIN;
+        race->seconds[i].ts = INT64_MIN;
+        race->seconds[i].revision = 0;
+    }
+    race->second_cap = (int32_t)cap;
+    if (rider == NULL)
+        return 0;
+
+    old = cap = (uint32_t)rider->slot_cap;
+    rc = grow((void **)&rider->slots, &cap, (uint32_t)second, limit,
+              sizeof rider->slots[0]);
+    if (rc != 0)
+        return rc;
+    memset(rider->slots + old, 0, (cap - old) * sizeof rider->slots[0]);
+    rider->slot_cap = (int32_t)cap;
+    return 0;
+}
+
+int64_t rider_arena_add(struct rider *rider, const void *bytes, size_t len)
+{
+    if (len > UINT32_MAX - rider->arena_len)
+        return -ENOMEM;
+    if (grow((void **)&rider->arena, &rider->arena_cap,
+             rider->arena_len + (uint32_t)len, UINT32_MAX, 1) != 0)
+        return -ENOMEM;
+    uint32_t at = rider->arena_len;
+    memcpy(rider->arena + at, bytes, len);
+    rider->arena_len += (uint32_t)len;
+    return at;
+}
+
+int rider_set_uuid(struct rider *rider, struct slot *slot, const char *uuid,
+                   size_t len)
+{
+    /* Overwrite in place when the old bytes are long enough, so repeated
+     * replacements of one second do not keep growing the arena. */
+    if ((slot->flags & SLOT_PRESENT) && len <= slot->uuid_len) {
+        memcpy(rider->arena + slot->uuid_at, uuid, len);
+        slot->uuid_len = (uint8_t)len;
+        return 0;
+    }
+    int64_t at = rider_arena_add(rider, uuid, len);
+    if (at < 0)
+        return (int)at;
+    slot->uuid_at = (uint32_t)at;
+    slot->uuid_len = (uint8_t)len;
+    return 0;
+}
+
+int rider_intern_name(struct rider *rider, const char *name, size_t len)
+{
+    for (uint32_t i = 0; i < rider->name_count; i++) {
+        const struct arena_text *t = &rider->names[i];
+        if (t->len == len && memcmp(rider->arena + t->at, name, len) == 0)
+            return (int)i;
+    }
+    if (rider->name_count == AGG_MAX_NAMES_PER_RIDER)
+        return -ENOSPC;
+    if (grow((void **)&rider->names, &rider->name_cap, rider->name_count + 1,
+             AGG_MAX_NAMES_PER_RIDER, sizeof rider->names[0]) != 0)
+        return -ENOMEM;
+    int64_t at = rider_arena_add(rider, name, len);
+    if (at < 0)
+        return (int)at;
+    rider->names[rider->name_count].at = (uint32_t)at;
+    rider->names[rider->name_count].len = (uint8_t)len;
+    return (int)rider->name_count++;
+}
+
+int rider_intern_class(struct rider *rider, const struct agg_id *class_id)
+{
+    for (uint32_t i = 0; i < rider->class_count; i++) {
+        if (agg_id_cmp(&rider->classes[i], class_id) == 0)
+            return (int)i;
+    }
+    if (rider->class_count == AGG_MAX_CLASSES_PER_RIDER)
+        return -ENOSPC;
+    if (grow((void **)&rider->classes, &rider->class_cap,
+             rider->class_count + 1, AGG_MAX_CLASSES_PER_RIDER,
+             sizeof rider->classes[0]) != 0)
+        return -ENOMEM;
+    rider->classes[rider->class_count] = *class_id;
+    return (int)rider->class_count++;
+}
+
+void rider_invalidate(struct rider *rider, int32_t second)
+{
+    if (rider->valid_through >= second)
+        rider->valid_through = second - 1;
+}
+
+/* Extend the cached totals of the rider through second. */
+static void rider_extend_prefix(struct rider *rider, int32_t second)
+{
+    for (int32_t t = rider->valid_through + 1; t <= second; t++) {
+        struct slot *s = &rider->slots[t - 1];
+        int64_t total = t > 1 ? s[-1].total4 : 0;
+        int32_t latest = t > 1 ? s[-1].latest : 0;
+        if (s->flags & SLOT_PRESENT) {
+            total += s->output4;
+            latest = t;
+        }
+        s->total4 = total;
+        s->latest = latest;
+    }
+    if (second > rider->valid_through)
+        rider->valid_through = second;
+}
+
+void rider_total_at(struct rider *rider, int32_t second, int64_t *total4,
+                    int32_t *latest)
+{
+    /* Past the rider's last sample nothing changes, which keeps a rider
+     * who stopped early from being rescanned for every later second. */
+    if (second > rider->max_second)
+        second = rider->max_second;
+    rider_extend_prefix(rider, second);
+    *total4 = rider->slots[second - 1].total4;
+    *latest = rider->slots[second - 1].latest;
+}
+
+void rider_update_final(struct rider *rider, int32_t second)
+{
+    if (rider->final_second != second)
+        return;
+    rider->final_second = 0;
+    for (int32_t t = second - 1; t >= rider->min_second && t > 0; t--) {
+        if (rider->slots[t - 1].flags & SLOT_FINAL) {
+            rider->final_second = t;
+            return;
+        }
+    }
+}
+
+int64_t race_ts_at(struct race *race, int32_t second)
+{
+    for (int32_t t = race->ts_valid_through + 1; t <= second; t++) {
+        struct race_second *s = &race->seconds[t - 1];
+        int64_t before = t > 1 ? s[-1].ts : INT64_MIN;
+        s->ts = s->max_arrival > before ? s->max_arrival : before;
+    }
+    if (second > race->ts_valid_through)
+        race->ts_valid_through = second;
+    return race->seconds[second - 1].ts;
+}
+
+void race_rescan_arrival(struct race *race, int32_t second)
+{
+    int64_t max = INT64_MIN;
+    for (uint32_t i = 0; i < race->rider_count; i++) {
+        const struct rider *rider = &race->riders[i];
+        if (second > rider->slot_cap)
+            continue;
+        const struct slot *s = &rider->slots[second - 1];
+        if ((s->flags & SLOT_PRESENT) && s->arrival_ms > max)
+            max = s->arrival_ms;
+    }
+    race->seconds[second - 1].max_arrival = max;
+    if (race->ts_valid_through >= second)
+        race->ts_valid_through = second - 1;
+}
+
+void race_note_sample(struct race *race, int32_t second, int64_t arrival_ms)
+{
+    struct race_second *s = &race->seconds[second - 1];
+    if (arrival_ms > s->max_arrival)
+        s->max_arrival = arrival_ms;
+    if (race->ts_valid_through >= second)
+        race->ts_valid_through = second - 1;
+    if (race->first_second == 0 || second < race->first_second)
+        race->first_second = second;
+    if (second > race->latest_second)
+        race->latest_second = second;
+}
+
+void slot_to_row(const struct race *race, const struct rider *rider,
+                 const struct slot *slot, int32_t second,
+                 struct agg_sample_row *row, char *cadence_buf,
+                 char *resistance_buf, size_t buf_len)
+{
+    const struct arena_text *name = &rider->names[slot->name_idx];
+
+    row->race = &race->id;
+    row->racer = &rider->id;
+    row->class_id = &rider->classes[slot->class_idx];
+    row->second = second;
+    row->name = rider->arena + name->at;
+    row->name_len = name->len;
+    row->uuid = rider->arena + slot->uuid_at;
+    row->uuid_len = slot->uuid_len;
+    row->device_ts_ms = slot->device_ts_ms;
+    row->arrival_ms = slot->arrival_ms;
+    row->cadence4 = slot->cadence4;
+    row->resistance4 = slot->resistance4;
+    row->output4 = slot->output4;
+    row->final = (slot->flags & SLOT_FINAL) != 0;
+    slot_exact_texts(rider, slot, cadence_buf, resistance_buf, buf_len,
+                     &row->cadence_exact, &row->resistance_exact);
+}
+
+void slot_exact_texts(const struct rider *rider, const struct slot *slot,
+                      char *cadence_buf, char *resistance_buf, size_t buf_len,
+                      const char **cadence, const char **resistance)
+{
+    if (slot->exact_at != 0) {
+        *cadence = rider->arena + slot->exact_at - 1;
+        *resistance = *cadence + strlen(*cadence) + 1;
+        return;
+    }
+    fixed_format4(slot->cadence4, cadence_buf, buf_len);
+    fixed_format4(slot->resistance4, resistance_buf, buf_len);
+    *cadence = cadence_buf;
+    *resistance = resistance_buf;
+}
+
+int sample_in_check(const struct agg *agg, struct sample_in *in)
+{
+    int64_t cadence4, resistance4, output4;
+    bool cadence_exact4, resistance_exact4;
+
+    if (in->second < 1 || in->second > agg->cfg.max_seconds ||
+        in->name_len > AGG_MAX_ID_BYTES || in->uuid_len == 0 ||
+        in->uuid_len > AGG_MAX_ID_BYTES)
+        return -EINVAL;
+    if (strnlen(in->cadence_exact, AGG_MAX_EXACT_TEXT) == AGG_MAX_EXACT_TEXT ||
+        strnlen(in->resistance_exact, AGG_MAX_EXACT_TEXT) == AGG_MAX_EXACT_TEXT)
+        return -EINVAL;
+    if (fixed_round4(in->cadence_exact, &cadence4, &cadence_exact4) != 0 ||
+        fixed_round4(in->resistance_exact, &resistance4, &resistance_exact4) !=
+            0 ||
+        agg_output4(in->cadence_exact, in->resistance_exact, &output4) != 0)
+        return -EINVAL;
+
+    /* The 4-decimal values must be the ones the texts give, because
+     * equality checks and leaderboards trust them. */
+    if (cadence4 != in->cadence4 || resistance4 != in->resistance4 ||
+        output4 != in->output4 || cadence4 > (int64_t)AGG_MAX_CADENCE * 10000 ||
+        resistance4 > (int64_t)AGG_MAX_RESISTANCE * 10000 ||
+        output4 > INT32_MAX)
+        return -EINVAL;
+    in->exact4 = cadence_exact4 && resistance_exact4;
+    return 0;
+}
+
+/* Keep the exact texts in the arena unless the 4-decimal values are
+ * exact. Returns the slot's exact_at, or -ENOMEM. */
+static int64_t store_exact(struct rider *rider, const struct sample_in *in)
+{
+    char buf[2 * AGG_MAX_EXACT_TEXT];
+    size_t cadence_len = strlen(in->cadence_exact) + 1;
+    size_t resistance_len = strlen(in->resistance_exact) + 1;
+
+    if (in->exact4)
+        return 0;
+    memcpy(buf, in->cadence_exact, cadence_len);
+    memcpy(buf + cadence_len, in->resistance_exact, resistance_len);
+    int64_t at = rider_arena_add(rider, buf, cadence_len + resistance_len);
+    return at < 0 ? at : at + 1;
+}
+
+static void rider_note_sample(struct rider *rider, int32_t second,
+                              bool was_final, bool final)
+{
+    rider_invalidate(rider, second);
+    if (rider->min_second == 0 || second < rider->min_second)
+        rider->min_second = second;
+    if (second > rider->max_second)
+        rider->max_second = second;
+    if (final && second > rider->final_second)
+        rider->final_second = second;
+    else if (was_final && !final)
+        rider_update_final(rider, second);
+}
+
+int race_store_sample(struct agg *agg, struct race *race, uint32_t position,
+                      const struct sample_in *in)
+{
+    struct rider *rider = &race->riders[position];
+    int rc = race_reserve(agg, race, rider, in->second);
+    if (rc != 0)
+        return rc;
+
+    /* Everything that can fail runs before the slot changes. */
+    int name_idx = rider_intern_name(rider, in->name, in->name_len);
+    if (name_idx < 0)
+        return name_idx;
+    int class_idx = rider_intern_class(rider, in->class_id);
+    if (class_idx < 0)
+        return class_idx;
+    int64_t exact_at = store_exact(rider, in);
+    if (exact_at < 0)
+        return (int)exact_at;
+    struct slot *slot = &rider->slots[in->second - 1];
+    rc = rider_set_uuid(rider, slot, in->uuid, in->uuid_len);
+    if (rc != 0)
+        return rc;
+
+    bool replaced = (slot->flags & SLOT_PRESENT) != 0;
+    bool was_final = (slot->flags & SLOT_FINAL) != 0;
+    slot->device_ts_ms = in->device_ts_ms;
+    slot->arrival_ms = in->arrival_ms;
+    slot->cadence4 = (int32_t)in->cadence4;
+    slot->resistance4 = (int32_t)in->resistance4;
+    slot->output4 = (int32_t)in->output4;
+    slot->exact_at = (uint32_t)exact_at;
+    slot->name_idx = (uint16_t)name_idx;
+    slot->class_idx = (uint16_t)class_idx;
+    slot->flags = (uint8_t)(SLOT_PRESENT | (in->final ? SLOT_FINAL : 0));
+
+    rider_note_sample(rider, in->second, was_final, in->final);
+    race_note_sample(race, in->second, in->arrival_ms);
+    if (replaced)
+        race_rescan_arrival(race, in->second);
+    return 0;
+}
