@@ -1,2 +1,433 @@
-/* placeholder */
-typedef int podium_placeholder_aggregator_record;
+/*
+ * Decoding and validation of one telemetry record. The strict parser in
+ * common/json.c already rejects invalid UTF-8, duplicate keys at any depth,
+ * NaN and Infinity, and nesting past the limit. This file maps its errors
+ * to reject reasons and checks every field. Each reject detail names the
+ * field and quotes the value, with bytes outside printable ASCII written
+ * as \xNN.
+ */
+#include "aggregator/internal.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "common/json.h"
+
+#define RECORD_MAX_DEPTH 32
+/* Significant digits and decimal exponents of cadence and resistance:
+ * what a double can hold, with room for its shortest round-trip text. */
+#define VALUE_MAX_DIGITS   40
+#define VALUE_MIN_EXPONENT (-324)
+#define VALUE_MAX_EXPONENT 308
+/* Latest deviceTimestamp: 9999-12-31T23:59:59.999Z. */
+#define DEVICE_TS_MAX INT64_C(253402300799999)
+/* Bytes of a value quoted in a detail before it is cut. */
+#define DETAIL_VALUE_MAX 48
+
+static const char *const reject_names[AGG_REJECT_COUNT] = {
+    [AGG_REJECT_NONE] = "none",
+    [AGG_REJECT_TOO_LARGE] = "too_large",
+    [AGG_REJECT_NOT_JSON] = "not_json",
+    [AGG_REJECT_TOO_DEEP] = "too_deep",
+    [AGG_REJECT_INVALID_UTF8] = "invalid_utf8",
+    [AGG_REJECT_NOT_OBJECT] = "not_object",
+    [AGG_REJECT_DUPLICATE_KEY] = "duplicate_key",
+    [AGG_REJECT_MISSING_FIELD] = "missing_field",
+    [AGG_REJECT_WRONG_TYPE] = "wrong_type",
+    [AGG_REJECT_BAD_NUMBER] = "bad_number",
+    [AGG_REJECT_BAD_EVENT] = "bad_event",
+    [AGG_REJECT_BAD_ID] = "bad_id",
+    [AGG_REJECT_TOO_LONG] = "too_long",
+    [AGG_REJECT_SECOND_RANGE] = "second_range",
+    [AGG_REJECT_VALUE_RANGE] = "value_range",
+};
+
+const char *agg_reject_name(enum agg_reject reason)
+{
+    if ((unsigned)reason >= AGG_REJECT_COUNT)
+        return "unknown";
+    return reject_names[reason];
+}
+
+static int reject(struct agg_reject_info *why, enum agg_reject reason,
+                  const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int reject(struct agg_reject_info *why, enum agg_reject reason,
+                  const char *fmt, ...)
+{
+    va_list ap;
+
+    why->reason = reason;
+    va_start(ap, fmt);
+    vsnprintf(why->detail, sizeof why->detail, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Quote bytes for a detail: printable ASCII as is, others as \xNN, cut
+ * after DETAIL_VALUE_MAX bytes with "...". */
+static const char *quote(char *out, size_t out_len, const char *s, size_t n)
+{
+    size_t o = 0;
+
+    out[o++] = '"';
+    for (size_t i = 0; i < n && o + 8 < out_len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (i == DETAIL_VALUE_MAX) {
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\')
+            out[o++] = (char)c;
+        else
+            o += (size_t)snprintf(out + o, out_len - o, "\\x%02X", c);
+    }
+    out[o++] = '"';
+    out[o] = '\0';
+    return out;
+}
+
+static const char *type_name(enum json_type type)
+{
+    switch (type) {
+    case JSON_NULL:
+        return "null";
+    case JSON_FALSE:
+    case JSON_TRUE:
+        return "a boolean";
+    case JSON_NUMBER:
+        return "a number";
+    case JSON_STRING:
+        return "a string";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_OBJECT:
+        return "an object";
+    }
+    return "unknown";
+}
+
+/* Whether the parser stopped at NaN or Infinity, which are numbers that
+ * JSON cannot carry rather than random syntax errors. */
+static bool at_non_finite(const uint8_t *data, size_t len, size_t offset)
+{
+    static const char *const words[] = {"NaN", "Infinity", "-Infinity"};
+
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+        size_t n = strlen(words[i]);
+        if (offset <= len && len - offset >= n &&
+            memcmp(data + offset, words[i], n) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Map a parser failure to a reject reason. Returns -1, or -ENOMEM. */
+static int reject_parse(const uint8_t *data, size_t len, int code,
+                        const struct json_err *err, struct agg_reject_info *why)
+{
+    switch (code) {
+    case JSON_ERR_DEPTH:
+        return reject(why, AGG_REJECT_TOO_DEEP,
+                      "record nests deeper than %d levels at byte %zu",
+                      RECORD_MAX_DEPTH, err->offset);
+    case JSON_ERR_DUPLICATE_KEY:
+        return reject(why, AGG_REJECT_DUPLICATE_KEY, "%s at byte %zu",
+                      err->message, err->offset);
+    case JSON_ERR_UTF8:
+        return reject(why, AGG_REJECT_INVALID_UTF8, "%s at byte %zu",
+                      err->message, err->offset);
+    case JSON_ERR_TOO_LARGE:
+        return reject(why, AGG_REJECT_TOO_LARGE, "%s", err->message);
+    case JSON_ERR_NOMEM:
+        why->reason = AGG_REJECT_NONE;
+        snprintf(why->detail, sizeof why->detail, "out of memory");
+        return -ENOMEM;
+    default:
+        break;
+    }
+    if (at_non_finite(data, len, err->offset))
+        return reject(why, AGG_REJECT_BAD_NUMBER,
+                      "number at byte %zu is not finite", err->offset);
+    return reject(why, AGG_REJECT_NOT_JSON, "%s at byte %zu", err->message,
+                  err->offset);
+}
+
+/* The member, or a MISSING_FIELD / WRONG_TYPE reject and NULL. */
+static const struct json_value *field(const struct json_value *root,
+                                      const char *key, enum json_type type,
+                                      struct agg_reject_info *why)
+{
+    const struct json_value *v = json_object_get(root, key);
+
+    if (v == NULL) {
+        reject(why, AGG_REJECT_MISSING_FIELD, "missing field \"%s\"", key);
+        return NULL;
+    }
+    if (v->type != type) {
+        reject(why, AGG_REJECT_WRONG_TYPE, "%s is %s, expected %s", key,
+               type_name(v->type), type_name(type));
+        return NULL;
+    }
+    return v;
+}
+
+/* Read an integer field. A value outside [min, max] is rejected with
+ * out_reason. */
+static int int_field(const struct json_value *root, const char *key,
+                     int64_t min, int64_t max, enum agg_reject out_reason,
+                     int64_t *out, struct agg_reject_info *why)
+{
+    const struct json_value *v = field(root, key, JSON_NUMBER, why);
+    char q[DETAIL_VALUE_MAX + 16];
+
+    if (v == NULL)
+        return -1;
+    quote(q, sizeof q, v->str, v->len);
+    if (strpbrk(v->str, ".eE") != NULL)
+        return reject(why, AGG_REJECT_WRONG_TYPE, "%s %s is not an integer",
+                      key, q);
+    if (agg_parse_int64(v->str, v->len, out) != 0)
+        return reject(why, AGG_REJECT_BAD_NUMBER,
+                      "%s %s is outside the 64-bit integer range", key, q);
+    if (*out < min || *out > max)
+        return reject(why, out_reason,
+                      "%s %" PRId64 " is outside %" PRId64 "..%" PRId64, key,
+                      *out, min, max);
+    return 0;
+}
+
+static int string_field(const struct json_value *root, const char *key,
+                        bool is_id, char *out, uint8_t *out_len,
+                        struct agg_reject_info *why)
+{
+    const struct json_value *v = field(root, key, JSON_STRING, why);
+    char q[DETAIL_VALUE_MAX + 16];
+
+    if (v == NULL)
+        return -1;
+    if (v->len > AGG_MAX_ID_BYTES)
+        return reject(why, AGG_REJECT_TOO_LONG,
+                      "%s is %zu bytes, over the limit of %d", key, v->len,
+                      AGG_MAX_ID_BYTES);
+    if (is_id && agg_id_check_string(v->str, v->len) != AGG_REJECT_NONE)
+        return reject(why, AGG_REJECT_BAD_ID,
+                      "%s %s is empty or contains a control character", key,
+                      quote(q, sizeof q, v->str, v->len));
+    memcpy(out, v->str, v->len);
+    out[v->len] = '\0';
+    *out_len = (uint8_t)v->len;
+    return 0;
+}
+
+static int id_field(const struct json_value *root, const char *key,
+                    struct agg_id *id, struct agg_reject_info *why)
+{
+    const struct json_value *v = json_object_get(root, key);
+    char q[DETAIL_VALUE_MAX + 16];
+
+    if (v == NULL)
+        return reject(why, AGG_REJECT_MISSING_FIELD, "missing field \"%s\"",
+                      key);
+    enum agg_reject reason = agg_id_from_value(v, id);
+    if (reason == AGG_REJECT_NONE)
+        return 0;
+    if (v->type == JSON_STRING || v->type == JSON_NUMBER)
+        quote(q, sizeof q, v->str, v->len);
+    switch (reason) {
+    case AGG_REJECT_WRONG_TYPE:
+        if (v->type == JSON_NUMBER)
+            return reject(why, reason, "%s %s is not an integer", key, q);
+        return reject(why, reason, "%s is %s, expected an integer or a string",
+                      key, type_name(v->type));
+    case AGG_REJECT_BAD_NUMBER:
+        return reject(why, reason, "%s %s is outside the 64-bit integer range",
+                      key, q);
+    case AGG_REJECT_TOO_LONG:
+        return reject(why, reason, "%s is %zu bytes, over the limit of %d", key,
+                      v->len, AGG_MAX_ID_BYTES);
+    default:
+        return reject(why, reason,
+                      "%s %s is empty or contains a control character", key, q);
+    }
+}
+
+/*
+ * Check the canonical text of cadence or resistance: at most
+ * VALUE_MAX_DIGITS significant digits, a leading digit within the range of
+ * a double, then 0 <= value <= max.
+ */
+static int check_value(const char *key, const char *text, const char *q,
+                       int max, struct agg_reject_info *why)
+{
+    bool negative = text[0] == '-';
+    const char *digits = text + negative;
+    int ndigits = (int)strcspn(digits, "e");
+    struct fixed_dec value, limit;
+    char limit_text[AGG_MAX_EXACT_TEXT];
+
+    if (ndigits > VALUE_MAX_DIGITS)
+        return reject(why, AGG_REJECT_BAD_NUMBER,
+                      "%s %s has %d significant digits, more than %d", key, q,
+                      ndigits, VALUE_MAX_DIGITS);
+    if (fixed_parse(digits, &value) != 0 ||
+        fixed_adjusted_exponent(&value) < VALUE_MIN_EXPONENT ||
+        fixed_adjusted_exponent(&value) > VALUE_MAX_EXPONENT)
+        return reject(why, AGG_REJECT_BAD_NUMBER,
+                      "%s %s has an exponent outside %d..%d", key, q,
+                      VALUE_MIN_EXPONENT, VALUE_MAX_EXPONENT);
+
+    fixed_format4((int64_t)max * 10000, limit_text, sizeof limit_text);
+    fixed_parse(limit_text, &limit);
+    if ((negative && value.ndigits > 0) || fixed_cmp(&value, &limit) > 0)
+        return reject(why, AGG_REJECT_VALUE_RANGE, "%s %s is outside 0..%d",
+                      key, q, max);
+    return 0;
+}
+
+/* Read cadence or resistance as a canonical exact text into out. */
+static int value_field(const struct json_value *root, const char *key, int max,
+                       char *out, struct agg_reject_info *why)
+{
+    const struct json_value *v = field(root, key, JSON_NUMBER, why);
+    char q[DETAIL_VALUE_MAX + 16];
+    struct strbuf sb;
+
+    if (v == NULL)
+        return -1;
+    quote(q, sizeof q, v->str, v->len);
+
+    /* Room for far more digits than accepted, so the digit count below
+     * decides; a longer text fails here for the same reason. */
+    sb_init(&sb, 1024);
+    if (json_number_canonical(v->str, v->len, &sb) != 0) {
+        sb_free(&sb);
+        return reject(why, AGG_REJECT_BAD_NUMBER,
+                      "%s %s has too many digits or too large an exponent", key,
+                      q);
+    }
+    int rc = check_value(key, sb.data, q, max, why);
+    if (rc == 0 && sb.len >= AGG_MAX_EXACT_TEXT)
+        rc = reject(why, AGG_REJECT_BAD_NUMBER, "%s %s is too long", key, q);
+    if (rc == 0)
+        memcpy(out, sb.data, sb.len + 1);
+    sb_free(&sb);
+    return rc;
+}
+
+static int event_field(const struct json_value *root, bool *final,
+                       struct agg_reject_info *why)
+{
+    const struct json_value *v = field(root, "event", JSON_STRING, why);
+    char q[DETAIL_VALUE_MAX + 16];
+
+    if (v == NULL)
+        return -1;
+    if (v->len == 6 && memcmp(v->str, "update", 6) == 0) {
+        *final = false;
+        return 0;
+    }
+    if (v->len == 5 && memcmp(v->str, "final", 5) == 0) {
+        *final = true;
+        return 0;
+    }
+    return reject(why, AGG_REJECT_BAD_EVENT,
+                  "event %s is not \"update\" or \"final\"",
+                  quote(q, sizeof q, v->str, v->len));
+}
+
+/* Read and check every field, in a fixed order so that a record with
+ * several problems always reports the same one. */
+static int decode_fields(const struct json_value *root, int32_t max_seconds,
+                         struct agg_record *rec, struct agg_reject_info *why)
+{
+    int64_t second;
+
+    if (string_field(root, "uuid", true, rec->uuid, &rec->uuid_len, why) ||
+        event_field(root, &rec->final, why) ||
+        int_field(root, "deviceTimestamp", 0, DEVICE_TS_MAX,
+                  AGG_REJECT_BAD_NUMBER, &rec->device_ts_ms, why) ||
+        int_field(root, "second", 1, max_seconds, AGG_REJECT_SECOND_RANGE,
+                  &second, why) ||
+        id_field(root, "raceId", &rec->race, why) ||
+        string_field(root, "name", false, rec->name, &rec->name_len, why) ||
+        id_field(root, "racerId", &rec->racer, why) ||
+        id_field(root, "classId", &rec->class_id, why) ||
+        value_field(root, "cadence", AGG_MAX_CADENCE, rec->cadence_exact,
+                    why) ||
+        value_field(root, "resistance", AGG_MAX_RESISTANCE,
+                    rec->resistance_exact, why))
+        return -1;
+    rec->second = (int32_t)second;
+    return 0;
+}
+
+/* Derive the 4-decimal values, the output and the hash. Returns 0, -1
+ * for a value that cannot be scored, or -ENOMEM. */
+static int derive(const struct json_value *root, struct agg_record *rec,
+                  struct agg_reject_info *why)
+{
+    bool exact;
+    struct strbuf sb;
+
+    if (fixed_round4(rec->cadence_exact, &rec->cadence4, &exact) != 0 ||
+        fixed_round4(rec->resistance_exact, &rec->resistance4, &exact) != 0 ||
+        agg_output4(rec->cadence_exact, rec->resistance_exact, &rec->output4) !=
+            0)
+        return reject(why, AGG_REJECT_BAD_NUMBER,
+                      "cadence %s or resistance %s cannot be scored",
+                      rec->cadence_exact, rec->resistance_exact);
+
+    /* Escapes can make the canonical form longer than the input: a
+     * two-byte "\n" becomes the six-byte "\u000a". */
+    sb_init(&sb, 4 * (size_t)AGG_MAX_RECORD_BYTES);
+    int rc = json_canonical(root, &sb);
+    if (rc == 0 &&
+        EVP_Digest(sb.data, sb.len, rec->hash, NULL, EVP_sha256(), NULL) != 1)
+        rc = -1;
+    sb_free(&sb);
+    if (rc != 0) {
+        why->reason = AGG_REJECT_NONE;
+        snprintf(why->detail, sizeof why->detail,
+                 "hashing the record failed: out of memory");
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+int agg_record_parse(const uint8_t *data, size_t len, int32_t max_seconds,
+                     struct agg_record *rec, struct agg_reject_info *why)
+{
+    struct json_limits limits = {AGG_MAX_RECORD_BYTES, RECORD_MAX_DEPTH};
+    struct json_doc *doc = NULL;
+    struct json_err err;
+
+    memset(rec, 0, sizeof *rec);
+    why->reason = AGG_REJECT_NONE;
+    why->detail[0] = '\0';
+    if (len > AGG_MAX_RECORD_BYTES)
+        return reject(why, AGG_REJECT_TOO_LARGE,
+                      "record is %zu bytes, over the limit of %d", len,
+                      AGG_MAX_RECORD_BYTES);
+    int code = json_parse((const char *)data, len, &limits, &doc, &err);
+    if (code != 0)
+        return reject_parse(data, len, code, &err, why);
+
+    const struct json_value *root = json_doc_root(doc);
+    int rc;
+    if (root->type != JSON_OBJECT)
+        rc = reject(why, AGG_REJECT_NOT_OBJECT,
+                    "record is %s, expected an object", type_name(root->type));
+    else
+        rc = decode_fields(root, max_seconds, rec, why);
+    if (rc == 0)
+        rc = derive(root, rec, why);
+    json_doc_free(doc);
+    return rc;
+}
