@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/json.h"
+#include "common/sjson.h"
 
 int agg_id_cmp(const struct agg_id *a, const struct agg_id *b)
 {
@@ -100,26 +100,26 @@ int agg_id_from_json(const char *text, size_t len, struct agg_id *id)
     }
 
     /* Strings may hold escapes, so let the strict parser decode them. */
-    struct json_doc *doc = NULL;
-    if (json_parse(text, len, NULL, &doc, NULL) != 0)
+    struct sjson_doc *doc = NULL;
+    if (sjson_parse(text, len, NULL, &doc, NULL) != 0)
         return -1;
-    const struct json_value *v = json_doc_root(doc);
+    const struct sjson_value *v = sjson_doc_root(doc);
     int rc = -1;
-    if (v->type == JSON_STRING && agg_id_from_value(v, id) == AGG_REJECT_NONE)
+    if (v->type == SJSON_STRING && agg_id_from_value(v, id) == AGG_REJECT_NONE)
         rc = 0;
-    json_doc_free(doc);
+    sjson_doc_free(doc);
     return rc;
 }
 
-enum agg_reject agg_id_from_value(const struct json_value *v, struct agg_id *id)
+enum agg_reject agg_id_from_value(const struct sjson_value *v, struct agg_id *id)
 {
-    if (v->type == JSON_STRING) {
+    if (v->type == SJSON_STRING) {
         enum agg_reject why = agg_id_check_string(v->str, v->len);
         if (why == AGG_REJECT_NONE)
             agg_id_set_string(id, v->str, v->len);
         return why;
     }
-    if (v->type != JSON_NUMBER)
+    if (v->type != SJSON_NUMBER)
         return AGG_REJECT_WRONG_TYPE;
     if (strpbrk(v->str, ".eE") != NULL)
         return AGG_REJECT_WRONG_TYPE;

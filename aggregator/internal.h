@@ -43,14 +43,14 @@ void id_index_free(struct id_index *index);
  */
 enum agg_reject agg_id_check_string(const char *s, size_t len);
 
-struct json_value;
+struct sjson_value;
 /*
  * Read an id from a parsed JSON value: a string that passes
  * agg_id_check_string, or an integer without fraction or exponent within
  * int64. Returns AGG_REJECT_NONE, WRONG_TYPE, BAD_NUMBER, BAD_ID or
  * TOO_LONG.
  */
-enum agg_reject agg_id_from_value(const struct json_value *v,
+enum agg_reject agg_id_from_value(const struct sjson_value *v,
                                   struct agg_id *id);
 /* Strict JSON integer within int64. Returns 0 or -1. */
 int agg_parse_int64(const char *text, size_t len, int64_t *out);

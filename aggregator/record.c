@@ -1,6 +1,6 @@
 /*
  * Decoding and validation of one telemetry record. The strict parser in
- * common/json.c already rejects invalid UTF-8, duplicate keys at any depth,
+ * common/sjson.c already rejects invalid UTF-8, duplicate keys at any depth,
  * NaN and Infinity, and nesting past the limit. This file maps its errors
  * to reject reasons and checks every field. Each reject detail names the
  * field and quotes the value, with bytes outside printable ASCII written
@@ -16,7 +16,7 @@
 
 #include <openssl/evp.h>
 
-#include "common/json.h"
+#include "common/sjson.h"
 
 #define RECORD_MAX_DEPTH 32
 /* Significant digits and decimal exponents of cadence and resistance:
@@ -93,21 +93,21 @@ static const char *quote(char *out, size_t out_len, const char *s, size_t n)
     return out;
 }
 
-static const char *type_name(enum json_type type)
+static const char *type_name(enum sjson_type type)
 {
     switch (type) {
-    case JSON_NULL:
+    case SJSON_NULL:
         return "null";
-    case JSON_FALSE:
-    case JSON_TRUE:
+    case SJSON_FALSE:
+    case SJSON_TRUE:
         return "a boolean";
-    case JSON_NUMBER:
+    case SJSON_NUMBER:
         return "a number";
-    case JSON_STRING:
+    case SJSON_STRING:
         return "a string";
-    case JSON_ARRAY:
+    case SJSON_ARRAY:
         return "an array";
-    case JSON_OBJECT:
+    case SJSON_OBJECT:
         return "an object";
     }
     return "unknown";
@@ -130,22 +130,22 @@ static bool at_non_finite(const uint8_t *data, size_t len, size_t offset)
 
 /* Map a parser failure to a reject reason. Returns -1, or -ENOMEM. */
 static int reject_parse(const uint8_t *data, size_t len, int code,
-                        const struct json_err *err, struct agg_reject_info *why)
+                        const struct sjson_err *err, struct agg_reject_info *why)
 {
     switch (code) {
-    case JSON_ERR_DEPTH:
+    case SJSON_ERR_DEPTH:
         return reject(why, AGG_REJECT_TOO_DEEP,
                       "record nests deeper than %d levels at byte %zu",
                       RECORD_MAX_DEPTH, err->offset);
-    case JSON_ERR_DUPLICATE_KEY:
+    case SJSON_ERR_DUPLICATE_KEY:
         return reject(why, AGG_REJECT_DUPLICATE_KEY, "%s at byte %zu",
                       err->message, err->offset);
-    case JSON_ERR_UTF8:
+    case SJSON_ERR_UTF8:
         return reject(why, AGG_REJECT_INVALID_UTF8, "%s at byte %zu",
                       err->message, err->offset);
-    case JSON_ERR_TOO_LARGE:
+    case SJSON_ERR_TOO_LARGE:
         return reject(why, AGG_REJECT_TOO_LARGE, "%s", err->message);
-    case JSON_ERR_NOMEM:
+    case SJSON_ERR_NOMEM:
         why->reason = AGG_REJECT_NONE;
         snprintf(why->detail, sizeof why->detail, "out of memory");
         return -ENOMEM;
@@ -160,11 +160,11 @@ static int reject_parse(const uint8_t *data, size_t len, int code,
 }
 
 /* The member, or a MISSING_FIELD / WRONG_TYPE reject and NULL. */
-static const struct json_value *field(const struct json_value *root,
-                                      const char *key, enum json_type type,
+static const struct sjson_value *field(const struct sjson_value *root,
+                                      const char *key, enum sjson_type type,
                                       struct agg_reject_info *why)
 {
-    const struct json_value *v = json_object_get(root, key);
+    const struct sjson_value *v = sjson_object_get(root, key);
 
     if (v == NULL) {
         reject(why, AGG_REJECT_MISSING_FIELD, "missing field \"%s\"", key);
@@ -180,11 +180,11 @@ static const struct json_value *field(const struct json_value *root,
 
 /* Read an integer field. A value outside [min, max] is rejected with
  * out_reason. */
-static int int_field(const struct json_value *root, const char *key,
+static int int_field(const struct sjson_value *root, const char *key,
                      int64_t min, int64_t max, enum agg_reject out_reason,
                      int64_t *out, struct agg_reject_info *why)
 {
-    const struct json_value *v = field(root, key, JSON_NUMBER, why);
+    const struct sjson_value *v = field(root, key, SJSON_NUMBER, why);
     char q[DETAIL_VALUE_MAX + 16];
 
     if (v == NULL)
@@ -203,11 +203,11 @@ static int int_field(const struct json_value *root, const char *key,
     return 0;
 }
 
-static int string_field(const struct json_value *root, const char *key,
+static int string_field(const struct sjson_value *root, const char *key,
                         bool is_id, char *out, uint8_t *out_len,
                         struct agg_reject_info *why)
 {
-    const struct json_value *v = field(root, key, JSON_STRING, why);
+    const struct sjson_value *v = field(root, key, SJSON_STRING, why);
     char q[DETAIL_VALUE_MAX + 16];
 
     if (v == NULL)
@@ -226,10 +226,10 @@ static int string_field(const struct json_value *root, const char *key,
     return 0;
 }
 
-static int id_field(const struct json_value *root, const char *key,
+static int id_field(const struct sjson_value *root, const char *key,
                     struct agg_id *id, struct agg_reject_info *why)
 {
-    const struct json_value *v = json_object_get(root, key);
+    const struct sjson_value *v = sjson_object_get(root, key);
     char q[DETAIL_VALUE_MAX + 16];
 
     if (v == NULL)
@@ -238,11 +238,11 @@ static int id_field(const struct json_value *root, const char *key,
     enum agg_reject reason = agg_id_from_value(v, id);
     if (reason == AGG_REJECT_NONE)
         return 0;
-    if (v->type == JSON_STRING || v->type == JSON_NUMBER)
+    if (v->type == SJSON_STRING || v->type == SJSON_NUMBER)
         quote(q, sizeof q, v->str, v->len);
     switch (reason) {
     case AGG_REJECT_WRONG_TYPE:
-        if (v->type == JSON_NUMBER)
+        if (v->type == SJSON_NUMBER)
             return reject(why, reason, "%s %s is not an integer", key, q);
         return reject(why, reason, "%s is %s, expected an integer or a string",
                       key, type_name(v->type));
@@ -292,10 +292,10 @@ static int check_value(const char *key, const char *text, const char *q,
 }
 
 /* Read cadence or resistance as a canonical exact text into out. */
-static int value_field(const struct json_value *root, const char *key, int max,
+static int value_field(const struct sjson_value *root, const char *key, int max,
                        char *out, struct agg_reject_info *why)
 {
-    const struct json_value *v = field(root, key, JSON_NUMBER, why);
+    const struct sjson_value *v = field(root, key, SJSON_NUMBER, why);
     char q[DETAIL_VALUE_MAX + 16];
     struct strbuf sb;
 
@@ -306,7 +306,7 @@ static int value_field(const struct json_value *root, const char *key, int max,
     /* Room for far more digits than accepted, so the digit count below
      * decides; a longer text fails here for the same reason. */
     sb_init(&sb, 1024);
-    if (json_number_canonical(v->str, v->len, &sb) != 0) {
+    if (sjson_number_canonical(v->str, v->len, &sb) != 0) {
         sb_free(&sb);
         return reject(why, AGG_REJECT_BAD_NUMBER,
                       "%s %s has too many digits or too large an exponent", key,
@@ -321,10 +321,10 @@ static int value_field(const struct json_value *root, const char *key, int max,
     return rc;
 }
 
-static int event_field(const struct json_value *root, bool *final,
+static int event_field(const struct sjson_value *root, bool *final,
                        struct agg_reject_info *why)
 {
-    const struct json_value *v = field(root, "event", JSON_STRING, why);
+    const struct sjson_value *v = field(root, "event", SJSON_STRING, why);
     char q[DETAIL_VALUE_MAX + 16];
 
     if (v == NULL)
@@ -344,7 +344,7 @@ static int event_field(const struct json_value *root, bool *final,
 
 /* Read and check every field, in a fixed order so that a record with
  * several problems always reports the same one. */
-static int decode_fields(const struct json_value *root, int32_t max_seconds,
+static int decode_fields(const struct sjson_value *root, int32_t max_seconds,
                          struct agg_record *rec, struct agg_reject_info *why)
 {
     int64_t second;
@@ -370,7 +370,7 @@ static int decode_fields(const struct json_value *root, int32_t max_seconds,
 
 /* Derive the 4-decimal values, the output and the hash. Returns 0, -1
  * for a value that cannot be scored, or -ENOMEM. */
-static int derive(const struct json_value *root, struct agg_record *rec,
+static int derive(const struct sjson_value *root, struct agg_record *rec,
                   struct agg_reject_info *why)
 {
     bool exact;
@@ -387,7 +387,7 @@ static int derive(const struct json_value *root, struct agg_record *rec,
     /* Escapes can make the canonical form longer than the input: a
      * two-byte "\n" becomes the six-byte "\u000a". */
     sb_init(&sb, 4 * (size_t)AGG_MAX_RECORD_BYTES);
-    int rc = json_canonical(root, &sb);
+    int rc = sjson_canonical(root, &sb);
     if (rc == 0 &&
         EVP_Digest(sb.data, sb.len, rec->hash, NULL, EVP_sha256(), NULL) != 1)
         rc = -1;
@@ -404,9 +404,9 @@ static int derive(const struct json_value *root, struct agg_record *rec,
 int agg_record_parse(const uint8_t *data, size_t len, int32_t max_seconds,
                      struct agg_record *rec, struct agg_reject_info *why)
 {
-    struct json_limits limits = {AGG_MAX_RECORD_BYTES, RECORD_MAX_DEPTH};
-    struct json_doc *doc = NULL;
-    struct json_err err;
+    struct sjson_limits limits = {AGG_MAX_RECORD_BYTES, RECORD_MAX_DEPTH};
+    struct sjson_doc *doc = NULL;
+    struct sjson_err err;
 
     memset(rec, 0, sizeof *rec);
     why->reason = AGG_REJECT_NONE;
@@ -415,19 +415,19 @@ int agg_record_parse(const uint8_t *data, size_t len, int32_t max_seconds,
         return reject(why, AGG_REJECT_TOO_LARGE,
                       "record is %zu bytes, over the limit of %d", len,
                       AGG_MAX_RECORD_BYTES);
-    int code = json_parse((const char *)data, len, &limits, &doc, &err);
+    int code = sjson_parse((const char *)data, len, &limits, &doc, &err);
     if (code != 0)
         return reject_parse(data, len, code, &err, why);
 
-    const struct json_value *root = json_doc_root(doc);
+    const struct sjson_value *root = sjson_doc_root(doc);
     int rc;
-    if (root->type != JSON_OBJECT)
+    if (root->type != SJSON_OBJECT)
         rc = reject(why, AGG_REJECT_NOT_OBJECT,
                     "record is %s, expected an object", type_name(root->type));
     else
         rc = decode_fields(root, max_seconds, rec, why);
     if (rc == 0)
         rc = derive(root, rec, why);
-    json_doc_free(doc);
+    sjson_doc_free(doc);
     return rc;
 }

@@ -13,7 +13,7 @@
 #include <errno.h>
 #include <inttypes.h>
 
-#include "common/json.h"
+#include "common/sjson.h"
 
 int state_write(struct agg *agg, const struct race *race)
 {
@@ -117,24 +117,24 @@ struct race_state {
     int64_t published_from;
     int64_t published_through;
     int64_t activity_ms;
-    const struct json_value *revisions;
+    const struct sjson_value *revisions;
 };
 
-static int member_int(const struct json_value *root, const char *key,
+static int member_int(const struct sjson_value *root, const char *key,
                       int64_t *out)
 {
-    const struct json_value *v = json_object_get(root, key);
-    if (v == NULL || v->type != JSON_NUMBER)
+    const struct sjson_value *v = sjson_object_get(root, key);
+    if (v == NULL || v->type != SJSON_NUMBER)
         return -1;
     return agg_parse_int64(v->str, v->len, out);
 }
 
-static int state_read(const struct agg *agg, const struct json_value *root,
+static int state_read(const struct agg *agg, const struct sjson_value *root,
                       struct race_state *st)
 {
-    const struct json_value *id = json_object_get(root, "raceId");
+    const struct sjson_value *id = sjson_object_get(root, "raceId");
 
-    if (root->type != JSON_OBJECT || id == NULL ||
+    if (root->type != SJSON_OBJECT || id == NULL ||
         agg_id_from_value(id, &st->id) != AGG_REJECT_NONE ||
         member_int(root, "firstSecond", &st->first_second) != 0 ||
         member_int(root, "latestSecond", &st->latest_second) != 0 ||
@@ -142,8 +142,8 @@ static int state_read(const struct agg *agg, const struct json_value *root,
         member_int(root, "publishedThrough", &st->published_through) != 0 ||
         member_int(root, "activityMs", &st->activity_ms) != 0)
         return -1;
-    st->revisions = json_object_get(root, "revisions");
-    if (st->revisions == NULL || st->revisions->type != JSON_ARRAY)
+    st->revisions = sjson_object_get(root, "revisions");
+    if (st->revisions == NULL || st->revisions->type != SJSON_ARRAY)
         return -1;
 
     /* Bounds that every later index into the per-second arrays relies
@@ -165,11 +165,11 @@ static int state_set_revisions(struct race *race, const struct race_state *st)
 {
     for (size_t pass = 0; pass < 2; pass++) {
         for (size_t i = 0; i < st->revisions->count; i++) {
-            const struct json_value *pair = &st->revisions->items[i];
+            const struct sjson_value *pair = &st->revisions->items[i];
             int64_t second, revision;
-            if (pair->type != JSON_ARRAY || pair->count != 2 ||
-                pair->items[0].type != JSON_NUMBER ||
-                pair->items[1].type != JSON_NUMBER ||
+            if (pair->type != SJSON_ARRAY || pair->count != 2 ||
+                pair->items[0].type != SJSON_NUMBER ||
+                pair->items[1].type != SJSON_NUMBER ||
                 agg_parse_int64(pair->items[0].str, pair->items[0].len,
                                 &second) != 0 ||
                 agg_parse_int64(pair->items[1].str, pair->items[1].len,
@@ -191,14 +191,14 @@ static int state_set_revisions(struct race *race, const struct race_state *st)
  */
 int agg_restore_race(struct agg *agg, const char *json, size_t len)
 {
-    struct json_limits limits = {AGG_MAX_DOCUMENT_BYTES, 4};
-    struct json_doc *doc = NULL;
+    struct sjson_limits limits = {AGG_MAX_DOCUMENT_BYTES, 4};
+    struct sjson_doc *doc = NULL;
     struct race_state st;
     struct race *race = NULL;
 
-    if (json_parse(json, len, &limits, &doc, NULL) != 0)
+    if (sjson_parse(json, len, &limits, &doc, NULL) != 0)
         return -EINVAL;
-    int rc = state_read(agg, json_doc_root(doc), &st) == 0 ? 0 : -EINVAL;
+    int rc = state_read(agg, sjson_doc_root(doc), &st) == 0 ? 0 : -EINVAL;
     if (rc == 0)
         rc = race_get(agg, &st.id, &race);
     if (rc == 0 && race->latest_second != 0 &&
@@ -218,6 +218,6 @@ int agg_restore_race(struct agg *agg, const char *json, size_t len)
         race->dirty = false;
         rc = agg_mark_open(agg, race);
     }
-    json_doc_free(doc);
+    sjson_doc_free(doc);
     return rc;
 }

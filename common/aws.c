@@ -333,11 +333,7 @@ void aws_client_free(struct aws_client *client)
     free(client);
 }
 
-/*
- * String member key of a JSON object, or NULL. common/json.c defines its own
- * json_object_get(), which the linker picks over jansson's when both are
- * linked, so the lookup goes through jansson's iterator API.
- */
+/* String member key of a JSON object, or NULL. */
 static const char *member_string(json_t *object, const char *key)
 {
     void *iter = json_object_iter_at(object, key);

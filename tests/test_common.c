@@ -4,26 +4,26 @@
 #include <time.h>
 
 #include "common/base64.h"
-#include "common/json.h"
+#include "common/sjson.h"
 #include "common/seqnum.h"
 #include "common/strbuf.h"
 
-static const struct json_limits test_limits = {1024 * 1024, 64};
+static const struct sjson_limits test_limits = {1024 * 1024, 64};
 
 /* Parse len bytes with limits and return the error code. */
 static int parse_code_limits(const char *text, size_t len,
-                             const struct json_limits *limits)
+                             const struct sjson_limits *limits)
 {
-    struct json_doc *doc = NULL;
-    struct json_err err;
-    int rc = json_parse(text, len, limits, &doc, &err);
+    struct sjson_doc *doc = NULL;
+    struct sjson_err err;
+    int rc = sjson_parse(text, len, limits, &doc, &err);
 
-    if (rc == JSON_OK)
+    if (rc == SJSON_OK)
         ASSERT_TRUE(doc != NULL);
     else
         ASSERT_TRUE(doc == NULL);
     ASSERT_EQ(err.code, rc);
-    json_doc_free(doc);
+    sjson_doc_free(doc);
     return rc;
 }
 
@@ -37,27 +37,27 @@ static int parse_code(const char *text)
     parse_code_limits(literal, sizeof(literal) - 1, &test_limits)
 
 /* Parse text, which must be valid, and return the document (owned). */
-static struct json_doc *parse_ok(const char *text, size_t len)
+static struct sjson_doc *parse_ok(const char *text, size_t len)
 {
-    struct json_doc *doc = NULL;
-    struct json_err err;
-    int rc = json_parse(text, len, &test_limits, &doc, &err);
+    struct sjson_doc *doc = NULL;
+    struct sjson_err err;
+    int rc = sjson_parse(text, len, &test_limits, &doc, &err);
 
-    if (rc != JSON_OK)
+    if (rc != SJSON_OK)
         test_fail(__FILE__, __LINE__, "parse of %s failed: %s at %zu: %s", text,
-                  json_error_name(err.code), err.offset, err.message);
+                  sjson_error_name(err.code), err.offset, err.message);
     return doc;
 }
 
 /* Return the canonical form of text (owned), which must be valid. */
 static char *canonical_of(const char *text)
 {
-    struct json_doc *doc = parse_ok(text, strlen(text));
+    struct sjson_doc *doc = parse_ok(text, strlen(text));
     struct strbuf sb;
 
     sb_init(&sb, 1024 * 1024);
-    ASSERT_EQ(json_canonical(json_doc_root(doc), &sb), 0);
-    json_doc_free(doc);
+    ASSERT_EQ(sjson_canonical(sjson_doc_root(doc), &sb), 0);
+    sjson_doc_free(doc);
     return sb_take(&sb, NULL);
 }
 
@@ -85,80 +85,80 @@ TEST(json_parses_nested_document)
 {
     const char *text = " {\"b\": [1, -2.5e3, \"x\", true, false, null],"
                        " \"a\": {}, \"c\": []} ";
-    struct json_doc *doc = parse_ok(text, strlen(text));
-    const struct json_value *root = json_doc_root(doc);
+    struct sjson_doc *doc = parse_ok(text, strlen(text));
+    const struct sjson_value *root = sjson_doc_root(doc);
 
-    ASSERT_EQ(root->type, JSON_OBJECT);
+    ASSERT_EQ(root->type, SJSON_OBJECT);
     ASSERT_EQ(root->count, 3);
     ASSERT_TRUE(root->key == NULL);
     ASSERT_STR_EQ(root->items[0].key, "b");
     ASSERT_STR_EQ(root->items[1].key, "a");
     ASSERT_STR_EQ(root->items[2].key, "c");
 
-    const struct json_value *b = &root->items[0];
-    ASSERT_EQ(b->type, JSON_ARRAY);
+    const struct sjson_value *b = &root->items[0];
+    ASSERT_EQ(b->type, SJSON_ARRAY);
     ASSERT_EQ(b->count, 6);
-    ASSERT_EQ(b->items[0].type, JSON_NUMBER);
+    ASSERT_EQ(b->items[0].type, SJSON_NUMBER);
     ASSERT_STR_EQ(b->items[0].str, "1");
     ASSERT_STR_EQ(b->items[1].str, "-2.5e3");
     ASSERT_EQ(b->items[1].len, 6);
-    ASSERT_EQ(b->items[2].type, JSON_STRING);
+    ASSERT_EQ(b->items[2].type, SJSON_STRING);
     ASSERT_STR_EQ(b->items[2].str, "x");
     ASSERT_TRUE(b->items[2].key == NULL);
-    ASSERT_EQ(b->items[3].type, JSON_TRUE);
-    ASSERT_EQ(b->items[4].type, JSON_FALSE);
-    ASSERT_EQ(b->items[5].type, JSON_NULL);
+    ASSERT_EQ(b->items[3].type, SJSON_TRUE);
+    ASSERT_EQ(b->items[4].type, SJSON_FALSE);
+    ASSERT_EQ(b->items[5].type, SJSON_NULL);
 
-    ASSERT_EQ(root->items[1].type, JSON_OBJECT);
+    ASSERT_EQ(root->items[1].type, SJSON_OBJECT);
     ASSERT_EQ(root->items[1].count, 0);
-    ASSERT_EQ(root->items[2].type, JSON_ARRAY);
+    ASSERT_EQ(root->items[2].type, SJSON_ARRAY);
     ASSERT_EQ(root->items[2].count, 0);
-    json_doc_free(doc);
+    sjson_doc_free(doc);
 }
 
 TEST(json_parses_top_level_scalars)
 {
-    ASSERT_EQ(parse_code("0"), JSON_OK);
-    ASSERT_EQ(parse_code("\"\""), JSON_OK);
-    ASSERT_EQ(parse_code(" true "), JSON_OK);
-    ASSERT_EQ(parse_code("null"), JSON_OK);
-    ASSERT_EQ(parse_code("-12.5E-3"), JSON_OK);
+    ASSERT_EQ(parse_code("0"), SJSON_OK);
+    ASSERT_EQ(parse_code("\"\""), SJSON_OK);
+    ASSERT_EQ(parse_code(" true "), SJSON_OK);
+    ASSERT_EQ(parse_code("null"), SJSON_OK);
+    ASSERT_EQ(parse_code("-12.5E-3"), SJSON_OK);
 }
 
 TEST(json_object_get_matches_bytes)
 {
     const char *text = "{\"id\":\"r1\",\"lap\":3,\"i\":null}";
-    struct json_doc *doc = parse_ok(text, strlen(text));
-    const struct json_value *root = json_doc_root(doc);
+    struct sjson_doc *doc = parse_ok(text, strlen(text));
+    const struct sjson_value *root = sjson_doc_root(doc);
 
-    ASSERT_STR_EQ(json_object_get(root, "id")->str, "r1");
-    ASSERT_STR_EQ(json_object_get(root, "lap")->str, "3");
-    ASSERT_EQ(json_object_get(root, "i")->type, JSON_NULL);
-    ASSERT_TRUE(json_object_get(root, "I") == NULL);
-    ASSERT_TRUE(json_object_get(root, "la") == NULL);
-    ASSERT_TRUE(json_object_get(root, "") == NULL);
-    ASSERT_TRUE(json_object_get(&root->items[1], "lap") == NULL);
-    ASSERT_TRUE(json_object_get(NULL, "id") == NULL);
-    json_doc_free(doc);
+    ASSERT_STR_EQ(sjson_object_get(root, "id")->str, "r1");
+    ASSERT_STR_EQ(sjson_object_get(root, "lap")->str, "3");
+    ASSERT_EQ(sjson_object_get(root, "i")->type, SJSON_NULL);
+    ASSERT_TRUE(sjson_object_get(root, "I") == NULL);
+    ASSERT_TRUE(sjson_object_get(root, "la") == NULL);
+    ASSERT_TRUE(sjson_object_get(root, "") == NULL);
+    ASSERT_TRUE(sjson_object_get(&root->items[1], "lap") == NULL);
+    ASSERT_TRUE(sjson_object_get(NULL, "id") == NULL);
+    sjson_doc_free(doc);
 }
 
 TEST(json_rejects_trailing_commas)
 {
-    ASSERT_EQ(parse_code("[1,]"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("[1,2,]"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("{\"a\":1,}"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("[,]"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("[,1]"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("{,}"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("[1,,2]"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[1,]"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[1,2,]"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("{\"a\":1,}"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[,]"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[,1]"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("{,}"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[1,,2]"), SJSON_ERR_SYNTAX);
 }
 
 TEST(json_rejects_comments)
 {
-    ASSERT_EQ(parse_code("[1 /* c */]"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("[1] // c"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("# c\n[1]"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("{\"a\":1 /**/}"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[1 /* c */]"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[1] // c"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("# c\n[1]"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("{\"a\":1 /**/}"), SJSON_ERR_SYNTAX);
 }
 
 TEST(json_rejects_bad_number_forms)
@@ -169,8 +169,8 @@ TEST(json_rejects_bad_number_forms)
         "[01]", "[1.]", "{\"a\":-}", "[-a]", "- 1",   "2.e"};
 
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        if (parse_code(bad[i]) != JSON_ERR_NUMBER)
-            test_fail(__FILE__, __LINE__, "%s: not JSON_ERR_NUMBER", bad[i]);
+        if (parse_code(bad[i]) != SJSON_ERR_NUMBER)
+            test_fail(__FILE__, __LINE__, "%s: not SJSON_ERR_NUMBER", bad[i]);
     }
 }
 
@@ -184,7 +184,7 @@ TEST(json_accepts_valid_number_forms)
         "[-0]",    "123.456e-789", "1.8011670033376514e-308"};
 
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
-        if (parse_code(good[i]) != JSON_OK)
+        if (parse_code(good[i]) != SJSON_OK)
             test_fail(__FILE__, __LINE__, "%s: rejected", good[i]);
     }
 }
@@ -193,104 +193,104 @@ TEST(json_keeps_huge_integers_as_text)
 {
     const char *text = "[18446744073709551616,-9223372036854775809,"
                        "123456789012345678901234567890123456789]";
-    struct json_doc *doc = parse_ok(text, strlen(text));
-    const struct json_value *root = json_doc_root(doc);
+    struct sjson_doc *doc = parse_ok(text, strlen(text));
+    const struct sjson_value *root = sjson_doc_root(doc);
 
     ASSERT_EQ(root->count, 3);
-    ASSERT_EQ(root->items[0].type, JSON_NUMBER);
+    ASSERT_EQ(root->items[0].type, SJSON_NUMBER);
     ASSERT_MEM_EQ(root->items[0].str, root->items[0].len,
                   "18446744073709551616", 20);
-    ASSERT_EQ(root->items[1].type, JSON_NUMBER);
+    ASSERT_EQ(root->items[1].type, SJSON_NUMBER);
     ASSERT_MEM_EQ(root->items[1].str, root->items[1].len,
                   "-9223372036854775809", 20);
     ASSERT_STR_EQ(root->items[2].str,
                   "123456789012345678901234567890123456789");
-    json_doc_free(doc);
+    sjson_doc_free(doc);
 }
 
 TEST(json_rejects_nan_and_infinity)
 {
-    ASSERT_EQ(parse_code("NaN"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("nan"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("Infinity"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("[infinity]"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("-Infinity"), JSON_ERR_NUMBER);
-    ASSERT_EQ(parse_code("-NaN"), JSON_ERR_NUMBER);
+    ASSERT_EQ(parse_code("NaN"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("nan"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("Infinity"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[infinity]"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("-Infinity"), SJSON_ERR_NUMBER);
+    ASSERT_EQ(parse_code("-NaN"), SJSON_ERR_NUMBER);
 }
 
 TEST(json_rejects_bad_literals)
 {
-    ASSERT_EQ(parse_code("tru"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("True"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("nul"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("nulls"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("falsey"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("undefined"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("'a'"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("tru"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("True"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("nul"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("nulls"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("falsey"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("undefined"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("'a'"), SJSON_ERR_SYNTAX);
 }
 
 TEST(json_rejects_raw_control_chars)
 {
-    ASSERT_EQ(parse_code("\"a\x01z\""), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("\"a\tb\""), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("\"a\nb\""), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("\"\x1f\""), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("{\"k\x02\":1}"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(PARSE_BYTES("\"a\0b\""), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("\"\x7f\""), JSON_OK);
+    ASSERT_EQ(parse_code("\"a\x01z\""), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"a\tb\""), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"a\nb\""), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\x1f\""), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("{\"k\x02\":1}"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(PARSE_BYTES("\"a\0b\""), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\x7f\""), SJSON_OK);
 }
 
 TEST(json_decodes_standard_escapes)
 {
     const char *text = "\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u0041\\u00e9\\u20AC\"";
-    struct json_doc *doc = parse_ok(text, strlen(text));
-    const struct json_value *root = json_doc_root(doc);
+    struct sjson_doc *doc = parse_ok(text, strlen(text));
+    const struct sjson_value *root = sjson_doc_root(doc);
 
-    ASSERT_EQ(root->type, JSON_STRING);
+    ASSERT_EQ(root->type, SJSON_STRING);
     ASSERT_MEM_EQ(root->str, root->len, "\"\\/\b\f\n\r\tA\xc3\xa9\xe2\x82\xac",
                   14);
     ASSERT_EQ(root->str[root->len], '\0');
-    json_doc_free(doc);
+    sjson_doc_free(doc);
 }
 
 TEST(json_rejects_unknown_escapes)
 {
-    ASSERT_EQ(parse_code("\"\\x41\""), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("\"\\a\""), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("\"\\'\""), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("\"\\U0041\""), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("\"\\0\""), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("\"\\u12\""), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("\"\\u12G4\""), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("\"\\u123"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("\"\\"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("\"\\\""), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\x41\""), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\a\""), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\'\""), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\U0041\""), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\0\""), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\u12\""), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\u12G4\""), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\u123"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"\\\""), SJSON_ERR_SYNTAX);
 }
 
 TEST(json_decodes_surrogate_pairs)
 {
     const char *text = "[\"\\uD83D\\uDE00\",\"\\udbff\\udfff\"]";
-    struct json_doc *doc = parse_ok(text, strlen(text));
-    const struct json_value *root = json_doc_root(doc);
+    struct sjson_doc *doc = parse_ok(text, strlen(text));
+    const struct sjson_value *root = sjson_doc_root(doc);
 
     ASSERT_MEM_EQ(root->items[0].str, root->items[0].len, "\xf0\x9f\x98\x80",
                   4);
     ASSERT_MEM_EQ(root->items[1].str, root->items[1].len, "\xf4\x8f\xbf\xbf",
                   4);
-    json_doc_free(doc);
+    sjson_doc_free(doc);
 }
 
 TEST(json_rejects_lone_surrogates)
 {
-    ASSERT_EQ(parse_code("\"\\uD800\""), JSON_ERR_UTF8);
-    ASSERT_EQ(parse_code("\"\\uDBFF\""), JSON_ERR_UTF8);
-    ASSERT_EQ(parse_code("\"\\uDC00\""), JSON_ERR_UTF8);
-    ASSERT_EQ(parse_code("\"\\uDFFF\\uD800\""), JSON_ERR_UTF8);
-    ASSERT_EQ(parse_code("\"\\uD800\\u0041\""), JSON_ERR_UTF8);
-    ASSERT_EQ(parse_code("\"\\uD800x\""), JSON_ERR_UTF8);
-    ASSERT_EQ(parse_code("\"\\uD800\\n\""), JSON_ERR_UTF8);
-    ASSERT_EQ(parse_code("\"\\uD800\\uD800\""), JSON_ERR_UTF8);
-    ASSERT_EQ(parse_code("{\"\\uDE00\":1}"), JSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("\"\\uD800\""), SJSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("\"\\uDBFF\""), SJSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("\"\\uDC00\""), SJSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("\"\\uDFFF\\uD800\""), SJSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("\"\\uD800\\u0041\""), SJSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("\"\\uD800x\""), SJSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("\"\\uD800\\n\""), SJSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("\"\\uD800\\uD800\""), SJSON_ERR_UTF8);
+    ASSERT_EQ(parse_code("{\"\\uDE00\":1}"), SJSON_ERR_UTF8);
 }
 
 TEST(json_rejects_invalid_utf8)
@@ -322,8 +322,8 @@ TEST(json_rejects_invalid_utf8)
     };
 
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        if (parse_code(bad[i]) != JSON_ERR_UTF8)
-            test_fail(__FILE__, __LINE__, "case %zu: not JSON_ERR_UTF8", i);
+        if (parse_code(bad[i]) != SJSON_ERR_UTF8)
+            test_fail(__FILE__, __LINE__, "case %zu: not SJSON_ERR_UTF8", i);
     }
 }
 
@@ -336,42 +336,42 @@ TEST(json_accepts_utf8_boundaries)
     };
 
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
-        if (parse_code(good[i]) != JSON_OK)
+        if (parse_code(good[i]) != SJSON_OK)
             test_fail(__FILE__, __LINE__, "case %zu: rejected", i);
     }
 }
 
 TEST(json_rejects_bytes_outside_strings)
 {
-    ASSERT_EQ(parse_code("\xef\xbb\xbf[]"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("[\xc3\xa9]"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("[1]\xff"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\xef\xbb\xbf[]"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[\xc3\xa9]"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[1]\xff"), SJSON_ERR_SYNTAX);
 }
 
 TEST(json_accepts_only_json_whitespace)
 {
-    ASSERT_EQ(parse_code(" \t\r\n[ \t\r\n1 \t\r\n, 2 ] \t\r\n"), JSON_OK);
-    ASSERT_EQ(parse_code("\f1"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("1\v"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("[1,\xc2\xa0 2]"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(PARSE_BYTES("1\0"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code(" \t\r\n[ \t\r\n1 \t\r\n, 2 ] \t\r\n"), SJSON_OK);
+    ASSERT_EQ(parse_code("\f1"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("1\v"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[1,\xc2\xa0 2]"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(PARSE_BYTES("1\0"), SJSON_ERR_SYNTAX);
 }
 
 TEST(json_rejects_trailing_data)
 {
-    ASSERT_EQ(parse_code("1 2"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("{} {}"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("[]]"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("[] ,"), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("\"a\"\"b\""), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code("null x"), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("1 2"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("{} {}"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[]]"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("[] ,"), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("\"a\"\"b\""), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code("null x"), SJSON_ERR_SYNTAX);
 }
 
 TEST(json_rejects_empty_input)
 {
-    ASSERT_EQ(parse_code(""), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code(" \n\t "), JSON_ERR_SYNTAX);
-    ASSERT_EQ(parse_code_limits(NULL, 0, &test_limits), JSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code(""), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code(" \n\t "), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(parse_code_limits(NULL, 0, &test_limits), SJSON_ERR_SYNTAX);
 }
 
 TEST(json_rejects_truncated_documents)
@@ -382,8 +382,8 @@ TEST(json_rejects_truncated_documents)
         "[[]", "{\"a\":{}", "{\"a",   "[true,fal"};
 
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        if (parse_code(bad[i]) != JSON_ERR_SYNTAX)
-            test_fail(__FILE__, __LINE__, "%s: not JSON_ERR_SYNTAX", bad[i]);
+        if (parse_code(bad[i]) != SJSON_ERR_SYNTAX)
+            test_fail(__FILE__, __LINE__, "%s: not SJSON_ERR_SYNTAX", bad[i]);
     }
 }
 
@@ -396,47 +396,47 @@ TEST(json_rejects_structural_errors)
         "[\"a\":1]", "{'a':1}"};
 
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        if (parse_code(bad[i]) != JSON_ERR_SYNTAX)
-            test_fail(__FILE__, __LINE__, "%s: not JSON_ERR_SYNTAX", bad[i]);
+        if (parse_code(bad[i]) != SJSON_ERR_SYNTAX)
+            test_fail(__FILE__, __LINE__, "%s: not SJSON_ERR_SYNTAX", bad[i]);
     }
 }
 
 TEST(json_reports_error_offsets)
 {
-    struct json_doc *doc;
-    struct json_err err;
+    struct sjson_doc *doc;
+    struct sjson_err err;
 
-    ASSERT_EQ(json_parse("[1,]", 4, &test_limits, &doc, &err), JSON_ERR_SYNTAX);
+    ASSERT_EQ(sjson_parse("[1,]", 4, &test_limits, &doc, &err), SJSON_ERR_SYNTAX);
     ASSERT_EQ(err.offset, 3);
     ASSERT_TRUE(err.message[0] != '\0');
 
-    ASSERT_EQ(json_parse("[\"\xc3\x28\"]", 5, &test_limits, &doc, &err),
-              JSON_ERR_UTF8);
+    ASSERT_EQ(sjson_parse("[\"\xc3\x28\"]", 5, &test_limits, &doc, &err),
+              SJSON_ERR_UTF8);
     ASSERT_EQ(err.offset, 2);
 
-    ASSERT_EQ(json_parse("{\"a\":01}", 8, &test_limits, &doc, &err),
-              JSON_ERR_NUMBER);
+    ASSERT_EQ(sjson_parse("{\"a\":01}", 8, &test_limits, &doc, &err),
+              SJSON_ERR_NUMBER);
     ASSERT_EQ(err.offset, 5);
     ASSERT_TRUE(doc == NULL);
 }
 
 TEST(json_rejects_input_over_max_bytes)
 {
-    const struct json_limits small = {10, 64};
+    const struct sjson_limits small = {10, 64};
 
-    ASSERT_EQ(parse_code_limits("[1,2,3,45]", 10, &small), JSON_OK);
-    ASSERT_EQ(parse_code_limits("[1,2,3,456]", 11, &small), JSON_ERR_TOO_LARGE);
-    ASSERT_EQ(parse_code_limits("[1,2,3,4] ", 11, &small), JSON_ERR_TOO_LARGE);
+    ASSERT_EQ(parse_code_limits("[1,2,3,45]", 10, &small), SJSON_OK);
+    ASSERT_EQ(parse_code_limits("[1,2,3,456]", 11, &small), SJSON_ERR_TOO_LARGE);
+    ASSERT_EQ(parse_code_limits("[1,2,3,4] ", 11, &small), SJSON_ERR_TOO_LARGE);
 }
 
 TEST(json_null_limits_use_defaults)
 {
-    struct json_doc *doc;
-    char *deep = repeat("[", JSON_DEFAULT_MAX_DEPTH + 1, "");
+    struct sjson_doc *doc;
+    char *deep = repeat("[", SJSON_DEFAULT_MAX_DEPTH + 1, "");
 
-    ASSERT_EQ(json_parse("[1]", 3, NULL, &doc, NULL), JSON_OK);
-    json_doc_free(doc);
-    ASSERT_EQ(json_parse(deep, strlen(deep), NULL, &doc, NULL), JSON_ERR_DEPTH);
+    ASSERT_EQ(sjson_parse("[1]", 3, NULL, &doc, NULL), SJSON_OK);
+    sjson_doc_free(doc);
+    ASSERT_EQ(sjson_parse(deep, strlen(deep), NULL, &doc, NULL), SJSON_ERR_DEPTH);
     ASSERT_TRUE(doc == NULL);
     free(deep);
 }
@@ -444,18 +444,18 @@ TEST(json_null_limits_use_defaults)
 TEST(json_rejects_100000_open_brackets)
 {
     char *text = repeat("[", 100000, "");
-    struct json_doc *doc;
-    struct json_err err;
+    struct sjson_doc *doc;
+    struct sjson_err err;
     double start = seconds_now();
 
-    ASSERT_EQ(json_parse(text, 100000, &test_limits, &doc, &err),
-              JSON_ERR_DEPTH);
+    ASSERT_EQ(sjson_parse(text, 100000, &test_limits, &doc, &err),
+              SJSON_ERR_DEPTH);
     ASSERT_EQ(err.offset, 64);
 
     /* With a limit past the nesting, the explicit stack reaches 100,000
      * levels and the parse fails only at the end of the input. */
-    const struct json_limits deep = {1024 * 1024, 1000000};
-    ASSERT_EQ(json_parse(text, 100000, &deep, &doc, &err), JSON_ERR_SYNTAX);
+    const struct sjson_limits deep = {1024 * 1024, 1000000};
+    ASSERT_EQ(sjson_parse(text, 100000, &deep, &doc, &err), SJSON_ERR_SYNTAX);
     ASSERT_EQ(err.offset, 100000);
     ASSERT_TRUE(seconds_now() - start < 5.0);
     free(text);
@@ -465,22 +465,22 @@ TEST(json_parses_deep_nesting_iteratively)
 {
     size_t depth = 100000;
     char *text = malloc(2 * depth + 1);
-    const struct json_limits deep = {1024 * 1024, (int)depth};
-    struct json_doc *doc;
+    const struct sjson_limits deep = {1024 * 1024, (int)depth};
+    struct sjson_doc *doc;
     struct strbuf sb;
 
     ASSERT_TRUE(text != NULL);
     memset(text, '[', depth);
     memset(text + depth, ']', depth);
     text[2 * depth] = '\0';
-    ASSERT_EQ(parse_code_limits(text, 2 * depth, &deep), JSON_OK);
+    ASSERT_EQ(parse_code_limits(text, 2 * depth, &deep), SJSON_OK);
 
-    ASSERT_EQ(json_parse(text, 2 * depth, &deep, &doc, NULL), JSON_OK);
+    ASSERT_EQ(sjson_parse(text, 2 * depth, &deep, &doc, NULL), SJSON_OK);
     sb_init(&sb, 4 * depth);
-    ASSERT_EQ(json_canonical(json_doc_root(doc), &sb), 0);
+    ASSERT_EQ(sjson_canonical(sjson_doc_root(doc), &sb), 0);
     ASSERT_MEM_EQ(sb.data, sb.len, text, 2 * depth);
     sb_free(&sb);
-    json_doc_free(doc);
+    sjson_doc_free(doc);
     free(text);
 }
 
@@ -494,7 +494,7 @@ TEST(json_rejects_deep_object_at_limit)
     ASSERT_TRUE(text != NULL);
     memcpy(text, open, open_len);
     memcpy(text + open_len, close, 2001);
-    ASSERT_EQ(parse_code(text), JSON_ERR_DEPTH);
+    ASSERT_EQ(parse_code(text), SJSON_ERR_DEPTH);
     free(text);
     free(open);
     free(close);
@@ -502,31 +502,31 @@ TEST(json_rejects_deep_object_at_limit)
 
 TEST(json_depth_limit_counts_levels)
 {
-    const struct json_limits zero = {100, 0}, one = {100, 1};
+    const struct sjson_limits zero = {100, 0}, one = {100, 1};
     char text[200];
 
-    ASSERT_EQ(parse_code_limits("1", 1, &zero), JSON_OK);
-    ASSERT_EQ(parse_code_limits("[]", 2, &zero), JSON_ERR_DEPTH);
-    ASSERT_EQ(parse_code_limits("[]", 2, &one), JSON_OK);
-    ASSERT_EQ(parse_code_limits("{\"a\":[]}", 8, &one), JSON_ERR_DEPTH);
-    ASSERT_EQ(parse_code_limits("[[]]", 4, &one), JSON_ERR_DEPTH);
+    ASSERT_EQ(parse_code_limits("1", 1, &zero), SJSON_OK);
+    ASSERT_EQ(parse_code_limits("[]", 2, &zero), SJSON_ERR_DEPTH);
+    ASSERT_EQ(parse_code_limits("[]", 2, &one), SJSON_OK);
+    ASSERT_EQ(parse_code_limits("{\"a\":[]}", 8, &one), SJSON_ERR_DEPTH);
+    ASSERT_EQ(parse_code_limits("[[]]", 4, &one), SJSON_ERR_DEPTH);
 
     /* test_limits allows 64 levels. */
     memset(text, '[', 64);
     memset(text + 64, ']', 64);
     text[128] = '\0';
-    ASSERT_EQ(parse_code(text), JSON_OK);
+    ASSERT_EQ(parse_code(text), SJSON_OK);
     memset(text, '[', 65);
     memset(text + 65, ']', 65);
     text[130] = '\0';
-    ASSERT_EQ(parse_code(text), JSON_ERR_DEPTH);
+    ASSERT_EQ(parse_code(text), SJSON_ERR_DEPTH);
 }
 
 TEST(json_keeps_nul_in_keys_and_values)
 {
     const char *text = "{\"a\\u0000b\":\"x\\u0000y\",\"a\":\"\\u0000\"}";
-    struct json_doc *doc = parse_ok(text, strlen(text));
-    const struct json_value *root = json_doc_root(doc);
+    struct sjson_doc *doc = parse_ok(text, strlen(text));
+    const struct sjson_value *root = sjson_doc_root(doc);
 
     ASSERT_EQ(root->count, 2);
     ASSERT_MEM_EQ(root->items[0].key, root->items[0].key_len, "a\0b", 3);
@@ -535,44 +535,44 @@ TEST(json_keeps_nul_in_keys_and_values)
     ASSERT_EQ(root->items[0].str[3], '\0');
     ASSERT_MEM_EQ(root->items[1].key, root->items[1].key_len, "a", 1);
     ASSERT_MEM_EQ(root->items[1].str, root->items[1].len, "\0", 1);
-    ASSERT_TRUE(json_object_get(root, "a") == &root->items[1]);
-    json_doc_free(doc);
+    ASSERT_TRUE(sjson_object_get(root, "a") == &root->items[1]);
+    sjson_doc_free(doc);
 }
 
 TEST(json_rejects_duplicate_keys)
 {
-    struct json_doc *doc;
-    struct json_err err;
+    struct sjson_doc *doc;
+    struct sjson_err err;
 
-    ASSERT_EQ(json_parse("{\"a\":1,\"a\":2}", 13, &test_limits, &doc, &err),
-              JSON_ERR_DUPLICATE_KEY);
+    ASSERT_EQ(sjson_parse("{\"a\":1,\"a\":2}", 13, &test_limits, &doc, &err),
+              SJSON_ERR_DUPLICATE_KEY);
     ASSERT_EQ(err.offset, 7);
     ASSERT_STR_EQ(err.message, "duplicate object key \"a\"");
 
-    ASSERT_EQ(parse_code("{\"a\":1,\"b\":2,\"a\":3}"), JSON_ERR_DUPLICATE_KEY);
-    ASSERT_EQ(parse_code("{\"a\":1,\"\\u0061\":2}"), JSON_ERR_DUPLICATE_KEY);
-    ASSERT_EQ(parse_code("[{\"x\":1,\"x\":1}]"), JSON_ERR_DUPLICATE_KEY);
-    ASSERT_EQ(parse_code("{\"\":1,\"\":2}"), JSON_ERR_DUPLICATE_KEY);
+    ASSERT_EQ(parse_code("{\"a\":1,\"b\":2,\"a\":3}"), SJSON_ERR_DUPLICATE_KEY);
+    ASSERT_EQ(parse_code("{\"a\":1,\"\\u0061\":2}"), SJSON_ERR_DUPLICATE_KEY);
+    ASSERT_EQ(parse_code("[{\"x\":1,\"x\":1}]"), SJSON_ERR_DUPLICATE_KEY);
+    ASSERT_EQ(parse_code("{\"\":1,\"\":2}"), SJSON_ERR_DUPLICATE_KEY);
     ASSERT_EQ(parse_code("{\"a\\u0000\":1,\"a\\u0000\":2}"),
-              JSON_ERR_DUPLICATE_KEY);
+              SJSON_ERR_DUPLICATE_KEY);
 }
 
 TEST(json_accepts_same_key_elsewhere)
 {
-    ASSERT_EQ(parse_code("{\"a\":1,\"b\":{\"a\":2}}"), JSON_OK);
-    ASSERT_EQ(parse_code("[{\"x\":1},{\"x\":1}]"), JSON_OK);
-    ASSERT_EQ(parse_code("{\"a\":1,\"a\\u0000b\":2}"), JSON_OK);
-    ASSERT_EQ(parse_code("{\"a\\u0000\":1,\"a\":2}"), JSON_OK);
-    ASSERT_EQ(parse_code("{\"a\":1,\"A\":2,\"\":3}"), JSON_OK);
-    ASSERT_EQ(parse_code("{\"a\":\"a\",\"b\":\"a\"}"), JSON_OK);
+    ASSERT_EQ(parse_code("{\"a\":1,\"b\":{\"a\":2}}"), SJSON_OK);
+    ASSERT_EQ(parse_code("[{\"x\":1},{\"x\":1}]"), SJSON_OK);
+    ASSERT_EQ(parse_code("{\"a\":1,\"a\\u0000b\":2}"), SJSON_OK);
+    ASSERT_EQ(parse_code("{\"a\\u0000\":1,\"a\":2}"), SJSON_OK);
+    ASSERT_EQ(parse_code("{\"a\":1,\"A\":2,\"\":3}"), SJSON_OK);
+    ASSERT_EQ(parse_code("{\"a\":\"a\",\"b\":\"a\"}"), SJSON_OK);
 }
 
 TEST(json_finds_duplicates_in_large_objects)
 {
     size_t count = 50000;
     struct strbuf sb;
-    struct json_doc *doc;
-    struct json_err err;
+    struct sjson_doc *doc;
+    struct sjson_err err;
     double start = seconds_now();
 
     sb_init(&sb, 4 * 1024 * 1024);
@@ -580,18 +580,18 @@ TEST(json_finds_duplicates_in_large_objects)
     for (size_t i = 0; i < count; i++)
         sb_printf(&sb, "%s\"k%zu\":%zu", i ? "," : "", (i * 7919) % count, i);
     sb_putc(&sb, '}');
-    const struct json_limits limits = {sb.len, 8};
-    ASSERT_EQ(json_parse(sb.data, sb.len, &limits, &doc, &err), JSON_OK);
-    ASSERT_EQ(json_doc_root(doc)->count, count);
-    ASSERT_STR_EQ(json_doc_root(doc)->items[1].key, "k7919");
-    json_doc_free(doc);
+    const struct sjson_limits limits = {sb.len, 8};
+    ASSERT_EQ(sjson_parse(sb.data, sb.len, &limits, &doc, &err), SJSON_OK);
+    ASSERT_EQ(sjson_doc_root(doc)->count, count);
+    ASSERT_STR_EQ(sjson_doc_root(doc)->items[1].key, "k7919");
+    sjson_doc_free(doc);
 
     /* Two later repeats: the first one in document order is reported. */
     sb.len--;
     sb_puts(&sb, ",\"k5\":0,\"k3\":0}");
-    const struct json_limits more = {sb.len, 8};
-    ASSERT_EQ(json_parse(sb.data, sb.len, &more, &doc, &err),
-              JSON_ERR_DUPLICATE_KEY);
+    const struct sjson_limits more = {sb.len, 8};
+    ASSERT_EQ(sjson_parse(sb.data, sb.len, &more, &doc, &err),
+              SJSON_ERR_DUPLICATE_KEY);
     ASSERT_STR_EQ(err.message, "duplicate object key \"k5\"");
     ASSERT_EQ(sb.data[err.offset], '"');
     ASSERT_EQ(sb.data[err.offset + 2], '5');
@@ -601,19 +601,19 @@ TEST(json_finds_duplicates_in_large_objects)
 
 TEST(json_duplicate_message_escapes_key)
 {
-    struct json_doc *doc;
-    struct json_err err;
+    struct sjson_doc *doc;
+    struct sjson_err err;
     const char *ctl = "{\"a\\u0001\\\"\":1,\"a\\u0001\\\"\":2}";
     char *long_key = repeat("k", 200, "");
     char text[512];
 
-    ASSERT_EQ(json_parse(ctl, strlen(ctl), &test_limits, &doc, &err),
-              JSON_ERR_DUPLICATE_KEY);
+    ASSERT_EQ(sjson_parse(ctl, strlen(ctl), &test_limits, &doc, &err),
+              SJSON_ERR_DUPLICATE_KEY);
     ASSERT_STR_EQ(err.message, "duplicate object key \"a\\x01\\x22\"");
 
     snprintf(text, sizeof text, "{\"%s\":1,\"%s\":2}", long_key, long_key);
-    ASSERT_EQ(json_parse(text, strlen(text), &test_limits, &doc, &err),
-              JSON_ERR_DUPLICATE_KEY);
+    ASSERT_EQ(sjson_parse(text, strlen(text), &test_limits, &doc, &err),
+              SJSON_ERR_DUPLICATE_KEY);
     ASSERT_TRUE(strlen(err.message) < sizeof err.message);
     ASSERT_TRUE(strstr(err.message, "kkk...\"") != NULL);
     free(long_key);
@@ -621,14 +621,14 @@ TEST(json_duplicate_message_escapes_key)
 
 TEST(json_error_names_are_distinct)
 {
-    ASSERT_STR_EQ(json_error_name(JSON_OK), "ok");
-    ASSERT_STR_EQ(json_error_name(JSON_ERR_SYNTAX), "syntax");
-    ASSERT_STR_EQ(json_error_name(JSON_ERR_DEPTH), "depth");
-    ASSERT_STR_EQ(json_error_name(JSON_ERR_DUPLICATE_KEY), "duplicate_key");
-    ASSERT_STR_EQ(json_error_name(JSON_ERR_UTF8), "utf8");
-    ASSERT_STR_EQ(json_error_name(JSON_ERR_NUMBER), "number");
-    ASSERT_STR_EQ(json_error_name(JSON_ERR_TOO_LARGE), "too_large");
-    ASSERT_STR_EQ(json_error_name(JSON_ERR_NOMEM), "nomem");
+    ASSERT_STR_EQ(sjson_error_name(SJSON_OK), "ok");
+    ASSERT_STR_EQ(sjson_error_name(SJSON_ERR_SYNTAX), "syntax");
+    ASSERT_STR_EQ(sjson_error_name(SJSON_ERR_DEPTH), "depth");
+    ASSERT_STR_EQ(sjson_error_name(SJSON_ERR_DUPLICATE_KEY), "duplicate_key");
+    ASSERT_STR_EQ(sjson_error_name(SJSON_ERR_UTF8), "utf8");
+    ASSERT_STR_EQ(sjson_error_name(SJSON_ERR_NUMBER), "number");
+    ASSERT_STR_EQ(sjson_error_name(SJSON_ERR_TOO_LARGE), "too_large");
+    ASSERT_STR_EQ(sjson_error_name(SJSON_ERR_NOMEM), "nomem");
 }
 
 TEST(json_number_canonical_table)
@@ -673,7 +673,7 @@ TEST(json_number_canonical_table)
     sb_init(&sb, 1024);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         sb_reset(&sb);
-        if (json_number_canonical(cases[i].token, strlen(cases[i].token),
+        if (sjson_number_canonical(cases[i].token, strlen(cases[i].token),
                                   &sb) != 0)
             test_fail(__FILE__, __LINE__, "%s: rejected", cases[i].token);
         if (strcmp(sb.data, cases[i].canonical) != 0)
@@ -708,11 +708,11 @@ TEST(json_number_canonical_rejects_invalid)
 
     sb_init(&sb, 1024);
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        if (json_number_canonical(bad[i], strlen(bad[i]), &sb) != -1)
+        if (sjson_number_canonical(bad[i], strlen(bad[i]), &sb) != -1)
             test_fail(__FILE__, __LINE__, "%s: accepted", bad[i]);
     }
-    ASSERT_EQ(json_number_canonical(NULL, 0, &sb), -1);
-    ASSERT_EQ(json_number_canonical("12", 1, &sb), 0);
+    ASSERT_EQ(sjson_number_canonical(NULL, 0, &sb), -1);
+    ASSERT_EQ(sjson_number_canonical("12", 1, &sb), 0);
     ASSERT_STR_EQ(sb.data, "1e0");
     sb_free(&sb);
 }
@@ -790,29 +790,29 @@ TEST(json_canonical_escapes_minimally)
 
 TEST(json_canonical_reports_full_buffer)
 {
-    struct json_doc *doc = parse_ok("{\"a\":[1,2,3]}", 13);
+    struct sjson_doc *doc = parse_ok("{\"a\":[1,2,3]}", 13);
     struct strbuf sb;
 
     sb_init(&sb, 8);
-    ASSERT_EQ(json_canonical(json_doc_root(doc), &sb), -1);
+    ASSERT_EQ(sjson_canonical(sjson_doc_root(doc), &sb), -1);
     sb_free(&sb);
 
     sb_init(&sb, 64);
-    ASSERT_EQ(json_canonical(json_doc_root(doc), &sb), 0);
+    ASSERT_EQ(sjson_canonical(sjson_doc_root(doc), &sb), 0);
     ASSERT_STR_EQ(sb.data, "{\"a\":[1e0,2e0,3e0]}");
     sb_free(&sb);
-    json_doc_free(doc);
+    sjson_doc_free(doc);
 }
 
 TEST(json_canonical_rejects_huge_exponent)
 {
-    struct json_doc *doc = parse_ok("[1e2000000000]", 14);
+    struct sjson_doc *doc = parse_ok("[1e2000000000]", 14);
     struct strbuf sb;
 
     sb_init(&sb, 64);
-    ASSERT_EQ(json_canonical(json_doc_root(doc), &sb), -1);
+    ASSERT_EQ(sjson_canonical(sjson_doc_root(doc), &sb), -1);
     sb_free(&sb);
-    json_doc_free(doc);
+    sjson_doc_free(doc);
 }
 
 /* Decode text, which must be valid, and compare with the expected bytes. */

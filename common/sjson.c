@@ -7,7 +7,7 @@
  * end up contiguous. At the end one allocation receives the document header,
  * all values and all string bytes, and offsets become pointers.
  */
-#include "common/json.h"
+#include "common/sjson.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,14 +23,14 @@
 /* Bytes of a key quoted in a duplicate key message before it is cut. */
 #define MESSAGE_KEY_MAX 60
 
-struct json_doc {
-    const struct json_value *root;
-    struct json_value values[];
+struct sjson_doc {
+    const struct sjson_value *root;
+    struct sjson_value values[];
 };
 
 /* A value under construction. Offsets index parser.strings. */
 struct json_node {
-    enum json_type type;
+    enum sjson_type type;
     size_t str;
     size_t len;
     size_t key;
@@ -67,7 +67,7 @@ struct parser {
     size_t len;
     size_t pos;
     int max_depth;
-    struct json_err *err;
+    struct sjson_err *err;
 
     /* Decoded strings and number text, each NUL-terminated. Its capacity is
      * len + 1, which parser_init shows is enough. */
@@ -115,10 +115,10 @@ static bool is_space(char c)
  * Record an error at input offset pos and return its code. The message is
  * formatted into err, never printed.
  */
-static int fail(struct parser *p, enum json_error code, size_t pos,
+static int fail(struct parser *p, enum sjson_error code, size_t pos,
                 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
-static int fail(struct parser *p, enum json_error code, size_t pos,
+static int fail(struct parser *p, enum sjson_error code, size_t pos,
                 const char *fmt, ...)
 {
     va_list ap;
@@ -154,18 +154,18 @@ static int vec_push(struct parser *p, struct node_vec *vec,
     if (vec->len == vec->cap) {
         void *grown = grow_array(vec->items, &vec->cap, sizeof *vec->items);
         if (grown == NULL)
-            return fail(p, JSON_ERR_NOMEM, p->pos, "out of memory");
+            return fail(p, SJSON_ERR_NOMEM, p->pos, "out of memory");
         vec->items = grown;
     }
     vec->items[vec->len++] = *node;
-    return JSON_OK;
+    return SJSON_OK;
 }
 
 /*
  * Push a value that starts at input offset pos onto the open stack, taking
  * the pending member name if there is one.
  */
-static int push_value(struct parser *p, enum json_type type, size_t str,
+static int push_value(struct parser *p, enum sjson_type type, size_t str,
                       size_t len, size_t pos)
 {
     struct json_node node = {.type = type, .str = str, .len = len};
@@ -287,24 +287,24 @@ static int decode_unicode_escape(struct parser *p, char **out)
     unsigned long cp, low;
 
     if (read_hex4(p, start, &cp) != 0)
-        return fail(p, JSON_ERR_SYNTAX, start,
+        return fail(p, SJSON_ERR_SYNTAX, start,
                     "invalid \\u escape: expected 4 hex digits");
     p->pos += 6;
 
     if (cp >= 0xDC00 && cp <= 0xDFFF)
-        return fail(p, JSON_ERR_UTF8, start,
+        return fail(p, SJSON_ERR_UTF8, start,
                     "lone low surrogate \\u%04lX in string", cp);
     if (cp >= 0xD800 && cp <= 0xDBFF) {
         if (p->pos >= p->len || p->text[p->pos] != '\\' ||
             read_hex4(p, p->pos, &low) != 0 || low < 0xDC00 || low > 0xDFFF)
-            return fail(p, JSON_ERR_UTF8, start,
+            return fail(p, SJSON_ERR_UTF8, start,
                         "lone high surrogate \\u%04lX in string", cp);
         p->pos += 6;
         cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
     }
 
     *out += utf8_encode(cp, *out);
-    return JSON_OK;
+    return SJSON_OK;
 }
 
 /* Decode the escape at the current position (the backslash) into *out. */
@@ -337,13 +337,13 @@ static int decode_escape(struct parser *p, char **out)
     case 'u':
         return decode_unicode_escape(p, out);
     default:
-        return fail(p, JSON_ERR_SYNTAX, p->pos,
+        return fail(p, SJSON_ERR_SYNTAX, p->pos,
                     "invalid escape sequence: backslash before byte 0x%02x",
                     (unsigned char)c);
     }
     *(*out)++ = byte;
     p->pos += 2;
-    return JSON_OK;
+    return SJSON_OK;
 }
 
 /*
@@ -358,18 +358,18 @@ static int decode_special(struct parser *p, char **out)
     if (c == '\\')
         return decode_escape(p, out);
     if (c < 0x20)
-        return fail(p, JSON_ERR_SYNTAX, p->pos,
+        return fail(p, SJSON_ERR_SYNTAX, p->pos,
                     "unescaped control character 0x%02x in string", c);
 
     size_t n = utf8_sequence_length((const unsigned char *)p->text + p->pos,
                                     p->len - p->pos);
     if (n == 0)
-        return fail(p, JSON_ERR_UTF8, p->pos,
+        return fail(p, SJSON_ERR_UTF8, p->pos,
                     "invalid UTF-8 sequence starting with byte 0x%02x", c);
     memcpy(*out, p->text + p->pos, n);
     *out += n;
     p->pos += n;
-    return JSON_OK;
+    return SJSON_OK;
 }
 
 /*
@@ -397,11 +397,11 @@ static int parse_string(struct parser *p, size_t *off, size_t *len)
         p->pos = run;
 
         if (p->pos == p->len)
-            return fail(p, JSON_ERR_SYNTAX, start, "unterminated string");
+            return fail(p, SJSON_ERR_SYNTAX, start, "unterminated string");
         if (p->text[p->pos] == '"')
             break;
         int rc = decode_special(p, &out);
-        if (rc != JSON_OK)
+        if (rc != SJSON_OK)
             return rc;
     }
 
@@ -410,7 +410,7 @@ static int parse_string(struct parser *p, size_t *off, size_t *len)
     *off = p->strings_len;
     *len = (size_t)(out - begin);
     p->strings_len += *len + 1;
-    return JSON_OK;
+    return SJSON_OK;
 }
 
 /* ---- Numbers ---- */
@@ -461,11 +461,11 @@ static int parse_number(struct parser *p)
     const char *problem = scan_number(p->text, p->len, start, &end);
 
     if (problem != NULL)
-        return fail(p, JSON_ERR_NUMBER, end, "invalid number: %s", problem);
+        return fail(p, SJSON_ERR_NUMBER, end, "invalid number: %s", problem);
     /* A token such as "1.5.2", "1e5e3" or "0x10" is one bad number, not a
      * number followed by unexpected data. */
     if (end < p->len && is_number_byte(p->text[end]))
-        return fail(p, JSON_ERR_NUMBER, end,
+        return fail(p, SJSON_ERR_NUMBER, end,
                     "invalid number: unexpected '%c' after it", p->text[end]);
 
     size_t len = end - start;
@@ -475,7 +475,7 @@ static int parse_number(struct parser *p)
     p->strings_len += len + 1;
 
     p->pos = end;
-    return push_value(p, JSON_NUMBER, off, len, start);
+    return push_value(p, SJSON_NUMBER, off, len, start);
 }
 
 /* ---- Structure ---- */
@@ -489,10 +489,10 @@ static int parse_literal(struct parser *p)
     static const struct {
         const char *word;
         size_t len;
-        enum json_type type;
-    } literals[] = {{"true", 4, JSON_TRUE},
-                    {"false", 5, JSON_FALSE},
-                    {"null", 4, JSON_NULL}};
+        enum sjson_type type;
+    } literals[] = {{"true", 4, SJSON_TRUE},
+                    {"false", 5, SJSON_FALSE},
+                    {"null", 4, SJSON_NULL}};
 
     for (size_t i = 0; i < sizeof literals / sizeof literals[0]; i++) {
         if (p->len - p->pos >= literals[i].len &&
@@ -502,7 +502,7 @@ static int parse_literal(struct parser *p)
                               p->pos - literals[i].len);
         }
     }
-    return fail(p, JSON_ERR_SYNTAX, p->pos,
+    return fail(p, SJSON_ERR_SYNTAX, p->pos,
                 "invalid literal: expected true, false or null");
 }
 
@@ -520,46 +520,46 @@ static int parse_member_name(struct parser *p)
 {
     skip_space(p);
     if (p->pos == p->len || p->text[p->pos] != '"')
-        return fail(p, JSON_ERR_SYNTAX, p->pos,
+        return fail(p, SJSON_ERR_SYNTAX, p->pos,
                     "expected a string as object member name");
 
     size_t key_pos = p->pos;
     int rc = parse_string(p, &p->key, &p->key_len);
-    if (rc != JSON_OK)
+    if (rc != SJSON_OK)
         return rc;
 
     skip_space(p);
     if (p->pos == p->len || p->text[p->pos] != ':')
-        return fail(p, JSON_ERR_SYNTAX, p->pos,
+        return fail(p, SJSON_ERR_SYNTAX, p->pos,
                     "expected ':' after object member name");
     p->pos++;
     p->has_key = true;
     p->key_pos = key_pos;
-    return JSON_OK;
+    return SJSON_OK;
 }
 
 /* Push the node of a container at the current position and open it. */
 static int open_container(struct parser *p, bool object)
 {
     if (p->max_depth < 0 || p->depth >= (size_t)p->max_depth)
-        return fail(p, JSON_ERR_DEPTH, p->pos,
+        return fail(p, SJSON_ERR_DEPTH, p->pos,
                     "nesting is deeper than the limit of %d", p->max_depth);
 
-    int rc = push_value(p, object ? JSON_OBJECT : JSON_ARRAY, 0, 0, p->pos);
-    if (rc != JSON_OK)
+    int rc = push_value(p, object ? SJSON_OBJECT : SJSON_ARRAY, 0, 0, p->pos);
+    if (rc != SJSON_OK)
         return rc;
 
     if (p->depth == p->frames_cap) {
         void *grown = grow_array(p->frames, &p->frames_cap, sizeof *p->frames);
         if (grown == NULL)
-            return fail(p, JSON_ERR_NOMEM, p->pos, "out of memory");
+            return fail(p, SJSON_ERR_NOMEM, p->pos, "out of memory");
         p->frames = grown;
     }
     p->frames[p->depth].first = p->open.len;
     p->frames[p->depth].object = object;
     p->depth++;
     p->pos++;
-    return JSON_OK;
+    return SJSON_OK;
 }
 
 /*
@@ -590,7 +590,7 @@ static int report_duplicate(struct parser *p, const struct json_node *member)
     char shown[MESSAGE_KEY_MAX + 8];
 
     quote_key(shown, sizeof shown, p->strings + member->key, member->key_len);
-    return fail(p, JSON_ERR_DUPLICATE_KEY, member->pos,
+    return fail(p, SJSON_ERR_DUPLICATE_KEY, member->pos,
                 "duplicate object key \"%s\"", shown);
 }
 
@@ -619,7 +619,7 @@ static int check_duplicates_sorted(struct parser *p,
     while (p->keys_cap < count) {
         void *grown = grow_array(p->keys, &p->keys_cap, sizeof *p->keys);
         if (grown == NULL)
-            return fail(p, JSON_ERR_NOMEM, p->pos, "out of memory");
+            return fail(p, SJSON_ERR_NOMEM, p->pos, "out of memory");
         p->keys = grown;
     }
     for (size_t i = 0; i < count; i++) {
@@ -638,7 +638,7 @@ static int check_duplicates_sorted(struct parser *p,
             b->index < first)
             first = b->index;
     }
-    return first < count ? report_duplicate(p, &members[first]) : JSON_OK;
+    return first < count ? report_duplicate(p, &members[first]) : SJSON_OK;
 }
 
 /* Reject an object whose members repeat a name (compared as bytes). */
@@ -656,7 +656,7 @@ static int check_duplicates(struct parser *p, const struct json_node *members,
                 return report_duplicate(p, &members[i]);
         }
     }
-    return JSON_OK;
+    return SJSON_OK;
 }
 
 /*
@@ -672,7 +672,7 @@ static int close_container(struct parser *p)
 
     if (frame->object) {
         int rc = check_duplicates(p, children, count);
-        if (rc != JSON_OK)
+        if (rc != SJSON_OK)
             return rc;
     }
 
@@ -682,13 +682,13 @@ static int close_container(struct parser *p)
     for (size_t i = 0; i < count; i++) {
         /* vec_push can move p->done but never p->open. */
         int rc = vec_push(p, &p->done, &children[i]);
-        if (rc != JSON_OK)
+        if (rc != SJSON_OK)
             return rc;
     }
     p->open.len = first;
     p->depth--;
     p->pos++;
-    return JSON_OK;
+    return SJSON_OK;
 }
 
 /*
@@ -701,37 +701,37 @@ static int parse_value(struct parser *p, bool *opened)
     *opened = false;
     skip_space(p);
     if (p->pos == p->len)
-        return fail(p, JSON_ERR_SYNTAX, p->pos,
+        return fail(p, SJSON_ERR_SYNTAX, p->pos,
                     "unexpected end of input: expected a value");
 
     char c = p->text[p->pos];
     if (c == '"') {
         size_t start = p->pos, off, len;
         int rc = parse_string(p, &off, &len);
-        if (rc != JSON_OK)
+        if (rc != SJSON_OK)
             return rc;
-        return push_value(p, JSON_STRING, off, len, start);
+        return push_value(p, SJSON_STRING, off, len, start);
     }
     if (c == '-' || is_digit(c))
         return parse_number(p);
     if (c == '+' || c == '.')
-        return fail(p, JSON_ERR_NUMBER, p->pos,
+        return fail(p, SJSON_ERR_NUMBER, p->pos,
                     "invalid number: it must start with '-' or a digit");
     if (c >= 'a' && c <= 'z')
         return parse_literal(p);
     if (c != '{' && c != '[')
-        return fail(p, JSON_ERR_SYNTAX, p->pos,
+        return fail(p, SJSON_ERR_SYNTAX, p->pos,
                     "unexpected byte 0x%02x: expected a value",
                     (unsigned char)c);
 
     int rc = open_container(p, c == '{');
-    if (rc != JSON_OK)
+    if (rc != SJSON_OK)
         return rc;
     skip_space(p);
     if (p->pos < p->len && p->text[p->pos] == (c == '{' ? '}' : ']'))
         return close_container(p);
     *opened = true;
-    return c == '{' ? parse_member_name(p) : JSON_OK;
+    return c == '{' ? parse_member_name(p) : SJSON_OK;
 }
 
 /*
@@ -746,27 +746,27 @@ static int finish_value(struct parser *p, bool *more)
         if (p->depth == 0) {
             *more = false;
             if (p->pos != p->len)
-                return fail(p, JSON_ERR_SYNTAX, p->pos,
+                return fail(p, SJSON_ERR_SYNTAX, p->pos,
                             "unexpected data after the top-level value");
-            return JSON_OK;
+            return SJSON_OK;
         }
 
         bool object = p->frames[p->depth - 1].object;
         char close = object ? '}' : ']';
         if (p->pos == p->len)
-            return fail(p, JSON_ERR_SYNTAX, p->pos,
+            return fail(p, SJSON_ERR_SYNTAX, p->pos,
                         "unexpected end of input: expected ',' or '%c'", close);
         if (p->text[p->pos] == ',') {
             p->pos++;
             *more = true;
-            return object ? parse_member_name(p) : JSON_OK;
+            return object ? parse_member_name(p) : SJSON_OK;
         }
         if (p->text[p->pos] != close)
-            return fail(p, JSON_ERR_SYNTAX, p->pos,
+            return fail(p, SJSON_ERR_SYNTAX, p->pos,
                         "expected ',' or '%c' after %s", close,
                         object ? "object member" : "array element");
         int rc = close_container(p);
-        if (rc != JSON_OK)
+        if (rc != SJSON_OK)
             return rc;
     }
 }
@@ -776,22 +776,22 @@ static int parse_document(struct parser *p)
     for (;;) {
         bool opened, more;
         int rc = parse_value(p, &opened);
-        if (rc != JSON_OK)
+        if (rc != SJSON_OK)
             return rc;
         if (opened)
             continue;
         rc = finish_value(p, &more);
-        if (rc != JSON_OK || !more)
+        if (rc != SJSON_OK || !more)
             return rc;
     }
 }
 
 /* ---- Document ---- */
 
-static void set_value(struct json_value *value, const struct json_node *node,
-                      const struct json_doc *doc, const char *strings)
+static void set_value(struct sjson_value *value, const struct json_node *node,
+                      const struct sjson_doc *doc, const char *strings)
 {
-    bool text = node->type == JSON_STRING || node->type == JSON_NUMBER;
+    bool text = node->type == SJSON_STRING || node->type == SJSON_NUMBER;
 
     value->type = node->type;
     value->str = text ? strings + node->str : NULL;
@@ -807,15 +807,15 @@ static void set_value(struct json_value *value, const struct json_node *node,
  * open stack, in one allocation. Returns it (owned) or NULL when memory runs
  * out.
  */
-static struct json_doc *build_doc(const struct parser *p)
+static struct sjson_doc *build_doc(const struct parser *p)
 {
     size_t count = p->done.len + 1;
-    size_t head = sizeof(struct json_doc);
+    size_t head = sizeof(struct sjson_doc);
 
-    if (count > (SIZE_MAX - head - p->strings_len) / sizeof(struct json_value))
+    if (count > (SIZE_MAX - head - p->strings_len) / sizeof(struct sjson_value))
         return NULL;
-    struct json_doc *doc =
-        malloc(head + count * sizeof(struct json_value) + p->strings_len);
+    struct sjson_doc *doc =
+        malloc(head + count * sizeof(struct sjson_value) + p->strings_len);
     if (doc == NULL)
         return NULL;
 
@@ -829,19 +829,19 @@ static struct json_doc *build_doc(const struct parser *p)
     return doc;
 }
 
-/* Set up p for text, or fail with JSON_ERR_TOO_LARGE or JSON_ERR_NOMEM. */
+/* Set up p for text, or fail with SJSON_ERR_TOO_LARGE or SJSON_ERR_NOMEM. */
 static int parser_init(struct parser *p, const char *text, size_t len,
-                       const struct json_limits *limits, struct json_err *err)
+                       const struct sjson_limits *limits, struct sjson_err *err)
 {
     memset(p, 0, sizeof *p);
     p->text = text;
     p->len = len;
     p->err = err;
-    p->max_depth = limits ? limits->max_depth : JSON_DEFAULT_MAX_DEPTH;
+    p->max_depth = limits ? limits->max_depth : SJSON_DEFAULT_MAX_DEPTH;
 
-    size_t max_bytes = limits ? limits->max_bytes : JSON_DEFAULT_MAX_BYTES;
+    size_t max_bytes = limits ? limits->max_bytes : SJSON_DEFAULT_MAX_BYTES;
     if (len > max_bytes || len == SIZE_MAX)
-        return fail(p, JSON_ERR_TOO_LARGE, max_bytes,
+        return fail(p, SJSON_ERR_TOO_LARGE, max_bytes,
                     "input is %zu bytes, more than the limit of %zu", len,
                     max_bytes);
 
@@ -851,8 +851,8 @@ static int parser_init(struct parser *p, const char *text, size_t len,
      * len + 1 bytes hold every string and number of any input. */
     p->strings = malloc(len + 1);
     if (p->strings == NULL)
-        return fail(p, JSON_ERR_NOMEM, 0, "out of memory");
-    return JSON_OK;
+        return fail(p, SJSON_ERR_NOMEM, 0, "out of memory");
+    return SJSON_OK;
 }
 
 static void parser_free(struct parser *p)
@@ -864,74 +864,74 @@ static void parser_free(struct parser *p)
     free(p->keys);
 }
 
-int json_parse(const char *text, size_t len, const struct json_limits *limits,
-               struct json_doc **out, struct json_err *err)
+int sjson_parse(const char *text, size_t len, const struct sjson_limits *limits,
+               struct sjson_doc **out, struct sjson_err *err)
 {
-    struct json_err unused;
+    struct sjson_err unused;
     struct parser p;
 
     *out = NULL;
     if (err == NULL)
         err = &unused;
-    err->code = JSON_OK;
+    err->code = SJSON_OK;
     err->offset = 0;
     err->message[0] = '\0';
 
     int rc = parser_init(&p, text, len, limits, err);
-    if (rc == JSON_OK)
+    if (rc == SJSON_OK)
         rc = parse_document(&p);
-    if (rc == JSON_OK) {
+    if (rc == SJSON_OK) {
         *out = build_doc(&p);
         if (*out == NULL)
-            rc = fail(&p, JSON_ERR_NOMEM, len, "out of memory");
+            rc = fail(&p, SJSON_ERR_NOMEM, len, "out of memory");
     }
     parser_free(&p);
     return rc;
 }
 
-void json_doc_free(struct json_doc *doc)
+void sjson_doc_free(struct sjson_doc *doc)
 {
     free(doc);
 }
 
-const struct json_value *json_doc_root(const struct json_doc *doc)
+const struct sjson_value *sjson_doc_root(const struct sjson_doc *doc)
 {
     return doc ? doc->root : NULL;
 }
 
-const struct json_value *json_object_get(const struct json_value *object,
+const struct sjson_value *sjson_object_get(const struct sjson_value *object,
                                          const char *key)
 {
-    if (object == NULL || object->type != JSON_OBJECT || key == NULL)
+    if (object == NULL || object->type != SJSON_OBJECT || key == NULL)
         return NULL;
 
     size_t len = strlen(key);
     for (size_t i = 0; i < object->count; i++) {
-        const struct json_value *member = &object->items[i];
+        const struct sjson_value *member = &object->items[i];
         if (member->key_len == len && memcmp(member->key, key, len) == 0)
             return member;
     }
     return NULL;
 }
 
-const char *json_error_name(enum json_error code)
+const char *sjson_error_name(enum sjson_error code)
 {
     switch (code) {
-    case JSON_OK:
+    case SJSON_OK:
         return "ok";
-    case JSON_ERR_SYNTAX:
+    case SJSON_ERR_SYNTAX:
         return "syntax";
-    case JSON_ERR_DEPTH:
+    case SJSON_ERR_DEPTH:
         return "depth";
-    case JSON_ERR_DUPLICATE_KEY:
+    case SJSON_ERR_DUPLICATE_KEY:
         return "duplicate_key";
-    case JSON_ERR_UTF8:
+    case SJSON_ERR_UTF8:
         return "utf8";
-    case JSON_ERR_NUMBER:
+    case SJSON_ERR_NUMBER:
         return "number";
-    case JSON_ERR_TOO_LARGE:
+    case SJSON_ERR_TOO_LARGE:
         return "too_large";
-    case JSON_ERR_NOMEM:
+    case SJSON_ERR_NOMEM:
         return "nomem";
     }
     return "unknown";
@@ -961,7 +961,7 @@ static long long read_exponent(const char *s, size_t n, size_t i)
     return negative ? -value : value;
 }
 
-int json_number_canonical(const char *tok, size_t len, struct strbuf *out)
+int sjson_number_canonical(const char *tok, size_t len, struct strbuf *out)
 {
     size_t end;
 
@@ -1041,8 +1041,8 @@ static void canonical_string(struct strbuf *out, const char *s, size_t n)
  * document never has, keep their array order so the output stays fixed. */
 static int compare_members(const void *a, const void *b)
 {
-    const struct json_value *x = *(const struct json_value *const *)a;
-    const struct json_value *y = *(const struct json_value *const *)b;
+    const struct sjson_value *x = *(const struct sjson_value *const *)a;
+    const struct sjson_value *y = *(const struct sjson_value *const *)b;
     size_t common = x->key_len < y->key_len ? x->key_len : y->key_len;
     int order = common ? memcmp(x->key, y->key, common) : 0;
 
@@ -1056,7 +1056,7 @@ static int compare_members(const void *a, const void *b)
 /* A container being written. For an object, base indexes the sorted member
  * list in canonical_state.order. */
 struct canonical_frame {
-    const struct json_value *value;
+    const struct sjson_value *value;
     size_t base;
     size_t next;
 };
@@ -1068,14 +1068,14 @@ struct canonical_state {
     struct canonical_frame *frames;
     size_t depth;
     size_t frames_cap;
-    const struct json_value **order;
+    const struct sjson_value **order;
     size_t order_len;
     size_t order_cap;
 };
 
 /* Append the members of object to state->order, sorted by key. */
 static int push_sorted_members(struct canonical_state *state,
-                               const struct json_value *object)
+                               const struct sjson_value *object)
 {
     while (state->order_cap - state->order_len < object->count) {
         void *grown =
@@ -1085,7 +1085,7 @@ static int push_sorted_members(struct canonical_state *state,
         state->order = grown;
     }
 
-    const struct json_value **members = state->order + state->order_len;
+    const struct sjson_value **members = state->order + state->order_len;
     for (size_t i = 0; i < object->count; i++)
         members[i] = &object->items[i];
     qsort(members, object->count, sizeof *members, compare_members);
@@ -1098,24 +1098,24 @@ static int push_sorted_members(struct canonical_state *state,
  * so the main loop writes its children.
  */
 static int canonical_begin(struct canonical_state *state,
-                           const struct json_value *v)
+                           const struct sjson_value *v)
 {
     struct strbuf *out = state->out;
 
     switch (v->type) {
-    case JSON_NULL:
+    case SJSON_NULL:
         return sb_puts(out, "null") == 0 ? 0 : -1;
-    case JSON_FALSE:
+    case SJSON_FALSE:
         return sb_puts(out, "false") == 0 ? 0 : -1;
-    case JSON_TRUE:
+    case SJSON_TRUE:
         return sb_puts(out, "true") == 0 ? 0 : -1;
-    case JSON_NUMBER:
-        return json_number_canonical(v->str, v->len, out);
-    case JSON_STRING:
+    case SJSON_NUMBER:
+        return sjson_number_canonical(v->str, v->len, out);
+    case SJSON_STRING:
         canonical_string(out, v->str, v->len);
         return sb_error(out) == 0 ? 0 : -1;
-    case JSON_ARRAY:
-    case JSON_OBJECT:
+    case SJSON_ARRAY:
+    case SJSON_OBJECT:
         break;
     default:
         return -1;
@@ -1132,16 +1132,16 @@ static int canonical_begin(struct canonical_state *state,
     frame->value = v;
     frame->base = state->order_len;
     frame->next = 0;
-    sb_putc(out, v->type == JSON_OBJECT ? '{' : '[');
-    return v->type == JSON_OBJECT ? push_sorted_members(state, v) : 0;
+    sb_putc(out, v->type == SJSON_OBJECT ? '{' : '[');
+    return v->type == SJSON_OBJECT ? push_sorted_members(state, v) : 0;
 }
 
 /* Write the next child of the innermost container, or close it. */
 static int canonical_step(struct canonical_state *state)
 {
     struct canonical_frame *frame = &state->frames[state->depth - 1];
-    const struct json_value *container = frame->value;
-    bool object = container->type == JSON_OBJECT;
+    const struct sjson_value *container = frame->value;
+    bool object = container->type == SJSON_OBJECT;
 
     if (frame->next == container->count) {
         sb_putc(state->out, object ? '}' : ']');
@@ -1157,13 +1157,13 @@ static int canonical_step(struct canonical_state *state)
         return canonical_begin(state, &container->items[index]);
 
     /* canonical_begin may move state->order, so take the member first. */
-    const struct json_value *member = state->order[frame->base + index];
+    const struct sjson_value *member = state->order[frame->base + index];
     canonical_string(state->out, member->key, member->key_len);
     sb_putc(state->out, ':');
     return canonical_begin(state, member);
 }
 
-int json_canonical(const struct json_value *v, struct strbuf *out)
+int sjson_canonical(const struct sjson_value *v, struct strbuf *out)
 {
     struct canonical_state state = {.out = out};
     int rc = v ? canonical_begin(&state, v) : -1;

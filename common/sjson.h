@@ -1,5 +1,7 @@
 /*
- * Strict JSON parser (RFC 8259) for untrusted input. It builds a small
+ * Strict JSON parser (RFC 8259) for untrusted input. Its names carry the
+ * prefix sjson_ so they never collide with jansson's, which the project
+ * uses for trusted documents (configuration, Kinesis replies). It builds a small
  * read-only tree in one arena. Unlike general-purpose parsers it:
  *   - rejects duplicate object keys, invalid UTF-8 (overlong forms,
  *     surrogates, code points past U+10FFFF), lone surrogate escapes,
@@ -10,25 +12,25 @@
  *     convert them without losing precision;
  *   - stops at a nesting depth limit instead of exhausting the stack.
  */
-#ifndef PODIUM_COMMON_JSON_H
-#define PODIUM_COMMON_JSON_H
+#ifndef PODIUM_COMMON_SJSON_H
+#define PODIUM_COMMON_SJSON_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-enum json_type {
-    JSON_NULL,
-    JSON_FALSE,
-    JSON_TRUE,
-    JSON_NUMBER,
-    JSON_STRING,
-    JSON_ARRAY,
-    JSON_OBJECT
+enum sjson_type {
+    SJSON_NULL,
+    SJSON_FALSE,
+    SJSON_TRUE,
+    SJSON_NUMBER,
+    SJSON_STRING,
+    SJSON_ARRAY,
+    SJSON_OBJECT
 };
 
-struct json_value {
-    enum json_type type;
+struct sjson_value {
+    enum sjson_type type;
     /* STRING: decoded UTF-8 bytes (NUL-terminated, but may contain NUL).
      * NUMBER: the token text as written. */
     const char *str;
@@ -37,58 +39,58 @@ struct json_value {
     const char *key;
     size_t key_len;
     /* ARRAY and OBJECT: children in document order. */
-    const struct json_value *items;
+    const struct sjson_value *items;
     size_t count;
 };
 
-enum json_error {
-    JSON_OK = 0,
-    JSON_ERR_SYNTAX,
-    JSON_ERR_DEPTH,
-    JSON_ERR_DUPLICATE_KEY,
-    JSON_ERR_UTF8,
-    JSON_ERR_NUMBER,
-    JSON_ERR_TOO_LARGE,
-    JSON_ERR_NOMEM
+enum sjson_error {
+    SJSON_OK = 0,
+    SJSON_ERR_SYNTAX,
+    SJSON_ERR_DEPTH,
+    SJSON_ERR_DUPLICATE_KEY,
+    SJSON_ERR_UTF8,
+    SJSON_ERR_NUMBER,
+    SJSON_ERR_TOO_LARGE,
+    SJSON_ERR_NOMEM
 };
 
-struct json_limits {
+struct sjson_limits {
     size_t max_bytes; /* input size limit */
     int max_depth;    /* nesting limit; 1 allows one level of {} or [] */
 };
 
-struct json_err {
-    enum json_error code;
+struct sjson_err {
+    enum sjson_error code;
     size_t offset;     /* byte offset where the problem was found */
     char message[128]; /* e.g. "duplicate object key \"racerId\"" */
 };
 
-struct json_doc;
+struct sjson_doc;
 struct strbuf;
 
-/* Limits used when json_parse gets NULL limits. */
-#define JSON_DEFAULT_MAX_BYTES (1024 * 1024)
-#define JSON_DEFAULT_MAX_DEPTH 64
+/* Limits used when sjson_parse gets NULL limits. */
+#define SJSON_DEFAULT_MAX_BYTES (1024 * 1024)
+#define SJSON_DEFAULT_MAX_DEPTH 64
 
 /*
  * Parse len bytes (need not be NUL-terminated). On success returns 0 and
- * *out is an owned document (free with json_doc_free). On failure returns
+ * *out is an owned document (free with sjson_doc_free). On failure returns
  * the error code, fills *err (when not NULL) and sets *out to NULL.
- * Lone surrogate escapes are reported as JSON_ERR_UTF8, and a number token
- * with a bad form ("01", "1.", "+1") as JSON_ERR_NUMBER.
+ * Lone surrogate escapes are reported as SJSON_ERR_UTF8, and a number token
+ * with a bad form ("01", "1.", "+1") as SJSON_ERR_NUMBER.
  */
-int json_parse(const char *text, size_t len, const struct json_limits *limits,
-               struct json_doc **out, struct json_err *err);
-void json_doc_free(struct json_doc *doc);
-/* The top-level value (borrowed, valid until json_doc_free). */
-const struct json_value *json_doc_root(const struct json_doc *doc);
+int sjson_parse(const char *text, size_t len, const struct sjson_limits *limits,
+               struct sjson_doc **out, struct sjson_err *err);
+void sjson_doc_free(struct sjson_doc *doc);
+/* The top-level value (borrowed, valid until sjson_doc_free). */
+const struct sjson_value *sjson_doc_root(const struct sjson_doc *doc);
 
 /* Member of an object by name (exact bytes), or NULL. */
-const struct json_value *json_object_get(const struct json_value *object,
+const struct sjson_value *sjson_object_get(const struct sjson_value *object,
                                          const char *key);
 
 /* Short lower-case name of an error code, such as "duplicate_key". */
-const char *json_error_name(enum json_error code);
+const char *sjson_error_name(enum sjson_error code);
 
 /*
  * Append the canonical text of the JSON number token tok (len bytes) to out.
@@ -98,17 +100,17 @@ const char *json_error_name(enum json_error code);
  * Returns 0, or -1 when tok is not a valid JSON number, when the exponent
  * would pass +-1,000,000,000, or when out has failed.
  */
-int json_number_canonical(const char *tok, size_t len, struct strbuf *out);
+int sjson_number_canonical(const char *tok, size_t len, struct strbuf *out);
 
 /*
  * Append a canonical serialization of v to out, so that equal documents hash
  * equally: no whitespace, object members sorted by key bytes (memcmp, a
- * prefix before longer keys), numbers as json_number_canonical writes them,
+ * prefix before longer keys), numbers as sjson_number_canonical writes them,
  * and strings with only '"', '\\' and bytes below 0x20 escaped (the latter
  * as \u00xx in lower-case hex). Arrays keep their order. Works without
  * recursion, so any nesting depth is fine. Returns 0, or -1 when a number
  * cannot be canonicalized, memory runs out or out reaches its maximum.
  */
-int json_canonical(const struct json_value *v, struct strbuf *out);
+int sjson_canonical(const struct sjson_value *v, struct strbuf *out);
 
 #endif
