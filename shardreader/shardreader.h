@@ -24,9 +24,9 @@
 struct shard_record {
     const uint8_t *data;
     size_t len;
-    const char *seq;     /* decimal sequence number */
-    int64_t subseq;      /* index inside a KPL aggregate; 0 for plain */
-    int64_t arrival_ms;  /* ApproximateArrivalTimestamp in ms */
+    const char *seq;    /* decimal sequence number */
+    int64_t subseq;     /* index inside a KPL aggregate; 0 for plain */
+    int64_t arrival_ms; /* ApproximateArrivalTimestamp in ms */
     const char *partition_key;
 };
 
@@ -49,8 +49,11 @@ struct shard_batch {
 
 void shard_batch_free(struct shard_batch *batch);
 
-enum reader_position { READER_TRIM_HORIZON, READER_LATEST,
-                       READER_AT_TIMESTAMP };
+enum reader_position {
+    READER_TRIM_HORIZON,
+    READER_LATEST,
+    READER_AT_TIMESTAMP
+};
 
 struct reader_config {
     const char *stream_name;
@@ -58,9 +61,9 @@ struct reader_config {
     const struct aws_credentials *credentials;
     enum reader_position initial_position; /* when no checkpoint exists */
     int64_t initial_timestamp_ms;
-    int32_t poll_interval_ms;   /* >= 200: at most 5 GetRecords/s/shard */
+    int32_t poll_interval_ms; /* >= 200: at most 5 GetRecords/s/shard */
     int32_t request_timeout_ms;
-    int32_t max_records;        /* GetRecords Limit, 1..10000 */
+    int32_t max_records; /* GetRecords Limit, 1..10000 */
     int32_t shard_sync_interval_s;
 };
 
@@ -105,6 +108,45 @@ void reader_batch_committed(struct reader *rd, const char *shard_id);
  * MillisBehindLatest 0, so stream time may follow the clock. */
 bool reader_caught_up(const struct reader *rd);
 
+/* Counters since reader_new: calls made, and failures by cause. */
+struct reader_counters {
+    uint64_t list_shards_calls;
+    uint64_t get_shard_iterator_calls;
+    uint64_t get_records_calls;
+    uint64_t batches;           /* batches handed to on_batch */
+    uint64_t records;           /* records in those batches */
+    uint64_t expired_iterators; /* ExpiredIteratorException */
+    uint64_t throttled;         /* ProvisionedThroughputExceeded, ... */
+    uint64_t server_errors;     /* 5xx, InternalFailure */
+    uint64_t timeouts;          /* request_timeout_ms passed */
+    uint64_t connection_errors; /* connect or transfer failures */
+    uint64_t other_errors;      /* invalid replies, other 4xx errors */
+};
+
+void reader_get_counters(const struct reader *rd, struct reader_counters *out);
+
+/* State of one shard, for metrics and status lines. */
+struct reader_shard_info {
+    const char *shard_id;  /* borrowed, valid until reader_stop */
+    bool open;             /* ListShards shows no EndingSequenceNumber */
+    bool finished;         /* read to its end and committed */
+    bool reading;          /* started and not finished */
+    int64_t millis_behind; /* last MillisBehindLatest, -1 when unknown */
+    uint64_t get_records_calls;
+};
+
+/* Number of shards known from ListShards or from the checkpoints. */
+size_t reader_shard_count(const struct reader *rd);
+
+/* Describe shard index (0 to count - 1, in shard id order). Returns 0, or
+ * -1 when index is out of range. */
+int reader_shard_info(const struct reader *rd, size_t index,
+                      struct reader_shard_info *out);
+
+/* MillisBehindLatest of the last GetRecords reply for shard_id, or -1 when
+ * unknown (no reply yet, or the server left it out). */
+int64_t reader_millis_behind(const struct reader *rd, const char *shard_id);
+
 /* Stop issuing requests, cancel those in flight, then call stopped_cb. */
 void reader_stop(struct reader *rd, void (*stopped_cb)(void *arg), void *arg);
 void reader_free(struct reader *rd);
@@ -127,6 +169,13 @@ struct kinesis_putter *kinesis_putter_new(uv_loop_t *loop, struct httpc *http,
 /* Queue a record (copied). Sends full PutRecords calls as records queue. */
 int kinesis_putter_add(struct kinesis_putter *p, const void *data, size_t len,
                        const char *partition_key);
+
+/*
+ * Set how often a record is tried before the run fails (default 10) and the
+ * base of the backoff between tries in ms (default 100; the cap is 30 s).
+ */
+void kinesis_putter_set_retry(struct kinesis_putter *p, uint32_t max_attempts,
+                              uint32_t backoff_base_ms);
 
 /* Number of records queued or in flight. */
 size_t kinesis_putter_pending(const struct kinesis_putter *p);

@@ -1,0 +1,1312 @@
+/*
+ * Tests of the shard reader and the putter against kinesalite, a local
+ * Kinesis API server started with tools/peers.sh. Faults that kinesalite
+ * never produces (timeouts, throttling, expired iterators, partial
+ * PutRecords failures) come from a small HTTP proxy that each such test
+ * starts between the client and kinesalite.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <uv.h>
+
+#include "common/aws.h"
+#include "common/httpc.h"
+#include "common/log.h"
+#include "common/seqnum.h"
+#include "shardreader/kinesis.h"
+#include "shardreader/shardreader.h"
+#include "tests/testlib.h"
+
+/* Bound of every wait, so that a broken case fails instead of hanging. */
+#define WAIT_MS     60000
+#define POLL_MS     200
+#define MAX_BATCHES 4096
+
+/* ---- peers --------------------------------------------------------------- */
+
+static char peers_dir[4200];
+static pid_t proxy_pid;
+
+static void stop_peers(void)
+{
+    char cmd[8600];
+    if (proxy_pid > 0)
+        kill(proxy_pid, SIGTERM);
+    if (peers_dir[0] == '\0')
+        return;
+    snprintf(cmd, sizeof cmd, "'%s/tools/peers.sh' stop '%s' >&2",
+             getenv("PODIUM_SOURCE_DIR"), peers_dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "failed to stop the peers in %s\n", peers_dir);
+}
+
+static int read_port_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    int port = 0;
+    if (f == NULL)
+        return 0;
+    if (fscanf(f, "%d", &port) != 1)
+        port = 0;
+    fclose(f);
+    return port;
+}
+
+/*
+ * A sanitizer report or a ctest timeout ends the test without atexit
+ * handlers, so a shell also waits for this process to end and then stops
+ * the peers that are still recorded in the tmpdir.
+ */
+static void start_watchdog(const char *src)
+{
+    char cmd[20000];
+    const char *dir = test_tmpdir();
+    int n =
+        snprintf(cmd, sizeof cmd,
+                 "(while kill -0 %d 2>/dev/null; do sleep 1; done; "
+                 "'%s/tools/peers.sh' stop '%s'; "
+                 "p=$(cat '%s/proxy.pid' 2>/dev/null) && "
+                 "grep -q proxy.js /proc/$p/cmdline 2>/dev/null && kill $p) "
+                 "</dev/null >/dev/null 2>&1 &",
+                 (int)getpid(), src, peers_dir, dir);
+    ASSERT_TRUE(n > 0 && (size_t)n < sizeof cmd);
+    ASSERT_EQ(system(cmd), 0);
+}
+
+/* Start kinesalite in the case's tmpdir; it is stopped at exit. */
+static int start_kinesalite(void)
+{
+    const char *src = getenv("PODIUM_SOURCE_DIR");
+    char cmd[8600], path[4300];
+
+    if (src == NULL) {
+        fprintf(stderr, "PODIUM_SOURCE_DIR is not set: run through ctest\n");
+        exit(2);
+    }
+    snprintf(peers_dir, sizeof peers_dir, "%s/peers", test_tmpdir());
+    atexit(stop_peers);
+    snprintf(cmd, sizeof cmd, "'%s/tools/peers.sh' start kinesalite '%s' >&2",
+             src, peers_dir);
+    if (system(cmd) != 0)
+        test_fail(__FILE__, __LINE__,
+                  "failed to start kinesalite: run 'tools/peers.sh install' "
+                  "and see %s/kinesalite.log",
+                  peers_dir);
+    start_watchdog(src);
+    snprintf(path, sizeof path, "%s/kinesalite.port", peers_dir);
+    int port = read_port_file(path);
+    ASSERT_TRUE(port > 0);
+    return port;
+}
+
+/*
+ * An HTTP proxy in front of kinesalite that injects faults by rule. Each
+ * rule names an action, optionally a shard, a fault and how many matching
+ * requests to pass first (skip) and then fault (times). GetRecords carries
+ * only an iterator, so the proxy maps iterators to shards from the
+ * GetShardIterator and GetRecords replies it relays. Every request is
+ * logged to a file as one JSON line.
+ */
+static const char proxy_js[] =
+    "'use strict';\n"
+    "const http = require('http');\n"
+    "const fs = require('fs');\n"
+    "const [target, rulesFile, logFile, portFile] = process.argv.slice(2);\n"
+    "const rules = JSON.parse(fs.readFileSync(rulesFile, 'utf8'));\n"
+    "const shardOf = new Map();\n"
+    "function pick(action, shard) {\n"
+    "  for (const r of rules) {\n"
+    "    if (r.action !== action || (r.shard && r.shard !== shard)) continue;\n"
+    "    r.seen = (r.seen || 0) + 1;\n"
+    "    const skip = r.skip || 0;\n"
+    "    if (r.seen > skip && r.seen <= skip + r.times) return r.fault;\n"
+    "  }\n"
+    "  return null;\n"
+    "}\n"
+    "const errors = {\n"
+    "  expired: [400, 'ExpiredIteratorException', 'Iterator expired'],\n"
+    "  throttle: [400, 'ProvisionedThroughputExceededException',\n"
+    "             'Rate exceeded for shard'],\n"
+    "  internal: [500, 'InternalFailure', 'Internal service failure'],\n"
+    "};\n"
+    "function reply(res, status, body) {\n"
+    "  res.writeHead(status, {'content-type': 'application/x-amz-json-1.1',\n"
+    "                         'content-length': Buffer.byteLength(body)});\n"
+    "  res.end(body);\n"
+    "}\n"
+    "function forward(req, body, done) {\n"
+    "  const headers = Object.assign({}, req.headers);\n"
+    "  headers['content-length'] = Buffer.byteLength(body);\n"
+    "  const up = http.request({host: '127.0.0.1', port: +target,\n"
+    "    method: req.method, path: req.url, headers}, (res) => {\n"
+    "    const parts = [];\n"
+    "    res.on('data', (c) => parts.push(c));\n"
+    "    res.on('end', () => done(res.statusCode,\n"
+    "                             Buffer.concat(parts).toString()));\n"
+    "  });\n"
+    "  up.on('error', () => done(502, ''));\n"
+    "  up.end(body);\n"
+    "}\n"
+    "function learn(action, shard, status, text) {\n"
+    "  if (status !== 200 || !shard) return;\n"
+    "  const out = JSON.parse(text);\n"
+    "  if (out.ShardIterator) shardOf.set(out.ShardIterator, shard);\n"
+    "  if (out.NextShardIterator) shardOf.set(out.NextShardIterator, shard);\n"
+    "}\n"
+    "/* Send only the even entries on; the odd ones fail in the reply. */\n"
+    "function partial(req, res, input) {\n"
+    "  const kept = input.Records.filter((r, i) => i % 2 === 0);\n"
+    "  const body = JSON.stringify(Object.assign({}, input, {Records: "
+    "kept}));\n"
+    "  forward(req, body, (status, text) => {\n"
+    "    if (status !== 200) return reply(res, status, text);\n"
+    "    const got = JSON.parse(text).Records;\n"
+    "    const merged = input.Records.map((r, i) => i % 2 === 0\n"
+    "      ? got[i / 2]\n"
+    "      : {ErrorCode: 'ProvisionedThroughputExceededException',\n"
+    "         ErrorMessage: 'Rate exceeded for shard'});\n"
+    "    const failed = merged.filter((r) => r.ErrorCode).length;\n"
+    "    reply(res, 200, JSON.stringify({FailedRecordCount: failed,\n"
+    "                                    Records: merged}));\n"
+    "  });\n"
+    "}\n"
+    "http.createServer((req, res) => {\n"
+    "  const parts = [];\n"
+    "  req.on('error', () => {});\n"
+    "  req.on('data', (c) => parts.push(c));\n"
+    "  req.on('end', () => {\n"
+    "    const body = Buffer.concat(parts).toString();\n"
+    "    const target = String(req.headers['x-amz-target'] || '');\n"
+    "    const action = target.split('.')[1];\n"
+    "    let input = {};\n"
+    "    try { input = JSON.parse(body); } catch (e) {}\n"
+    "    const shard = input.ShardId || shardOf.get(input.ShardIterator) ||\n"
+    "                  null;\n"
+    "    const fault = pick(action, shard);\n"
+    "    const logged = action === 'PutRecords' ? {} : input;\n"
+    "    fs.appendFileSync(logFile, JSON.stringify({action, shard, fault,\n"
+    "                                               input: logged}) + '\\n');\n"
+    "    if (fault === 'silent') return;\n"
+    "    if (errors[fault]) {\n"
+    "      const [status, type, message] = errors[fault];\n"
+    "      return reply(res, status, JSON.stringify({__type: type, "
+    "message}));\n"
+    "    }\n"
+    "    if (fault === 'partial') return partial(req, res, input);\n"
+    "    forward(req, body, (status, text) => {\n"
+    "      learn(action, shard, status, text);\n"
+    "      reply(res, status, text);\n"
+    "    });\n"
+    "  });\n"
+    "}).listen(0, '127.0.0.1', function () {\n"
+    "  fs.writeFileSync(portFile + '.tmp', String(this.address().port));\n"
+    "  fs.renameSync(portFile + '.tmp', portFile);\n"
+    "});\n";
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    ASSERT_TRUE(f != NULL);
+    ASSERT_EQ(fputs(text, f) >= 0, 1);
+    ASSERT_EQ(fclose(f), 0);
+}
+
+static char proxy_log[4300];
+
+/* Start the fault proxy in front of kinesalite_port with rules (a JSON
+ * array). Returns the proxy's port; the proxy is stopped at exit. */
+static int start_proxy(int kinesalite_port, const char *rules)
+{
+    const char *dir = test_tmpdir();
+    char script[4300], rules_path[4300], port_path[4300], pid_path[4300];
+    char cmd[20000];
+
+    snprintf(script, sizeof script, "%s/proxy.js", dir);
+    snprintf(rules_path, sizeof rules_path, "%s/proxy-rules.json", dir);
+    snprintf(port_path, sizeof port_path, "%s/proxy.port", dir);
+    snprintf(pid_path, sizeof pid_path, "%s/proxy.pid", dir);
+    snprintf(proxy_log, sizeof proxy_log, "%s/proxy-requests.log", dir);
+    write_file(script, proxy_js);
+    write_file(rules_path, rules);
+    int n =
+        snprintf(cmd, sizeof cmd,
+                 "node -r '%s/tools/force-loopback.cjs' '%s' %d '%s' '%s' '%s' "
+                 "</dev/null >'%s/proxy.out' 2>&1 & echo $! >'%s'",
+                 getenv("PODIUM_SOURCE_DIR"), script, kinesalite_port,
+                 rules_path, proxy_log, port_path, dir, pid_path);
+    ASSERT_TRUE(n > 0 && (size_t)n < sizeof cmd);
+    ASSERT_EQ(system(cmd), 0);
+    proxy_pid = (pid_t)read_port_file(pid_path);
+    ASSERT_TRUE(proxy_pid > 0);
+    for (int i = 0; i < 200; i++) {
+        int port = read_port_file(port_path);
+        if (port > 0)
+            return port;
+        usleep(50 * 1000);
+    }
+    test_fail(__FILE__, __LINE__, "the proxy did not start: see %s/proxy.out",
+              dir);
+}
+
+/* ---- loop, client and direct calls -------------------------------------- */
+
+struct env {
+    uv_loop_t loop;
+    uv_timer_t tick; /* wakes the loop while a case waits */
+    struct httpc *http;
+    struct aws_endpoint ep;
+    struct aws_credentials creds;
+    struct aws_client *aws;
+    int port;
+};
+
+static void tick_cb(uv_timer_t *timer)
+{
+    (void)timer;
+}
+
+static void env_init(struct env *e, int port)
+{
+    char url[64], err[256];
+
+    memset(e, 0, sizeof *e);
+    e->port = port;
+    ASSERT_EQ(uv_loop_init(&e->loop), 0);
+    ASSERT_EQ(httpc_new(&e->loop, &e->http), 0);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    ASSERT_EQ(
+        aws_endpoint_init(&e->ep, url, "us-east-1", "kinesis", err, sizeof err),
+        0);
+    /* kinesalite reads a 12-digit key id as an account: use letters. */
+    e->creds.access_key_id = strdup("AKIDEXAMPLE");
+    e->creds.secret_access_key = strdup("SECRETEXAMPLE");
+    e->aws =
+        aws_client_new(e->http, &e->ep, &e->creds, "Kinesis_20131202", NULL);
+    ASSERT_TRUE(e->aws != NULL);
+    uv_timer_init(&e->loop, &e->tick);
+    uv_timer_start(&e->tick, tick_cb, 10, 10);
+}
+
+static void env_close(struct env *e)
+{
+    aws_client_free(e->aws);
+    httpc_close(e->http, NULL, NULL);
+    uv_close((uv_handle_t *)&e->tick, NULL);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    ASSERT_EQ(uv_loop_close(&e->loop), 0);
+    aws_endpoint_clear(&e->ep);
+    aws_credentials_clear(&e->creds);
+}
+
+static uint64_t now_ms(void)
+{
+    return uv_hrtime() / 1000000;
+}
+
+/* Run the loop until *flag is true; fail after WAIT_MS. */
+#define WAIT_FOR(e, cond)                                                      \
+    do {                                                                       \
+        uint64_t wait_deadline_ = now_ms() + WAIT_MS;                          \
+        while (!(cond)) {                                                      \
+            if (now_ms() > wait_deadline_)                                     \
+                test_fail(__FILE__, __LINE__, "timed out waiting for %s",      \
+                          #cond);                                              \
+            uv_run(&(e)->loop, UV_RUN_ONCE);                                   \
+        }                                                                      \
+    } while (0)
+
+/* Run the loop for ms milliseconds. */
+static void run_for(struct env *e, uint64_t ms)
+{
+    uint64_t end = now_ms() + ms;
+    while (now_ms() < end)
+        uv_run(&e->loop, UV_RUN_ONCE);
+}
+
+struct direct_call {
+    bool done;
+    long status;
+    char *body;
+};
+
+static void direct_cb(void *arg, const struct aws_reply *reply)
+{
+    struct direct_call *c = arg;
+    c->done = true;
+    c->status = reply->transport == HTTPC_OK ? reply->status : -1;
+    c->body = strndup(reply->body ? reply->body : "", reply->body_len);
+}
+
+/* Make one Kinesis call and return the status; *body_out (owned) gets the
+ * reply body when not NULL. */
+static long kinesis_call(struct env *e, const char *action, const char *body,
+                         char **body_out)
+{
+    struct direct_call c = {0};
+    ASSERT_TRUE(aws_json_call(e->aws, action, body, strlen(body), 10000,
+                              1 << 20, direct_cb, &c) != NULL);
+    WAIT_FOR(e, c.done);
+    if (c.status != 200)
+        fprintf(stderr, "%s -> %ld %s\n", action, c.status, c.body);
+    if (body_out != NULL)
+        *body_out = c.body;
+    else
+        free(c.body);
+    return c.status;
+}
+
+/* Wait until DescribeStreamSummary reports the stream ACTIVE. */
+static void wait_active(struct env *e, const char *stream)
+{
+    char req[256];
+    snprintf(req, sizeof req, "{\"StreamName\":\"%s\"}", stream);
+    for (int i = 0; i < 400; i++) {
+        char *body;
+        ASSERT_EQ(kinesis_call(e, "DescribeStreamSummary", req, &body), 200);
+        bool active = strstr(body, "\"ACTIVE\"") != NULL;
+        free(body);
+        if (active)
+            return;
+        run_for(e, 25);
+    }
+    test_fail(__FILE__, __LINE__, "stream %s did not become ACTIVE", stream);
+}
+
+static void create_stream(struct env *e, const char *stream, int shards)
+{
+    char req[256];
+    snprintf(req, sizeof req, "{\"StreamName\":\"%s\",\"ShardCount\":%d}",
+             stream, shards);
+    ASSERT_EQ(kinesis_call(e, "CreateStream", req, NULL), 200);
+    wait_active(e, stream);
+}
+
+/* ---- records ------------------------------------------------------------- */
+
+/* Payload of record i: a text header, then binary bytes including NUL, of a
+ * length that varies with i. */
+static size_t make_payload(int i, uint8_t *out)
+{
+    int n = snprintf((char *)out, 16, "rec-%06d|", i);
+    size_t len = (size_t)n + (size_t)(i % 61);
+    for (size_t j = (size_t)n; j < len; j++)
+        out[j] = (uint8_t)((size_t)i * 7 + j * 13);
+    return len;
+}
+
+static int payload_index(const struct shard_record *r)
+{
+    int i = -1;
+    if (r->len < 11 || sscanf((const char *)r->data, "rec-%6d|", &i) != 1)
+        return -1;
+    return i;
+}
+
+struct put_result {
+    bool done;
+    char *error;
+};
+
+static void put_done(void *arg, const char *error)
+{
+    struct put_result *r = arg;
+    r->done = true;
+    r->error = error ? strdup(error) : NULL;
+}
+
+/* Put records first..first+count-1 through the putter at port. */
+static void put_records(struct env *e, const char *stream, int first, int count)
+{
+    struct kinesis_putter *p =
+        kinesis_putter_new(&e->loop, e->http, &e->ep, &e->creds, stream, 10000);
+    struct put_result r = {0};
+    uint8_t data[128];
+    char key[32];
+
+    ASSERT_TRUE(p != NULL);
+    for (int i = first; i < first + count; i++) {
+        snprintf(key, sizeof key, "key-%d", i);
+        ASSERT_EQ(kinesis_putter_add(p, data, make_payload(i, data), key), 0);
+    }
+    kinesis_putter_finish(p, put_done, &r);
+    WAIT_FOR(e, r.done);
+    if (r.error != NULL)
+        test_fail(__FILE__, __LINE__, "put failed: %s", r.error);
+    ASSERT_EQ(kinesis_putter_pending(p), 0);
+    kinesis_putter_free(p);
+}
+
+/* ---- consumer ------------------------------------------------------------ */
+
+struct consumer {
+    struct reader *rd;
+    bool auto_commit;
+    bool ready;
+    size_t open_shards;
+    char *fatal;
+    bool stopped;
+    struct shard_batch *batches[MAX_BATCHES];
+    size_t batch_count;
+    size_t records;
+};
+
+static void on_batch(void *arg, struct shard_batch *batch)
+{
+    struct consumer *c = arg;
+    if (c->batch_count == MAX_BATCHES)
+        test_fail(__FILE__, __LINE__, "more than %d batches", MAX_BATCHES);
+    c->batches[c->batch_count++] = batch;
+    c->records += batch->count;
+    /* Commit from inside on_batch, the hardest case for the reader. */
+    if (c->auto_commit)
+        reader_batch_committed(c->rd, batch->shard_id);
+}
+
+static void on_ready(void *arg, size_t open_shards)
+{
+    struct consumer *c = arg;
+    c->ready = true;
+    c->open_shards = open_shards;
+}
+
+static void on_fatal(void *arg, const char *message)
+{
+    struct consumer *c = arg;
+    c->fatal = strdup(message);
+}
+
+static void on_stopped(void *arg)
+{
+    struct consumer *c = arg;
+    c->stopped = true;
+}
+
+static struct reader_config reader_config(struct env *e, const char *stream)
+{
+    struct reader_config cfg = {
+        .stream_name = stream,
+        .endpoint = &e->ep,
+        .credentials = &e->creds,
+        .initial_position = READER_TRIM_HORIZON,
+        .poll_interval_ms = POLL_MS,
+        .request_timeout_ms = 5000,
+        .max_records = 10000,
+        .shard_sync_interval_s = 60,
+    };
+    return cfg;
+}
+
+static void consumer_start(struct consumer *c, struct env *e,
+                           const struct reader_config *cfg,
+                           const struct reader_checkpoint *cps, size_t n)
+{
+    struct reader_callbacks cbs = {c, on_batch, on_ready, on_fatal};
+    c->rd = reader_new(&e->loop, e->http, cfg, &cbs);
+    ASSERT_TRUE(c->rd != NULL);
+    ASSERT_EQ(reader_start(c->rd, cps, n), 0);
+}
+
+/* Stop and free the reader and the batches. */
+static void consumer_finish(struct consumer *c, struct env *e)
+{
+    reader_stop(c->rd, on_stopped, c);
+    WAIT_FOR(e, c->stopped);
+    reader_free(c->rd);
+    for (size_t i = 0; i < c->batch_count; i++)
+        shard_batch_free(c->batches[i]);
+    free(c->fatal);
+}
+
+static uint64_t shard_calls(const struct reader *rd, const char *shard_id)
+{
+    struct reader_shard_info info;
+    for (size_t i = 0; reader_shard_info(rd, i, &info) == 0; i++) {
+        if (strcmp(info.shard_id, shard_id) == 0)
+            return info.get_records_calls;
+    }
+    test_fail(__FILE__, __LINE__, "no shard %s", shard_id);
+}
+
+/*
+ * Check that the consumer saw records first..first+count-1 exactly once,
+ * with payloads and partition keys intact, in increasing sequence order
+ * within each shard.
+ */
+static void check_records(const struct consumer *c, int first, int count)
+{
+    int *seen = calloc((size_t)count, sizeof *seen);
+    uint8_t expected[128];
+    char key[32];
+
+    for (size_t b = 0; b < c->batch_count; b++) {
+        const struct shard_batch *batch = c->batches[b];
+        for (size_t i = 0; i < batch->count; i++) {
+            const struct shard_record *r = &batch->records[i];
+            int idx = payload_index(r);
+            ASSERT_TRUE(idx >= first && idx < first + count);
+            seen[idx - first]++;
+            size_t len = make_payload(idx, expected);
+            ASSERT_MEM_EQ(r->data, r->len, expected, len);
+            snprintf(key, sizeof key, "key-%d", idx);
+            ASSERT_STR_EQ(r->partition_key, key);
+            ASSERT_EQ(r->subseq, 0);
+            ASSERT_TRUE(r->arrival_ms > 1700000000000LL);
+        }
+    }
+    for (int i = 0; i < count; i++)
+        ASSERT_EQ(seen[i], 1);
+    free(seen);
+
+    /* Within a shard, every record follows the one before it. */
+    const char *ids[8] = {0}, *last[8] = {0};
+    for (size_t b = 0; b < c->batch_count; b++) {
+        const struct shard_batch *batch = c->batches[b];
+        size_t s = 0;
+        while (s < 8 && ids[s] && strcmp(ids[s], batch->shard_id) != 0)
+            s++;
+        ASSERT_TRUE(s < 8);
+        ids[s] = batch->shard_id;
+        for (size_t i = 0; i < batch->count; i++) {
+            if (last[s] != NULL)
+                ASSERT_TRUE(seqnum_cmp(last[s], batch->records[i].seq) < 0);
+            last[s] = batch->records[i].seq;
+        }
+    }
+}
+
+/* Number of records the consumer saw from shard_id. */
+static size_t shard_records(const struct consumer *c, const char *shard_id)
+{
+    size_t n = 0;
+    for (size_t b = 0; b < c->batch_count; b++) {
+        if (strcmp(c->batches[b]->shard_id, shard_id) == 0)
+            n += c->batches[b]->count;
+    }
+    return n;
+}
+
+#define SHARD0 "shardId-000000000000"
+#define SHARD1 "shardId-000000000001"
+#define SHARD2 "shardId-000000000002"
+
+/* ---- reading ------------------------------------------------------------- */
+
+TEST(shard_reader_reads_all_put_records)
+{
+    struct env e;
+    struct consumer c = {.auto_commit = true};
+
+    env_init(&e, start_kinesalite());
+    create_stream(&e, "race", 2);
+    /* 1,200 records need at least three PutRecords calls of 500. */
+    put_records(&e, "race", 0, 1200);
+
+    struct reader_config cfg = reader_config(&e, "race");
+    cfg.max_records = 300;
+    consumer_start(&c, &e, &cfg, NULL, 0);
+    WAIT_FOR(&e, c.records == 1200 && reader_caught_up(c.rd));
+
+    ASSERT_TRUE(c.ready);
+    ASSERT_EQ(c.open_shards, 2);
+    ASSERT_TRUE(c.fatal == NULL);
+    check_records(&c, 0, 1200);
+    ASSERT_TRUE(shard_records(&c, SHARD0) > 0);
+    ASSERT_TRUE(shard_records(&c, SHARD1) > 0);
+    for (size_t b = 0; b < c.batch_count; b++) {
+        const struct shard_batch *batch = c.batches[b];
+        ASSERT_TRUE(batch->count <= 300);
+        ASSERT_FALSE(batch->shard_end);
+        ASSERT_STR_EQ(batch->checkpoint_seq,
+                      batch->records[batch->count - 1].seq);
+    }
+    ASSERT_EQ(reader_millis_behind(c.rd, SHARD0), 0);
+    ASSERT_EQ(reader_millis_behind(c.rd, "shardId-999"), -1);
+
+    consumer_finish(&c, &e);
+    env_close(&e);
+}
+
+TEST(shard_reader_resumes_after_checkpoint)
+{
+    struct env e;
+    struct consumer first = {.auto_commit = true};
+    struct consumer second = {.auto_commit = true};
+
+    env_init(&e, start_kinesalite());
+    create_stream(&e, "race", 2);
+    put_records(&e, "race", 0, 40);
+    struct reader_config cfg = reader_config(&e, "race");
+    consumer_start(&first, &e, &cfg, NULL, 0);
+    WAIT_FOR(&e, first.records == 40 && reader_caught_up(first.rd));
+
+    /* Checkpoint shard 0 after its third record and shard 1 after its
+     * last one. */
+    const struct shard_record *cut0 = NULL, *cut1 = NULL;
+    size_t after0 = 0, seen0 = 0;
+    for (size_t b = 0; b < first.batch_count; b++) {
+        const struct shard_batch *batch = first.batches[b];
+        for (size_t i = 0; i < batch->count; i++) {
+            if (strcmp(batch->shard_id, SHARD1) == 0) {
+                cut1 = &batch->records[i];
+            } else if (++seen0 == 3) {
+                cut0 = &batch->records[i];
+            } else if (seen0 > 3) {
+                after0++;
+            }
+        }
+    }
+    ASSERT_TRUE(cut0 != NULL);
+    ASSERT_TRUE(cut1 != NULL);
+    struct reader_checkpoint cps[] = {
+        {SHARD0, cut0->seq, 0, false},
+        {SHARD1, cut1->seq, 0, false},
+    };
+
+    put_records(&e, "race", 40, 20);
+    consumer_start(&second, &e, &cfg, cps, 2);
+    WAIT_FOR(&e, second.records >= after0 + 20 && reader_caught_up(second.rd));
+    /* One more poll of each shard: nothing else may come. */
+    run_for(&e, 3 * POLL_MS);
+    ASSERT_EQ(second.records, after0 + 20);
+    for (size_t b = 0; b < second.batch_count; b++) {
+        const struct shard_batch *batch = second.batches[b];
+        const char *cut =
+            strcmp(batch->shard_id, SHARD0) == 0 ? cut0->seq : cut1->seq;
+        for (size_t i = 0; i < batch->count; i++)
+            ASSERT_TRUE(seqnum_cmp(batch->records[i].seq, cut) > 0);
+    }
+    /* Records 40..59 all arrived, whichever shard they went to. */
+    size_t fresh = 0;
+    for (size_t b = 0; b < second.batch_count; b++) {
+        for (size_t i = 0; i < second.batches[b]->count; i++)
+            fresh += payload_index(&second.batches[b]->records[i]) >= 40;
+    }
+    ASSERT_EQ(fresh, 20);
+
+    consumer_finish(&second, &e);
+    consumer_finish(&first, &e);
+    env_close(&e);
+}
+
+TEST(shard_reader_waits_for_batch_commit)
+{
+    struct env e;
+    struct consumer c = {.auto_commit = false};
+
+    env_init(&e, start_kinesalite());
+    create_stream(&e, "race", 1);
+    put_records(&e, "race", 0, 30);
+    struct reader_config cfg = reader_config(&e, "race");
+    cfg.max_records = 10;
+    consumer_start(&c, &e, &cfg, NULL, 0);
+
+    WAIT_FOR(&e, c.batch_count == 1);
+    /* Five poll intervals pass without a commit: no further GetRecords. */
+    run_for(&e, 5 * POLL_MS);
+    ASSERT_EQ(c.batch_count, 1);
+    ASSERT_EQ(c.batches[0]->count, 10);
+    ASSERT_EQ(shard_calls(c.rd, SHARD0), 1);
+    ASSERT_FALSE(reader_caught_up(c.rd));
+
+    /* A commit for a shard with nothing pending is ignored. */
+    reader_batch_committed(c.rd, "shardId-999");
+
+    for (size_t n = 1; n < 3; n++) {
+        reader_batch_committed(c.rd, SHARD0);
+        WAIT_FOR(&e, c.batch_count == n + 1);
+        run_for(&e, 2 * POLL_MS);
+        ASSERT_EQ(c.batch_count, n + 1);
+        const struct shard_batch *prev = c.batches[n - 1];
+        const struct shard_batch *next = c.batches[n];
+        ASSERT_TRUE(seqnum_cmp(prev->checkpoint_seq, next->records[0].seq) < 0);
+    }
+    reader_batch_committed(c.rd, SHARD0);
+    WAIT_FOR(&e, reader_caught_up(c.rd));
+    ASSERT_EQ(c.records, 30);
+    check_records(&c, 0, 30);
+
+    consumer_finish(&c, &e);
+    env_close(&e);
+}
+
+TEST(shard_reader_empty_stream_catches_up)
+{
+    struct env e;
+    struct consumer c = {.auto_commit = true};
+
+    env_init(&e, start_kinesalite());
+    create_stream(&e, "race", 2);
+    struct reader_config cfg = reader_config(&e, "race");
+    uint64_t start = now_ms();
+    consumer_start(&c, &e, &cfg, NULL, 0);
+    WAIT_FOR(&e, c.ready);
+    ASSERT_EQ(c.open_shards, 2);
+    WAIT_FOR(&e, reader_caught_up(c.rd));
+    run_for(&e, 2000);
+
+    /* Count calls against the time that passed: at most one call per poll
+     * interval per shard, plus the first. */
+    uint64_t elapsed = now_ms() - start;
+    uint64_t limit = elapsed / POLL_MS + 1;
+    const char *shards[] = {SHARD0, SHARD1};
+    for (int i = 0; i < 2; i++) {
+        uint64_t calls = shard_calls(c.rd, shards[i]);
+        ASSERT_TRUE(calls >= 2);
+        if (calls > limit)
+            test_fail(__FILE__, __LINE__,
+                      "%s: %llu GetRecords calls in %llu ms", shards[i],
+                      (unsigned long long)calls, (unsigned long long)elapsed);
+    }
+    ASSERT_TRUE(reader_caught_up(c.rd));
+    ASSERT_EQ(c.batch_count, 0);
+
+    struct reader_counters counters;
+    reader_get_counters(c.rd, &counters);
+    ASSERT_EQ(counters.list_shards_calls, 1);
+    ASSERT_EQ(counters.get_shard_iterator_calls, 2);
+    ASSERT_EQ(counters.batches, 0);
+    ASSERT_EQ(counters.timeouts + counters.throttled + counters.other_errors,
+              0);
+
+    consumer_finish(&c, &e);
+    env_close(&e);
+}
+
+/* Index of the first batch of shard_id in arrival order, or -1. */
+static long first_batch_of(const struct consumer *c, const char *shard_id)
+{
+    for (size_t b = 0; b < c->batch_count; b++) {
+        if (strcmp(c->batches[b]->shard_id, shard_id) == 0)
+            return (long)b;
+    }
+    return -1;
+}
+
+TEST(shard_reader_reads_parent_before_children)
+{
+    struct env e;
+    struct consumer c = {.auto_commit = true};
+
+    env_init(&e, start_kinesalite());
+    create_stream(&e, "race", 1);
+    /* LATEST for shards without a parent: the children must still start
+     * at TRIM_HORIZON, or records put before the reader found them would
+     * be lost. */
+    struct reader_config cfg = reader_config(&e, "race");
+    cfg.initial_position = READER_LATEST;
+    cfg.shard_sync_interval_s = 1;
+    cfg.max_records = 7;
+    consumer_start(&c, &e, &cfg, NULL, 0);
+    WAIT_FOR(&e, reader_caught_up(c.rd));
+
+    put_records(&e, "race", 0, 20);
+    WAIT_FOR(&e, c.records == 20);
+    ASSERT_EQ(kinesis_call(&e, "SplitShard",
+                           "{\"StreamName\":\"race\",\"ShardToSplit\":\"" SHARD0
+                           "\",\"NewStartingHashKey\":"
+                           "\"170141183460469231731687303715884105728\"}",
+                           NULL),
+              200);
+    wait_active(&e, "race");
+    put_records(&e, "race", 20, 40);
+    WAIT_FOR(&e, c.records == 60 && reader_caught_up(c.rd));
+
+    check_records(&c, 0, 60);
+    long end = -1;
+    for (size_t b = 0; b < c.batch_count; b++) {
+        if (c.batches[b]->shard_end) {
+            ASSERT_EQ(end, -1);
+            end = (long)b;
+        }
+    }
+    ASSERT_TRUE(end >= 0);
+    ASSERT_STR_EQ(c.batches[end]->shard_id, SHARD0);
+    /* Records 0..19 went to the parent, 20..59 to the children. */
+    ASSERT_EQ(shard_records(&c, SHARD0), 20);
+    ASSERT_EQ(shard_records(&c, SHARD1) + shard_records(&c, SHARD2), 40);
+    ASSERT_TRUE(first_batch_of(&c, SHARD1) > end);
+    ASSERT_TRUE(first_batch_of(&c, SHARD2) > end);
+
+    struct reader_shard_info info;
+    ASSERT_EQ(reader_shard_info(c.rd, 0, &info), 0);
+    ASSERT_STR_EQ(info.shard_id, SHARD0);
+    ASSERT_TRUE(info.finished);
+    ASSERT_FALSE(info.open);
+    ASSERT_EQ(reader_shard_count(c.rd), 3);
+
+    consumer_finish(&c, &e);
+    env_close(&e);
+}
+
+TEST(shard_reader_skips_finished_parent)
+{
+    struct env e;
+    struct consumer c = {.auto_commit = true};
+
+    env_init(&e, start_kinesalite());
+    create_stream(&e, "race", 1);
+    put_records(&e, "race", 0, 10);
+    ASSERT_EQ(kinesis_call(&e, "SplitShard",
+                           "{\"StreamName\":\"race\",\"ShardToSplit\":\"" SHARD0
+                           "\",\"NewStartingHashKey\":"
+                           "\"170141183460469231731687303715884105728\"}",
+                           NULL),
+              200);
+    wait_active(&e, "race");
+    put_records(&e, "race", 10, 10);
+
+    /* The parent was finished in an earlier run: only the children are
+     * read, from TRIM_HORIZON. */
+    struct reader_checkpoint cps[] = {{SHARD0, NULL, 0, true}};
+    struct reader_config cfg = reader_config(&e, "race");
+    cfg.initial_position = READER_LATEST;
+    consumer_start(&c, &e, &cfg, cps, 1);
+    WAIT_FOR(&e, c.records == 10 && reader_caught_up(c.rd));
+    check_records(&c, 10, 10);
+    ASSERT_EQ(shard_records(&c, SHARD0), 0);
+    ASSERT_EQ(shard_calls(c.rd, SHARD0), 0);
+
+    consumer_finish(&c, &e);
+    env_close(&e);
+}
+
+/* ---- failures ------------------------------------------------------------ */
+
+TEST(shard_reader_reports_missing_stream)
+{
+    struct env e;
+    struct consumer c = {.auto_commit = true};
+    char expected[128];
+
+    env_init(&e, start_kinesalite());
+    struct reader_config cfg = reader_config(&e, "nope");
+    consumer_start(&c, &e, &cfg, NULL, 0);
+    WAIT_FOR(&e, c.fatal != NULL);
+
+    snprintf(expected, sizeof expected,
+             "stream \"nope\" not found at http://127.0.0.1:%d: ", e.port);
+    if (strncmp(c.fatal, expected, strlen(expected)) != 0)
+        test_fail(__FILE__, __LINE__, "unexpected message: %s", c.fatal);
+    ASSERT_TRUE(strstr(c.fatal, "ResourceNotFoundException") != NULL);
+    ASSERT_FALSE(c.ready);
+    ASSERT_FALSE(reader_caught_up(c.rd));
+
+    consumer_finish(&c, &e);
+    env_close(&e);
+}
+
+/* A TCP listener that accepts connections and never answers. */
+struct silent_server {
+    uv_tcp_t listener;
+    uv_tcp_t clients[64];
+    int client_count;
+    int port;
+};
+
+static void silent_alloc(uv_handle_t *h, size_t size, uv_buf_t *buf)
+{
+    static char scratch[65536];
+    (void)h;
+    (void)size;
+    *buf = uv_buf_init(scratch, sizeof scratch);
+}
+
+static void silent_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    (void)buf;
+    if (n < 0)
+        uv_read_stop(s);
+}
+
+static void silent_accept(uv_stream_t *server, int status)
+{
+    struct silent_server *srv = server->data;
+    if (status != 0 || srv->client_count == 64)
+        return;
+    uv_tcp_t *client = &srv->clients[srv->client_count++];
+    uv_tcp_init(server->loop, client);
+    ASSERT_EQ(uv_accept(server, (uv_stream_t *)client), 0);
+    uv_read_start((uv_stream_t *)client, silent_alloc, silent_read);
+}
+
+static void silent_start(struct silent_server *srv, uv_loop_t *loop)
+{
+    struct sockaddr_in addr;
+    struct sockaddr_storage bound;
+    int len = sizeof bound;
+
+    memset(srv, 0, sizeof *srv);
+    ASSERT_EQ(uv_ip4_addr("127.0.0.1", 0, &addr), 0);
+    uv_tcp_init(loop, &srv->listener);
+    srv->listener.data = srv;
+    ASSERT_EQ(uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0), 0);
+    ASSERT_EQ(uv_listen((uv_stream_t *)&srv->listener, 16, silent_accept), 0);
+    uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &len);
+    srv->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+}
+
+static void silent_stop(struct silent_server *srv)
+{
+    for (int i = 0; i < srv->client_count; i++)
+        uv_close((uv_handle_t *)&srv->clients[i], NULL);
+    uv_close((uv_handle_t *)&srv->listener, NULL);
+}
+
+static struct reader_counters counters_of(const struct reader *rd)
+{
+    struct reader_counters counters;
+    reader_get_counters(rd, &counters);
+    return counters;
+}
+
+TEST(shard_reader_retries_silent_server)
+{
+    struct env e;
+    struct consumer c = {.auto_commit = true};
+    struct silent_server srv;
+    uv_loop_t *loop;
+
+    /* The listener lives on the loop that env_init creates. */
+    memset(&e, 0, sizeof e);
+    env_init(&e, 1);
+    loop = &e.loop;
+    silent_start(&srv, loop);
+    aws_endpoint_clear(&e.ep);
+    char url[64], err[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", srv.port);
+    ASSERT_EQ(
+        aws_endpoint_init(&e.ep, url, "us-east-1", "kinesis", err, sizeof err),
+        0);
+    e.port = srv.port;
+
+    struct reader_config cfg = reader_config(&e, "race");
+    cfg.request_timeout_ms = 300;
+    consumer_start(&c, &e, &cfg, NULL, 0);
+    WAIT_FOR(&e, counters_of(c.rd).timeouts >= 3);
+    struct reader_counters counters = counters_of(c.rd);
+    /* Each timeout led to another ListShards, and nothing else happened. */
+    ASSERT_TRUE(counters.list_shards_calls >= counters.timeouts);
+    ASSERT_TRUE(counters.list_shards_calls <= counters.timeouts + 1);
+    ASSERT_EQ(counters.get_records_calls, 0);
+    ASSERT_TRUE(c.fatal == NULL);
+    ASSERT_FALSE(c.ready);
+
+    /* Stopping cancels the call in flight and closes cleanly. */
+    consumer_finish(&c, &e);
+    silent_stop(&srv);
+    env_close(&e);
+}
+
+TEST(shard_reader_timeout_spares_other_shards)
+{
+    struct env e, direct;
+    struct consumer c = {.auto_commit = true};
+    int kport = start_kinesalite();
+
+    env_init(&direct, kport);
+    create_stream(&direct, "race", 2);
+    put_records(&direct, "race", 0, 100);
+    env_close(&direct);
+
+    int pport =
+        start_proxy(kport, "[{\"action\":\"GetRecords\",\"shard\":\"" SHARD1
+                           "\",\"fault\":\"silent\","
+                           "\"times\":3}]");
+    env_init(&e, pport);
+    struct reader_config cfg = reader_config(&e, "race");
+    cfg.request_timeout_ms = 500;
+    consumer_start(&c, &e, &cfg, NULL, 0);
+
+    /* Shard 0 is read while shard 1's requests hang. */
+    size_t total0 = 0;
+    WAIT_FOR(&e, (total0 = shard_records(&c, SHARD0)) > 0 &&
+                     reader_caught_up(c.rd) == false &&
+                     first_batch_of(&c, SHARD1) == -1 &&
+                     shard_calls(c.rd, SHARD0) >= 2);
+    ASSERT_EQ(first_batch_of(&c, SHARD1), -1);
+
+    WAIT_FOR(&e, c.records == 100 && reader_caught_up(c.rd));
+    check_records(&c, 0, 100);
+    ASSERT_EQ(shard_records(&c, SHARD0), total0);
+    struct reader_counters counters;
+    reader_get_counters(c.rd, &counters);
+    ASSERT_EQ(counters.timeouts, 3);
+    /* Retries reuse the iterator: no GetShardIterator beyond the first
+     * of each shard. */
+    ASSERT_EQ(counters.get_shard_iterator_calls, 2);
+
+    consumer_finish(&c, &e);
+    env_close(&e);
+}
+
+TEST(shard_reader_backs_off_when_throttled)
+{
+    struct env e, direct;
+    struct consumer c = {.auto_commit = true};
+    int kport = start_kinesalite();
+
+    env_init(&direct, kport);
+    create_stream(&direct, "race", 2);
+    put_records(&direct, "race", 0, 50);
+    env_close(&direct);
+
+    int pport = start_proxy(
+        kport, "[{\"action\":\"GetRecords\",\"shard\":\"" SHARD0
+               "\",\"fault\":\"throttle\",\"times\":3},"
+               "{\"action\":\"GetRecords\",\"shard\":\"" SHARD1
+               "\",\"fault\":\"internal\",\"skip\":1,\"times\":2}]");
+    env_init(&e, pport);
+    struct reader_config cfg = reader_config(&e, "race");
+    consumer_start(&c, &e, &cfg, NULL, 0);
+    WAIT_FOR(&e, c.records == 50 && reader_caught_up(c.rd));
+    check_records(&c, 0, 50);
+
+    struct reader_counters counters;
+    reader_get_counters(c.rd, &counters);
+    ASSERT_EQ(counters.throttled, 3);
+    ASSERT_EQ(counters.server_errors, 2);
+    ASSERT_EQ(counters.get_shard_iterator_calls, 2);
+    ASSERT_TRUE(c.fatal == NULL);
+
+    consumer_finish(&c, &e);
+    env_close(&e);
+}
+
+/* Read the proxy's log: the GetShardIterator requests for shard_id, as
+ * JSON objects (owned array). */
+/* Number of requests for action in the proxy's log. */
+static size_t count_requests(const char *action)
+{
+    char line[8192], needle[64];
+    size_t n = 0;
+    FILE *f = fopen(proxy_log, "r");
+    ASSERT_TRUE(f != NULL);
+    snprintf(needle, sizeof needle, "{\"action\":\"%s\"", action);
+    while (fgets(line, sizeof line, f) != NULL)
+        n += strncmp(line, needle, strlen(needle)) == 0;
+    fclose(f);
+    return n;
+}
+
+static json_t *iterator_requests(const char *shard_id)
+{
+    json_t *out = json_array();
+    char line[8192];
+    FILE *f = fopen(proxy_log, "r");
+    ASSERT_TRUE(f != NULL);
+    while (fgets(line, sizeof line, f) != NULL) {
+        json_t *entry = json_loads(line, 0, NULL);
+        ASSERT_TRUE(entry != NULL);
+        const char *action = json_string_value(kinesis_member(entry, "action"));
+        const char *shard = json_string_value(kinesis_member(entry, "shard"));
+        if (action && strcmp(action, "GetShardIterator") == 0 && shard &&
+            strcmp(shard, shard_id) == 0)
+            json_array_append(out, kinesis_member(entry, "input"));
+        json_decref(entry);
+    }
+    fclose(f);
+    return out;
+}
+
+TEST(shard_reader_renews_expired_iterator)
+{
+    struct env e, direct;
+    struct consumer c = {.auto_commit = true};
+    int kport = start_kinesalite();
+
+    env_init(&direct, kport);
+    create_stream(&direct, "race", 1);
+    put_records(&direct, "race", 0, 30);
+    env_close(&direct);
+
+    /* The second GetRecords finds its iterator expired. */
+    int pport = start_proxy(kport, "[{\"action\":\"GetRecords\",\"fault\":"
+                                   "\"expired\",\"skip\":1,\"times\":1}]");
+    env_init(&e, pport);
+    struct reader_config cfg = reader_config(&e, "race");
+    cfg.max_records = 10;
+    consumer_start(&c, &e, &cfg, NULL, 0);
+    WAIT_FOR(&e, c.records == 30 && reader_caught_up(c.rd));
+    check_records(&c, 0, 30);
+
+    struct reader_counters counters;
+    reader_get_counters(c.rd, &counters);
+    ASSERT_EQ(counters.expired_iterators, 1);
+    ASSERT_EQ(counters.get_shard_iterator_calls, 2);
+
+    /* The new iterator starts after the committed checkpoint: the last
+     * record of the first batch. */
+    json_t *reqs = iterator_requests(SHARD0);
+    ASSERT_EQ(json_array_size(reqs), 2);
+    json_t *renewed = json_array_get(reqs, 1);
+    ASSERT_STR_EQ(json_string_value(kinesis_member(json_array_get(reqs, 0),
+                                                   "ShardIteratorType")),
+                  "TRIM_HORIZON");
+    ASSERT_STR_EQ(
+        json_string_value(kinesis_member(renewed, "ShardIteratorType")),
+        "AFTER_SEQUENCE_NUMBER");
+    ASSERT_STR_EQ(
+        json_string_value(kinesis_member(renewed, "StartingSequenceNumber")),
+        c.batches[0]->checkpoint_seq);
+    json_decref(reqs);
+
+    consumer_finish(&c, &e);
+    env_close(&e);
+}
+
+TEST(shard_reader_sends_at_timestamp_seconds)
+{
+    struct env e, direct;
+    struct consumer c = {.auto_commit = true};
+    int kport = start_kinesalite();
+
+    env_init(&direct, kport);
+    create_stream(&direct, "race", 1);
+    put_records(&direct, "race", 0, 5);
+    env_close(&direct);
+
+    int pport = start_proxy(kport, "[]");
+    env_init(&e, pport);
+    struct reader_config cfg = reader_config(&e, "race");
+    cfg.initial_position = READER_AT_TIMESTAMP;
+    cfg.initial_timestamp_ms = 1000000000123LL; /* 2001, before the records */
+    consumer_start(&c, &e, &cfg, NULL, 0);
+    WAIT_FOR(&e, c.records == 5 && reader_caught_up(c.rd));
+    check_records(&c, 0, 5);
+
+    json_t *reqs = iterator_requests(SHARD0);
+    ASSERT_EQ(json_array_size(reqs), 1);
+    json_t *req = json_array_get(reqs, 0);
+    ASSERT_STR_EQ(json_string_value(kinesis_member(req, "ShardIteratorType")),
+                  "AT_TIMESTAMP");
+    json_t *ts = kinesis_member(req, "Timestamp");
+    ASSERT_TRUE(json_is_number(ts));
+    ASSERT_EQ(llround(json_number_value(ts) * 1000), 1000000000123LL);
+    json_decref(reqs);
+
+    consumer_finish(&c, &e);
+    env_close(&e);
+}
+
+/* ---- putter -------------------------------------------------------------- */
+
+TEST(kinesis_putter_rejects_invalid_records)
+{
+    struct env e;
+    char long_key[300], wide_key[256 * 3 + 1];
+
+    env_init(&e, 1); /* nothing is sent */
+    struct kinesis_putter *p =
+        kinesis_putter_new(&e.loop, e.http, &e.ep, &e.creds, "race", 1000);
+    ASSERT_TRUE(p != NULL);
+    memset(long_key, 'k', 257);
+    long_key[257] = '\0';
+    /* 256 characters of 3 bytes each are within the limit. */
+    for (int i = 0; i < 256; i++)
+        memcpy(wide_key + i * 3, "\xe2\x82\xac", 3);
+    wide_key[256 * 3] = '\0';
+    uint8_t *big = calloc(1, 1 << 20);
+
+    ASSERT_EQ(kinesis_putter_add(p, "x", 1, ""), -EINVAL);
+    ASSERT_EQ(kinesis_putter_add(p, "x", 1, NULL), -EINVAL);
+    ASSERT_EQ(kinesis_putter_add(p, "x", 1, long_key), -EINVAL);
+    ASSERT_EQ(kinesis_putter_add(p, big, 1 << 20, "k"), -EMSGSIZE);
+    ASSERT_EQ(kinesis_putter_add(p, big, (1 << 20) - 1, "k"), 0);
+    ASSERT_EQ(kinesis_putter_add(p, "x", 1, wide_key), 0);
+    ASSERT_EQ(kinesis_putter_add(p, "", 0, "empty"), 0);
+    ASSERT_EQ(kinesis_putter_pending(p), 3);
+    free(big);
+
+    /* Freed without finishing: queued records are dropped. */
+    kinesis_putter_free(p);
+    env_close(&e);
+}
+
+TEST(kinesis_putter_reports_missing_stream)
+{
+    struct env e;
+    struct put_result r = {0};
+
+    env_init(&e, start_kinesalite());
+    struct kinesis_putter *p =
+        kinesis_putter_new(&e.loop, e.http, &e.ep, &e.creds, "nope", 5000);
+    ASSERT_EQ(kinesis_putter_add(p, "x", 1, "k"), 0);
+    kinesis_putter_finish(p, put_done, &r);
+    WAIT_FOR(&e, r.done);
+    ASSERT_TRUE(r.error != NULL);
+    ASSERT_TRUE(strstr(r.error, "stream \"nope\" at http://127.0.0.1:") !=
+                NULL);
+    ASSERT_TRUE(strstr(r.error, "ResourceNotFoundException") != NULL);
+    ASSERT_EQ(kinesis_putter_add(p, "x", 1, "k"), -EIO);
+    free(r.error);
+    kinesis_putter_free(p);
+    env_close(&e);
+}
+
+TEST(kinesis_putter_retries_failed_entries)
+{
+    struct env e, direct;
+    struct consumer c = {.auto_commit = true};
+    int kport = start_kinesalite();
+
+    env_init(&direct, kport);
+    create_stream(&direct, "race", 2);
+    env_close(&direct);
+
+    /* The first two PutRecords calls lose every odd entry; the putter
+     * must send exactly those again. */
+    int pport = start_proxy(kport, "[{\"action\":\"PutRecords\",\"fault\":"
+                                   "\"partial\",\"times\":2},"
+                                   "{\"action\":\"PutRecords\",\"fault\":"
+                                   "\"internal\",\"skip\":2,\"times\":1}]");
+    env_init(&e, pport);
+    put_records(&e, "race", 0, 700);
+
+    struct reader_config cfg = reader_config(&e, "race");
+    consumer_start(&c, &e, &cfg, NULL, 0);
+    WAIT_FOR(&e, c.records == 700 && reader_caught_up(c.rd));
+    run_for(&e, 2 * POLL_MS);
+    ASSERT_EQ(c.records, 700);
+    check_records(&c, 0, 700);
+
+    consumer_finish(&c, &e);
+    env_close(&e);
+}
+
+TEST(kinesis_putter_gives_up_after_attempts)
+{
+    struct env e, direct;
+    struct put_result r = {0};
+    int kport = start_kinesalite();
+
+    env_init(&direct, kport);
+    create_stream(&direct, "race", 1);
+    env_close(&direct);
+
+    int pport = start_proxy(kport, "[{\"action\":\"PutRecords\",\"fault\":"
+                                   "\"throttle\",\"times\":1000}]");
+    env_init(&e, pport);
+    struct kinesis_putter *p =
+        kinesis_putter_new(&e.loop, e.http, &e.ep, &e.creds, "race", 5000);
+    kinesis_putter_set_retry(p, 4, 20);
+    ASSERT_EQ(kinesis_putter_add(p, "x", 1, "k"), 0);
+    kinesis_putter_finish(p, put_done, &r);
+    WAIT_FOR(&e, r.done);
+    ASSERT_TRUE(r.error != NULL);
+    ASSERT_TRUE(strstr(r.error, "ProvisionedThroughputExceededException") !=
+                NULL);
+    ASSERT_TRUE(strstr(r.error, "after 4 attempts") != NULL);
+    ASSERT_EQ(count_requests("PutRecords"), 4);
+    free(r.error);
+    kinesis_putter_free(p);
+    env_close(&e);
+}
