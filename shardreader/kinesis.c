@@ -12,11 +12,11 @@ struct error_class {
 };
 
 /*
- * Error names from the Kinesis API reference and its common errors page:
+ * Error names from the Kinesis API reference and its common errors page,
  * https://docs.aws.amazon.com/kinesis/latest/APIReference/CommonErrors.html
- * The JSON protocol adds the "Exception" suffix to some of them, and
- * UnrecognizedClientException / InvalidSignatureException are what the
- * service sends for an unknown key id or a wrong secret.
+ * The JSON protocol adds the "Exception" suffix to some of them. The
+ * service sends UnrecognizedClientException for an unknown key id and
+ * InvalidSignatureException for a wrong secret.
  */
 static const struct error_class error_classes[] = {
     {"ExpiredIteratorException", KINESIS_EXPIRED_ITERATOR},

@@ -18,8 +18,8 @@
 /* X-Amz-Target prefix of the Kinesis Data Streams API. */
 #define KINESIS_TARGET_PREFIX "Kinesis_20131202"
 
-/* What a reply means for the caller, from transport error, status and the
- * "__type" of the error body. */
+/* Meaning of a reply for the caller, from the transport error, the status
+ * and the "__type" of the error body. */
 enum kinesis_outcome {
     KINESIS_OK,
     KINESIS_EXPIRED_ITERATOR,   /* ExpiredIteratorException */

@@ -65,7 +65,9 @@
  * most) and member names, about 4 MiB more.
  */
 #define SHARD_MAX_RESPONSE ((size_t)24 << 20)
-/* ListShards pages hold at most 1,000 shards of about 400 bytes each. */
+/* GetShardIterator replies contain one iterator of at most 512 characters. */
+#define SHARD_MAX_ITERATOR_RESPONSE ((size_t)64 << 10)
+/* ListShards pages contain at most 1,000 shards of about 400 bytes each. */
 #define SHARD_MAX_LIST_RESPONSE ((size_t)4 << 20)
 #define SHARD_LIST_PAGE_SIZE    1000
 /* Pages of one listing: 100,000 shards, far above Kinesis shard quotas. */
@@ -456,9 +458,10 @@ static void shard_get_iterator(struct shard *sh)
     json_decref(req);
     if (body != NULL) {
         rd->counters.get_shard_iterator_calls++;
-        sh->call = aws_json_call(rd->aws, "GetShardIterator", body,
-                                 strlen(body), rd->cfg.request_timeout_ms,
-                                 SHARD_MAX_LIST_RESPONSE, iterator_reply, sh);
+        sh->call =
+            aws_json_call(rd->aws, "GetShardIterator", body, strlen(body),
+                          rd->cfg.request_timeout_ms,
+                          SHARD_MAX_ITERATOR_RESPONSE, iterator_reply, sh);
     }
     free(body);
     if (sh->call == NULL) {
@@ -489,8 +492,9 @@ static void iterator_missing(struct shard *sh)
 static void iterator_accept(struct shard *sh, const struct aws_reply *reply)
 {
     char err[SHARD_ERROR_TEXT];
-    json_t *root = kinesis_parse_object(
-        reply->body, reply->body_len, SHARD_MAX_LIST_RESPONSE, err, sizeof err);
+    json_t *root =
+        kinesis_parse_object(reply->body, reply->body_len,
+                             SHARD_MAX_ITERATOR_RESPONSE, err, sizeof err);
     if (root == NULL) {
         sh->rd->counters.other_errors++;
         shard_backoff(sh, "get shard iterator", err);
@@ -524,6 +528,8 @@ static void iterator_reply(void *arg, const struct aws_reply *reply)
     char reason[SHARD_ERROR_TEXT];
 
     sh->call = NULL;
+    if (sh->rd->stopping) /* a fatal error came first */
+        return;
     if (outcome == KINESIS_OK) {
         iterator_accept(sh, reply);
         return;
@@ -731,7 +737,7 @@ static void deliver_batch(struct shard *sh, struct shard_batch *batch)
 
 /*
  * Turn a successful GetRecords reply into a batch, or schedule the next
- * poll when it holds nothing new. The next iterator replaces the old one,
+ * poll when it contains no records. The next iterator replaces the old one,
  * which is never used again.
  */
 static void records_accept(struct shard *sh, json_t *root)
@@ -792,6 +798,8 @@ static void records_reply(void *arg, const struct aws_reply *reply)
     char reason[SHARD_ERROR_TEXT];
 
     sh->call = NULL;
+    if (sh->rd->stopping) /* a fatal error came first */
+        return;
     if (outcome == KINESIS_OK) {
         json_t *root =
             kinesis_parse_object(reply->body, reply->body_len,
@@ -946,7 +954,7 @@ static int desc_cmp(const void *a, const void *b)
                   ((const struct shard_desc *)b)->id);
 }
 
-/* Record what the listing says about sh. Returns 0 or -1. */
+/* Copy the listing's fields for sh. Returns 0 or -1. */
 static int update_shard(struct shard *sh, const struct shard_desc *d)
 {
     sh->listed = true;
@@ -1108,6 +1116,8 @@ static void list_reply(void *arg, const struct aws_reply *reply)
     enum kinesis_outcome outcome = kinesis_classify(reply);
 
     rd->list_call = NULL;
+    if (rd->stopping)
+        return;
     if (outcome == KINESIS_OK)
         list_page(rd, reply);
     else
@@ -1270,8 +1280,8 @@ static void drop_shards(struct reader *rd)
 
 /*
  * Load the stored checkpoints (copied) and start listing shards. Returns 0,
- * or -1 when a checkpoint is invalid or the reader was already started;
- * after -1 the reader holds no libuv handle and reader_free() frees it at
+ * or -1 when a checkpoint is invalid or the reader was already started.
+ * After -1 the reader has no libuv handle, so reader_free() frees it at
  * once. Loop thread only.
  */
 int reader_start(struct reader *rd, const struct reader_checkpoint *cps,
@@ -1438,8 +1448,8 @@ void reader_stop(struct reader *rd, void (*stopped_cb)(void *arg), void *arg)
 }
 
 /*
- * Free the reader. After reader_stop's callback, or when the reader was
- * never started, this is immediate; otherwise the reader stops first and is
+ * Free the reader. This is immediate after reader_stop's callback, or when
+ * the reader was never started. Otherwise the reader stops first and is
  * freed once its handles close, so the loop must run again before
  * uv_loop_close(). Loop thread only.
  */
