@@ -67,11 +67,8 @@ uint64_t kinesis_rng_seed(const void *owner);
 json_t *kinesis_parse_object(const char *body, size_t len, size_t max_len,
                              char *err, size_t err_len);
 
-/*
- * Return member key of obj (borrowed), or NULL. Call this, never jansson's
- * json_object_get(): common/json.c exports a function of that name for its
- * own parser, and with static linking it replaces jansson's.
- */
+/* Return member key of obj (borrowed), or NULL when obj is not an object
+ * or has no such member. */
 static inline json_t *kinesis_member(const json_t *obj, const char *key)
 {
     return json_object_getn(obj, key, strlen(key));
