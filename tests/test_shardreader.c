@@ -1237,6 +1237,48 @@ TEST(shard_reader_frees_without_stop)
     env_close(&e);
 }
 
+TEST(shard_reader_resumes_inside_aggregate)
+{
+    struct env e, direct;
+    struct consumer first = {.auto_commit = true};
+    struct consumer second = {.auto_commit = true};
+    int kport = start_kinesalite();
+
+    env_init(&direct, kport);
+    create_stream(&direct, "race", 1);
+    put_records(&direct, "race", 0, 6);
+    struct reader_config cfg = reader_config(&direct, "race");
+    consumer_start(&first, &direct, &cfg, NULL, 0);
+    WAIT_FOR(&direct, first.records == 6 && reader_caught_up(first.rd));
+    char *cut = strdup(first.batches[0]->records[2].seq);
+    consumer_finish(&first, &direct);
+    env_close(&direct);
+
+    /* Sub-sequence 1 of record 2 was applied: read record 2 again from
+     * AT_SEQUENCE_NUMBER and drop its positions up to (seq, 1), which
+     * for a plain record (sub-sequence 0) is the whole record. */
+    int pport = start_proxy(kport, "[]");
+    env_init(&e, pport);
+    struct reader_checkpoint cps[] = {{SHARD0, cut, 1, false}};
+    cfg = reader_config(&e, "race");
+    consumer_start(&second, &e, &cfg, cps, 1);
+    WAIT_FOR(&e, second.records == 3 && reader_caught_up(second.rd));
+    check_records(&second, 3, 3);
+
+    json_t *reqs = iterator_requests(SHARD0);
+    ASSERT_EQ(json_array_size(reqs), 1);
+    json_t *req = json_array_get(reqs, 0);
+    ASSERT_STR_EQ(json_string_value(kinesis_member(req, "ShardIteratorType")),
+                  "AT_SEQUENCE_NUMBER");
+    ASSERT_STR_EQ(
+        json_string_value(kinesis_member(req, "StartingSequenceNumber")), cut);
+    json_decref(reqs);
+    free(cut);
+
+    consumer_finish(&second, &e);
+    env_close(&e);
+}
+
 /* ---- putter -------------------------------------------------------------- */
 
 TEST(kinesis_putter_rejects_invalid_records)
