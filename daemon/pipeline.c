@@ -448,6 +448,27 @@ static bool outcome_applied(enum agg_outcome outcome)
            outcome == AGG_LATE_AMENDED;
 }
 
+/*
+ * Why a record with this outcome is kept as a dead letter, or NULL when the
+ * outcome needs no dead letter (applied, or counted only).
+ */
+static const char *outcome_dead_letter_detail(enum agg_outcome outcome)
+{
+    switch (outcome) {
+    case AGG_QUARANTINED_SKEW:
+        return "deviceTimestamp is too far ahead of the arrival time "
+               "(race.max_future_skew_s)";
+    case AGG_QUARANTINED_JUMP:
+        return "second jumps too far past the race's latest second "
+               "(race.max_second_jump)";
+    case AGG_OVER_CAPACITY:
+        return "the aggregator's limit of races, riders per race, or names "
+               "and classes per rider is reached";
+    default:
+        return NULL;
+    }
+}
+
 /* Apply a record whose key was seen for the first time. */
 static int apply_record(struct pipeline *pl, const struct shard_record *r,
                         const struct agg_record *rec)
@@ -470,13 +491,9 @@ static int apply_record(struct pipeline *pl, const struct shard_record *r,
     if (store_idem_set_outcome(pl->store, rec->uuid, rec->uuid_len,
                                agg_outcome_name(outcome)) != 0)
         return -1;
-    if (outcome == AGG_QUARANTINED_SKEW || outcome == AGG_QUARANTINED_JUMP)
-        return dead_letter(pl, r, agg_outcome_name(outcome),
-                           outcome == AGG_QUARANTINED_SKEW
-                               ? "deviceTimestamp is too far ahead of the "
-                                 "arrival time (race.max_future_skew_s)"
-                               : "second jumps too far past the race's "
-                                 "latest second (race.max_second_jump)");
+    const char *detail = outcome_dead_letter_detail(outcome);
+    if (detail != NULL)
+        return dead_letter(pl, r, agg_outcome_name(outcome), detail);
     return 0;
 }
 

@@ -352,6 +352,62 @@ void shard_batch_free(struct shard_batch *batch)
     free(batch);
 }
 
+/*
+ * Create an empty batch of shard_id (owned by the caller), for sources other
+ * than GetRecords, such as a replay or a test. Returns NULL when out of
+ * memory.
+ */
+struct shard_batch *shard_batch_new(const char *shard_id)
+{
+    struct shard_batch *batch = calloc(1, sizeof *batch);
+    if (batch == NULL)
+        return NULL;
+    batch->shard_id = strdup(shard_id);
+    batch->millis_behind = -1;
+    if (batch->shard_id == NULL) {
+        free(batch);
+        return NULL;
+    }
+    return batch;
+}
+
+/*
+ * Append a copy of one record to batch and make it the batch's checkpoint.
+ * Like a decoded GetRecords record, its sequence number, partition key and
+ * data share one block that starts at seq. Returns 0 or -ENOMEM.
+ */
+int shard_batch_add(struct shard_batch *batch, const void *data, size_t len,
+                    const char *seq, int64_t subseq, int64_t arrival_ms,
+                    const char *partition_key)
+{
+    size_t seq_len = strlen(seq) + 1, key_len = strlen(partition_key) + 1;
+    struct shard_record *records =
+        realloc(batch->records, (batch->count + 1) * sizeof *records);
+    if (records == NULL)
+        return -ENOMEM;
+    batch->records = records;
+
+    char *block = malloc(seq_len + key_len + len + 1);
+    if (block == NULL || replace_string(&batch->checkpoint_seq, seq) != 0) {
+        free(block);
+        return -ENOMEM;
+    }
+    memcpy(block, seq, seq_len);
+    memcpy(block + seq_len, partition_key, key_len);
+    memcpy(block + seq_len + key_len, data, len);
+    block[seq_len + key_len + len] = '\0';
+
+    struct shard_record *rec = &batch->records[batch->count++];
+    rec->seq = block;
+    rec->partition_key = block + seq_len;
+    rec->data = (const uint8_t *)block + seq_len + key_len;
+    rec->len = len;
+    rec->subseq = subseq;
+    rec->arrival_ms = arrival_ms;
+    batch->checkpoint_subseq = subseq;
+    return 0;
+}
+
 /* ---- scheduling --------------------------------------------------------- */
 
 static void shard_schedule(struct shard *sh, uint64_t delay_ms)

@@ -49,6 +49,16 @@ struct shard_batch {
 
 void shard_batch_free(struct shard_batch *batch);
 
+/* An empty batch of shard_id for sources other than GetRecords (owned by
+ * the caller), or NULL when out of memory. */
+struct shard_batch *shard_batch_new(const char *shard_id);
+
+/* Append a copy of a record and make it the batch's checkpoint.
+ * Returns 0 or -ENOMEM. */
+int shard_batch_add(struct shard_batch *batch, const void *data, size_t len,
+                    const char *seq, int64_t subseq, int64_t arrival_ms,
+                    const char *partition_key);
+
 enum reader_position {
     READER_TRIM_HORIZON,
     READER_LATEST,
