@@ -34,7 +34,9 @@
  * latest_second it is applied, and every published second from its second
  * onward is sent again with its revision raised by one. A late record
  * below the first published second also publishes the seconds between, at
- * revision 0.
+ * revision 0. A late copy that is adopted changes no value but can change
+ * the name, classId or ts shown from its second onward, so it republishes
+ * the same way when one of those changes, and keeps its outcome.
  *
  * Determinism. Leaderboards derive only from the stored samples, whose
  * choice does not depend on arrival order, and ties are broken by racerId.
@@ -329,19 +331,44 @@ static int store_sample(struct agg *agg, struct race *race, uint32_t position,
 }
 
 /*
+ * Adopt a copy of the stored values that has a smaller key. The copy
+ * brings its own name, classId and arrival time. *board_changed becomes
+ * true when the leaderboards from second onward can change, because the
+ * slot's name or classId changed or the race's ts at second did.
+ */
+static int adopt_copy(struct agg *agg, struct race *race, uint32_t position,
+                      const struct sample_in *in, enum agg_outcome *outcome,
+                      bool *board_changed)
+{
+    const struct slot *slot = &race->riders[position].slots[in->second - 1];
+    uint16_t name_idx = slot->name_idx, class_idx = slot->class_idx;
+    int64_t ts = race_ts_at(race, in->second);
+
+    int rc = store_sample(agg, race, position, in, false, outcome);
+    if (rc != 0 || *outcome == AGG_OVER_CAPACITY)
+        return rc;
+    *board_changed = slot->name_idx != name_idx ||
+                     slot->class_idx != class_idx ||
+                     race_ts_at(race, in->second) != ts;
+    return 0;
+}
+
+/*
  * Decide between the record and the stored sample of its (race, racer,
  * second) and store the winner. Sets *outcome to APPLIED, UNCHANGED,
  * CONFLICT_KEPT, CONFLICT_REPLACED or OVER_CAPACITY, and *race_out to the
- * race when it exists.
+ * race when it exists. *board_changed tells whether a leaderboard that
+ * lists the second can change.
  */
 static int apply_sample(struct agg *agg, const struct agg_record *rec,
                         const struct sample_in *in, struct race **race_out,
-                        enum agg_outcome *outcome)
+                        enum agg_outcome *outcome, bool *board_changed)
 {
     struct race *race;
     int rc = race_get(agg, &rec->race, &race);
 
     *outcome = AGG_OVER_CAPACITY;
+    *board_changed = false;
     if (rc != 0)
         return rc == -ENOSPC ? 0 : rc;
     *race_out = race;
@@ -354,7 +381,9 @@ static int apply_sample(struct agg *agg, const struct agg_record *rec,
     if (in->second > rider->slot_cap ||
         !(rider->slots[in->second - 1].flags & SLOT_PRESENT)) {
         *outcome = AGG_APPLIED;
-        return store_sample(agg, race, at, in, true, outcome);
+        rc = store_sample(agg, race, at, in, true, outcome);
+        *board_changed = rc == 0 && *outcome == AGG_APPLIED;
+        return rc;
     }
 
     const struct slot *slot = &rider->slots[in->second - 1];
@@ -362,11 +391,14 @@ static int apply_sample(struct agg *agg, const struct agg_record *rec,
     int value = value_cmp(rider, slot, in);
     if (value == 0) {
         *outcome = AGG_UNCHANGED;
-        return key < 0 ? store_sample(agg, race, at, in, false, outcome) : 0;
+        return key < 0 ? adopt_copy(agg, race, at, in, outcome, board_changed)
+                       : 0;
     }
     if (key < 0 || (key == 0 && value < 0)) {
         *outcome = AGG_CONFLICT_REPLACED;
-        return store_sample(agg, race, at, in, true, outcome);
+        rc = store_sample(agg, race, at, in, true, outcome);
+        *board_changed = rc == 0 && *outcome == AGG_CONFLICT_REPLACED;
+        return rc;
     }
     *outcome = AGG_CONFLICT_KEPT;
     return 0;
@@ -406,11 +438,14 @@ static int apply_late(struct agg *agg, struct race *race,
         *outcome = AGG_TOO_LATE;
         return 0;
     }
-    int rc = apply_sample(agg, rec, in, &race, outcome);
-    if (rc != 0 ||
-        (*outcome != AGG_APPLIED && *outcome != AGG_CONFLICT_REPLACED))
+    bool board_changed;
+    int rc = apply_sample(agg, rec, in, &race, outcome, &board_changed);
+    if (rc != 0 || !board_changed)
         return rc;
-    *outcome = AGG_LATE_AMENDED;
+    /* An adopted copy keeps its outcome but still republishes, because
+     * its name, classId or arrival time is part of the leaderboards. */
+    if (*outcome != AGG_UNCHANGED)
+        *outcome = AGG_LATE_AMENDED;
     return republish_from(agg, race, rec->second);
 }
 
@@ -433,7 +468,8 @@ int agg_apply(struct agg *agg, const struct agg_record *rec, int64_t arrival_ms,
     if (race != NULL && rec->second <= race->published_through)
         return apply_late(agg, race, rec, &in, outcome);
 
-    rc = apply_sample(agg, rec, &in, &race, outcome);
+    bool board_changed;
+    rc = apply_sample(agg, rec, &in, &race, outcome, &board_changed);
     if (rc != 0 || race == NULL)
         return rc;
     int64_t through =

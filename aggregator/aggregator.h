@@ -128,7 +128,9 @@ struct agg_config {
 
 enum agg_outcome {
     AGG_APPLIED,           /* new sample */
-    AGG_UNCHANGED,         /* same values as the stored sample */
+    AGG_UNCHANGED,         /* same values as the stored sample. A late
+                              copy that changes a shown name, classId or
+                              ts still republishes like an amendment */
     AGG_CONFLICT_KEPT,     /* other values; the stored sample wins */
     AGG_CONFLICT_REPLACED, /* other values; this record wins */
     AGG_LATE_AMENDED,      /* late, applied, leaderboards republished */

@@ -16,7 +16,7 @@
 
 /* ---- capture sink ------------------------------------------------------- */
 
-#define MAX_ROWS   512
+#define MAX_ROWS   4096
 #define MAX_STATES 16
 
 struct stored_row {
@@ -1194,13 +1194,10 @@ static struct agg_config restart_config(void)
     return cfg;
 }
 
-/* Build a new aggregator from what the capture stored, like a restart. */
-static struct agg *restore_from(const struct agg_config *cfg,
-                                struct capture *store, struct capture *out,
-                                int64_t stream_time_ms)
+/* Load what the capture stored into an empty aggregator, like a restart. */
+static void restore_store(struct agg *agg, const struct capture *store,
+                          int64_t stream_time_ms)
 {
-    struct agg *agg = agg_for(cfg, out);
-
     for (int i = 0; i < store->row_count; i++) {
         const struct stored_row *r = &store->rows[i];
         struct agg_sample_row row = {
@@ -1218,6 +1215,16 @@ static struct agg *restore_from(const struct agg_config *cfg,
             agg_restore_race(agg, store->states[i].json, store->states[i].len),
             0);
     agg_restore_stream_time(agg, stream_time_ms);
+}
+
+/* Build a new aggregator from what the capture stored, like a restart. */
+static struct agg *restore_from(const struct agg_config *cfg,
+                                struct capture *store, struct capture *out,
+                                int64_t stream_time_ms)
+{
+    struct agg *agg = agg_for(cfg, out);
+
+    restore_store(agg, store, stream_time_ms);
     return agg;
 }
 
@@ -1371,4 +1378,870 @@ TEST(agg_name_nul_is_escaped)
                   "\"output\":23.76,\"total\":23.76}]}\n");
     agg_free(agg);
     capture_free(c);
+}
+
+/* ---- late amendments against an on-time run ----------------------------- */
+
+/*
+ * These cases deliver one set of records in some order, with arrival times
+ * rising in delivery order, and compare the last published revision of
+ * every (race, second) with the leaderboard of a reference run. The
+ * reference run gets the same records with the same arrival times, sorted
+ * by second, and closes nothing before agg_close_all, so no record in it is
+ * late. Its leaderboards are what the stored samples define, so a late
+ * amendment that is missing from a republished leaderboard shows up as a
+ * difference.
+ */
+
+#define GEN_MAX_ITEMS   4096
+#define GEN_MAX_RACES   4
+#define GEN_MAX_SECONDS 130
+
+struct gen_item {
+    struct agg_record rec;
+    int64_t arrival_ms; /* set by the delivery under test */
+};
+
+struct gen_set {
+    struct gen_item items[GEN_MAX_ITEMS];
+    size_t count;
+};
+
+/* Last message of one (race, second) and the agg call that sent it. */
+struct board_slot {
+    int32_t revision; /* -1 before the first message */
+    char *payload;    /* without its "revision" member */
+    uint64_t call;
+};
+
+struct board_log {
+    struct capture *store; /* samples and race states for a restart */
+    struct agg_id races[GEN_MAX_RACES];
+    int race_count;
+    struct board_slot slots[GEN_MAX_RACES][GEN_MAX_SECONDS + 1];
+    uint64_t call; /* serial of the agg call in progress */
+    int message_count;
+};
+
+/* splitmix64: a fixed sequence per seed on every platform. */
+static uint64_t prng_next(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15u);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+    return z ^ (z >> 31);
+}
+
+static int prng_below(uint64_t *state, int n)
+{
+    return (int)(prng_next(state) % (uint64_t)n);
+}
+
+static struct gen_set *gen_set_new(void)
+{
+    struct gen_set *set = calloc(1, sizeof *set);
+    ASSERT_TRUE(set != NULL);
+    return set;
+}
+
+/* One record; ids are JSON texts such as 5988055001 or "R-b". */
+struct gen_spec {
+    const char *race;
+    const char *racer;
+    const char *class_id;
+    const char *name;
+    const char *uuid;
+    int64_t device_ts_ms;
+    int32_t second;
+    const char *cadence;
+    const char *resistance;
+};
+
+static void gen_add(struct gen_set *set, const struct gen_spec *g)
+{
+    char json[1024];
+
+    ASSERT_TRUE(set->count < GEN_MAX_ITEMS);
+    ASSERT_TRUE(g->second >= 1);
+    ASSERT_TRUE(g->second <= GEN_MAX_SECONDS);
+    snprintf(json, sizeof json,
+             "{\"uuid\":\"%s\",\"event\":\"update\",\"deviceTimestamp\":"
+             "%" PRId64 ",\"second\":%d,\"raceId\":%s,\"name\":\"%s\","
+             "\"racerId\":%s,\"classId\":%s,\"cadence\":%s,"
+             "\"resistance\":%s}",
+             g->uuid, g->device_ts_ms, (int)g->second, g->race, g->name,
+             g->racer, g->class_id, g->cadence, g->resistance);
+    parse_ok(json, &set->items[set->count++].rec);
+}
+
+static int board_race_index(struct board_log *log, const struct agg_id *race)
+{
+    for (int i = 0; i < log->race_count; i++) {
+        if (agg_id_cmp(&log->races[i], race) == 0)
+            return i;
+    }
+    ASSERT_TRUE(log->race_count < GEN_MAX_RACES);
+    log->races[log->race_count] = *race;
+    return log->race_count++;
+}
+
+/* Copy of payload without the "revision":N member, owned by the caller. */
+static char *strip_revision(const char *payload, size_t len)
+{
+    static const char member[] = "\"revision\":";
+    char *text = strndup(payload, len);
+    ASSERT_TRUE(text != NULL);
+    char *at = strstr(text, member);
+    ASSERT_TRUE(at != NULL);
+    char *end = at + strlen(member);
+    while (*end >= '0' && *end <= '9')
+        end++;
+    ASSERT_EQ(*end, ',');
+    memmove(at, end + 1, strlen(end + 1) + 1);
+    return text;
+}
+
+/*
+ * Keep the last message of each (race, second). Each message must raise
+ * the revision by exactly one, starting at 0, and no agg call may send
+ * the same (race, second) twice.
+ */
+static int board_log_message(void *arg, const struct agg_message *msg)
+{
+    struct board_log *log = arg;
+
+    ASSERT_EQ(msg->kind, AGG_MSG_RACE_LEADERBOARD);
+    ASSERT_TRUE(msg->second >= 1);
+    ASSERT_TRUE(msg->second <= GEN_MAX_SECONDS);
+    int race = board_race_index(log, msg->race);
+    struct board_slot *slot = &log->slots[race][msg->second];
+    if (msg->revision != slot->revision + 1)
+        test_fail(__FILE__, __LINE__,
+                  "race %s second %d: revision %d follows revision %d",
+                  msg->race->str, (int)msg->second, (int)msg->revision,
+                  (int)slot->revision);
+    if (slot->call == log->call)
+        test_fail(__FILE__, __LINE__,
+                  "race %s second %d: sent twice by one agg call",
+                  msg->race->str, (int)msg->second);
+    free(slot->payload);
+    slot->payload = strip_revision(msg->payload, msg->payload_len);
+    slot->revision = msg->revision;
+    slot->call = log->call;
+    log->message_count++;
+    return 0;
+}
+
+static int board_log_sample(void *arg, const struct agg_sample_row *row)
+{
+    struct board_log *log = arg;
+    return capture_sample(log->store, row);
+}
+
+static int board_log_state(void *arg, const struct agg_id *race,
+                           const char *json, size_t len)
+{
+    struct board_log *log = arg;
+    return capture_state(log->store, race, json, len);
+}
+
+static struct board_log *board_log_new(void)
+{
+    struct board_log *log = calloc(1, sizeof *log);
+    ASSERT_TRUE(log != NULL);
+    log->store = capture_new();
+    for (int r = 0; r < GEN_MAX_RACES; r++) {
+        for (int s = 0; s <= GEN_MAX_SECONDS; s++)
+            log->slots[r][s].revision = -1;
+    }
+    return log;
+}
+
+static void board_log_free(struct board_log *log)
+{
+    for (int r = 0; r < GEN_MAX_RACES; r++) {
+        for (int s = 0; s <= GEN_MAX_SECONDS; s++)
+            free(log->slots[r][s].payload);
+    }
+    capture_free(log->store);
+    free(log);
+}
+
+static struct agg *agg_for_log(const struct agg_config *cfg,
+                               struct board_log *log)
+{
+    struct agg_sink sink = {log, board_log_sample, board_log_state,
+                            board_log_message};
+    struct agg *agg = agg_new(cfg, &sink);
+    ASSERT_TRUE(agg != NULL);
+    return agg;
+}
+
+/* Settings under which no record is quarantined or too late. */
+static struct agg_config amend_config(int32_t lateness, int32_t top_n)
+{
+    struct agg_config cfg = default_config();
+    cfg.allowed_lateness_s = lateness;
+    cfg.idle_close_s = 1000000;
+    cfg.max_future_skew_s = 1000000;
+    cfg.max_second_jump = cfg.max_seconds;
+    cfg.amend_window_s = cfg.max_seconds;
+    cfg.top_n = top_n;
+    return cfg;
+}
+
+static void apply_item(struct agg *agg, struct board_log *log,
+                       const struct gen_item *item)
+{
+    enum agg_outcome outcome = AGG_OUTCOME_COUNT;
+
+    log->call++;
+    ASSERT_EQ(agg_apply(agg, &item->rec, item->arrival_ms, &outcome), 0);
+    ASSERT_TRUE(outcome == AGG_APPLIED || outcome == AGG_UNCHANGED ||
+                outcome == AGG_CONFLICT_KEPT ||
+                outcome == AGG_CONFLICT_REPLACED ||
+                outcome == AGG_LATE_AMENDED);
+}
+
+/* Flush, drop the aggregator and rebuild it from the store, as a restart
+ * after a batch commit does. */
+static struct agg *restart_agg(const struct agg_config *cfg, struct agg *agg,
+                               struct board_log *log)
+{
+    log->call++;
+    ASSERT_EQ(agg_flush(agg), 0);
+    int64_t stream_time = agg_stream_time(agg);
+    agg_free(agg);
+    agg = agg_for_log(cfg, log);
+    restore_store(agg, log->store, stream_time);
+    return agg;
+}
+
+/*
+ * Deliver the items in order[0..count) with arrival times rising by 10 ms
+ * and a 2 s pause after every 97 records, restarting before item
+ * restart_at (none when it is count or more), then close everything. Each
+ * record is preceded by agg_advance to its arrival time, as in a live run,
+ * so idle closes are a call of their own. Sets each item's arrival_ms.
+ */
+static void deliver(const struct agg_config *cfg, struct gen_set *set,
+                    const size_t *order, size_t restart_at,
+                    struct board_log *log)
+{
+    struct agg *agg = agg_for_log(cfg, log);
+
+    for (size_t i = 0; i < set->count; i++) {
+        if (i == restart_at)
+            agg = restart_agg(cfg, agg, log);
+        struct gen_item *item = &set->items[order[i]];
+        item->arrival_ms = 100000 + 10 * (int64_t)i + 2000 * (int64_t)(i / 97);
+        log->call++;
+        ASSERT_EQ(agg_advance(agg, item->arrival_ms), 0);
+        apply_item(agg, log, item);
+    }
+    log->call++;
+    ASSERT_EQ(agg_close_all(agg), 0);
+    agg_free(agg);
+}
+
+/* The on-time run: items in set order, which is by second, with the
+ * arrival times of the delivery under test, and no second closed before
+ * the end. */
+static void deliver_on_time(const struct agg_config *tested,
+                            const struct gen_set *set, struct board_log *log)
+{
+    struct agg_config cfg = *tested;
+    cfg.allowed_lateness_s = cfg.max_seconds;
+    cfg.idle_close_s = 1000000;
+    struct agg *agg = agg_for_log(&cfg, log);
+
+    for (size_t i = 0; i < set->count; i++) {
+        ASSERT_TRUE(i == 0 ||
+                    set->items[i - 1].rec.second <= set->items[i].rec.second);
+        apply_item(agg, log, &set->items[i]);
+    }
+    log->call++;
+    ASSERT_EQ(agg_close_all(agg), 0);
+    agg_free(agg);
+}
+
+/* Every (race, second) of want was published in got, with the same last
+ * leaderboard apart from its revision, and got published nothing else. */
+static void expect_same_final_boards(const struct board_log *got,
+                                     const struct board_log *want)
+{
+    ASSERT_EQ(got->race_count, want->race_count);
+    for (int r = 0; r < want->race_count; r++) {
+        int g = 0;
+        while (g < got->race_count &&
+               agg_id_cmp(&got->races[g], &want->races[r]) != 0)
+            g++;
+        ASSERT_TRUE(g < got->race_count);
+        for (int s = 1; s <= GEN_MAX_SECONDS; s++) {
+            const struct board_slot *a = &got->slots[g][s];
+            const struct board_slot *b = &want->slots[r][s];
+            if (b->payload == NULL) {
+                ASSERT_TRUE(a->payload == NULL);
+                continue;
+            }
+            ASSERT_EQ(b->revision, 0);
+            if (a->payload == NULL || strcmp(a->payload, b->payload) != 0)
+                test_fail(__FILE__, __LINE__,
+                          "race %s second %d, revision %d:\n  got  %s\n"
+                          "  want %s",
+                          want->races[r].str, s, (int)a->revision,
+                          a->payload ? a->payload : "(none)", b->payload);
+        }
+    }
+}
+
+/* One rider in the model of a leaderboard. */
+struct model_entry {
+    const struct stored_row *latest;
+    int64_t total4;
+};
+
+static int model_entry_cmp(const void *pa, const void *pb)
+{
+    const struct model_entry *a = pa, *b = pb;
+
+    if (a->total4 != b->total4)
+        return a->total4 > b->total4 ? -1 : 1;
+    return agg_id_cmp(&a->latest->racer, &b->latest->racer);
+}
+
+/*
+ * Write the leaderboard of (race, second) from the stored rows alone, as
+ * the rules define it, without the revision member. It lists every rider
+ * with a row at or before second, with the row of its latest such second
+ * and the sum of its outputs, by total descending and then racerId.
+ */
+static char *model_board(const struct capture *store, const struct agg_id *race,
+                         int32_t second, int32_t top_n)
+{
+    struct model_entry *entries = calloc(MAX_ROWS, sizeof *entries);
+    int64_t ts = INT64_MIN;
+    int count = 0;
+
+    ASSERT_TRUE(entries != NULL);
+    for (int i = 0; i < store->row_count; i++) {
+        const struct stored_row *r = &store->rows[i];
+        if (agg_id_cmp(&r->race, race) != 0 || r->second > second)
+            continue;
+        if (r->arrival_ms > ts)
+            ts = r->arrival_ms;
+        int e = 0;
+        while (e < count && agg_id_cmp(&entries[e].latest->racer, &r->racer))
+            e++;
+        if (e == count)
+            entries[count++].latest = r;
+        if (r->second > entries[e].latest->second)
+            entries[e].latest = r;
+        entries[e].total4 += r->output4;
+    }
+    qsort(entries, (size_t)count, sizeof *entries, model_entry_cmp);
+
+    struct strbuf sb;
+    sb_init(&sb, 1 << 24);
+    sb_puts(&sb, "{\"type\":\"leaderboard\",\"raceId\":");
+    agg_id_to_json(race, &sb);
+    sb_printf(&sb, ",\"second\":%d,\"ts\":%" PRId64 ",\"entries\":[",
+              (int)second, ts);
+    int rank = 0;
+    for (int i = 0; i < count && (top_n <= 0 || i < top_n); i++) {
+        const struct stored_row *r = entries[i].latest;
+        if (i == 0 || entries[i].total4 != entries[i - 1].total4)
+            rank = i + 1;
+        sb_printf(&sb, "%s{\"rank\":%d,\"racerId\":", i ? "," : "", rank);
+        agg_id_to_json(&r->racer, &sb);
+        sb_puts(&sb, ",\"name\":");
+        sb_json_string(&sb, r->name, r->name_len);
+        sb_puts(&sb, ",\"classId\":");
+        agg_id_to_json(&r->class_id, &sb);
+        sb_printf(&sb, ",\"second\":%d,\"cadence\":", (int)r->second);
+        sb_fixed4(&sb, r->cadence4);
+        sb_puts(&sb, ",\"resistance\":");
+        sb_fixed4(&sb, r->resistance4);
+        sb_puts(&sb, ",\"output\":");
+        sb_fixed4(&sb, r->output4);
+        sb_puts(&sb, ",\"total\":");
+        sb_fixed4(&sb, entries[i].total4);
+        sb_putc(&sb, '}');
+    }
+    sb_puts(&sb, "]}");
+    ASSERT_EQ(sb_error(&sb), 0);
+    char *text = strdup(sb.data);
+    sb_free(&sb);
+    free(entries);
+    return text;
+}
+
+/* The reference run's leaderboards are the ones the rules define from its
+ * stored rows, so the comparison does not trust the aggregator twice. */
+static void expect_boards_follow_rules(const struct board_log *log,
+                                       int32_t top_n)
+{
+    for (int r = 0; r < log->race_count; r++) {
+        for (int s = 1; s <= GEN_MAX_SECONDS; s++) {
+            const struct board_slot *slot = &log->slots[r][s];
+            if (slot->payload == NULL)
+                continue;
+            char *want = model_board(log->store, &log->races[r], s, top_n);
+            if (strcmp(slot->payload, want) != 0)
+                test_fail(__FILE__, __LINE__,
+                          "race %s second %d:\n  got  %s\n  want %s",
+                          log->races[r].str, s, slot->payload, want);
+            free(want);
+        }
+    }
+}
+
+/*
+ * Deliver set in order (with a restart before restart_at), run the on-time
+ * reference and compare. Returns the log of the delivery, owned by the
+ * caller, for checks of its own.
+ */
+static struct board_log *check_delivery(const struct agg_config *cfg,
+                                        struct gen_set *set,
+                                        const size_t *order, size_t restart_at)
+{
+    struct board_log *got = board_log_new();
+    struct board_log *want = board_log_new();
+
+    deliver(cfg, set, order, restart_at, got);
+    deliver_on_time(cfg, set, want);
+    expect_boards_follow_rules(want, cfg->top_n);
+    expect_same_final_boards(got, want);
+    board_log_free(want);
+    return got;
+}
+
+/* Identity order with a shuffle of its own when seed is not 0. */
+static void make_order(size_t *order, size_t count, uint64_t seed)
+{
+    for (size_t i = 0; i < count; i++)
+        order[i] = i;
+    if (seed == 0)
+        return;
+    for (size_t i = count; i > 1; i--) {
+        size_t j = (size_t)prng_below(&seed, (int)i);
+        size_t t = order[i - 1];
+        order[i - 1] = order[j];
+        order[j] = t;
+    }
+}
+
+static const char *const gen_races[] = {"5988055001", "\"R-b\"", "5988055003"};
+
+/* Racer ids mix numbers and strings so both orders of ids are used. */
+static void gen_racer(int k, char *buf, size_t len)
+{
+    if (k % 2 == 0)
+        snprintf(buf, len, "%d", 100 + k);
+    else
+        snprintf(buf, len, "\"rc-%d\"", k);
+}
+
+/*
+ * Add to set a random sample for one (race, rider, second), then maybe a
+ * conflicting record with other values and maybe a copy of the values
+ * written another way, under another name and classId.
+ */
+static void gen_key(struct gen_set *set, uint64_t *prng, int race, int k,
+                    int second)
+{
+    char racer[32], uuid[64], cadence[32], resistance[32], copy_cadence[40];
+    char name[32], class_id[8];
+    struct gen_spec g = {gen_races[race], racer,   class_id,  name, uuid, 0,
+                         second,          cadence, resistance};
+
+    gen_racer(k, racer, sizeof racer);
+    snprintf(class_id, sizeof class_id, "%d", 1 + k % 2);
+    snprintf(name, sizeof name, "N%d", k);
+    snprintf(cadence, sizeof cadence, "%d.%d", prng_below(prng, 120),
+             prng_below(prng, 10));
+    snprintf(resistance, sizeof resistance, "%d", prng_below(prng, 60));
+    snprintf(uuid, sizeof uuid, "u-%d-%d-%d-a", race, k, second);
+    g.device_ts_ms = 1000 * second + prng_below(prng, 500);
+    gen_add(set, &g);
+
+    if (prng_below(prng, 100) < 15) {
+        struct gen_spec other = g;
+        char other_cadence[32], other_uuid[64];
+        snprintf(other_cadence, sizeof other_cadence, "%d",
+                 prng_below(prng, 120));
+        snprintf(other_uuid, sizeof other_uuid, "u-%d-%d-%d-b", race, k,
+                 second);
+        other.cadence = other_cadence;
+        other.uuid = other_uuid;
+        other.device_ts_ms = g.device_ts_ms - 250 + prng_below(prng, 500);
+        gen_add(set, &other);
+    }
+    if (prng_below(prng, 100) < 10) {
+        struct gen_spec copy = g;
+        char copy_uuid[64], copy_name[32];
+        snprintf(copy_cadence, sizeof copy_cadence, "%s0", cadence);
+        snprintf(copy_uuid, sizeof copy_uuid, "u-%d-%d-%d-c", race, k, second);
+        snprintf(copy_name, sizeof copy_name, "N%d-copy", k);
+        copy.cadence = copy_cadence;
+        copy.uuid = copy_uuid;
+        copy.name = copy_name;
+        copy.class_id = "9";
+        copy.device_ts_ms = g.device_ts_ms - 250 + prng_below(prng, 500);
+        gen_add(set, &copy);
+    }
+}
+
+/* Records for races x riders x seconds, each key present at 70 %, in
+ * second order. Riders start at random seconds, so some join late. */
+static struct gen_set *gen_random(uint64_t seed, int races, int riders,
+                                  int seconds)
+{
+    struct gen_set *set = gen_set_new();
+    int start[64];
+
+    ASSERT_TRUE(riders <= 64);
+    ASSERT_TRUE(races <= 3);
+    ASSERT_TRUE(seconds <= GEN_MAX_SECONDS);
+    for (int k = 0; k < riders; k++)
+        start[k] = 1 + prng_below(&seed, seconds / 2);
+    for (int s = 1; s <= seconds; s++) {
+        for (int r = 0; r < races; r++) {
+            for (int k = 0; k < riders; k++) {
+                if (s >= start[k] && prng_below(&seed, 100) < 70)
+                    gen_key(set, &seed, r, k, s);
+            }
+        }
+    }
+    return set;
+}
+
+TEST(agg_late_amends_match_on_time_run)
+{
+    static const int32_t latenesses[] = {0, 2, 5};
+    static const int32_t top_ns[] = {0, 3};
+    size_t order[GEN_MAX_ITEMS];
+
+    for (uint64_t seed = 1; seed <= 12; seed++) {
+        struct gen_set *set = gen_random(seed, 3, 5, 20);
+        for (size_t l = 0; l < 3; l++) {
+            for (size_t t = 0; t < 2; t++) {
+                struct agg_config cfg = amend_config(latenesses[l], top_ns[t]);
+                for (uint64_t shuffle = 0; shuffle <= 4; shuffle++) {
+                    fprintf(stderr,
+                            "seed %" PRIu64 " lateness %d top_n %d "
+                            "shuffle %" PRIu64 "\n",
+                            seed, (int)cfg.allowed_lateness_s, (int)cfg.top_n,
+                            shuffle);
+                    make_order(order, set->count,
+                               shuffle == 0 ? 0 : shuffle * 1000 + seed);
+                    board_log_free(
+                        check_delivery(&cfg, set, order, set->count));
+                }
+            }
+        }
+        free(set);
+    }
+}
+
+TEST(agg_late_amends_survive_restart)
+{
+    size_t order[GEN_MAX_ITEMS];
+
+    for (uint64_t seed = 1; seed <= 6; seed++) {
+        struct gen_set *set = gen_random(seed, 2, 5, 16);
+        for (int32_t lateness = 0; lateness <= 5; lateness += 5) {
+            struct agg_config cfg = amend_config(lateness, 3);
+            for (size_t cut = 1; cut < 5; cut++) {
+                size_t restart_at = set->count * cut / 5;
+                fprintf(stderr, "seed %" PRIu64 " lateness %d restart at %zu\n",
+                        seed, (int)lateness, restart_at);
+                make_order(order, set->count, seed * 7 + cut);
+                board_log_free(check_delivery(&cfg, set, order, restart_at));
+            }
+        }
+        free(set);
+    }
+}
+
+/*
+ * Order the items as two shards deliver them: riders of even position in
+ * one shard and odd in the other, each shard in second order, the two
+ * interleaved in bursts of up to max_burst records so one shard lags.
+ */
+static void make_shard_order(const struct gen_set *set, size_t *order,
+                             uint64_t seed, int max_burst)
+{
+    size_t shard[2][GEN_MAX_ITEMS], count[2] = {0, 0}, next[2] = {0, 0};
+    size_t n = 0;
+
+    for (size_t i = 0; i < set->count; i++) {
+        const struct agg_id *racer = &set->items[i].rec.racer;
+        int k = racer->is_num ? (int)(racer->num - 100) : atoi(racer->str + 3);
+        shard[k / 2 % 2][count[k / 2 % 2]++] = i;
+    }
+    while (n < set->count) {
+        int from = prng_below(&seed, 2);
+        int burst = 1 + prng_below(&seed, max_burst);
+        if (next[from] == count[from])
+            from = 1 - from;
+        for (; burst > 0 && next[from] < count[from]; burst--)
+            order[n++] = shard[from][next[from]++];
+    }
+}
+
+TEST(agg_late_amends_two_shards_at_scale)
+{
+    static size_t order[GEN_MAX_ITEMS];
+
+    for (uint64_t seed = 1; seed <= 2; seed++) {
+        struct gen_set *set = gen_random(seed, 1, 30, 120);
+        for (int32_t lateness = 0; lateness <= 5; lateness += 5) {
+            struct agg_config cfg = amend_config(lateness, 10);
+            fprintf(stderr, "seed %" PRIu64 " lateness %d\n", seed,
+                    (int)lateness);
+            make_shard_order(set, order, seed, 300);
+            struct board_log *log =
+                check_delivery(&cfg, set, order, set->count / 2);
+            fprintf(stderr, "%zu records, %d messages\n", set->count,
+                    log->message_count);
+            board_log_free(log);
+        }
+        free(set);
+    }
+}
+
+TEST(agg_late_amends_after_idle_close)
+{
+    size_t order[GEN_MAX_ITEMS];
+
+    for (uint64_t seed = 1; seed <= 6; seed++) {
+        struct gen_set *set = gen_random(seed, 3, 8, 30);
+        for (int32_t lateness = 0; lateness <= 5; lateness += 5) {
+            struct agg_config cfg = amend_config(lateness, 5);
+            cfg.idle_close_s = 1;
+            fprintf(stderr, "seed %" PRIu64 " lateness %d\n", seed,
+                    (int)lateness);
+            make_shard_order(set, order, seed, 150);
+            board_log_free(check_delivery(&cfg, set, order, set->count));
+            make_order(order, set->count, seed);
+            board_log_free(check_delivery(&cfg, set, order, set->count / 3));
+        }
+        free(set);
+    }
+}
+
+/* ---- late amendments, one case each ------------------------------------- */
+
+#define CASE_RACE "5988055001"
+
+/* A record of race 5988055001, class 1, in the given (cadence, resistance). */
+static struct gen_spec case_spec(const char *racer, const char *uuid,
+                                 int32_t second, const char *cadence)
+{
+    struct gen_spec g = {CASE_RACE, racer,   "1",
+                         "Rider",   uuid,    1000 * (int64_t)second,
+                         second,    cadence, "10"};
+    return g;
+}
+
+static struct gen_set *case_set(const struct gen_spec *specs, size_t count)
+{
+    struct gen_set *set = gen_set_new();
+    for (size_t i = 0; i < count; i++)
+        gen_add(set, &specs[i]);
+    return set;
+}
+
+/* Order that delivers every item in set order except the items listed in
+ * late, which come last in the order given. */
+static void order_with_late(size_t count, const size_t *late, size_t late_count,
+                            size_t *order)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < count; i++) {
+        bool is_late = false;
+        for (size_t j = 0; j < late_count; j++)
+            is_late |= late[j] == i;
+        if (!is_late)
+            order[n++] = i;
+    }
+    for (size_t j = 0; j < late_count; j++)
+        order[n++] = late[j];
+}
+
+/* Last payload of second in the single race of a case, or "". */
+static const char *case_board(const struct board_log *log, int32_t second)
+{
+    const char *payload = log->slots[0][second].payload;
+    return payload != NULL ? payload : "";
+}
+
+/*
+ * Deliver a case at allowed lateness 0, 2 and 5 and compare with the
+ * on-time run. Returns the log of lateness 0, where every listed record
+ * is late; the caller frees it.
+ */
+static struct board_log *check_case(const struct gen_spec *specs, size_t count,
+                                    const size_t *late, size_t late_count,
+                                    int32_t top_n)
+{
+    struct gen_set *set = case_set(specs, count);
+    size_t order[64];
+    struct board_log *all_late = NULL;
+
+    ASSERT_TRUE(count <= 64);
+    order_with_late(count, late, late_count, order);
+    for (size_t i = 0; i < 3; i++) {
+        static const int32_t latenesses[] = {5, 2, 0};
+        fprintf(stderr, "lateness %d\n", (int)latenesses[i]);
+        struct agg_config cfg = amend_config(latenesses[i], top_n);
+        struct board_log *log = check_delivery(&cfg, set, order, count);
+        if (latenesses[i] == 0)
+            all_late = log;
+        else
+            board_log_free(log);
+    }
+    free(set);
+    return all_late;
+}
+
+TEST(agg_late_new_rider_joins_boards)
+{
+    const struct gen_spec specs[] = {
+        case_spec("1", "u-1", 1, "50"), case_spec("1", "u-2", 2, "50"),
+        case_spec("2", "u-9", 2, "90"), case_spec("1", "u-3", 3, "50"),
+        case_spec("1", "u-4", 4, "50"), case_spec("1", "u-5", 5, "50"),
+    };
+    static const size_t late[] = {2};
+
+    struct board_log *log = check_case(specs, 6, late, 1, 0);
+    /* Rider 2 was unknown when 2..5 were published: all of them are sent
+     * again and list it, and second 1 is left alone. */
+    ASSERT_EQ(log->slots[0][1].revision, 0);
+    for (int32_t s = 2; s <= 5; s++) {
+        ASSERT_EQ(log->slots[0][s].revision, 1);
+        ASSERT_TRUE(strstr(case_board(log, s), "\"racerId\":2,") != NULL);
+    }
+    board_log_free(log);
+}
+
+TEST(agg_late_before_first_matches_on_time)
+{
+    const struct gen_spec specs[] = {
+        case_spec("1", "u-1", 1, "50"),
+        case_spec("1", "u-3", 3, "50"),
+        case_spec("1", "u-4", 4, "50"),
+    };
+    static const size_t late[] = {0};
+
+    struct board_log *log = check_case(specs, 3, late, 1, 0);
+    /* Seconds 1 and 2 are sent for the first time, 3 and 4 again. */
+    ASSERT_EQ(log->slots[0][1].revision, 0);
+    ASSERT_EQ(log->slots[0][2].revision, 0);
+    ASSERT_EQ(log->slots[0][3].revision, 1);
+    ASSERT_EQ(log->slots[0][4].revision, 1);
+    ASSERT_TRUE(strstr(case_board(log, 2), "\"second\":1,") != NULL);
+    board_log_free(log);
+}
+
+TEST(agg_late_conflict_winner_republishes)
+{
+    struct gen_spec winner = case_spec("1", "u-0", 2, "99");
+    winner.device_ts_ms = 1;
+    const struct gen_spec specs[] = {
+        case_spec("1", "u-1", 1, "50"), case_spec("1", "u-2", 2, "50"), winner,
+        case_spec("1", "u-3", 3, "50"), case_spec("1", "u-4", 4, "50"),
+    };
+    static const size_t late[] = {2};
+
+    struct board_log *log = check_case(specs, 5, late, 1, 0);
+    ASSERT_TRUE(strstr(case_board(log, 2), "\"cadence\":99,") != NULL);
+    ASSERT_EQ(log->slots[0][4].revision, 1);
+    board_log_free(log);
+}
+
+TEST(agg_late_at_newest_published_second)
+{
+    const struct gen_spec specs[] = {
+        case_spec("1", "u-1", 1, "50"),
+        case_spec("1", "u-2", 2, "50"),
+        case_spec("2", "u-9", 2, "90"),
+    };
+    static const size_t late[] = {2};
+
+    struct board_log *log = check_case(specs, 3, late, 1, 0);
+    ASSERT_EQ(log->slots[0][1].revision, 0);
+    ASSERT_EQ(log->slots[0][2].revision, 1);
+    ASSERT_TRUE(strstr(case_board(log, 2), "\"racerId\":2,") != NULL);
+    board_log_free(log);
+}
+
+TEST(agg_late_output_moves_later_totals)
+{
+    /* Rider 2 leads every published second until rider 1's late sample at
+     * second 1 puts rider 1 ahead from second 1 to the end. */
+    const struct gen_spec specs[] = {
+        case_spec("1", "u-1", 1, "500"), case_spec("2", "u-5", 1, "60"),
+        case_spec("2", "u-6", 2, "60"),  case_spec("2", "u-7", 3, "60"),
+        case_spec("1", "u-2", 4, "0"),   case_spec("2", "u-8", 4, "60"),
+    };
+    static const size_t late[] = {0};
+
+    struct board_log *log = check_case(specs, 6, late, 1, 0);
+    for (int32_t s = 1; s <= 4; s++) {
+        fprintf(stderr, "second %d\n", (int)s);
+        ASSERT_TRUE(strstr(case_board(log, s),
+                           "\"entries\":[{\"rank\":1,\"racerId\":1,") != NULL);
+    }
+    /* Second 4 was amended once by rider 2's own late sample there. */
+    ASSERT_EQ(log->slots[0][3].revision, 1);
+    ASSERT_EQ(log->slots[0][4].revision, 2);
+    /* 401.25 at second 1 and 26.25 at second 4. */
+    ASSERT_TRUE(strstr(case_board(log, 4), "\"total\":427.5}") != NULL);
+    board_log_free(log);
+}
+
+TEST(agg_late_rider_enters_top_n)
+{
+    /* top_n 2: rider 3 is cut until its late sample at second 2 lifts it
+     * above rider 2. */
+    const struct gen_spec specs[] = {
+        case_spec("1", "u-1", 1, "90"), case_spec("2", "u-2", 1, "50"),
+        case_spec("3", "u-3", 1, "10"), case_spec("3", "u-4", 2, "200"),
+        case_spec("1", "u-5", 3, "90"), case_spec("2", "u-6", 3, "50"),
+    };
+    static const size_t late[] = {3};
+
+    struct board_log *log = check_case(specs, 6, late, 1, 2);
+    ASSERT_TRUE(strstr(case_board(log, 1), "\"racerId\":3,") == NULL);
+    for (int32_t s = 2; s <= 3; s++) {
+        ASSERT_TRUE(strstr(case_board(log, s), "\"racerId\":3,") != NULL);
+        ASSERT_TRUE(strstr(case_board(log, s), "\"racerId\":2,") == NULL);
+    }
+    board_log_free(log);
+}
+
+TEST(agg_late_copy_updates_name)
+{
+    /* A copy with the same values and a smaller key replaces the stored
+     * sample's name, classId and arrival, which the leaderboards show. */
+    struct gen_spec copy = case_spec("1", "u-0", 2, "50.0");
+    copy.device_ts_ms = 1;
+    copy.name = "Renamed";
+    copy.class_id = "\"C\"";
+    const struct gen_spec specs[] = {
+        case_spec("1", "u-1", 1, "50"),
+        case_spec("1", "u-2", 2, "50"),
+        copy,
+        case_spec("1", "u-3", 3, "50"),
+    };
+    static const size_t late[] = {2};
+
+    struct board_log *log = check_case(specs, 4, late, 1, 0);
+    ASSERT_EQ(log->slots[0][2].revision, 1);
+    ASSERT_TRUE(strstr(case_board(log, 2), "\"name\":\"Renamed\"") != NULL);
+    ASSERT_TRUE(strstr(case_board(log, 3), "\"name\":\"Rider\"") != NULL);
+    board_log_free(log);
 }
