@@ -75,7 +75,23 @@ void pipeline_free(struct pipeline *pl);
  */
 int pipeline_restore(struct pipeline *pl);
 
-/* Queue a batch (takes ownership). */
+/*
+ * Records for one job: segments in processing order, each a run of records
+ * of one shard with that shard's checkpoint after it, and the shards whose
+ * delivered batch ends inside this job, to be told once it commits.
+ */
+struct pipeline_work {
+    struct shard_batch **segments; /* owned */
+    size_t segment_count;
+    char **completed_shards; /* owned */
+    size_t completed_count;
+};
+
+void pipeline_work_free(struct pipeline_work *work);
+
+/* Queue work (takes ownership). */
+void pipeline_submit_work(struct pipeline *pl, struct pipeline_work *work);
+/* Queue one whole batch as its own job (takes ownership). */
 void pipeline_submit_batch(struct pipeline *pl, struct shard_batch *batch);
 /* Queue a stream-time advance to now_ms (all shards caught up). */
 void pipeline_submit_tick(struct pipeline *pl, int64_t now_ms);
@@ -90,5 +106,25 @@ bool pipeline_idle(const struct pipeline *pl);
 size_t pipeline_pending_acks(const struct pipeline *pl);
 
 const struct pipeline_counters *pipeline_counters(const struct pipeline *pl);
+
+/*
+ * The merge of shards: batches of several shards become pipeline work in
+ * the order of their records' ApproximateArrivalTimestamp, so that a shard
+ * read far ahead of another does not make the other's records late. A
+ * record is released once no shard that is still behind can deliver an
+ * earlier one: its arrival time is at or below the watermark, the smallest
+ * newest-arrival time among shards that are not caught up.
+ */
+struct merge;
+
+/* hold_limit_ms bounds how long a record waits for a stalled shard. */
+struct merge *merge_new(struct pipeline *pl, int64_t hold_limit_ms);
+void merge_free(struct merge *m);
+/* Take a batch from the reader (takes ownership). */
+void merge_add(struct merge *m, struct shard_batch *batch, int64_t now_ms);
+/* Release what the reader's shards allow; call after each change. */
+void merge_release(struct merge *m, const struct reader *rd, int64_t now_ms);
+/* Records held and not yet released. */
+size_t merge_pending(const struct merge *m);
 
 #endif

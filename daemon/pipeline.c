@@ -48,10 +48,10 @@ struct out_message {
 };
 
 struct job {
-    uv_work_t work;
+    uv_work_t uv_work;
     struct pipeline *pl;
     enum job_kind kind;
-    struct shard_batch *batch; /* JOB_BATCH, owned */
+    struct pipeline_work *work; /* JOB_BATCH, owned */
     int64_t now_ms;            /* JOB_TICK */
     int64_t *acks;             /* owned; outbox ids to delete */
     size_t ack_count;
@@ -157,11 +157,24 @@ static void out_messages_free(struct job *job)
     job->msg_count = job->msg_cap = 0;
 }
 
+void pipeline_work_free(struct pipeline_work *work)
+{
+    if (work == NULL)
+        return;
+    for (size_t i = 0; i < work->segment_count; i++)
+        shard_batch_free(work->segments[i]);
+    for (size_t i = 0; i < work->completed_count; i++)
+        free(work->completed_shards[i]);
+    free(work->segments);
+    free(work->completed_shards);
+    free(work);
+}
+
 static void job_free(struct job *job)
 {
     if (job == NULL)
         return;
-    shard_batch_free(job->batch);
+    pipeline_work_free(job->work);
     free(job->acks);
     out_messages_free(job);
     free(job);
@@ -570,7 +583,8 @@ static int run_job(struct pipeline *pl, struct job *job)
     if (rc == 0) {
         switch (job->kind) {
         case JOB_BATCH:
-            rc = process_batch(pl, job->batch);
+            for (size_t i = 0; rc == 0 && i < job->work->segment_count; i++)
+                rc = process_batch(pl, job->work->segments[i]);
             break;
         case JOB_TICK:
             rc = agg_advance(pl->agg, job->now_ms);
@@ -634,8 +648,11 @@ static void job_done(uv_work_t *work, int status)
         struct out_message *m = &job->msgs[i];
         pl->hooks.message(pl->hooks.arg, m->id, m->topic, m->payload, m->len);
     }
-    if (job->kind == JOB_BATCH)
-        pl->hooks.batch_committed(pl->hooks.arg, job->batch->shard_id);
+    if (job->kind == JOB_BATCH) {
+        for (size_t i = 0; i < job->work->completed_count; i++)
+            pl->hooks.batch_committed(pl->hooks.arg,
+                                      job->work->completed_shards[i]);
+    }
     job_free(job);
     start_next(pl);
     if (pipeline_idle(pl) && pl->hooks.idle != NULL)
@@ -670,9 +687,9 @@ static void start_next(struct pipeline *pl)
     job->next = NULL;
 
     take_acks(pl, job);
-    job->work.data = job;
+    job->uv_work.data = job;
     pl->running = job;
-    int rc = uv_queue_work(pl->loop, &job->work, job_work, job_done);
+    int rc = uv_queue_work(pl->loop, &job->uv_work, job_work, job_done);
     if (rc != 0) {
         pl->running = NULL;
         pl->failed = true;
@@ -703,16 +720,39 @@ static struct job *job_new(enum job_kind kind)
     return job;
 }
 
-void pipeline_submit_batch(struct pipeline *pl, struct shard_batch *batch)
+void pipeline_submit_work(struct pipeline *pl, struct pipeline_work *work)
 {
     struct job *job = pl->failed ? NULL : job_new(JOB_BATCH);
     if (job == NULL) {
         /* Not committed, so its records are read again after a restart. */
+        pipeline_work_free(work);
+        return;
+    }
+    job->work = work;
+    enqueue(pl, job);
+}
+
+void pipeline_submit_batch(struct pipeline *pl, struct shard_batch *batch)
+{
+    struct pipeline_work *work = calloc(1, sizeof *work);
+    if (work != NULL) {
+        work->segments = malloc(sizeof *work->segments);
+        work->completed_shards = malloc(sizeof *work->completed_shards);
+    }
+    char *shard_id = strdup(batch->shard_id);
+    if (work == NULL || work->segments == NULL ||
+        work->completed_shards == NULL || shard_id == NULL) {
+        log_error("main", NULL, "failed to queue a batch: out of memory");
+        free(shard_id);
+        pipeline_work_free(work);
         shard_batch_free(batch);
         return;
     }
-    job->batch = batch;
-    enqueue(pl, job);
+    work->segments[0] = batch;
+    work->segment_count = 1;
+    work->completed_shards[0] = shard_id;
+    work->completed_count = 1;
+    pipeline_submit_work(pl, work);
 }
 
 void pipeline_submit_tick(struct pipeline *pl, int64_t now_ms)

@@ -27,8 +27,8 @@
 
 /* Time the publisher gets to deliver the outbox when stopping. */
 #define RUN_FLUSH_TIMEOUT_MS 5000
-/* How often the loop checks for idleness, acks and stopping. */
-#define RUN_TICK_MS 250
+/* How often the loop checks the merge, idleness, acks and stopping. */
+#define RUN_TICK_MS 100
 /* Stream-time advance while caught up, at most this often. */
 #define RUN_STREAM_TICK_MS 1000
 /* Outbox rows loaded per query at start-up. */
@@ -42,6 +42,7 @@ struct daemon {
     struct podium_config cfg;
     struct store *store;
     struct pipeline *pipeline;
+    struct merge *merge;
     struct httpc *http;
     struct reader *reader;
     struct publisher *publisher;
@@ -66,7 +67,9 @@ static void begin_stop(struct daemon *d, int exit_code);
 static void on_batch(void *arg, struct shard_batch *batch)
 {
     struct daemon *d = arg;
-    pipeline_submit_batch(d->pipeline, batch);
+    int64_t now = log_now_ms();
+    merge_add(d->merge, batch, now);
+    merge_release(d->merge, d->reader, now);
 }
 
 static void on_ready(void *arg, size_t open_shards)
@@ -232,7 +235,8 @@ static void on_tick(uv_timer_t *timer)
         step_stop(d, now);
         return;
     }
-    if (!pipeline_idle(d->pipeline))
+    merge_release(d->merge, d->reader, now);
+    if (!pipeline_idle(d->pipeline) || merge_pending(d->merge) > 0)
         return;
     /* While every shard is caught up, stream time follows the clock so an
      * idle race still closes in a live run. */
@@ -407,7 +411,11 @@ static int open_state(struct daemon *d)
     d->pipeline = pipeline_new(&d->loop, d->store, &d->cfg, &hooks);
     if (d->pipeline == NULL || pipeline_restore(d->pipeline) != 0)
         return 1;
-    return 0;
+    /* A record waits for a lagging shard at most as long as one request
+     * of that shard may take, then leaves and the lag becomes lateness. */
+    d->merge = merge_new(d->pipeline, (int64_t)d->cfg.request_timeout_ms +
+                                          d->cfg.poll_interval_ms);
+    return d->merge != NULL ? 0 : 1;
 }
 
 /* Resolve endpoint and credentials; returns 0 or an exit status. */
@@ -453,6 +461,7 @@ static void shutdown_daemon(struct daemon *d)
         close_all(d);
     uv_run(&d->loop, UV_RUN_DEFAULT);
     reader_free(d->reader);
+    merge_free(d->merge);
     pipeline_free(d->pipeline);
     store_close(d->store);
     int rc = uv_loop_close(&d->loop);

@@ -33,8 +33,6 @@
 #define SIM_MAX_RACERS 100000
 #define SIM_MAX_CLASSES 999
 #define SIM_MAX_SECONDS 86400
-/* Records queued in the putter before the feeder waits. */
-#define SIM_MAX_QUEUED 20000
 
 static const char *const rider_names[] = {
     "Ada",   "Bo",     "Carmen", "Dev",    "Eun",    "Femi",  "Gus",
@@ -357,15 +355,17 @@ static void on_put_done(void *arg, const char *error)
     st->http = NULL;
 }
 
-/* Feed seconds into the putter without queueing the whole race at once;
- * with --realtime, second s goes out s seconds after the start. */
+/* Feed seconds into the putter; with --realtime, second s goes out s
+ * seconds after the start. */
 static void on_feed(uv_timer_t *timer)
 {
     struct sim_state *st = timer->data;
     int64_t now = log_now_ms();
 
-    while (!all_generated(st) &&
-           kinesis_putter_pending(st->putter) < SIM_MAX_QUEUED) {
+    /* One second at a time, as riders' devices send them: the next second
+     * goes out once the putter has handed over the previous one, so
+     * arrival times follow the race clock across shards. */
+    while (!all_generated(st) && kinesis_putter_pending(st->putter) == 0) {
         if (st->opts.realtime &&
             now < st->wall_start_ms + (st->next_second - 1) * 1000)
             return;
@@ -373,6 +373,7 @@ static void on_feed(uv_timer_t *timer)
             st->exit_code = 1;
             break;
         }
+        kinesis_putter_flush(st->putter);
     }
     if (!all_generated(st) && st->exit_code == 0)
         return;

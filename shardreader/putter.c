@@ -90,7 +90,8 @@ struct kinesis_putter {
     uint32_t backoff_base_ms;
     bool backing_off;
     bool finishing;
-    bool done; /* done_cb is due or ran */
+    bool flushing; /* send partial calls until the queue is empty */
+    bool done;     /* done_cb is due or ran */
     char *error;
     void (*done_cb)(void *arg, const char *error);
     void *done_arg;
@@ -433,7 +434,8 @@ static struct put_call *free_slot(struct kinesis_putter *p)
     return NULL;
 }
 
-/* Send calls while a slot is free: full ones, or any once finishing. */
+/* Send calls while a slot is free: full ones, or any once flushing or
+ * finishing. */
 static void putter_pump(struct kinesis_putter *p)
 {
     struct put_call *call;
@@ -442,10 +444,12 @@ static void putter_pump(struct kinesis_putter *p)
            p->queue.count > 0 && (call = free_slot(p)) != NULL) {
         bool full = p->queue.count >= PUT_MAX_RECORDS ||
                     p->queue.bytes >= PUT_MAX_CALL_BYTES;
-        if (!full && !p->finishing)
+        if (!full && !p->finishing && !p->flushing)
             break;
         send_call(p, call);
     }
+    if (p->queue.count == 0)
+        p->flushing = false;
 }
 
 /* ---- public API --------------------------------------------------------- */
@@ -542,6 +546,12 @@ size_t kinesis_putter_pending(const struct kinesis_putter *p)
  * turn, after the putter closed its timer, so it may call
  * kinesis_putter_free().
  */
+void kinesis_putter_flush(struct kinesis_putter *p)
+{
+    p->flushing = true;
+    putter_pump(p);
+}
+
 void kinesis_putter_finish(struct kinesis_putter *p,
                            void (*done_cb)(void *arg, const char *error),
                            void *arg)

@@ -1365,6 +1365,13 @@ int reader_start(struct reader *rd, const struct reader_checkpoint *cps,
     return 0;
 }
 
+static bool shard_caught_up(const struct shard *sh)
+{
+    return sh->state != SHARD_IDLE && sh->state != SHARD_FINISHED &&
+           sh->state != SHARD_COMMIT && sh->replied_empty &&
+           sh->millis_behind <= 0;
+}
+
 bool reader_caught_up(const struct reader *rd)
 {
     if (!rd->ready || rd->stopping)
@@ -1373,8 +1380,7 @@ bool reader_caught_up(const struct reader *rd)
         const struct shard *sh = rd->shards[i];
         if (sh->state == SHARD_IDLE || sh->state == SHARD_FINISHED)
             continue;
-        if (sh->state == SHARD_COMMIT || !sh->replied_empty ||
-            sh->millis_behind > 0)
+        if (!shard_caught_up(sh))
             return false;
     }
     return true;
@@ -1402,6 +1408,7 @@ int reader_shard_info(const struct reader *rd, size_t index,
     out->reading = sh->state != SHARD_IDLE && sh->state != SHARD_FINISHED;
     out->millis_behind = sh->millis_behind;
     out->get_records_calls = sh->get_records_calls;
+    out->caught_up = shard_caught_up(sh);
     return 0;
 }
 

@@ -143,6 +143,9 @@ struct reader_shard_info {
     bool reading;          /* started and not finished */
     int64_t millis_behind; /* last MillisBehindLatest, -1 when unknown */
     uint64_t get_records_calls;
+    /* Reading, no batch with the consumer, and the last reply was empty
+     * with MillisBehindLatest 0 or absent: nothing older is to come. */
+    bool caught_up;
 };
 
 /* Number of shards known from ListShards or from the checkpoints. */
@@ -186,6 +189,9 @@ int kinesis_putter_add(struct kinesis_putter *p, const void *data, size_t len,
  */
 void kinesis_putter_set_retry(struct kinesis_putter *p, uint32_t max_attempts,
                               uint32_t backoff_base_ms);
+
+/* Send the queued records now, in calls that need not be full. */
+void kinesis_putter_flush(struct kinesis_putter *p);
 
 /* Number of records queued or in flight. */
 size_t kinesis_putter_pending(const struct kinesis_putter *p);
