@@ -164,7 +164,11 @@ listener $port 127.0.0.1
 allow_anonymous true
 persistence false
 log_dest stderr
+max_queued_messages 0
 EOF
+    # max_queued_messages 0 lifts the default limit of 1000 QoS 1 messages
+    # queued for a slow subscriber; past it mosquitto drops messages, and a
+    # test that captures every leaderboard must see them all.
     # mosquitto started as root switches to the user "mosquitto" before it
     # opens log files, so its log goes to stderr and the shell writes it.
     nohup "$MOSQUITTO_BIN" -c "$dir/mosquitto.conf" \
