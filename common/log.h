@@ -41,8 +41,8 @@ void log_write(enum log_level level, const char *module,
     } while (0)
 
 #define log_error(module, ids, ...) LOG_AT(LOG_ERROR, module, ids, __VA_ARGS__)
-#define log_warn(module, ids, ...) LOG_AT(LOG_WARN, module, ids, __VA_ARGS__)
-#define log_info(module, ids, ...) LOG_AT(LOG_INFO, module, ids, __VA_ARGS__)
+#define log_warn(module, ids, ...)  LOG_AT(LOG_WARN, module, ids, __VA_ARGS__)
+#define log_info(module, ids, ...)  LOG_AT(LOG_INFO, module, ids, __VA_ARGS__)
 #define log_debug(module, ids, ...) LOG_AT(LOG_DEBUG, module, ids, __VA_ARGS__)
 
 /*

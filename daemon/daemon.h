@@ -22,17 +22,18 @@
 int cmd_run(int argc, char **argv);
 int cmd_simulate(int argc, char **argv);
 
-/*
- * Parse the options every subcommand shares (--config FILE, --set K=V) out
- * of argv and load the configuration. Returns 0, or 2 after printing the
- * error. Unknown options are left for the caller in *rest.
- */
+/* Options every subcommand shares: --config FILE and --set KEY=VALUE. */
 struct common_opts {
     const char *config_file;
     const char **sets; /* owned array of borrowed argv strings */
     size_t set_count;
 };
 
+/*
+ * Load the configuration: the --config file (or the default file when it
+ * exists), then the environment, then the --set flags. Returns 0, or 2
+ * after printing the error.
+ */
 int load_config(const struct common_opts *opts, struct podium_config *cfg);
 
 /* Counters of the pipeline, written by the worker, read anywhere. */
@@ -50,7 +51,7 @@ struct pipeline_counters {
 
 struct pipeline;
 
-/* What the pipeline asks of its owner, on the loop thread. */
+/* Callbacks from the pipeline to its owner, on the loop thread. */
 struct pipeline_hooks {
     void *arg;
     /* A batch of shard_id is durable (checkpoint included). */

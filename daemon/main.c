@@ -30,8 +30,8 @@ static void usage(FILE *out)
           "  help       print this text\n"
           "\n"
           "Options common to run and simulate:\n"
-          "  --config FILE     configuration file (default "
-          DEFAULT_CONFIG_FILE " when it exists)\n"
+          "  --config FILE     configuration file (default " DEFAULT_CONFIG_FILE
+          " when it exists)\n"
           "  --set KEY=VALUE   override one setting, after the file and the\n"
           "                    environment (PODIUM_<KEY>); repeatable\n"
           "\n"
@@ -52,8 +52,8 @@ int load_config(const struct common_opts *opts, struct podium_config *cfg)
 
     if (file == NULL && access(DEFAULT_CONFIG_FILE, F_OK) == 0)
         file = DEFAULT_CONFIG_FILE;
-    if (cfg_load(cfg, file, required, environ, opts->sets, opts->set_count,
-                 err, sizeof err) != 0) {
+    if (cfg_load(cfg, file, required, environ, opts->sets, opts->set_count, err,
+                 sizeof err) != 0) {
         fprintf(stderr, "podium: %s\n", err);
         return 2;
     }

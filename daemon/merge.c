@@ -4,7 +4,7 @@
  * The reader hands over at most one batch per shard and reads that shard no
  * further until the batch commits. Shards are read independently, so one
  * may deliver minutes of records while another is still on its first
- * request; applying batches as they come would make the slower shard's
+ * request. Applying batches as they come would make the slower shard's
  * records late and reorder leaderboards. Instead, records wait here and
  * leave in the order of (ApproximateArrivalTimestamp, shard id, sequence),
  * and only up to the watermark: the smallest arrival time below which a
@@ -141,8 +141,8 @@ size_t merge_pending(const struct merge *m)
  * The watermark from the reader's view of its shards. Returns false when a
  * shard that is behind has delivered nothing yet, so nothing may leave.
  */
-static bool watermark(struct merge *m, const struct reader *rd,
-                      int64_t now_ms, int64_t *out)
+static bool watermark(struct merge *m, const struct reader *rd, int64_t now_ms,
+                      int64_t *out)
 {
     int64_t w = INT64_MAX;
     size_t n = reader_shard_count(rd);
@@ -205,8 +205,7 @@ static int work_push_segment(struct pipeline_work *work,
     return 0;
 }
 
-static int work_push_completed(struct pipeline_work *work,
-                               const char *shard_id)
+static int work_push_completed(struct pipeline_work *work, const char *shard_id)
 {
     char **p = realloc(work->completed_shards,
                        (work->completed_count + 1) * sizeof *p);
@@ -320,7 +319,8 @@ void merge_release(struct merge *m, const struct reader *rd, int64_t now_ms)
     struct pipeline_work *work = calloc(1, sizeof *work);
     if (work == NULL || collect(m, w, work) != 0) {
         /* The held batches stay as they were and leave on a later call. */
-        log_error("main", NULL, "failed to merge shard batches: out of "
+        log_error("main", NULL,
+                  "failed to merge shard batches: out of "
                   "memory");
         pipeline_work_free(work);
         return;

@@ -52,8 +52,8 @@ struct job {
     struct pipeline *pl;
     enum job_kind kind;
     struct pipeline_work *work; /* JOB_BATCH, owned */
-    int64_t now_ms;            /* JOB_TICK */
-    int64_t *acks;             /* owned; outbox ids to delete */
+    int64_t now_ms;             /* JOB_TICK */
+    int64_t *acks;              /* owned; outbox ids to delete */
     size_t ack_count;
     struct out_message *msgs; /* owned; built by the worker */
     size_t msg_count;
@@ -225,8 +225,10 @@ static int restore_sample(void *arg, const struct store_sample *s)
         agg_id_from_json(s->racer_id, strlen(s->racer_id), &ids.racer) != 0 ||
         agg_id_from_json(s->class_id, strlen(s->class_id), &ids.class_id) !=
             0) {
-        log_error("main", NULL, "failed to restore sample: bad id in row "
-                  "race %s racer %s", s->race_id, s->racer_id);
+        log_error("main", NULL,
+                  "failed to restore sample: bad id in row "
+                  "race %s racer %s",
+                  s->race_id, s->racer_id);
         return -1;
     }
     struct agg_sample_row row = {
@@ -352,8 +354,8 @@ static int drop_message(struct pipeline *pl, const struct agg_message *msg,
                         &suppressed)) {
         struct log_ids ids = {.race = msg->race ? msg->race->str : NULL};
         log_error("main", &ids,
-                  "failed to build message for second %" PRId32
-                  ": %s (%" PRIu32 " similar errors not logged)",
+                  "failed to build message for second %" PRId32 ": %s (%" PRIu32
+                  " similar errors not logged)",
                   msg->second, reason, suppressed);
     }
     return 0;
@@ -396,8 +398,8 @@ static int sink_message(void *arg, const struct agg_message *msg)
     sb_reset(&pl->topic);
     if (pub_topic_expand(topic_template(pl->cfg, msg->kind),
                          race ? race->str : NULL, race ? race->len : 0,
-                         cls ? cls->str : NULL, cls ? cls->len : 0,
-                         &pl->topic, err, sizeof err) != 0)
+                         cls ? cls->str : NULL, cls ? cls->len : 0, &pl->topic,
+                         err, sizeof err) != 0)
         return drop_message(pl, msg, err);
     if (msg->payload_len > PUB_MAX_PAYLOAD) {
         snprintf(err, sizeof err,
@@ -462,7 +464,7 @@ static bool outcome_applied(enum agg_outcome outcome)
 }
 
 /*
- * Why a record with this outcome is kept as a dead letter, or NULL when the
+ * Dead-letter detail for a record with this outcome, or NULL when the
  * outcome needs no dead letter (applied, or counted only).
  */
 static const char *outcome_dead_letter_detail(enum agg_outcome outcome)
@@ -612,8 +614,8 @@ static void job_work(uv_work_t *work)
     pl->current = job;
     if (store_begin(pl->store) != 0 || run_job(pl, job) != 0 ||
         store_commit(pl->store) != 0) {
-        snprintf(job->error, sizeof job->error,
-                 "failed to commit batch: %s", store_errmsg(pl->store));
+        snprintf(job->error, sizeof job->error, "failed to commit batch: %s",
+                 store_errmsg(pl->store));
         store_rollback(pl->store);
         out_messages_free(job);
         job->failed = true;
@@ -778,8 +780,10 @@ void pipeline_ack(struct pipeline *pl, int64_t id)
         int64_t *p = realloc(pl->acks, cap * sizeof *p);
         if (p == NULL) {
             /* The row stays in the outbox and is sent again on restart. */
-            log_warn("main", NULL, "failed to record delivery of outbox "
-                     "message %" PRId64 ": out of memory", id);
+            log_warn("main", NULL,
+                     "failed to record delivery of outbox "
+                     "message %" PRId64 ": out of memory",
+                     id);
             return;
         }
         pl->acks = p;

@@ -7,11 +7,11 @@
  * (worker thread, one transaction each) -> publisher, and the reader
  * continues a shard only after its batch committed.
  *
- * Stopping on SIGINT or SIGTERM: stop reading (a GetRecords reply still in
- * flight is abandoned and read again next time), let the queued batches
- * commit, give the publisher a bounded time to deliver, delete what it
- * delivered, close every handle and exit 0. A fatal error takes the same
- * path and exits 1.
+ * Stopping on SIGINT or SIGTERM: stop reading, let the queued batches commit,
+ * give the publisher a bounded time to deliver, delete what it delivered,
+ * close every handle and exit 0. A GetRecords reply still in flight is
+ * abandoned and read again next time. A fatal error takes the same path and
+ * exits 1.
  */
 #include "daemon/daemon.h"
 
@@ -34,8 +34,14 @@
 /* Outbox rows loaded per query at start-up. */
 #define RUN_OUTBOX_PAGE 1000
 
-enum run_phase { PHASE_RUNNING, PHASE_STOP_READING, PHASE_DRAINING,
-                 PHASE_FLUSHING, PHASE_FINAL_ACKS, PHASE_CLOSING };
+enum run_phase {
+    PHASE_RUNNING,
+    PHASE_STOP_READING,
+    PHASE_DRAINING,
+    PHASE_FLUSHING,
+    PHASE_FINAL_ACKS,
+    PHASE_CLOSING
+};
 
 struct daemon {
     uv_loop_t loop;
@@ -79,8 +85,7 @@ static void on_ready(void *arg, size_t open_shards)
     if (open_shards == 0)
         log_info("main", &ids, "ready: the stream has no open shards");
     else
-        log_info("main", &ids, "ready: reading %zu open shards",
-                 open_shards);
+        log_info("main", &ids, "ready: reading %zu open shards", open_shards);
 }
 
 static void on_reader_fatal(void *arg, const char *message)
@@ -104,8 +109,10 @@ static void on_message(void *arg, int64_t id, const char *topic,
     struct daemon *d = arg;
     if (publisher_submit(d->publisher, id, topic, payload, len) != 0) {
         struct log_ids ids = {.topic = topic};
-        log_error("main", &ids, "failed to queue outbox message %" PRId64
-                  " for publishing; it stays in the outbox", id);
+        log_error("main", &ids,
+                  "failed to queue outbox message %" PRId64
+                  " for publishing; it stays in the outbox",
+                  id);
     }
 }
 
@@ -175,7 +182,8 @@ static void begin_stop(struct daemon *d, int exit_code)
     if (d->phase != PHASE_RUNNING)
         return;
     d->phase = PHASE_STOP_READING;
-    log_info("main", NULL, "stopping: no new reads, committing batches in "
+    log_info("main", NULL,
+             "stopping: no new reads, committing batches in "
              "flight");
     if (d->reader != NULL)
         reader_stop(d->reader, on_reader_stopped, d);
@@ -209,7 +217,8 @@ static void step_stop(struct daemon *d, int64_t now)
             now < d->flush_deadline_ms)
             return;
         if (d->publisher != NULL && publisher_pending(d->publisher) > 0)
-            log_warn("main", NULL, "%zu messages not delivered before the "
+            log_warn("main", NULL,
+                     "%zu messages not delivered before the "
                      "deadline; they stay in the outbox for the next start",
                      publisher_pending(d->publisher));
         d->phase = PHASE_FINAL_ACKS;
@@ -303,9 +312,15 @@ static int submit_outbox_row(void *arg, int64_t id, const char *topic,
     struct outbox_cursor *cur = arg;
     cur->last_id = id;
     cur->rows++;
-    return publisher_submit(cur->d->publisher, id, topic, payload, len) == 0
-               ? 0
-               : 0; /* an unusable row stays in the outbox and is logged */
+    if (publisher_submit(cur->d->publisher, id, topic, payload, len) != 0) {
+        /* The row stays in the outbox; the next start tries it again. */
+        struct log_ids ids = {.topic = topic};
+        log_error("main", &ids,
+                  "failed to queue outbox message %" PRId64
+                  " for publishing: invalid topic or payload",
+                  id);
+    }
+    return 0;
 }
 
 /* Hand the messages left in the outbox by the last run to the publisher. */
@@ -428,8 +443,8 @@ static int prepare_aws(struct daemon *d)
                         "with --set stream.name=NAME\n");
         return 2;
     }
-    if (aws_endpoint_init(&d->endpoint, d->cfg.kinesis_endpoint,
-                          d->cfg.region, "kinesis", err, sizeof err) != 0) {
+    if (aws_endpoint_init(&d->endpoint, d->cfg.kinesis_endpoint, d->cfg.region,
+                          "kinesis", err, sizeof err) != 0) {
         fprintf(stderr, "podium: invalid kinesis.endpoint: %s\n", err);
         return 2;
     }

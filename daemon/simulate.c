@@ -4,13 +4,13 @@
  * for repeatable runs, duplicate puts).
  *
  * Each rider gets a permanent cadence range inside 30..90 and a resistance
- * range inside 33..86, and for the race a narrower range inside those; the
- * value at second s rises linearly from the race minimum to the race maximum
- * over the race, in hundredths. Every rider sends one message per second;
- * the last second carries event "final". Riders are spread over the classes
- * in turn and each class rides its own race. A duplicate is the same bytes
- * put again with the same partition key a second later, as a producer retry
- * would do.
+ * range inside 33..86, and for the race a narrower range inside those. The
+ * value at second s rises linearly from the race minimum to the race
+ * maximum over the race, in hundredths. Every rider sends one message per
+ * second; the last second carries event "final". Riders are spread over the
+ * classes in turn and each class rides its own race. A duplicate is the same
+ * bytes put again with the same partition key a second later, as a producer
+ * retry would do.
  *
  * Output goes to a stream (PutRecords, at most 500 records a call, failed
  * entries retried) or to a file in the recording format: one JSON object a
@@ -30,19 +30,18 @@
 #include "common/log.h"
 #include "common/strbuf.h"
 
-#define SIM_MAX_RACERS 100000
+#define SIM_MAX_RACERS  100000
 #define SIM_MAX_CLASSES 999
 #define SIM_MAX_SECONDS 86400
 
 static const char *const rider_names[] = {
-    "Ada",   "Bo",     "Carmen", "Dev",    "Eun",    "Femi",  "Gus",
-    "Hana",  "Ivo",    "Jia",    "Kofi",   "Lena",   "Mateo", "Nia",
-    "Oskar", "Priya",  "Quinn",  "Rosa",   "Sami",   "Tove",  "Uma",
-    "Vik",   "Wen",    "Xavi",   "Yara",   "Zeno",   "Ayla",  "Bram",
-    "Cleo",  "Dario",  "Elif",   "Finn",   "Greta",  "Hugo",  "Inés",
-    "Joon",  "Kaia",   "Luca",   "Mira",   "Nils",   "Olu",   "Pia",
-    "Rafa",  "Sora",   "Teo",    "Una",    "Vera",   "Wim",   "Yusuf",
-    "Zoe",
+    "Ada",   "Bo",   "Carmen", "Dev",  "Eun",   "Femi",  "Gus",   "Hana",
+    "Ivo",   "Jia",  "Kofi",   "Lena", "Mateo", "Nia",   "Oskar", "Priya",
+    "Quinn", "Rosa", "Sami",   "Tove", "Uma",   "Vik",   "Wen",   "Xavi",
+    "Yara",  "Zeno", "Ayla",   "Bram", "Cleo",  "Dario", "Elif",  "Finn",
+    "Greta", "Hugo", "Inés",   "Joon", "Kaia",  "Luca",  "Mira",  "Nils",
+    "Olu",   "Pia",  "Rafa",   "Sora", "Teo",   "Una",   "Vera",  "Wim",
+    "Yusuf", "Zoe",
 };
 
 struct sim_options {
@@ -112,8 +111,8 @@ static void rng_uuid(struct rng *r, char out[37])
     snprintf(out, 37,
              "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
              "%02x%02x%02x%02x%02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9],
-             b[10], b[11], b[12], b[13], b[14], b[15]);
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
+             b[11], b[12], b[13], b[14], b[15]);
 }
 
 /* ---- riders and records ----------------------------------------- */
@@ -127,8 +126,8 @@ static void make_rider(struct rng *r, const struct sim_options *o,
     out->racer_id = 100 + index;
     out->class_no = 1 + index % o->classes;
     out->race_id = o->start_ms / 300000 * 1000 + out->class_no;
-    out->name = rider_names[rng_next(r) % (sizeof rider_names /
-                                           sizeof rider_names[0])];
+    out->name =
+        rider_names[rng_next(r) % (sizeof rider_names / sizeof rider_names[0])];
     out->cadence_min = rng_range(r, cmin, cmax);
     out->cadence_max = rng_range(r, out->cadence_min, cmax);
     out->resistance_min = rng_range(r, rmin, rmax);
@@ -167,11 +166,11 @@ static int make_record(struct rng *r, const struct sim_options *o,
               uuid, second == o->seconds ? "final" : "update",
               out->device_ts_ms, second, rd->race_id, rd->name, rd->racer_id,
               rd->class_no);
-    put_hundredths(&sb, ramp(rd->cadence_min, rd->cadence_max, second,
-                             o->seconds));
+    put_hundredths(&sb,
+                   ramp(rd->cadence_min, rd->cadence_max, second, o->seconds));
     sb_puts(&sb, ",\"resistance\":");
-    put_hundredths(&sb, ramp(rd->resistance_min, rd->resistance_max, second,
-                             o->seconds));
+    put_hundredths(
+        &sb, ramp(rd->resistance_min, rd->resistance_max, second, o->seconds));
     sb_putc(&sb, '}');
     if (sb_error(&sb) != 0) {
         sb_free(&sb);
@@ -187,8 +186,8 @@ struct sim_state {
     struct sim_options opts;
     struct rng rng;
     struct rider *riders;
-    int64_t next_second;         /* next second to generate */
-    struct sim_record *retries;  /* duplicates to put after this second */
+    int64_t next_second;        /* next second to generate */
+    struct sim_record *retries; /* duplicates to put after this second */
     size_t retry_count;
     size_t retry_cap;
     uint64_t records;
@@ -229,8 +228,8 @@ static int emit_file(struct sim_state *st, const struct sim_record *rec)
     int rc = fprintf(st->out,
                      "{\"ShardId\":\"shardId-000000000000\","
                      "\"SequenceNumber\":\"49%054" PRIu64 "\","
-                     "\"ApproximateArrivalTimestamp\":%" PRId64
-                     ".%03" PRId64 ",\"PartitionKey\":\"%s\","
+                     "\"ApproximateArrivalTimestamp\":%" PRId64 ".%03" PRId64
+                     ",\"PartitionKey\":\"%s\","
                      "\"Data\":\"%s\"}\n",
                      st->sequence, arrival / 1000, arrival % 1000,
                      rec->partition_key, b64);
@@ -279,12 +278,12 @@ static int flush_retries(struct sim_state *st)
 static int emit_second(struct sim_state *st)
 {
     int64_t second = st->next_second++;
-    struct sim_record *held = NULL;
-    size_t held_count = st->retry_count;
+    struct sim_record *previous = NULL;
+    size_t previous_count = st->retry_count;
 
     /* Duplicates of the previous second go out after this second's
      * records, so swap them aside first. */
-    held = st->retries;
+    previous = st->retries;
     st->retries = NULL;
     st->retry_count = st->retry_cap = 0;
 
@@ -299,13 +298,13 @@ static int emit_second(struct sim_state *st)
         else
             free(rec.data);
     }
-    for (size_t i = 0; i < held_count; i++) {
+    for (size_t i = 0; i < previous_count; i++) {
         if (rc == 0)
-            rc = emit(st, &held[i]);
+            rc = emit(st, &previous[i]);
         st->duplicates++;
-        free(held[i].data);
+        free(previous[i].data);
     }
-    free(held);
+    free(previous);
     return rc;
 }
 
@@ -346,8 +345,7 @@ static void on_put_done(void *arg, const char *error)
 {
     struct sim_state *st = arg;
     if (error != NULL) {
-        fprintf(stderr, "podium simulate: failed to put records: %s\n",
-                error);
+        fprintf(stderr, "podium simulate: failed to put records: %s\n", error);
         st->exit_code = 1;
     }
     uv_close((uv_handle_t *)&st->feeder, NULL);
@@ -388,8 +386,7 @@ static int run_to_stream(struct sim_state *st, struct podium_config *cfg)
     char err[512];
     if (aws_endpoint_init(&st->endpoint, cfg->kinesis_endpoint, cfg->region,
                           "kinesis", err, sizeof err) != 0) {
-        fprintf(stderr, "podium simulate: invalid kinesis.endpoint: %s\n",
-                err);
+        fprintf(stderr, "podium simulate: invalid kinesis.endpoint: %s\n", err);
         return 2;
     }
     if (aws_credentials_from_env(&st->creds) != 0) {
@@ -401,9 +398,9 @@ static int run_to_stream(struct sim_state *st, struct podium_config *cfg)
     uv_loop_init(&st->loop);
     if (httpc_new(&st->loop, &st->http) != 0)
         return 1;
-    st->putter = kinesis_putter_new(&st->loop, st->http, &st->endpoint,
-                                    &st->creds, st->opts.stream,
-                                    cfg->request_timeout_ms);
+    st->putter =
+        kinesis_putter_new(&st->loop, st->http, &st->endpoint, &st->creds,
+                           st->opts.stream, cfg->request_timeout_ms);
     if (st->putter == NULL)
         return 1;
     st->wall_start_ms = log_now_ms();
@@ -424,28 +421,27 @@ static int run_to_stream(struct sim_state *st, struct podium_config *cfg)
 
 static void simulate_usage(FILE *out)
 {
-    fputs(
-        "usage: podium simulate (--stream NAME | --out FILE) [options]\n"
-        "\n"
-        "  --racers N        riders (default 1000, up to 100000)\n"
-        "  --seconds N       race length in seconds (default 300)\n"
-        "  --classes N       classes; each class rides its own race "
-        "(default 6)\n"
-        "  --seed N          seed for repeatable runs (default 1)\n"
-        "  --duplicates F    fraction 0..1 of messages put twice "
-        "(default 0)\n"
-        "  --start-ms MS     device time of second 0, ms since the epoch\n"
-        "                    (default: now)\n"
-        "  --realtime        put second s at s seconds after the start\n"
-        "  --stream NAME     put to this Kinesis stream (kinesis.endpoint)\n"
-        "  --out FILE        write the recording format ('-' = standard "
-        "output)\n"
-        "  --config FILE, --set KEY=VALUE   as for podium run\n",
-        out);
+    fputs("usage: podium simulate (--stream NAME | --out FILE) [options]\n"
+          "\n"
+          "  --racers N        riders (default 1000, up to 100000)\n"
+          "  --seconds N       race length in seconds (default 300)\n"
+          "  --classes N       classes; each class rides its own race "
+          "(default 6)\n"
+          "  --seed N          seed for repeatable runs (default 1)\n"
+          "  --duplicates F    fraction 0..1 of messages put twice "
+          "(default 0)\n"
+          "  --start-ms MS     device time of second 0, ms since the epoch\n"
+          "                    (default: now)\n"
+          "  --realtime        put second s at s seconds after the start\n"
+          "  --stream NAME     put to this Kinesis stream (kinesis.endpoint)\n"
+          "  --out FILE        write the recording format ('-' = standard "
+          "output)\n"
+          "  --config FILE, --set KEY=VALUE   as for podium run\n",
+          out);
 }
 
-static int parse_int(const char *name, const char *text, int64_t lo,
-                     int64_t hi, int64_t *out)
+static int parse_int(const char *name, const char *text, int64_t lo, int64_t hi,
+                     int64_t *out)
 {
     char *end;
     errno = 0;
@@ -510,8 +506,8 @@ static int parse_sim_option(int opt, const char *arg, struct sim_options *o,
         common->config_file = arg;
         return 0;
     case 's': {
-        const char **p = realloc(common->sets,
-                                 (common->set_count + 1) * sizeof *p);
+        const char **p =
+            realloc(common->sets, (common->set_count + 1) * sizeof *p);
         if (p == NULL)
             return -1;
         common->sets = p;
@@ -564,11 +560,12 @@ static void print_summary(const struct sim_state *st)
     FILE *out = st->opts.out_file != NULL && strcmp(st->opts.out_file, "-") == 0
                     ? stderr
                     : stdout;
-    fprintf(out, "{\"records\":%" PRIu64 ",\"duplicates\":%" PRIu64
-           ",\"racers\":%" PRId64 ",\"seconds\":%" PRId64
-           ",\"start_ms\":%" PRId64 ",\"races\":[",
-           st->records, st->duplicates, st->opts.racers, st->opts.seconds,
-           st->opts.start_ms);
+    fprintf(out,
+            "{\"records\":%" PRIu64 ",\"duplicates\":%" PRIu64
+            ",\"racers\":%" PRId64 ",\"seconds\":%" PRId64
+            ",\"start_ms\":%" PRId64 ",\"races\":[",
+            st->records, st->duplicates, st->opts.racers, st->opts.seconds,
+            st->opts.start_ms);
     for (int64_t c = 1; c <= st->opts.classes && c <= st->opts.racers; c++)
         fprintf(out, "%s%" PRId64, c > 1 ? "," : "",
                 st->opts.start_ms / 300000 * 1000 + c);
@@ -584,8 +581,8 @@ int cmd_simulate(int argc, char **argv)
 
     if (st == NULL)
         return 1;
-    st->opts = (struct sim_options){1000, 300, 6, 1, 0, NULL, NULL,
-                                    log_now_ms() / 1000 * 1000, false};
+    st->opts = (struct sim_options){
+        1000, 300, 6, 1, 0, NULL, NULL, log_now_ms() / 1000 * 1000, false};
     rc = parse_sim_args(argc, argv, &st->opts, &common);
     if (rc != 0) {
         free(common.sets);
@@ -609,8 +606,7 @@ int cmd_simulate(int argc, char **argv)
     for (int64_t i = 0; i < st->opts.racers; i++)
         make_rider(&st->rng, &st->opts, i, &st->riders[i]);
 
-    rc = st->opts.out_file != NULL ? run_to_file(st)
-                                   : run_to_stream(st, &cfg);
+    rc = st->opts.out_file != NULL ? run_to_file(st) : run_to_stream(st, &cfg);
     if (rc == 0)
         print_summary(st);
 out:

@@ -60,12 +60,11 @@ static void harness_open(struct harness *h, const char *db,
 {
     char err[512];
     char *env[] = {NULL};
-    struct pipeline_hooks hooks = {h, on_committed, on_message, on_fatal,
-                                   NULL};
+    struct pipeline_hooks hooks = {h, on_committed, on_message, on_fatal, NULL};
 
     ASSERT_EQ(uv_loop_init(&h->loop), 0);
-    if (cfg_load(&h->cfg, NULL, false, env, sets, set_count, err,
-                 sizeof err) != 0)
+    if (cfg_load(&h->cfg, NULL, false, env, sets, set_count, err, sizeof err) !=
+        0)
         test_fail(__FILE__, __LINE__, "config: %s", err);
     if (store_open(db, &h->store, err, sizeof err) != 0)
         test_fail(__FILE__, __LINE__, "store: %s", err);
@@ -96,17 +95,18 @@ static void drain(struct harness *h)
     ASSERT_STR_EQ(h->fatal, "");
 }
 
-static const char *telemetry(char *buf, size_t n, const char *uuid,
-                             int racer, int second, const char *cadence,
+static const char *telemetry(char *buf, size_t n, const char *uuid, int racer,
+                             int second, const char *cadence,
                              const char *resistance)
 {
-    snprintf(buf, n,
-             "{\"uuid\":\"%s\",\"event\":\"update\",\"deviceTimestamp\":%"
-             PRId64 ",\"second\":%d,\"raceId\":\"R-7\",\"name\":\"Racer "
-             "%d\",\"racerId\":\"rc-%d\",\"classId\":\"B\",\"cadence\":%s,"
-             "\"resistance\":%s}",
-             uuid, (int64_t)1767225600000 + second * 1000, second, racer,
-             racer, cadence, resistance);
+    snprintf(
+        buf, n,
+        "{\"uuid\":\"%s\",\"event\":\"update\",\"deviceTimestamp\":%" PRId64
+        ",\"second\":%d,\"raceId\":\"R-7\",\"name\":\"Racer "
+        "%d\",\"racerId\":\"rc-%d\",\"classId\":\"B\",\"cadence\":%s,"
+        "\"resistance\":%s}",
+        uuid, (int64_t)1767225600000 + second * 1000, second, racer, racer,
+        cadence, resistance);
     return buf;
 }
 
@@ -115,8 +115,7 @@ static void add(struct harness *h, struct shard_batch *b, const char *data,
 {
     char seq[64];
     snprintf(seq, sizeof seq, "49%054" PRIu64, ++h->next_seq);
-    ASSERT_EQ(shard_batch_add(b, data, strlen(data), seq, 0, arrival_ms,
-                              "pk"),
+    ASSERT_EQ(shard_batch_add(b, data, strlen(data), seq, 0, arrival_ms, "pk"),
               0);
 }
 

@@ -18,7 +18,7 @@ void test_register(const char *name, test_fn fn);
 
 #define TEST(name)                                                             \
     static void name(void);                                                    \
-    __attribute__((constructor)) static void test_register_##name(void)       \
+    __attribute__((constructor)) static void test_register_##name(void)        \
     {                                                                          \
         test_register(#name, name);                                            \
     }                                                                          \
@@ -43,9 +43,8 @@ void test_fail(const char *file, int line, const char *fmt, ...)
     do {                                                                       \
         int64_t test_a_ = (int64_t)(a), test_b_ = (int64_t)(b);                \
         if (test_a_ != test_b_)                                                \
-            test_fail(__FILE__, __LINE__,                                      \
-                      "%s == %s: %" PRId64 " != %" PRId64, #a, #b, test_a_,    \
-                      test_b_);                                                \
+            test_fail(__FILE__, __LINE__, "%s == %s: %" PRId64 " != %" PRId64, \
+                      #a, #b, test_a_, test_b_);                               \
     } while (0)
 
 #define ASSERT_NE(a, b)                                                        \
@@ -69,7 +68,7 @@ void test_fail(const char *file, int line, const char *fmt, ...)
     do {                                                                       \
         size_t test_al_ = (alen), test_bl_ = (blen);                           \
         if (test_al_ != test_bl_ || memcmp((a), (b), test_al_) != 0)           \
-            test_fail(__FILE__, __LINE__, "%s (%zu bytes) != %s (%zu bytes)", \
+            test_fail(__FILE__, __LINE__, "%s (%zu bytes) != %s (%zu bytes)",  \
                       #a, test_al_, #b, test_bl_);                             \
     } while (0)
 
