@@ -63,7 +63,9 @@ static void mqtt_mark_broken(struct pub_mqtt *m, const char *reason)
     if (m->broken)
         return;
     m->broken = true;
-    snprintf(m->broken_reason, sizeof m->broken_reason, "%s", reason);
+    /* A longer reason is cut to the buffer; the precision says so. */
+    snprintf(m->broken_reason, sizeof m->broken_reason, "%.*s",
+             (int)sizeof m->broken_reason - 1, reason);
 }
 
 /* Write a log line unless too many came in the last minute. */
