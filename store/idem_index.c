@@ -1,0 +1,2 @@
+/* placeholder */
+typedef int podium_placeholder_idem_index;
