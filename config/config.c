@@ -104,12 +104,26 @@ static const struct cfg_setting settings[] = {
      .help = "SQLite database file of checkpoints, idempotency keys and "
              "the outbox"},
     STRING("idempotency.key", idempotency_key, "uuid", cfg_check_nonempty,
-           nonempty, "record field that holds the idempotency key", 0),
+           nonempty,
+           "key expression: a field, a dotted path, a quoted name or a "
+           "list such as [raceId, uuid]",
+           0),
+    STRING("idempotency.validation", idempotency_validation, NULL, NULL, NULL,
+           "key expression of the fields whose hash tells a repeat from a "
+           "conflicting record (unset: the whole record)",
+           CFG_FLAG_OPTIONAL),
     ENUM("idempotency.missing_key", missing_key, "process", missing_key_names,
          "what to do with a record without an idempotency key"),
     INTEGER("idempotency.expiry_s", CFG_TYPE_INT64, idempotency_expiry_s,
             "3600", 1, 604800,
             "how long an idempotency key is remembered, in seconds"),
+    INTEGER("idempotency.in_progress_timeout_ms", CFG_TYPE_INT64,
+            idempotency_in_progress_timeout_ms, "30000", 0, 86400000,
+            "age after which another owner may take over an unfinished "
+            "claim, in milliseconds (0: only when its owner is dead)"),
+    INT32("idempotency.cache_size", idempotency_cache_size, "1024", 0,
+          10000000,
+          "completed keys kept in an in-memory LRU cache (0: no cache)"),
     INT32("race.max_seconds", race_max_seconds, "3600", 1, 86400,
           "maximum length of a race, in seconds"),
     INT32("race.allowed_lateness_s", allowed_lateness_s, "2", 0, 3600,

@@ -48,8 +48,11 @@ struct podium_config {
     char *store_path;
 
     char *idempotency_key;
+    char *idempotency_validation; /* NULL: the whole record */
     enum cfg_missing_key missing_key;
     int64_t idempotency_expiry_s;
+    int64_t idempotency_in_progress_timeout_ms;
+    int32_t idempotency_cache_size;
 
     int32_t race_max_seconds;
     int32_t allowed_lateness_s;
