@@ -60,6 +60,24 @@ int load_config(const struct common_opts *opts, struct podium_config *cfg)
     return 0;
 }
 
+/* List every setting with its default and accepted values. */
+static void print_settings(FILE *out)
+{
+    char env[128];
+    fputs("\nsettings (file: KEY = VALUE; environment: PODIUM_KEY; flag: "
+          "--set KEY=VALUE):\n",
+          out);
+    for (size_t i = 0; i < cfg_setting_count(); i++) {
+        struct cfg_setting_info info;
+        if (cfg_setting_describe(i, &info) != 0)
+            continue;
+        if (cfg_env_name(info.name, env, sizeof env) != 0)
+            env[0] = '\0';
+        fprintf(out, "  %s (%s)\n      %s\n      default: %s; accepted: %s\n",
+                info.name, env, info.help, info.default_text, info.accepted);
+    }
+}
+
 static void run_usage(FILE *out)
 {
     fputs("usage: podium run [--config FILE] [--set KEY=VALUE]...\n"
@@ -69,6 +87,7 @@ static void run_usage(FILE *out)
           "Stops on SIGINT or SIGTERM after committing the batches in "
           "flight.\n",
           out);
+    print_settings(out);
 }
 
 /* Append one --set value to opts. Returns 0 or -1 when out of memory. */

@@ -443,6 +443,13 @@ static int prepare_aws(struct daemon *d)
                         "with --set stream.name=NAME\n");
         return 2;
     }
+    if (d->cfg.transport == CFG_TRANSPORT_IOT) {
+        fprintf(stderr, "podium: publish.transport iot is not available in "
+                        "this version; use mqtt (AWS IoT Core accepts MQTT "
+                        "over TLS with mqtt.cert_file and mqtt.key_file) or "
+                        "file\n");
+        return 2;
+    }
     if (aws_endpoint_init(&d->endpoint, d->cfg.kinesis_endpoint, d->cfg.region,
                           "kinesis", err, sizeof err) != 0) {
         fprintf(stderr, "podium: invalid kinesis.endpoint: %s\n", err);

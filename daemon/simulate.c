@@ -28,11 +28,15 @@
 #include "common/aws.h"
 #include "common/base64.h"
 #include "common/log.h"
+#include "common/sjson.h"
 #include "common/strbuf.h"
 
 #define SIM_MAX_RACERS  100000
 #define SIM_MAX_CLASSES 999
 #define SIM_MAX_SECONDS 86400
+/* How long to wait for a stream to become ACTIVE: 60 x 0.5 s. */
+#define SIM_MAX_WAITS    60
+#define SIM_WAIT_STEP_MS 500
 
 static const char *const rider_names[] = {
     "Ada",   "Bo",   "Carmen", "Dev",  "Eun",   "Femi",  "Gus",   "Hana",
@@ -201,6 +205,9 @@ struct sim_state {
     /* stream output */
     uv_loop_t loop;
     uv_timer_t feeder;
+    struct aws_client *kinesis; /* DescribeStreamSummary while waiting */
+    int waits;                  /* DescribeStreamSummary calls so far */
+    bool feeding;               /* the stream is ACTIVE: feeder runs */
     struct httpc *http;
     struct kinesis_putter *putter;
     struct aws_endpoint endpoint;
@@ -360,6 +367,9 @@ static void on_feed(uv_timer_t *timer)
     struct sim_state *st = timer->data;
     int64_t now = log_now_ms();
 
+    if (!st->feeding)
+        return;
+
     /* One second at a time, as riders' devices send them: the next second
      * goes out once the putter has handed over the previous one, so
      * arrival times follow the race clock across shards. */
@@ -379,6 +389,81 @@ static void on_feed(uv_timer_t *timer)
     if (flush_retries(st) != 0)
         st->exit_code = 1;
     kinesis_putter_finish(st->putter, on_put_done, st);
+}
+
+/*
+ * StreamStatus from a DescribeStreamSummary reply into buf, or "" when the
+ * reply has none.
+ */
+static void stream_status(const char *body, size_t len, char *buf,
+                          size_t buf_len)
+{
+    struct sjson_doc *doc = NULL;
+    buf[0] = '\0';
+    if (sjson_parse(body, len, NULL, &doc, NULL) != 0)
+        return;
+    const struct sjson_value *summary =
+        sjson_object_get(sjson_doc_root(doc), "StreamDescriptionSummary");
+    const struct sjson_value *status =
+        summary ? sjson_object_get(summary, "StreamStatus") : NULL;
+    if (status != NULL && status->type == SJSON_STRING)
+        snprintf(buf, buf_len, "%s", status->str);
+    sjson_doc_free(doc);
+}
+
+static void describe_stream(struct sim_state *st);
+
+static void on_describe_retry(uv_timer_t *timer)
+{
+    describe_stream(timer->data);
+}
+
+/* Records can be put once the stream is ACTIVE (or UPDATING); right after
+ * CreateStream it is CREATING, or not found yet, for a moment. */
+static void on_describe(void *arg, const struct aws_reply *reply)
+{
+    struct sim_state *st = arg;
+    char status[32] = "";
+
+    if (reply->transport == HTTPC_OK && reply->status == 200)
+        stream_status(reply->body, reply->body_len, status, sizeof status);
+    if (strcmp(status, "ACTIVE") == 0 || strcmp(status, "UPDATING") == 0) {
+        st->feeding = true;
+        uv_timer_start(&st->feeder, on_feed, 0, 5);
+        return;
+    }
+    if (++st->waits < SIM_MAX_WAITS) {
+        uv_timer_start(&st->feeder, on_describe_retry, SIM_WAIT_STEP_MS, 0);
+        return;
+    }
+    fprintf(stderr,
+            "podium simulate: stream \"%s\" is not ACTIVE after %d s (%s); "
+            "create it first, or check stream.name and kinesis.endpoint\n",
+            st->opts.stream, SIM_MAX_WAITS * SIM_WAIT_STEP_MS / 1000,
+            status[0]                      ? status
+            : reply->error_type            ? reply->error_type
+            : reply->transport != HTTPC_OK ? reply->transport_text
+                                           : "no status");
+    st->exit_code = 1;
+    kinesis_putter_finish(st->putter, on_put_done, st);
+}
+
+static void describe_stream(struct sim_state *st)
+{
+    struct strbuf body;
+    sb_init(&body, 1024);
+    sb_puts(&body, "{\"StreamName\":");
+    sb_json_string(&body, st->opts.stream, strlen(st->opts.stream));
+    sb_putc(&body, '}');
+    if (sb_error(&body) != 0 ||
+        aws_json_call(st->kinesis, "DescribeStreamSummary", body.data, body.len,
+                      5000, 65536, on_describe, st) == NULL) {
+        fprintf(stderr, "podium simulate: failed to send "
+                        "DescribeStreamSummary\n");
+        st->exit_code = 1;
+        kinesis_putter_finish(st->putter, on_put_done, st);
+    }
+    sb_free(&body);
 }
 
 static int run_to_stream(struct sim_state *st, struct podium_config *cfg)
@@ -403,12 +488,17 @@ static int run_to_stream(struct sim_state *st, struct podium_config *cfg)
                            st->opts.stream, cfg->request_timeout_ms);
     if (st->putter == NULL)
         return 1;
+    st->kinesis = aws_client_new(st->http, &st->endpoint, &st->creds,
+                                 "Kinesis_20131202", NULL);
+    if (st->kinesis == NULL)
+        return 1;
     st->wall_start_ms = log_now_ms();
     uv_timer_init(&st->loop, &st->feeder);
     st->feeder.data = st;
-    uv_timer_start(&st->feeder, on_feed, 0, 5);
+    describe_stream(st);
     uv_run(&st->loop, UV_RUN_DEFAULT);
 
+    aws_client_free(st->kinesis);
     kinesis_putter_free(st->putter);
     if (uv_loop_close(&st->loop) != 0)
         fprintf(stderr, "podium simulate: handles left open at exit\n");

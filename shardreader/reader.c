@@ -1053,6 +1053,9 @@ static int apply_listing(struct reader *rd)
     return rc;
 }
 
+/* ListShards interval while the stream lists no shard at all. */
+#define READER_EMPTY_RELIST_MS 1000
+
 static size_t count_open_shards(const struct reader *rd)
 {
     size_t n = 0;
@@ -1070,7 +1073,12 @@ static void list_done(struct reader *rd)
 
     listing_clear(&rd->listing);
     rd->list_attempt = 0;
-    schedule_list(rd, (uint64_t)rd->cfg.shard_sync_interval_s * 1000);
+    /* A stream that is still being created lists no shards; look again
+     * soon rather than a whole sync interval later. */
+    uint64_t next_ms = (uint64_t)rd->cfg.shard_sync_interval_s * 1000;
+    if (shards == 0 && next_ms > READER_EMPTY_RELIST_MS)
+        next_ms = READER_EMPTY_RELIST_MS;
+    schedule_list(rd, next_ms);
     if (rc != 0) {
         log_error(SHARD_LOG, &ids, "failed to track shards: out of memory");
         return;

@@ -61,7 +61,7 @@ function parseOptions() {
 }
 
 function formatEntry(entry) {
-  return `${entry.rank}. ${entry.name} ${entry.total}`;
+  return `${entry.rank}. ${entry.name} (#${entry.racerId}) ${entry.total}`;
 }
 
 // Returns the compact line for one message, or null for messages that are
