@@ -103,6 +103,16 @@ struct agg_reject_info {
 int agg_record_parse(const uint8_t *data, size_t len, int32_t max_seconds,
                      struct agg_record *rec, struct agg_reject_info *why);
 
+struct sjson_doc;
+/*
+ * The same, and on success hand the parsed record to the caller in *doc
+ * (owned; free with sjson_doc_free), for the idempotency key and payload
+ * hash. *doc is NULL on failure.
+ */
+int agg_record_decode(const uint8_t *data, size_t len, int32_t max_seconds,
+                      struct agg_record *rec, struct agg_reject_info *why,
+                      struct sjson_doc **doc);
+
 /*
  * output = (cadence + 35) x (resistance + 65) / 100, rounded half up to
  * 4 decimals, in 1/10000 units, computed exactly from the canonical texts.

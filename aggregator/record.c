@@ -401,14 +401,17 @@ static int derive(const struct sjson_value *root, struct agg_record *rec,
     return 0;
 }
 
-int agg_record_parse(const uint8_t *data, size_t len, int32_t max_seconds,
-                     struct agg_record *rec, struct agg_reject_info *why)
+int agg_record_decode(const uint8_t *data, size_t len, int32_t max_seconds,
+                      struct agg_record *rec, struct agg_reject_info *why,
+                      struct sjson_doc **doc_out)
 {
     struct sjson_limits limits = {AGG_MAX_RECORD_BYTES, RECORD_MAX_DEPTH};
     struct sjson_doc *doc = NULL;
     struct sjson_err err;
 
     memset(rec, 0, sizeof *rec);
+    if (doc_out != NULL)
+        *doc_out = NULL;
     why->reason = AGG_REJECT_NONE;
     why->detail[0] = '\0';
     if (len > AGG_MAX_RECORD_BYTES)
@@ -428,6 +431,15 @@ int agg_record_parse(const uint8_t *data, size_t len, int32_t max_seconds,
         rc = decode_fields(root, max_seconds, rec, why);
     if (rc == 0)
         rc = derive(root, rec, why);
-    sjson_doc_free(doc);
+    if (rc == 0 && doc_out != NULL)
+        *doc_out = doc;
+    else
+        sjson_doc_free(doc);
     return rc;
+}
+
+int agg_record_parse(const uint8_t *data, size_t len, int32_t max_seconds,
+                     struct agg_record *rec, struct agg_reject_info *why)
+{
+    return agg_record_decode(data, len, max_seconds, rec, why, NULL);
 }
