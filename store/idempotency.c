@@ -1,2 +1,1267 @@
-/* placeholder */
-typedef int podium_placeholder_idempotency;
+/*
+ * Design note
+ *
+ * Table (schema version 1, in idem_meta):
+ *   idem_rows(id INTEGER PRIMARY KEY, key, status, expiry_s,
+ *             in_progress_expiry_ms, owner, hash, outcome, shard_id, seq,
+ *             subseq)
+ * status is 1 (INPROGRESS) or 2 (COMPLETED). EXPIRED is never stored: a row
+ * is expired when expiry_s <= now_ms / 1000.
+ *
+ * Rows are appended with ids from a counter that only grows in this
+ * process, so every claim writes at the right edge of the rowid B-tree and
+ * expiry deletes at its left edge. There is no SQL index on key. The
+ * in-memory index (idem_index.c) maps a key's SipHash to the id of the
+ * NEWEST row of that key, and a rowid lookup plus a byte comparison of the
+ * key confirms a candidate. A key gets a second row only when its newest
+ * row expired, so at most one row of a key is ever live, and the older rows
+ * wait for expiry to delete them.
+ *
+ * The database is the authority and the index is a hint that heals itself:
+ * a candidate id whose row is gone (a claim rolled back by the caller) is
+ * dropped from the index on sight. The counter never reuses an id in this
+ * process, so such an id can never point at another key's row.
+ *
+ * Owners: one writer per database, so a row that is INPROGRESS under
+ * another owner token was left by a dead instance. idem_claim() takes such
+ * a row over at once, and idem_reclaim_dead() deletes those that the index
+ * rebuild found.
+ * A row without an in-progress expiry therefore never blocks its key past
+ * the life of its owner.
+ *
+ * Transactions: on a connection passed to idem_open(), the library never
+ * begins or commits. The caller must call idem_after_rollback() after a
+ * rollback, because the LRU cache may hold a COMPLETED row that the rollback
+ * undid.
+ */
+#include "store/idem_internal.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SCHEMA_VERSION  1
+#define ROW_INPROGRESS  1
+#define ROW_COMPLETED   2
+#define BUSY_TIMEOUT_MS 5000
+/* Bounds the cache's bucket array; far above any useful LRU size. */
+#define MAX_CACHE_SIZE ((size_t)1 << 24)
+
+enum stmt_id {
+    STMT_GET,
+    STMT_GET_KEY,
+    STMT_INSERT,
+    STMT_TAKE_OVER,
+    STMT_COMPLETE,
+    STMT_DELETE,
+    STMT_RECLAIM,
+    STMT_EXPIRE_SCAN,
+    STMT_EXPIRE_DELETE,
+    STMT_COUNT
+};
+
+static const char *const stmt_sql[STMT_COUNT] = {
+    [STMT_GET] = "SELECT key, status, expiry_s, in_progress_expiry_ms, owner,"
+                 " hash, outcome, shard_id, seq, subseq"
+                 " FROM idem_rows WHERE id = ?1",
+    [STMT_GET_KEY] = "SELECT key FROM idem_rows WHERE id = ?1",
+    [STMT_INSERT] = "INSERT INTO idem_rows (id, key, status, expiry_s,"
+                    " in_progress_expiry_ms, owner, hash, shard_id, seq,"
+                    " subseq) VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    [STMT_TAKE_OVER] = "UPDATE idem_rows SET owner = ?2,"
+                       " in_progress_expiry_ms = ?3 WHERE id = ?1",
+    [STMT_COMPLETE] = "UPDATE idem_rows SET status = 2, outcome = ?2,"
+                      " expiry_s = ?3, in_progress_expiry_ms = NULL"
+                      " WHERE id = ?1",
+    [STMT_DELETE] = "DELETE FROM idem_rows WHERE id = ?1",
+    [STMT_RECLAIM] = "DELETE FROM idem_rows"
+                     " WHERE id = ?1 AND status = 1 AND owner <> ?2",
+    [STMT_EXPIRE_SCAN] = "SELECT id, key, expiry_s FROM idem_rows"
+                         " WHERE id >= ?1 ORDER BY id LIMIT ?2",
+    [STMT_EXPIRE_DELETE] = "DELETE FROM idem_rows"
+                           " WHERE id >= ?1 AND id <= ?2 AND expiry_s <= ?3",
+};
+
+/* An INPROGRESS row of a dead owner, found by the index rebuild. */
+struct dead_row {
+    int64_t id;
+    uint64_t key_hash;
+};
+
+struct idem_table {
+    sqlite3 *db; /* owned when own_db, else borrowed */
+    bool own_db;
+    struct idem_options opts;
+    uint8_t owner[IDEM_OWNER_LEN];
+    sqlite3_stmt *stmts[STMT_COUNT];
+    struct idem_index index;
+    struct idem_cache cache;
+    uint64_t rows;
+    uint64_t cache_hits;
+    uint64_t cache_misses;
+    int64_t next_id;       /* id of the next appended row */
+    int64_t expire_from;   /* lowest id that expiry has still to examine */
+    struct dead_row *dead; /* owned */
+    size_t dead_count;
+    size_t dead_cap;
+    char err[512];
+};
+
+/* The newest row of a key, as read from the database. */
+struct found_row {
+    int64_t id;
+    int stored_status; /* ROW_INPROGRESS or ROW_COMPLETED */
+    bool owner_ours;   /* owner is exactly our token */
+    bool hash_valid;   /* hash has IDEM_HASH_LEN bytes */
+    struct idem_record rec;
+};
+
+/* ---- errors ----------------------------------------------------------- */
+
+#define NAME(code) [code] = #code
+
+/* SQLite 3.40 has no function that returns a result code's symbolic name.
+ * Extended codes are reported by their primary code's name. */
+static const char *const primary_names[] = {
+    NAME(SQLITE_OK),        NAME(SQLITE_ERROR),      NAME(SQLITE_INTERNAL),
+    NAME(SQLITE_PERM),      NAME(SQLITE_ABORT),      NAME(SQLITE_BUSY),
+    NAME(SQLITE_LOCKED),    NAME(SQLITE_NOMEM),      NAME(SQLITE_READONLY),
+    NAME(SQLITE_INTERRUPT), NAME(SQLITE_IOERR),      NAME(SQLITE_CORRUPT),
+    NAME(SQLITE_NOTFOUND),  NAME(SQLITE_FULL),       NAME(SQLITE_CANTOPEN),
+    NAME(SQLITE_PROTOCOL),  NAME(SQLITE_EMPTY),      NAME(SQLITE_SCHEMA),
+    NAME(SQLITE_TOOBIG),    NAME(SQLITE_CONSTRAINT), NAME(SQLITE_MISMATCH),
+    NAME(SQLITE_MISUSE),    NAME(SQLITE_NOLFS),      NAME(SQLITE_AUTH),
+    NAME(SQLITE_FORMAT),    NAME(SQLITE_RANGE),      NAME(SQLITE_NOTADB),
+    NAME(SQLITE_NOTICE),    NAME(SQLITE_WARNING),    NAME(SQLITE_ROW),
+    NAME(SQLITE_DONE),
+};
+
+static const char *errname(int rc)
+{
+    size_t primary = (size_t)(rc & 0xff);
+
+    if (primary < sizeof primary_names / sizeof primary_names[0] &&
+        primary_names[primary] != NULL)
+        return primary_names[primary];
+    return "SQLITE_UNKNOWN";
+}
+
+__attribute__((format(printf, 2, 3))) static int fail(struct idem_table *t,
+                                                      const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(t->err, sizeof t->err, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Record "what: CODE_NAME: SQLite message" and return -1. Call before the
+ * statement is reset, which may change the connection's message. */
+static int fail_sqlite(struct idem_table *t, int rc, const char *what)
+{
+    return fail(t, "%s: %s: %s", what, errname(rc), sqlite3_errmsg(t->db));
+}
+
+/* ---- statements ------------------------------------------------------- */
+
+/* Bind parameters one by one and keep the first error, so a call site
+ * checks once. */
+struct binder {
+    sqlite3_stmt *stmt;
+    int rc;
+};
+
+static struct binder bind_start(struct idem_table *t, enum stmt_id id)
+{
+    struct binder b = {t->stmts[id], SQLITE_OK};
+
+    return b;
+}
+
+static void bind_int64(struct binder *b, int col, int64_t v)
+{
+    if (b->rc == SQLITE_OK)
+        b->rc = sqlite3_bind_int64(b->stmt, col, v);
+}
+
+/* Bind v, or NULL when v is 0. */
+static void bind_int64_or_null(struct binder *b, int col, int64_t v)
+{
+    if (b->rc == SQLITE_OK && v == 0)
+        b->rc = sqlite3_bind_null(b->stmt, col);
+    else
+        bind_int64(b, col, v);
+}
+
+static void bind_blob(struct binder *b, int col, const void *p, size_t n)
+{
+    if (b->rc == SQLITE_OK)
+        b->rc = sqlite3_bind_blob64(b->stmt, col, p, n, SQLITE_STATIC);
+}
+
+/* Bind a NUL-terminated string, or NULL when s is NULL. */
+static void bind_text(struct binder *b, int col, const char *s)
+{
+    if (b->rc != SQLITE_OK)
+        return;
+    if (s == NULL)
+        b->rc = sqlite3_bind_null(b->stmt, col);
+    else
+        b->rc = sqlite3_bind_text(b->stmt, col, s, -1, SQLITE_STATIC);
+}
+
+/* Run a statement that returns no row, then reset it. Returns 0 or -1. */
+static int exec_bound(struct idem_table *t, struct binder *b, const char *what)
+{
+    int rc = b->rc == SQLITE_OK ? sqlite3_step(b->stmt) : b->rc;
+    int out = rc == SQLITE_DONE ? 0 : fail_sqlite(t, rc, what);
+
+    sqlite3_reset(b->stmt);
+    sqlite3_clear_bindings(b->stmt);
+    return out;
+}
+
+/*
+ * Step a query once. Returns 1 on a row (the caller reads it and calls
+ * query_done()), 0 when there is none, or -1; both of the latter reset the
+ * statement.
+ */
+static int query_step(struct idem_table *t, struct binder *b, const char *what)
+{
+    int rc = b->rc == SQLITE_OK ? sqlite3_step(b->stmt) : b->rc;
+
+    if (rc == SQLITE_ROW)
+        return 1;
+    int out = rc == SQLITE_DONE ? 0 : fail_sqlite(t, rc, what);
+    sqlite3_reset(b->stmt);
+    sqlite3_clear_bindings(b->stmt);
+    return out;
+}
+
+static void query_done(sqlite3_stmt *stmt)
+{
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+}
+
+static int exec_sql(struct idem_table *t, const char *sql, const char *what)
+{
+    int rc = sqlite3_exec(t->db, sql, NULL, NULL, NULL);
+
+    return rc == SQLITE_OK ? 0 : fail_sqlite(t, rc, what);
+}
+
+/* ---- reading rows ----------------------------------------------------- */
+
+/* Copy a text column into dst (cap bytes with the NUL), cutting it short
+ * when the stored text is longer than any value this library writes. */
+static void copy_text(char *dst, size_t cap, sqlite3_stmt *stmt, int col)
+{
+    const unsigned char *s = sqlite3_column_text(stmt, col);
+    size_t n = (size_t)sqlite3_column_bytes(stmt, col);
+
+    if (s == NULL)
+        n = 0;
+    if (n >= cap)
+        n = cap - 1;
+    if (n > 0)
+        memcpy(dst, s, n);
+    dst[n] = '\0';
+}
+
+static bool column_equals(sqlite3_stmt *stmt, int col, const void *bytes,
+                          size_t len)
+{
+    const void *p = sqlite3_column_blob(stmt, col);
+    size_t n = (size_t)sqlite3_column_bytes(stmt, col);
+
+    return n == len && (len == 0 || (p != NULL && memcmp(p, bytes, len) == 0));
+}
+
+/* Copy a blob column into a fixed array, zero-padded or cut to size. */
+static void copy_blob(uint8_t *dst, size_t cap, sqlite3_stmt *stmt, int col)
+{
+    const void *p = sqlite3_column_blob(stmt, col);
+    size_t n = (size_t)sqlite3_column_bytes(stmt, col);
+
+    memset(dst, 0, cap);
+    if (p != NULL)
+        memcpy(dst, p, n < cap ? n : cap);
+}
+
+/*
+ * Fill *row from the current STMT_GET row. The database is external input:
+ * an unknown status is an error, while an owner or hash of the wrong length
+ * only fails to match ours.
+ */
+static int read_found_row(struct idem_table *t, sqlite3_stmt *stmt, int64_t id,
+                          struct found_row *row)
+{
+    int64_t status = sqlite3_column_int64(stmt, 1);
+
+    if (status != ROW_INPROGRESS && status != ROW_COMPLETED) {
+        return fail(t,
+                    "idempotency row %" PRId64 " has invalid status %" PRId64
+                    ": expected 1 (INPROGRESS) or 2 (COMPLETED)",
+                    id, status);
+    }
+
+    memset(row, 0, sizeof *row);
+    row->id = id;
+    row->stored_status = (int)status;
+    row->rec.status = status == ROW_INPROGRESS ? IDEM_STATUS_INPROGRESS
+                                               : IDEM_STATUS_COMPLETED;
+    row->rec.expiry_s = sqlite3_column_int64(stmt, 2);
+    row->rec.in_progress_expiry_ms = sqlite3_column_int64(stmt, 3);
+    row->owner_ours = column_equals(stmt, 4, t->owner, IDEM_OWNER_LEN);
+    copy_blob(row->rec.owner, IDEM_OWNER_LEN, stmt, 4);
+    row->hash_valid = sqlite3_column_bytes(stmt, 5) == IDEM_HASH_LEN;
+    copy_blob(row->rec.hash, IDEM_HASH_LEN, stmt, 5);
+    copy_text(row->rec.outcome, sizeof row->rec.outcome, stmt, 6);
+    copy_text(row->rec.shard_id, sizeof row->rec.shard_id, stmt, 7);
+    copy_text(row->rec.seq, sizeof row->rec.seq, stmt, 8);
+    row->rec.subseq = sqlite3_column_int64(stmt, 9);
+    return 0;
+}
+
+/*
+ * Read row id when its key is key. Returns 1 with *row filled, 0 when the
+ * row has another key, 2 when no row has this id, or -1.
+ */
+static int fetch_row(struct idem_table *t, int64_t id, const void *key,
+                     size_t len, struct found_row *row)
+{
+    struct binder b = bind_start(t, STMT_GET);
+    bind_int64(&b, 1, id);
+
+    int rc = query_step(t, &b, "read idempotency row");
+    if (rc <= 0)
+        return rc < 0 ? -1 : 2;
+    rc = column_equals(b.stmt, 0, key, len) ? 1 : 0;
+    if (rc == 1 && read_found_row(t, b.stmt, id, row) != 0)
+        rc = -1;
+    query_done(b.stmt);
+    return rc;
+}
+
+/*
+ * Find the newest row of key through the index. Returns 1 with *row
+ * filled and *probe at its slot, 0 when the key has no row, or -1.
+ * Candidates whose row is gone are removed from the index on the way.
+ */
+static int find_row(struct idem_table *t, const void *key, size_t len,
+                    uint64_t hash, struct idem_probe *probe,
+                    struct found_row *row)
+{
+    int64_t id;
+
+    idem_index_probe_start(&t->index, hash, probe);
+    while (idem_index_probe_next(&t->index, probe, &id)) {
+        int rc = fetch_row(t, id, key, len, row);
+        if (rc == 2)
+            idem_index_remove(&t->index, probe);
+        else if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- checks ----------------------------------------------------------- */
+
+static int check_key(struct idem_table *t, const void *key, size_t len)
+{
+    if (key == NULL || len == 0)
+        return fail(t, "idempotency key is missing");
+    if (len > IDEM_MAX_KEY) {
+        return fail(t, "idempotency key of %zu bytes is too long: max %d", len,
+                    IDEM_MAX_KEY);
+    }
+    return 0;
+}
+
+static int check_now(struct idem_table *t, int64_t now_ms)
+{
+    if (now_ms < 0)
+        return fail(t, "invalid now_ms %" PRId64 ": must be >= 0", now_ms);
+    return 0;
+}
+
+/* Compute a + b, failing instead of overflowing. */
+static int add_time(struct idem_table *t, int64_t a, int64_t b, int64_t *sum,
+                    const char *what)
+{
+    if (__builtin_add_overflow(a, b, sum))
+        return fail(t, "%s overflows: %" PRId64 " + %" PRId64, what, a, b);
+    return 0;
+}
+
+static int check_text(struct idem_table *t, const char *s, size_t cap,
+                      const char *what)
+{
+    if (s != NULL && strlen(s) >= cap)
+        return fail(t, "%s \"%.40s...\" is too long: max %zu bytes", what, s,
+                    cap - 1);
+    return 0;
+}
+
+static int check_claim(struct idem_table *t, const struct idem_claim *c)
+{
+    struct idem_record *r = NULL;
+
+    if (c->key != NULL && c->key_len > 0 &&
+        check_key(t, c->key, c->key_len) != 0)
+        return -1;
+    if (c->hash == NULL)
+        return fail(t, "idempotency payload hash is missing");
+    if (check_now(t, c->now_ms) != 0)
+        return -1;
+    if (check_text(t, c->shard_id, sizeof r->shard_id, "shard id") != 0)
+        return -1;
+    return check_text(t, c->seq, sizeof r->seq, "sequence number");
+}
+
+/* ---- claim ------------------------------------------------------------ */
+
+const char *idem_result_name(enum idem_result r)
+{
+    switch (r) {
+    case IDEM_NEW:
+        return "new";
+    case IDEM_DUPLICATE:
+        return "duplicate";
+    case IDEM_IN_PROGRESS:
+        return "in_progress";
+    case IDEM_CONFLICT:
+        return "conflict";
+    case IDEM_KEY_MISSING:
+        return "key_missing";
+    }
+    return "unknown";
+}
+
+static void set_existing(struct idem_record *existing,
+                         const struct idem_record *rec)
+{
+    if (existing == NULL)
+        return;
+    if (rec != NULL)
+        *existing = *rec;
+    else
+        memset(existing, 0, sizeof *existing);
+}
+
+/* Remember a live COMPLETED row, unless its hash could never match. */
+static void cache_row(struct idem_table *t, uint64_t key_hash, const void *key,
+                      size_t len, const struct found_row *row)
+{
+    if (row->stored_status == ROW_COMPLETED && row->hash_valid)
+        idem_cache_put(&t->cache, key_hash, key, len, &row->rec);
+}
+
+/* Decide a claim from the cache. Returns true when it did. */
+static bool claim_from_cache(struct idem_table *t, const struct idem_claim *c,
+                             uint64_t key_hash, enum idem_result *result,
+                             struct idem_record *existing)
+{
+    if (t->cache.capacity == 0)
+        return false;
+
+    const struct idem_record *rec = idem_cache_get(
+        &t->cache, key_hash, c->key, c->key_len, c->now_ms / 1000);
+    if (rec == NULL) {
+        t->cache_misses++;
+        return false;
+    }
+    t->cache_hits++;
+    bool same = memcmp(rec->hash, c->hash, IDEM_HASH_LEN) == 0;
+    *result = same ? IDEM_DUPLICATE : IDEM_CONFLICT;
+    set_existing(existing, rec);
+    return true;
+}
+
+/* The in-progress expiry of a claim made at now_ms: 0 (stored as NULL)
+ * when claims never time out. */
+static int in_progress_expiry(struct idem_table *t, int64_t now_ms,
+                              int64_t *out)
+{
+    *out = 0;
+    if (t->opts.in_progress_timeout_ms == 0)
+        return 0;
+    return add_time(t, now_ms, t->opts.in_progress_timeout_ms, out,
+                    "in-progress expiry");
+}
+
+/*
+ * Append an INPROGRESS row of ours for a key with no live row, and point
+ * the index at it: through probe when an expired row of the key has the
+ * slot, else with a new entry. Returns 0 or -1.
+ */
+static int append_claim(struct idem_table *t, const struct idem_claim *c,
+                        uint64_t key_hash, const struct idem_probe *probe)
+{
+    int64_t expiry_s, ipe_ms;
+
+    if (add_time(t, c->now_ms / 1000, t->opts.expiry_s, &expiry_s, "expiry") !=
+            0 ||
+        in_progress_expiry(t, c->now_ms, &ipe_ms) != 0)
+        return -1;
+    if (t->next_id == INT64_MAX)
+        return fail(t, "idempotency row ids are exhausted");
+
+    struct binder b = bind_start(t, STMT_INSERT);
+    bind_int64(&b, 1, t->next_id);
+    bind_blob(&b, 2, c->key, c->key_len);
+    bind_int64(&b, 3, expiry_s);
+    bind_int64_or_null(&b, 4, ipe_ms);
+    bind_blob(&b, 5, t->owner, IDEM_OWNER_LEN);
+    bind_blob(&b, 6, c->hash, IDEM_HASH_LEN);
+    bind_text(&b, 7, c->shard_id);
+    bind_text(&b, 8, c->seq);
+    bind_int64(&b, 9, c->subseq);
+    if (exec_bound(t, &b, "insert idempotency row") != 0)
+        return -1;
+
+    int64_t id = t->next_id++;
+    t->rows++;
+    idem_cache_remove(&t->cache, key_hash, c->key, c->key_len);
+    int rc = probe != NULL ? idem_index_replace(&t->index, probe, id)
+                           : idem_index_insert(&t->index, key_hash, id);
+    if (rc != 0) {
+        return fail(t, "update idempotency index for row %" PRId64 ": %s", id,
+                    strerror(-rc));
+    }
+    return 0;
+}
+
+/*
+ * Whether an INPROGRESS row may be taken over: its owner is another,
+ * necessarily dead, instance (one writer per database), or its in-progress
+ * expiry passed. A row of ours without an in-progress expiry stays ours.
+ */
+static bool may_take_over(const struct found_row *row, int64_t now_ms)
+{
+    int64_t ipe_ms = row->rec.in_progress_expiry_ms;
+
+    return !row->owner_ours || (ipe_ms != 0 && ipe_ms <= now_ms);
+}
+
+/* Make an INPROGRESS row ours in place. The hash, shard and sequence of
+ * the first claim stay. Returns 0 or -1. */
+static int take_over(struct idem_table *t, const struct idem_claim *c,
+                     uint64_t key_hash, const struct found_row *row)
+{
+    int64_t ipe_ms;
+
+    if (in_progress_expiry(t, c->now_ms, &ipe_ms) != 0)
+        return -1;
+
+    struct binder b = bind_start(t, STMT_TAKE_OVER);
+    bind_int64(&b, 1, row->id);
+    bind_blob(&b, 2, t->owner, IDEM_OWNER_LEN);
+    bind_int64_or_null(&b, 3, ipe_ms);
+    if (exec_bound(t, &b, "take over idempotency row") != 0)
+        return -1;
+    idem_cache_remove(&t->cache, key_hash, c->key, c->key_len);
+    return 0;
+}
+
+/* Decide a claim on the live newest row of its key. Returns 0 or -1. */
+static int claim_live(struct idem_table *t, const struct idem_claim *c,
+                      uint64_t key_hash, const struct found_row *row,
+                      enum idem_result *result, struct idem_record *existing)
+{
+    bool same =
+        row->hash_valid && memcmp(row->rec.hash, c->hash, IDEM_HASH_LEN) == 0;
+
+    /* Validation comes before status, so a different payload is reported
+     * even while the first one is still in progress. */
+    if (!same) {
+        *result = IDEM_CONFLICT;
+    } else if (row->stored_status == ROW_COMPLETED) {
+        *result = IDEM_DUPLICATE;
+        cache_row(t, key_hash, c->key, c->key_len, row);
+    } else if (may_take_over(row, c->now_ms)) {
+        if (take_over(t, c, key_hash, row) != 0)
+            return -1;
+        *result = IDEM_NEW;
+        set_existing(existing, NULL);
+        return 0;
+    } else {
+        *result = IDEM_IN_PROGRESS;
+    }
+    set_existing(existing, &row->rec);
+    return 0;
+}
+
+int idem_claim(struct idem_table *t, const struct idem_claim *c,
+               enum idem_result *result, struct idem_record *existing)
+{
+    if (check_claim(t, c) != 0)
+        return -1;
+    if (c->key == NULL || c->key_len == 0) {
+        *result = IDEM_KEY_MISSING;
+        set_existing(existing, NULL);
+        return 0;
+    }
+
+    uint64_t key_hash = idem_index_hash(&t->index, c->key, c->key_len);
+    if (claim_from_cache(t, c, key_hash, result, existing))
+        return 0;
+
+    struct idem_probe probe;
+    struct found_row row;
+    int found = find_row(t, c->key, c->key_len, key_hash, &probe, &row);
+    if (found < 0)
+        return -1;
+    if (found == 1 && row.rec.expiry_s > c->now_ms / 1000)
+        return claim_live(t, c, key_hash, &row, result, existing);
+
+    if (append_claim(t, c, key_hash, found == 1 ? &probe : NULL) != 0)
+        return -1;
+    *result = IDEM_NEW;
+    set_existing(existing, NULL);
+    return 0;
+}
+
+int idem_claim_batch(struct idem_table *t, const struct idem_claim *claims,
+                     size_t count, enum idem_result *results)
+{
+    for (size_t i = 0; i < count; i++) {
+        if (idem_claim(t, &claims[i], &results[i], NULL) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- complete, release, lookup ---------------------------------------- */
+
+/*
+ * Find our INPROGRESS claim of key. Returns 1 with *row and *probe set,
+ * -EPERM when the newest row of key is missing, COMPLETED or another
+ * owner's, or -1.
+ */
+static int find_own_claim(struct idem_table *t, const void *key, size_t len,
+                          uint64_t key_hash, struct idem_probe *probe,
+                          struct found_row *row)
+{
+    int found = find_row(t, key, len, key_hash, probe, row);
+
+    if (found < 0)
+        return -1;
+    if (found == 0) {
+        fail(t, "idempotency key has no claim to finish");
+        return -EPERM;
+    }
+    if (row->stored_status != ROW_INPROGRESS || !row->owner_ours) {
+        fail(t,
+             "idempotency row %" PRId64 " is not an INPROGRESS claim of"
+             " this owner",
+             row->id);
+        return -EPERM;
+    }
+    return 1;
+}
+
+int idem_complete(struct idem_table *t, const void *key, size_t key_len,
+                  const char *outcome, int64_t now_ms)
+{
+    int64_t expiry_s;
+
+    if (check_key(t, key, key_len) != 0 || check_now(t, now_ms) != 0 ||
+        check_text(t, outcome, IDEM_MAX_OUTCOME + 1, "outcome") != 0 ||
+        add_time(t, now_ms / 1000, t->opts.expiry_s, &expiry_s, "expiry") != 0)
+        return -1;
+
+    uint64_t key_hash = idem_index_hash(&t->index, key, key_len);
+    struct idem_probe probe;
+    struct found_row row;
+    int rc = find_own_claim(t, key, key_len, key_hash, &probe, &row);
+    if (rc != 1)
+        return rc;
+
+    struct binder b = bind_start(t, STMT_COMPLETE);
+    bind_int64(&b, 1, row.id);
+    bind_text(&b, 2, outcome);
+    bind_int64(&b, 3, expiry_s);
+    if (exec_bound(t, &b, "complete idempotency row") != 0)
+        return -1;
+
+    row.stored_status = ROW_COMPLETED;
+    row.rec.status = IDEM_STATUS_COMPLETED;
+    row.rec.expiry_s = expiry_s;
+    row.rec.in_progress_expiry_ms = 0;
+    snprintf(row.rec.outcome, sizeof row.rec.outcome, "%s",
+             outcome != NULL ? outcome : "");
+    cache_row(t, key_hash, key, key_len, &row);
+    return 0;
+}
+
+int idem_complete_batch(struct idem_table *t, const void *const *keys,
+                        const size_t *key_lens, const char *const *outcomes,
+                        size_t count, int64_t now_ms)
+{
+    for (size_t i = 0; i < count; i++) {
+        int rc = idem_complete(t, keys[i], key_lens[i], outcomes[i], now_ms);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/*
+ * Only the newest row of a key is deleted. An older row of the same key
+ * cannot be live, because a row is appended only after the previous one
+ * expired, so the key simply becomes new.
+ */
+int idem_release(struct idem_table *t, const void *key, size_t key_len)
+{
+    if (check_key(t, key, key_len) != 0)
+        return -1;
+
+    uint64_t key_hash = idem_index_hash(&t->index, key, key_len);
+    struct idem_probe probe;
+    struct found_row row;
+    int rc = find_own_claim(t, key, key_len, key_hash, &probe, &row);
+    if (rc != 1)
+        return rc;
+
+    struct binder b = bind_start(t, STMT_DELETE);
+    bind_int64(&b, 1, row.id);
+    if (exec_bound(t, &b, "delete idempotency row") != 0)
+        return -1;
+
+    idem_index_remove(&t->index, &probe);
+    idem_cache_remove(&t->cache, key_hash, key, key_len);
+    if (t->rows > 0)
+        t->rows--;
+    return 0;
+}
+
+int idem_lookup(struct idem_table *t, const void *key, size_t key_len,
+                int64_t now_ms, struct idem_record *out)
+{
+    if (check_key(t, key, key_len) != 0 || check_now(t, now_ms) != 0)
+        return -1;
+
+    int64_t now_s = now_ms / 1000;
+    uint64_t key_hash = idem_index_hash(&t->index, key, key_len);
+    if (t->cache.capacity > 0) {
+        const struct idem_record *rec =
+            idem_cache_get(&t->cache, key_hash, key, key_len, now_s);
+        if (rec != NULL) {
+            t->cache_hits++;
+            *out = *rec;
+            return 1;
+        }
+        t->cache_misses++;
+    }
+
+    struct idem_probe probe;
+    struct found_row row;
+    int found = find_row(t, key, key_len, key_hash, &probe, &row);
+    if (found <= 0)
+        return found;
+
+    if (row.rec.expiry_s <= now_s)
+        row.rec.status = IDEM_STATUS_EXPIRED;
+    else
+        cache_row(t, key_hash, key, key_len, &row);
+    *out = row.rec;
+    return 1;
+}
+
+/* ---- expiry ----------------------------------------------------------- */
+
+/*
+ * Delete the rows with ids first..last, which the scan found expired, and
+ * move the expiry cursor to next_from (INT64_MIN: past last).
+ */
+static int delete_expired(struct idem_table *t, int64_t first, int64_t last,
+                          int64_t now_s, int64_t next_from, size_t *deleted)
+{
+    struct binder b = bind_start(t, STMT_EXPIRE_DELETE);
+    bind_int64(&b, 1, first);
+    bind_int64(&b, 2, last);
+    bind_int64(&b, 3, now_s);
+    if (exec_bound(t, &b, "delete expired idempotency rows") != 0)
+        return -1;
+
+    size_t changes = (size_t)sqlite3_changes64(t->db);
+    t->rows = t->rows > changes ? t->rows - changes : 0;
+    if (next_from == INT64_MIN)
+        next_from = last < INT64_MAX ? last + 1 : last;
+    t->expire_from = next_from;
+    if (deleted != NULL)
+        *deleted = changes;
+    return 0;
+}
+
+/*
+ * Remove the index entry and cache entry of the expired row that the scan
+ * in stmt is on. This happens before the delete: should the delete fail,
+ * nothing is lost, because an expired key counts as absent anyway.
+ */
+static void forget_row(struct idem_table *t, sqlite3_stmt *stmt, int64_t id)
+{
+    const void *key = sqlite3_column_blob(stmt, 1);
+    size_t len = (size_t)sqlite3_column_bytes(stmt, 1);
+    uint64_t key_hash = idem_index_hash(&t->index, key, len);
+
+    idem_index_remove_id(&t->index, key_hash, id);
+    if (key != NULL)
+        idem_cache_remove(&t->cache, key_hash, key, len);
+}
+
+/*
+ * Rows are appended in claim order, so the oldest rows sit at the lowest
+ * ids. Each step reads forward from expire_from and stops at the first row
+ * that has not expired. A later row that expired earlier (it was completed
+ * sooner, or written under a shorter expiry_s) waits for the rows before
+ * it. That is harmless because reads compare the expiry with now.
+ */
+int idem_expire_step(struct idem_table *t, int64_t now_ms, size_t max_rows,
+                     size_t *deleted)
+{
+    if (deleted != NULL)
+        *deleted = 0;
+    if (check_now(t, now_ms) != 0)
+        return -1;
+    if (max_rows == 0)
+        return 0;
+
+    int64_t now_s = now_ms / 1000;
+    int64_t first = 0, last = 0, next_from = INT64_MIN;
+    size_t expired = 0;
+    struct binder b = bind_start(t, STMT_EXPIRE_SCAN);
+    bind_int64(&b, 1, t->expire_from);
+    bind_int64(&b, 2, max_rows > INT64_MAX ? INT64_MAX : (int64_t)max_rows);
+
+    int rc;
+    while ((rc = query_step(t, &b, "scan expired idempotency rows")) == 1) {
+        int64_t id = sqlite3_column_int64(b.stmt, 0);
+        if (sqlite3_column_int64(b.stmt, 2) > now_s) {
+            next_from = id;
+            break;
+        }
+        forget_row(t, b.stmt, id);
+        first = expired == 0 ? id : first;
+        last = id;
+        expired++;
+    }
+    if (rc == 1)
+        query_done(b.stmt);
+    else if (rc < 0)
+        return -1;
+    if (expired == 0) {
+        t->expire_from = next_from != INT64_MIN ? next_from : t->expire_from;
+        return 0;
+    }
+    return delete_expired(t, first, last, now_s, next_from, deleted);
+}
+
+/* ---- dead owners ------------------------------------------------------ */
+
+static int note_dead_row(struct idem_table *t, int64_t id, uint64_t key_hash)
+{
+    if (t->dead_count == t->dead_cap) {
+        size_t cap = t->dead_cap != 0 ? t->dead_cap * 2 : 16;
+        struct dead_row *dead = realloc(t->dead, cap * sizeof *dead);
+        if (dead == NULL)
+            return fail(t, "out of memory listing dead idempotency claims");
+        t->dead = dead;
+        t->dead_cap = cap;
+    }
+    t->dead[t->dead_count].id = id;
+    t->dead[t->dead_count].key_hash = key_hash;
+    t->dead_count++;
+    return 0;
+}
+
+/*
+ * The delete checks status and owner again, because a claim since the
+ * open may have taken the row over. On error the list is kept, and a later
+ * call retries: rows already deleted are skipped.
+ */
+int idem_reclaim_dead(struct idem_table *t, size_t *reclaimed)
+{
+    size_t n = 0;
+
+    if (reclaimed != NULL)
+        *reclaimed = 0;
+    for (size_t i = 0; i < t->dead_count; i++) {
+        struct binder b = bind_start(t, STMT_RECLAIM);
+        bind_int64(&b, 1, t->dead[i].id);
+        bind_blob(&b, 2, t->owner, IDEM_OWNER_LEN);
+        if (exec_bound(t, &b, "delete dead idempotency claim") != 0)
+            return -1;
+        if (sqlite3_changes64(t->db) == 0)
+            continue;
+        idem_index_remove_id(&t->index, t->dead[i].key_hash, t->dead[i].id);
+        t->rows = t->rows > 0 ? t->rows - 1 : 0;
+        n++;
+    }
+
+    free(t->dead);
+    t->dead = NULL;
+    t->dead_count = t->dead_cap = 0;
+    if (reclaimed != NULL)
+        *reclaimed = n;
+    return 0;
+}
+
+/* ---- open ------------------------------------------------------------- */
+
+static int create_schema(struct idem_table *t)
+{
+    static const char schema[] =
+        "CREATE TABLE IF NOT EXISTS idem_meta ("
+        " name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
+        "INSERT OR IGNORE INTO idem_meta (name, value)"
+        " VALUES ('schema_version', 1);"
+        "CREATE TABLE IF NOT EXISTS idem_rows ("
+        " id INTEGER PRIMARY KEY, key BLOB NOT NULL,"
+        " status INTEGER NOT NULL, expiry_s INTEGER NOT NULL,"
+        " in_progress_expiry_ms INTEGER, owner BLOB NOT NULL,"
+        " hash BLOB NOT NULL, outcome TEXT, shard_id TEXT, seq TEXT,"
+        " subseq INTEGER NOT NULL DEFAULT 0);";
+    sqlite3_stmt *stmt = NULL;
+
+    if (exec_sql(t, schema, "create idempotency tables") != 0)
+        return -1;
+    int rc = sqlite3_prepare_v2(t->db,
+                                "SELECT value FROM idem_meta"
+                                " WHERE name = 'schema_version'",
+                                -1, &stmt, NULL);
+    if (rc != SQLITE_OK)
+        return fail_sqlite(t, rc, "read idempotency schema version");
+    rc = sqlite3_step(stmt);
+    int64_t version = rc == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : -1;
+    int out = rc == SQLITE_ROW || rc == SQLITE_DONE
+                  ? 0
+                  : fail_sqlite(t, rc, "read idempotency schema version");
+    sqlite3_finalize(stmt);
+    if (out == 0 && version != SCHEMA_VERSION) {
+        out = fail(t,
+                   "unsupported idempotency schema version %" PRId64
+                   ": this build reads version %d",
+                   version, SCHEMA_VERSION);
+    }
+    return out;
+}
+
+static int prepare_statements(struct idem_table *t)
+{
+    for (int i = 0; i < STMT_COUNT; i++) {
+        int rc =
+            sqlite3_prepare_v3(t->db, stmt_sql[i], -1,
+                               SQLITE_PREPARE_PERSISTENT, &t->stmts[i], NULL);
+        if (rc != SQLITE_OK)
+            return fail_sqlite(t, rc, "prepare idempotency statement");
+    }
+    return 0;
+}
+
+/*
+ * Point the index at row id of key, which is newer than every row indexed
+ * so far: replace the entry of an older row of the same key, or add one.
+ */
+static int index_row(struct idem_table *t, const void *key, size_t len,
+                     uint64_t key_hash, int64_t id)
+{
+    struct idem_probe probe;
+    int64_t candidate;
+    int rc = 0;
+
+    idem_index_probe_start(&t->index, key_hash, &probe);
+    while (rc == 0 && idem_index_probe_next(&t->index, &probe, &candidate)) {
+        struct binder b = bind_start(t, STMT_GET_KEY);
+        bind_int64(&b, 1, candidate);
+        int found = query_step(t, &b, "read idempotency key");
+        if (found < 0)
+            return -1;
+        if (found == 0)
+            continue;
+        bool same = column_equals(b.stmt, 0, key, len);
+        query_done(b.stmt);
+        if (same)
+            rc = idem_index_replace(&t->index, &probe, id);
+        if (same && rc == 0)
+            return 0;
+    }
+    if (rc == 0)
+        rc = idem_index_insert(&t->index, key_hash, id);
+    if (rc != 0) {
+        return fail(t, "index idempotency row %" PRId64 ": %s", id,
+                    strerror(-rc));
+    }
+    return 0;
+}
+
+/* Account for one row of the rebuild scan (the current row of stmt). */
+static int rebuild_row(struct idem_table *t, sqlite3_stmt *stmt)
+{
+    int64_t id = sqlite3_column_int64(stmt, 0);
+    const void *key = sqlite3_column_blob(stmt, 1);
+    size_t len = (size_t)sqlite3_column_bytes(stmt, 1);
+    uint64_t key_hash = idem_index_hash(&t->index, key, len);
+
+    if (t->rows == 0)
+        t->expire_from = id;
+    t->rows++;
+    t->next_id = id < INT64_MAX ? id + 1 : id;
+
+    bool dead = sqlite3_column_int64(stmt, 2) == ROW_INPROGRESS &&
+                !column_equals(stmt, 3, t->owner, IDEM_OWNER_LEN);
+    if (dead && note_dead_row(t, id, key_hash) != 0)
+        return -1;
+    /* A key that no claim can carry cannot be looked up either. */
+    if (key == NULL || len == 0 || len > IDEM_MAX_KEY)
+        return 0;
+    return index_row(t, key, len, key_hash, id);
+}
+
+/* Rebuild the index with one scan of the table in id order, so that each
+ * key ends up pointing at its newest row. */
+static int rebuild_index(struct idem_table *t)
+{
+    sqlite3_stmt *stmt = NULL;
+    int rc = sqlite3_prepare_v2(
+        t->db, "SELECT id, key, status, owner FROM idem_rows ORDER BY id", -1,
+        &stmt, NULL);
+
+    if (rc != SQLITE_OK)
+        return fail_sqlite(t, rc, "scan idempotency rows");
+    int out = 0;
+    while (out == 0 && (rc = sqlite3_step(stmt)) == SQLITE_ROW)
+        out = rebuild_row(t, stmt);
+    if (out == 0 && rc != SQLITE_DONE)
+        out = fail_sqlite(t, rc, "scan idempotency rows");
+    sqlite3_finalize(stmt);
+    return out;
+}
+
+static int check_options(const struct idem_options *opts, char *err,
+                         size_t err_len)
+{
+    const char *what = NULL;
+
+    if (opts->expiry_s < 1)
+        what = "expiry_s must be at least 1";
+    else if (opts->in_progress_timeout_ms < 0)
+        what = "in_progress_timeout_ms must be >= 0";
+    else if (opts->cache_size > MAX_CACHE_SIZE)
+        what = "cache_size must be at most 16777216";
+    if (what == NULL)
+        return 0;
+    snprintf(err, err_len, "invalid idempotency options: %s", what);
+    return -1;
+}
+
+/* Open the table on db, which the table owns from now on when own_db,
+ * even on failure. */
+static int open_table(sqlite3 *db, bool own_db, const struct idem_options *opts,
+                      const uint8_t owner[IDEM_OWNER_LEN],
+                      struct idem_table **out, char *err, size_t err_len)
+{
+    struct idem_table *t = calloc(1, sizeof *t);
+
+    *out = NULL;
+    if (t == NULL) {
+        if (own_db)
+            sqlite3_close_v2(db);
+        snprintf(err, err_len, "out of memory opening idempotency table");
+        return -1;
+    }
+    t->db = db;
+    t->own_db = own_db;
+    t->opts = *opts;
+    memcpy(t->owner, owner, IDEM_OWNER_LEN);
+    t->next_id = 1;
+    t->expire_from = INT64_MIN;
+
+    int rc = idem_index_init(&t->index);
+    if (rc == 0)
+        rc = idem_cache_init(&t->cache, opts->cache_size);
+    if (rc != 0)
+        fail(t, "set up idempotency index: %s", strerror(-rc));
+    if (rc != 0 || create_schema(t) != 0 || prepare_statements(t) != 0 ||
+        rebuild_index(t) != 0) {
+        snprintf(err, err_len, "%s", t->err);
+        idem_close(t);
+        return -1;
+    }
+    *out = t;
+    return 0;
+}
+
+int idem_open(struct sqlite3 *db, const struct idem_options *opts,
+              const uint8_t owner[IDEM_OWNER_LEN], struct idem_table **out,
+              char *err, size_t err_len)
+{
+    if (db == NULL || opts == NULL || owner == NULL || out == NULL) {
+        snprintf(err, err_len,
+                 "idem_open: db, opts, owner and out are"
+                 " required");
+        return -1;
+    }
+    if (check_options(opts, err, err_len) != 0)
+        return -1;
+    return open_table(db, false, opts, owner, out, err, err_len);
+}
+
+/* Run one PRAGMA and check the single value it returns. */
+static int set_pragma(sqlite3 *db, const char *sql, const char *expected,
+                      char *err, size_t err_len)
+{
+    sqlite3_stmt *stmt = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &stmt, NULL);
+
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(stmt);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        snprintf(err, err_len, "%s: %s: %s", sql, errname(rc),
+                 sqlite3_errmsg(db));
+        sqlite3_finalize(stmt);
+        return -1;
+    }
+    const char *got =
+        rc == SQLITE_ROW ? (const char *)sqlite3_column_text(stmt, 0) : NULL;
+    int out = 0;
+    if (expected != NULL && (got == NULL || strcmp(got, expected) != 0)) {
+        snprintf(err, err_len, "%s returned \"%s\" instead of \"%s\"", sql,
+                 got != NULL ? got : "(nothing)", expected);
+        out = -1;
+    }
+    sqlite3_finalize(stmt);
+    return out;
+}
+
+/*
+ * WAL makes a commit one append and one fsync; synchronous=FULL makes that
+ * fsync happen at every commit, so a committed claim survives power loss.
+ */
+int idem_open_path(const char *path, const struct idem_options *opts,
+                   const uint8_t owner[IDEM_OWNER_LEN], struct idem_table **out,
+                   char *err, size_t err_len)
+{
+    sqlite3 *db = NULL;
+
+    if (path == NULL || opts == NULL || owner == NULL || out == NULL) {
+        snprintf(err, err_len,
+                 "idem_open_path: path, opts, owner and out"
+                 " are required");
+        return -1;
+    }
+    if (check_options(opts, err, err_len) != 0)
+        return -1;
+
+    int flags =
+        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+    int rc = sqlite3_open_v2(path, &db, flags, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
+    if (rc != SQLITE_OK) {
+        snprintf(err, err_len, "open %s: %s: %s", path, errname(rc),
+                 db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        sqlite3_close_v2(db);
+        return -1;
+    }
+    if (set_pragma(db, "PRAGMA journal_mode = WAL", "wal", err, err_len) ||
+        set_pragma(db, "PRAGMA synchronous = FULL", NULL, err, err_len)) {
+        sqlite3_close_v2(db);
+        return -1;
+    }
+    return open_table(db, true, opts, owner, out, err, err_len);
+}
+
+/* ---- transactions and teardown ---------------------------------------- */
+
+static int check_own_db(struct idem_table *t)
+{
+    if (!t->own_db) {
+        return fail(t, "the table uses the caller's connection: begin and"
+                       " commit there, and call idem_after_rollback()");
+    }
+    return 0;
+}
+
+int idem_begin(struct idem_table *t)
+{
+    if (check_own_db(t) != 0)
+        return -1;
+    return exec_sql(t, "BEGIN IMMEDIATE", "begin idempotency transaction");
+}
+
+int idem_commit(struct idem_table *t)
+{
+    if (check_own_db(t) != 0)
+        return -1;
+    if (exec_sql(t, "COMMIT", "commit idempotency transaction") == 0)
+        return 0;
+    /* A failed COMMIT may have rolled the transaction back. */
+    if (sqlite3_get_autocommit(t->db))
+        idem_after_rollback(t);
+    return -1;
+}
+
+void idem_rollback(struct idem_table *t)
+{
+    if (t == NULL || !t->own_db)
+        return;
+    if (!sqlite3_get_autocommit(t->db))
+        sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
+    idem_after_rollback(t);
+}
+
+/*
+ * The index needs no repair: it heals on the next read of a key whose row
+ * the rollback removed. The cache may hold COMPLETED rows that the rollback
+ * undid, so it is cleared. Expiry restarts from the left edge, because the
+ * rollback may have restored rows that it had passed.
+ * NOTE: idem_stats() keeps counting rolled-back inserts and deletes in
+ * rows until the next open rebuilds the count.
+ */
+void idem_after_rollback(struct idem_table *t)
+{
+    if (t == NULL)
+        return;
+    idem_cache_clear(&t->cache);
+    t->expire_from = INT64_MIN;
+}
+
+void idem_close(struct idem_table *t)
+{
+    if (t == NULL)
+        return;
+    for (int i = 0; i < STMT_COUNT; i++)
+        sqlite3_finalize(t->stmts[i]);
+    if (t->own_db)
+        sqlite3_close_v2(t->db);
+    idem_index_free(&t->index);
+    idem_cache_free(&t->cache);
+    free(t->dead);
+    free(t);
+}
+
+const char *idem_errmsg(const struct idem_table *t)
+{
+    return t != NULL ? t->err : "no idempotency table";
+}
+
+void idem_stats(const struct idem_table *t, struct idem_stats *out)
+{
+    size_t slots = idem_index_capacity(&t->index);
+
+    memset(out, 0, sizeof *out);
+    out->rows = t->rows;
+    out->index_slots = slots;
+    out->index_bytes = slots * sizeof(struct idem_slot);
+    out->cache_hits = t->cache_hits;
+    out->cache_misses = t->cache_misses;
+}

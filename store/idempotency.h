@@ -56,7 +56,9 @@ struct idem_table;
  * tables when absent, and rebuild the in-memory index. owner is this
  * process instance's token (IDEM_OWNER_LEN bytes, e.g. random). Rows left
  * INPROGRESS by any other owner are from a dead instance (one writer per
- * database) and are released. Returns 0, or -1 with a message in err.
+ * database): idem_claim() takes them over at once, and idem_reclaim_dead()
+ * deletes them. idem_open() never begins or commits on db, so it writes
+ * only the schema. Returns 0, or -1 with a message in err.
  */
 int idem_open(struct sqlite3 *db, const struct idem_options *opts,
               const uint8_t owner[IDEM_OWNER_LEN], struct idem_table **out,
@@ -67,12 +69,28 @@ int idem_open(struct sqlite3 *db, const struct idem_options *opts,
 int idem_open_path(const char *path, const struct idem_options *opts,
                    const uint8_t owner[IDEM_OWNER_LEN],
                    struct idem_table **out, char *err, size_t err_len);
-/* BEGIN IMMEDIATE / COMMIT / ROLLBACK on the table's connection. */
+/* BEGIN IMMEDIATE / COMMIT / ROLLBACK on the table's own connection; -1
+ * for a table opened with idem_open() on the caller's connection. */
 int idem_begin(struct idem_table *t);
 int idem_commit(struct idem_table *t);
 void idem_rollback(struct idem_table *t);
 
 void idem_close(struct idem_table *t);
+
+/*
+ * Delete the INPROGRESS rows of other, dead, owners that the open found,
+ * unless a claim took them over since, and report how many went. Run it
+ * once at start-up inside a transaction of the caller. Returns 0 or -1.
+ */
+int idem_reclaim_dead(struct idem_table *t, size_t *reclaimed);
+
+/*
+ * Tell the table that the caller rolled back a transaction that used it
+ * (idem_rollback() does this itself). It drops the cache, which may hold
+ * rows that the rollback undid. Skipping this call can turn a rolled-back
+ * completion into a false IDEM_DUPLICATE.
+ */
+void idem_after_rollback(struct idem_table *t);
 
 /* The last error message (borrowed, valid until the next call). */
 const char *idem_errmsg(const struct idem_table *t);
