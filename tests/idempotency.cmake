@@ -9,8 +9,8 @@ file(STRINGS test_idempotency.c idem_cases REGEX "^TEST\\([a-z0-9_]+\\)")
 foreach(line ${idem_cases})
     string(REGEX REPLACE "^TEST\\(([a-z0-9_]+)\\).*" "\\1" case ${line})
     add_test(NAME ${case}_cached COMMAND test_idempotency ${case})
-    set_tests_properties(${case}_cached PROPERTIES TIMEOUT 60
-        ENVIRONMENT "PODIUM_IDEM_CACHE=1024;PODIUM_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+    set_tests_properties(${case}_cached PROPERTIES TIMEOUT 60 ENVIRONMENT
+        "PODIUM_IDEM_CACHE=1024;PODIUM_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
 endforeach()
 
 # The example program of docs/idempotency.md (the first C block after
