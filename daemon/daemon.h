@@ -42,6 +42,8 @@ struct pipeline_counters {
     atomic_uint_fast64_t records_applied;
     atomic_uint_fast64_t duplicates;
     atomic_uint_fast64_t validation_conflicts;
+    atomic_uint_fast64_t missing_key_processed;
+    atomic_uint_fast64_t missing_key_rejected;
     atomic_uint_fast64_t rejected[AGG_REJECT_COUNT];
     atomic_uint_fast64_t outcomes[AGG_OUTCOME_COUNT];
     atomic_uint_fast64_t messages_built;
@@ -65,6 +67,16 @@ struct pipeline_hooks {
     void (*idle)(void *arg);
 };
 
+struct idem_keyexpr;
+int pipeline_compile_keys(const struct podium_config *cfg,
+                          struct idem_keyexpr **key,
+                          struct idem_keyexpr **validation, char *err,
+                          size_t err_len);
+
+/*
+ * Create a pipeline over an open store whose idempotency table is open.
+ * Returns NULL (logged) on failure.
+ */
 struct pipeline *pipeline_new(uv_loop_t *loop, struct store *st,
                               const struct podium_config *cfg,
                               const struct pipeline_hooks *hooks);

@@ -32,11 +32,17 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/sjson.h"
 #include "common/strbuf.h"
 #include "publisher/publisher.h"
+#include "store/idempotency.h"
 
 /* Deleted outbox rows per job, so one job never grows without bound. */
 #define PIPELINE_MAX_ACKS_PER_JOB 20000
+/* Expired idempotency rows deleted per job: more than a job can add at
+ * the largest GetRecords batch, so the table does not grow, yet bounded so
+ * a job never stalls on a backlog of expired rows. */
+#define PIPELINE_EXPIRE_PER_JOB 20000
 
 enum job_kind { JOB_BATCH, JOB_TICK, JOB_CLOSE_ALL, JOB_ACKS };
 
@@ -69,6 +75,9 @@ struct pipeline {
     const struct podium_config *cfg;
     struct pipeline_hooks hooks;
     struct agg *agg;
+    struct idem_table *idem;         /* borrowed from the store */
+    struct idem_keyexpr *key_expr;   /* owned */
+    struct idem_keyexpr *validation; /* owned; NULL: the whole record */
 
     struct job *head; /* queued jobs, oldest first */
     struct job *tail;
@@ -84,6 +93,7 @@ struct pipeline {
     const char *current_shard;
     struct strbuf ids[3];
     struct strbuf topic;
+    struct strbuf key;
 
     struct log_limit reject_limit;
     struct log_limit conflict_limit;
@@ -114,6 +124,36 @@ static void agg_config_from(const struct podium_config *cfg,
 }
 
 /*
+ * Compile the idempotency key and validation expressions of cfg into *key
+ * and *validation (owned; *validation is NULL for the whole record).
+ * Returns 0, or -1 with a message naming the setting in err.
+ */
+int pipeline_compile_keys(const struct podium_config *cfg,
+                          struct idem_keyexpr **key,
+                          struct idem_keyexpr **validation, char *err,
+                          size_t err_len)
+{
+    char detail[256];
+
+    *key = *validation = NULL;
+    if (idem_keyexpr_compile(cfg->idempotency_key, key, detail,
+                             sizeof detail) != 0) {
+        snprintf(err, err_len, "invalid value for idempotency.key: %s", detail);
+        return -1;
+    }
+    if (cfg->idempotency_validation != NULL &&
+        idem_keyexpr_compile(cfg->idempotency_validation, validation, detail,
+                             sizeof detail) != 0) {
+        snprintf(err, err_len, "invalid value for idempotency.validation: %s",
+                 detail);
+        idem_keyexpr_free(*key);
+        *key = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/*
  * Create a pipeline over an open store. The store and cfg are borrowed and
  * must outlive the pipeline. Returns NULL when out of memory.
  */
@@ -131,15 +171,24 @@ struct pipeline *pipeline_new(uv_loop_t *loop, struct store *st,
     for (size_t i = 0; i < 3; i++)
         sb_init(&pl->ids[i], 256);
     sb_init(&pl->topic, 4096);
+    sb_init(&pl->key, IDEM_MAX_KEY);
     pl->reject_limit = (struct log_limit)LOG_LIMIT_INIT(10000, 20);
     pl->conflict_limit = (struct log_limit)LOG_LIMIT_INIT(10000, 20);
     pl->message_limit = (struct log_limit)LOG_LIMIT_INIT(10000, 20);
 
     struct agg_config acfg;
     struct agg_sink sink = {pl, sink_sample, sink_race_state, sink_message};
+    char err[512] = "";
     agg_config_from(cfg, &acfg);
     pl->agg = agg_new(&acfg, &sink);
-    if (pl->agg == NULL) {
+    pl->idem = store_idempotency(st);
+    if (pl->agg == NULL || pl->idem == NULL ||
+        pipeline_compile_keys(cfg, &pl->key_expr, &pl->validation, err,
+                              sizeof err) != 0) {
+        log_error("main", NULL, "failed to create the pipeline: %s",
+                  pl->idem == NULL  ? "the idempotency table is not open"
+                  : pl->agg == NULL ? "out of memory"
+                                    : err);
         pipeline_free(pl);
         return NULL;
     }
@@ -191,10 +240,13 @@ void pipeline_free(struct pipeline *pl)
         pl->head = next;
     }
     agg_free(pl->agg);
+    idem_keyexpr_free(pl->key_expr);
+    idem_keyexpr_free(pl->validation);
     free(pl->acks);
     for (size_t i = 0; i < 3; i++)
         sb_free(&pl->ids[i]);
     sb_free(&pl->topic);
+    sb_free(&pl->key);
     free(pl);
 }
 
@@ -484,31 +536,116 @@ static const char *outcome_dead_letter_detail(enum agg_outcome outcome)
     }
 }
 
-/* Apply a record whose key was seen for the first time. */
+/* Apply a record to the aggregator and count and file its outcome. */
 static int apply_record(struct pipeline *pl, const struct shard_record *r,
-                        const struct agg_record *rec)
+                        const struct agg_record *rec, enum agg_outcome *outcome)
 {
-    enum agg_outcome outcome;
-    int rc = agg_apply(pl->agg, rec, r->arrival_ms, &outcome);
+    int rc = agg_apply(pl->agg, rec, r->arrival_ms, outcome);
     if (rc != 0)
         return rc;
 
-    count(&pl->counters.outcomes[outcome]);
-    if (outcome_applied(outcome))
+    count(&pl->counters.outcomes[*outcome]);
+    if (outcome_applied(*outcome))
         count(&pl->counters.records_applied);
-    if (outcome == AGG_CONFLICT_KEPT || outcome == AGG_CONFLICT_REPLACED)
+    if (*outcome == AGG_CONFLICT_KEPT || *outcome == AGG_CONFLICT_REPLACED)
         log_record(pl, &pl->conflict_limit, r, "sample conflict",
                    "another record has other values for the same rider "
                    "and second; the one with the smaller "
                    "(deviceTimestamp, uuid) is kept");
-    if (outcome == AGG_APPLIED)
-        return 0;
-    if (store_idem_set_outcome(pl->store, rec->uuid, rec->uuid_len,
-                               agg_outcome_name(outcome)) != 0)
-        return -1;
-    const char *detail = outcome_dead_letter_detail(outcome);
+    const char *detail = outcome_dead_letter_detail(*outcome);
     if (detail != NULL)
-        return dead_letter(pl, r, agg_outcome_name(outcome), detail);
+        return dead_letter(pl, r, agg_outcome_name(*outcome), detail);
+    return 0;
+}
+
+/*
+ * A record whose key expression selects nothing: with missing_key process
+ * it is applied without deduplication (the sample rule still keeps one
+ * sample per rider and second); with reject it is a dead letter.
+ */
+static int missing_key(struct pipeline *pl, const struct shard_record *r,
+                       const struct agg_record *rec)
+{
+    enum agg_outcome outcome;
+    if (pl->cfg->missing_key == CFG_MISSING_KEY_REJECT) {
+        count(&pl->counters.missing_key_rejected);
+        log_record(pl, &pl->reject_limit, r, "rejected record",
+                   "the idempotency key is missing, null or empty");
+        return dead_letter(pl, r, "missing_key",
+                           "the idempotency key expression selects nothing "
+                           "(idempotency.missing_key is reject)");
+    }
+    count(&pl->counters.missing_key_processed);
+    return apply_record(pl, r, rec, &outcome);
+}
+
+static int claim_failed(struct pipeline *pl, const char *what)
+{
+    log_error("main", NULL, "failed to %s an idempotency key: %s", what,
+              idem_errmsg(pl->idem));
+    return -1;
+}
+
+/*
+ * Claim the record's key, and apply the record when the key is new: the
+ * claim, the effects and the completion commit together.
+ */
+static int claim_and_apply(struct pipeline *pl, const struct shard_record *r,
+                           const struct agg_record *rec,
+                           const struct sjson_value *root)
+{
+    uint8_t hash[IDEM_HASH_LEN];
+    const uint8_t *payload_hash = rec->hash;
+    enum idem_result result;
+    enum agg_outcome outcome;
+
+    sb_reset(&pl->key);
+    int have = idem_keyexpr_eval(pl->key_expr, root, &pl->key);
+    if (have < 0)
+        return claim_failed(pl, "build");
+    if (have == 0)
+        return missing_key(pl, r, rec);
+    /* The aggregator already hashed the whole record the same way. */
+    if (pl->validation != NULL) {
+        if (idem_payload_hash(pl->validation, root, hash) != 0)
+            return claim_failed(pl, "hash");
+        payload_hash = hash;
+    }
+
+    struct idem_claim c = {pl->key.data,  pl->key.len,       payload_hash,
+                           r->arrival_ms, pl->current_shard, r->seq,
+                           r->subseq};
+    if (idem_claim(pl->idem, &c, &result, NULL) != 0)
+        return claim_failed(pl, "claim");
+    switch (result) {
+    case IDEM_NEW:
+        break;
+    case IDEM_DUPLICATE:
+        count(&pl->counters.duplicates);
+        return 0;
+    case IDEM_CONFLICT:
+        count(&pl->counters.validation_conflicts);
+        log_record(pl, &pl->conflict_limit, r, "validation conflict",
+                   "a record with this key was seen before with other "
+                   "contents; this copy is not applied");
+        return dead_letter(pl, r, "validation_conflict",
+                           "the key was seen before with other contents");
+    case IDEM_KEY_MISSING:
+        return missing_key(pl, r, rec);
+    case IDEM_IN_PROGRESS:
+        /* Every claim completes in its own transaction, so a live claim
+         * means a second writer: stop rather than guess. */
+        log_error("main", NULL,
+                  "idempotency key %.*s is claimed by a "
+                  "running writer; is another podium using %s?",
+                  (int)pl->key.len, pl->key.data, pl->cfg->store_path);
+        return -1;
+    }
+    if (apply_record(pl, r, rec, &outcome) != 0)
+        return -1;
+    if (idem_complete(pl->idem, pl->key.data, pl->key.len,
+                      agg_outcome_name(outcome), r->arrival_ms) != 0)
+        return claim_failed(pl, "complete");
     return 0;
 }
 
@@ -516,39 +653,18 @@ static int process_record(struct pipeline *pl, const struct shard_record *r)
 {
     struct agg_record rec;
     struct agg_reject_info why;
-    enum store_claim claim;
+    struct sjson_doc *doc = NULL;
 
     count(&pl->counters.records_read);
-    if (agg_record_parse(r->data, r->len, pl->cfg->race_max_seconds, &rec,
-                         &why) != 0)
+    if (agg_record_decode(r->data, r->len, pl->cfg->race_max_seconds, &rec,
+                          &why, &doc) != 0) {
+        if (why.reason == AGG_REJECT_NONE)
+            return -1; /* out of memory: the job fails, nothing is lost */
         return reject_record(pl, r, &why);
-
-    struct store_idem_row row = {
-        .key = rec.uuid,
-        .key_len = rec.uuid_len,
-        .hash = rec.hash,
-        .now_ms = r->arrival_ms,
-        .expiry_s = pl->cfg->idempotency_expiry_s,
-        .outcome = "applied",
-        .shard_id = pl->current_shard,
-        .seq = r->seq,
-        .subseq = r->subseq,
-    };
-    if (store_idem_record(pl->store, &row, &claim, NULL, 0) != 0)
-        return -1;
-    if (claim == STORE_CLAIM_DUPLICATE) {
-        count(&pl->counters.duplicates);
-        return 0;
     }
-    if (claim == STORE_CLAIM_CONFLICT) {
-        count(&pl->counters.validation_conflicts);
-        log_record(pl, &pl->conflict_limit, r, "validation conflict",
-                   "a record with this uuid was seen before with other "
-                   "contents; this copy is not applied");
-        return dead_letter(pl, r, "validation_conflict",
-                           "uuid seen before with other contents");
-    }
-    return apply_record(pl, r, &rec);
+    int rc = claim_and_apply(pl, r, &rec, sjson_doc_root(doc));
+    sjson_doc_free(doc);
+    return rc;
 }
 
 static int process_batch(struct pipeline *pl, struct shard_batch *batch)
@@ -577,6 +693,19 @@ static int save_stream_time(struct pipeline *pl)
     return store_meta_put(pl->store, "stream_time_ms", text);
 }
 
+/* Delete a bounded number of expired idempotency rows, by stream time, so
+ * a replay expires keys the same way as the live run did. */
+static int expire_keys(struct pipeline *pl)
+{
+    size_t deleted = 0;
+    if (agg_stream_time(pl->agg) < 0)
+        return 0; /* no record read yet */
+    if (idem_expire_step(pl->idem, agg_stream_time(pl->agg),
+                         PIPELINE_EXPIRE_PER_JOB, &deleted) != 0)
+        return claim_failed(pl, "expire");
+    return 0;
+}
+
 static int run_job(struct pipeline *pl, struct job *job)
 {
     int rc = 0;
@@ -602,6 +731,8 @@ static int run_job(struct pipeline *pl, struct job *job)
         rc = agg_flush(pl->agg);
     if (rc == 0)
         rc = save_stream_time(pl);
+    if (rc == 0)
+        rc = expire_keys(pl);
     return rc;
 }
 
@@ -614,8 +745,9 @@ static void job_work(uv_work_t *work)
     pl->current = job;
     if (store_begin(pl->store) != 0 || run_job(pl, job) != 0 ||
         store_commit(pl->store) != 0) {
+        const char *why = store_errmsg(pl->store);
         snprintf(job->error, sizeof job->error, "failed to commit batch: %s",
-                 store_errmsg(pl->store));
+                 why[0] ? why : "see the error logged before");
         store_rollback(pl->store);
         out_messages_free(job);
         job->failed = true;

@@ -20,10 +20,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "common/aws.h"
 #include "common/log.h"
 #include "publisher/publisher.h"
+#include "store/idempotency.h"
 
 /* Time the publisher gets to deliver the outbox when stopping. */
 #define RUN_FLUSH_TIMEOUT_MS 5000
@@ -412,6 +414,52 @@ static int start_publisher(struct daemon *d)
     return resend_outbox(d);
 }
 
+/*
+ * A token that tells this process's idempotency claims from those of
+ * earlier processes, which are dead when this one starts.
+ */
+static int make_owner_token(uint8_t owner[IDEM_OWNER_LEN])
+{
+    size_t got = 0;
+    while (got < IDEM_OWNER_LEN) {
+        ssize_t n = getrandom(owner + got, IDEM_OWNER_LEN - got, 0);
+        if (n < 0 && errno != EINTR)
+            return -1;
+        if (n > 0)
+            got += (size_t)n;
+    }
+    return 0;
+}
+
+static int open_idempotency(struct daemon *d)
+{
+    char err[512];
+    uint8_t owner[IDEM_OWNER_LEN];
+    struct idem_options opts = {
+        .expiry_s = d->cfg.idempotency_expiry_s,
+        .in_progress_timeout_ms = d->cfg.idempotency_in_progress_timeout_ms,
+        .cache_size = (size_t)d->cfg.idempotency_cache_size,
+    };
+
+    if (make_owner_token(owner) != 0) {
+        log_error("main", NULL, "failed to make an owner token: getrandom: %s",
+                  strerror(errno));
+        return -1;
+    }
+    if (store_open_idempotency(d->store, &opts, owner, err, sizeof err)) {
+        log_error("main", NULL, "failed to open the idempotency table: %s",
+                  err);
+        return -1;
+    }
+    size_t reclaimed = store_idempotency_reclaimed(d->store);
+    if (reclaimed > 0)
+        log_warn("main", NULL,
+                 "released %zu idempotency claims left unfinished by an "
+                 "earlier process",
+                 reclaimed);
+    return 0;
+}
+
 /* Open the store and rebuild the aggregator; returns an exit status. */
 static int open_state(struct daemon *d)
 {
@@ -423,6 +471,8 @@ static int open_state(struct daemon *d)
         log_error("main", NULL, "failed to open the store: %s", err);
         return 1;
     }
+    if (open_idempotency(d) != 0)
+        return 1;
     d->pipeline = pipeline_new(&d->loop, d->store, &d->cfg, &hooks);
     if (d->pipeline == NULL || pipeline_restore(d->pipeline) != 0)
         return 1;
@@ -443,6 +493,13 @@ static int prepare_aws(struct daemon *d)
                         "with --set stream.name=NAME\n");
         return 2;
     }
+    struct idem_keyexpr *key, *validation;
+    if (pipeline_compile_keys(&d->cfg, &key, &validation, err, sizeof err)) {
+        fprintf(stderr, "podium: %s\n", err);
+        return 2;
+    }
+    idem_keyexpr_free(key);
+    idem_keyexpr_free(validation);
     if (d->cfg.transport == CFG_TRANSPORT_IOT) {
         fprintf(stderr, "podium: publish.transport iot is not available in "
                         "this version; use mqtt (AWS IoT Core accepts MQTT "

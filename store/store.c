@@ -1,15 +1,16 @@
 /*
  * Design note
  *
- * Tables (schema version 1, stored in PRAGMA user_version):
- *   idempotency   record keys already processed, with the payload hash and
- *                 outcome, remembered until expiry_s (Unix seconds).
+ * Tables (schema version 2, stored in PRAGMA user_version):
  *   samples       one row per (race, racer, second) of telemetry.
  *   agg_state     small JSON documents of the aggregators by (kind, key).
  *   checkpoints   last committed (sequence, sub-sequence) per shard.
  *   outbox        messages waiting to be published, in id order.
  *   dead_letters  records that could not be applied, with the reason.
  *   meta          small settings of the store itself.
+ * The idempotency library (store/idempotency.h) keeps its own tables in the
+ * same database and on the same connection, so its rows are part of the
+ * batch transaction too.
  * Tables with a natural key are WITHOUT ROWID, so the primary key is the
  * b-tree key and a lookup reads one b-tree instead of an index and a table.
  * outbox and dead_letters use AUTOINCREMENT so that an id is never reused,
@@ -56,6 +57,7 @@
  * flushes its cache will make commits slower.
  */
 #include "store/store.h"
+#include "store/idempotency.h"
 
 #include "common/seqnum.h"
 #include "store/sqlite_errname.h"
@@ -71,7 +73,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define STORE_SCHEMA_VERSION  1
+#define STORE_SCHEMA_VERSION  2
 #define STORE_BUSY_TIMEOUT_MS 5000
 #define STORE_HASH_LEN        32
 #define STORE_ERRMSG_LEN      1024
@@ -82,9 +84,6 @@ enum stmt_id {
     STMT_BEGIN,
     STMT_COMMIT,
     STMT_ROLLBACK,
-    STMT_IDEM_GET,
-    STMT_IDEM_PUT,
-    STMT_IDEM_SET_OUTCOME,
     STMT_SAMPLE_PUT,
     STMT_SAMPLE_LOAD,
     STMT_SAMPLE_COUNT,
@@ -110,15 +109,6 @@ static const char *const stmt_sql[STMT_COUNT] = {
     [STMT_BEGIN] = "BEGIN IMMEDIATE",
     [STMT_COMMIT] = "COMMIT",
     [STMT_ROLLBACK] = "ROLLBACK",
-    [STMT_IDEM_GET] = "SELECT hash, outcome FROM idempotency"
-                      " WHERE key = ?1 AND expiry_s > ?2",
-    [STMT_IDEM_PUT] = "INSERT OR REPLACE INTO idempotency"
-                      " (key, status, expiry_s, in_progress_expiry_ms, owner,"
-                      " hash, outcome, shard_id, seq, subseq)"
-                      " VALUES (?1, 'COMPLETED', ?2, NULL, NULL,"
-                      " ?3, ?4, ?5, ?6, ?7)",
-    [STMT_IDEM_SET_OUTCOME] = "UPDATE idempotency SET outcome = ?2"
-                              " WHERE key = ?1",
     [STMT_SAMPLE_PUT] = "INSERT OR REPLACE INTO samples"
                         " (race_id, racer_id, second, class_id, name, uuid,"
                         " device_ts_ms, arrival_ms, cadence4, resistance4,"
@@ -163,6 +153,8 @@ static const char *const stmt_sql[STMT_COUNT] = {
 
 struct store {
     sqlite3 *db;
+    struct idem_table *idem; /* NULL until store_open_idempotency */
+    size_t idem_reclaimed;   /* claims of dead owners released at open */
     sqlite3_stmt *stmt[STMT_COUNT];
     char errmsg[STORE_ERRMSG_LEN];
 };
@@ -520,9 +512,20 @@ static int migrate_to_v1(struct store *st)
     return 0;
 }
 
+/*
+ * Version 2: idempotency keys move to the idempotency library's tables,
+ * whose rows are appended in claim order. The version 1 table was keyed by
+ * the key itself; its rows are not carried over.
+ */
+static int migrate_to_v2(struct store *st)
+{
+    return exec_sql(st, "DROP TABLE IF EXISTS idempotency");
+}
+
 /* migrations[v] brings the schema from version v - 1 to version v. */
 static int (*const migrations[STORE_SCHEMA_VERSION + 1])(struct store *st) = {
     [1] = migrate_to_v1,
+    [2] = migrate_to_v2,
 };
 
 /*
@@ -699,6 +702,7 @@ void store_close(struct store *st)
     if (st == NULL)
         return;
 
+    idem_close(st->idem);
     for (int i = 0; i < STMT_COUNT; i++)
         sqlite3_finalize(st->stmt[i]);
     sqlite3_close(st->db);
@@ -729,6 +733,10 @@ static void rollback_quietly(struct store *st)
 {
     sqlite3_stmt *stmt = st->stmt[STMT_ROLLBACK];
 
+    /* The idempotency table caches completed keys in memory; a rollback
+     * must drop them, or a rolled-back claim would look like a duplicate. */
+    if (st->idem != NULL)
+        idem_after_rollback(st->idem);
     if (sqlite3_get_autocommit(st->db))
         return;
     sqlite3_step(stmt);
@@ -758,6 +766,8 @@ void store_rollback(struct store *st)
 {
     struct binder b = bind_start(st, STMT_ROLLBACK);
 
+    if (st->idem != NULL)
+        idem_after_rollback(st->idem);
     if (sqlite3_get_autocommit(st->db))
         return;
     exec_bound(st, &b, "ROLLBACK");
@@ -820,128 +830,38 @@ static const char *printable(const char *s)
 /* ---- idempotency ---------------------------------------------------- */
 
 /*
- * NOTE: nothing deletes expired rows. An expired row is only replaced when
- * its key comes back, so the table grows with the number of distinct keys.
+ * The idempotency table shares this connection, so its rows commit in the
+ * same transaction as the rest of a batch. Claims left INPROGRESS by an
+ * earlier process are released at once: one process writes a database at
+ * a time, so their owner is dead.
  */
-
-static int idem_check_row(struct store *st, const struct store_idem_row *row)
+int store_open_idempotency(struct store *st, const struct idem_options *opts,
+                           const uint8_t owner[IDEM_OWNER_LEN], char *err,
+                           size_t err_len)
 {
-    if (row->key == NULL || row->key_len == 0)
-        return fail(st, "idempotency key is missing");
-    if (row->hash == NULL)
-        return fail(st, "idempotency payload hash is missing");
-    if (row->now_ms < 0) {
-        return fail(st, "invalid now_ms %" PRId64 ": must be >= 0",
-                    row->now_ms);
+    size_t reclaimed = 0;
+
+    if (idem_open(st->db, opts, owner, &st->idem, err, err_len) != 0)
+        return -1;
+    if (store_begin(st) != 0 || idem_reclaim_dead(st->idem, &reclaimed) != 0 ||
+        store_commit(st) != 0) {
+        snprintf(err, err_len, "failed to release unfinished claims: %s",
+                 st->errmsg[0] ? st->errmsg : idem_errmsg(st->idem));
+        store_rollback(st);
+        return -1;
     }
-    if (row->expiry_s < 0 || row->expiry_s > INT64_MAX - row->now_ms / 1000) {
-        return fail(st,
-                    "invalid idempotency expiry_s %" PRId64
-                    ": must be >= 0 and fit in 64 bits after now",
-                    row->expiry_s);
-    }
+    st->idem_reclaimed = reclaimed;
     return 0;
 }
 
-/* Copy a stored outcome out when it fits, or store "" when it does not. */
-static void copy_outcome(char *dst, size_t dst_len, const char *outcome,
-                         size_t len)
+struct idem_table *store_idempotency(struct store *st)
 {
-    if (dst == NULL || dst_len == 0)
-        return;
-    if (outcome == NULL || len >= dst_len) {
-        dst[0] = '\0';
-        return;
-    }
-    memcpy(dst, outcome, len);
-    dst[len] = '\0';
+    return st->idem;
 }
 
-/*
- * Look up an unexpired row for row->key. Returns 1 with *claim set to
- * DUPLICATE or CONFLICT when one exists, 0 when none exists, or -1.
- */
-static int idem_find(struct store *st, const struct store_idem_row *row,
-                     int64_t now_s, enum store_claim *claim,
-                     char *stored_outcome, size_t outcome_len)
+size_t store_idempotency_reclaimed(const struct store *st)
 {
-    struct binder b = bind_start(st, STMT_IDEM_GET);
-    bind_blob(&b, 1, row->key, row->key_len);
-    bind_int64(&b, 2, now_s);
-
-    int found = query_first(st, &b, "look up idempotency key");
-    if (found <= 0)
-        return found;
-
-    /* A stored hash of another length is a different payload. */
-    const void *hash = sqlite3_column_blob(b.stmt, 0);
-    int hash_len = sqlite3_column_bytes(b.stmt, 0);
-    bool same = hash != NULL && hash_len == STORE_HASH_LEN &&
-                memcmp(hash, row->hash, STORE_HASH_LEN) == 0;
-    *claim = same ? STORE_CLAIM_DUPLICATE : STORE_CLAIM_CONFLICT;
-
-    struct reader r = {b.stmt, SQLITE_OK};
-    size_t len;
-    const char *outcome = read_bytes(&r, 1, &len);
-    if (r.rc != SQLITE_OK)
-        found = fail_sqlite(st, r.rc, "read stored idempotency outcome");
-    else
-        copy_outcome(stored_outcome, outcome_len, outcome, len);
-
-    stmt_done(b.stmt);
-    return found;
-}
-
-/*
- * An unexpired row is one with expiry_s > now_ms / 1000. An expired row is
- * replaced as if the key were new.
- */
-int store_idem_record(struct store *st, const struct store_idem_row *row,
-                      enum store_claim *claim, char *stored_outcome,
-                      size_t outcome_len)
-{
-    if (idem_check_row(st, row) != 0)
-        return -1;
-
-    int64_t now_s = row->now_ms / 1000;
-    int found = idem_find(st, row, now_s, claim, stored_outcome, outcome_len);
-    if (found != 0)
-        return found < 0 ? -1 : 0;
-
-    struct binder b = bind_start(st, STMT_IDEM_PUT);
-    bind_blob(&b, 1, row->key, row->key_len);
-    bind_int64(&b, 2, now_s + row->expiry_s);
-    bind_blob(&b, 3, row->hash, STORE_HASH_LEN);
-    bind_text(&b, 4, row->outcome);
-    bind_text(&b, 5, row->shard_id);
-    bind_text(&b, 6, row->seq);
-    bind_int64(&b, 7, row->subseq);
-    if (exec_bound(st, &b, "insert idempotency row") != 0)
-        return -1;
-
-    *claim = STORE_CLAIM_NEW;
-    copy_outcome(stored_outcome, outcome_len, "", 0);
-    return 0;
-}
-
-/*
- * The outcome is known only after the record was applied, in the same
- * transaction that recorded the key, so it is written in a second step.
- */
-int store_idem_set_outcome(struct store *st, const void *key, size_t key_len,
-                           const char *outcome)
-{
-    if (key == NULL || key_len == 0 || outcome == NULL)
-        return fail(st, "idempotency key or outcome is missing");
-
-    struct binder b = bind_start(st, STMT_IDEM_SET_OUTCOME);
-    bind_blob(&b, 1, key, key_len);
-    bind_text(&b, 2, outcome);
-    if (exec_bound(st, &b, "update idempotency outcome") != 0)
-        return -1;
-    if (sqlite3_changes(st->db) != 1)
-        return fail(st, "no idempotency row to update");
-    return 0;
+    return st->idem_reclaimed;
 }
 
 /* ---- samples -------------------------------------------------------- */

@@ -42,40 +42,22 @@ void store_rollback(struct store *st);
 
 /* ---- idempotency ---------------------------------------------------- */
 
-enum store_claim {
-    STORE_CLAIM_NEW,       /* first sight: a row was written */
-    STORE_CLAIM_DUPLICATE, /* same key, same payload hash */
-    STORE_CLAIM_CONFLICT   /* same key, another payload hash */
-};
-
-struct store_idem_row {
-    const void *key;
-    size_t key_len;
-    const uint8_t *hash; /* 32-byte SHA-256 of the canonical payload */
-    int64_t now_ms;
-    int64_t expiry_s;    /* seconds the key is remembered */
-    const char *outcome; /* "applied", "rejected:<reason>", ... */
-    const char *shard_id;
-    const char *seq;
-    int64_t subseq;
-};
+struct idem_options;
+struct idem_table;
 
 /*
- * Record a key as completed with its outcome unless an unexpired row exists.
- * *claim is set to the case that applied. For a duplicate or conflict, the
- * stored outcome is copied into stored_outcome (may be NULL) when it fits,
- * and "" is copied otherwise. Returns 0 or -1.
+ * Open the idempotency table (store/idempotency.h) on this database and
+ * release claims left unfinished by earlier processes. owner is this
+ * process's token of 16 bytes. Returns 0, or -1 with a message in err.
  */
-int store_idem_record(struct store *st, const struct store_idem_row *row,
-                      enum store_claim *claim, char *stored_outcome,
-                      size_t outcome_len);
+int store_open_idempotency(struct store *st, const struct idem_options *opts,
+                           const uint8_t owner[16], char *err, size_t err_len);
 
-/*
- * Replace the outcome of the row of key, written by store_idem_record in the
- * same transaction. Returns 0, or -1 when no such row exists.
- */
-int store_idem_set_outcome(struct store *st, const void *key, size_t key_len,
-                           const char *outcome);
+/* The table opened by store_open_idempotency (borrowed), or NULL. */
+struct idem_table *store_idempotency(struct store *st);
+
+/* Number of unfinished claims released by store_open_idempotency. */
+size_t store_idempotency_reclaimed(const struct store *st);
 
 /* ---- samples ---------------------------------------------------------- */
 

@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "daemon/daemon.h"
+#include "store/idempotency.h"
 #include "tests/testlib.h"
 
 struct captured {
@@ -68,6 +69,12 @@ static void harness_open(struct harness *h, const char *db,
         test_fail(__FILE__, __LINE__, "config: %s", err);
     if (store_open(db, &h->store, err, sizeof err) != 0)
         test_fail(__FILE__, __LINE__, "store: %s", err);
+    struct idem_options opts = {h->cfg.idempotency_expiry_s,
+                                h->cfg.idempotency_in_progress_timeout_ms,
+                                (size_t)h->cfg.idempotency_cache_size};
+    static const uint8_t owner[IDEM_OWNER_LEN] = {'p', 'i', 'p', 'e'};
+    if (store_open_idempotency(h->store, &opts, owner, err, sizeof err))
+        test_fail(__FILE__, __LINE__, "idempotency: %s", err);
     h->pl = pipeline_new(&h->loop, h->store, &h->cfg, &hooks);
     ASSERT_TRUE(h->pl != NULL);
     ASSERT_EQ(pipeline_restore(h->pl), 0);
@@ -327,5 +334,198 @@ TEST(pipeline_checkpoint_marks_shard_end)
     ASSERT_TRUE(found.finished);
     ASSERT_STR_EQ(found.seq, "49000000000000000000000000000000000000000000"
                              "000000000001");
+    harness_close(&h);
+}
+
+/* ---- idempotency through the pipeline ------------------------------- */
+
+static void submit_one(struct harness *h, const char *data, int64_t arrival)
+{
+    struct shard_batch *b = shard_batch_new("shardId-000000000000");
+    add(h, b, data, arrival);
+    pipeline_submit_batch(h->pl, b);
+    drain(h);
+}
+
+static int64_t dead_letters(struct harness *h)
+{
+    return count_rows(h, store_dead_letter_count);
+}
+
+TEST(pipeline_nul_in_uuid_never_collides)
+{
+    struct harness h = {0};
+    char path[4096], buf[512];
+    snprintf(path, sizeof path, "%s/p.db", test_tmpdir());
+    harness_open(&h, path, NULL, 0);
+
+    /* A NUL inside an id is rejected; the key that only looks like its
+     * prefix is a record of its own, applied and not a duplicate. */
+    submit_one(&h,
+               telemetry(buf, sizeof buf, "u-1302\\u0000a", 11, 13, "80", "12"),
+               1767225613100);
+    submit_one(&h, telemetry(buf, sizeof buf, "u-1302", 12, 13, "85", "12"),
+               1767225613200);
+
+    ASSERT_EQ(dead_letters(&h), 1);
+    ASSERT_EQ(pipeline_counters(h.pl)->rejected[AGG_REJECT_BAD_ID], 1);
+    ASSERT_EQ(pipeline_counters(h.pl)->duplicates, 0);
+    ASSERT_EQ(count_rows(&h, store_sample_count), 1);
+    harness_close(&h);
+}
+
+TEST(pipeline_duplicate_object_keys_rejected)
+{
+    struct harness h = {0};
+    char path[4096], buf[512];
+    snprintf(path, sizeof path, "%s/p.db", test_tmpdir());
+    harness_open(&h, path, NULL, 0);
+
+    /* Two uuids in one record: rejected, so it is neither deduplicated as
+     * u-1402 nor aggregated as u-1403. */
+    submit_one(&h,
+               "{\"uuid\":\"u-1402\",\"uuid\":\"u-1403\",\"event\":\"update\","
+               "\"deviceTimestamp\":1767225614000,\"second\":14,"
+               "\"raceId\":\"R-7\",\"name\":\"Racer 12\",\"racerId\":\"rc-12\","
+               "\"classId\":\"B\",\"cadence\":80,\"resistance\":12}",
+               1767225614100);
+    submit_one(&h, telemetry(buf, sizeof buf, "u-1403", 12, 14, "81", "12"),
+               1767225614200);
+
+    ASSERT_EQ(pipeline_counters(h.pl)->rejected[AGG_REJECT_DUPLICATE_KEY], 1);
+    ASSERT_EQ(pipeline_counters(h.pl)->duplicates, 0);
+    ASSERT_EQ(count_rows(&h, store_sample_count), 1);
+    harness_close(&h);
+}
+
+TEST(pipeline_missing_key_processed)
+{
+    struct harness h = {0};
+    char path[4096], buf[512];
+    const char *sets[] = {"idempotency.key=deviceId"};
+    snprintf(path, sizeof path, "%s/p.db", test_tmpdir());
+    harness_open(&h, path, sets, 1);
+
+    /* No shared row for a missing key: each record is applied on its own
+     * and only the one-sample-per-second rule keeps the copy harmless. */
+    submit_one(&h, telemetry(buf, sizeof buf, "u-1", 11, 1, "90", "12"),
+               1767225601100);
+    submit_one(&h, telemetry(buf, sizeof buf, "u-2", 12, 1, "80", "12"),
+               1767225601200);
+    submit_one(&h, telemetry(buf, sizeof buf, "u-1", 11, 1, "90", "12"),
+               1767225601300);
+
+    const struct pipeline_counters *c = pipeline_counters(h.pl);
+    ASSERT_EQ(c->missing_key_processed, 3);
+    ASSERT_EQ(c->duplicates, 0);
+    ASSERT_EQ(c->outcomes[AGG_UNCHANGED], 1);
+    ASSERT_EQ(count_rows(&h, store_sample_count), 2);
+    harness_close(&h);
+}
+
+TEST(pipeline_missing_key_rejected)
+{
+    struct harness h = {0};
+    char path[4096], buf[512];
+    const char *sets[] = {"idempotency.key=deviceId",
+                          "idempotency.missing_key=reject"};
+    snprintf(path, sizeof path, "%s/p.db", test_tmpdir());
+    harness_open(&h, path, sets, 2);
+
+    submit_one(&h, telemetry(buf, sizeof buf, "u-1", 11, 1, "90", "12"),
+               1767225601100);
+
+    ASSERT_EQ(pipeline_counters(h.pl)->missing_key_rejected, 1);
+    ASSERT_EQ(dead_letters(&h), 1);
+    ASSERT_EQ(count_rows(&h, store_sample_count), 0);
+    harness_close(&h);
+}
+
+TEST(pipeline_multiselect_key_per_race)
+{
+    struct harness h = {0};
+    char path[4096];
+    const char *sets[] = {"idempotency.key=[raceId, uuid]"};
+    snprintf(path, sizeof path, "%s/p.db", test_tmpdir());
+    harness_open(&h, path, sets, 1);
+
+    /* The same uuid in two races is two keys. */
+    submit_one(&h,
+               "{\"uuid\":\"u-1\",\"event\":\"update\",\"deviceTimestamp\":"
+               "1767225601000,\"second\":1,\"raceId\":1,\"name\":\"A\","
+               "\"racerId\":1,\"classId\":1,\"cadence\":90,\"resistance\":12}",
+               1767225601100);
+    submit_one(&h,
+               "{\"uuid\":\"u-1\",\"event\":\"update\",\"deviceTimestamp\":"
+               "1767225601000,\"second\":1,\"raceId\":2,\"name\":\"A\","
+               "\"racerId\":1,\"classId\":1,\"cadence\":90,\"resistance\":12}",
+               1767225601200);
+
+    ASSERT_EQ(pipeline_counters(h.pl)->duplicates, 0);
+    ASSERT_EQ(pipeline_counters(h.pl)->validation_conflicts, 0);
+    ASSERT_EQ(count_rows(&h, store_sample_count), 2);
+    harness_close(&h);
+}
+
+TEST(pipeline_validation_subset_of_fields)
+{
+    struct harness h = {0};
+    char path[4096], buf[512];
+    const char *sets[] = {"idempotency.validation=[cadence, resistance]"};
+    snprintf(path, sizeof path, "%s/p.db", test_tmpdir());
+    harness_open(&h, path, sets, 1);
+
+    submit_one(&h, telemetry(buf, sizeof buf, "u-1", 11, 1, "90", "12"),
+               1767225601100);
+    /* Another name, same validated fields: a duplicate. */
+    submit_one(&h, telemetry(buf, sizeof buf, "u-1", 19, 1, "90.0", "12"),
+               1767225601200);
+    /* Another cadence: a conflict. */
+    submit_one(&h, telemetry(buf, sizeof buf, "u-1", 11, 1, "91", "12"),
+               1767225601300);
+
+    ASSERT_EQ(pipeline_counters(h.pl)->duplicates, 1);
+    ASSERT_EQ(pipeline_counters(h.pl)->validation_conflicts, 1);
+    ASSERT_EQ(count_rows(&h, store_sample_count), 1);
+    harness_close(&h);
+}
+
+TEST(pipeline_duplicate_found_after_restart)
+{
+    struct harness h = {0};
+    char path[4096], buf[512];
+    snprintf(path, sizeof path, "%s/p.db", test_tmpdir());
+
+    harness_open(&h, path, NULL, 0);
+    submit_one(&h, telemetry(buf, sizeof buf, "u-1", 11, 1, "90", "12"),
+               1767225601100);
+    harness_close(&h);
+
+    harness_open(&h, path, NULL, 0);
+    submit_one(&h, telemetry(buf, sizeof buf, "u-1", 11, 1, "90", "12"),
+               1767225601100 + 3599000);
+    ASSERT_EQ(pipeline_counters(h.pl)->duplicates, 1);
+    harness_close(&h);
+}
+
+TEST(pipeline_key_expires_by_stream_time)
+{
+    struct harness h = {0};
+    char path[4096], buf[512];
+    const char *sets[] = {"idempotency.expiry_s=60"};
+    snprintf(path, sizeof path, "%s/p.db", test_tmpdir());
+    harness_open(&h, path, sets, 1);
+
+    submit_one(&h, telemetry(buf, sizeof buf, "u-1", 11, 1, "90", "12"),
+               1767225601100);
+    /* After the expiry the key is new again; the sample rule still keeps
+     * the redelivered record from counting twice. */
+    submit_one(&h, telemetry(buf, sizeof buf, "u-1", 11, 1, "90", "12"),
+               1767225601100 + 61000);
+
+    const struct pipeline_counters *c = pipeline_counters(h.pl);
+    ASSERT_EQ(c->duplicates, 0);
+    ASSERT_EQ(c->outcomes[AGG_UNCHANGED], 1);
+    ASSERT_EQ(count_rows(&h, store_sample_count), 1);
     harness_close(&h);
 }

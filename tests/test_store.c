@@ -4,6 +4,7 @@
  * reopen the file the way the daemon does after a crash.
  */
 #include "store/store.h"
+#include "store/idempotency.h"
 #include "tests/testlib.h"
 
 #include <errno.h>
@@ -39,6 +40,9 @@ static const char *db_path(const char *name)
     return path;
 }
 
+static const struct idem_options idem_opts = {3600, 30000, 0};
+static const uint8_t test_owner[IDEM_OWNER_LEN] = {'t', 'e', 's', 't'};
+
 static struct store *open_store(const char *path)
 {
     char err[1024];
@@ -46,6 +50,8 @@ static struct store *open_store(const char *path)
 
     if (store_open(path, &st, err, sizeof err) != 0)
         test_fail(__FILE__, __LINE__, "store_open: %s", err);
+    if (store_open_idempotency(st, &idem_opts, test_owner, err, sizeof err))
+        test_fail(__FILE__, __LINE__, "store_open_idempotency: %s", err);
     return st;
 }
 
@@ -219,23 +225,23 @@ static struct outbox_list load_outbox(struct store *st, int64_t after_id,
 }
 
 static const uint8_t hash_a[32] = {0xaa, 1, 2, 3};
-static const uint8_t hash_b[32] = {0xbb, 1, 2, 3};
 
-static struct store_idem_row idem_row(const char *key, const uint8_t *hash,
-                                      int64_t now_ms, const char *outcome)
+/*
+ * Claim key in the store's idempotency table and, when it is new, complete
+ * it as applied. Returns the claim result.
+ */
+static enum idem_result claim_key(struct store *st, const char *key)
 {
-    struct store_idem_row row = {
-        .key = key,
-        .key_len = strlen(key),
-        .hash = hash,
-        .now_ms = now_ms,
-        .expiry_s = 3600,
-        .outcome = outcome,
-        .shard_id = "shardId-000000000000",
-        .seq = "49590338271490256608559692538361571095921575989136588898",
-        .subseq = 0,
-    };
-    return row;
+    struct idem_table *t = store_idempotency(st);
+    struct idem_claim c = {key, strlen(key), hash_a, 1000000, NULL, NULL, 0};
+    enum idem_result result;
+
+    if (idem_claim(t, &c, &result, NULL) != 0)
+        test_fail(__FILE__, __LINE__, "idem_claim: %s", idem_errmsg(t));
+    if (result == IDEM_NEW &&
+        idem_complete(t, key, strlen(key), "applied", 1000000) != 0)
+        test_fail(__FILE__, __LINE__, "idem_complete: %s", idem_errmsg(t));
+    return result;
 }
 
 /* ---- open, reopen, transactions ------------------------------------- */
@@ -268,7 +274,7 @@ TEST(store_open_creates_schema_and_wal)
     ASSERT_EQ(header[60], 0);
     ASSERT_EQ(header[61], 0);
     ASSERT_EQ(header[62], 0);
-    ASSERT_EQ(header[63], 1);
+    ASSERT_EQ(header[63], 2);
 }
 
 TEST(store_reopen_keeps_data)
@@ -280,8 +286,6 @@ TEST(store_reopen_keeps_data)
     struct store_dead_letter dl = {
         "shardId-000000000001", "1233",           0,    99,
         "invalid_json",         "unexpected '}'", "{]", 2};
-    struct store_idem_row row = idem_row("k1", hash_a, 1000000, "applied");
-    enum store_claim claim;
 
     ASSERT_OK(st, store_begin(st));
     ASSERT_OK(st, store_sample_put(st, &s));
@@ -290,7 +294,7 @@ TEST(store_reopen_keeps_data)
     ASSERT_OK(st, store_outbox_add(st, "race/R-7", "{\"a\":1}", 7, NULL));
     ASSERT_OK(st, store_dead_letter_add(st, &dl));
     ASSERT_OK(st, store_meta_put(st, "stream_time_ms", "1700000000000"));
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, NULL, 0));
+    ASSERT_EQ(claim_key(st, "k1"), IDEM_NEW);
     ASSERT_OK(st, store_commit(st));
     store_close(st);
 
@@ -307,8 +311,7 @@ TEST(store_reopen_keeps_data)
     ASSERT_EQ(cps.items[0].subseq, 2);
     ASSERT_EQ(store_meta_get(st, "stream_time_ms", value, sizeof value), 1);
     ASSERT_STR_EQ(value, "1700000000000");
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, NULL, 0));
-    ASSERT_EQ(claim, STORE_CLAIM_DUPLICATE);
+    ASSERT_EQ(claim_key(st, "k1"), IDEM_DUPLICATE);
     store_close(st);
 }
 
@@ -328,8 +331,6 @@ TEST(store_rollback_discards_whole_batch)
     struct store_sample s = make_sample("\"R-1\"", "1", 0);
     struct store_checkpoint cp = {"shardId-000000000000", "77", 0, true};
     struct store_dead_letter dl = {.reason = "duplicate_key"};
-    struct store_idem_row row = idem_row("k1", hash_a, 1000000, "applied");
-    enum store_claim claim;
     int64_t dead = -1;
     int states = 0;
     char value[16];
@@ -341,7 +342,7 @@ TEST(store_rollback_discards_whole_batch)
     ASSERT_OK(st, store_outbox_add(st, "race/R-1", "{}", 2, NULL));
     ASSERT_OK(st, store_dead_letter_add(st, &dl));
     ASSERT_OK(st, store_meta_put(st, "k", "v"));
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, NULL, 0));
+    ASSERT_EQ(claim_key(st, "k1"), IDEM_NEW);
     store_rollback(st);
 
     ASSERT_EQ(sample_count(st), 0);
@@ -352,8 +353,8 @@ TEST(store_rollback_discards_whole_batch)
     ASSERT_OK(st, store_state_load(st, "leader", count_state, &states));
     ASSERT_EQ(states, 0);
     ASSERT_EQ(store_meta_get(st, "k", value, sizeof value), 0);
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, NULL, 0));
-    ASSERT_EQ(claim, STORE_CLAIM_NEW);
+    /* The in-memory index must forget the rolled-back claim too. */
+    ASSERT_EQ(claim_key(st, "k1"), IDEM_NEW);
 
     /* Without an open transaction, rollback does nothing and commit fails. */
     store_rollback(st);
@@ -412,12 +413,12 @@ TEST(store_open_rejects_newer_schema)
     FILE *f = fopen(path, "r+b");
     ASSERT_TRUE(f != NULL);
     ASSERT_EQ(fseek(f, 63, SEEK_SET), 0);
-    ASSERT_EQ(fputc(2, f), 2);
+    ASSERT_EQ(fputc(99, f), 99);
     ASSERT_EQ(fclose(f), 0);
 
     ASSERT_EQ(store_open(path, &st, err, sizeof err), -1);
     ASSERT_CONTAINS(err, path);
-    ASSERT_CONTAINS(err, "schema version 2 is newer");
+    ASSERT_CONTAINS(err, "schema version 99 is newer");
 }
 
 TEST(store_open_rejects_non_database)
@@ -436,124 +437,6 @@ TEST(store_open_rejects_non_database)
     ASSERT_TRUE(st == NULL);
     ASSERT_CONTAINS(err, path);
     ASSERT_CONTAINS(err, "SQLITE_NOTADB");
-}
-
-/* ---- idempotency ---------------------------------------------------- */
-
-TEST(store_idem_new_then_duplicate)
-{
-    struct store *st = open_store(db_path("podium.db"));
-    struct store_idem_row row =
-        idem_row("R-7/12/5", hash_a, 1000000, "applied");
-    enum store_claim claim;
-    char outcome[32] = "garbage";
-
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, outcome, sizeof outcome));
-    ASSERT_EQ(claim, STORE_CLAIM_NEW);
-    ASSERT_STR_EQ(outcome, "");
-
-    row.now_ms += 5000;
-    row.outcome = "rejected:late";
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, outcome, sizeof outcome));
-    ASSERT_EQ(claim, STORE_CLAIM_DUPLICATE);
-    ASSERT_STR_EQ(outcome, "applied");
-    store_close(st);
-}
-
-TEST(store_idem_outcome_updated)
-{
-    struct store *st = open_store(db_path("podium.db"));
-    struct store_idem_row row = idem_row("u-1", hash_a, 1000000, "applied");
-    enum store_claim claim;
-    char outcome[32];
-
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, NULL, 0));
-    ASSERT_OK(st, store_idem_set_outcome(st, "u-1", 3, "too_late"));
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, outcome, sizeof outcome));
-    ASSERT_EQ(claim, STORE_CLAIM_DUPLICATE);
-    ASSERT_STR_EQ(outcome, "too_late");
-
-    /* A key never recorded has no row to update. */
-    ASSERT_EQ(store_idem_set_outcome(st, "u-2", 3, "too_late"), -1);
-    store_close(st);
-}
-
-TEST(store_idem_conflict_copies_outcome)
-{
-    struct store *st = open_store(db_path("podium.db"));
-    struct store_idem_row row =
-        idem_row("R-7/12/5", hash_a, 1000000, "rejected:out_of_range");
-    enum store_claim claim;
-    char outcome[64];
-    char small[8] = "garbage";
-
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, NULL, 0));
-    row.hash = hash_b;
-    row.outcome = "applied";
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, outcome, sizeof outcome));
-    ASSERT_EQ(claim, STORE_CLAIM_CONFLICT);
-    ASSERT_STR_EQ(outcome, "rejected:out_of_range");
-
-    /* An outcome that does not fit is not truncated but left empty. */
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, small, sizeof small));
-    ASSERT_EQ(claim, STORE_CLAIM_CONFLICT);
-    ASSERT_STR_EQ(small, "");
-
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, NULL, 0));
-    ASSERT_EQ(claim, STORE_CLAIM_CONFLICT);
-    store_close(st);
-}
-
-TEST(store_idem_expired_row_replaced)
-{
-    struct store *st = open_store(db_path("podium.db"));
-    struct store_idem_row row = idem_row("key", hash_a, 1000000, "applied");
-    enum store_claim claim;
-    char outcome[32];
-
-    /* Written at second 1000 with a 60 s expiry: remembered until 1060. */
-    row.expiry_s = 60;
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, NULL, 0));
-    ASSERT_EQ(claim, STORE_CLAIM_NEW);
-
-    row.now_ms = 1059999;
-    row.hash = hash_b;
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, NULL, 0));
-    ASSERT_EQ(claim, STORE_CLAIM_CONFLICT);
-
-    row.now_ms = 1060000;
-    row.outcome = "rejected:late";
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, NULL, 0));
-    ASSERT_EQ(claim, STORE_CLAIM_NEW);
-
-    /* The replacement row has the new hash and outcome. */
-    row.now_ms = 1060001;
-    ASSERT_OK(st, store_idem_record(st, &row, &claim, outcome, sizeof outcome));
-    ASSERT_EQ(claim, STORE_CLAIM_DUPLICATE);
-    ASSERT_STR_EQ(outcome, "rejected:late");
-    store_close(st);
-}
-
-TEST(store_idem_rejects_invalid_rows)
-{
-    struct store *st = open_store(db_path("podium.db"));
-    struct store_idem_row row = idem_row("key", hash_a, 1000000, "applied");
-    enum store_claim claim;
-
-    row.hash = NULL;
-    ASSERT_EQ(store_idem_record(st, &row, &claim, NULL, 0), -1);
-    ASSERT_CONTAINS(store_errmsg(st), "hash is missing");
-
-    row = idem_row("key", hash_a, 1000000, "applied");
-    row.key_len = 0;
-    ASSERT_EQ(store_idem_record(st, &row, &claim, NULL, 0), -1);
-    ASSERT_CONTAINS(store_errmsg(st), "key is missing");
-
-    row = idem_row("key", hash_a, 1000000, "applied");
-    row.expiry_s = INT64_MAX;
-    ASSERT_EQ(store_idem_record(st, &row, &claim, NULL, 0), -1);
-    ASSERT_CONTAINS(store_errmsg(st), "expiry_s");
-    store_close(st);
 }
 
 /* ---- samples -------------------------------------------------------- */
@@ -1170,10 +1053,10 @@ static void loop_child(const char *path, int fd)
     char key[64];
     struct store *st;
     int64_t batch = 0;
-    enum store_claim claim;
     bool reported = false;
 
     if (store_open(path, &st, err, sizeof err) != 0 ||
+        store_open_idempotency(st, &idem_opts, test_owner, err, sizeof err) ||
         store_checkpoints_load(st, read_loop_checkpoint, &batch) != 0)
         _exit(10);
 
@@ -1187,11 +1070,7 @@ static void loop_child(const char *path, int fd)
             int32_t second = (int32_t)(batch * LOOP_BATCH_SAMPLES + i);
             struct store_sample s = make_sample("\"R-9\"", "1", second);
             snprintf(key, sizeof key, "R-9/1/%d", (int)second);
-            struct store_idem_row row =
-                idem_row(key, hash_a, 1000000, "applied");
-            if (store_sample_put(st, &s) != 0 ||
-                store_idem_record(st, &row, &claim, NULL, 0) != 0 ||
-                claim != STORE_CLAIM_NEW)
+            if (store_sample_put(st, &s) != 0 || claim_key(st, key) != IDEM_NEW)
                 _exit(12);
         }
         if (store_checkpoint_put(st, &cp) != 0 ||
@@ -1249,17 +1128,14 @@ static void write_latency_batch(struct store *st, int batch)
 {
     char key[64];
     char seq[32];
-    enum store_claim claim;
 
     for (int i = 0; i < 1000; i++) {
         int32_t second = batch * 1000 + i;
         struct store_sample s = make_sample("\"R-1\"", "1", second);
-        struct store_idem_row row;
 
         snprintf(key, sizeof key, "R-1/1/%d", (int)second);
-        row = idem_row(key, hash_a, 1000000, "applied");
         ASSERT_OK(st, store_sample_put(st, &s));
-        ASSERT_OK(st, store_idem_record(st, &row, &claim, NULL, 0));
+        ASSERT_EQ(claim_key(st, key), IDEM_NEW);
     }
 
     snprintf(seq, sizeof seq, "%d", batch + 1);
