@@ -56,6 +56,7 @@
 #include "common/log.h"
 #include "common/seqnum.h"
 #include "shardreader/kinesis.h"
+#include "shardreader/kpl.h"
 
 #define SHARD_LOG "shard"
 
@@ -722,37 +723,175 @@ static bool skip_record(struct shard *sh, const struct shard_record *rec)
     return false;
 }
 
-/*
- * Append the user records of the Kinesis records in items to batch. This is
- * where KPL deaggregation goes: each Kinesis record may expand to several
- * user records that share its sequence number. Returns 0, or -1 with the
- * reason in err (the batch keeps what was added so far).
- */
-static int decode_records(struct shard *sh, const json_t *items,
-                          struct shard_batch *batch, char *err, size_t err_len)
+/* Growable record array of the batch being decoded. */
+struct record_list {
+    struct shard_batch *batch;
+    size_t cap;
+};
+
+/* Make room for extra more records. Returns 0 or -1. */
+static int reserve_records(struct record_list *list, size_t extra)
 {
-    size_t n = json_array_size(items);
-    if (n == 0)
+    struct shard_batch *batch = list->batch;
+    if (list->cap - batch->count >= extra)
         return 0;
-    batch->records = calloc(n, sizeof *batch->records);
-    if (batch->records == NULL) {
-        snprintf(err, err_len, "out of memory");
+    if (extra > SIZE_MAX / sizeof *batch->records - batch->count)
+        return -1;
+    size_t cap = batch->count + extra;
+    if (cap < list->cap * 2 && list->cap * 2 < SIZE_MAX / sizeof *batch->records)
+        cap = list->cap * 2;
+    struct shard_record *grown =
+        realloc(batch->records, cap * sizeof *batch->records);
+    if (grown == NULL)
+        return -1;
+    batch->records = grown;
+    list->cap = cap;
+    return 0;
+}
+
+/*
+ * Append rec (its block owned by the batch from now on) unless the skip
+ * filter drops it, in which case its block is freed. Returns 0 or -1, and
+ * on -1 the block is freed too.
+ */
+static int append_record(struct shard *sh, struct record_list *list,
+                         const struct shard_record *rec)
+{
+    if (skip_record(sh, rec)) {
+        free((void *)rec->seq);
+        return 0;
+    }
+    if (reserve_records(list, 1) != 0) {
+        free((void *)rec->seq);
         return -1;
     }
-    for (size_t i = 0; i < n; i++) {
-        struct shard_record *rec = &batch->records[batch->count];
-        if (decode_record(json_array_get(items, i), rec, err, err_len))
-            return -1;
-        if (skip_record(sh, rec)) {
-            free((void *)rec->seq);
+    list->batch->records[list->batch->count++] = *rec;
+    return 0;
+}
+
+/*
+ * Copy user record subseq of the Kinesis record outer into a block of its
+ * own, laid out like a decoded record so shard_batch_free() frees it.
+ * Returns 0 or -1.
+ */
+static int copy_user_record(const struct shard_record *outer,
+                            const struct kpl_user_record *user, int64_t subseq,
+                            struct shard_record *out)
+{
+    size_t seq_len = strlen(outer->seq) + 1;
+    size_t key_len = user->partition_key_len + 1;
+    char *block = malloc(seq_len + key_len + user->len + 1);
+    if (block == NULL)
+        return -1;
+    memcpy(block, outer->seq, seq_len);
+    memcpy(block + seq_len, user->partition_key, user->partition_key_len);
+    block[seq_len + user->partition_key_len] = '\0';
+    if (user->len > 0)
+        memcpy(block + seq_len + key_len, user->data, user->len);
+    block[seq_len + key_len + user->len] = '\0';
+
+    out->seq = block;
+    out->partition_key = block + seq_len;
+    out->data = (const uint8_t *)block + seq_len + key_len;
+    out->len = user->len;
+    out->subseq = subseq;
+    out->arrival_ms = outer->arrival_ms;
+    return 0;
+}
+
+/*
+ * Append the user records of one aggregate. They share the Kinesis
+ * record's sequence number and arrival time and get sub-sequence numbers
+ * 0, 1, 2... in order, as the KCL numbers them. Returns 0 or -1.
+ */
+static int append_user_records(struct shard *sh, struct record_list *list,
+                               const struct shard_record *outer,
+                               const struct kpl_user_record *users,
+                               size_t count)
+{
+    if (reserve_records(list, count) != 0)
+        return -1;
+    for (size_t i = 0; i < count; i++) {
+        struct shard_record probe = *outer, rec;
+        probe.subseq = (int64_t)i;
+        if (skip_record(sh, &probe))
             continue;
-        }
-        batch->count++;
+        if (copy_user_record(outer, &users[i], (int64_t)i, &rec) != 0 ||
+            append_record(sh, list, &rec) != 0)
+            return -1;
     }
     return 0;
 }
 
-/* Set the checkpoint of a batch to its last record. Returns 0 or -1. */
+/*
+ * Append the Kinesis record rec (its block owned by this call): its user
+ * records when its Data is a KPL aggregate, else rec itself. Data that
+ * only looks like an aggregate stays one ordinary record, so the consumer
+ * dead-letters it rather than losing it. Returns 0 or -1 with err.
+ */
+static int append_kinesis_record(struct shard *sh, struct record_list *list,
+                                 const struct shard_record *rec, char *err,
+                                 size_t err_len)
+{
+    struct kpl_user_record *users;
+    size_t count;
+    enum kpl_result kind = kpl_deaggregate(rec->data, rec->len, &users, &count);
+    int rc;
+
+    if (kind == KPL_ERROR) {
+        snprintf(err, err_len,
+                 "failed to check KPL aggregate %s: out of memory or MD5 "
+                 "unavailable",
+                 rec->seq);
+        free((void *)rec->seq);
+        return -1;
+    }
+    if (kind == KPL_NOT_AGGREGATE) {
+        rc = append_record(sh, list, rec);
+    } else {
+        rc = append_user_records(sh, list, rec, users, count);
+        free(users);
+        free((void *)rec->seq);
+    }
+    if (rc != 0)
+        snprintf(err, err_len, "out of memory");
+    return rc;
+}
+
+/*
+ * Append the user records of the Kinesis records in items to batch, with
+ * KPL aggregates split into their user records. Each Kinesis record may
+ * expand to several user records that share its sequence number. Returns
+ * 0, or -1 with the reason in err (the batch keeps what was added so far).
+ */
+static int decode_records(struct shard *sh, const json_t *items,
+                          struct shard_batch *batch, char *err, size_t err_len)
+{
+    struct record_list list = {batch, 0};
+    size_t n = json_array_size(items);
+
+    if (n == 0)
+        return 0;
+    if (reserve_records(&list, n) != 0) {
+        snprintf(err, err_len, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct shard_record rec;
+        if (decode_record(json_array_get(items, i), &rec, err, err_len) ||
+            append_kinesis_record(sh, &list, &rec, err, err_len))
+            return -1;
+    }
+    return 0;
+}
+
+/*
+ * Set the checkpoint of a batch to its last record. The skip filter drops
+ * only user records at or before the committed checkpoint, so a batch that
+ * lost all its records to it, such as the rest of an aggregate whose last
+ * user record was committed, keeps the committed checkpoint from
+ * new_batch(). Returns 0 or -1.
+ */
 static int set_batch_checkpoint(struct shard_batch *batch)
 {
     if (batch->count == 0)
@@ -810,8 +949,9 @@ static void records_accept(struct shard *sh, json_t *root)
                  batch ? "Records is not an array" : "out of memory");
         goto fail;
     }
-    if (decode_records(sh, items, batch, err, sizeof err) != 0 ||
-        set_batch_checkpoint(batch) != 0 ||
+    if (decode_records(sh, items, batch, err, sizeof err) != 0)
+        goto fail;
+    if (set_batch_checkpoint(batch) != 0 ||
         replace_string(&sh->iterator, next) != 0) {
         snprintf(err, sizeof err, "out of memory");
         goto fail;
