@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 
 #define MIN_CAPACITY 64
@@ -101,9 +102,31 @@ static size_t home_slot(size_t mask, uint32_t fingerprint)
     return fingerprint & mask;
 }
 
+/* Transparent huge pages are 2 MiB on x86-64 and most arm64 kernels. */
+#define HUGE_PAGE_BYTES ((size_t)2 << 20)
+
+/*
+ * Allocate capacity zeroed slots. Every lookup lands on a random slot, so
+ * once the array is larger than the TLB covers, each one also costs a page
+ * table walk, which is dear in a virtual machine. Arrays of 2 MiB and more
+ * are aligned to 2 MiB and marked for transparent huge pages (a hint: the
+ * kernel may decline, and the index works the same), which keeps the cost
+ * per lookup from growing with the table.
+ */
 static struct idem_slot *alloc_slots(size_t capacity)
 {
-    return calloc(capacity, sizeof(struct idem_slot));
+    size_t bytes = capacity * sizeof(struct idem_slot);
+    void *p = NULL;
+
+    if (bytes < HUGE_PAGE_BYTES)
+        return calloc(capacity, sizeof(struct idem_slot));
+    if (posix_memalign(&p, HUGE_PAGE_BYTES, bytes) != 0)
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    (void)madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+    memset(p, 0, bytes);
+    return p;
 }
 
 /* Place an entry in the first empty slot of its probe sequence. */
