@@ -738,7 +738,8 @@ static int reserve_records(struct record_list *list, size_t extra)
     if (extra > SIZE_MAX / sizeof *batch->records - batch->count)
         return -1;
     size_t cap = batch->count + extra;
-    if (cap < list->cap * 2 && list->cap * 2 < SIZE_MAX / sizeof *batch->records)
+    if (cap < list->cap * 2 &&
+        list->cap * 2 < SIZE_MAX / sizeof *batch->records)
         cap = list->cap * 2;
     struct shard_record *grown =
         realloc(batch->records, cap * sizeof *batch->records);

@@ -1392,3 +1392,209 @@ TEST(kinesis_putter_gives_up_after_attempts)
     kinesis_putter_free(p);
     env_close(&e);
 }
+
+/* ---- KPL aggregates -------------------------------------------------------
+ */
+
+#include <openssl/evp.h>
+
+#define AGG_MAX 1024
+
+static void agg_raw(uint8_t *buf, size_t *len, const void *bytes, size_t n)
+{
+    ASSERT_TRUE(*len + n <= AGG_MAX);
+    memcpy(buf + *len, bytes, n);
+    *len += n;
+}
+
+static void agg_varint(uint8_t *buf, size_t *len, uint64_t v)
+{
+    do {
+        uint8_t byte = (uint8_t)((v & 0x7F) | (v > 0x7F ? 0x80 : 0));
+        agg_raw(buf, len, &byte, 1);
+        v >>= 7;
+    } while (v != 0);
+}
+
+/* Append a length-delimited protobuf field. */
+static void agg_field(uint8_t *buf, size_t *len, uint32_t field,
+                      const void *bytes, size_t n)
+{
+    agg_varint(buf, len, (uint64_t)field << 3 | 2);
+    agg_varint(buf, len, n);
+    agg_raw(buf, len, bytes, n);
+}
+
+/*
+ * Build the Data of a KPL aggregate (magic, AggregatedRecord, MD5) of
+ * count user records {"car":first+i} with partition keys "car-<n>". With
+ * bad_md5 the digest is wrong. Returns the length.
+ */
+static size_t make_aggregate(int first, int count, bool bad_md5, uint8_t *out)
+{
+    static const uint8_t magic[4] = {0xF3, 0x89, 0x9A, 0xC2};
+    uint8_t body[AGG_MAX], rec[64];
+    size_t body_len = 0, len = 0;
+    char text[32];
+    unsigned int md_len = 0;
+
+    for (int i = 0; i < count; i++) {
+        snprintf(text, sizeof text, "car-%d", first + i);
+        agg_field(body, &body_len, 1, text, strlen(text));
+    }
+    for (int i = 0; i < count; i++) {
+        size_t rec_len = 0;
+        agg_varint(rec, &rec_len, 1 << 3); /* partition_key_index */
+        agg_varint(rec, &rec_len, (uint64_t)i);
+        snprintf(text, sizeof text, "{\"car\":%d}", first + i);
+        agg_field(rec, &rec_len, 3, text, strlen(text));
+        agg_field(body, &body_len, 3, rec, rec_len);
+    }
+    agg_raw(out, &len, magic, sizeof magic);
+    agg_raw(out, &len, body, body_len);
+    ASSERT_TRUE(len + 16 <= AGG_MAX);
+    ASSERT_EQ(EVP_Digest(body, body_len, out + len, &md_len, EVP_md5(), NULL),
+              1);
+    if (bad_md5)
+        out[len] ^= 0x01;
+    return len + md_len;
+}
+
+/* The records a consumer saw, in delivery order. */
+static size_t flatten(const struct consumer *c, const struct shard_record **out,
+                      size_t max)
+{
+    size_t n = 0;
+    for (size_t b = 0; b < c->batch_count; b++) {
+        for (size_t i = 0; i < c->batches[b]->count; i++) {
+            ASSERT_TRUE(n < max);
+            out[n++] = &c->batches[b]->records[i];
+        }
+    }
+    return n;
+}
+
+static void expect_record(const struct shard_record *r, const char *seq,
+                          int64_t subseq, const char *key, const void *data,
+                          size_t len)
+{
+    ASSERT_STR_EQ(r->seq, seq);
+    ASSERT_EQ(r->subseq, subseq);
+    ASSERT_STR_EQ(r->partition_key, key);
+    ASSERT_MEM_EQ(r->data, r->len, data, len);
+}
+
+/* Put an aggregate of 3 user records, a plain record and an aggregate with
+ * a wrong MD5 (bytes in *bad, length *bad_len) into a new one-shard stream. */
+static void put_kpl_records(struct env *e, uint8_t *bad, size_t *bad_len)
+{
+    struct kinesis_putter *p =
+        kinesis_putter_new(&e->loop, e->http, &e->ep, &e->creds, "race", 10000);
+    struct put_result r = {0};
+    uint8_t good[AGG_MAX];
+    static const char plain[] = "{\"car\":99}";
+
+    create_stream(e, "race", 1);
+    ASSERT_TRUE(p != NULL);
+    size_t good_len = make_aggregate(0, 3, false, good);
+    *bad_len = make_aggregate(10, 2, true, bad);
+    ASSERT_EQ(kinesis_putter_add(p, good, good_len, "agg-a"), 0);
+    ASSERT_EQ(kinesis_putter_add(p, plain, strlen(plain), "plain"), 0);
+    ASSERT_EQ(kinesis_putter_add(p, bad, *bad_len, "agg-b"), 0);
+    kinesis_putter_finish(p, put_done, &r);
+    WAIT_FOR(e, r.done);
+    if (r.error != NULL)
+        test_fail(__FILE__, __LINE__, "put failed: %s", r.error);
+    kinesis_putter_free(p);
+}
+
+TEST(shard_reader_deaggregates_kpl_records)
+{
+    struct env e;
+    struct consumer c = {.auto_commit = true};
+    const struct shard_record *recs[8];
+    uint8_t bad[AGG_MAX];
+    size_t bad_len;
+
+    env_init(&e, start_kinesalite());
+    put_kpl_records(&e, bad, &bad_len);
+    struct reader_config cfg = reader_config(&e, "race");
+    consumer_start(&c, &e, &cfg, NULL, 0);
+    WAIT_FOR(&e, c.records >= 5 && reader_caught_up(c.rd));
+    run_for(&e, 3 * POLL_MS);
+
+    ASSERT_EQ(flatten(&c, recs, 8), 5);
+    const char *agg = recs[0]->seq;
+    expect_record(recs[0], agg, 0, "car-0", "{\"car\":0}", 9);
+    expect_record(recs[1], agg, 1, "car-1", "{\"car\":1}", 9);
+    expect_record(recs[2], agg, 2, "car-2", "{\"car\":2}", 9);
+    ASSERT_EQ(recs[0]->arrival_ms, recs[2]->arrival_ms);
+    ASSERT_TRUE(recs[0]->arrival_ms > 1700000000000LL);
+    ASSERT_TRUE(seqnum_cmp(recs[3]->seq, agg) > 0);
+    expect_record(recs[3], recs[3]->seq, 0, "plain", "{\"car\":99}", 10);
+    /* The aggregate with a wrong MD5 arrives whole, as one record. */
+    ASSERT_TRUE(seqnum_cmp(recs[4]->seq, recs[3]->seq) > 0);
+    expect_record(recs[4], recs[4]->seq, 0, "agg-b", bad, bad_len);
+    const struct shard_batch *last = c.batches[c.batch_count - 1];
+    ASSERT_STR_EQ(last->checkpoint_seq, recs[4]->seq);
+    ASSERT_EQ(last->checkpoint_subseq, 0);
+
+    consumer_finish(&c, &e);
+    env_close(&e);
+}
+
+/*
+ * Restart the reader at checkpoint (seq of the aggregate, subseq) and
+ * check that exactly the records after it arrive.
+ */
+static void check_restart_inside(struct env *e, const char *agg, int64_t subseq,
+                                 size_t expected)
+{
+    struct consumer c = {.auto_commit = true};
+    const struct shard_record *recs[8];
+    struct reader_checkpoint cp = {SHARD0, agg, subseq, false};
+    struct reader_config cfg = reader_config(e, "race");
+
+    consumer_start(&c, e, &cfg, &cp, 1);
+    WAIT_FOR(e, c.records >= expected && reader_caught_up(c.rd));
+    run_for(e, 3 * POLL_MS);
+    ASSERT_EQ(flatten(&c, recs, 8), expected);
+    if (subseq < 2) {
+        expect_record(recs[0], agg, 2, "car-2", "{\"car\":2}", 9);
+    } else {
+        ASSERT_TRUE(seqnum_cmp(recs[0]->seq, agg) > 0);
+        ASSERT_STR_EQ(recs[0]->partition_key, "plain");
+    }
+    for (size_t b = 0; b < c.batch_count; b++) {
+        const struct shard_batch *batch = c.batches[b];
+        const struct shard_record *end = &batch->records[batch->count - 1];
+        ASSERT_STR_EQ(batch->checkpoint_seq, end->seq);
+        ASSERT_EQ(batch->checkpoint_subseq, end->subseq);
+    }
+    consumer_finish(&c, e);
+}
+
+TEST(shard_reader_restarts_inside_kpl_aggregate)
+{
+    struct env e;
+    struct consumer first = {.auto_commit = true};
+    const struct shard_record *recs[8];
+    uint8_t bad[AGG_MAX];
+    size_t bad_len;
+
+    env_init(&e, start_kinesalite());
+    put_kpl_records(&e, bad, &bad_len);
+    struct reader_config cfg = reader_config(&e, "race");
+    consumer_start(&first, &e, &cfg, NULL, 0);
+    WAIT_FOR(&e, first.records >= 5 && reader_caught_up(first.rd));
+    ASSERT_EQ(flatten(&first, recs, 8), 5);
+    char *agg = strdup(recs[0]->seq);
+    consumer_finish(&first, &e);
+
+    /* After user record 1: user record 2, the plain record, the bad one. */
+    check_restart_inside(&e, agg, 1, 3);
+    /* After the last user record: the whole aggregate is filtered. */
+    check_restart_inside(&e, agg, 2, 2);
+    free(agg);
+    env_close(&e);
+}
