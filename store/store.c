@@ -429,6 +429,11 @@ static int configure_connection(struct store *st)
         return fail(st, "PRAGMA synchronous is %" PRId64 " instead of 2 (FULL)",
                     synchronous);
     }
+    /* Up to 32 MiB of page cache: the interior pages of the idempotency
+     * table stay in memory at tens of millions of rows, so reading an old
+     * row costs one leaf page. SQLite fills it only as pages are read. */
+    if (exec_sql(st, "PRAGMA cache_size = -32768") != 0)
+        return -1;
     return exec_sql(st, "PRAGMA foreign_keys = OFF");
 }
 
