@@ -78,7 +78,7 @@ static bool pb_read_varint(struct pb_reader *r, uint64_t *out)
         if (r->pos == r->end)
             return false;
         uint8_t byte = *r->pos++;
-        /* The tenth byte carries bit 63 alone: anything more overflows
+        /* The tenth byte can carry only bit 63, so a larger byte overflows
          * 64 bits or announces an eleventh byte. */
         if (i == PB_MAX_VARINT_BYTES - 1 && byte > 1)
             return false;
@@ -264,8 +264,8 @@ static bool resolve_records(const struct kpl_tables *t,
     return true;
 }
 
-/* True when the 16 bytes at digest are the MD5 of bytes; -1 when MD5 is
- * unavailable (for example, disabled by a FIPS configuration). */
+/* Return 1 when the 16 bytes at digest are the MD5 of bytes, 0 when not,
+ * and -1 when MD5 is unavailable (for example, in a FIPS configuration). */
 static int digest_matches(const uint8_t *bytes, size_t len,
                           const uint8_t *digest)
 {
@@ -286,9 +286,9 @@ static enum kpl_result decode_body(const uint8_t *body, size_t len,
     struct kpl_tables t = {0};
 
     /*
-     * An aggregate without user records is passed on as an ordinary record:
-     * the KPL never writes one, and dropping it would leave no trace of a
-     * sequence number, while a dead letter records what arrived.
+     * An aggregate without user records is passed on as an ordinary record,
+     * because a producer has no reason to write one. Dropping it would
+     * leave no trace, while a dead letter records what arrived.
      */
     if (!walk_aggregate(body, len, &t, NULL) || t.record_count == 0)
         return KPL_NOT_AGGREGATE;

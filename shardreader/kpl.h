@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Upper bound on user records in one aggregate; larger ones are rejected. */
+/* Maximum user records in one aggregate. Larger aggregates are rejected. */
 #define KPL_MAX_USER_RECORDS 100000
 
 /*

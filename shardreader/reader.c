@@ -803,7 +803,11 @@ static int copy_user_record(const struct shard_record *outer,
 /*
  * Append the user records of one aggregate. They share the Kinesis
  * record's sequence number and arrival time and get sub-sequence numbers
- * 0, 1, 2... in order, as the KCL numbers them. Returns 0 or -1.
+ * 0, 1, 2... in order. Returns 0 or -1.
+ *
+ * NOTE: each user record copies the sequence number and partition key, so
+ * a 1 MiB aggregate of 100,000 records with 1 KiB keys takes about 120 MB
+ * (an estimate from the limits in kpl.h, not measured).
  */
 static int append_user_records(struct shard *sh, struct record_list *list,
                                const struct shard_record *outer,

@@ -477,9 +477,9 @@ TEST(kpl_too_many_records_is_ordinary)
 }
 
 /*
- * An aggregate without user records stays one ordinary record: the KPL
- * never writes one, and as a dead letter it leaves a trace of what arrived
- * where dropping it would leave none.
+ * An aggregate without user records stays one ordinary record, because a
+ * producer has no reason to write one. As a dead letter it leaves a trace
+ * of what arrived, where dropping it would leave none.
  */
 TEST(kpl_empty_aggregate_is_ordinary)
 {
