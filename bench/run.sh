@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Build idem_bench (RelWithDebInfo, in build-bench) and measure the cost per
+# record of the idempotency table at 1, 10 and 50 million rows with the
+# cache off. The first size (1 million rows) runs again with a cache of
+# 1024 entries. Prints a table and writes the JSON lines to
+# bench/results/idem-DATE.jsonl: a line describing the machine, then one
+# line per run.
+#
+# The databases go to a temporary folder inside build-bench, on the same
+# file system as the repository, and are removed on exit. The 50 million
+# row database takes about 10 GB, so the script rejects a file system with
+# less than 20 GB free. The whole run took about 7 minutes on the machine
+# described in docs/BENCHMARKS.md, most of it in the 50 million row prefill.
+#
+# Environment (for a quick trial run):
+#   IDEM_BENCH_PREFILLS  prefill sizes, default "1000000 10000000 50000000"
+#   IDEM_BENCH_MEASURE   new records measured per run, default 200000
+#   IDEM_BENCH_RESULTS   results file, default bench/results/idem-DATE.jsonl
+set -euo pipefail
+
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="$REPO_DIR/build-bench"
+PREFILLS="${IDEM_BENCH_PREFILLS:-1000000 10000000 50000000}"
+MEASURE="${IDEM_BENCH_MEASURE:-200000}"
+BATCH=1000
+CACHE_ENTRIES=1024
+CACHED_PREFILL="${PREFILLS%% *}"
+RESULTS="${IDEM_BENCH_RESULTS:-$REPO_DIR/bench/results/idem-$(date -u +%Y-%m-%d).jsonl}"
+MIN_FREE_GB=20
+RUN_TIMEOUT_S=7200
+
+# Print the numeric field NAME of the one-line JSON object LINE.
+json_number() {
+    local line="$1" name="$2"
+    grep -o "\"$name\":[0-9.e+-]*" <<<"$line" | head -n 1 | cut -d: -f2
+}
+
+# Escape a string for a JSON string literal.
+json_string() {
+    local text="$1"
+    text="${text//\\/\\\\}"
+    text="${text//\"/\\\"}"
+    printf '"%s"' "$text"
+}
+
+check_free_space() {
+    local dir="$1" free_kb
+    free_kb="$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')"
+    if (( free_kb < MIN_FREE_GB * 1024 * 1024 )); then
+        echo "run.sh: only $(( free_kb / 1024 / 1024 )) GB free on the file" \
+            "system of $dir; the benchmark needs at least $MIN_FREE_GB GB." \
+            "Free some space and run it again." >&2
+        exit 1
+    fi
+}
+
+# Print one JSON line describing the machine and the software.
+describe_machine() {
+    local cpu cores mem_kb fs kernel sqlite compiler load commit
+    cpu="$(grep -m 1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    cores="$(nproc)"
+    mem_kb="$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)"
+    fs="$(findmnt -no FSTYPE,SOURCE -T "$BUILD_DIR" | tr -s ' ')"
+    kernel="$(uname -sr)"
+    sqlite="$(pkg-config --modversion sqlite3)"
+    compiler="$(cc --version | head -n 1)"
+    load="$(cut -d' ' -f1-3 /proc/loadavg)"
+    # The commit measured; "-dirty" when the work tree had changes.
+    commit="$(git -C "$REPO_DIR" describe --always --dirty 2>/dev/null ||
+        echo unknown)"
+    printf '{"machine":{"cpu":%s,"cores":%s,"mem_kb":%s,"filesystem":%s,' \
+        "$(json_string "$cpu")" "$cores" "$mem_kb" "$(json_string "$fs")"
+    printf '"kernel":%s,"sqlite":%s,"compiler":%s,"loadavg_at_start":%s,' \
+        "$(json_string "$kernel")" "$(json_string "$sqlite")" \
+        "$(json_string "$compiler")" "$(json_string "$load")"
+    printf '"commit":%s,"date":%s}}\n' "$(json_string "$commit")" \
+        "$(json_string "$(date -u +%Y-%m-%dT%H:%M:%SZ)")"
+}
+
+build() {
+    cmake -S "$REPO_DIR" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DPODIUM_WERROR=ON >/dev/null
+    cmake --build "$BUILD_DIR" --target idem_bench -j2
+}
+
+# Run idem_bench once on a new database and append its JSON line to
+# RESULTS.
+run_one() {
+    local prefill="$1" cache="$2" db="$TMP_DIR/idem-$1-$2.db" line
+    echo "run.sh: prefill $prefill rows, measure $MEASURE, batch $BATCH," \
+        "cache $cache ($(date -u +%H:%M:%S) UTC)" >&2
+    line="$(timeout "$RUN_TIMEOUT_S" "$BUILD_DIR/bench/idem_bench" \
+        --db "$db" --prefill "$prefill" --measure "$MEASURE" \
+        --batch "$BATCH" --cache "$cache")"
+    rm -f "$db" "$db-wal" "$db-shm"
+    echo "$line" >>"$RESULTS"
+}
+
+print_table() {
+    local line
+    printf '%10s %6s %10s %10s %10s %10s %10s %8s %10s\n' rows cache \
+        ns/record ns/dup ns/expire bytes/rec idx_B/row rebuild_s rss_MiB
+    while read -r line; do
+        [[ "$line" == '{"bench"'* ]] || continue
+        printf '%10s %6s %10s %10s %10s %10s %10s %8s %10s\n' \
+            "$(json_number "$line" rows_before)" \
+            "$(json_number "$line" cache)" \
+            "$(json_number "$line" new_ns_per_record)" \
+            "$(json_number "$line" dup_ns_per_lookup)" \
+            "$(json_number "$line" expire_ns_per_row)" \
+            "$(json_number "$line" write_bytes_per_record)" \
+            "$(json_number "$line" index_bytes_per_row)" \
+            "$(json_number "$line" rebuild_s)" \
+            "$(( $(json_number "$line" peak_rss_kb) / 1024 ))"
+    done <"$RESULTS"
+}
+
+main() {
+    local prefill
+    build
+    mkdir -p "$(dirname "$RESULTS")"
+    check_free_space "$BUILD_DIR"
+    TMP_DIR="$(mktemp -d "$BUILD_DIR/idem-bench.XXXXXX")"
+    trap 'rm -rf "$TMP_DIR"' EXIT
+
+    describe_machine >"$RESULTS"
+    for prefill in $PREFILLS; do
+        run_one "$prefill" 0
+    done
+    run_one "$CACHED_PREFILL" "$CACHE_ENTRIES"
+    print_table
+    echo "run.sh: results in $RESULTS" >&2
+}
+
+main "$@"
