@@ -9,7 +9,7 @@
 # The databases go to a temporary folder inside build-bench, on the same
 # file system as the repository, and are removed on exit. The 50 million
 # row database takes about 10 GB, so the script rejects a file system with
-# less than 20 GB free. The whole run took about 7 minutes on the machine
+# less than 20 GB free. The whole run took about 6 minutes on the machine
 # described in docs/BENCHMARKS.md, most of it in the 50 million row prefill.
 #
 # Environment (for a quick trial run):
@@ -25,7 +25,8 @@ MEASURE="${IDEM_BENCH_MEASURE:-200000}"
 BATCH=1000
 CACHE_ENTRIES=1024
 CACHED_PREFILL="${PREFILLS%% *}"
-RESULTS="${IDEM_BENCH_RESULTS:-$REPO_DIR/bench/results/idem-$(date -u +%Y-%m-%d).jsonl}"
+DEFAULT_RESULTS="$REPO_DIR/bench/results/idem-$(date -u +%Y-%m-%d).jsonl"
+RESULTS="${IDEM_BENCH_RESULTS:-$DEFAULT_RESULTS}"
 MIN_FREE_GB=20
 RUN_TIMEOUT_S=7200
 
@@ -57,7 +58,8 @@ check_free_space() {
 # Print one JSON line describing the machine and the software.
 describe_machine() {
     local cpu cores mem_kb fs kernel sqlite compiler load commit
-    cpu="$(grep -m 1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    cpu="$(grep -m 1 '^model name' /proc/cpuinfo | cut -d: -f2- |
+        sed 's/^ *//')"
     cores="$(nproc)"
     mem_kb="$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)"
     fs="$(findmnt -no FSTYPE,SOURCE -T "$BUILD_DIR" | tr -s ' ')"
