@@ -35,6 +35,7 @@
  * undid.
  */
 #include "store/idem_internal.h"
+#include "store/sqlite_errname.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -122,32 +123,10 @@ struct found_row {
 
 /* ---- errors ----------------------------------------------------------- */
 
-#define NAME(code) [code] = #code
-
-/* SQLite 3.40 has no function that returns a result code's symbolic name.
- * Extended codes are reported by their primary code's name. */
-static const char *const primary_names[] = {
-    NAME(SQLITE_OK),        NAME(SQLITE_ERROR),      NAME(SQLITE_INTERNAL),
-    NAME(SQLITE_PERM),      NAME(SQLITE_ABORT),      NAME(SQLITE_BUSY),
-    NAME(SQLITE_LOCKED),    NAME(SQLITE_NOMEM),      NAME(SQLITE_READONLY),
-    NAME(SQLITE_INTERRUPT), NAME(SQLITE_IOERR),      NAME(SQLITE_CORRUPT),
-    NAME(SQLITE_NOTFOUND),  NAME(SQLITE_FULL),       NAME(SQLITE_CANTOPEN),
-    NAME(SQLITE_PROTOCOL),  NAME(SQLITE_EMPTY),      NAME(SQLITE_SCHEMA),
-    NAME(SQLITE_TOOBIG),    NAME(SQLITE_CONSTRAINT), NAME(SQLITE_MISMATCH),
-    NAME(SQLITE_MISUSE),    NAME(SQLITE_NOLFS),      NAME(SQLITE_AUTH),
-    NAME(SQLITE_FORMAT),    NAME(SQLITE_RANGE),      NAME(SQLITE_NOTADB),
-    NAME(SQLITE_NOTICE),    NAME(SQLITE_WARNING),    NAME(SQLITE_ROW),
-    NAME(SQLITE_DONE),
-};
 
 static const char *errname(int rc)
 {
-    size_t primary = (size_t)(rc & 0xff);
-
-    if (primary < sizeof primary_names / sizeof primary_names[0] &&
-        primary_names[primary] != NULL)
-        return primary_names[primary];
-    return "SQLITE_UNKNOWN";
+    return store_sqlite_errname(rc);
 }
 
 __attribute__((format(printf, 2, 3))) static int fail(struct idem_table *t,

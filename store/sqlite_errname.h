@@ -1,6 +1,6 @@
 /*
  * Symbolic names of SQLite result codes, for error messages. Internal to
- * store/.
+ * store/; part of the idempotency library, which the store links.
  */
 #ifndef PODIUM_STORE_SQLITE_ERRNAME_H
 #define PODIUM_STORE_SQLITE_ERRNAME_H
