@@ -123,7 +123,6 @@ struct found_row {
 
 /* ---- errors ----------------------------------------------------------- */
 
-
 static const char *errname(int rc)
 {
     return store_sqlite_errname(rc);
