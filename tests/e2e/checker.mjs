@@ -35,6 +35,9 @@ import { parseArgs } from 'node:util';
 const TOP_N = 100;
 const GET_RECORDS_LIMIT = 10000;
 const MAX_REPORTED_FAILURES = 20;
+// kinesalite 3.3.3 ends a closed shard by its second empty reply at the
+// latest, and real Kinesis may return a few more before the end.
+const MAX_EMPTY_REPLIES_OF_CLOSED_SHARD = 100;
 
 class CheckFailure extends Error {}
 
@@ -416,23 +419,28 @@ function callKinesis(port, action, body) {
   });
 }
 
-async function listShardIds(port, stream) {
-  const shardIds = [];
+// Returns every shard of the stream, closed ones included, as ListShards
+// reports them (ShardId, ParentShardId, HashKeyRange, SequenceNumberRange).
+async function listShards(port, stream) {
+  const shards = [];
   let reply = await callKinesis(port, 'ListShards', { StreamName: stream });
   for (;;) {
-    for (const shard of reply.Shards ?? []) {
-      shardIds.push(shard.ShardId);
-    }
+    shards.push(...(reply.Shards ?? []));
     if (!reply.NextToken) {
-      return shardIds;
+      return shards;
     }
     reply = await callKinesis(port, 'ListShards', { NextToken: reply.NextToken });
   }
 }
 
-// Returns every record of the shard in sequence order, reading until
-// GetRecords returns no records.
-async function readShard(port, stream, shardId) {
+// Returns every record of the shard in sequence order. An open shard is
+// read until GetRecords returns no records. A closed shard (one with an
+// EndingSequenceNumber, the parent of a split or merge) is read until
+// GetRecords returns no NextShardIterator, because an empty reply before
+// that end does not prove that no records follow.
+async function readShard(port, stream, shard) {
+  const shardId = shard.ShardId;
+  const closed = Boolean(shard.SequenceNumberRange?.EndingSequenceNumber);
   const iteratorReply = await callKinesis(port, 'GetShardIterator', {
     StreamName: stream,
     ShardId: shardId,
@@ -440,6 +448,7 @@ async function readShard(port, stream, shardId) {
   });
   const records = [];
   let iterator = iteratorReply.ShardIterator;
+  let emptyReplies = 0;
   while (iterator) {
     const reply = await callKinesis(port, 'GetRecords', {
       ShardIterator: iterator,
@@ -455,7 +464,18 @@ async function readShard(port, stream, shardId) {
       });
     }
     if (batch.length === 0) {
-      break;
+      if (!closed) {
+        break;
+      }
+      emptyReplies += 1;
+      if (emptyReplies > MAX_EMPTY_REPLIES_OF_CLOSED_SHARD) {
+        fail(
+          `closed shard ${shardId} of "${stream}" returned ${emptyReplies} empty GetRecords ` +
+            'replies in a row and still a NextShardIterator; expected the shard to end',
+        );
+      }
+    } else {
+      emptyReplies = 0;
     }
     iterator = reply.NextShardIterator;
   }
@@ -463,13 +483,13 @@ async function readShard(port, stream, shardId) {
 }
 
 async function readStream(port, stream) {
-  const shardIds = await listShardIds(port, stream);
-  if (shardIds.length === 0) {
+  const listed = await listShards(port, stream);
+  if (listed.length === 0) {
     fail(`stream "${stream}" on 127.0.0.1:${port} has no shards`);
   }
   const shards = [];
-  for (const shardId of shardIds) {
-    shards.push({ shardId, records: await readShard(port, stream, shardId) });
+  for (const shard of listed) {
+    shards.push({ shardId: shard.ShardId, records: await readShard(port, stream, shard) });
   }
   return shards;
 }
@@ -940,8 +960,11 @@ async function main() {
 export {
   buildLeaderboard,
   buildRaces,
+  callKinesis,
+  CheckFailure,
   computeOutput4,
   formatUnits4,
+  listShards,
   parseDecimal,
   parseJsonRaw,
   toUnits4,
