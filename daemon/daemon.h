@@ -29,6 +29,10 @@ struct common_opts {
     size_t set_count;
 };
 
+/* Append one --set value (borrowed) to opts. Returns 0, or -1 when out of
+ * memory. */
+int common_opts_add_set(struct common_opts *opts, const char *value);
+
 /*
  * Load the configuration: the --config file (or the default file when it
  * exists), then the environment, then the --set flags. Returns 0, or 2

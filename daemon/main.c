@@ -91,7 +91,7 @@ static void run_usage(FILE *out)
 }
 
 /* Append one --set value to opts. Returns 0 or -1 when out of memory. */
-static int add_set(struct common_opts *opts, const char *value)
+int common_opts_add_set(struct common_opts *opts, const char *value)
 {
     const char **p = realloc(opts->sets, (opts->set_count + 1) * sizeof *p);
     if (p == NULL)
@@ -119,7 +119,7 @@ int cmd_run(int argc, char **argv)
             opts.config_file = optarg;
             break;
         case 's':
-            if (add_set(&opts, optarg) != 0)
+            if (common_opts_add_set(&opts, optarg) != 0)
                 return 1;
             break;
         case 'h':

@@ -595,15 +595,8 @@ static int parse_sim_option(int opt, const char *arg, struct sim_options *o,
     case 'c':
         common->config_file = arg;
         return 0;
-    case 's': {
-        const char **p =
-            realloc(common->sets, (common->set_count + 1) * sizeof *p);
-        if (p == NULL)
-            return -1;
-        common->sets = p;
-        common->sets[common->set_count++] = arg;
-        return 0;
-    }
+    case 's':
+        return common_opts_add_set(common, arg);
     }
     return -1;
 }

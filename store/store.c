@@ -1194,21 +1194,35 @@ static int64_t limit_rows(size_t limit)
     return limit > (size_t)INT64_MAX ? INT64_MAX : (int64_t)limit;
 }
 
+/*
+ * Run a paged load (rows with id > after_id, at most limit) through visit.
+ * The statement takes the id as ?1 and the limit as ?2.
+ */
+static int scan_after(struct store *st, enum stmt_id id, int64_t after_id,
+                      size_t limit, const char *what,
+                      int (*visit)(struct store *, sqlite3_stmt *, void *),
+                      void *ctx)
+{
+    struct binder b = bind_start(st, id);
+
+    bind_int64(&b, 1, after_id);
+    bind_int64(&b, 2, limit_rows(limit));
+    if (b.rc != SQLITE_OK) {
+        fail_sqlite(st, b.rc, "%s", what);
+        stmt_done(b.stmt);
+        return -1;
+    }
+    return scan_rows(st, b.stmt, what, visit, ctx);
+}
+
 /* Payloads come back NUL-terminated after payload_len bytes. */
 int store_outbox_load(struct store *st, int64_t after_id, size_t limit,
                       store_outbox_cb cb, void *arg)
 {
     struct outbox_scan scan = {cb, arg};
-    struct binder b = bind_start(st, STMT_OUTBOX_LOAD);
 
-    bind_int64(&b, 1, after_id);
-    bind_int64(&b, 2, limit_rows(limit));
-    if (b.rc != SQLITE_OK) {
-        fail_sqlite(st, b.rc, "load outbox");
-        stmt_done(b.stmt);
-        return -1;
-    }
-    return scan_rows(st, b.stmt, "load outbox", visit_outbox, &scan);
+    return scan_after(st, STMT_OUTBOX_LOAD, after_id, limit, "load outbox",
+                      visit_outbox, &scan);
 }
 
 int store_outbox_count(struct store *st, int64_t *count)
@@ -1265,16 +1279,9 @@ int store_dead_letters_load(struct store *st, int64_t after_id, size_t limit,
                             store_dead_letter_cb cb, void *arg)
 {
     struct dead_letter_scan scan = {cb, arg};
-    struct binder b = bind_start(st, STMT_DEAD_LETTER_LOAD);
 
-    bind_int64(&b, 1, after_id);
-    bind_int64(&b, 2, limit_rows(limit));
-    if (b.rc != SQLITE_OK) {
-        fail_sqlite(st, b.rc, "load dead letters");
-        stmt_done(b.stmt);
-        return -1;
-    }
-    return scan_rows(st, b.stmt, "load dead letters", visit_dead_letter, &scan);
+    return scan_after(st, STMT_DEAD_LETTER_LOAD, after_id, limit,
+                      "load dead letters", visit_dead_letter, &scan);
 }
 
 int store_dead_letter_count(struct store *st, int64_t *count)
