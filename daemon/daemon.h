@@ -95,7 +95,7 @@ int pipeline_restore(struct pipeline *pl);
 /*
  * Records for one job: segments in processing order, each a run of records
  * of one shard with that shard's checkpoint after it, and the shards whose
- * delivered batch ends inside this job, to be told once it commits.
+ * delivered batch ends inside this job, to be notified once it commits.
  */
 struct pipeline_work {
     struct shard_batch **segments; /* owned */

@@ -9,9 +9,9 @@
  * leave in the order of (ApproximateArrivalTimestamp, shard id, sequence),
  * and only up to the watermark: the smallest arrival time below which a
  * shard that is still behind might yet deliver a record. A shard bounds the
- * watermark by the arrival time of the newest record it has delivered (or
- * blocks it completely before its first reply); a caught-up, finished or
- * not yet started shard does not bound it.
+ * watermark by the arrival time of the newest record it has delivered, and
+ * blocks it completely before its first reply. A caught-up, finished or not
+ * yet started shard does not bound it.
  *
  * The shard that bounds the watermark has, by that definition, all its held
  * records released, so its batch commits and it reads on: the merge always
@@ -103,7 +103,7 @@ static struct merge_slot *get_slot(struct merge *m, const char *shard_id)
 
 /*
  * Hold a batch of the reader. The reader sends no second batch for a shard
- * before the first committed, so a slot holds at most one.
+ * before the first committed, so a slot contains at most one.
  */
 void merge_add(struct merge *m, struct shard_batch *batch, int64_t now_ms)
 {

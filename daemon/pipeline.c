@@ -559,9 +559,9 @@ static int apply_record(struct pipeline *pl, const struct shard_record *r,
 }
 
 /*
- * A record whose key expression selects nothing: with missing_key process
- * it is applied without deduplication (the sample rule still keeps one
- * sample per rider and second); with reject it is a dead letter.
+ * Handle a record whose key expression selects nothing. With missing_key
+ * process it is applied without deduplication, and the sample rule still
+ * keeps one sample per rider and second. With reject it is a dead letter.
  */
 static int missing_key(struct pipeline *pl, const struct shard_record *r,
                        const struct agg_record *rec)
@@ -659,7 +659,8 @@ static int process_record(struct pipeline *pl, const struct shard_record *r)
     if (agg_record_decode(r->data, r->len, pl->cfg->race_max_seconds, &rec,
                           &why, &doc) != 0) {
         if (why.reason == AGG_REJECT_NONE)
-            return -1; /* out of memory: the job fails, nothing is lost */
+            return -1; /* out of memory: the job fails and its records
+                          are read again after the restart */
         return reject_record(pl, r, &why);
     }
     int rc = claim_and_apply(pl, r, &rec, sjson_doc_root(doc));

@@ -415,8 +415,8 @@ static int start_publisher(struct daemon *d)
 }
 
 /*
- * A token that tells this process's idempotency claims from those of
- * earlier processes, which are dead when this one starts.
+ * Make a token that distinguishes this process's idempotency claims from
+ * those of earlier processes, which are dead when this one starts.
  */
 static int make_owner_token(uint8_t owner[IDEM_OWNER_LEN])
 {

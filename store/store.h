@@ -5,7 +5,7 @@
  * between store_begin() and store_commit(), so a crash keeps all of a batch
  * or none of it.
  *
- * A struct store is used by one thread at a time; the daemon hands it from
+ * A struct store is used by one thread at a time. The daemon hands it from
  * the loop thread to one worker job at a time and never uses it concurrently.
  *
  * Load functions pass pointers that are valid only during the callback. A
