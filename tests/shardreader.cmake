@@ -1,4 +1,8 @@
 # Tests of the shardreader module.
+add_library(podium_kinesis_testlib STATIC kinesis_testlib.c)
+target_link_libraries(podium_kinesis_testlib
+    PUBLIC podium_testlib podium_shardreader PkgConfig::JANSSON)
+
 podium_test(test_shardreader test_shardreader.c
-    LIBS podium_shardreader PkgConfig::JANSSON m TIMEOUT 120)
+    LIBS podium_kinesis_testlib m TIMEOUT 120)
 podium_test(test_kpl test_kpl.c LIBS podium_shardreader PkgConfig::LIBCRYPTO)

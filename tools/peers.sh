@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
 # Install, start and stop the local peers that podium talks to in tests and
-# in the demo: kinesalite (a local Amazon Kinesis API) and mosquitto (an MQTT
-# broker). Both listen on 127.0.0.1 only, on a free port picked at start.
+# in the demo: kinesalite and kinesis-local (two local Amazon Kinesis APIs)
+# and mosquitto (an MQTT broker). They listen on 127.0.0.1 only, on a free
+# port picked at start.
 #
-#   tools/peers.sh install               npm ci in tools/peers, check mosquitto
-#   tools/peers.sh start kinesalite DIR  start kinesalite, print its port
-#   tools/peers.sh start mosquitto DIR   start mosquitto, print its port
-#   tools/peers.sh stop DIR              stop the peers started in DIR
-#   tools/peers.sh status DIR            list the peers in DIR and their state
+#   tools/peers.sh install                  npm ci in tools/peers, check mosquitto
+#   tools/peers.sh start kinesalite DIR     start kinesalite, print its port
+#   tools/peers.sh start kinesis-local DIR  start kinesis-local, print its HTTP port
+#   tools/peers.sh start mosquitto DIR      start mosquitto, print its port
+#   tools/peers.sh stop DIR                 stop the peers started in DIR
+#   tools/peers.sh status DIR               list the peers in DIR and their state
 #
 # DIR receives NAME.port, NAME.pid and NAME.log for each peer; stop signals
 # only the pids recorded there, and only while they still run that peer.
+#
+# With PEERS_FAKETIME=1, a Kinesis peer runs under libfaketime (Debian
+# package faketime) and reads its clock offset from DIR/faketime.rc, which
+# starts as "+0". Writing "+310" there makes the peer's clock run 310 s
+# ahead from its next request on, so shard iterators expire without a
+# five-minute wait.
 set -euo pipefail
 
 TOOLS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PEERS_DIR="$TOOLS_DIR/peers"
 KINESALITE_CLI="$PEERS_DIR/node_modules/kinesalite/cli.js"
+KINESIS_LOCAL_DIR="$PEERS_DIR/node_modules/kinesis-local"
 MOSQUITTO_BIN="${MOSQUITTO_BIN:-/usr/sbin/mosquitto}"
-PEER_NAMES=(kinesalite mosquitto)
+PEER_NAMES=(kinesalite kinesis-local mosquitto)
 
 # Seconds to wait for a started peer to accept requests.
 START_TIMEOUT_S=20
@@ -35,7 +44,7 @@ die() {
 usage() {
     cat >&2 <<EOF
 usage: $0 install
-       $0 start kinesalite|mosquitto DIR
+       $0 start kinesalite|kinesis-local|mosquitto DIR
        $0 stop DIR
        $0 status DIR
 EOF
@@ -83,7 +92,7 @@ cmd_install() {
     # The stamp is a copy of the lockfile that npm ci installed, so a second
     # run with the same lockfile skips npm and needs no registry.
     local stamp="$PEERS_DIR/node_modules/.installed-package-lock.json"
-    if [[ -f "$KINESALITE_CLI" ]] && cmp -s "$PEERS_DIR/package-lock.json" "$stamp"; then
+    if [[ -f "$KINESALITE_CLI" && -f "$KINESIS_LOCAL_DIR/main.js" ]] && cmp -s "$PEERS_DIR/package-lock.json" "$stamp"; then
         echo "peers: npm packages in $PEERS_DIR match package-lock.json"
     else
         # --ignore-scripts skips the native build of leveldown, an optional
@@ -92,22 +101,22 @@ cmd_install() {
             die "npm ci in $PEERS_DIR failed: check that the npm registry is reachable"
         cp "$PEERS_DIR/package-lock.json" "$stamp"
     fi
-    [[ -f "$KINESALITE_CLI" ]] ||
-        die "npm ci finished but $KINESALITE_CLI is missing"
+    [[ -f "$KINESALITE_CLI" && -f "$KINESIS_LOCAL_DIR/main.js" ]] ||
+        die "npm ci finished but $KINESALITE_CLI or $KINESIS_LOCAL_DIR/main.js is missing"
     [[ -x "$MOSQUITTO_BIN" ]] ||
         die "$MOSQUITTO_BIN not found: install the Debian package mosquitto (apt-get install mosquitto)"
-    echo "peers: kinesalite $(node -p "require('$PEERS_DIR/node_modules/kinesalite/package.json').version") and $("$MOSQUITTO_BIN" -h 2>&1 | head -n 1) are ready"
+    echo "peers: kinesalite $(node -p "require('$PEERS_DIR/node_modules/kinesalite/package.json').version"), kinesis-local $(node -p "require('$KINESIS_LOCAL_DIR/package.json').version") and $("$MOSQUITTO_BIN" -h 2>&1 | head -n 1) are ready"
 }
 
-# Wait until kinesalite on port responds to ListStreams, or fail when pid exits
-# or the deadline passes.
-wait_kinesalite() {
-    local port="$1" pid="$2" log="$3"
+# Wait until the Kinesis peer name on port responds to ListStreams, or fail
+# when pid exits or the deadline passes.
+wait_kinesis() {
+    local name="$1" port="$2" pid="$3" log="$4"
     local deadline=$(($(now_s) + START_TIMEOUT_S))
     while (($(now_s) < deadline)); do
         if ! kill -0 "$pid" 2>/dev/null; then
             print_log_tail "$log"
-            echo "peers: kinesalite (pid $pid) exited before it responded on port $port" >&2
+            echo "peers: $name (pid $pid) exited before it responded on port $port" >&2
             return 1
         fi
         if "$TOOLS_DIR/kinesis-call.sh" "$port" ListStreams '{}' >/dev/null 2>&1; then
@@ -116,8 +125,16 @@ wait_kinesalite() {
         sleep 0.1
     done
     print_log_tail "$log"
-    echo "peers: kinesalite (pid $pid) did not respond on port $port within ${START_TIMEOUT_S}s" >&2
+    echo "peers: $name (pid $pid) did not respond on port $port within ${START_TIMEOUT_S}s" >&2
     return 1
+}
+
+wait_kinesalite() {
+    wait_kinesis kinesalite "$@"
+}
+
+wait_kinesis-local() {
+    wait_kinesis kinesis-local "$@"
 }
 
 # Wait until mosquitto has opened its listener and the port accepts a TCP
@@ -142,15 +159,51 @@ wait_mosquitto() {
     return 1
 }
 
+# Print the environment assignments that run a peer under libfaketime with
+# DIR/faketime.rc as its clock offset, or nothing without PEERS_FAKETIME=1.
+faketime_env() {
+    local dir="$1" lib
+    [[ "${PEERS_FAKETIME:-0}" == 1 ]] || return 0
+    lib="$(compgen -G '/usr/lib/*/faketime/libfaketimeMT.so.1' | head -n 1 || true)"
+    [[ -n "$lib" ]] ||
+        die "libfaketimeMT.so.1 not found: install the Debian package faketime (apt-get install faketime)"
+    [[ -f "$dir/faketime.rc" ]] || echo "+0" >"$dir/faketime.rc"
+    echo "LD_PRELOAD=$lib"
+    echo "FAKETIME_TIMESTAMP_FILE=$dir/faketime.rc"
+    # Read the file on every clock call, so a new offset applies at once.
+    echo "FAKETIME_NO_CACHE=1"
+}
+
 # Start one peer on a free port in the background. Prints its pid.
 launch_kinesalite() {
-    local dir="$1" port="$2"
+    local dir="$1" port="$2" fake=()
     [[ -f "$KINESALITE_CLI" ]] ||
         die "$KINESALITE_CLI not found: run 'bash tools/peers.sh install' first"
-    PEER_IGNORE_ABORTED=1 nohup node -r "$TOOLS_DIR/force-loopback.cjs" "$KINESALITE_CLI" \
+    mapfile -t fake < <(faketime_env "$dir")
+    env "${fake[@]}" PEER_IGNORE_ABORTED=1 nohup node -r "$TOOLS_DIR/force-loopback.cjs" "$KINESALITE_CLI" \
         --port "$port" --createStreamMs 50 --deleteStreamMs 50 \
         --updateStreamMs 50 --shardLimit 50 \
         </dev/null >>"$dir/kinesalite.log" 2>&1 &
+    echo "$!"
+}
+
+# kinesis-local also opens a TLS port, which podium's tests do not use; it
+# gets a second free port. It looks for its certificate in the working
+# directory unless KINESIS_MOCK_CERT_PATH names it, and its clock is the
+# monotonic one, which libfaketime moves as well.
+launch_kinesis-local() {
+    local dir="$1" port="$2" fake=() tls_port
+    [[ -f "$KINESIS_LOCAL_DIR/main.js" ]] ||
+        die "$KINESIS_LOCAL_DIR/main.js not found: run 'bash tools/peers.sh install' first"
+    mapfile -t fake < <(faketime_env "$dir")
+    tls_port="$(free_port)"
+    env "${fake[@]}" KINESIS_MOCK_PLAIN_PORT="$port" KINESIS_MOCK_TLS_PORT="$tls_port" \
+        KINESIS_MOCK_CERT_PATH="$KINESIS_LOCAL_DIR/server.json" \
+        CREATE_STREAM_DURATION=50ms DELETE_STREAM_DURATION=50ms \
+        SPLIT_SHARD_DURATION=50ms MERGE_SHARDS_DURATION=50ms \
+        UPDATE_SHARD_COUNT_DURATION=50ms \
+        nohup node -r "$TOOLS_DIR/force-loopback.cjs" "$KINESIS_LOCAL_DIR/main.js" \
+        </dev/null >>"$dir/kinesis-local.log" 2>&1 &
     echo "$!"
 }
 
@@ -179,8 +232,8 @@ EOF
 cmd_start() {
     local name="$1" dir="$2"
     case "$name" in
-    kinesalite | mosquitto) ;;
-    *) die "unknown peer '$name': expected kinesalite or mosquitto" ;;
+    kinesalite | kinesis-local | mosquitto) ;;
+    *) die "unknown peer '$name': expected kinesalite, kinesis-local or mosquitto" ;;
     esac
     mkdir -p "$dir"
     dir="$(cd "$dir" && pwd)"
@@ -217,12 +270,16 @@ stop_one() {
     fi
 
     kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$(($(now_s) + STOP_GRACE_S))
+    # kinesis-local closes its listeners on SIGTERM but never exits.
+    local grace="$STOP_GRACE_S"
+    [[ "$name" == kinesis-local ]] && grace=1
+    local deadline=$(($(now_s) + grace))
     while pid_runs "$pid" "$name" && (($(now_s) < deadline)); do
         sleep 0.1
     done
     if pid_runs "$pid" "$name"; then
-        echo "peers: $name (pid $pid) still runs ${STOP_GRACE_S}s after SIGTERM, sending SIGKILL" >&2
+        [[ "$name" == kinesis-local ]] ||
+            echo "peers: $name (pid $pid) still runs ${grace}s after SIGTERM, sending SIGKILL" >&2
         kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$pid_file"
