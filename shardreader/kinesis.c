@@ -131,11 +131,11 @@ void kinesis_describe(const struct aws_reply *reply, char *buf, size_t len)
 uint64_t kinesis_backoff_ms(uint64_t *rng, uint32_t attempt, uint64_t base_ms,
                             uint64_t cap_ms)
 {
-    uint64_t ceiling = base_ms;
-    for (uint32_t i = 1; i < attempt && ceiling < cap_ms; i++)
-        ceiling *= 2;
-    if (ceiling > cap_ms)
-        ceiling = cap_ms;
+    uint64_t step = base_ms, half_cap = cap_ms / 2;
+    for (uint32_t i = 1; i < attempt && step < half_cap; i++)
+        step *= 2;
+    if (step > half_cap)
+        step = half_cap;
 
     /* xorshift64: statistical quality is plenty for spreading retries. */
     uint64_t x = *rng;
@@ -143,7 +143,7 @@ uint64_t kinesis_backoff_ms(uint64_t *rng, uint32_t attempt, uint64_t base_ms,
     x ^= x >> 7;
     x ^= x << 17;
     *rng = x;
-    return x % (ceiling + 1);
+    return step + x % (step + 1);
 }
 
 uint64_t kinesis_rng_seed(const void *owner)

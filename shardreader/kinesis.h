@@ -47,12 +47,15 @@ bool kinesis_retryable(enum kinesis_outcome outcome);
 void kinesis_describe(const struct aws_reply *reply, char *buf, size_t len);
 
 /*
- * Return a delay for retry number attempt (1 for the first retry), drawn
- * uniformly from [0, min(cap_ms, base_ms * 2^(attempt - 1))]: "full jitter"
- * from
- * https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/ so
- * that many clients throttled together do not retry together. rng is the
- * caller's generator state (never 0).
+ * Return a delay for retry number attempt (1 for the first retry): with
+ * step = min(base_ms * 2^(attempt - 1), cap_ms / 2), a value drawn
+ * uniformly from [step, 2 * step]. The floor makes each retry wait at least
+ * as long as the exponential schedule says (250, 500, 1000 ms... for a
+ * base of 250), and the random half spreads clients that were throttled
+ * together ("equal jitter" in
+ * https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/).
+ * The result never exceeds cap_ms. rng is the caller's generator state
+ * (never 0).
  */
 uint64_t kinesis_backoff_ms(uint64_t *rng, uint32_t attempt, uint64_t base_ms,
                             uint64_t cap_ms);
@@ -67,11 +70,16 @@ uint64_t kinesis_rng_seed(const void *owner);
 json_t *kinesis_parse_object(const char *body, size_t len, size_t max_len,
                              char *err, size_t err_len);
 
-/* Return member key of obj (borrowed), or NULL when obj is not an object
- * or has no such member. */
+/*
+ * Return member key of obj (borrowed), or NULL when obj is not an object,
+ * has no such member, or the member is null: some servers send
+ * "ChildShards":null or "NextToken":null rather than leave the member out,
+ * and both mean the same.
+ */
 static inline json_t *kinesis_member(const json_t *obj, const char *key)
 {
-    return json_object_getn(obj, key, strlen(key));
+    json_t *value = json_object_getn(obj, key, strlen(key));
+    return json_is_null(value) ? NULL : value;
 }
 
 /*

@@ -2,42 +2,56 @@
  * Kinesis shard reader: one worker of the Kinesis Client Library (KCL)
  * model, on one libuv loop.
  *
- * Shard lifecycle. ListShards (paginated with NextToken) runs at start and
- * every shard_sync_interval_s. Each shard moves through
+ * Shard lifecycle. ListShards (paginated with NextToken) runs at start,
+ * every shard_sync_interval_s, every second while the stream lists no
+ * shard, and whenever a finished shard has no known child. Each shard moves
+ * through
  *     IDLE -> ITERATOR -> READING <-> COMMIT -> FINISHED
  * IDLE: known but not readable yet, because a parent (ParentShardId or
- * AdjacentParentShardId) is listed and not finished. A parent that
- * ListShards no longer lists (aged out past retention) does not block.
+ * AdjacentParentShardId) is not finished. A parent that ListShards no
+ * longer lists (aged out past retention) does not block a listed child.
  * ITERATOR: a GetShardIterator call is due or in flight. READING: a
- * GetRecords call is due or in flight, at most one per poll_interval_ms.
- * COMMIT: a batch is with the consumer and the shard is not read further
- * until reader_batch_committed(). FINISHED: the end of a closed shard (no
- * NextShardIterator) was delivered and committed. A finished shard is never
- * read again, and its children become readable once all their parents are
- * finished.
+ * GetRecords call is due or in flight, at most one per poll_interval_ms
+ * (5 per second at the 200 ms minimum, the per-shard limit). An empty
+ * reply waits for the next poll. COMMIT: a batch is with the consumer and the
+ * shard is not read further until reader_batch_committed(). FINISHED: the
+ * end of a closed shard (a reply without NextShardIterator, whose records
+ * are delivered like any others) was committed. A finished shard is never
+ * read again, also after a restart, since the consumer stores it as
+ * finished with the last batch.
  *
  * Checkpoints. The reader never stores iterators. A shard with a committed
  * checkpoint gets AFTER_SEQUENCE_NUMBER; a checkpoint inside a KPL aggregate
  * (sub-sequence > 0) gets AT_SEQUENCE_NUMBER, and the user records up to
  * the checkpoint are dropped. A shard without a checkpoint starts at
  * TRIM_HORIZON when it has a known parent (a child after resharding), else
- * at the configured initial position. Each batch carries the checkpoint the
- * consumer should store with it, and only the committed checkpoint is used
- * to rebuild an iterator.
+ * at the configured initial position (TRIM_HORIZON, LATEST or
+ * AT_TIMESTAMP). Each batch carries the checkpoint the consumer stores with
+ * it in the same transaction as its effects, and only the committed
+ * checkpoint is used to build an iterator. Sequence numbers are compared as
+ * decimal strings of any length, never as doubles.
  *
- * Retries. ExpiredIteratorException: one new GetShardIterator from the
+ * Retries. ExpiredIteratorException: one new GetShardIterator after the
  * committed checkpoint, never the dead iterator again. Throttling, 5xx,
  * timeouts and connection errors: the same request again after exponential
- * backoff with full jitter (base poll_interval_ms, cap 30 s), per shard, so
- * other shards keep going. Missing stream and rejected credentials are
- * fatal (on_fatal). Every request has request_timeout_ms.
+ * backoff with jitter (at least poll_interval_ms * 2^(n-1), at most 30 s),
+ * per shard, so other shards keep going. A GetRecords that the server
+ * rejects as invalid, or that failed 4 times in a row for reasons other
+ * than throttling, continues with a new iterator from the committed
+ * checkpoint. Warnings are rate-limited and every failure is counted by
+ * cause (reader_get_counters). A missing stream and rejected credentials
+ * are fatal (on_fatal). Every request has request_timeout_ms, so a call
+ * that the server never responds to ends too.
  *
  * Resharding. SplitShard and MergeShards close shards and create children
- * that name them as parents. ListShards reports a closed shard with an
- * EndingSequenceNumber, but the reader only uses that to report open shards
- * and never compares sequence numbers against it, because some emulators put
- * a sentinel there. The end of a shard is a GetRecords reply without
- * NextShardIterator.
+ * that name them as parents. The reader learns children from ChildShards
+ * in a closed shard's last GetRecords reply when the server sends it, and
+ * from ListShards otherwise. Either way a child starts at TRIM_HORIZON only
+ * after all its parents are finished, so a merge waits for both. ListShards
+ * reports a closed shard with an EndingSequenceNumber, but the reader only
+ * uses that to report open shards and never compares sequence numbers
+ * against it, because some emulators put a sentinel there. JSON members
+ * that are null count as absent.
  *
  * All functions run on the loop thread.
  */
@@ -78,6 +92,14 @@
 #define SHARD_MAX_ID_LEN     128
 #define SHARD_BACKOFF_CAP_MS 30000
 #define SHARD_ERROR_TEXT     512
+/*
+ * GetRecords failures in a row (other than throttling) after which the
+ * iterator is dropped and a new one is built from the committed checkpoint.
+ * Some servers respond to every later call with the same 5xx once they stop
+ * accepting an iterator. A fresh one costs one call, skips no record and
+ * repeats no committed one.
+ */
+#define SHARD_ITERATOR_REFRESH_FAILURES 4
 /* Warnings about retries: at most 10 lines every 10 s per reader. */
 #define SHARD_WARN_WINDOW_MS 10000
 #define SHARD_WARN_MAX       10
@@ -97,8 +119,9 @@ struct shard {
     char *id;
     char *parent_id; /* owned, NULL when none */
     char *adjacent_parent_id;
-    bool listed; /* in the latest ListShards result */
-    bool closed; /* ListShards showed an EndingSequenceNumber */
+    bool listed;    /* in the latest ListShards result */
+    bool announced; /* named in a parent's ChildShards */
+    bool closed;    /* ListShards showed an EndingSequenceNumber */
     enum shard_state state;
     /* Committed checkpoint (owned, NULL when none). */
     char *checkpoint_seq;
@@ -113,7 +136,8 @@ struct shard {
     int64_t skip_subseq;
     uint64_t last_get_ms; /* loop time when the last GetRecords started */
     bool has_last_get;
-    uint32_t attempt; /* failed calls in a row */
+    uint32_t attempt;      /* failed calls in a row */
+    uint32_t failed_reads; /* GetRecords failures in a row, except throttling */
     int64_t millis_behind;
     bool replied_empty; /* the last GetRecords reply had no records */
     uint64_t get_records_calls;
@@ -935,6 +959,114 @@ static void deliver_batch(struct shard *sh, struct shard_batch *batch)
     rd->cbs.on_batch(rd->cbs.arg, batch);
 }
 
+/* True when every parent that sh names is in the shard table. */
+static bool parents_known(const struct reader *rd, const struct shard *sh)
+{
+    return (sh->parent_id == NULL || find_shard(rd, sh->parent_id)) &&
+           (sh->adjacent_parent_id == NULL ||
+            find_shard(rd, sh->adjacent_parent_id));
+}
+
+/* Add child id, named in a ChildShards member, with its parents. Returns
+ * the shard, or NULL when out of memory. */
+static struct shard *announce_child(struct reader *rd, const char *id,
+                                    const char *parent, const char *adjacent)
+{
+    struct shard *child = find_shard(rd, id);
+    if (child == NULL) {
+        if ((child = add_shard(rd, id)) == NULL)
+            return NULL;
+        sort_shards(rd);
+    }
+    if (child->parent_id == NULL && parent != NULL &&
+        (child->parent_id = strdup(parent)) == NULL)
+        return NULL;
+    if (child->adjacent_parent_id == NULL && adjacent != NULL &&
+        (child->adjacent_parent_id = strdup(adjacent)) == NULL)
+        return NULL;
+    child->announced = true;
+    return child;
+}
+
+/*
+ * Learn the children that the last reply of closed shard sh names in
+ * ChildShards, so that they start as soon as all their parents are
+ * finished instead of after the next ListShards. Servers that leave
+ * ChildShards out rely on the listing that reader_batch_committed()
+ * requests at a shard's end. A child with a parent the reader has never
+ * seen waits for a listing, requested now, because that parent must be
+ * read first.
+ */
+static void learn_children(struct shard *sh, const json_t *root)
+{
+    struct reader *rd = sh->rd;
+    const json_t *children = kinesis_member(root, "ChildShards");
+    struct log_ids ids = shard_ids(sh, NULL);
+    bool unknown_parent = false;
+    size_t i, learned = 0;
+    const json_t *item;
+
+    if (!json_is_array(children))
+        return;
+    json_array_foreach(children, i, item)
+    {
+        const char *id = kinesis_string_member(item, "ShardId");
+        const json_t *parents = kinesis_member(item, "ParentShards");
+        size_t n = json_array_size(parents);
+        const char *parent = json_string_value(json_array_get(parents, 0));
+        const char *adjacent =
+            n > 1 ? json_string_value(json_array_get(parents, 1)) : NULL;
+        if (id == NULL || strlen(id) > SHARD_MAX_ID_LEN || parent == NULL ||
+            n > 2 || (n > 1 && adjacent == NULL)) {
+            log_warn(SHARD_LOG, &ids,
+                     "ignored child %zu in the ChildShards of shard %s: it "
+                     "needs a ShardId and one or two ParentShards; the "
+                     "shard listing will name it",
+                     i, sh->id);
+            continue;
+        }
+        struct shard *child = announce_child(rd, id, parent, adjacent);
+        if (child == NULL) {
+            log_error(SHARD_LOG, &ids, "failed to track shards: out of memory");
+            return;
+        }
+        unknown_parent |= !parents_known(rd, child);
+        learned++;
+    }
+    if (learned > 0)
+        log_info(SHARD_LOG, &ids, "shard %s names %zu child shards", sh->id,
+                 learned);
+    if (unknown_parent && rd->list_call == NULL)
+        schedule_list(rd, 0);
+}
+
+/*
+ * Retry a failed GetRecords after a backoff: with the same iterator, or
+ * with a new one from the committed checkpoint when the server rejected
+ * the request as invalid or failed too often in a row. Throttling never
+ * drops the iterator: the request was fine, only too early.
+ */
+static void read_failed(struct shard *sh, enum kinesis_outcome outcome,
+                        const char *reason)
+{
+    if (outcome != KINESIS_THROTTLED)
+        sh->failed_reads++;
+    if (outcome == KINESIS_CLIENT_ERROR || outcome == KINESIS_NOT_FOUND ||
+        sh->failed_reads >= SHARD_ITERATOR_REFRESH_FAILURES) {
+        struct log_ids ids = shard_ids(sh, sh->checkpoint_seq);
+        log_info(SHARD_LOG, &ids,
+                 "dropped the iterator of shard %s after %u failed reads "
+                 "(last: %s); a new one will start after the committed "
+                 "checkpoint",
+                 sh->id, sh->failed_reads, reason);
+        sh->failed_reads = 0;
+        free(sh->iterator);
+        sh->iterator = NULL;
+        sh->state = SHARD_ITERATOR;
+    }
+    shard_backoff(sh, "get records", reason);
+}
+
 /*
  * Turn a successful GetRecords reply into a batch, or schedule the next
  * poll when it contains no records. The next iterator replaces the old one,
@@ -948,8 +1080,7 @@ static void records_accept(struct shard *sh, json_t *root)
     const json_t *behind = kinesis_member(root, "MillisBehindLatest");
     struct shard_batch *batch = new_batch(sh, next == NULL);
 
-    if (batch == NULL ||
-        (items != NULL && !json_is_array(items) && !json_is_null(items))) {
+    if (batch == NULL || (items != NULL && !json_is_array(items))) {
         snprintf(err, sizeof err,
                  batch ? "Records is not an array" : "out of memory");
         goto fail;
@@ -962,6 +1093,9 @@ static void records_accept(struct shard *sh, json_t *root)
         goto fail;
     }
     sh->attempt = 0;
+    sh->failed_reads = 0;
+    if (batch->shard_end)
+        learn_children(sh, root);
     sh->millis_behind =
         json_is_integer(behind) ? json_integer_value(behind) : -1;
     batch->millis_behind = sh->millis_behind;
@@ -976,12 +1110,13 @@ static void records_accept(struct shard *sh, json_t *root)
 fail:
     shard_batch_free(batch);
     sh->rd->counters.other_errors++;
-    shard_backoff(sh, "get records", err);
+    read_failed(sh, KINESIS_BAD_REPLY, err);
 }
 
 /* Start over from the committed checkpoint with a fresh iterator. */
 static void iterator_expired(struct shard *sh)
 {
+    sh->failed_reads = 0;
     struct log_ids ids = shard_ids(sh, sh->checkpoint_seq);
     log_info(SHARD_LOG, &ids,
              "shard iterator expired; requesting a new one after the "
@@ -1020,7 +1155,7 @@ static void records_reply(void *arg, const struct aws_reply *reply)
     else if (outcome == KINESIS_ACCESS_DENIED)
         fail_access(sh->rd, "get records", reply);
     else
-        shard_backoff(sh, "get records", reason);
+        read_failed(sh, outcome, reason);
 }
 
 /* ---- which shards to read ---------------------------------------------- */
@@ -1039,7 +1174,11 @@ static void start_ready_shards(struct reader *rd)
 {
     for (size_t i = 0; i < rd->shard_count && !rd->stopping; i++) {
         struct shard *sh = rd->shards[i];
-        if (sh->state != SHARD_IDLE || !sh->listed)
+        /* A child that only ChildShards named so far may start once the
+         * reader knows all its parents; a listed shard's parents that are
+         * no longer listed have aged out and hold nothing back. */
+        if (sh->state != SHARD_IDLE ||
+            !(sh->listed || (sh->announced && parents_known(rd, sh))))
             continue;
         if (!parent_done(rd, sh->parent_id) ||
             !parent_done(rd, sh->adjacent_parent_id))
