@@ -1,5 +1,6 @@
 # Tests of the daemon module.
-podium_test(test_pipeline test_pipeline.c LIBS podium_daemon)
+podium_test(test_pipeline test_pipeline.c
+    LIBS podium_daemon PkgConfig::SQLITE3)
 
 # End-to-end tests: the podium binary against kinesalite and mosquitto,
 # started by tools/peers.sh on loopback ports. They need

@@ -1,15 +1,22 @@
 /*
  * The batch pipeline against a real SQLite file and the real aggregator:
  * what one committed batch leaves in the store, what it hands to the
- * publisher, and that a restart continues byte for byte.
+ * publisher, and that a restart continues byte for byte. The checkpoint
+ * cases kill a pipeline inside a batch and check that the restart resumes
+ * from the last committed batch.
  */
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <sqlite3.h>
 #include <uv.h>
 
+#include "common/seqnum.h"
 #include "daemon/daemon.h"
 #include "store/idempotency.h"
 #include "tests/testlib.h"
@@ -31,6 +38,31 @@ struct harness {
     char fatal[512];
     uint64_t next_seq;
 };
+
+/* The stored checkpoint of one shard. */
+struct shard_checkpoint {
+    const char *shard_id;
+    bool found;
+    char seq[SEQNUM_MAX_DIGITS + 1]; /* empty when the row has no seq */
+};
+
+static int match_checkpoint(void *arg, const struct store_checkpoint *cp)
+{
+    struct shard_checkpoint *out = arg;
+    if (strcmp(cp->shard_id, out->shard_id) != 0)
+        return 0;
+    out->found = true;
+    snprintf(out->seq, sizeof out->seq, "%s", cp->seq ? cp->seq : "");
+    return 0;
+}
+
+static struct shard_checkpoint read_checkpoint(struct store *st,
+                                               const char *shard_id)
+{
+    struct shard_checkpoint cp = {.shard_id = shard_id};
+    ASSERT_EQ(store_checkpoints_load(st, match_checkpoint, &cp), 0);
+    return cp;
+}
 
 static void on_committed(void *arg, const char *shard_id)
 {
@@ -527,5 +559,386 @@ TEST(pipeline_key_expires_by_stream_time)
     ASSERT_EQ(c->duplicates, 0);
     ASSERT_EQ(c->outcomes[AGG_UNCHANGED], 1);
     ASSERT_EQ(count_rows(&h, store_sample_count), 1);
+    harness_close(&h);
+}
+
+/* ---- checkpoints against crashes ------------------------------------ */
+
+/*
+ * A consumer that saves the newest fetched sequence number while records
+ * still wait in memory loses those records in a crash, and one whose
+ * batches complete out of order can move its checkpoint back and apply
+ * records twice. The pipeline writes a batch's records, their effects and
+ * the shard checkpoint in one transaction, one job at a time, and the store
+ * rejects a checkpoint older than the stored one. These cases kill a real
+ * pipeline inside a batch and restart over the same SQLite file.
+ */
+
+#define CP_SHARD "shardId-000000000003"
+
+/* Kinesis-like sequence numbers of 56 digits: a fixed prefix of 52 digits
+ * and the 4-digit tail that the tests name them by. */
+#define SEQ_AT(tail) "4965485271849325706284519103746811023547910194620177" tail
+
+struct test_record {
+    const char *uuid;
+    int racer;
+    int second;
+    const char *cadence;
+    const char *resistance;
+    const char *seq;
+};
+
+/* One batch of five records of rider telemetry over two seconds. */
+static const struct test_record batch_0601[] = {
+    {"u-0601", 61, 6, "91.5", "12.1", SEQ_AT("0701")},
+    {"u-0602", 62, 6, "88", "13", SEQ_AT("0702")},
+    {"u-0603", 63, 6, "95.25", "11.75", SEQ_AT("0703")},
+    {"u-0604", 61, 7, "92", "12.2", SEQ_AT("0704")},
+    {"u-0605", 62, 7, "87.5", "13.1", SEQ_AT("0705")},
+};
+
+/* Batches of one shard, read one after the other. */
+static const struct test_record batch_0801[] = {
+    {"u-0801", 81, 8, "90", "12", SEQ_AT("0801")},
+    {"u-0802", 82, 8, "85.5", "12.5", SEQ_AT("0802")},
+    {"u-0803", 83, 8, "79", "14", SEQ_AT("0803")},
+};
+static const struct test_record batch_0804[] = {
+    {"u-0804", 81, 9, "91", "12", SEQ_AT("0804")},
+    {"u-0805", 82, 9, "86", "12.5", SEQ_AT("0805")},
+    {"u-0806", 83, 9, "80.25", "14", SEQ_AT("0806")},
+};
+#define COUNT_OF(a) (sizeof(a) / sizeof(a)[0])
+
+/* A batch of CP_SHARD with the given records, each at its own seq. */
+static struct shard_batch *make_batch(const struct test_record *records,
+                                      size_t count)
+{
+    char buf[512];
+    struct shard_batch *b = shard_batch_new(CP_SHARD);
+    ASSERT_TRUE(b != NULL);
+    for (size_t i = 0; i < count; i++) {
+        const struct test_record *r = &records[i];
+        telemetry(buf, sizeof buf, r->uuid, r->racer, r->second, r->cadence,
+                  r->resistance);
+        int64_t arrival = 1767225600000 + r->second * 1000 + 100 + (int64_t)i;
+        ASSERT_EQ(
+            shard_batch_add(b, buf, strlen(buf), r->seq, 0, arrival, "pk"), 0);
+    }
+    return b;
+}
+
+/* ---- stopping a child inside its transaction ------------------------ */
+
+/*
+ * In WAL mode, once BEGIN IMMEDIATE has the write lock, neither the writes
+ * nor the COMMIT wait for other connections. So no lock held by another
+ * process can stop the child half way through a batch. The child instead
+ * watches its own store connection through the SQLite trace API, installed
+ * on every connection by sqlite3_auto_extension(). Completing the
+ * idempotency claim is the last write for a new record. After the
+ * stop_after-th completion, the worker thread reports whether a transaction
+ * is open and waits there to be killed. The pipeline itself runs unchanged.
+ */
+static struct {
+    int fd;
+    int completed;
+    int stop_after;
+} child_stop;
+
+static int stop_after_completions(unsigned type, void *ctx, void *p, void *x)
+{
+    sqlite3_stmt *stmt = p;
+    static const char complete[] = "UPDATE idem_rows SET status = 2,";
+    (void)type;
+    (void)ctx;
+    (void)x;
+
+    if (strncmp(sqlite3_sql(stmt), complete, sizeof complete - 1) != 0)
+        return 0;
+    if (++child_stop.completed < child_stop.stop_after)
+        return 0;
+    /* 't' reports an open transaction, the state the parent expects.
+     * 'a' (autocommit) would mean there is nothing left to crash. */
+    char state = sqlite3_get_autocommit(sqlite3_db_handle(stmt)) ? 'a' : 't';
+    if (write(child_stop.fd, &state, 1) != 1)
+        _exit(4);
+    for (;;)
+        pause();
+}
+
+static int trace_connection(sqlite3 *db, const char **err,
+                            const struct sqlite3_api_routines *api)
+{
+    (void)err;
+    (void)api;
+    return sqlite3_trace_v2(db, SQLITE_TRACE_PROFILE, stop_after_completions,
+                            NULL);
+}
+
+/*
+ * Child process: open a pipeline over path, queue the batches and stop
+ * inside the job that completes the stop_after-th record. It writes 'd' and
+ * exits when the batches commit without reaching that record.
+ */
+static void child_run_batches(const char *path,
+                              const struct test_record *const *batches,
+                              const size_t *counts, size_t batch_count,
+                              int stop_after, int fd)
+{
+    struct harness h = {0};
+
+    /* A failed assertion calls exit(), whose handler would otherwise
+     * delete the directory that the parent still needs. */
+    setenv("PODIUM_KEEP_TMP", "1", 1);
+    child_stop.fd = fd;
+    child_stop.stop_after = stop_after;
+    if (sqlite3_auto_extension((void (*)(void))trace_connection) != SQLITE_OK)
+        _exit(3);
+
+    harness_open(&h, path, NULL, 0);
+    for (size_t i = 0; i < batch_count; i++)
+        pipeline_submit_batch(h.pl, make_batch(batches[i], counts[i]));
+    drain(&h);
+    if (write(fd, "d", 1) != 1)
+        _exit(4);
+    _exit(0);
+}
+
+/*
+ * Fork a child that runs the batches through a pipeline over path, wait
+ * until it stops inside the transaction of record stop_after (1-based,
+ * counted over all batches), and kill it with SIGKILL.
+ */
+static void kill_inside_batch(const char *path,
+                              const struct test_record *const *batches,
+                              const size_t *counts, size_t batch_count,
+                              int stop_after)
+{
+    int fds[2];
+    int status = 0;
+    char state = 0;
+
+    ASSERT_EQ(pipe(fds), 0);
+    pid_t pid = fork();
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        child_run_batches(path, batches, counts, batch_count, stop_after,
+                          fds[1]);
+    }
+    close(fds[1]);
+
+    ssize_t n = read(fds[0], &state, 1);
+    close(fds[0]);
+    if (n != 1 || state != 't') {
+        waitpid(pid, &status, 0);
+        test_fail(__FILE__, __LINE__,
+                  "the child did not stop inside a transaction at record %d "
+                  "(reported '%c', exit status %d)",
+                  stop_after, n == 1 ? state : '-', status);
+    }
+
+    ASSERT_EQ(kill(pid, SIGKILL), 0);
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status));
+    ASSERT_EQ(WTERMSIG(status), SIGKILL);
+}
+
+/* ---- store contents as text ----------------------------------------- */
+
+static int dump_sample(void *arg, const struct store_sample *s)
+{
+    FILE *out = arg;
+    fprintf(out, "sample %s %s %" PRId32 " %s ", s->race_id, s->racer_id,
+            s->second, s->class_id);
+    fwrite(s->name, 1, s->name_len, out);
+    fputc(' ', out);
+    fwrite(s->uuid, 1, s->uuid_len, out);
+    fprintf(out,
+            " %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64
+            " %s %s %d\n",
+            s->device_ts_ms, s->arrival_ms, s->cadence4, s->resistance4,
+            s->output4, s->cadence_exact, s->resistance_exact, (int)s->final);
+    return 0;
+}
+
+static int dump_state(void *arg, const char *key, const char *value,
+                      size_t value_len)
+{
+    FILE *out = arg;
+    fprintf(out, "race %s ", key);
+    fwrite(value, 1, value_len, out);
+    fputc('\n', out);
+    return 0;
+}
+
+static int dump_outbox(void *arg, int64_t id, const char *topic,
+                       const void *payload, size_t payload_len)
+{
+    FILE *out = arg;
+    fprintf(out, "outbox %" PRId64 " %s ", id, topic);
+    fwrite(payload, 1, payload_len, out);
+    fputc('\n', out);
+    return 0;
+}
+
+static int dump_checkpoint(void *arg, const struct store_checkpoint *cp)
+{
+    FILE *out = arg;
+    fprintf(out, "checkpoint %s %s %" PRId64 " %d\n", cp->shard_id,
+            cp->seq ? cp->seq : "-", cp->subseq, (int)cp->finished);
+    return 0;
+}
+
+/*
+ * Everything a restart rebuilds from and everything the publisher sends:
+ * samples, race states, outbox rows, checkpoints, the stream time and the
+ * number of dead letters. Returns a malloc'ed string.
+ */
+static char *dump_store(struct harness *h)
+{
+    char *text = NULL;
+    size_t len = 0;
+    char stream_time[32] = "";
+    FILE *out = open_memstream(&text, &len);
+    ASSERT_TRUE(out != NULL);
+
+    ASSERT_EQ(store_samples_load(h->store, dump_sample, out), 0);
+    ASSERT_EQ(store_state_load(h->store, "race", dump_state, out), 0);
+    ASSERT_EQ(store_outbox_load(h->store, 0, 100000, dump_outbox, out), 0);
+    ASSERT_EQ(store_checkpoints_load(h->store, dump_checkpoint, out), 0);
+    ASSERT_EQ(store_meta_get(h->store, "stream_time_ms", stream_time,
+                             sizeof stream_time),
+              1);
+    fprintf(out, "stream_time_ms %s\n", stream_time);
+    fprintf(out, "dead_letters %" PRId64 "\n",
+            count_rows(h, store_dead_letter_count));
+    ASSERT_EQ(fclose(out), 0);
+    return text;
+}
+
+struct uuid_count {
+    const char *uuid;
+    int samples;
+};
+
+static int count_uuid(void *arg, const struct store_sample *s)
+{
+    struct uuid_count *c = arg;
+    if (s->uuid_len == strlen(c->uuid) &&
+        memcmp(s->uuid, c->uuid, s->uuid_len) == 0)
+        c->samples++;
+    return 0;
+}
+
+static int samples_of(struct harness *h, const char *uuid)
+{
+    struct uuid_count c = {uuid, 0};
+    ASSERT_EQ(store_samples_load(h->store, count_uuid, &c), 0);
+    return c.samples;
+}
+
+static uint64_t idempotency_rows(struct harness *h)
+{
+    struct idem_stats stats;
+    idem_stats(store_idempotency(h->store), &stats);
+    return stats.rows;
+}
+
+/* ---- the cases -------------------------------------------------------- */
+
+TEST(checkpoint_survives_kill_inside_batch)
+{
+    struct harness h = {0};
+    char crashed[4096], clean[4096];
+    const struct test_record *batches[] = {batch_0601};
+    const size_t counts[] = {COUNT_OF(batch_0601)};
+    snprintf(crashed, sizeof crashed, "%s/checkpoint-crashed.db",
+             test_tmpdir());
+    snprintf(clean, sizeof clean, "%s/checkpoint-clean.db", test_tmpdir());
+    ASSERT_EQ(strlen(batch_0601[0].seq), 56);
+
+    /* Killed after u-0601..u-0603 were applied, before the commit. */
+    kill_inside_batch(crashed, batches, counts, 1, 3);
+
+    /* Nothing of the batch survived: no checkpoint, so the reader starts
+     * before u-0601 again, and no sample or claim that would make the
+     * replay count the first three records as duplicates. */
+    harness_open(&h, crashed, NULL, 0);
+    ASSERT_FALSE(read_checkpoint(h.store, CP_SHARD).found);
+    ASSERT_EQ(count_rows(&h, store_sample_count), 0);
+    ASSERT_EQ(count_rows(&h, store_outbox_count), 0);
+    ASSERT_EQ(idempotency_rows(&h), 0);
+
+    /* The replay applies every record once. */
+    pipeline_submit_batch(h.pl, make_batch(batch_0601, COUNT_OF(batch_0601)));
+    drain(&h);
+    const struct pipeline_counters *c = pipeline_counters(h.pl);
+    ASSERT_EQ(c->records_applied, 5);
+    ASSERT_EQ(c->duplicates, 0);
+    ASSERT_STR_EQ(read_checkpoint(h.store, CP_SHARD).seq, SEQ_AT("0705"));
+    for (size_t i = 0; i < COUNT_OF(batch_0601); i++)
+        ASSERT_EQ(samples_of(&h, batch_0601[i].uuid), 1);
+
+    /* A second delivery of the same batch changes nothing. */
+    pipeline_submit_batch(h.pl, make_batch(batch_0601, COUNT_OF(batch_0601)));
+    drain(&h);
+    ASSERT_EQ(c->records_applied, 5);
+    ASSERT_EQ(c->duplicates, 5);
+    ASSERT_EQ(count_rows(&h, store_sample_count), 5);
+
+    pipeline_submit_close_all(h.pl);
+    drain(&h);
+    char *after_crash = joined_messages(&h);
+    char *after_crash_store = dump_store(&h);
+    harness_close(&h);
+
+    /* The same batch in a run that never crashed. */
+    harness_open(&h, clean, NULL, 0);
+    pipeline_submit_batch(h.pl, make_batch(batch_0601, COUNT_OF(batch_0601)));
+    pipeline_submit_close_all(h.pl);
+    drain(&h);
+    char *reference = joined_messages(&h);
+    char *reference_store = dump_store(&h);
+    harness_close(&h);
+
+    ASSERT_TRUE(strstr(reference, "\"second\":7,") != NULL);
+    ASSERT_STR_EQ(after_crash, reference);
+    ASSERT_STR_EQ(after_crash_store, reference_store);
+    free(after_crash);
+    free(after_crash_store);
+    free(reference);
+    free(reference_store);
+}
+
+TEST(checkpoint_stays_at_last_committed_batch)
+{
+    struct harness h = {0};
+    char path[4096];
+    const struct test_record *batches[] = {batch_0801, batch_0804};
+    const size_t counts[] = {COUNT_OF(batch_0801), COUNT_OF(batch_0804)};
+    snprintf(path, sizeof path, "%s/checkpoint-two-batches.db", test_tmpdir());
+
+    /* The first batch commits. The child dies after u-0805 was applied
+     * inside the second batch's transaction. */
+    kill_inside_batch(path, batches, counts, 2, 5);
+
+    harness_open(&h, path, NULL, 0);
+    ASSERT_STR_EQ(read_checkpoint(h.store, CP_SHARD).seq, SEQ_AT("0803"));
+    ASSERT_EQ(count_rows(&h, store_sample_count), 3);
+    ASSERT_EQ(samples_of(&h, "u-0803"), 1);
+    ASSERT_EQ(samples_of(&h, "u-0804"), 0);
+    ASSERT_EQ(samples_of(&h, "u-0805"), 0);
+    ASSERT_EQ(idempotency_rows(&h), 3);
+
+    /* Reading on after u-0803 delivers the second batch again. */
+    pipeline_submit_batch(h.pl, make_batch(batch_0804, COUNT_OF(batch_0804)));
+    drain(&h);
+    ASSERT_EQ(pipeline_counters(h.pl)->records_applied, 3);
+    ASSERT_EQ(pipeline_counters(h.pl)->duplicates, 0);
+    ASSERT_STR_EQ(read_checkpoint(h.store, CP_SHARD).seq, SEQ_AT("0806"));
+    ASSERT_EQ(count_rows(&h, store_sample_count), 6);
     harness_close(&h);
 }
