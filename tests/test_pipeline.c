@@ -3,7 +3,7 @@
  * what one committed batch leaves in the store, what it hands to the
  * publisher, and that a restart continues byte for byte. The checkpoint
  * cases kill a pipeline inside a batch and check that the restart resumes
- * from the last committed batch.
+ * from the last committed batch and that a checkpoint never moves back.
  */
 #include <inttypes.h>
 #include <signal.h>
@@ -37,6 +37,11 @@ struct harness {
     size_t committed;
     char fatal[512];
     uint64_t next_seq;
+    /* With track_checkpoints, the stored checkpoint of the shard at each
+     * batch_committed call, in call order. */
+    bool track_checkpoints;
+    char seen[8][SEQNUM_MAX_DIGITS + 1];
+    size_t seen_count;
 };
 
 /* The stored checkpoint of one shard. */
@@ -67,8 +72,12 @@ static struct shard_checkpoint read_checkpoint(struct store *st,
 static void on_committed(void *arg, const char *shard_id)
 {
     struct harness *h = arg;
-    (void)shard_id;
     h->committed++;
+    /* The pipeline calls this between jobs, so the store is free to read. */
+    if (h->track_checkpoints && h->seen_count < 8) {
+        struct shard_checkpoint cp = read_checkpoint(h->store, shard_id);
+        memcpy(h->seen[h->seen_count++], cp.seq, sizeof cp.seq);
+    }
 }
 
 static void on_message(void *arg, int64_t id, const char *topic,
@@ -580,6 +589,13 @@ TEST(pipeline_key_expires_by_stream_time)
  * and the 4-digit tail that the tests name them by. */
 #define SEQ_AT(tail) "4965485271849325706284519103746811023547910194620177" tail
 
+/* 10^55 - 1 and 10^55, the last 55-digit and the first 56-digit sequence
+ * number. As strings the 55-digit one sorts after the 56-digit one. */
+#define SEQ_55 "9999999999999999999999999999999999999999999999999999999"
+#define SEQ_56                                                                 \
+    "1000000000000000000000000000000000000000000000000000000"                  \
+    "0"
+
 struct test_record {
     const char *uuid;
     int racer;
@@ -609,6 +625,12 @@ static const struct test_record batch_0804[] = {
     {"u-0805", 82, 9, "86", "12.5", SEQ_AT("0805")},
     {"u-0806", 83, 9, "80.25", "14", SEQ_AT("0806")},
 };
+static const struct test_record batch_0807[] = {
+    {"u-0807", 81, 10, "92", "12", SEQ_AT("0807")},
+    {"u-0808", 82, 10, "86.5", "12.5", SEQ_AT("0808")},
+    {"u-0809", 83, 10, "81", "14", SEQ_AT("0809")},
+};
+
 #define COUNT_OF(a) (sizeof(a) / sizeof(a)[0])
 
 /* A batch of CP_SHARD with the given records, each at its own seq. */
@@ -627,6 +649,16 @@ static struct shard_batch *make_batch(const struct test_record *records,
             shard_batch_add(b, buf, strlen(buf), r->seq, 0, arrival, "pk"), 0);
     }
     return b;
+}
+
+/* Run the loop until the queue is empty after a job failed. */
+static void drain_expecting_fatal(struct harness *h)
+{
+    while (!pipeline_idle(h->pl))
+        uv_run(&h->loop, UV_RUN_ONCE);
+    if (h->fatal[0] == '\0')
+        test_fail(__FILE__, __LINE__,
+                  "expected the last job to fail, but every job committed");
 }
 
 /* ---- stopping a child inside its transaction ------------------------ */
@@ -940,5 +972,98 @@ TEST(checkpoint_stays_at_last_committed_batch)
     ASSERT_EQ(pipeline_counters(h.pl)->duplicates, 0);
     ASSERT_STR_EQ(read_checkpoint(h.store, CP_SHARD).seq, SEQ_AT("0806"));
     ASSERT_EQ(count_rows(&h, store_sample_count), 6);
+    harness_close(&h);
+}
+
+TEST(checkpoint_keeps_newer_after_older_batch)
+{
+    struct harness h = {0};
+    char path[4096];
+    snprintf(path, sizeof path, "%s/checkpoint-older.db", test_tmpdir());
+    harness_open(&h, path, NULL, 0);
+    h.track_checkpoints = true;
+
+    /* The first batch starts at once and the other two wait in the queue
+     * together. Each commit still leaves the checkpoint of its own batch,
+     * because jobs complete in submission order and no commit saves the
+     * position of a batch still waiting. */
+    pipeline_submit_batch(h.pl, make_batch(batch_0801, COUNT_OF(batch_0801)));
+    pipeline_submit_batch(h.pl, make_batch(batch_0804, COUNT_OF(batch_0804)));
+    pipeline_submit_batch(h.pl, make_batch(batch_0807, COUNT_OF(batch_0807)));
+    drain(&h);
+    ASSERT_EQ(h.seen_count, 3);
+    ASSERT_STR_EQ(h.seen[0], SEQ_AT("0803"));
+    ASSERT_STR_EQ(h.seen[1], SEQ_AT("0806"));
+    ASSERT_STR_EQ(h.seen[2], SEQ_AT("0809"));
+
+    /* An older batch once more, as an out-of-order completion would commit
+     * it: the store rejects its older checkpoint, the whole job rolls back
+     * and the pipeline stops. */
+    pipeline_submit_batch(h.pl, make_batch(batch_0804, COUNT_OF(batch_0804)));
+    drain_expecting_fatal(&h);
+    ASSERT_TRUE(strstr(h.fatal, "older than the stored") != NULL);
+    ASSERT_EQ(h.seen_count, 3);
+    ASSERT_STR_EQ(read_checkpoint(h.store, CP_SHARD).seq, SEQ_AT("0809"));
+    ASSERT_EQ(count_rows(&h, store_sample_count), 9);
+    harness_close(&h);
+
+    /* The newer checkpoint is what a restart resumes from. */
+    harness_open(&h, path, NULL, 0);
+    ASSERT_STR_EQ(read_checkpoint(h.store, CP_SHARD).seq, SEQ_AT("0809"));
+    harness_close(&h);
+}
+
+/* Work of one job: one segment per batch, all of CP_SHARD. */
+static struct pipeline_work *make_work(struct shard_batch *first,
+                                       struct shard_batch *second)
+{
+    struct pipeline_work *work = calloc(1, sizeof *work);
+    ASSERT_TRUE(work != NULL);
+    work->segments = calloc(2, sizeof *work->segments);
+    work->completed_shards = calloc(1, sizeof *work->completed_shards);
+    ASSERT_TRUE(work->segments != NULL);
+    ASSERT_TRUE(work->completed_shards != NULL);
+    work->segments[0] = first;
+    work->segments[1] = second;
+    work->segment_count = 2;
+    work->completed_shards[0] = strdup(CP_SHARD);
+    work->completed_count = 1;
+    return work;
+}
+
+TEST(checkpoint_compares_seqs_numerically)
+{
+    struct harness h = {0};
+    char path[4096];
+    const struct test_record at_55[] = {
+        {"u-0991", 91, 9, "90", "12", SEQ_55},
+    };
+    const struct test_record at_56[] = {
+        {"u-0992", 92, 9, "85", "12", SEQ_56},
+    };
+    snprintf(path, sizeof path, "%s/checkpoint-digits.db", test_tmpdir());
+    ASSERT_EQ(strlen(SEQ_55), 55);
+    ASSERT_EQ(strlen(SEQ_56), 56);
+    harness_open(&h, path, NULL, 0);
+
+    /* One job stores the 55-digit checkpoint and then the 56-digit one,
+     * which is the later position although it sorts first as a string. */
+    pipeline_submit_work(h.pl,
+                         make_work(make_batch(at_55, 1), make_batch(at_56, 1)));
+    drain(&h);
+    ASSERT_STR_EQ(read_checkpoint(h.store, CP_SHARD).seq, SEQ_56);
+    ASSERT_EQ(count_rows(&h, store_sample_count), 2);
+
+    /* The record at the 55-digit position delivered again must not move
+     * the checkpoint back to it. */
+    pipeline_submit_batch(h.pl, make_batch(at_55, 1));
+    drain_expecting_fatal(&h);
+    ASSERT_TRUE(strstr(h.fatal, "older than the stored") != NULL);
+    ASSERT_STR_EQ(read_checkpoint(h.store, CP_SHARD).seq, SEQ_56);
+    harness_close(&h);
+
+    harness_open(&h, path, NULL, 0);
+    ASSERT_STR_EQ(read_checkpoint(h.store, CP_SHARD).seq, SEQ_56);
+    ASSERT_EQ(count_rows(&h, store_sample_count), 2);
     harness_close(&h);
 }
