@@ -13,7 +13,7 @@
  *
  *   {"action": "GetRecords",        Kinesis action, or "*" for any
  *    "shard": "shardId-000000000000", optional: only this shard
- *    "fault": "throttle",           what to do, see FAULTS below
+ *    "fault": "throttle",           what to do, see ERRORS and handle() below
  *    "skip": 1,                     matching requests to pass first (0)
  *    "times": 3,                    requests to fault after that (no limit)
  *    "delay_ms": 2000,              for "slow"
@@ -84,6 +84,9 @@ const ERRORS = {
   limit: [400, 'LimitExceededException', 'Rate exceeded for stream.'],
   internal: [500, 'InternalFailure', 'Internal service failure.'],
   unavailable: [503, 'ServiceUnavailable', 'Service is unavailable.'],
+  /* kinesalite 3.3.3 sends this (actions/getRecords.js) for a ShardIterator
+   * it cannot decode. The request is wrong, so repeating it cannot help. */
+  invalid: [400, 'InvalidArgumentException', 'Invalid ShardIterator.'],
 };
 
 const shardOf = new Map();
