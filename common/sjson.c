@@ -774,7 +774,7 @@ static int finish_value(struct parser *p, bool *more)
 static int parse_document(struct parser *p)
 {
     for (;;) {
-        bool opened, more;
+        bool opened, more = false;
         int rc = parse_value(p, &opened);
         if (rc != SJSON_OK)
             return rc;

@@ -11,6 +11,8 @@ static struct {
 } cases[TEST_MAX_CASES];
 static int case_count;
 static char tmpdir[4096];
+/* The process that created tmpdir; a forked child that exits leaves it. */
+static pid_t tmpdir_owner;
 
 void test_register(const char *name, test_fn fn)
 {
@@ -36,7 +38,8 @@ void test_fail(const char *file, int line, const char *fmt, ...)
 
 static void remove_tmpdir(void)
 {
-    if (tmpdir[0] == '\0' || getenv("PODIUM_KEEP_TMP") != NULL)
+    if (tmpdir[0] == '\0' || getenv("PODIUM_KEEP_TMP") != NULL ||
+        getpid() != tmpdir_owner)
         return;
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
@@ -55,6 +58,7 @@ const char *test_tmpdir(void)
         perror("mkdtemp");
         exit(2);
     }
+    tmpdir_owner = getpid();
     atexit(remove_tmpdir);
     return tmpdir;
 }
