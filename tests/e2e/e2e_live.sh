@@ -22,7 +22,7 @@ main() {
     e2e_log "podium simulate: 50 riders, $SECONDS_PER_RACE seconds, 3 classes, 5% duplicates"
     "$PODIUM_BIN" simulate --racers 50 --seconds "$SECONDS_PER_RACE" --classes 3 --seed 7 \
         --duplicates 0.05 --stream "$STREAM" \
-        --set "kinesis.endpoint=http://127.0.0.1:$KINESALITE_PORT" \
+        --set "kinesis.endpoint=http://127.0.0.1:$KINESIS_PORT" \
         </dev/null >>"$E2E_DIR/simulate.log" 2>&1 ||
         e2e_fail "podium simulate exited with status $?: see $E2E_DIR/simulate.log"
 

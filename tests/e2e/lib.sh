@@ -18,10 +18,15 @@ E2E_STOP_GRACE_S=5
 E2E_DIR=""
 E2E_NAME=""
 E2E_BG_PIDS=()
-KINESALITE_PORT=""
+# The local Kinesis API that e2e_start_peers started (kinesalite or
+# kinesis-local) and its plain HTTP port.
+KINESIS_SERVER=""
+KINESIS_PORT=""
 MOSQUITTO_PORT=""
 
-# Test credentials for kinesalite, which accepts any signature.
+# Test credentials. kinesalite and kinesis-local accept any signature, but
+# both read a 12-digit access key id as an account id, so the key id has
+# letters.
 export AWS_ACCESS_KEY_ID=AKIDEXAMPLE
 export AWS_SECRET_ACCESS_KEY=SECRETEXAMPLE
 export AWS_REGION=us-east-1
@@ -32,7 +37,7 @@ e2e_log() {
 
 # Fail the test with a message. Cleanup prints the log tails.
 e2e_fail() {
-    echo "[$E2E_NAME] FAILED: $*" >&2
+    echo "[${E2E_NAME:-e2e}] FAILED: $*" >&2
     exit 1
 }
 
@@ -97,23 +102,37 @@ e2e_init() {
     e2e_log "work folder $E2E_DIR"
 }
 
+# Fail the test unless name is a Kinesis server that tools/peers.sh starts.
+e2e_check_kinesis_server() {
+    local name="$1"
+    case "$name" in
+    kinesalite | kinesis-local) ;;
+    *) e2e_fail "invalid Kinesis server '$name': expected kinesalite or kinesis-local" ;;
+    esac
+}
+
+# e2e_start_peers [SERVER]: start the Kinesis server SERVER (kinesalite, the
+# default, or kinesis-local) and mosquitto.
 e2e_start_peers() {
-    KINESALITE_PORT="$(bash "$E2E_PEERS" start kinesalite "$E2E_DIR")" ||
-        e2e_fail "kinesalite did not start: see $E2E_DIR/kinesalite.log; run 'bash tools/peers.sh install' if the npm packages are missing"
+    local server="${1:-kinesalite}"
+    e2e_check_kinesis_server "$server"
+    KINESIS_SERVER="$server"
+    KINESIS_PORT="$(bash "$E2E_PEERS" start "$server" "$E2E_DIR")" ||
+        e2e_fail "$server did not start: see $E2E_DIR/$server.log; run 'bash tools/peers.sh install' if the npm packages are missing"
     MOSQUITTO_PORT="$(bash "$E2E_PEERS" start mosquitto "$E2E_DIR")" ||
         e2e_fail "mosquitto did not start: see $E2E_DIR/mosquitto.log; install the Debian package mosquitto if it is missing"
-    e2e_log "kinesalite on 127.0.0.1:$KINESALITE_PORT, mosquitto on 127.0.0.1:$MOSQUITTO_PORT"
+    e2e_log "$server on 127.0.0.1:$KINESIS_PORT, mosquitto on 127.0.0.1:$MOSQUITTO_PORT"
 }
 
 e2e_kinesis() {
-    bash "$E2E_KINESIS_CALL" "$KINESALITE_PORT" "$@"
+    bash "$E2E_KINESIS_CALL" "$KINESIS_PORT" "$@"
 }
 
 # Create a stream and wait until it is ACTIVE.
 e2e_create_stream() {
     local stream="$1" shards="$2"
     e2e_kinesis CreateStream "{\"StreamName\":\"$stream\",\"ShardCount\":$shards}" >/dev/null ||
-        e2e_fail "CreateStream $stream with $shards shards failed on kinesalite port $KINESALITE_PORT"
+        e2e_fail "CreateStream $stream with $shards shards failed on $KINESIS_SERVER port $KINESIS_PORT"
     local deadline=$((SECONDS + 15)) summary=""
     while ((SECONDS < deadline)); do
         summary="$(e2e_kinesis DescribeStreamSummary "{\"StreamName\":\"$stream\"}" 2>&1)" || true
@@ -217,7 +236,7 @@ e2e_wait_exit() {
 }
 
 e2e_checker() {
-    node "$E2E_CHECKER" "$@" --port "$KINESALITE_PORT"
+    node "$E2E_CHECKER" "$@" --port "$KINESIS_PORT"
 }
 
 # The settings every podium run of the tests uses. The HTTP server for
@@ -226,7 +245,7 @@ e2e_podium_run_settings() {
     local stream="$1"
     printf '%s\n' \
         --set "stream.name=$stream" \
-        --set "kinesis.endpoint=http://127.0.0.1:$KINESALITE_PORT" \
+        --set "kinesis.endpoint=http://127.0.0.1:$KINESIS_PORT" \
         --set "store.path=$E2E_DIR/podium.db" \
         --set publish.transport=mqtt \
         --set "mqtt.url=mqtt://127.0.0.1:$MOSQUITTO_PORT" \
