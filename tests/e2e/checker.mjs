@@ -21,8 +21,10 @@
 //           revision 0, for debugging a mismatch.
 //
 // Options: --seconds N requires every race to have samples and leaderboards
-// for seconds 1..N. --summary FILE writes the number of unique samples and
-// the sum of outputs per race (in 1/10000 units) as JSON. --idle-s N
+// for seconds 1..N. --summary FILE writes, as JSON, the number of unique
+// samples, the sum of outputs per race (in 1/10000 units) and the
+// ChildShards that GetRecords returned at the end of each closed shard
+// (only shards whose last reply had any). --idle-s N
 // (default 3) and --timeout-s N (default 180) apply to wait.
 //
 // Exit status: 0 when the check passes, 1 when it fails, 2 on invalid
@@ -36,7 +38,8 @@ const TOP_N = 100;
 const GET_RECORDS_LIMIT = 10000;
 const MAX_REPORTED_FAILURES = 20;
 // kinesalite 3.3.3 ends a closed shard by its second empty reply at the
-// latest, and real Kinesis may return a few more before the end.
+// latest, kinesis-local 0.6.2 with the reply that returns its last records,
+// and real Kinesis may return a few more empty replies before the end.
 const MAX_EMPTY_REPLIES_OF_CLOSED_SHARD = 100;
 
 class CheckFailure extends Error {}
@@ -379,7 +382,8 @@ function callKinesis(port, action, body) {
       'Content-Type': 'application/x-amz-json-1.1',
       'X-Amz-Target': `Kinesis_20131202.${action}`,
       'X-Amz-Date': amzDate,
-      // kinesalite checks the shape of the header, not the signature.
+      // kinesalite and kinesis-local check the shape of the header, not the
+      // signature. Both read a 12-digit key id as an account id.
       Authorization:
         'AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/kinesis/aws4_request, ' +
         'SignedHeaders=host;x-amz-date, Signature=00',
@@ -393,9 +397,12 @@ function callKinesis(port, action, body) {
       response.on('end', () => {
         const text = Buffer.concat(chunks).toString('utf8');
         if (response.statusCode !== 200) {
+          // kinesis-local rejects some invalid requests, such as an unknown
+          // shard iterator, with HTTP 500 and an empty body.
           reject(
             new CheckFailure(
-              `Kinesis ${action} on 127.0.0.1:${port} failed with HTTP ${response.statusCode}: ${text}`,
+              `Kinesis ${action} on 127.0.0.1:${port} failed with HTTP ${response.statusCode}: ` +
+                `${text === '' ? '(empty body)' : text}`,
             ),
           );
           return;
@@ -411,7 +418,7 @@ function callKinesis(port, action, body) {
         err instanceof CheckFailure
           ? err
           : new CheckFailure(
-              `Kinesis ${action} on 127.0.0.1:${port} failed: ${err.message}; is kinesalite running?`,
+              `Kinesis ${action} on 127.0.0.1:${port} failed: ${err.message}; is the Kinesis server running?`,
             ),
       ),
     );
@@ -421,6 +428,8 @@ function callKinesis(port, action, body) {
 
 // Returns every shard of the stream, closed ones included, as ListShards
 // reports them (ShardId, ParentShardId, HashKeyRange, SequenceNumberRange).
+// kinesis-local sends absent members as null, so callers test members for
+// null and undefined alike.
 async function listShards(port, stream) {
   const shards = [];
   let reply = await callKinesis(port, 'ListShards', { StreamName: stream });
@@ -433,11 +442,16 @@ async function listShards(port, stream) {
   }
 }
 
-// Returns every record of the shard in sequence order. An open shard is
-// read until GetRecords returns no records. A closed shard (one with an
-// EndingSequenceNumber, the parent of a split or merge) is read until
-// GetRecords returns no NextShardIterator, because an empty reply before
-// that end does not prove that no records follow.
+// Reads the shard and returns { records, childShards }: its records in
+// sequence order, and the ChildShards of the GetRecords reply that ended a
+// closed shard (null when that reply had none, as with kinesalite).
+// An open shard is read until GetRecords returns no records. A closed shard
+// (one with an EndingSequenceNumber, the parent of a split or merge) is read
+// until GetRecords returns no NextShardIterator, absent or null, because an
+// empty reply before that end does not prove that no records follow.
+// The value of EndingSequenceNumber is never used, because kinesis-local
+// 0.6.2 reports 9223372036854775807 for every closed shard, which is
+// smaller than the shard's real sequence numbers.
 async function readShard(port, stream, shard) {
   const shardId = shard.ShardId;
   const closed = Boolean(shard.SequenceNumberRange?.EndingSequenceNumber);
@@ -447,6 +461,7 @@ async function readShard(port, stream, shard) {
     ShardIteratorType: 'TRIM_HORIZON',
   });
   const records = [];
+  let childShards = null;
   let iterator = iteratorReply.ShardIterator;
   let emptyReplies = 0;
   while (iterator) {
@@ -477,9 +492,12 @@ async function readShard(port, stream, shard) {
     } else {
       emptyReplies = 0;
     }
-    iterator = reply.NextShardIterator;
+    iterator = reply.NextShardIterator ?? null;
+    if (iterator === null && Array.isArray(reply.ChildShards) && reply.ChildShards.length > 0) {
+      childShards = reply.ChildShards;
+    }
   }
-  return records;
+  return { records, childShards };
 }
 
 async function readStream(port, stream) {
@@ -489,7 +507,8 @@ async function readStream(port, stream) {
   }
   const shards = [];
   for (const shard of listed) {
-    shards.push({ shardId: shard.ShardId, records: await readShard(port, stream, shard) });
+    const { records, childShards } = await readShard(port, stream, shard);
+    shards.push({ shardId: shard.ShardId, records, childShards });
   }
   return shards;
 }
@@ -805,6 +824,21 @@ function verify(races, capture, requiredSeconds) {
   return { failures, compared };
 }
 
+// Collects the ChildShards that ended each closed shard for the summary, as
+// { shardId: [{ ShardId, ParentShards }] }.
+function summarizeChildShards(shards) {
+  const byShard = {};
+  for (const shard of shards) {
+    if (shard.childShards !== null) {
+      byShard[shard.shardId] = shard.childShards.map((child) => ({
+        ShardId: child.ShardId,
+        ParentShards: child.ParentShards ?? [],
+      }));
+    }
+  }
+  return byShard;
+}
+
 function summarize(races) {
   let samples = 0;
   const totals = {};
@@ -921,7 +955,8 @@ async function main() {
       `${stats.conflicts} conflicts, ${races.size} races`,
   );
   if (options.summary) {
-    writeFileSync(options.summary, `${JSON.stringify(summarize(races), null, 2)}\n`);
+    const summary = { ...summarize(races), childShards: summarizeChildShards(shards) };
+    writeFileSync(options.summary, `${JSON.stringify(summary, null, 2)}\n`);
   }
 
   if (options.mode === 'expected') {

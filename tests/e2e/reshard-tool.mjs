@@ -11,9 +11,10 @@
 //        records in file order. Each record keeps the Data and
 //        PartitionKey of its line; the other fields are ignored because
 //        Kinesis assigns them.
-// split  splits the open shard ID at the midpoint of its hash key range,
-//        waits until the stream is ACTIVE and prints the ids of the two
-//        child shards, one a line, lower hash keys first.
+// split  splits the open shard ID at the midpoint of the hash key range
+//        that ListShards reports for it and waits until the stream is
+//        ACTIVE. It checks that the two child shards cover exactly the two
+//        halves and prints their ids, one a line, lower hash keys first.
 // merge  merges the open shard ID with the open shard --adjacent, whose
 //        hash key range must start right after or end right before that of
 //        ID, waits until the stream is ACTIVE and prints the id of the new
@@ -30,7 +31,8 @@ import { callKinesis, CheckFailure, listShards } from './checker.mjs';
 // Kinesis accepts at most 500 records per PutRecords call.
 const PUT_RECORDS_MAX = 500;
 // Time a stream gets to return to ACTIVE after SplitShard or MergeShards.
-// kinesalite started by tools/peers.sh takes about 50 ms (--updateStreamMs).
+// kinesalite and kinesis-local as tools/peers.sh starts them take about
+// 50 ms (--updateStreamMs, SPLIT_SHARD_DURATION and MERGE_SHARDS_DURATION).
 const ACTIVE_TIMEOUT_MS = 15000;
 const ACTIVE_POLL_MS = 100;
 
@@ -79,6 +81,7 @@ async function putLines(options) {
       Records: batch,
     });
     if (reply.FailedRecordCount !== 0) {
+      // A record that succeeded has no ErrorCode, or null in kinesis-local.
       const firstError = (reply.Records ?? []).find((r) => r.ErrorCode);
       fail(
         `PutRecords of lines ${options.from + start}..${options.from + start + batch.length - 1} ` +
@@ -93,6 +96,8 @@ async function putLines(options) {
   );
 }
 
+// kinesis-local reports EndingSequenceNumber null for an open shard and a
+// sentinel for a closed one, so only its presence is used.
 function isOpen(shard) {
   return !shard.SequenceNumberRange?.EndingSequenceNumber;
 }
@@ -141,10 +146,19 @@ async function openChildren(port, stream, parentId) {
     });
 }
 
+function hashKeyRange(shard) {
+  return {
+    start: BigInt(shard.HashKeyRange.StartingHashKey),
+    end: BigInt(shard.HashKeyRange.EndingHashKey),
+  };
+}
+
+// The split point comes from the shard's own range, because kinesis-local
+// 0.6.2 ends the first of 2 shards one hash key below where Kinesis does
+// (...105726, not ...105727).
 async function splitShard(options) {
   const shard = await findOpenShard(options.port, options.stream, options.shard);
-  const start = BigInt(shard.HashKeyRange.StartingHashKey);
-  const end = BigInt(shard.HashKeyRange.EndingHashKey);
+  const { start, end } = hashKeyRange(shard);
   if (end - start < 1n) {
     fail(`shard ${options.shard} covers the single hash key ${start} and cannot be split`);
   }
@@ -163,6 +177,15 @@ async function splitShard(options) {
     fail(
       `expected 2 open children of ${options.shard} after SplitShard, ` +
         `ListShards lists ${children.length}: ${children.map((c) => c.ShardId).join(', ')}`,
+    );
+  }
+  const lower = hashKeyRange(children[0]);
+  const upper = hashKeyRange(children[1]);
+  if (lower.start !== start || lower.end !== midpoint - 1n || upper.start !== midpoint || upper.end !== end) {
+    fail(
+      `the children of ${options.shard} (hash keys ${start}..${end}, split at ${midpoint}) ` +
+        `do not cover its two halves: ${children[0].ShardId} has ${lower.start}..${lower.end}, ` +
+        `${children[1].ShardId} has ${upper.start}..${upper.end}`,
     );
   }
   console.error(
@@ -199,6 +222,15 @@ async function mergeShards(options) {
     fail(
       `expected 1 open child of ${options.shard} after MergeShards, ` +
         `ListShards lists ${children.length}: ${children.map((c) => c.ShardId).join(', ')}`,
+    );
+  }
+  const merged = hashKeyRange(children[0]);
+  const low = shardStart < adjacentStart ? shardStart : adjacentStart;
+  const high = shardEnd > adjacentEnd ? shardEnd : adjacentEnd;
+  if (merged.start !== low || merged.end !== high) {
+    fail(
+      `the child ${children[0].ShardId} of ${options.shard} and ${options.adjacent} has hash keys ` +
+        `${merged.start}..${merged.end}, expected their union ${low}..${high}`,
     );
   }
   console.error(
