@@ -2,14 +2,15 @@
 podium_test(test_pipeline test_pipeline.c
     LIBS podium_daemon PkgConfig::SQLITE3)
 
-# End-to-end tests: the podium binary against kinesalite and mosquitto,
-# started by tools/peers.sh on loopback ports. They need
+# End-to-end tests: the podium binary against kinesalite (or kinesis-local)
+# and mosquitto, started by tools/peers.sh on loopback ports. They need
 # `bash tools/peers.sh install` (tools/deps.sh runs it) and fail, never
 # skip, when a peer cannot start. Work folders go to e2e-work in the build
 # folder, where tools/test.sh stops any peer left by a killed test.
+# Arguments after the script are passed to it.
 function(podium_e2e_test name script)
     add_test(NAME ${name}
-        COMMAND bash ${PROJECT_SOURCE_DIR}/tests/e2e/${script})
+        COMMAND bash ${PROJECT_SOURCE_DIR}/tests/e2e/${script} ${ARGN})
     set_tests_properties(${name} PROPERTIES
         TIMEOUT 600
         ENVIRONMENT "PODIUM_BIN=$<TARGET_FILE:podium>;PODIUM_SOURCE_DIR=${PROJECT_SOURCE_DIR};PODIUM_E2E_WORK_ROOT=${CMAKE_BINARY_DIR}/e2e-work")
@@ -17,7 +18,8 @@ endfunction()
 
 podium_e2e_test(e2e_live e2e_live.sh)
 podium_e2e_test(e2e_crash crash.sh)
-podium_e2e_test(e2e_reshard reshard.sh)
+podium_e2e_test(e2e_reshard reshard.sh kinesalite)
+podium_e2e_test(e2e_reshard_kinesis_local reshard.sh kinesis-local)
 
 # The checker's own rules on hand-computed cases; needs only node.
 add_test(NAME e2e_checker_rules
