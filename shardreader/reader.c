@@ -8,8 +8,8 @@
  * through
  *     IDLE -> ITERATOR -> READING <-> COMMIT -> FINISHED
  * IDLE: known but not readable yet, because a parent (ParentShardId or
- * AdjacentParentShardId) is not finished. A parent that ListShards no
- * longer lists (aged out past retention) does not block a listed child.
+ * AdjacentParentShardId) is not finished. A known parent that a later
+ * listing no longer includes (aged out past retention) does not block.
  * ITERATOR: a GetShardIterator call is due or in flight. READING: a
  * GetRecords call is due or in flight, at most one per poll_interval_ms
  * (5 per second at the 200 ms minimum, the per-shard limit). An empty
@@ -119,9 +119,13 @@ struct shard {
     char *id;
     char *parent_id; /* owned, NULL when none */
     char *adjacent_parent_id;
-    bool listed;    /* in the latest ListShards result */
-    bool announced; /* named in a parent's ChildShards */
-    bool closed;    /* ListShards showed an EndingSequenceNumber */
+    bool listed; /* in the latest ListShards result */
+    /* Known before the latest listing was requested and missing from it:
+     * aged out past retention, so it holds no child back. */
+    bool aged_out;
+    uint64_t known_since; /* list_generation when the shard was added */
+    bool announced;       /* named in a parent's ChildShards */
+    bool closed;          /* ListShards showed an EndingSequenceNumber */
     enum shard_state state;
     /* Committed checkpoint (owned, NULL when none). */
     char *checkpoint_seq;
@@ -176,6 +180,7 @@ struct reader {
     struct httpc_call *list_call;
     struct shard_listing listing;
     uint32_t list_attempt;
+    uint64_t list_generation; /* listings started, counted at page one */
     bool started;
     bool handles_ready; /* reader_start succeeded: timers exist */
     bool ready;         /* the first listing completed */
@@ -333,6 +338,7 @@ static struct shard *add_shard(struct reader *rd, const char *id)
         return NULL;
     }
     sh->rd = rd;
+    sh->known_since = rd->list_generation;
     sh->millis_behind = -1;
     sh->timer.data = sh;
     if (rd->handles_ready)
@@ -1160,13 +1166,18 @@ static void records_reply(void *arg, const struct aws_reply *reply)
 
 /* ---- which shards to read ---------------------------------------------- */
 
-/* True when parent_id does not hold sh back: finished, or not listed. */
+/*
+ * True when parent_id does not hold a child back: finished, aged out, or
+ * unknown. A parent that only ChildShards named, or that a listing
+ * requested before it existed missed, is not aged out: it is read first.
+ */
 static bool parent_done(const struct reader *rd, const char *parent_id)
 {
     if (parent_id == NULL)
         return true;
     const struct shard *parent = find_shard(rd, parent_id);
-    return parent == NULL || !parent->listed || parent->state == SHARD_FINISHED;
+    return parent == NULL || parent->aged_out ||
+           parent->state == SHARD_FINISHED;
 }
 
 /* Start every listed shard whose parents are all done. */
@@ -1175,8 +1186,7 @@ static void start_ready_shards(struct reader *rd)
     for (size_t i = 0; i < rd->shard_count && !rd->stopping; i++) {
         struct shard *sh = rd->shards[i];
         /* A child that only ChildShards named so far may start once the
-         * reader knows all its parents; a listed shard's parents that are
-         * no longer listed have aged out and hold nothing back. */
+         * reader knows all its parents. */
         if (sh->state != SHARD_IDLE ||
             !(sh->listed || (sh->announced && parents_known(rd, sh))))
             continue;
@@ -1298,6 +1308,7 @@ static int desc_cmp(const void *a, const void *b)
 static int update_shard(struct shard *sh, const struct shard_desc *d)
 {
     sh->listed = true;
+    sh->aged_out = false;
     sh->closed = d->closed;
     if (sh->parent_id == NULL && d->parent_id != NULL &&
         (sh->parent_id = strdup(d->parent_id)) == NULL)
@@ -1320,8 +1331,13 @@ static int apply_listing(struct reader *rd)
 
     if (l->count > 1)
         qsort(l->items, l->count, sizeof *l->items, desc_cmp);
-    for (size_t i = 0; i < rd->shard_count; i++)
-        rd->shards[i]->listed = false;
+    /* A shard added while this listing was in flight may be missing from it
+     * only because it is newer than the listing. */
+    for (size_t i = 0; i < rd->shard_count; i++) {
+        struct shard *sh = rd->shards[i];
+        sh->listed = false;
+        sh->aged_out = sh->known_since < rd->list_generation;
+    }
     for (size_t i = 0; i < l->count && rc == 0; i++) {
         const struct shard_desc *d = &l->items[i];
         if (i > 0 && strcmp(d->id, l->items[i - 1].id) == 0)
@@ -1486,12 +1502,14 @@ static void list_send(struct reader *rd)
 
     if (rd->stopping || rd->list_call != NULL)
         return;
-    if (token != NULL)
+    if (token != NULL) {
         req = json_pack("{s:s, s:i}", "NextToken", token, "MaxResults",
                         SHARD_LIST_PAGE_SIZE);
-    else
+    } else {
+        rd->list_generation++;
         req = json_pack("{s:s, s:i}", "StreamName", rd->stream, "MaxResults",
                         SHARD_LIST_PAGE_SIZE);
+    }
     if (req != NULL)
         body = json_dumps(req, JSON_COMPACT);
     json_decref(req);
