@@ -5,4 +5,6 @@ target_link_libraries(podium_kinesis_testlib
 
 podium_test(test_shardreader test_shardreader.c
     LIBS podium_kinesis_testlib m TIMEOUT 120)
+podium_test(test_reader_faults test_reader_faults.c
+    LIBS podium_kinesis_testlib m TIMEOUT 120)
 podium_test(test_kpl test_kpl.c LIBS podium_shardreader PkgConfig::LIBCRYPTO)
