@@ -1,6 +1,6 @@
 /*
  * Helpers shared by the reader and the putter (internal to shardreader/):
- * classifying Kinesis replies, backoff with full jitter, and reading reply
+ * classifying Kinesis replies, exponential backoff with jitter, and reading reply
  * bodies with jansson.
  */
 #ifndef PODIUM_SHARDREADER_KINESIS_H
