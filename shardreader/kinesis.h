@@ -1,7 +1,7 @@
 /*
  * Helpers shared by the reader and the putter (internal to shardreader/):
- * classifying Kinesis replies, exponential backoff with jitter, and reading reply
- * bodies with jansson.
+ * classifying Kinesis replies, exponential backoff with jitter, and reading
+ * reply bodies with jansson.
  */
 #ifndef PODIUM_SHARDREADER_KINESIS_H
 #define PODIUM_SHARDREADER_KINESIS_H
