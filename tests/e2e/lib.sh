@@ -11,6 +11,7 @@ E2E_SOURCE_DIR="${PODIUM_SOURCE_DIR:-$(cd "$E2E_LIB_DIR/../.." && pwd)}"
 E2E_PEERS="$E2E_SOURCE_DIR/tools/peers.sh"
 E2E_KINESIS_CALL="$E2E_SOURCE_DIR/tools/kinesis-call.sh"
 E2E_CHECKER="$E2E_LIB_DIR/checker.mjs"
+E2E_FAULT_PROXY="$E2E_SOURCE_DIR/tests/kinesis-fault-proxy.js"
 
 # Seconds a started process gets between SIGTERM and SIGKILL in cleanup.
 E2E_STOP_GRACE_S=5
@@ -23,6 +24,8 @@ E2E_BG_PIDS=()
 KINESIS_SERVER=""
 KINESIS_PORT=""
 MOSQUITTO_PORT=""
+# The port of the fault proxy that e2e_start_fault_proxy started last.
+FAULT_PROXY_PORT=""
 
 # Test credentials. kinesalite and kinesis-local accept any signature, but
 # both read a 12-digit access key id as an account id, so the key id has
@@ -124,8 +127,67 @@ e2e_start_peers() {
     e2e_log "$server on 127.0.0.1:$KINESIS_PORT, mosquitto on 127.0.0.1:$MOSQUITTO_PORT"
 }
 
+# e2e_start_fault_proxy NAME: start tests/kinesis-fault-proxy.js in front of
+# the Kinesis server of e2e_start_peers and set FAULT_PROXY_PORT. The proxy
+# reads its rules from E2E_DIR/NAME-rules.json, which does not exist (no
+# faults) until e2e_set_fault_rules writes it, and appends every request
+# and GetRecords reply to E2E_DIR/NAME-requests.jsonl.
+e2e_start_fault_proxy() {
+    local name="$1"
+    local port_file="$E2E_DIR/$name.port"
+    rm -f "$port_file"
+    e2e_start_bg "$name" node -r "$E2E_SOURCE_DIR/tools/force-loopback.cjs" "$E2E_FAULT_PROXY" \
+        "$KINESIS_PORT" "$E2E_DIR/$name-rules.json" "$E2E_DIR/$name-requests.jsonl" "$port_file"
+    local pid="$E2E_LAST_PID" deadline=$((SECONDS + 15))
+    until [[ -s "$port_file" ]]; do
+        e2e_pid_alive "$pid" ||
+            e2e_fail "the fault proxy $name exited before it wrote its port: see $E2E_DIR/$name.log"
+        ((SECONDS < deadline)) ||
+            e2e_fail "the fault proxy $name wrote no port to $port_file within 15s: see $E2E_DIR/$name.log"
+        sleep 0.1
+    done
+    FAULT_PROXY_PORT="$(cat "$port_file")"
+    e2e_log "fault proxy $name on 127.0.0.1:$FAULT_PROXY_PORT in front of port $KINESIS_PORT"
+}
+
+# e2e_set_fault_rules NAME JSON: replace the rules of the fault proxy NAME.
+# The file is renamed into place, so the proxy never reads half of it, and
+# the proxy applies the rules from its next request on with fresh counters.
+e2e_set_fault_rules() {
+    local name="$1" rules="$2"
+    local file="$E2E_DIR/$name-rules.json"
+    printf '%s\n' "$rules" >"$file.tmp"
+    mv "$file.tmp" "$file"
+}
+
 e2e_kinesis() {
     bash "$E2E_KINESIS_CALL" "$KINESIS_PORT" "$@"
+}
+
+# e2e_put_record STREAM DATA PARTITION_KEY [EXPLICIT_HASH_KEY]: put one
+# record straight to the Kinesis server and print "SHARD_ID SEQUENCE_NUMBER".
+e2e_put_record() {
+    local stream="$1" data="$2" partition_key="$3" hash_key="${4:-}"
+    local body reply
+    body="{\"StreamName\":\"$stream\",\"PartitionKey\":\"$partition_key\",\"Data\":\"$(printf '%s' "$data" | base64 -w0)\""
+    [[ -z "$hash_key" ]] || body+=",\"ExplicitHashKey\":\"$hash_key\""
+    body+="}"
+    reply="$(e2e_kinesis PutRecord "$body" 2>&1)" ||
+        e2e_fail "PutRecord to $stream on port $KINESIS_PORT failed: $reply"
+    if [[ "$reply" =~ \"ShardId\":\"([^\"]+)\" ]]; then
+        local shard="${BASH_REMATCH[1]}"
+        if [[ "$reply" =~ \"SequenceNumber\":\"([0-9]+)\" ]]; then
+            echo "$shard ${BASH_REMATCH[1]}"
+            return 0
+        fi
+    fi
+    e2e_fail "PutRecord to $stream returned no ShardId and SequenceNumber: $reply"
+}
+
+# e2e_sql DB SQL: run a query on podium's store while podium writes to it,
+# waiting up to 5 s for its locks.
+e2e_sql() {
+    sqlite3 -cmd '.timeout 5000' "$1" "$2"
 }
 
 # Create a stream and wait until it is ACTIVE.
