@@ -21,6 +21,7 @@ podium_e2e_test(e2e_crash crash.sh)
 podium_e2e_test(e2e_reshard reshard.sh kinesalite)
 podium_e2e_test(e2e_reshard_kinesis_local reshard.sh kinesis-local)
 podium_e2e_test(e2e_stall stall.sh)
+podium_e2e_test(e2e_throttle throttle.sh)
 
 # The checker's own rules on hand-computed cases; needs only node.
 add_test(NAME e2e_checker_rules
