@@ -110,7 +110,8 @@ static void file_schedule_retry(struct publisher *pub, int error)
 {
     struct pub_file *f = &pub->file;
     uint64_t rng = uv_hrtime() | 1;
-    uint64_t delay_ms = pub_backoff_next(&f->retry_ms, &rng);
+    uint64_t delay_ms =
+        pub_backoff_next(&f->retry_ms, PUB_BACKOFF_MAX_MS, &rng);
     uint32_t suppressed;
 
     if (log_limit_allow(&f->log_limit, uv_now(pub->loop), &suppressed)) {

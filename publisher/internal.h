@@ -16,13 +16,19 @@
 #include "publisher/publisher.h"
 
 #define PUB_LOG_MODULE "publish"
+/* Maximum reconnect or retry delay of the MQTT and file transports. */
+#define PUB_BACKOFF_MAX_MS 30000
 
 struct mosquitto;
+struct httpc;
+struct aws_client;
+struct iot_topic;
 
 /* One submitted message; topic and payload live in the same allocation. */
 struct pub_message {
     struct pub_message *prev;
     struct pub_message *next;
+    struct pub_message *topic_next; /* IoT: next message of the same topic */
     int64_t id;
     int mid;        /* MQTT packet id on the current connection, or 0 */
     uint32_t sends; /* times the message was sent, resends included */
@@ -34,17 +40,19 @@ struct pub_message {
 };
 
 /*
- * Messages in submission order. The messages sent on the current connection
- * and not yet acknowledged always form a prefix of the list, because sends
- * go in order and an acknowledged message leaves the list. next_send marks
- * the end of that prefix.
+ * Messages in submission order. For MQTT and file, the messages sent on the
+ * current connection and not yet acknowledged always form a prefix of the
+ * list, because sends go in order and an acknowledged message leaves the
+ * list. next_send marks the end of that prefix. The IoT transport keeps its
+ * own order per topic (struct pub_iot) and uses this list only to count and
+ * free messages, never next_send.
  */
 struct pub_queue {
     struct pub_message *head;
     struct pub_message *tail;
     struct pub_message *next_send; /* first message not sent yet, or NULL */
     size_t length;
-    size_t inflight; /* messages from head up to next_send */
+    size_t inflight; /* messages sent and not acknowledged or failed */
 };
 
 enum pub_poll_state { PUB_POLL_NONE, PUB_POLL_ACTIVE, PUB_POLL_CLOSING };
@@ -86,6 +94,42 @@ struct pub_file {
     struct log_limit log_limit;
 };
 
+/* Topics in a list of the IoT transport, oldest first. */
+struct iot_topic_list {
+    struct iot_topic *head;
+    struct iot_topic *tail;
+};
+
+/*
+ * IoT transport state. Each topic with queued messages has an entry in a
+ * hash table. The entry is in the ready list, sending, or in the waiting
+ * list until its retry time. See iot.c for the retry rules.
+ */
+struct pub_iot {
+    struct httpc *http;        /* owned */
+    struct aws_client *client; /* owned; signs with service "iotdata" */
+    char *endpoint_url;        /* owned, for logs */
+    uv_timer_t timer;          /* wakes the sender at the next retry time */
+    struct iot_topic **buckets;
+    size_t bucket_count; /* a power of 2 */
+    size_t topic_count;
+    struct iot_topic_list ready;   /* can be sent now, oldest first */
+    struct iot_topic_list waiting; /* head message failed; wait for retry */
+    unsigned max_inflight;
+    long timeout_ms;
+    uint64_t retry_min_ms;
+    uint64_t retry_max_ms;
+    uint64_t backoff_ms;     /* next pause after a failure */
+    uint64_t pause_until_ms; /* no request starts before this loop time */
+    uint64_t generation;     /* counts pauses; see iot_handle_failure */
+    bool probing;            /* one request at a time until a 2xx reply */
+    bool last_ok;            /* the last finished request got 2xx */
+    uint32_t failures_since_ok;
+    uint64_t rng_state;
+    struct log_limit log_limit;          /* failure warnings */
+    struct log_limit recovery_log_limit; /* "works again" lines */
+};
+
 struct publisher {
     uv_loop_t *loop;
     enum pub_transport transport;
@@ -103,17 +147,22 @@ struct publisher {
     struct pub_stats stats;
     struct pub_mqtt mqtt;
     struct pub_file file;
+    struct pub_iot iot;
 };
 
 /* publisher.c: queue and handle helpers, loop thread only. */
 void pub_queue_rewind(struct pub_queue *queue);
 struct pub_message *pub_queue_find_sent(const struct pub_queue *queue, int mid);
 void pub_queue_mark_sent(struct publisher *pub, struct pub_message *msg);
+void pub_count_send(struct publisher *pub, struct pub_message *msg);
 void pub_message_acked(struct publisher *pub, struct pub_message *msg);
 void pub_report_acks(struct publisher *pub);
 void pub_handle_opened(struct publisher *pub, uv_handle_t *handle);
 void pub_close_handle(struct publisher *pub, uv_handle_t *handle);
-uint64_t pub_backoff_next(uint64_t *backoff_ms, uint64_t *rng_state);
+void pub_module_closed(void *arg);
+uint64_t pub_jitter(uint64_t base_ms, uint64_t *rng_state);
+uint64_t pub_backoff_next(uint64_t *backoff_ms, uint64_t max_ms,
+                          uint64_t *rng_state);
 
 /* topic.c */
 int pub_topic_check(const char *topic, size_t len, char *err, size_t err_len);
@@ -125,6 +174,14 @@ void mqtt_kick(struct publisher *pub);
 void mqtt_close(struct publisher *pub);
 void mqtt_handle_closed(struct publisher *pub, uv_handle_t *handle);
 void mqtt_free(struct publisher *pub);
+
+/* iot.c */
+int iot_open(struct publisher *pub, const struct pub_config *cfg, char *err,
+             size_t err_len);
+int iot_enqueue(struct publisher *pub, struct pub_message *msg);
+void iot_kick(struct publisher *pub);
+void iot_close(struct publisher *pub);
+void iot_free(struct publisher *pub);
 
 /* file.c */
 int file_open(struct publisher *pub, const struct pub_config *cfg, char *err,

@@ -319,7 +319,8 @@ static void mqtt_drop_connection(struct publisher *pub)
     struct pub_mqtt *m = &pub->mqtt;
     bool was_connected = m->connected;
     size_t unacked = pub->queue.inflight;
-    uint64_t delay_ms = pub_backoff_next(&m->backoff_ms, &m->rng_state);
+    uint64_t delay_ms =
+        pub_backoff_next(&m->backoff_ms, PUB_BACKOFF_MAX_MS, &m->rng_state);
     uint32_t suppressed;
 
     if (m->poll_state == PUB_POLL_ACTIVE) {

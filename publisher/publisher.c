@@ -2,25 +2,29 @@
  * Publisher dispatch and message queue.
  *
  * Queue. publisher_submit checks a message, copies it into one allocation
- * and appends it to a queue in submission order. The transport sends from
- * the front of the queue: the MQTT transport keeps at most max_inflight
- * messages on the wire (PUBLISH sent, PUBACK not yet received) and stores
- * each one's MQTT packet id (mid); the file transport writes one line at a
- * time.
+ * and appends it to a queue in submission order. The MQTT and file
+ * transports send from the front of the queue: the MQTT transport keeps at
+ * most max_inflight messages on the wire (PUBLISH sent, PUBACK not yet
+ * received) and stores each one's MQTT packet id (mid); the file transport
+ * writes one line at a time. The IoT transport (iot.c) keeps the messages
+ * of each topic in a list of its own and sends topics in parallel.
  *
- * Acknowledgement. A PUBACK for a mid, or a line written completely, moves
- * the message from the queue to the acked list. ack_cb runs for it later in
- * the same loop callback, after libmosquitto has returned, so that ack_cb
- * may call publisher_submit or publisher_close. A message leaves the queue
- * once, so ack_cb runs at most once for each message.
+ * Acknowledgement. A PUBACK for a mid, a line written completely, or a 2xx
+ * reply of the IoT data plane moves the message from the queue to the
+ * acked list. ack_cb runs for it later in the same loop callback, after
+ * libmosquitto or libcurl has returned, so that ack_cb may call
+ * publisher_submit or publisher_close. A message leaves the queue once, so
+ * ack_cb runs at most once for each message.
  *
- * Resend. Sends go in order and only acknowledged messages leave the queue,
- * so the messages sent and not acknowledged are always a prefix of the
- * queue. When a connection is lost, pub_queue_rewind() forgets their mids
- * and moves the send point back to the head: after the next CONNACK every
- * unacknowledged message is sent again, in order, from the stored bytes. A
- * message that reached the broker before the connection broke, but whose
- * PUBACK did not arrive, is delivered twice (at least once delivery).
+ * Resend. For MQTT, sends go in order and only acknowledged messages leave
+ * the queue, so the messages sent and not acknowledged are always a prefix
+ * of the queue. When a connection is lost, pub_queue_rewind() forgets their
+ * mids and moves the send point back to the head: after the next CONNACK
+ * every unacknowledged message is sent again, in order, from the stored
+ * bytes. A message that reached the broker before the connection broke, but
+ * whose PUBACK did not arrive, is delivered twice (at least once delivery).
+ * The IoT transport resends a message whose request failed from the same
+ * stored bytes.
  */
 #include "publisher/internal.h"
 
@@ -62,9 +66,14 @@ static void queue_push(struct pub_queue *queue, struct pub_message *msg)
     queue->length++;
 }
 
-/* Remove a sent message (one before next_send) from the queue. */
+/*
+ * Remove a sent message from the queue. For MQTT and file it is one before
+ * next_send; the IoT transport acknowledges messages anywhere in the queue.
+ */
 static void queue_unlink_sent(struct pub_queue *queue, struct pub_message *msg)
 {
+    if (queue->next_send == msg)
+        queue->next_send = msg->next;
     if (msg->prev != NULL)
         msg->prev->next = msg->next;
     else
@@ -105,15 +114,21 @@ struct pub_message *pub_queue_find_sent(const struct pub_queue *queue, int mid)
     return NULL;
 }
 
+/* Count one send of msg in the message and the stats. */
+void pub_count_send(struct publisher *pub, struct pub_message *msg)
+{
+    msg->sends++;
+    pub->stats.sent++;
+    if (msg->sends > 1)
+        pub->stats.resent++;
+}
+
 /* Advance the send point past msg, which must be queue->next_send. */
 void pub_queue_mark_sent(struct publisher *pub, struct pub_message *msg)
 {
     pub->queue.next_send = msg->next;
     pub->queue.inflight++;
-    msg->sends++;
-    pub->stats.sent++;
-    if (msg->sends > 1)
-        pub->stats.resent++;
+    pub_count_send(pub, msg);
 }
 
 /*
@@ -155,10 +170,9 @@ void pub_report_acks(struct publisher *pub)
     }
 }
 
-/* Draw a reconnect or retry delay and double *backoff_ms up to 30 s. */
-uint64_t pub_backoff_next(uint64_t *backoff_ms, uint64_t *rng_state)
+/* Draw a delay between base_ms / 2 and base_ms. */
+uint64_t pub_jitter(uint64_t base_ms, uint64_t *rng_state)
 {
-    uint64_t base = *backoff_ms;
     uint64_t x = *rng_state;
 
     /* xorshift64: jitter needs no cryptographic quality. */
@@ -167,9 +181,18 @@ uint64_t pub_backoff_next(uint64_t *backoff_ms, uint64_t *rng_state)
     x ^= x << 17;
     *rng_state = x;
 
-    *backoff_ms = base * 2 > 30000 ? 30000 : base * 2;
     /* Half fixed, half random, so that many clients spread out. */
-    return base / 2 + x % (base / 2 + 1);
+    return base_ms / 2 + x % (base_ms / 2 + 1);
+}
+
+/* Draw a reconnect or retry delay and double *backoff_ms up to max_ms. */
+uint64_t pub_backoff_next(uint64_t *backoff_ms, uint64_t max_ms,
+                          uint64_t *rng_state)
+{
+    uint64_t base = *backoff_ms;
+
+    *backoff_ms = base * 2 > max_ms ? max_ms : base * 2;
+    return pub_jitter(base, rng_state);
 }
 
 static void free_messages(struct pub_message *msg)
@@ -191,6 +214,8 @@ static void finish_close(struct publisher *pub)
     free_messages(pub->acked_head);
     if (pub->transport == PUB_MQTT)
         mqtt_free(pub);
+    else if (pub->transport == PUB_IOT)
+        iot_free(pub);
     else
         file_free(pub);
     free(pub);
@@ -198,15 +223,26 @@ static void finish_close(struct publisher *pub)
         closed_cb(arg);
 }
 
+/*
+ * Count one closed handle or module (such as the IoT transport's HTTP
+ * client) of pub, given as arg, and free pub after the last one.
+ */
+void pub_module_closed(void *arg)
+{
+    struct publisher *pub = arg;
+
+    pub->open_handles--;
+    if (pub->closing && pub->open_handles == 0)
+        finish_close(pub);
+}
+
 static void on_handle_closed(uv_handle_t *handle)
 {
     struct publisher *pub = handle->data;
 
-    pub->open_handles--;
     if (pub->transport == PUB_MQTT)
         mqtt_handle_closed(pub, handle);
-    if (pub->closing && pub->open_handles == 0)
-        finish_close(pub);
+    pub_module_closed(pub);
 }
 
 /* Count an initialized handle of pub; it must be closed with
@@ -231,12 +267,8 @@ struct publisher *publisher_new(uv_loop_t *loop, const struct pub_config *cfg,
     struct publisher *pub;
     int rc;
 
-    if (cfg->transport == PUB_IOT) {
-        snprintf(err, err_len,
-                 "publish.transport iot is not available in this build");
-        return NULL;
-    }
-    if (cfg->transport != PUB_MQTT && cfg->transport != PUB_FILE) {
+    if (cfg->transport != PUB_MQTT && cfg->transport != PUB_IOT &&
+        cfg->transport != PUB_FILE) {
         snprintf(err, err_len, "unknown publish transport %d",
                  (int)cfg->transport);
         return NULL;
@@ -259,6 +291,8 @@ struct publisher *publisher_new(uv_loop_t *loop, const struct pub_config *cfg,
      * a failed open leaves nothing to close. */
     if (cfg->transport == PUB_MQTT)
         rc = mqtt_open(pub, cfg, err, err_len);
+    else if (cfg->transport == PUB_IOT)
+        rc = iot_open(pub, cfg, err, err_len);
     else
         rc = file_open(pub, cfg, err, err_len);
     if (rc != 0) {
@@ -285,9 +319,15 @@ int publisher_submit(struct publisher *pub, int64_t id, const char *topic,
     msg = message_new(id, topic, topic_len, payload, payload_len);
     if (msg == NULL)
         return -1;
+    if (pub->transport == PUB_IOT && iot_enqueue(pub, msg) != 0) {
+        free(msg);
+        return -1;
+    }
     queue_push(&pub->queue, msg);
     if (pub->transport == PUB_MQTT)
         mqtt_kick(pub);
+    else if (pub->transport == PUB_IOT)
+        iot_kick(pub);
     else
         file_kick(pub);
     return 0;
@@ -302,6 +342,8 @@ bool publisher_connected(const struct publisher *pub)
 {
     if (pub->transport == PUB_MQTT)
         return pub->mqtt.connected;
+    if (pub->transport == PUB_IOT)
+        return pub->iot.last_ok;
     return true;
 }
 
@@ -325,6 +367,8 @@ void publisher_close(struct publisher *pub, void (*closed_cb)(void *arg),
     pub->closed_arg = arg;
     if (pub->transport == PUB_MQTT)
         mqtt_close(pub);
+    else if (pub->transport == PUB_IOT)
+        iot_close(pub);
     else
         file_close(pub);
 }

@@ -1,10 +1,12 @@
 /*
  * Publishing messages from the outbox: MQTT 3.1.1 at QoS 1 through
  * libmosquitto driven by the libuv loop, JSON lines to a file or standard
- * output, and (later) the AWS IoT Core data plane over HTTPS. Messages are
- * sent in submission order; a message is acknowledged to the caller only
- * once the broker sent PUBACK or the line was written, and is sent again,
- * byte for byte, after a reconnect until then.
+ * output, or the AWS IoT Core data plane (HTTPS Publish, SigV4-signed). A
+ * message is acknowledged to the caller only once the broker sent PUBACK,
+ * the line was written or the data plane replied 2xx, and is sent again,
+ * byte for byte, until then. MQTT and file send in submission order; the
+ * IoT transport keeps submission order within each topic and sends
+ * different topics in parallel.
  */
 #ifndef PODIUM_PUBLISHER_PUBLISHER_H
 #define PODIUM_PUBLISHER_PUBLISHER_H
@@ -23,6 +25,8 @@
 
 enum pub_transport { PUB_MQTT, PUB_IOT, PUB_FILE };
 
+struct aws_credentials;
+
 struct pub_config {
     enum pub_transport transport;
     const char *file_path; /* PUB_FILE: path, or "-" for standard output */
@@ -32,6 +36,14 @@ struct pub_config {
     const char *mqtt_cert_file;
     const char *mqtt_key_file;
     size_t max_inflight; /* messages sent but not acknowledged */
+    /* PUB_IOT: data plane URL such as https://xxx-ats.iot.REGION.amazonaws.com,
+     * the SigV4 signing region, and credentials (copied). */
+    const char *iot_endpoint;
+    const char *iot_region;
+    const struct aws_credentials *iot_credentials;
+    long iot_timeout_ms;       /* one request, connect included; 0: 10 s */
+    uint32_t iot_retry_min_ms; /* first retry delay; 0: 500 ms */
+    uint32_t iot_retry_max_ms; /* maximum retry delay; 0: 30 s */
 };
 
 struct publisher;
@@ -61,16 +73,28 @@ int publisher_submit(struct publisher *pub, int64_t id, const char *topic,
 /* Messages submitted and not yet acknowledged. */
 size_t publisher_pending(const struct publisher *pub);
 
-/* True while connected (always true for the file transport). */
+/*
+ * True while connected: MQTT after CONNACK, always for the file transport.
+ * The IoT transport has no lasting connection, so it returns whether the
+ * last request that finished got a 2xx reply (true before the first one).
+ */
 bool publisher_connected(const struct publisher *pub);
 
 /* Counters since publisher_new, for metrics and tests. */
 struct pub_stats {
     uint64_t connect_attempts; /* MQTT connections started */
     uint64_t connections;      /* MQTT connections accepted by CONNACK */
-    uint64_t sent;   /* PUBLISH packets or lines written, resends included */
+    uint64_t sent;   /* PUBLISH packets, lines or IoT requests, resends too */
     uint64_t resent; /* sends of a message that was sent before */
-    uint64_t acked;  /* messages acknowledged by the broker or written */
+    uint64_t acked;  /* messages acknowledged, written or given a 2xx reply */
+    /* IoT requests that failed, by cause. Each one is retried. */
+    uint64_t failed_throttled; /* HTTP 429 or ThrottlingException */
+    uint64_t failed_server;    /* HTTP 5xx */
+    uint64_t failed_auth;      /* HTTP 401 or 403 */
+    uint64_t failed_status;    /* any other status outside 2xx */
+    uint64_t failed_timeout;   /* no complete reply within the timeout */
+    uint64_t failed_network;   /* connect failed, reset or broken reply */
+    uint64_t failed_local;     /* the request could not be built or started */
 };
 
 /* Copy the counters into out. */

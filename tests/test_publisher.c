@@ -787,10 +787,6 @@ TEST(publisher_rejects_invalid_config)
         "mqtt://[::1",           "mqtt://user@host", "mqtt://host:",
     };
 
-    cfg.transport = PUB_IOT;
-    expect_config_error(&cfg, "publish.transport iot is not available in this "
-                              "build");
-    cfg.transport = PUB_MQTT;
     for (size_t i = 0; i < sizeof bad_urls / sizeof bad_urls[0]; i++) {
         cfg.mqtt_url = bad_urls[i];
         expect_config_error(&cfg, "invalid MQTT URL");
