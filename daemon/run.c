@@ -405,6 +405,9 @@ static int start_publisher(struct daemon *d)
         .mqtt_cert_file = d->cfg.mqtt_cert_file,
         .mqtt_key_file = d->cfg.mqtt_key_file,
         .max_inflight = 100,
+        .iot_endpoint = d->cfg.iot_endpoint,
+        .iot_region = d->cfg.region,
+        .iot_credentials = &d->creds,
     };
     d->publisher = publisher_new(&d->loop, &pc, on_ack, d, err, sizeof err);
     if (d->publisher == NULL) {
@@ -500,13 +503,6 @@ static int prepare_aws(struct daemon *d)
     }
     idem_keyexpr_free(key);
     idem_keyexpr_free(validation);
-    if (d->cfg.transport == CFG_TRANSPORT_IOT) {
-        fprintf(stderr, "podium: publish.transport iot is not available in "
-                        "this version; use mqtt (AWS IoT Core accepts MQTT "
-                        "over TLS with mqtt.cert_file and mqtt.key_file) or "
-                        "file\n");
-        return 2;
-    }
     if (aws_endpoint_init(&d->endpoint, d->cfg.kinesis_endpoint, d->cfg.region,
                           "kinesis", err, sizeof err) != 0) {
         fprintf(stderr, "podium: invalid kinesis.endpoint: %s\n", err);
