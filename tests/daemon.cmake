@@ -20,6 +20,8 @@ podium_e2e_test(e2e_live e2e_live.sh)
 podium_e2e_test(e2e_crash crash.sh)
 podium_e2e_test(e2e_reshard reshard.sh kinesalite)
 podium_e2e_test(e2e_reshard_kinesis_local reshard.sh kinesis-local)
+# publish.transport=iot against tests/iot-publish-server.js.
+podium_e2e_test(e2e_iot iot.sh)
 podium_e2e_test(e2e_stall stall.sh)
 podium_e2e_test(e2e_throttle throttle.sh)
 
