@@ -586,3 +586,82 @@ void merge_shards(struct env *e, const char *stream, const char *shard,
     ASSERT_EQ(kinesis_call(e, "MergeShards", req, NULL), 200);
     wait_active(e, stream);
 }
+
+json_t *proxy_log_entries(void)
+{
+    json_t *out = json_array();
+    char line[1 << 16];
+    FILE *f = fopen(proxy_log, "r");
+    ASSERT_TRUE(f != NULL);
+    while (fgets(line, sizeof line, f) != NULL) {
+        json_t *entry = json_loads(line, 0, NULL);
+        ASSERT_TRUE(entry != NULL);
+        json_array_append_new(out, entry);
+    }
+    fclose(f);
+    return out;
+}
+
+/* Hash keys are 128-bit unsigned integers written in decimal. */
+typedef unsigned __int128 hash_key;
+
+static hash_key parse_hash_key(const char *text)
+{
+    hash_key v = 0;
+    ASSERT_TRUE(text != NULL);
+    ASSERT_TRUE(text[0] != '\0');
+    for (const char *p = text; *p != '\0'; p++) {
+        ASSERT_TRUE(*p >= '0');
+        ASSERT_TRUE(*p <= '9');
+        ASSERT_TRUE(v <= (~(hash_key)0 - (hash_key)(*p - '0')) / 10);
+        v = v * 10 + (hash_key)(*p - '0');
+    }
+    return v;
+}
+
+static void format_hash_key(hash_key v, char *out, size_t len)
+{
+    char digits[48];
+    size_t n = 0;
+    do {
+        digits[n++] = (char)('0' + (int)(v % 10));
+        v /= 10;
+    } while (v != 0);
+    ASSERT_TRUE(n < len);
+    for (size_t i = 0; i < n; i++)
+        out[i] = digits[n - 1 - i];
+    out[n] = '\0';
+}
+
+void split_shard_in_half(struct env *e, const char *stream, const char *shard)
+{
+    char req[256], mid[48];
+    char *body;
+    snprintf(req, sizeof req, "{\"StreamName\":\"%s\"}", stream);
+    ASSERT_EQ(kinesis_call(e, "ListShards", req, &body), 200);
+    json_t *root = json_loads(body, 0, NULL);
+    free(body);
+    ASSERT_TRUE(root != NULL);
+
+    const json_t *range = NULL;
+    size_t i;
+    json_t *item;
+    json_array_foreach(json_object_get(root, "Shards"), i, item)
+    {
+        const char *id = json_string_value(json_object_get(item, "ShardId"));
+        if (id != NULL && strcmp(id, shard) == 0)
+            range = json_object_get(item, "HashKeyRange");
+    }
+    ASSERT_TRUE(range != NULL);
+    hash_key start = parse_hash_key(
+        json_string_value(json_object_get(range, "StartingHashKey")));
+    hash_key end = parse_hash_key(
+        json_string_value(json_object_get(range, "EndingHashKey")));
+    json_decref(root);
+
+    /* The new shard starts one past the middle, so that both halves
+     * contain at least one key (start < mid <= end). */
+    ASSERT_TRUE(start < end);
+    format_hash_key(start + (end - start) / 2 + 1, mid, sizeof mid);
+    split_shard(e, stream, shard, mid);
+}

@@ -78,6 +78,12 @@ json_t *logged_requests(const char *action, const char *shard_id);
 /* The GetShardIterator request bodies for shard_id (owned array). */
 json_t *iterator_requests(const char *shard_id);
 
+/*
+ * Every line of the proxy's log, requests and replies, in the order the
+ * proxy wrote them (owned array of JSON objects).
+ */
+json_t *proxy_log_entries(void);
+
 /* ---- loop, client and direct calls -------------------------------------- */
 
 struct env {
@@ -125,6 +131,13 @@ void split_shard(struct env *e, const char *stream, const char *shard,
 /* MergeShards of two adjacent shards, then wait for ACTIVE. */
 void merge_shards(struct env *e, const char *stream, const char *shard,
                   const char *adjacent);
+
+/*
+ * SplitShard at the middle of the HashKeyRange that ListShards reports for
+ * shard, then wait for ACTIVE. Servers differ in where their ranges end, so
+ * the split point comes from the listing rather than a constant.
+ */
+void split_shard_in_half(struct env *e, const char *stream, const char *shard);
 
 /* ---- records ------------------------------------------------------------- */
 
