@@ -8,3 +8,5 @@ podium_test(test_shardreader test_shardreader.c
 podium_test(test_reader_faults test_reader_faults.c
     LIBS podium_kinesis_testlib m TIMEOUT 120)
 podium_test(test_kpl test_kpl.c LIBS podium_shardreader PkgConfig::LIBCRYPTO)
+podium_test(test_reader_reshard test_reader_reshard.c
+    LIBS podium_kinesis_testlib m TIMEOUT 180)
