@@ -10,3 +10,5 @@ podium_test(test_reader_faults test_reader_faults.c
 podium_test(test_kpl test_kpl.c LIBS podium_shardreader PkgConfig::LIBCRYPTO)
 podium_test(test_reader_reshard test_reader_reshard.c
     LIBS podium_kinesis_testlib m TIMEOUT 180)
+podium_test(test_reader_expiry test_reader_expiry.c
+    LIBS podium_kinesis_testlib m TIMEOUT 120)
