@@ -162,6 +162,8 @@ static const struct cfg_setting settings[] = {
      .type = CFG_TYPE_STRING,
      .offset = FIELD(iot_endpoint),
      .default_doc = "$AWS_ENDPOINT_URL_IOT_DATA_PLANE, else none",
+     .check = cfg_check_http_url,
+     .expected = "a URL starting with http:// or https://",
      .help = "AWS IoT data plane endpoint, required by transport iot",
      .flags = CFG_FLAG_OPTIONAL},
     INT32("outbox.max", outbox_max, "100000", 100, 10000000,
