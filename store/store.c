@@ -1,13 +1,18 @@
 /*
  * Design note
  *
- * Tables (schema version 2, stored in PRAGMA user_version):
- *   samples       one row per (race, racer, second) of telemetry.
- *   agg_state     small JSON documents of the aggregators by (kind, key).
- *   checkpoints   last committed (sequence, sub-sequence) per shard.
- *   outbox        messages waiting to be published, in id order.
- *   dead_letters  records that could not be applied, with the reason.
- *   meta          small settings of the store itself.
+ * Tables (schema version 3, stored in PRAGMA user_version):
+ *   samples        one row per (race, racer, second) of telemetry.
+ *   agg_state      small JSON documents of the aggregators by (kind, key).
+ *   checkpoints    last committed (sequence, sub-sequence) per shard.
+ *   outbox         messages waiting to be published, in id order.
+ *   dead_letters   records that could not be applied, with the reason.
+ *   meta           small settings of the store itself.
+ *   last_messages  the newest revision of each race result and class
+ *                  leaderboard, kept for `podium query` after the outbox
+ *                  row is gone.
+ *   class_history  the best output of each rider at each second of a race,
+ *                  per class.
  * The idempotency library (store/idempotency.h) keeps its own tables in the
  * same database and on the same connection, so its rows are part of the
  * batch transaction too.
@@ -73,7 +78,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define STORE_SCHEMA_VERSION  2
+#define STORE_SCHEMA_VERSION  3
 #define STORE_BUSY_TIMEOUT_MS 5000
 #define STORE_HASH_LEN        32
 #define STORE_ERRMSG_LEN      1024
@@ -102,6 +107,11 @@ enum stmt_id {
     STMT_DEAD_LETTER_COUNT,
     STMT_META_PUT,
     STMT_META_GET,
+    STMT_LAST_MESSAGE_PUT,
+    STMT_LAST_MESSAGE_GET,
+    STMT_HISTORY_PUT,
+    STMT_HISTORY_DELETE,
+    STMT_HISTORY_LOAD,
     STMT_COUNT
 };
 
@@ -149,6 +159,21 @@ static const char *const stmt_sql[STMT_COUNT] = {
     [STMT_META_PUT] = "INSERT OR REPLACE INTO meta (key, value)"
                       " VALUES (?1, ?2)",
     [STMT_META_GET] = "SELECT value FROM meta WHERE key = ?1",
+    [STMT_LAST_MESSAGE_PUT] = "INSERT OR REPLACE INTO last_messages"
+                              " (kind, key, revision, payload)"
+                              " VALUES (?1, ?2, ?3, ?4)",
+    [STMT_LAST_MESSAGE_GET] = "SELECT revision, payload FROM last_messages"
+                              " WHERE kind = ?1 AND key = ?2",
+    [STMT_HISTORY_PUT] = "INSERT OR REPLACE INTO class_history"
+                         " (class_id, racer_id, second, output4, race_id)"
+                         " VALUES (?1, ?2, ?3, ?4, ?5)",
+    [STMT_HISTORY_DELETE] = "DELETE FROM class_history WHERE class_id = ?1"
+                            " AND racer_id = ?2 AND second = ?3",
+    [STMT_HISTORY_LOAD] = "SELECT class_id, racer_id, second, output4, race_id"
+                          " FROM class_history WHERE class_id = ?1"
+                          " AND (?2 IS NULL OR racer_id = ?2)"
+                          " AND (?3 = 0 OR second = ?3)"
+                          " ORDER BY second, racer_id",
 };
 
 struct store {
@@ -527,10 +552,45 @@ static int migrate_to_v2(struct store *st)
     return exec_sql(st, "DROP TABLE IF EXISTS idempotency");
 }
 
+/*
+ * Version 3: race results, class leaderboards and class history. Nothing
+ * is copied: the aggregator derives them from the samples, and the races
+ * of a version 2 database, which have no results yet, publish them at the
+ * first stream-time advance after the upgrade.
+ */
+static int migrate_to_v3(struct store *st)
+{
+    static const char *const sql[] = {
+        "CREATE TABLE last_messages ("
+        " kind TEXT NOT NULL,"
+        " key TEXT NOT NULL,"
+        " revision INTEGER NOT NULL,"
+        " payload BLOB NOT NULL,"
+        " PRIMARY KEY (kind, key)"
+        ") WITHOUT ROWID",
+
+        "CREATE TABLE class_history ("
+        " class_id TEXT NOT NULL,"
+        " racer_id TEXT NOT NULL,"
+        " second INTEGER NOT NULL,"
+        " output4 INTEGER NOT NULL,"
+        " race_id TEXT NOT NULL,"
+        " PRIMARY KEY (class_id, racer_id, second)"
+        ") WITHOUT ROWID",
+    };
+
+    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++) {
+        if (exec_sql(st, sql[i]) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* migrations[v] brings the schema from version v - 1 to version v. */
 static int (*const migrations[STORE_SCHEMA_VERSION + 1])(struct store *st) = {
     [1] = migrate_to_v1,
     [2] = migrate_to_v2,
+    [3] = migrate_to_v3,
 };
 
 /*
@@ -694,6 +754,69 @@ int store_open(const char *path, struct store **out, char *err, size_t err_len)
     describe_parent_dir(path, hint, sizeof hint);
     snprintf(err, err_len, "failed to open database %s: %s%s", path, st->errmsg,
              hint);
+    store_close(st);
+    return -1;
+}
+
+/*
+ * Open an existing database read-only, for `podium query`. The schema is not
+ * migrated, so a database of another version is rejected with what to do.
+ * A podium run may hold the database meanwhile: in WAL mode a reader sees
+ * the last committed batch and never blocks the writer.
+ */
+int store_open_readonly(const char *path, struct store **out, char *err,
+                        size_t err_len)
+{
+    struct stat sb;
+    struct store *st = NULL;
+    int64_t version = 0;
+
+    *out = NULL;
+    if (path == NULL || path[0] == '\0') {
+        snprintf(err, err_len, "failed to open database: the path is empty");
+        return -1;
+    }
+    if (stat(path, &sb) != 0) {
+        snprintf(err, err_len,
+                 "failed to open database %s: %s; check store.path, or run"
+                 " podium run first to create it",
+                 path, strerror(errno));
+        return -1;
+    }
+    st = calloc(1, sizeof *st);
+    if (st == NULL) {
+        snprintf(err, err_len, "failed to open database %s: out of memory",
+                 path);
+        return -1;
+    }
+
+    int flags =
+        SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
+    int rc = sqlite3_open_v2(path, &st->db, flags, NULL);
+    if (rc != SQLITE_OK)
+        fail_sqlite(st, rc, "sqlite3_open_v2");
+    else if ((rc = sqlite3_busy_timeout(st->db, STORE_BUSY_TIMEOUT_MS)) !=
+             SQLITE_OK)
+        fail_sqlite(st, rc, "sqlite3_busy_timeout");
+    else if (query_int(st, "PRAGMA user_version", &version) != 0)
+        rc = SQLITE_ERROR;
+    else if (version != STORE_SCHEMA_VERSION) {
+        fail(st,
+             "schema version %" PRId64 " differs from the version %d this"
+             " build reads; %s",
+             version, STORE_SCHEMA_VERSION,
+             version < STORE_SCHEMA_VERSION
+                 ? "run podium run of this build once to upgrade it"
+                 : "use a newer podium");
+        rc = SQLITE_ERROR;
+    } else if (prepare_statements(st) != 0)
+        rc = SQLITE_ERROR;
+
+    if (rc == SQLITE_OK) {
+        *out = st;
+        return 0;
+    }
+    snprintf(err, err_len, "failed to open database %s: %s", path, st->errmsg);
     store_close(st);
     return -1;
 }
@@ -1332,4 +1455,123 @@ int store_meta_get(struct store *st, const char *key, char *buf, size_t buf_len)
 
     stmt_done(b.stmt);
     return found;
+}
+
+/* ---- last messages -------------------------------------------------- */
+
+int store_last_message_put(struct store *st, const char *kind, const char *key,
+                           int32_t revision, const void *payload,
+                           size_t payload_len)
+{
+    struct binder b = bind_start(st, STMT_LAST_MESSAGE_PUT);
+
+    if (payload == NULL)
+        return fail(st, "last message %s/%s: payload is NULL", printable(kind),
+                    printable(key));
+    bind_text(&b, 1, kind);
+    bind_text(&b, 2, key);
+    bind_int64(&b, 3, revision);
+    bind_blob(&b, 4, payload, payload_len);
+    return exec_bound(st, &b, "store last message");
+}
+
+/* The payload comes back NUL-terminated after payload_len bytes. */
+int store_last_message_get(struct store *st, const char *kind, const char *key,
+                           store_last_message_cb cb, void *arg)
+{
+    struct binder b = bind_start(st, STMT_LAST_MESSAGE_GET);
+    bind_text(&b, 1, kind);
+    bind_text(&b, 2, key);
+
+    int found = query_first(st, &b, "read last message");
+    if (found <= 0)
+        return found;
+
+    struct reader r = {b.stmt, SQLITE_OK};
+    size_t len;
+    int64_t revision = sqlite3_column_int64(b.stmt, 0);
+    const char *payload = read_bytes(&r, 1, &len);
+    int rc;
+
+    if (r.rc != SQLITE_OK)
+        rc = fail_sqlite(st, r.rc, "read last message");
+    else
+        rc = cb(arg, (int32_t)revision, payload ? payload : "", len);
+    stmt_done(b.stmt);
+    return rc != 0 ? rc : 1;
+}
+
+/* ---- class history -------------------------------------------------- */
+
+int store_history_put(struct store *st, const struct store_history_row *row)
+{
+    struct binder b = bind_start(st, STMT_HISTORY_PUT);
+
+    bind_text(&b, 1, row->class_id);
+    bind_text(&b, 2, row->racer_id);
+    bind_int64(&b, 3, row->second);
+    bind_int64(&b, 4, row->output4);
+    bind_text(&b, 5, row->race_id);
+    return exec_bound(st, &b, "store class history");
+}
+
+int store_history_delete(struct store *st, const char *class_id,
+                         const char *racer_id, int32_t second)
+{
+    struct binder b = bind_start(st, STMT_HISTORY_DELETE);
+
+    bind_text(&b, 1, class_id);
+    bind_text(&b, 2, racer_id);
+    bind_int64(&b, 3, second);
+    return exec_bound(st, &b, "delete class history");
+}
+
+struct history_scan {
+    store_history_cb cb;
+    void *arg;
+};
+
+static int visit_history(struct store *st, sqlite3_stmt *stmt, void *ctx)
+{
+    struct history_scan *scan = ctx;
+    struct reader r = {stmt, SQLITE_OK};
+    struct store_history_row row = {0};
+
+    row.class_id = read_bytes(&r, 0, NULL);
+    row.racer_id = read_bytes(&r, 1, NULL);
+    int64_t second = sqlite3_column_int64(stmt, 2);
+    row.output4 = sqlite3_column_int64(stmt, 3);
+    row.race_id = read_bytes(&r, 4, NULL);
+    if (r.rc != SQLITE_OK)
+        return fail_sqlite(st, r.rc, "read class history");
+    if (second < 1 || second > INT32_MAX) {
+        return fail(st,
+                    "stored class history of class %s, racer %s has second"
+                    " %" PRId64 " outside 1..%d",
+                    printable(row.class_id), printable(row.racer_id), second,
+                    INT32_MAX);
+    }
+    row.second = (int32_t)second;
+    row.class_id = printable(row.class_id);
+    row.racer_id = printable(row.racer_id);
+    row.race_id = printable(row.race_id);
+    return scan->cb(scan->arg, &row);
+}
+
+int store_history_load(struct store *st, const char *class_id,
+                       const char *racer_id, int32_t second,
+                       store_history_cb cb, void *arg)
+{
+    struct history_scan scan = {cb, arg};
+    struct binder b = bind_start(st, STMT_HISTORY_LOAD);
+
+    bind_text(&b, 1, class_id);
+    bind_text(&b, 2, racer_id);
+    bind_int64(&b, 3, second);
+    if (b.rc != SQLITE_OK) {
+        fail_sqlite(st, b.rc, "load class history");
+        stmt_done(b.stmt);
+        return -1;
+    }
+    return scan_rows(st, b.stmt, "load class history", visit_history, &scan);
 }

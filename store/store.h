@@ -1,7 +1,8 @@
 /*
  * The durable state of podium in one SQLite database (WAL mode): idempotency
  * rows, per-second samples, aggregator state, shard checkpoints, the outbox
- * of messages to publish and the dead letters. A batch writes all of them
+ * of messages to publish, the dead letters, the last race results and class
+ * leaderboards, and the class history. A batch writes all of them
  * between store_begin() and store_commit(), so a crash keeps all of a batch
  * or none of it.
  *
@@ -26,6 +27,15 @@ struct store;
  * error.
  */
 int store_open(const char *path, struct store **out, char *err, size_t err_len);
+
+/*
+ * Open an existing database read-only, without migrating it, while another
+ * process may write it. A missing file or a schema version other than this
+ * build's is an error, with what to do in err. Only the load and get
+ * functions may be used on it.
+ */
+int store_open_readonly(const char *path, struct store **out, char *err,
+                        size_t err_len);
 void store_close(struct store *st);
 
 /* The last SQLite error message (borrowed, valid until the next call). */
@@ -149,6 +159,45 @@ typedef int (*store_dead_letter_cb)(void *arg, int64_t id,
 /* Dead letters with id > after_id in id order, at most limit of them. */
 int store_dead_letters_load(struct store *st, int64_t after_id, size_t limit,
                             store_dead_letter_cb cb, void *arg);
+
+/* ---- last messages: the newest revision of results and class boards -- */
+
+/* Replace the message of (kind, key), such as ("results", "5402746"). */
+int store_last_message_put(struct store *st, const char *kind, const char *key,
+                           int32_t revision, const void *payload,
+                           size_t payload_len);
+typedef int (*store_last_message_cb)(void *arg, int32_t revision,
+                                     const char *payload, size_t payload_len);
+/* Call cb with the stored message. Returns 1 when found, 0 when absent, -1
+ * on error, or the non-zero return of cb. */
+int store_last_message_get(struct store *st, const char *kind, const char *key,
+                           store_last_message_cb cb, void *arg);
+
+/* ---- class history: best output per (class, racer, second) ---------- */
+
+/* Ids are JSON text like the samples' ids. */
+struct store_history_row {
+    const char *class_id;
+    const char *racer_id;
+    int32_t second;
+    int64_t output4;     /* 1/10000 */
+    const char *race_id; /* the race that set it */
+};
+
+/* Insert or replace the row of (class_id, racer_id, second). */
+int store_history_put(struct store *st, const struct store_history_row *row);
+int store_history_delete(struct store *st, const char *class_id,
+                         const char *racer_id, int32_t second);
+typedef int (*store_history_cb)(void *arg, const struct store_history_row *row);
+/*
+ * Call cb for the rows of class_id, only those of racer_id unless it is
+ * NULL, and only those at second unless it is 0, ordered by second and then
+ * by the text of racer_id. A non-zero return from cb stops the scan and is
+ * returned.
+ */
+int store_history_load(struct store *st, const char *class_id,
+                       const char *racer_id, int32_t second,
+                       store_history_cb cb, void *arg);
 
 /* ---- metadata ------------------------------------------------------- */
 

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <stdbool.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -274,7 +275,7 @@ TEST(store_open_creates_schema_and_wal)
     ASSERT_EQ(header[60], 0);
     ASSERT_EQ(header[61], 0);
     ASSERT_EQ(header[62], 0);
-    ASSERT_EQ(header[63], 2);
+    ASSERT_EQ(header[63], 3);
 }
 
 TEST(store_reopen_keeps_data)
@@ -897,6 +898,216 @@ TEST(store_meta_put_get_replace)
     ASSERT_EQ(store_meta_get(st, "empty", value, sizeof value), 1);
     ASSERT_STR_EQ(value, "");
     store_close(st);
+}
+
+/* ---- last messages and class history -------------------------------- */
+
+struct last_message {
+    int calls;
+    int32_t revision;
+    char payload[128];
+    size_t len;
+};
+
+static int copy_last_message(void *arg, int32_t revision, const char *payload,
+                             size_t len)
+{
+    struct last_message *m = arg;
+
+    m->calls++;
+    m->revision = revision;
+    ASSERT_TRUE(len < sizeof m->payload);
+    memcpy(m->payload, payload, len + 1);
+    m->len = len;
+    return 0;
+}
+
+TEST(store_last_message_put_get_replace)
+{
+    struct store *st = open_store(db_path("podium.db"));
+    struct last_message m = {0};
+
+    ASSERT_EQ(store_last_message_get(st, "results", "7", copy_last_message, &m),
+              0);
+    ASSERT_EQ(m.calls, 0);
+    ASSERT_OK(st, store_begin(st));
+    ASSERT_OK(st,
+              store_last_message_put(st, "results", "7", 0, "{\"a\":0}", 7));
+    ASSERT_OK(st,
+              store_last_message_put(st, "results", "7", 1, "{\"a\":1}", 7));
+    ASSERT_OK(st, store_last_message_put(st, "class-leaderboard", "7", 4,
+                                         "{\"c\":\"\\u0000\"}", 14));
+    ASSERT_OK(st, store_commit(st));
+
+    ASSERT_EQ(store_last_message_get(st, "results", "7", copy_last_message, &m),
+              1);
+    ASSERT_EQ(m.calls, 1);
+    ASSERT_EQ(m.revision, 1);
+    ASSERT_STR_EQ(m.payload, "{\"a\":1}");
+    ASSERT_EQ(store_last_message_get(st, "class-leaderboard", "7",
+                                     copy_last_message, &m),
+              1);
+    ASSERT_EQ(m.revision, 4);
+    ASSERT_EQ(m.len, 14);
+    /* The kind is part of the key: race 7 and class 7 are different. */
+    ASSERT_EQ(
+        store_last_message_get(st, "results", "\"7\"", copy_last_message, &m),
+        0);
+    store_close(st);
+}
+
+struct history_list {
+    int count;
+    char lines[16][96];
+};
+
+static int copy_history(void *arg, const struct store_history_row *row)
+{
+    struct history_list *list = arg;
+
+    ASSERT_TRUE(list->count < 16);
+    snprintf(list->lines[list->count++], sizeof list->lines[0],
+             "%s %s %d %" PRId64 " %s", row->class_id, row->racer_id,
+             (int)row->second, row->output4, row->race_id);
+    return 0;
+}
+
+static void put_history(struct store *st, const char *class_id,
+                        const char *racer, int32_t second, int64_t output4,
+                        const char *race)
+{
+    struct store_history_row row = {class_id, racer, second, output4, race};
+    ASSERT_OK(st, store_history_put(st, &row));
+}
+
+TEST(store_history_put_delete_load)
+{
+    struct store *st = open_store(db_path("podium.db"));
+    struct history_list all = {0}, racer = {0}, second = {0}, none = {0};
+
+    ASSERT_OK(st, store_begin(st));
+    put_history(st, "1", "\"b\"", 2, 900000, "10");
+    put_history(st, "1", "\"a\"", 2, 800000, "10");
+    put_history(st, "1", "\"a\"", 1, 700000, "10");
+    put_history(st, "2", "\"a\"", 1, 100000, "11");
+    /* A better output replaces the row of its (class, racer, second). */
+    put_history(st, "1", "\"a\"", 1, 750000, "12");
+    put_history(st, "1", "\"c\"", 3, 1, "12");
+    ASSERT_OK(st, store_history_delete(st, "1", "\"c\"", 3));
+    ASSERT_OK(st, store_commit(st));
+
+    ASSERT_OK(st, store_history_load(st, "1", NULL, 0, copy_history, &all));
+    ASSERT_EQ(all.count, 3);
+    ASSERT_STR_EQ(all.lines[0], "1 \"a\" 1 750000 12");
+    ASSERT_STR_EQ(all.lines[1], "1 \"a\" 2 800000 10");
+    ASSERT_STR_EQ(all.lines[2], "1 \"b\" 2 900000 10");
+
+    ASSERT_OK(st,
+              store_history_load(st, "1", "\"a\"", 0, copy_history, &racer));
+    ASSERT_EQ(racer.count, 2);
+    ASSERT_OK(st, store_history_load(st, "1", NULL, 2, copy_history, &second));
+    ASSERT_EQ(second.count, 2);
+    ASSERT_STR_EQ(second.lines[0], "1 \"a\" 2 800000 10");
+    ASSERT_OK(st, store_history_load(st, "3", NULL, 0, copy_history, &none));
+    ASSERT_EQ(none.count, 0);
+    store_close(st);
+}
+
+/* Turn a current database back into the version 2 schema, which lacked the
+ * two tables that version 3 added. */
+static void downgrade_to_v2(const char *path)
+{
+    sqlite3 *db = NULL;
+    char *err = NULL;
+
+    ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
+    int rc = sqlite3_exec(db,
+                          "DROP TABLE last_messages; DROP TABLE class_history;"
+                          " PRAGMA user_version = 2;",
+                          NULL, NULL, &err);
+    if (rc != SQLITE_OK)
+        test_fail(__FILE__, __LINE__, "downgrade: %s", err);
+    sqlite3_close(db);
+}
+
+TEST(store_migrates_v2_keeping_samples)
+{
+    const char *path = db_path("podium.db");
+    struct store *st = open_store(path);
+    struct store_sample s = make_sample("\"R-7\"", "5402746", 12);
+    struct history_list rows = {0};
+    char err[1024] = "";
+
+    ASSERT_OK(st, store_begin(st));
+    ASSERT_OK(st, store_sample_put(st, &s));
+    ASSERT_OK(st, store_state_put(st, "race", "\"R-7\"", "{}", 2));
+    ASSERT_OK(st, store_commit(st));
+    store_close(st);
+    downgrade_to_v2(path);
+
+    /* A reader never migrates: it says what to do instead. */
+    ASSERT_EQ(store_open_readonly(path, &st, err, sizeof err), -1);
+    ASSERT_CONTAINS(err, "schema version 2");
+    ASSERT_CONTAINS(err, "run podium run");
+
+    st = open_store(path);
+    ASSERT_EQ(sample_count(st), 1);
+    ASSERT_OK(st, store_begin(st));
+    put_history(st, "1", "5402746", 12, 2500000, "\"R-7\"");
+    ASSERT_OK(st, store_last_message_put(st, "results", "\"R-7\"", 0, "{}", 2));
+    ASSERT_OK(st, store_commit(st));
+    store_close(st);
+
+    ASSERT_EQ(store_open_readonly(path, &st, err, sizeof err), 0);
+    ASSERT_EQ(sample_count(st), 1);
+    ASSERT_OK(st, store_history_load(st, "1", NULL, 0, copy_history, &rows));
+    ASSERT_EQ(rows.count, 1);
+    store_close(st);
+}
+
+TEST(store_readonly_reads_beside_writer)
+{
+    const char *path = db_path("podium.db");
+    struct store *writer = open_store(path);
+    struct store *reader = NULL;
+    struct history_list rows = {0};
+    char err[1024] = "";
+
+    ASSERT_OK(writer, store_begin(writer));
+    put_history(writer, "1", "7", 1, 10000, "3");
+    ASSERT_OK(writer, store_commit(writer));
+
+    /* The writer holds the write lock with a batch in progress. */
+    ASSERT_OK(writer, store_begin(writer));
+    put_history(writer, "1", "7", 2, 20000, "3");
+    if (store_open_readonly(path, &reader, err, sizeof err) != 0)
+        test_fail(__FILE__, __LINE__, "store_open_readonly: %s", err);
+    ASSERT_OK(reader,
+              store_history_load(reader, "1", NULL, 0, copy_history, &rows));
+    ASSERT_EQ(rows.count, 1);
+    ASSERT_STR_EQ(rows.lines[0], "1 7 1 10000 3");
+
+    /* The reader cannot write. */
+    struct store_history_row row = {"1", "7", 3, 1, "3"};
+    ASSERT_EQ(store_history_put(reader, &row), -1);
+    ASSERT_CONTAINS(store_errmsg(reader), "SQLITE_READONLY");
+    ASSERT_OK(writer, store_commit(writer));
+    store_close(reader);
+    store_close(writer);
+}
+
+TEST(store_readonly_missing_file_names_path)
+{
+    const char *path = db_path("absent.db");
+    struct store *st = NULL;
+    char err[1024] = "";
+
+    ASSERT_EQ(store_open_readonly(path, &st, err, sizeof err), -1);
+    ASSERT_TRUE(st == NULL);
+    ASSERT_CONTAINS(err, path);
+    ASSERT_CONTAINS(err, "No such file");
+    ASSERT_CONTAINS(err, "store.path");
+    ASSERT_FALSE(file_exists(path));
 }
 
 /* ---- crash atomicity ------------------------------------------------ */
