@@ -143,7 +143,8 @@ struct shard {
     uint32_t attempt;      /* failed calls in a row */
     uint32_t failed_reads; /* GetRecords failures in a row, except throttling */
     int64_t millis_behind;
-    bool replied_empty; /* the last GetRecords reply had no records */
+    bool replied_empty;     /* the last GetRecords reply had no records */
+    uint64_t last_reply_ms; /* loop time of the last GetRecords reply */
     uint64_t get_records_calls;
 };
 
@@ -1066,6 +1067,7 @@ static void read_failed(struct shard *sh, enum kinesis_outcome outcome,
                  "checkpoint",
                  sh->id, sh->failed_reads, reason);
         sh->failed_reads = 0;
+        sh->replied_empty = false;
         free(sh->iterator);
         sh->iterator = NULL;
         sh->state = SHARD_ITERATOR;
@@ -1106,6 +1108,7 @@ static void records_accept(struct shard *sh, json_t *root)
         json_is_integer(behind) ? json_integer_value(behind) : -1;
     batch->millis_behind = sh->millis_behind;
     sh->replied_empty = json_array_size(items) == 0;
+    sh->last_reply_ms = uv_now(sh->rd->loop);
     if (batch->count == 0 && !batch->shard_end) {
         shard_batch_free(batch);
         shard_schedule(sh, shard_poll_delay(sh));
@@ -1123,6 +1126,8 @@ fail:
 static void iterator_expired(struct shard *sh)
 {
     sh->failed_reads = 0;
+    /* Records may have come while the iterator aged: not caught up. */
+    sh->replied_empty = false;
     struct log_ids ids = shard_ids(sh, sh->checkpoint_seq);
     log_info(SHARD_LOG, &ids,
              "shard iterator expired; requesting a new one after the "
@@ -1675,11 +1680,24 @@ int reader_start(struct reader *rd, const struct reader_checkpoint *cps,
     return 0;
 }
 
+/*
+ * True when the last GetRecords reply of sh was empty and not behind, and
+ * came within one request timeout plus one poll interval. An older empty
+ * reply says nothing about records put since, for example after the
+ * process was stopped for minutes, so it does not count. A shard in a
+ * short backoff (throttled a few times) still counts, so it does not hold
+ * back the others.
+ */
 static bool shard_caught_up(const struct shard *sh)
 {
+    const struct reader *rd = sh->rd;
+    uint64_t fresh_ms = (uint64_t)rd->cfg.request_timeout_ms +
+                        (uint64_t)rd->cfg.poll_interval_ms;
+
     return sh->state != SHARD_IDLE && sh->state != SHARD_FINISHED &&
            sh->state != SHARD_COMMIT && sh->replied_empty &&
-           sh->millis_behind <= 0;
+           sh->millis_behind <= 0 &&
+           uv_now(rd->loop) - sh->last_reply_ms <= fresh_ms;
 }
 
 bool reader_caught_up(const struct reader *rd)

@@ -186,6 +186,10 @@ function relay(req, res, body, action, shard, rule) {
       delete out.ChildShards;
       return reply(res, status, JSON.stringify(out));
     }
+    if (fault === 'noshards' && status === 200) {
+      /* A ListShards reply as for a stream that is still being created. */
+      return reply(res, status, JSON.stringify({Shards: []}));
+    }
     reply(res, status, text);
   });
 }

@@ -298,6 +298,42 @@ TEST(shard_reader_skips_finished_parent)
     env_close(&e);
 }
 
+/*
+ * An empty reply says nothing about records put after it. When the loop did
+ * not run for longer than a request timeout plus a poll interval (the
+ * process was stopped, or the host was suspended), the reader must not
+ * count as caught up until a shard replies again; otherwise stream time
+ * would follow the clock past records that wait in the stream.
+ */
+TEST(shard_reader_stale_reply_is_not_caught_up)
+{
+    struct env e;
+    struct consumer c = {.auto_commit = true};
+
+    env_init(&e, start_kinesalite());
+    create_stream(&e, "race", 1);
+    struct reader_config cfg = reader_config(&e, "race");
+    cfg.request_timeout_ms = 1000;
+    consumer_start(&c, &e, &cfg, NULL, 0);
+    WAIT_FOR(&e, reader_caught_up(c.rd));
+
+    put_records(&e, "race", 0, 5);
+    /* put_records ran the loop: wait for the next empty reply first. */
+    WAIT_FOR(&e, c.records == 5 && reader_caught_up(c.rd));
+    usleep((useconds_t)(cfg.request_timeout_ms + 2 * cfg.poll_interval_ms) *
+           1000);
+    uv_update_time(&e.loop);
+    ASSERT_FALSE(reader_caught_up(c.rd));
+    ASSERT_FALSE(shard_info(c.rd, SHARD0).caught_up);
+
+    /* The next empty reply makes it current again. */
+    WAIT_FOR(&e, reader_caught_up(c.rd));
+    ASSERT_EQ(c.records, 5);
+
+    consumer_finish(&c, &e);
+    env_close(&e);
+}
+
 /* ---- failures ------------------------------------------------------------ */
 
 TEST(shard_reader_reports_missing_stream)
