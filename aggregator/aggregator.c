@@ -77,7 +77,8 @@ struct agg *agg_new(const struct agg_config *cfg, const struct agg_sink *sink)
         cfg->idle_close_s < 0 || cfg->max_future_skew_s < 0 ||
         cfg->max_second_jump < 0 || cfg->amend_window_s < 0 ||
         sink->sample == NULL || sink->race_state == NULL ||
-        sink->message == NULL)
+        sink->message == NULL || sink->class_state == NULL ||
+        sink->history == NULL)
         return NULL;
 
     struct agg *agg = calloc(1, sizeof *agg);
@@ -100,6 +101,7 @@ void agg_free(struct agg *agg)
     id_index_free(&agg->race_index);
     free(agg->open);
     free(agg->board);
+    classes_free(agg);
     sb_free(&agg->doc);
     free(agg);
 }
@@ -109,10 +111,16 @@ int64_t agg_stream_time(const struct agg *agg)
     return agg->stream_time_ms;
 }
 
-/* List the race for idle closing if it has unpublished seconds. */
+bool race_has_work(const struct race *race)
+{
+    return race->published_through < race->latest_second ||
+           (!race->results_published && race->active_riders > 0);
+}
+
+/* List the race for idle closing if it has unpublished seconds or results. */
 int agg_mark_open(struct agg *agg, struct race *race)
 {
-    if (race->open || race->published_through >= race->latest_second)
+    if (race->open || !race_has_work(race))
         return 0;
     if (agg->open_count == agg->open_cap) {
         uint32_t cap = agg->open_cap ? agg->open_cap * 2 : 8;
@@ -164,10 +172,10 @@ static bool race_idle(const struct agg *agg, const struct race *race)
 }
 
 /*
- * Close the open races through their latest second, every one or only the
- * idle ones, in raceId order so that the message order does not depend on
- * when each race was opened. Races with nothing left to publish leave the
- * open list first.
+ * Close the open races through their latest second and publish their
+ * results, every race or only the idle ones, in raceId order so that the
+ * message order does not depend on when each race was opened. Races with
+ * nothing left to publish leave the open list first.
  */
 static int close_open_races(struct agg *agg, bool only_idle)
 {
@@ -175,7 +183,7 @@ static int close_open_races(struct agg *agg, bool only_idle)
 
     for (uint32_t i = 0; i < agg->open_count; i++) {
         struct race *race = agg->races[agg->open[i]];
-        if (race->published_through >= race->latest_second) {
+        if (!race_has_work(race)) {
             race->open = false;
             continue;
         }
@@ -199,8 +207,11 @@ static int close_open_races(struct agg *agg, bool only_idle)
     qsort(due, due_count, sizeof *due, race_ptr_cmp);
 
     int rc = 0;
-    for (uint32_t i = 0; i < due_count && rc == 0; i++)
+    for (uint32_t i = 0; i < due_count && rc == 0; i++) {
         rc = close_through(agg, due[i], due[i]->latest_second);
+        if (rc == 0)
+            rc = results_settle(agg, due[i], true);
+    }
     free(due);
     return rc;
 }
@@ -229,12 +240,14 @@ int agg_advance(struct agg *agg, int64_t stream_time_ms)
 {
     if (stream_time_ms > agg->stream_time_ms)
         agg->stream_time_ms = stream_time_ms;
-    return close_open_races(agg, true);
+    int rc = close_open_races(agg, true);
+    return rc != 0 ? rc : classes_publish(agg);
 }
 
 int agg_close_all(struct agg *agg)
 {
-    return close_open_races(agg, false);
+    int rc = close_open_races(agg, false);
+    return rc != 0 ? rc : classes_publish(agg);
 }
 
 /* ---- applying records --------------------------------------------------- */
@@ -324,6 +337,8 @@ static int store_sample(struct agg *agg, struct race *race, uint32_t position,
         race->activity_ms = agg->stream_time_ms;
         race->dirty = true;
     }
+    if (race->results_published)
+        race->results_stale = true;
     rc = agg_mark_open(agg, race);
     if (rc != 0)
         return rc;
@@ -449,10 +464,35 @@ static int apply_late(struct agg *agg, struct race *race,
     return republish_from(agg, race, rec->second);
 }
 
+/* Apply the record to its race and close the seconds it lets close.
+ * *race_out is the race when it exists. */
+static int apply_to_race(struct agg *agg, const struct agg_record *rec,
+                         const struct sample_in *in, int64_t arrival_ms,
+                         struct race **race_out, enum agg_outcome *outcome)
+{
+    struct race *race = race_find(agg, &rec->race);
+
+    *race_out = race;
+    if (quarantine(agg, race, rec, arrival_ms, outcome))
+        return 0;
+    if (race != NULL && rec->second <= race->published_through)
+        return apply_late(agg, race, rec, in, outcome);
+
+    bool board_changed;
+    int rc = apply_sample(agg, rec, in, &race, outcome, &board_changed);
+    *race_out = race;
+    if (rc != 0 || race == NULL)
+        return rc;
+    int64_t through =
+        (int64_t)race->latest_second - agg->cfg.allowed_lateness_s;
+    return through < 1 ? 0 : close_through(agg, race, (int32_t)through);
+}
+
 int agg_apply(struct agg *agg, const struct agg_record *rec, int64_t arrival_ms,
               enum agg_outcome *outcome)
 {
     struct sample_in in;
+    struct race *race;
 
     sample_from_record(rec, arrival_ms, &in);
     int rc = sample_in_check(agg, &in);
@@ -462,19 +502,12 @@ int agg_apply(struct agg *agg, const struct agg_record *rec, int64_t arrival_ms,
     if (rc != 0)
         return rc;
 
-    struct race *race = race_find(agg, &rec->race);
-    if (quarantine(agg, race, rec, arrival_ms, outcome))
-        return 0;
-    if (race != NULL && rec->second <= race->published_through)
-        return apply_late(agg, race, rec, &in, outcome);
-
-    bool board_changed;
-    rc = apply_sample(agg, rec, &in, &race, outcome, &board_changed);
-    if (rc != 0 || race == NULL)
-        return rc;
-    int64_t through =
-        (int64_t)race->latest_second - agg->cfg.allowed_lateness_s;
-    return through < 1 ? 0 : close_through(agg, race, (int32_t)through);
+    rc = apply_to_race(agg, rec, &in, arrival_ms, &race, outcome);
+    /* Results follow every change of their race at once, within this
+     * call, so their revisions never depend on batch boundaries. */
+    if (rc == 0 && race != NULL)
+        rc = results_settle(agg, race, false);
+    return rc != 0 ? rc : classes_publish(agg);
 }
 
 /* ---- persistence -------------------------------------------------------- */
@@ -486,7 +519,7 @@ int agg_flush(struct agg *agg)
     for (uint32_t i = 0; i < agg->race_count; i++)
         count += agg->races[i]->dirty;
     if (count == 0)
-        return 0;
+        return classes_flush(agg);
 
     struct race **dirty = malloc(count * sizeof *dirty);
     if (dirty == NULL)
@@ -508,5 +541,5 @@ int agg_flush(struct agg *agg)
             dirty[i]->dirty = false;
     }
     free(dirty);
-    return rc;
+    return rc != 0 ? rc : classes_flush(agg);
 }

@@ -5,7 +5,10 @@
  *     / 100 rounded half up to 4 decimals, kept in 1/10000 units;
  *   - per-race state: one sample per (raceId, racerId, second), totals,
  *     ranking, closing of seconds on stream time, and the leaderboard
- *     messages, built byte for byte the same whatever the arrival order.
+ *     messages, built byte for byte the same whatever the arrival order;
+ *   - race results, the all-time leaderboard of each class and the class
+ *     history (best output per rider and second), derived from the
+ *     samples of the races whose results were published.
  *
  * The aggregator does no I/O. Everything that must be stored or published
  * goes out through the sink callbacks, which the daemon turns into rows of
@@ -192,6 +195,20 @@ struct agg_message {
 };
 
 /*
+ * The best output of a rider at one second of a race, over every race
+ * whose results counted the rider in the class. race is NULL when the
+ * rider has no such output any more (an amendment moved the rider to
+ * another class): the stored row must be deleted.
+ */
+struct agg_history_row {
+    const struct agg_id *class_id;
+    const struct agg_id *racer;
+    int32_t second;
+    int64_t output4;
+    const struct agg_id *race;
+};
+
+/*
  * Where the aggregator sends what must be persisted or published. Each
  * callback returns 0, or non-zero to abort the current call, which then
  * returns that value; the caller must then roll back and rebuild.
@@ -202,6 +219,9 @@ struct agg_sink {
     int (*race_state)(void *arg, const struct agg_id *race, const char *json,
                       size_t len);
     int (*message)(void *arg, const struct agg_message *msg);
+    int (*class_state)(void *arg, const struct agg_id *class_id,
+                       const char *json, size_t len);
+    int (*history)(void *arg, const struct agg_history_row *row);
 };
 
 struct agg;
@@ -233,20 +253,25 @@ int agg_advance(struct agg *agg, int64_t stream_time_ms);
 int agg_close_all(struct agg *agg);
 
 /* Send the state of every race changed since the last flush to
- * sink->race_state, in raceId order. Call once per batch, before commit.
+ * sink->race_state, in raceId order, then that of every changed class to
+ * sink->class_state, in classId order. Call once per batch, before commit.
  * Returns 0, the sink's error, or -ENOMEM. */
 int agg_flush(struct agg *agg);
 
 int64_t agg_stream_time(const struct agg *agg);
 
 /*
- * Rebuild after a restart: samples first, then race states, then the
- * stream time; nothing is sent to the sink. Each returns 0, -EINVAL for a
+ * Rebuild after a restart: samples first, then race states and class
+ * states, then the stream time, and last agg_restore_finish, which derives
+ * the class boards and history from the races whose results were
+ * published. Nothing is sent to the sink. Each returns 0, -EINVAL for a
  * row or document that is invalid or disagrees with the samples, -ENOSPC
  * past a cap, or -ENOMEM.
  */
 int agg_restore_sample(struct agg *agg, const struct agg_sample_row *row);
 int agg_restore_race(struct agg *agg, const char *json, size_t len);
+int agg_restore_class(struct agg *agg, const char *json, size_t len);
 void agg_restore_stream_time(struct agg *agg, int64_t stream_time_ms);
+int agg_restore_finish(struct agg *agg);
 
 #endif

@@ -1,12 +1,19 @@
 /*
- * Race leaderboards: ranking the riders at one second and writing the
- * message. Everything in the message derives from the stored samples, so
- * equal sample sets give equal bytes whatever order the records came in.
+ * Race leaderboards and race results: ranking the riders at one second and
+ * writing the message. Everything in the message derives from the stored
+ * samples, so equal sample sets give equal bytes whatever order the records
+ * came in.
+ *
+ * Results have the leaderboard's shape at the race's last second, with
+ * "type":"results" and two more members per entry: "final", whether the
+ * rider sent event "final", and "finalOutput", the output of the rider's
+ * last sample flagged final, or of the rider's last sample when none is.
  */
 #include "aggregator/internal.h"
 
 #include <errno.h>
 #include <inttypes.h>
+#include <openssl/evp.h>
 #include <stdlib.h>
 
 /* Total descending, then racerId ascending: a total order, because racer
@@ -51,7 +58,7 @@ static int64_t board_rank(struct agg *agg, struct race *race, int32_t second)
 }
 
 static void write_entry(struct strbuf *sb, const struct race *race,
-                        const struct board_entry *e, int64_t rank)
+                        const struct board_entry *e, int64_t rank, bool results)
 {
     const struct rider *rider = &race->riders[e->rider];
     const struct slot *slot = &rider->slots[e->latest - 1];
@@ -71,15 +78,27 @@ static void write_entry(struct strbuf *sb, const struct race *race,
     sb_fixed4(sb, slot->output4);
     sb_puts(sb, ",\"total\":");
     sb_fixed4(sb, e->total4);
+    if (results) {
+        const struct slot *final = slot;
+        if (rider->final_second > 0)
+            final = &rider->slots[rider->final_second - 1];
+        sb_printf(sb, ",\"final\":%s,\"finalOutput\":",
+                  rider->final_second > 0 ? "true" : "false");
+        sb_fixed4(sb, final->output4);
+    }
     sb_putc(sb, '}');
 }
 
 /*
- * Write the leaderboard of second into agg->doc. Equal totals share the
- * rank of the first of them (1, 2, 2, 4), and the list stops after top_n
- * entries even inside a tie, where racerId order decides who is listed.
+ * Write the leaderboard of second, or the results when results is true,
+ * into agg->doc. Equal totals share the rank of the first of them (1, 2,
+ * 2, 4), and the list stops after top_n entries even inside a tie, where
+ * racerId order decides who is listed. *revision_at receives the offset of
+ * the revision digits, which doc_hash leaves out.
  */
-static int board_write(struct agg *agg, struct race *race, int32_t second)
+static int board_write(struct agg *agg, struct race *race, int32_t second,
+                       int32_t revision, bool results, size_t *revision_at,
+                       size_t *revision_len)
 {
     int64_t count = board_rank(agg, race, second);
     struct strbuf *sb = &agg->doc;
@@ -91,12 +110,14 @@ static int board_write(struct agg *agg, struct race *race, int32_t second)
         count = agg->cfg.top_n;
 
     sb_reset(sb);
-    sb_puts(sb, "{\"type\":\"leaderboard\",\"raceId\":");
+    sb_printf(sb, "{\"type\":\"%s\",\"raceId\":",
+              results ? "results" : "leaderboard");
     agg_id_to_json(&race->id, sb);
-    sb_printf(sb,
-              ",\"second\":%" PRId32 ",\"revision\":%" PRId32 ",\"ts\":%" PRId64
-              ",\"entries\":[",
-              second, race->seconds[second - 1].revision,
+    sb_printf(sb, ",\"second\":%" PRId32 ",\"revision\":", second);
+    *revision_at = sb->len;
+    sb_printf(sb, "%" PRId32, revision);
+    *revision_len = sb->len - *revision_at;
+    sb_printf(sb, ",\"ts\":%" PRId64 ",\"entries\":[",
               race_ts_at(race, second));
     for (int64_t i = 0; i < count; i++) {
         const struct board_entry *e = &agg->board[i];
@@ -104,15 +125,45 @@ static int board_write(struct agg *agg, struct race *race, int32_t second)
             rank = i + 1;
         if (i > 0)
             sb_putc(sb, ',');
-        write_entry(sb, race, e, rank);
+        write_entry(sb, race, e, rank, results);
     }
     sb_puts(sb, "]}");
     return sb_error(sb);
 }
 
+int doc_hash(const struct strbuf *doc, size_t skip_at, size_t len,
+             uint8_t hash[32])
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned int n = 0;
+    int rc = -ENOMEM;
+
+    if (ctx == NULL)
+        return -ENOMEM;
+    if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+        EVP_DigestUpdate(ctx, doc->data, skip_at) == 1 &&
+        EVP_DigestUpdate(ctx, doc->data + skip_at + len,
+                         doc->len - skip_at - len) == 1 &&
+        EVP_DigestFinal_ex(ctx, hash, &n) == 1)
+        rc = 0;
+    EVP_MD_CTX_free(ctx);
+    return rc;
+}
+
+int results_write(struct agg *agg, struct race *race, int32_t revision,
+                  uint8_t hash[32])
+{
+    size_t at, len;
+    int rc =
+        board_write(agg, race, race->latest_second, revision, true, &at, &len);
+    return rc != 0 ? rc : doc_hash(&agg->doc, at, len, hash);
+}
+
 int board_publish(struct agg *agg, struct race *race, int32_t second)
 {
-    int rc = board_write(agg, race, second);
+    size_t at, len;
+    int rc = board_write(agg, race, second, race->seconds[second - 1].revision,
+                         false, &at, &len);
     if (rc != 0)
         return rc;
 

@@ -111,7 +111,8 @@ int agg_id_from_json(const char *text, size_t len, struct agg_id *id)
     return rc;
 }
 
-enum agg_reject agg_id_from_value(const struct sjson_value *v, struct agg_id *id)
+enum agg_reject agg_id_from_value(const struct sjson_value *v,
+                                  struct agg_id *id)
 {
     if (v->type == SJSON_STRING) {
         enum agg_reject why = agg_id_check_string(v->str, v->len);

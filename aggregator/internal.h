@@ -107,6 +107,9 @@ struct rider {
     struct agg_id *classes;
     uint32_t class_count;
     uint32_t class_cap;
+    uint32_t result_class; /* position + 1 in agg.classes of the class whose
+                              board counts this rider's total in this race;
+                              0 while the race has no results */
 };
 
 struct race_second {
@@ -129,8 +132,16 @@ struct race {
     int32_t published_through; /* last published second; 0: none yet */
     int32_t ts_valid_through;  /* race_second.ts valid through here */
     int64_t activity_ms;       /* stream time of the last applied sample */
-    bool dirty;                /* state changed since the last flush */
-    bool open;                 /* listed in agg.open */
+    uint32_t active_riders;    /* riders with at least one sample */
+    uint32_t final_riders;     /* riders with a sample flagged final */
+    int32_t results_revision;  /* of the last results sent */
+    int64_t class_ts;          /* results ts when the classes last saw it */
+    uint8_t results_hash[32];  /* of the last results sent, revision left
+                                  out */
+    bool results_published;
+    bool results_stale; /* a sample changed since the results were built */
+    bool dirty;         /* state changed since the last flush */
+    bool open;          /* listed in agg.open */
 };
 
 struct board_entry {
@@ -138,6 +149,43 @@ struct board_entry {
     const struct agg_id *racer;
     uint32_t rider;
     int32_t latest;
+};
+
+/* ---- classes ------------------------------------------------------------ */
+
+/* A race whose results counted the rider in the class, with the total. */
+struct class_entry {
+    uint32_t race; /* position in agg.races */
+    int64_t total4;
+};
+
+/* The best output of a rider at one second, and the race that set it. */
+struct history_cell {
+    int32_t output4;
+    uint32_t race; /* position + 1 in agg.races; 0: no output yet */
+};
+
+struct class_rider {
+    struct agg_id id;
+    struct class_entry *entries;
+    uint32_t entry_count;
+    uint32_t entry_cap;
+    int64_t best;                 /* index into entries, or -1 */
+    struct history_cell *history; /* history[second - 1] */
+    int32_t history_len;
+};
+
+struct class_board {
+    struct agg_id id;
+    struct class_rider *riders;
+    uint32_t rider_count;
+    uint32_t rider_cap;
+    struct id_index rider_index;
+    int32_t revision; /* of the last board sent */
+    uint8_t hash[32]; /* of the last board sent, revision left out */
+    bool published;
+    bool touched; /* may have changed in this call: compare at its end */
+    bool dirty;   /* state changed since the last flush */
 };
 
 struct agg {
@@ -153,7 +201,12 @@ struct agg {
     uint32_t open_cap;
     struct board_entry *board;
     uint32_t board_cap;
-    struct strbuf doc; /* message and state scratch */
+    struct class_board **classes;
+    uint32_t class_count;
+    uint32_t class_cap;
+    struct id_index class_index;
+    uint32_t touched_classes; /* count of classes with touched set */
+    struct strbuf doc;        /* message and state scratch */
 };
 
 /* ---- race.c ------------------------------------------------------------- */
@@ -167,6 +220,8 @@ void race_free(struct race *race);
 /* Find or create the rider. Returns its position in race->riders, -ENOSPC
  * past AGG_MAX_RACERS, or -ENOMEM. */
 int64_t race_rider(struct race *race, const struct agg_id *id);
+/* Position of the rider in race->riders, or -1. */
+int64_t race_find_rider(const struct race *race, const struct agg_id *id);
 /* Grow the per-second arrays of the race and, unless NULL, the rider to
  * hold second. Returns 0 or -ENOMEM. */
 int race_reserve(struct agg *agg, struct race *race, struct rider *rider,
@@ -232,9 +287,11 @@ void race_rescan_arrival(struct race *race, int32_t second);
 /* Account a new sample at second in first/latest and max_arrival. */
 void race_note_sample(struct race *race, int32_t second, int64_t arrival_ms);
 
-/* List the race for idle closing if it has unpublished seconds. Returns 0
- * or -ENOMEM. */
+/* List the race for idle closing if it has unpublished seconds or results.
+ * Returns 0 or -ENOMEM. */
 int agg_mark_open(struct agg *agg, struct race *race);
+/* Whether the race still has seconds or results to publish. */
+bool race_has_work(const struct race *race);
 /* Position of race in agg->races. */
 uint32_t agg_race_position(const struct agg *agg, const struct race *race);
 
@@ -253,6 +310,54 @@ void slot_to_row(const struct race *race, const struct rider *rider,
 
 /* Build and send the leaderboard of one second. Returns 0 or the error. */
 int board_publish(struct agg *agg, struct race *race, int32_t second);
+
+/*
+ * Write the results of the race with this revision into agg->doc and their
+ * SHA-256, revision left out, into hash. Returns 0 or -ENOMEM.
+ */
+int results_write(struct agg *agg, struct race *race, int32_t revision,
+                  uint8_t hash[32]);
+
+/* SHA-256 of doc without the len bytes at skip_at. Returns 0, or -ENOMEM
+ * when OpenSSL fails. */
+int doc_hash(const struct strbuf *doc, size_t skip_at, size_t len,
+             uint8_t hash[32]);
+
+/* ---- results.c ---------------------------------------------------------- */
+
+/*
+ * Publish the race's results when they are due: first when every rider
+ * with a sample has sent "final", or when force (idle close, close all);
+ * again, with the revision raised, when a sample changed since and the
+ * message changes. Updates the class boards and history on the way.
+ * Returns 0, the sink's error, or -ENOMEM.
+ */
+int results_settle(struct agg *agg, struct race *race, bool force);
+
+/*
+ * Count every rider of the race, with the race's results, in the board of
+ * the rider's class (the classId of the rider's last sample), and update
+ * the rider's best total and history there. quiet sends no history rows
+ * (restore). Returns 0, the sink's error, or -ENOMEM.
+ */
+int classes_update_race(struct agg *agg, struct race *race, bool quiet);
+
+/* Send every touched class board whose message changed, in classId order.
+ * Returns 0, the sink's error, or -ENOMEM. */
+int classes_publish(struct agg *agg);
+
+/* Send the state of every changed class, in classId order. */
+int classes_flush(struct agg *agg);
+
+/* Write the class board with this revision into agg->doc, and its hash. */
+int class_write(struct agg *agg, struct class_board *board, int32_t revision,
+                uint8_t hash[32]);
+
+/* Find or create the class and set the revision of its last board sent.
+ * Returns 0 or -ENOMEM. */
+int class_restore(struct agg *agg, const struct agg_id *id, int32_t revision);
+
+void classes_free(struct agg *agg);
 
 /* ---- state.c ------------------------------------------------------------ */
 

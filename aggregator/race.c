@@ -100,6 +100,11 @@ void race_free(struct race *race)
     free(race);
 }
 
+int64_t race_find_rider(const struct race *race, const struct agg_id *id)
+{
+    return id_index_find(&race->rider_index, id, rider_key_at, race);
+}
+
 int64_t race_rider(struct race *race, const struct agg_id *id)
 {
     int64_t i = id_index_find(&race->rider_index, id, rider_key_at, race);
@@ -434,6 +439,8 @@ int race_store_sample(struct agg *agg, struct race *race, uint32_t position,
 
     bool replaced = (slot->flags & SLOT_PRESENT) != 0;
     bool was_final = (slot->flags & SLOT_FINAL) != 0;
+    bool rider_had_sample = rider->min_second != 0;
+    bool rider_had_final = rider->final_second != 0;
     slot->device_ts_ms = in->device_ts_ms;
     slot->arrival_ms = in->arrival_ms;
     slot->cadence4 = (int32_t)in->cadence4;
@@ -446,6 +453,13 @@ int race_store_sample(struct agg *agg, struct race *race, uint32_t position,
 
     rider_note_sample(rider, in->second, was_final, in->final);
     race_note_sample(race, in->second, in->arrival_ms);
+    /* The counts decide when every rider has sent "final". */
+    if (!rider_had_sample)
+        race->active_riders++;
+    if (rider_had_final && rider->final_second == 0)
+        race->final_riders--;
+    else if (!rider_had_final && rider->final_second != 0)
+        race->final_riders++;
     if (replaced)
         race_rescan_arrival(race, in->second);
     return 0;

@@ -130,7 +130,8 @@ static bool at_non_finite(const uint8_t *data, size_t len, size_t offset)
 
 /* Map a parser failure to a reject reason. Returns -1, or -ENOMEM. */
 static int reject_parse(const uint8_t *data, size_t len, int code,
-                        const struct sjson_err *err, struct agg_reject_info *why)
+                        const struct sjson_err *err,
+                        struct agg_reject_info *why)
 {
     switch (code) {
     case SJSON_ERR_DEPTH:
@@ -161,8 +162,8 @@ static int reject_parse(const uint8_t *data, size_t len, int code,
 
 /* The member, or a MISSING_FIELD / WRONG_TYPE reject and NULL. */
 static const struct sjson_value *field(const struct sjson_value *root,
-                                      const char *key, enum sjson_type type,
-                                      struct agg_reject_info *why)
+                                       const char *key, enum sjson_type type,
+                                       struct agg_reject_info *why)
 {
     const struct sjson_value *v = sjson_object_get(root, key);
 

@@ -3,10 +3,15 @@
  *
  * A race state is one JSON object with a fixed member order, for example
  *   {"raceId":5402746,"firstSecond":1,"latestSecond":12,"publishedFrom":1,
- *    "publishedThrough":9,"activityMs":1620824050000,"revisions":[[3,1]]}
+ *    "publishedThrough":9,"activityMs":1620824050000,"revisions":[[3,1]],
+ *    "resultsRevision":-1}
  * where revisions lists [second, revision] for every published second with
- * a revision above 0, in second order. Everything else in memory (totals,
- * interned names, arrival maxima) is derived from the samples.
+ * a revision above 0, in second order, and resultsRevision is the revision
+ * of the last results sent, -1 before the first. A state written before
+ * results existed has no resultsRevision and reads as -1. A class state is
+ *   {"classId":1,"revision":3}
+ * Everything else in memory (totals, interned names, arrival maxima, class
+ * boards, history) is derived from the samples.
  */
 #include "aggregator/internal.h"
 
@@ -38,7 +43,8 @@ int state_write(struct agg *agg, const struct race *race)
                   revision);
         first = false;
     }
-    sb_puts(sb, "]}");
+    sb_printf(sb, "],\"resultsRevision\":%" PRId32 "}",
+              race->results_published ? race->results_revision : -1);
     return sb_error(sb);
 }
 
@@ -117,6 +123,7 @@ struct race_state {
     int64_t published_from;
     int64_t published_through;
     int64_t activity_ms;
+    int64_t results_revision; /* -1: none */
     const struct sjson_value *revisions;
 };
 
@@ -144,6 +151,12 @@ static int state_read(const struct agg *agg, const struct sjson_value *root,
         return -1;
     st->revisions = sjson_object_get(root, "revisions");
     if (st->revisions == NULL || st->revisions->type != SJSON_ARRAY)
+        return -1;
+    st->results_revision = -1;
+    if (sjson_object_get(root, "resultsRevision") != NULL &&
+        (member_int(root, "resultsRevision", &st->results_revision) != 0 ||
+         st->results_revision < -1 || st->results_revision > INT32_MAX ||
+         (st->results_revision >= 0 && st->latest_second == 0)))
         return -1;
 
     /* Bounds that every later index into the per-second arrays relies
@@ -215,9 +228,37 @@ int agg_restore_race(struct agg *agg, const char *json, size_t len)
         race->published_from = (int32_t)st.published_from;
         race->published_through = (int32_t)st.published_through;
         race->activity_ms = st.activity_ms;
+        race->results_published = st.results_revision >= 0;
+        race->results_revision =
+            st.results_revision >= 0 ? (int32_t)st.results_revision : 0;
         race->dirty = false;
         rc = agg_mark_open(agg, race);
     }
+    sjson_doc_free(doc);
+    return rc;
+}
+
+/*
+ * Apply one class state document. Returns 0, -EINVAL when it is invalid,
+ * or -ENOMEM.
+ */
+int agg_restore_class(struct agg *agg, const char *json, size_t len)
+{
+    struct sjson_limits limits = {AGG_MAX_DOCUMENT_BYTES, 2};
+    struct sjson_doc *doc = NULL;
+    struct agg_id id;
+    int64_t revision;
+
+    if (sjson_parse(json, len, &limits, &doc, NULL) != 0)
+        return -EINVAL;
+    const struct sjson_value *root = sjson_doc_root(doc);
+    const struct sjson_value *id_value = sjson_object_get(root, "classId");
+    int rc = -EINVAL;
+    if (root->type == SJSON_OBJECT && id_value != NULL &&
+        agg_id_from_value(id_value, &id) == AGG_REJECT_NONE &&
+        member_int(root, "revision", &revision) == 0 && revision >= 0 &&
+        revision <= INT32_MAX)
+        rc = class_restore(agg, &id, (int32_t)revision);
     sjson_doc_free(doc);
     return rc;
 }

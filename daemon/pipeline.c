@@ -26,6 +26,7 @@
  */
 #include "daemon/daemon.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,6 +106,9 @@ static int sink_sample(void *arg, const struct agg_sample_row *row);
 static int sink_race_state(void *arg, const struct agg_id *race,
                            const char *json, size_t len);
 static int sink_message(void *arg, const struct agg_message *msg);
+static int sink_class_state(void *arg, const struct agg_id *class_id,
+                            const char *json, size_t len);
+static int sink_history(void *arg, const struct agg_history_row *row);
 
 /* ---- construction ---------------------------------------------------- */
 
@@ -177,7 +181,8 @@ struct pipeline *pipeline_new(uv_loop_t *loop, struct store *st,
     pl->message_limit = (struct log_limit)LOG_LIMIT_INIT(10000, 20);
 
     struct agg_config acfg;
-    struct agg_sink sink = {pl, sink_sample, sink_race_state, sink_message};
+    struct agg_sink sink = {pl,           sink_sample,      sink_race_state,
+                            sink_message, sink_class_state, sink_history};
     char err[512] = "";
     agg_config_from(cfg, &acfg);
     pl->agg = agg_new(&acfg, &sink);
@@ -316,6 +321,18 @@ static int restore_race(void *arg, const char *key, const char *value,
     return 0;
 }
 
+static int restore_class(void *arg, const char *key, const char *value,
+                         size_t len)
+{
+    struct pipeline *pl = arg;
+    if (agg_restore_class(pl->agg, value, len) != 0) {
+        log_error("main", NULL, "failed to restore class %s: invalid state",
+                  key);
+        return -1;
+    }
+    return 0;
+}
+
 /*
  * Rebuild the aggregator from the samples and race states in the store, so
  * that processing continues exactly where the last commit left it.
@@ -325,7 +342,8 @@ int pipeline_restore(struct pipeline *pl)
     char text[32];
 
     if (store_samples_load(pl->store, restore_sample, pl) != 0 ||
-        store_state_load(pl->store, "race", restore_race, pl) != 0) {
+        store_state_load(pl->store, "race", restore_race, pl) != 0 ||
+        store_state_load(pl->store, "class", restore_class, pl) != 0) {
         log_error("main", NULL, "failed to restore state: %s",
                   store_errmsg(pl->store));
         return -1;
@@ -338,6 +356,14 @@ int pipeline_restore(struct pipeline *pl)
     }
     if (found == 1)
         agg_restore_stream_time(pl->agg, strtoll(text, NULL, 10));
+    int rc = agg_restore_finish(pl->agg);
+    if (rc != 0) {
+        log_error("main", NULL,
+                  "failed to rebuild race results and class boards: %s",
+                  rc == -ENOMEM ? "out of memory"
+                                : "a race state disagrees with its samples");
+        return -1;
+    }
     return 0;
 }
 
@@ -382,6 +408,54 @@ static int sink_race_state(void *arg, const struct agg_id *race,
     return store_state_put(pl->store, "race", pl->ids[0].data, json, len);
 }
 
+static int sink_class_state(void *arg, const struct agg_id *class_id,
+                            const char *json, size_t len)
+{
+    struct pipeline *pl = arg;
+    sb_reset(&pl->ids[0]);
+    agg_id_to_json(class_id, &pl->ids[0]);
+    return store_state_put(pl->store, "class", pl->ids[0].data, json, len);
+}
+
+static int sink_history(void *arg, const struct agg_history_row *row)
+{
+    struct pipeline *pl = arg;
+    for (size_t i = 0; i < 3; i++)
+        sb_reset(&pl->ids[i]);
+    agg_id_to_json(row->class_id, &pl->ids[0]);
+    agg_id_to_json(row->racer, &pl->ids[1]);
+    if (row->race == NULL)
+        return store_history_delete(pl->store, pl->ids[0].data, pl->ids[1].data,
+                                    row->second);
+    agg_id_to_json(row->race, &pl->ids[2]);
+    struct store_history_row h = {
+        .class_id = pl->ids[0].data,
+        .racer_id = pl->ids[1].data,
+        .second = row->second,
+        .output4 = row->output4,
+        .race_id = pl->ids[2].data,
+    };
+    return store_history_put(pl->store, &h);
+}
+
+/*
+ * Keep the newest results and class boards for `podium query`, under the
+ * kinds it reads ("results" by raceId, "class-leaderboard" by classId),
+ * whether or not the message can be published.
+ */
+static int keep_last_message(struct pipeline *pl, const struct agg_message *msg)
+{
+    const char *kind =
+        msg->kind == AGG_MSG_RACE_RESULTS ? "results" : "class-leaderboard";
+    if (msg->kind == AGG_MSG_RACE_LEADERBOARD)
+        return 0;
+    sb_reset(&pl->ids[0]);
+    agg_id_to_json(msg->race != NULL ? msg->race : msg->class_id, &pl->ids[0]);
+    return store_last_message_put(pl->store, kind, pl->ids[0].data,
+                                  msg->revision, msg->payload,
+                                  msg->payload_len);
+}
+
 static const char *topic_template(const struct podium_config *cfg,
                                   enum agg_message_kind kind)
 {
@@ -405,10 +479,19 @@ static int drop_message(struct pipeline *pl, const struct agg_message *msg,
     if (log_limit_allow(&pl->message_limit, (uint64_t)log_now_ms(),
                         &suppressed)) {
         struct log_ids ids = {.race = msg->race ? msg->race->str : NULL};
-        log_error("main", &ids,
-                  "failed to build message for second %" PRId32 ": %s (%" PRIu32
-                  " similar errors not logged)",
-                  msg->second, reason, suppressed);
+        if (msg->kind == AGG_MSG_CLASS_LEADERBOARD)
+            log_error(
+                "main", &ids,
+                "failed to build the leaderboard of class %s: %s (%" PRIu32
+                " similar errors not logged)",
+                msg->class_id->str, reason, suppressed);
+        else
+            log_error("main", &ids,
+                      "failed to build the %s for second %" PRId32
+                      ": %s (%" PRIu32 " similar errors not logged)",
+                      msg->kind == AGG_MSG_RACE_RESULTS ? "results"
+                                                        : "leaderboard",
+                      msg->second, reason, suppressed);
     }
     return 0;
 }
@@ -447,6 +530,8 @@ static int sink_message(void *arg, const struct agg_message *msg)
     char err[256];
     int64_t id;
 
+    if (keep_last_message(pl, msg) != 0)
+        return -1;
     sb_reset(&pl->topic);
     if (pub_topic_expand(topic_template(pl->cfg, msg->kind),
                          race ? race->str : NULL, race ? race->len : 0,

@@ -38,14 +38,30 @@ struct stored_state {
     size_t len;
 };
 
+/* One class history row as the store would keep it. */
+struct stored_history {
+    struct agg_id class_id, racer, race;
+    int32_t second;
+    int64_t output4;
+};
+
 struct capture {
-    struct strbuf messages; /* payloads, one per line */
+    struct strbuf messages; /* race leaderboard payloads, one per line */
     int message_count;
+    struct strbuf results; /* race results payloads, one per line */
+    int results_count;
+    struct strbuf classes; /* class leaderboard payloads, one per line */
+    int class_count;
     int sample_calls;
     struct stored_row rows[MAX_ROWS];
     int row_count;
     struct stored_state states[MAX_STATES];
     int state_count;
+    struct stored_state class_states[MAX_STATES];
+    int class_state_count;
+    struct stored_history history[MAX_ROWS];
+    int history_count;
+    int history_calls;
 };
 
 static int capture_sample(void *arg, const struct agg_sample_row *row)
@@ -86,25 +102,70 @@ static int capture_sample(void *arg, const struct agg_sample_row *row)
     return 0;
 }
 
+/* Keep the newest document per id, like the agg_state table. */
+static void put_state(struct stored_state *states, int *count,
+                      const struct agg_id *id, const char *json, size_t len)
+{
+    struct stored_state *s = NULL;
+
+    for (int i = 0; i < *count && s == NULL; i++) {
+        if (agg_id_cmp(&states[i].race, id) == 0)
+            s = &states[i];
+    }
+    if (s == NULL) {
+        ASSERT_TRUE(*count < MAX_STATES);
+        s = &states[(*count)++];
+    }
+    ASSERT_TRUE(len < sizeof s->json);
+    s->race = *id;
+    memcpy(s->json, json, len);
+    s->json[len] = '\0';
+    s->len = len;
+}
+
 static int capture_state(void *arg, const struct agg_id *race, const char *json,
                          size_t len)
 {
     struct capture *c = arg;
-    struct stored_state *s = NULL;
+    put_state(c->states, &c->state_count, race, json, len);
+    return 0;
+}
 
-    for (int i = 0; i < c->state_count && s == NULL; i++) {
-        if (agg_id_cmp(&c->states[i].race, race) == 0)
-            s = &c->states[i];
+static int capture_class_state(void *arg, const struct agg_id *class_id,
+                               const char *json, size_t len)
+{
+    struct capture *c = arg;
+    put_state(c->class_states, &c->class_state_count, class_id, json, len);
+    return 0;
+}
+
+/* Insert, replace or delete the row of (class, racer, second). */
+static int capture_history(void *arg, const struct agg_history_row *row)
+{
+    struct capture *c = arg;
+    int at = -1;
+
+    c->history_calls++;
+    for (int i = 0; i < c->history_count && at < 0; i++) {
+        const struct stored_history *h = &c->history[i];
+        if (agg_id_cmp(&h->class_id, row->class_id) == 0 &&
+            agg_id_cmp(&h->racer, row->racer) == 0 && h->second == row->second)
+            at = i;
     }
-    if (s == NULL) {
-        ASSERT_TRUE(c->state_count < MAX_STATES);
-        s = &c->states[c->state_count++];
+    if (row->race == NULL) {
+        ASSERT_TRUE(at >= 0);
+        c->history[at] = c->history[--c->history_count];
+        return 0;
     }
-    ASSERT_TRUE(len < sizeof s->json);
-    s->race = *race;
-    memcpy(s->json, json, len);
-    s->json[len] = '\0';
-    s->len = len;
+    if (at < 0) {
+        ASSERT_TRUE(c->history_count < MAX_ROWS);
+        at = c->history_count++;
+    }
+    c->history[at].class_id = *row->class_id;
+    c->history[at].racer = *row->racer;
+    c->history[at].race = *row->race;
+    c->history[at].second = row->second;
+    c->history[at].output4 = row->output4;
     return 0;
 }
 
@@ -112,11 +173,28 @@ static int capture_message(void *arg, const struct agg_message *msg)
 {
     struct capture *c = arg;
 
-    ASSERT_EQ(msg->kind, AGG_MSG_RACE_LEADERBOARD);
-    ASSERT_TRUE(msg->class_id == NULL);
-    sb_append(&c->messages, msg->payload, msg->payload_len);
-    sb_putc(&c->messages, '\n');
-    c->message_count++;
+    switch (msg->kind) {
+    case AGG_MSG_RACE_LEADERBOARD:
+        ASSERT_TRUE(msg->class_id == NULL);
+        sb_append(&c->messages, msg->payload, msg->payload_len);
+        sb_putc(&c->messages, '\n');
+        c->message_count++;
+        break;
+    case AGG_MSG_RACE_RESULTS:
+        ASSERT_TRUE(msg->class_id == NULL);
+        ASSERT_TRUE(msg->race != NULL);
+        sb_append(&c->results, msg->payload, msg->payload_len);
+        sb_putc(&c->results, '\n');
+        c->results_count++;
+        break;
+    case AGG_MSG_CLASS_LEADERBOARD:
+        ASSERT_TRUE(msg->race == NULL);
+        ASSERT_TRUE(msg->class_id != NULL);
+        sb_append(&c->classes, msg->payload, msg->payload_len);
+        sb_putc(&c->classes, '\n');
+        c->class_count++;
+        break;
+    }
     return 0;
 }
 
@@ -125,12 +203,16 @@ static struct capture *capture_new(void)
     struct capture *c = calloc(1, sizeof *c);
     ASSERT_TRUE(c != NULL);
     sb_init(&c->messages, 1 << 24);
+    sb_init(&c->results, 1 << 24);
+    sb_init(&c->classes, 1 << 24);
     return c;
 }
 
 static void capture_free(struct capture *c)
 {
     sb_free(&c->messages);
+    sb_free(&c->results);
+    sb_free(&c->classes);
     free(c);
 }
 
@@ -156,7 +238,12 @@ static struct agg_config default_config(void)
 
 static struct agg *agg_for(const struct agg_config *cfg, struct capture *c)
 {
-    struct agg_sink sink = {c, capture_sample, capture_state, capture_message};
+    struct agg_sink sink = {c,
+                            capture_sample,
+                            capture_state,
+                            capture_message,
+                            capture_class_state,
+                            capture_history};
     struct agg *agg = agg_new(cfg, &sink);
     ASSERT_TRUE(agg != NULL);
     return agg;
@@ -976,7 +1063,8 @@ TEST(agg_flush_sends_changed_races)
     ASSERT_STR_EQ(c->states[0].json,
                   "{\"raceId\":3,\"firstSecond\":1,\"latestSecond\":1,"
                   "\"publishedFrom\":0,\"publishedThrough\":0,"
-                  "\"activityMs\":2000,\"revisions\":[]}");
+                  "\"activityMs\":2000,\"revisions\":[],"
+                  "\"resultsRevision\":-1}");
 
     /* Nothing changed: nothing is sent. Then only the changed race. */
     c->state_count = 0;
@@ -1069,7 +1157,8 @@ TEST(agg_late_record_amends_revision)
     ASSERT_STR_EQ(c->states[0].json,
                   "{\"raceId\":5402746,\"firstSecond\":1,\"latestSecond\":5,"
                   "\"publishedFrom\":1,\"publishedThrough\":5,"
-                  "\"activityMs\":7000,\"revisions\":[[3,1],[4,2],[5,2]]}");
+                  "\"activityMs\":7000,\"revisions\":[[3,1],[4,2],[5,2]],"
+                  "\"resultsRevision\":-1}");
     agg_free(agg);
     capture_free(c);
 }
@@ -1214,7 +1303,12 @@ static void restore_store(struct agg *agg, const struct capture *store,
         ASSERT_EQ(
             agg_restore_race(agg, store->states[i].json, store->states[i].len),
             0);
+    for (int i = 0; i < store->class_state_count; i++)
+        ASSERT_EQ(agg_restore_class(agg, store->class_states[i].json,
+                                    store->class_states[i].len),
+                  0);
     agg_restore_stream_time(agg, stream_time_ms);
+    ASSERT_EQ(agg_restore_finish(agg), 0);
 }
 
 /* Build a new aggregator from what the capture stored, like a restart. */
@@ -1510,7 +1604,8 @@ static int board_log_message(void *arg, const struct agg_message *msg)
 {
     struct board_log *log = arg;
 
-    ASSERT_EQ(msg->kind, AGG_MSG_RACE_LEADERBOARD);
+    if (msg->kind != AGG_MSG_RACE_LEADERBOARD)
+        return capture_message(log->store, msg);
     ASSERT_TRUE(msg->second >= 1);
     ASSERT_TRUE(msg->second <= GEN_MAX_SECONDS);
     int race = board_race_index(log, msg->race);
@@ -1545,6 +1640,19 @@ static int board_log_state(void *arg, const struct agg_id *race,
     return capture_state(log->store, race, json, len);
 }
 
+static int board_log_class_state(void *arg, const struct agg_id *class_id,
+                                 const char *json, size_t len)
+{
+    struct board_log *log = arg;
+    return capture_class_state(log->store, class_id, json, len);
+}
+
+static int board_log_history(void *arg, const struct agg_history_row *row)
+{
+    struct board_log *log = arg;
+    return capture_history(log->store, row);
+}
+
 static struct board_log *board_log_new(void)
 {
     struct board_log *log = calloc(1, sizeof *log);
@@ -1570,8 +1678,12 @@ static void board_log_free(struct board_log *log)
 static struct agg *agg_for_log(const struct agg_config *cfg,
                                struct board_log *log)
 {
-    struct agg_sink sink = {log, board_log_sample, board_log_state,
-                            board_log_message};
+    struct agg_sink sink = {log,
+                            board_log_sample,
+                            board_log_state,
+                            board_log_message,
+                            board_log_class_state,
+                            board_log_history};
     struct agg *agg = agg_new(cfg, &sink);
     ASSERT_TRUE(agg != NULL);
     return agg;
