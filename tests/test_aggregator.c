@@ -1474,6 +1474,510 @@ TEST(agg_name_nul_is_escaped)
     capture_free(c);
 }
 
+/* ---- race results, class boards and history ----------------------------- */
+
+/* One record with every id chosen; ids are JSON texts (7 or "\"b\""). */
+struct result_spec {
+    const char *race;
+    const char *racer;
+    const char *class_id;
+    const char *name;
+    int32_t second;
+    const char *cadence;
+    const char *resistance;
+    bool final;
+    int64_t arrival_ms;
+    const char *uuid; /* NULL: derived from race, racer and second */
+};
+
+static enum agg_outcome feed_result(struct agg *agg,
+                                    const struct result_spec *r)
+{
+    char json[1024], uuid[128];
+    struct agg_record rec;
+    enum agg_outcome outcome = AGG_OUTCOME_COUNT;
+
+    snprintf(uuid, sizeof uuid, "u-%s-%s-%d", r->race, r->racer,
+             (int)r->second);
+    for (char *p = uuid; *p != '\0'; p++) {
+        if (*p == '"')
+            *p = 'q';
+    }
+    snprintf(json, sizeof json,
+             "{\"uuid\":\"%s\",\"event\":\"%s\",\"deviceTimestamp\":%d,"
+             "\"second\":%d,\"raceId\":%s,\"name\":\"%s\",\"racerId\":%s,"
+             "\"classId\":%s,\"cadence\":%s,\"resistance\":%s}",
+             r->uuid ? r->uuid : uuid, r->final ? "final" : "update",
+             1000 + (int)r->second, (int)r->second, r->race, r->name, r->racer,
+             r->class_id, r->cadence, r->resistance);
+    parse_ok(json, &rec);
+    ASSERT_EQ(agg_apply(agg, &rec, r->arrival_ms, &outcome), 0);
+    return outcome;
+}
+
+static void feed_results(struct agg *agg, const struct result_spec *specs,
+                         size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        feed_result(agg, &specs[i]);
+}
+
+static struct agg_config results_config(void)
+{
+    struct agg_config cfg = default_config();
+    cfg.allowed_lateness_s = 100; /* no leaderboard closes on its own */
+    cfg.idle_close_s = 30;
+    return cfg;
+}
+
+/* Outputs: 90/0 -> 81.25, 0/0 -> 22.75, 10/10 -> 33.75, 65/35 -> 100. */
+static const struct result_spec two_finals[] = {
+    {"42", "7", "1", "Ann", 1, "90", "0", false, 1000, NULL},
+    {"42", "\"b\"", "1", "Bo", 1, "0", "0", false, 1001, NULL},
+    {"42", "7", "1", "Ann", 2, "10", "10", true, 2000, NULL},
+    {"42", "\"b\"", "1", "Bo", 2, "65", "35", true, 2001, NULL},
+};
+
+static const char two_finals_results[] =
+    "{\"type\":\"results\",\"raceId\":42,\"second\":2,\"revision\":0,"
+    "\"ts\":2001,\"entries\":["
+    "{\"rank\":1,\"racerId\":\"b\",\"name\":\"Bo\",\"classId\":1,"
+    "\"second\":2,\"cadence\":65,\"resistance\":35,\"output\":100,"
+    "\"total\":122.75,\"final\":true,\"finalOutput\":100},"
+    "{\"rank\":2,\"racerId\":7,\"name\":\"Ann\",\"classId\":1,"
+    "\"second\":2,\"cadence\":10,\"resistance\":10,\"output\":33.75,"
+    "\"total\":115,\"final\":true,\"finalOutput\":33.75}]}\n";
+
+static const char two_finals_class[] =
+    "{\"type\":\"class-leaderboard\",\"classId\":1,\"revision\":0,"
+    "\"ts\":2001,\"entries\":["
+    "{\"rank\":1,\"racerId\":\"b\",\"name\":\"Bo\",\"raceId\":42,"
+    "\"total\":122.75},"
+    "{\"rank\":2,\"racerId\":7,\"name\":\"Ann\",\"raceId\":42,"
+    "\"total\":115}]}\n";
+
+TEST(agg_results_when_all_final)
+{
+    struct agg_config cfg = results_config();
+    struct capture *c = capture_new();
+    struct agg *agg = agg_for(&cfg, c);
+
+    feed_results(agg, two_finals, 3);
+    ASSERT_EQ(c->results_count, 0);
+    ASSERT_EQ(c->class_count, 0);
+    feed_results(agg, two_finals + 3, 1);
+    ASSERT_EQ(c->results_count, 1);
+    ASSERT_STR_EQ(c->results.data, two_finals_results);
+    ASSERT_EQ(c->class_count, 1);
+    ASSERT_STR_EQ(c->classes.data, two_finals_class);
+    /* The leaderboards still wait for allowed lateness or idle close. */
+    ASSERT_EQ(c->message_count, 0);
+
+    /* Closing the race later publishes its seconds, not the results. */
+    ASSERT_EQ(agg_close_all(agg), 0);
+    ASSERT_EQ(c->message_count, 2);
+    ASSERT_EQ(c->results_count, 1);
+    ASSERT_EQ(c->class_count, 1);
+
+    ASSERT_EQ(agg_flush(agg), 0);
+    ASSERT_EQ(c->class_state_count, 1);
+    ASSERT_STR_EQ(c->class_states[0].json, "{\"classId\":1,\"revision\":0}");
+    ASSERT_TRUE(strstr(c->states[0].json, "\"resultsRevision\":0}") != NULL);
+    agg_free(agg);
+    capture_free(c);
+}
+
+TEST(agg_results_on_idle_close)
+{
+    struct agg_config cfg = results_config();
+    cfg.allowed_lateness_s = 0; /* every second is published at once */
+    struct capture *c = capture_new();
+    struct agg *agg = agg_for(&cfg, c);
+    /* Rider 8 sent final at second 1 and kept riding; rider 7 never sent
+     * final, so only the idle close publishes the results. */
+    static const struct result_spec specs[] = {
+        {"43", "7", "1", "Ann", 1, "90", "0", false, 1000, NULL},
+        {"43", "8", "1", "Cy", 1, "90", "0", true, 1001, NULL},
+        {"43", "7", "1", "Ann", 2, "10", "10", false, 2000, NULL},
+        {"43", "8", "1", "Cy", 2, "0", "0", false, 2001, NULL},
+    };
+
+    /* Lateness 0 publishes each second at once, and rider 8's first
+     * sample amends second 1, so the race has nothing open but results. */
+    feed_results(agg, specs, 4);
+    ASSERT_EQ(c->message_count, 4);
+    ASSERT_EQ(agg_advance(agg, 2000 + 29999), 0);
+    ASSERT_EQ(c->results_count, 0);
+    ASSERT_EQ(agg_advance(agg, 2000 + 30000), 0);
+    ASSERT_EQ(c->results_count, 0); /* rider 8's sample came 1 ms later */
+    ASSERT_EQ(agg_advance(agg, 2001 + 30000), 0);
+    ASSERT_EQ(c->results_count, 1);
+    ASSERT_STR_EQ(
+        c->results.data,
+        "{\"type\":\"results\",\"raceId\":43,\"second\":2,\"revision\":0,"
+        "\"ts\":2001,\"entries\":["
+        "{\"rank\":1,\"racerId\":7,\"name\":\"Ann\",\"classId\":1,"
+        "\"second\":2,\"cadence\":10,\"resistance\":10,\"output\":33.75,"
+        "\"total\":115,\"final\":false,\"finalOutput\":33.75},"
+        "{\"rank\":2,\"racerId\":8,\"name\":\"Cy\",\"classId\":1,"
+        "\"second\":2,\"cadence\":0,\"resistance\":0,\"output\":22.75,"
+        "\"total\":104,\"final\":true,\"finalOutput\":81.25}]}\n");
+    ASSERT_EQ(c->class_count, 1);
+
+    /* Nothing is left to close. */
+    ASSERT_EQ(agg_advance(agg, 999999), 0);
+    ASSERT_EQ(agg_close_all(agg), 0);
+    ASSERT_EQ(c->results_count, 1);
+    ASSERT_EQ(c->class_count, 1);
+    agg_free(agg);
+    capture_free(c);
+}
+
+TEST(agg_results_rank_ties_and_ids)
+{
+    struct agg_config cfg = results_config();
+    struct capture *c = capture_new();
+    struct agg *agg = agg_for(&cfg, c);
+    /* Totals: "z" 81.25; 10, 9 and "10" 33.75; 2 22.75. Equal totals are
+     * listed by racerId, numbers by value before strings. */
+    static const struct result_spec specs[] = {
+        {"44", "10", "1", "A", 1, "10", "10", false, 1000, NULL},
+        {"44", "\"10\"", "1", "B", 1, "10", "10", false, 1001, NULL},
+        {"44", "2", "1", "C", 1, "0", "0", false, 1002, NULL},
+        {"44", "9", "1", "D", 1, "10", "10", false, 1003, NULL},
+        {"44", "\"z\"", "1", "E", 1, "90", "0", false, 1004, NULL},
+    };
+
+    feed_results(agg, specs, 5);
+    ASSERT_EQ(c->results_count, 0);
+    ASSERT_EQ(agg_close_all(agg), 0);
+    ASSERT_EQ(c->results_count, 1);
+    const char *log = c->results.data;
+    const char *order[] = {
+        "{\"rank\":1,\"racerId\":\"z\"", "{\"rank\":2,\"racerId\":9,",
+        "{\"rank\":2,\"racerId\":10,", "{\"rank\":2,\"racerId\":\"10\"",
+        "{\"rank\":5,\"racerId\":2,"};
+    const char *at = log;
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
+        const char *hit = strstr(at, order[i]);
+        if (hit == NULL)
+            test_fail(__FILE__, __LINE__, "%s missing after offset %td: %s",
+                      order[i], at - log, log);
+        at = hit;
+    }
+    /* The class board ranks the same way. */
+    ASSERT_TRUE(strstr(c->classes.data,
+                       "{\"rank\":2,\"racerId\":9,\"name\":\"D\",\"raceId\":44,"
+                       "\"total\":33.75},{\"rank\":2,\"racerId\":10,") != NULL);
+    agg_free(agg);
+    capture_free(c);
+}
+
+/* The entry of racer 7 on the last class board sent, or NULL. */
+static const char *last_class_line(const struct capture *c)
+{
+    const char *data = c->classes.data;
+    const char *last = data;
+    for (const char *p = data; p != NULL && *p != '\0';) {
+        last = p;
+        const char *nl = strchr(p, '\n');
+        p = nl ? nl + 1 : NULL;
+    }
+    return last;
+}
+
+TEST(agg_class_best_strictly_greater_wins)
+{
+    struct agg_config cfg = results_config();
+    struct capture *c = capture_new();
+    struct agg *agg = agg_for(&cfg, c);
+    static const struct result_spec first = {"100", "7",  "1",  "Ann", 1,
+                                             "10",  "10", true, 1000,  NULL};
+    static const struct result_spec greater = {"101", "7", "1",  "Ann B", 1,
+                                               "90",  "0", true, 2000,    NULL};
+    static const struct result_spec equal = {"102", "7", "1",  "Ann C", 1,
+                                             "90",  "0", true, 3000,    NULL};
+    static const struct result_spec lower = {"103", "7", "1",  "Ann D", 1,
+                                             "0",   "0", true, 4000,    NULL};
+
+    feed_result(agg, &first);
+    ASSERT_EQ(c->class_count, 1);
+    feed_result(agg, &greater);
+    ASSERT_EQ(c->class_count, 2);
+    ASSERT_STR_EQ(last_class_line(c),
+                  "{\"type\":\"class-leaderboard\",\"classId\":1,"
+                  "\"revision\":1,\"ts\":2000,\"entries\":[{\"rank\":1,"
+                  "\"racerId\":7,\"name\":\"Ann B\",\"raceId\":101,"
+                  "\"total\":81.25}]}\n");
+    /* An equal total keeps the earlier race, and a lower one changes
+     * nothing: no board is sent for either. */
+    feed_result(agg, &equal);
+    feed_result(agg, &lower);
+    ASSERT_EQ(c->results_count, 4);
+    ASSERT_EQ(c->class_count, 2);
+    agg_free(agg);
+    capture_free(c);
+}
+
+TEST(agg_class_tie_ignores_close_order)
+{
+    struct agg_config cfg = results_config();
+    struct capture *c = capture_new();
+    struct agg *agg = agg_for(&cfg, c);
+    /* Race 201 has the earlier samples but closes last, at idle; race 200
+     * has all its riders final at once. Equal totals: 201 is earlier. */
+    static const struct result_spec specs[] = {
+        {"201", "7", "1", "Early", 1, "90", "0", false, 1000, NULL},
+        {"200", "7", "1", "Late", 1, "90", "0", true, 2000, NULL},
+    };
+
+    feed_results(agg, specs, 2);
+    ASSERT_EQ(c->results_count, 1);
+    ASSERT_TRUE(strstr(last_class_line(c), "\"raceId\":200,") != NULL);
+    ASSERT_EQ(agg_advance(agg, 1000 + 30000), 0);
+    ASSERT_EQ(c->results_count, 2);
+    ASSERT_EQ(c->class_count, 2);
+    ASSERT_STR_EQ(last_class_line(c),
+                  "{\"type\":\"class-leaderboard\",\"classId\":1,"
+                  "\"revision\":1,\"ts\":1000,\"entries\":[{\"rank\":1,"
+                  "\"racerId\":7,\"name\":\"Early\",\"raceId\":201,"
+                  "\"total\":81.25}]}\n");
+    agg_free(agg);
+    capture_free(c);
+}
+
+/* The stored history row of (class, racer, second), or NULL. */
+static const struct stored_history *history_at(const struct capture *c,
+                                               int64_t class_num,
+                                               int64_t racer_num,
+                                               int32_t second)
+{
+    for (int i = 0; i < c->history_count; i++) {
+        const struct stored_history *h = &c->history[i];
+        if (h->class_id.is_num && h->class_id.num == class_num &&
+            h->racer.is_num && h->racer.num == racer_num && h->second == second)
+            return h;
+    }
+    return NULL;
+}
+
+TEST(agg_history_keeps_best_per_second)
+{
+    struct agg_config cfg = results_config();
+    struct capture *c = capture_new();
+    struct agg *agg = agg_for(&cfg, c);
+    static const struct result_spec specs[] = {
+        {"300", "7", "1", "Ann", 1, "90", "0", false, 1000, NULL},
+        {"300", "7", "1", "Ann", 2, "0", "0", true, 1001, NULL},
+        {"301", "7", "1", "Ann", 1, "10", "10", false, 2000, NULL},
+        {"301", "7", "1", "Ann", 2, "65", "35", false, 2001, NULL},
+        {"301", "7", "1", "Ann", 3, "0", "0", true, 2002, NULL},
+        /* Equal to race 300 at second 1, but later: 300 keeps it. */
+        {"302", "7", "1", "Ann", 1, "90", "0", true, 3000, NULL},
+    };
+
+    feed_results(agg, specs, 6);
+    ASSERT_EQ(c->results_count, 3);
+    ASSERT_EQ(c->history_count, 3);
+    const struct stored_history *s1 = history_at(c, 1, 7, 1);
+    const struct stored_history *s2 = history_at(c, 1, 7, 2);
+    const struct stored_history *s3 = history_at(c, 1, 7, 3);
+    ASSERT_TRUE(s1 != NULL);
+    ASSERT_TRUE(s2 != NULL);
+    ASSERT_TRUE(s3 != NULL);
+    ASSERT_EQ(s1->output4, 812500);
+    ASSERT_EQ(s1->race.num, 300);
+    ASSERT_EQ(s2->output4, 1000000);
+    ASSERT_EQ(s2->race.num, 301);
+    ASSERT_EQ(s3->output4, 227500);
+    ASSERT_EQ(s3->race.num, 301);
+    /* Two rows for race 300, two raised by 301, none by 302. */
+    ASSERT_EQ(c->history_calls, 4);
+    agg_free(agg);
+    capture_free(c);
+}
+
+TEST(agg_amend_after_results_republishes)
+{
+    struct agg_config cfg = results_config();
+    cfg.allowed_lateness_s = 0;
+    struct capture *c = capture_new();
+    struct agg *agg = agg_for(&cfg, c);
+
+    feed_results(agg, two_finals, 4);
+    ASSERT_EQ(c->results_count, 1);
+    ASSERT_EQ(c->class_count, 1);
+    ASSERT_EQ(history_at(c, 1, 7, 1)->output4, 812500);
+
+    /* A conflicting record for rider 7 at second 1 with a smaller key
+     * wins and lowers the total: 22.75 + 33.75 = 56.5. */
+    struct result_spec amend = {"42", "7", "1",   "Ann", 1,
+                                "0",  "0", false, 3000,  "u-0"};
+    ASSERT_EQ(feed_result(agg, &amend), AGG_LATE_AMENDED);
+    ASSERT_EQ(c->results_count, 2);
+    ASSERT_TRUE(strstr(c->results.data,
+                       "{\"type\":\"results\",\"raceId\":42,\"second\":2,"
+                       "\"revision\":1,\"ts\":3000,") != NULL);
+    ASSERT_TRUE(strstr(c->results.data, "\"total\":56.5,\"final\":true") !=
+                NULL);
+    ASSERT_EQ(c->class_count, 2);
+    ASSERT_TRUE(strstr(last_class_line(c), "\"revision\":1,\"ts\":3000,") !=
+                NULL);
+    ASSERT_TRUE(strstr(last_class_line(c),
+                       "\"racerId\":7,\"name\":\"Ann\","
+                       "\"raceId\":42,\"total\":56.5}") != NULL);
+    /* The history follows the samples down, not only up. */
+    ASSERT_EQ(history_at(c, 1, 7, 1)->output4, 227500);
+
+    /* A copy of the same values changes nothing visible: no message. */
+    struct result_spec copy = amend;
+    copy.uuid = "u-1";
+    ASSERT_EQ(feed_result(agg, &copy), AGG_UNCHANGED);
+    /* Beyond the amend window nothing changes either. */
+    struct result_spec far = {"42", "7", "1",   "Ann", 40,
+                              "0",  "0", false, 4000,  NULL};
+    ASSERT_EQ(feed_result(agg, &far), AGG_APPLIED);
+    ASSERT_EQ(c->results_count, 3);
+    struct result_spec too_late = {"42", "7", "1",   "Ann", 2,
+                                   "1",  "1", false, 4001,  "u-00"};
+    ASSERT_EQ(feed_result(agg, &too_late), AGG_TOO_LATE);
+    ASSERT_EQ(c->results_count, 3);
+    agg_free(agg);
+    capture_free(c);
+}
+
+TEST(agg_amend_moves_rider_to_other_class)
+{
+    struct agg_config cfg = results_config();
+    cfg.allowed_lateness_s = 0;
+    struct capture *c = capture_new();
+    struct agg *agg = agg_for(&cfg, c);
+
+    feed_results(agg, two_finals, 4);
+    ASSERT_TRUE(history_at(c, 1, 7, 2) != NULL);
+    /* Rider 7's last sample now says class 2, with the same values. */
+    struct result_spec moved = {"42", "7",  "2",  "Ann", 2,
+                                "10", "10", true, 3000,  "u-0"};
+    feed_result(agg, &moved);
+    ASSERT_EQ(c->class_count, 3);
+    ASSERT_TRUE(strstr(c->classes.data,
+                       "{\"type\":\"class-leaderboard\",\"classId\":1,"
+                       "\"revision\":1,\"ts\":3000,\"entries\":[{\"rank\":1,"
+                       "\"racerId\":\"b\",") != NULL);
+    ASSERT_STR_EQ(last_class_line(c),
+                  "{\"type\":\"class-leaderboard\",\"classId\":2,"
+                  "\"revision\":0,\"ts\":3000,\"entries\":[{\"rank\":1,"
+                  "\"racerId\":7,\"name\":\"Ann\",\"raceId\":42,"
+                  "\"total\":115}]}\n");
+    ASSERT_TRUE(history_at(c, 1, 7, 1) == NULL);
+    ASSERT_TRUE(history_at(c, 1, 7, 2) == NULL);
+    ASSERT_EQ(history_at(c, 2, 7, 1)->output4, 812500);
+    ASSERT_EQ(history_at(c, 2, 7, 2)->output4, 337500);
+    agg_free(agg);
+    capture_free(c);
+}
+
+/* The stored document of id, or "" when there is none. */
+static const char *state_of(const struct stored_state *states, int count,
+                            const struct agg_id *id)
+{
+    for (int i = 0; i < count; i++) {
+        if (agg_id_cmp(&states[i].race, id) == 0)
+            return states[i].json;
+    }
+    return "";
+}
+
+/* Races with finals, an idle close, amendments after results and a class
+ * move, with a restart inside. */
+static const struct result_spec restart_results[] = {
+    {"500", "7", "1", "Ann", 1, "90", "0", false, 1000, NULL},
+    {"500", "8", "1", "Bo", 1, "10", "10", false, 1001, NULL},
+    {"501", "7", "1", "Ann", 1, "65", "35", true, 1002, NULL},
+    {"500", "7", "1", "Ann", 2, "10", "10", true, 2000, NULL},
+    {"500", "8", "1", "Bo", 2, "65", "35", true, 2001, NULL},
+    {"502", "\"x\"", "\"c\"", "Xi", 1, "1", "2", false, 2002, NULL},
+    {"500", "8", "1", "Bo", 1, "0", "0", false, 3000, "u-0"},
+    {"502", "\"x\"", "\"c\"", "Xi", 2, "3", "4", false, 40000, NULL},
+    {"500", "7", "2", "Ann", 2, "10", "10", true, 41000, "u-1"},
+    {"503", "8", "1", "Bo", 1, "90", "90", true, 42000, NULL},
+};
+
+TEST(agg_results_restore_matches_uninterrupted)
+{
+    struct agg_config cfg = results_config();
+    cfg.allowed_lateness_s = 1;
+    size_t n = sizeof restart_results / sizeof restart_results[0];
+    struct capture *whole = capture_new();
+    struct agg *agg = agg_for(&cfg, whole);
+
+    feed_results(agg, restart_results, n);
+    ASSERT_EQ(agg_advance(agg, 200000), 0);
+    ASSERT_EQ(agg_flush(agg), 0);
+    agg_free(agg);
+
+    for (size_t half = 1; half < n; half++) {
+        fprintf(stderr, "restart after %zu records\n", half);
+        struct capture *before = capture_new();
+        agg = agg_for(&cfg, before);
+        feed_results(agg, restart_results, half);
+        ASSERT_EQ(agg_flush(agg), 0);
+        int64_t stream_time = agg_stream_time(agg);
+        agg_free(agg);
+
+        agg = restore_from(&cfg, before, before, stream_time);
+        feed_results(agg, restart_results + half, n - half);
+        ASSERT_EQ(agg_advance(agg, 200000), 0);
+        ASSERT_EQ(agg_flush(agg), 0);
+        agg_free(agg);
+
+        ASSERT_STR_EQ(capture_log(before), capture_log(whole));
+        ASSERT_STR_EQ(before->results.data, whole->results.data);
+        ASSERT_STR_EQ(before->classes.data, whole->classes.data);
+        ASSERT_EQ(before->history_count, whole->history_count);
+        for (int i = 0; i < whole->history_count; i++)
+            ASSERT_MEM_EQ(&before->history[i], sizeof before->history[i],
+                          &whole->history[i], sizeof whole->history[i]);
+        ASSERT_EQ(before->class_state_count, whole->class_state_count);
+        for (int i = 0; i < whole->class_state_count; i++)
+            ASSERT_STR_EQ(state_of(before->class_states,
+                                   before->class_state_count,
+                                   &whole->class_states[i].race),
+                          whole->class_states[i].json);
+        for (int i = 0; i < whole->state_count; i++)
+            ASSERT_STR_EQ(before->states[i].json, whole->states[i].json);
+        capture_free(before);
+    }
+    ASSERT_EQ(whole->results_count, 7);
+    ASSERT_EQ(whole->class_count, 8);
+    capture_free(whole);
+}
+
+TEST(agg_restore_rejects_bad_class_state)
+{
+    struct agg_config cfg = default_config();
+    struct capture *c = capture_new();
+    struct agg *agg = agg_for(&cfg, c);
+    static const char *const docs[] = {
+        "",
+        "{\"classId\":1}",
+        "{\"classId\":1.5,\"revision\":0}",
+        "{\"classId\":1,\"revision\":-1}",
+        "{\"raceId\":1,\"firstSecond\":0,\"latestSecond\":0,"
+        "\"publishedFrom\":0,\"publishedThrough\":0,\"activityMs\":0,"
+        "\"revisions\":[],\"resultsRevision\":0}",
+    };
+
+    for (size_t i = 0; i < 4; i++) {
+        fprintf(stderr, "case: %s\n", docs[i]);
+        ASSERT_EQ(agg_restore_class(agg, docs[i], strlen(docs[i])), -EINVAL);
+    }
+    /* Results of a race without samples cannot have been published. */
+    ASSERT_EQ(agg_restore_race(agg, docs[4], strlen(docs[4])), -EINVAL);
+    agg_free(agg);
+    capture_free(c);
+}
+
 /* ---- late amendments against an on-time run ----------------------------- */
 
 /*
