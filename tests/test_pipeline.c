@@ -143,19 +143,26 @@ static void drain(struct harness *h)
     ASSERT_STR_EQ(h->fatal, "");
 }
 
+static const char *telemetry_event(char *buf, size_t n, const char *uuid,
+                                   const char *event, int racer, int second,
+                                   const char *cadence, const char *resistance)
+{
+    snprintf(buf, n,
+             "{\"uuid\":\"%s\",\"event\":\"%s\",\"deviceTimestamp\":%" PRId64
+             ",\"second\":%d,\"raceId\":\"R-7\",\"name\":\"Racer "
+             "%d\",\"racerId\":\"rc-%d\",\"classId\":\"B\",\"cadence\":%s,"
+             "\"resistance\":%s}",
+             uuid, event, (int64_t)1767225600000 + second * 1000, second, racer,
+             racer, cadence, resistance);
+    return buf;
+}
+
 static const char *telemetry(char *buf, size_t n, const char *uuid, int racer,
                              int second, const char *cadence,
                              const char *resistance)
 {
-    snprintf(
-        buf, n,
-        "{\"uuid\":\"%s\",\"event\":\"update\",\"deviceTimestamp\":%" PRId64
-        ",\"second\":%d,\"raceId\":\"R-7\",\"name\":\"Racer "
-        "%d\",\"racerId\":\"rc-%d\",\"classId\":\"B\",\"cadence\":%s,"
-        "\"resistance\":%s}",
-        uuid, (int64_t)1767225600000 + second * 1000, second, racer, racer,
-        cadence, resistance);
-    return buf;
+    return telemetry_event(buf, n, uuid, "update", racer, second, cadence,
+                           resistance);
 }
 
 static void add(struct harness *h, struct shard_batch *b, const char *data,
@@ -816,6 +823,34 @@ static int dump_outbox(void *arg, int64_t id, const char *topic,
     return 0;
 }
 
+static int dump_class_state(void *arg, const char *key, const char *value,
+                            size_t value_len)
+{
+    FILE *out = arg;
+    fprintf(out, "class %s ", key);
+    fwrite(value, 1, value_len, out);
+    fputc('\n', out);
+    return 0;
+}
+
+static int dump_history(void *arg, const struct store_history_row *row)
+{
+    FILE *out = arg;
+    fprintf(out, "history %s %s %" PRId32 " %" PRId64 " %s\n", row->class_id,
+            row->racer_id, row->second, row->output4, row->race_id);
+    return 0;
+}
+
+static int dump_last_message(void *arg, int32_t revision, const char *payload,
+                             size_t len)
+{
+    FILE *out = arg;
+    fprintf(out, "last %" PRId32 " ", revision);
+    fwrite(payload, 1, len, out);
+    fputc('\n', out);
+    return 0;
+}
+
 static int dump_checkpoint(void *arg, const struct store_checkpoint *cp)
 {
     FILE *out = arg;
@@ -826,7 +861,8 @@ static int dump_checkpoint(void *arg, const struct store_checkpoint *cp)
 
 /*
  * Everything a restart rebuilds from and everything the publisher sends:
- * samples, race states, outbox rows, checkpoints, the stream time and the
+ * samples, race and class states, the history and last messages of race
+ * R-7 and class B, outbox rows, checkpoints, the stream time and the
  * number of dead letters. Returns a malloc'ed string.
  */
 static char *dump_store(struct harness *h)
@@ -839,6 +875,13 @@ static char *dump_store(struct harness *h)
 
     ASSERT_EQ(store_samples_load(h->store, dump_sample, out), 0);
     ASSERT_EQ(store_state_load(h->store, "race", dump_state, out), 0);
+    ASSERT_EQ(store_state_load(h->store, "class", dump_class_state, out), 0);
+    ASSERT_TRUE(
+        store_history_load(h->store, "\"B\"", NULL, 0, dump_history, out) == 0);
+    ASSERT_TRUE(store_last_message_get(h->store, "results", "\"R-7\"",
+                                       dump_last_message, out) >= 0);
+    ASSERT_TRUE(store_last_message_get(h->store, "class-leaderboard", "\"B\"",
+                                       dump_last_message, out) >= 0);
     ASSERT_EQ(store_outbox_load(h->store, 0, 100000, dump_outbox, out), 0);
     ASSERT_EQ(store_checkpoints_load(h->store, dump_checkpoint, out), 0);
     ASSERT_EQ(store_meta_get(h->store, "stream_time_ms", stream_time,
@@ -1066,4 +1109,93 @@ TEST(checkpoint_compares_seqs_numerically)
     ASSERT_STR_EQ(read_checkpoint(h.store, CP_SHARD).seq, SEQ_56);
     ASSERT_EQ(count_rows(&h, store_sample_count), 2);
     harness_close(&h);
+}
+
+/* ---- results across a restart ------------------------------------------ */
+
+/*
+ * One batch per step of a race of three riders: seconds 1..8, every rider
+ * sending final at second 8, then a late record that lowers rider 11's
+ * second 7, then a tick that closes the race.
+ */
+static void feed_results_step(struct harness *h, int step)
+{
+    char buf[512], uuid[32], cad[16];
+    struct shard_batch *b = shard_batch_new("shardId-000000000000");
+
+    if (step <= 8) {
+        for (int racer = 11; racer <= 13; racer++) {
+            snprintf(uuid, sizeof uuid, "u-%d-%d", racer, step);
+            snprintf(cad, sizeof cad, "%d.%d", 60 + racer, step);
+            add(h, b,
+                telemetry_event(buf, sizeof buf, uuid,
+                                step == 8 ? "final" : "update", racer, step,
+                                cad, "12.1"),
+                1767225600000 + step * 1000 + 100);
+        }
+        pipeline_submit_batch(h->pl, b);
+    } else if (step == 9) {
+        /* The uuid sorts before "u-11-7" at the same deviceTimestamp, so
+         * this conflicting record wins. */
+        add(h, b, telemetry(buf, sizeof buf, "u-0", 11, 7, "1", "1"),
+            1767225600000 + 9 * 1000 + 100);
+        pipeline_submit_batch(h->pl, b);
+    } else {
+        shard_batch_free(b);
+        pipeline_submit_tick(h->pl, 1767225600000 + 60000);
+    }
+    drain(h);
+}
+
+#define RESULTS_STEPS 10
+
+TEST(pipeline_results_survive_restart)
+{
+    struct harness h = {0};
+    char path[4096];
+
+    /* Uninterrupted run. */
+    snprintf(path, sizeof path, "%s/whole.db", test_tmpdir());
+    harness_open(&h, path, NULL, 0);
+    for (int step = 1; step <= RESULTS_STEPS; step++)
+        feed_results_step(&h, step);
+    char *whole = joined_messages(&h);
+    char *whole_store = dump_store(&h);
+    harness_close(&h);
+    ASSERT_TRUE(strstr(whole, "podium/races/R-7/results {\"type\":\"results\","
+                              "\"raceId\":\"R-7\",\"second\":8,"
+                              "\"revision\":1,") != NULL);
+    ASSERT_TRUE(strstr(whole, "podium/classes/B/leaderboard "
+                              "{\"type\":\"class-leaderboard\","
+                              "\"classId\":\"B\",\"revision\":1,") != NULL);
+    ASSERT_TRUE(strstr(whole_store, "history \"B\" \"rc-11\" 7 ") != NULL);
+
+    /* The same batches with a restart after each step. */
+    for (int cut = 1; cut < RESULTS_STEPS; cut++) {
+        fprintf(stderr, "restart after step %d\n", cut);
+        snprintf(path, sizeof path, "%s/cut-%d.db", test_tmpdir(), cut);
+        h.next_seq = 0;
+        harness_open(&h, path, NULL, 0);
+        for (int step = 1; step <= cut; step++)
+            feed_results_step(&h, step);
+        char *first = joined_messages(&h);
+        harness_close(&h);
+        harness_open(&h, path, NULL, 0);
+        for (int step = cut + 1; step <= RESULTS_STEPS; step++)
+            feed_results_step(&h, step);
+        char *second = joined_messages(&h);
+        char *store = dump_store(&h);
+        harness_close(&h);
+
+        char *both = calloc(1, strlen(first) + strlen(second) + 1);
+        strcat(strcat(both, first), second);
+        ASSERT_STR_EQ(both, whole);
+        ASSERT_STR_EQ(store, whole_store);
+        free(first);
+        free(second);
+        free(both);
+        free(store);
+    }
+    free(whole);
+    free(whole_store);
 }
