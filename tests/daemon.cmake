@@ -24,6 +24,8 @@ podium_e2e_test(e2e_reshard_kinesis_local reshard.sh kinesis-local)
 podium_e2e_test(e2e_iot iot.sh)
 podium_e2e_test(e2e_stall stall.sh)
 podium_e2e_test(e2e_throttle throttle.sh)
+# KPL aggregates, a bad aggregate as a dead letter, SIGKILL after an aggregate.
+podium_e2e_test(e2e_kpl kpl.sh)
 
 # The checker's own rules on hand-computed cases; needs only node.
 add_test(NAME e2e_checker_rules

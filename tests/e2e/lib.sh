@@ -184,6 +184,39 @@ e2e_put_record() {
     e2e_fail "PutRecord to $stream returned no ShardId and SequenceNumber: $reply"
 }
 
+# e2e_put_records STREAM PARTITION_KEY DATA_BASE64 [PARTITION_KEY DATA_BASE64]...:
+# put the records with one PutRecords call straight to the Kinesis server
+# and print "SHARD_ID SEQUENCE_NUMBER" for each, in the order given. Fails
+# the test when any record was not put.
+e2e_put_records() {
+    local stream="$1"
+    shift
+    (($# > 0 && $# % 2 == 0)) ||
+        e2e_fail "e2e_put_records expects PARTITION_KEY DATA_BASE64 pairs after the stream name, got $# arguments"
+    local count=$(($# / 2)) body="{\"StreamName\":\"$stream\",\"Records\":[" separator="" reply
+    while (($# > 0)); do
+        body+="$separator{\"PartitionKey\":\"$1\",\"Data\":\"$2\"}"
+        separator=","
+        shift 2
+    done
+    body+="]}"
+    reply="$(e2e_kinesis PutRecords "$body" 2>&1)" ||
+        e2e_fail "PutRecords of $count records to $stream on port $KINESIS_PORT failed: $reply"
+    node -e '
+        const [text, count] = process.argv.slice(1);
+        const reply = JSON.parse(text);
+        const records = reply.Records ?? [];
+        if (reply.FailedRecordCount !== 0 || records.length !== Number(count)) {
+            console.error(`expected ${count} records put, got FailedRecordCount ${reply.FailedRecordCount} and ${records.length} results`);
+            process.exit(1);
+        }
+        for (const record of records) {
+            console.log(`${record.ShardId} ${record.SequenceNumber}`);
+        }
+    ' "$reply" "$count" ||
+        e2e_fail "PutRecords to $stream did not put every record: $reply"
+}
+
 # e2e_sql DB SQL: run a query on podium's store while podium writes to it,
 # waiting up to 5 s for its locks.
 e2e_sql() {
