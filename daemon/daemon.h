@@ -21,6 +21,7 @@
 /* Subcommands; each returns the process exit status. */
 int cmd_run(int argc, char **argv);
 int cmd_simulate(int argc, char **argv);
+int cmd_query(int argc, char **argv);
 
 /* Options every subcommand shares: --config FILE and --set KEY=VALUE. */
 struct common_opts {

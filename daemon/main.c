@@ -26,10 +26,12 @@ static void usage(FILE *out)
           "  run        read the stream and publish leaderboards until "
           "stopped\n"
           "  simulate   generate riders and put them to a stream or a file\n"
+          "  query      print race results, a class leaderboard or the class\n"
+          "             history from the database\n"
           "  version    print the version\n"
           "  help       print this text\n"
           "\n"
-          "Options common to run and simulate:\n"
+          "Options common to run, simulate and query:\n"
           "  --config FILE     configuration file (default " DEFAULT_CONFIG_FILE
           " when it exists)\n"
           "  --set KEY=VALUE   override one setting, after the file and the\n"
@@ -154,6 +156,8 @@ int main(int argc, char **argv)
         return cmd_run(argc - 1, argv + 1);
     if (strcmp(cmd, "simulate") == 0)
         return cmd_simulate(argc - 1, argv + 1);
+    if (strcmp(cmd, "query") == 0)
+        return cmd_query(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("podium %s\n", PODIUM_VERSION);
         return 0;

@@ -24,6 +24,7 @@ podium_e2e_test(e2e_reshard_kinesis_local reshard.sh kinesis-local)
 podium_e2e_test(e2e_iot iot.sh)
 podium_e2e_test(e2e_stall stall.sh)
 podium_e2e_test(e2e_throttle throttle.sh)
+podium_e2e_test(e2e_query query.sh)
 # KPL aggregates, a bad aggregate as a dead letter, SIGKILL after an aggregate.
 podium_e2e_test(e2e_kpl kpl.sh)
 
