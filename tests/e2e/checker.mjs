@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// An independent implementation of podium's race leaderboard rules, used by
+// An independent implementation of podium's leaderboard rules (race
+// leaderboards, race results and the all-time class leaderboards), used by
 // the end-to-end tests to check what podium published.
 //
 //   node checker.mjs wait   --port P --stream NAME --capture FILE [options]
@@ -7,17 +8,20 @@
 //   node checker.mjs expected --port P --stream NAME
 //
 // The checker reads every record back from the Kinesis stream on
-// 127.0.0.1:P and computes the expected leaderboard of every (race, second)
-// itself. FILE contains one "TOPIC PAYLOAD" line per MQTT message, as
-// written by `mosquitto_sub -v`.
+// 127.0.0.1:P and computes itself the expected leaderboard of every
+// (race, second), the results of every race and the leaderboard of every
+// class, assuming every race has closed. FILE contains one "TOPIC PAYLOAD"
+// line per MQTT message, as written by `mosquitto_sub -v`.
 //
 // wait      polls FILE until every (race, second) that has samples has a
-//           leaderboard and no message arrived for --idle-s seconds; exits 1
-//           after --timeout-s seconds.
-// verify    compares the last revision of every (race, second) in FILE with
-//           the expected leaderboard, byte for byte except the revision
-//           value, and checks repeats, revision order and coverage.
-// expected  prints the expected leaderboards as "TOPIC PAYLOAD" lines with
+//           leaderboard, every race has results and every class a
+//           leaderboard, and no message arrived for --idle-s seconds; exits
+//           1 after --timeout-s seconds.
+// verify    compares the last revision of every (race, second), race
+//           results and class leaderboard in FILE with the expected
+//           message, byte for byte except the revision value, and checks
+//           repeats, revision order and coverage.
+// expected  prints the expected messages as "TOPIC PAYLOAD" lines with
 //           revision 0, for debugging a mismatch.
 //
 // Options: --seconds N requires every race to have samples and leaderboards
@@ -324,6 +328,7 @@ function decodeRecord(data) {
   const resistance = requireNumber(record, 'resistance');
   return {
     uuid: requireString(record, 'uuid'),
+    final: event === 'final',
     deviceTimestamp:
       deviceTimestamp instanceof RawNumber ? parseDecimal(deviceTimestamp.text) : deviceTimestamp,
     second,
@@ -646,12 +651,183 @@ function leaderboardTopic(race) {
   return `podium/races/${race.id.topic}/leaderboard`;
 }
 
+function resultsTopic(race) {
+  return `podium/races/${race.id.topic}/results`;
+}
+
+function classTopic(board) {
+  return `podium/classes/${board.id.topic}/leaderboard`;
+}
+
+// The newest arrival time among the race's kept samples: the ts of its
+// results, and what orders races of equal totals on a class board.
+function raceTs(race) {
+  let ts = 0;
+  for (const racer of race.racers.values()) {
+    for (const sample of racer.seconds.values()) {
+      ts = Math.max(ts, sample.arrivalMs);
+    }
+  }
+  return ts;
+}
+
+// Returns a racer's total, last sample and last sample flagged final (or
+// null) over the whole race.
+function racerSummary(racer) {
+  let total = 0n;
+  let last = null;
+  let lastFinal = null;
+  for (const sample of racer.seconds.values()) {
+    total += sample.output4;
+    if (last === null || sample.second > last.second) {
+      last = sample;
+    }
+    if (sample.final && (lastFinal === null || sample.second > lastFinal.second)) {
+      lastFinal = sample;
+    }
+  }
+  return { total, last, lastFinal };
+}
+
+// Returns the expected results of a closed race: the leaderboard at its last
+// second with "type":"results", and per entry whether the rider sent
+// "final" and the output of the rider's last final sample (of the last
+// sample when none is final).
+function buildResults(race, revision) {
+  const riders = [...race.racers.values()].map((racer) => {
+    const { total, last, lastFinal } = racerSummary(racer);
+    return { sample: last, total, lastFinal };
+  });
+  const lastSecond = Math.max(...riders.map((rider) => rider.sample.second));
+  riders.sort((a, b) => {
+    if (a.total !== b.total) {
+      return a.total > b.total ? -1 : 1;
+    }
+    return compareIds(a.sample.racer, b.sample.racer);
+  });
+  const entries = [];
+  let rank = 0;
+  for (let index = 0; index < riders.length && index < TOP_N; index += 1) {
+    const rider = riders[index];
+    if (index === 0 || rider.total !== riders[index - 1].total) {
+      rank = index + 1;
+    }
+    const finalOutput = (rider.lastFinal ?? rider.sample).output4;
+    entries.push(
+      `${formatEntry(rank, rider).slice(0, -1)},"final":${rider.lastFinal !== null},` +
+        `"finalOutput":${formatUnits4(finalOutput)}}`,
+    );
+  }
+  return (
+    `{"type":"results","raceId":${race.id.json},"second":${lastSecond},` +
+    `"revision":${revision},"ts":${raceTs(race)},"entries":[${entries.join(',')}]}`
+  );
+}
+
+// Returns the class boards of closed races as a Map from the class id's
+// JSON to { id, best: Map racer JSON -> entry }. A rider counts in the
+// class of its last sample in each race. The best entry is the greater
+// total; of equal totals the race with the smaller ts, then the smaller
+// raceId.
+function buildClassBoards(races) {
+  const boards = new Map();
+  for (const race of races.values()) {
+    const ts = raceTs(race);
+    for (const racer of race.racers.values()) {
+      const { total, last } = racerSummary(racer);
+      if (!boards.has(last.classId.json)) {
+        boards.set(last.classId.json, { id: last.classId, best: new Map() });
+      }
+      const board = boards.get(last.classId.json);
+      const candidate = { racer: racer.id, name: last.name, race: race.id, ts, total };
+      const held = board.best.get(racer.id.json);
+      const better =
+        held === undefined ||
+        total > held.total ||
+        (total === held.total &&
+          (ts < held.ts || (ts === held.ts && compareIds(race.id, held.race) < 0)));
+      if (better) {
+        board.best.set(racer.id.json, candidate);
+      }
+    }
+  }
+  return boards;
+}
+
+// Returns the expected class leaderboard: best totals descending, equal
+// totals by racerId sharing a rank, top 100, and as ts the newest race ts
+// among the listed entries.
+function buildClassLeaderboard(board, revision) {
+  const riders = [...board.best.values()].sort((a, b) => {
+    if (a.total !== b.total) {
+      return a.total > b.total ? -1 : 1;
+    }
+    return compareIds(a.racer, b.racer);
+  });
+  const entries = [];
+  let rank = 0;
+  let ts = 0;
+  for (let index = 0; index < riders.length && index < TOP_N; index += 1) {
+    const rider = riders[index];
+    if (index === 0 || rider.total !== riders[index - 1].total) {
+      rank = index + 1;
+    }
+    ts = Math.max(ts, rider.ts);
+    entries.push(
+      `{"rank":${rank},"racerId":${rider.racer.json},"name":${JSON.stringify(rider.name)},` +
+        `"raceId":${rider.race.json},"total":${formatUnits4(rider.total)}}`,
+    );
+  }
+  return (
+    `{"type":"class-leaderboard","classId":${board.id.json},"revision":${revision},` +
+    `"ts":${ts},"entries":[${entries.join(',')}]}`
+  );
+}
+
 // ---- the capture file ------------------------------------------------------
 
-const REVISION_PATTERN = /^\{"type":"leaderboard","raceId":(?:-?\d+|"(?:[^"\\]|\\.)*"),"second":(\d+),"revision":(\d+),/;
+const ID_PATTERN = '(?:-?\\d+|"(?:[^"\\\\]|\\\\.)*")';
+const REVISION_PATTERN = new RegExp(
+  `^\\{"type":"leaderboard","raceId":${ID_PATTERN},"second":(\\d+),"revision":(\\d+),`,
+);
+const RESULTS_PATTERN = new RegExp(
+  `^\\{"type":"results","raceId":${ID_PATTERN},"second":(\\d+),"revision":(\\d+),`,
+);
+const CLASS_PATTERN = new RegExp(`^\\{"type":"class-leaderboard","classId":${ID_PATTERN},"revision":(\\d+),`);
 
-// Parses the complete lines of the capture file. Race leaderboards are
-// returned in arrival order; other topics are only counted.
+// The kinds of message the checker compares: the topic that identifies a
+// kind, the start its payloads must have, and how a message is keyed (one
+// leaderboard per second, one results or class board per topic).
+const MESSAGE_KINDS = [
+  {
+    kind: 'leaderboard',
+    topic: /^podium\/races\/[^/]+\/leaderboard$/,
+    payload: REVISION_PATTERN,
+    start: '{"type":"leaderboard","raceId":…,"second":…,"revision":…,',
+  },
+  {
+    kind: 'results',
+    topic: /^podium\/races\/[^/]+\/results$/,
+    payload: RESULTS_PATTERN,
+    start: '{"type":"results","raceId":…,"second":…,"revision":…,',
+  },
+  {
+    kind: 'class',
+    topic: /^podium\/classes\/[^/]+\/leaderboard$/,
+    payload: CLASS_PATTERN,
+    start: '{"type":"class-leaderboard","classId":…,"revision":…,',
+  },
+];
+
+// A race leaderboard is keyed by topic and second, any other message by
+// its topic.
+function messageKey(message) {
+  return (message.kind ?? 'leaderboard') === 'leaderboard' ? `${message.topic} ${message.second}` : message.topic;
+}
+
+// Parses the complete lines of the capture file. Race leaderboards, results
+// and class leaderboards are returned in arrival order; other topics are
+// only counted.
 function readCapture(file) {
   if (!existsSync(file)) {
     return { messages: [], otherTopics: 0 };
@@ -668,24 +844,23 @@ function readCapture(file) {
     }
     const topic = line.slice(0, space);
     const payload = line.slice(space + 1);
-    if (!/^podium\/races\/[^/]+\/leaderboard$/.test(topic)) {
+    const kind = MESSAGE_KINDS.find((candidate) => candidate.topic.test(topic));
+    if (kind === undefined) {
       otherTopics += 1;
       return;
     }
-    const match = REVISION_PATTERN.exec(payload);
+    const match = kind.payload.exec(payload);
     if (match === null) {
-      fail(
-        `${file}:${index + 1}: the payload on ${topic} does not start with ` +
-          `{"type":"leaderboard","raceId":…,"second":…,"revision":…,: ${payload.slice(0, 200)}`,
-      );
+      fail(`${file}:${index + 1}: the payload on ${topic} does not start with ${kind.start}: ${payload.slice(0, 200)}`);
     }
-    messages.push({
-      line: index + 1,
-      topic,
-      payload,
-      second: Number(match[1]),
-      revision: Number(match[2]),
-    });
+    const message = { line: index + 1, kind: kind.kind, topic, payload };
+    if (kind.kind === 'class') {
+      message.revision = Number(match[1]);
+    } else {
+      message.second = Number(match[1]);
+      message.revision = Number(match[2]);
+    }
+    messages.push(message);
   });
   return { messages, otherTopics };
 }
@@ -710,6 +885,8 @@ function describeDifference(expected, actual, labels = ['expected', 'received'])
 
 // ---- modes ---------------------------------------------------------------
 
+// Returns every message key the capture must contain, each with what it
+// names and a function that builds the expected payload at a revision.
 function expectedKeys(races, requiredSeconds) {
   const keys = [];
   for (const race of races.values()) {
@@ -718,8 +895,24 @@ function expectedKeys(races, requiredSeconds) {
       seconds.add(second);
     }
     for (const second of seconds) {
-      keys.push({ race, second, key: `${leaderboardTopic(race)} ${second}` });
+      keys.push({
+        key: `${leaderboardTopic(race)} ${second}`,
+        what: `leaderboard for race ${race.id.json} second ${second}`,
+        build: (revision) => buildLeaderboard(race, second, revision),
+      });
     }
+    keys.push({
+      key: resultsTopic(race),
+      what: `results for race ${race.id.json}`,
+      build: (revision) => buildResults(race, revision),
+    });
+  }
+  for (const board of buildClassBoards(races).values()) {
+    keys.push({
+      key: classTopic(board),
+      what: `leaderboard for class ${board.id.json}`,
+      build: (revision) => buildClassLeaderboard(board, revision),
+    });
   }
   return keys;
 }
@@ -747,16 +940,21 @@ function verify(races, capture, requiredSeconds) {
   for (const race of races.values()) {
     byTopic.set(leaderboardTopic(race), race);
   }
+  const keys = expectedKeys(races, requiredSeconds);
+  const expectedByKey = new Map(keys.map((k) => [k.key, k]));
 
   const lastByKey = new Map();
   const payloadByRevision = new Map();
   for (const message of capture.messages) {
-    const race = byTopic.get(message.topic);
-    if (race === undefined) {
-      failures.push(`line ${message.line}: ${message.topic} names a race that has no records in the stream`);
+    const key = messageKey(message);
+    const isLeaderboard = (message.kind ?? 'leaderboard') === 'leaderboard';
+    if (isLeaderboard ? !byTopic.has(message.topic) : !expectedByKey.has(key)) {
+      failures.push(
+        `line ${message.line}: ${message.topic} names a ${isLeaderboard || message.kind === 'results' ? 'race' : 'class'} ` +
+          'that has no records in the stream',
+      );
       continue;
     }
-    const key = `${message.topic} ${message.second}`;
     const revisionKey = `${key} ${message.revision}`;
     const earlier = payloadByRevision.get(revisionKey);
     if (earlier !== undefined && earlier.payload !== message.payload) {
@@ -788,18 +986,17 @@ function verify(races, capture, requiredSeconds) {
   }
 
   let compared = 0;
-  const keys = expectedKeys(races, requiredSeconds);
-  for (const { race, second, key } of keys) {
+  for (const { key, what, build } of keys) {
     const last = lastByKey.get(key);
     if (last === undefined) {
-      failures.push(`${key}: no leaderboard was published for race ${race.id.json} second ${second}`);
+      failures.push(`${key}: no ${what} was published`);
       continue;
     }
-    const expected = buildLeaderboard(race, second, last.revision);
+    const expected = build(last.revision);
     if (expected !== last.payload) {
       failures.push(
         `${key}: the last revision (${last.revision}, line ${last.line}) differs from the expected ` +
-          `leaderboard; ${describeDifference(expected, last.payload)}`,
+          `${what}; ${describeDifference(expected, last.payload)}`,
       );
     }
     compared += 1;
@@ -867,11 +1064,11 @@ async function waitForCapture(races, options) {
       lastCount = total;
       lastChangeAt = Date.now();
     }
-    const published = new Set(capture.messages.map((m) => `${m.topic} ${m.second}`));
+    const published = new Set(capture.messages.map(messageKey));
     const missing = keys.filter((k) => !published.has(k.key));
     if (missing.length === 0 && Date.now() - lastChangeAt >= options.idleS * 1000) {
       console.log(
-        `checker: all ${keys.length} leaderboards arrived (${capture.messages.length} messages); ` +
+        `checker: all ${keys.length} leaderboards and results arrived (${capture.messages.length} messages); ` +
           `none arrived in the last ${options.idleS}s`,
       );
       return;
@@ -879,7 +1076,7 @@ async function waitForCapture(races, options) {
     if (Date.now() >= deadline) {
       const sample = missing.slice(0, 5).map((k) => k.key).join(', ');
       fail(
-        `timed out after ${options.timeoutS}s: ${missing.length} of ${keys.length} leaderboards ` +
+        `timed out after ${options.timeoutS}s: ${missing.length} of ${keys.length} leaderboards and results ` +
           `are missing (for example ${sample || 'none, but messages kept arriving'}); ` +
           `${capture.messages.length} messages in ${options.capture}`,
       );
@@ -964,6 +1161,10 @@ async function main() {
       for (const second of secondsWithSamples(race)) {
         console.log(`${leaderboardTopic(race)} ${buildLeaderboard(race, second, 0)}`);
       }
+      console.log(`${resultsTopic(race)} ${buildResults(race, 0)}`);
+    }
+    for (const board of buildClassBoards(races).values()) {
+      console.log(`${classTopic(board)} ${buildClassLeaderboard(board, 0)}`);
     }
     return;
   }
@@ -985,16 +1186,19 @@ async function main() {
     fail(`${failures.length} checks failed; the capture is ${options.capture}`);
   }
   console.log(
-    `checker: OK: ${compared} leaderboards of ${races.size} races match the rules ` +
-      `(${capture.messages.length} race leaderboard messages, ${capture.otherTopics} on other topics)`,
+    `checker: OK: ${compared} leaderboards, results and class leaderboards of ${races.size} races ` +
+      `match the rules (${capture.messages.length} such messages, ${capture.otherTopics} on other topics)`,
   );
 }
 
 // The rule functions are exported for checker.test.mjs; main() runs only
 // when this file is the program.
 export {
+  buildClassBoards,
+  buildClassLeaderboard,
   buildLeaderboard,
   buildRaces,
+  buildResults,
   callKinesis,
   CheckFailure,
   computeOutput4,

@@ -5,8 +5,11 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import {
+  buildClassBoards,
+  buildClassLeaderboard,
   buildLeaderboard,
   buildRaces,
+  buildResults,
   computeOutput4,
   formatUnits4,
   parseDecimal,
@@ -168,14 +171,27 @@ test('verify reports a wrong total', () => {
   ]);
   const good = buildLeaderboard(races.get('1'), 1, 0);
   const topic = 'podium/races/1/leaderboard';
+  // The results and the class board are right, so only the leaderboards
+  // under test can fail.
+  const others = [
+    { kind: 'results', topic: 'podium/races/1/results', payload: buildResults(races.get('1'), 0) },
+    {
+      kind: 'class',
+      topic: 'podium/classes/1/leaderboard',
+      payload: buildClassLeaderboard(buildClassBoards(races).get('1'), 0),
+    },
+  ];
   const capture = (payloads) => ({
-    messages: payloads.map((payload, index) => ({
-      line: index + 1,
-      topic,
-      payload,
-      second: 1,
-      revision: Number(/"revision":(\d+)/.exec(payload)[1]),
-    })),
+    messages: [
+      ...payloads.map((payload, index) => ({
+        line: index + 1,
+        topic,
+        payload,
+        second: 1,
+        revision: Number(/"revision":(\d+)/.exec(payload)[1]),
+      })),
+      ...others.map((other, index) => ({ line: 100 + index, revision: 0, ...other })),
+    ],
     otherTopics: 0,
   });
 
@@ -186,4 +202,88 @@ test('verify reports a wrong total', () => {
   assert.deepEqual(verify(races, capture([wrong, revised]), 1).failures, []);
   assert.equal(verify(races, capture([revised, good]), 1).failures.length, 1);
   assert.equal(verify(races, capture([]), 1).failures.length, 1);
+});
+
+// Outputs at resistance 0, (cadence + 35) x 65 / 100: cadence 90 -> 81.25,
+// 10 -> 29.25, 0 -> 22.75.
+test('results mark final riders', () => {
+  const shard = shardOf('shardId-000000000000', [
+    { ...sample({ racerId: 7, second: 1, cadence: 90 }), arrivalMs: 5000 },
+    { ...sample({ racerId: 'b', second: 1, cadence: 10, event: 'final' }), arrivalMs: 5001 },
+    { ...sample({ racerId: 7, second: 2, cadence: 0, event: 'final' }), arrivalMs: 5002 },
+    { ...sample({ racerId: 'b', second: 2, cadence: 0 }), arrivalMs: 5003 },
+    { ...sample({ racerId: 3, second: 1, cadence: 0 }), arrivalMs: 5004 },
+  ]);
+  const { races } = buildRaces([shard]);
+  assert.equal(
+    buildResults(races.get('1'), 2),
+    '{"type":"results","raceId":1,"second":2,"revision":2,"ts":5004,"entries":[' +
+      '{"rank":1,"racerId":7,"name":"Rider 7","classId":1,"second":2,"cadence":0,"resistance":0,' +
+      '"output":22.75,"total":104,"final":true,"finalOutput":22.75},' +
+      '{"rank":2,"racerId":"b","name":"Rider b","classId":1,"second":2,"cadence":0,"resistance":0,' +
+      '"output":22.75,"total":52,"final":true,"finalOutput":29.25},' +
+      '{"rank":3,"racerId":3,"name":"Rider 3","classId":1,"second":1,"cadence":0,"resistance":0,' +
+      '"output":22.75,"total":22.75,"final":false,"finalOutput":22.75}]}',
+  );
+});
+
+test('class best keeps greater or earlier', () => {
+  const shard = shardOf('shardId-000000000000', [
+    // Race 2 has the greater total for rider 7 in class 1.
+    { ...sample({ raceId: 1, racerId: 7, second: 1, cadence: 10, uuid: 'r1' }), arrivalMs: 1000 },
+    { ...sample({ raceId: 2, racerId: 7, second: 1, cadence: 90, name: 'Ann B', uuid: 'r2' }), arrivalMs: 2000 },
+    // Equal totals: race 4 has the smaller ts, so it beats race 3.
+    { ...sample({ raceId: 3, racerId: 8, second: 1, cadence: 90, uuid: 'r3' }), arrivalMs: 3000 },
+    { ...sample({ raceId: 4, racerId: 8, second: 1, cadence: 90, name: 'Early', uuid: 'r4' }), arrivalMs: 2500 },
+    // Rider 9's last sample in race 5 is in class "c".
+    { ...sample({ raceId: 5, racerId: 9, second: 1, cadence: 0 }), arrivalMs: 4000 },
+    { ...sample({ raceId: 5, racerId: 9, second: 2, cadence: 0, classId: 'c' }), arrivalMs: 4001 },
+  ]);
+  const { races } = buildRaces([shard]);
+  const boards = buildClassBoards(races);
+  assert.deepEqual([...boards.keys()], ['1', '"c"']);
+  assert.equal(
+    buildClassLeaderboard(boards.get('1'), 1),
+    '{"type":"class-leaderboard","classId":1,"revision":1,"ts":2500,"entries":[' +
+      '{"rank":1,"racerId":7,"name":"Ann B","raceId":2,"total":81.25},' +
+      '{"rank":1,"racerId":8,"name":"Early","raceId":4,"total":81.25}]}',
+  );
+  assert.equal(
+    buildClassLeaderboard(boards.get('"c"'), 0),
+    '{"type":"class-leaderboard","classId":"c","revision":0,"ts":4001,"entries":[' +
+      '{"rank":1,"racerId":9,"name":"Rider 9","raceId":5,"total":45.5}]}',
+  );
+});
+
+test('verify checks results and class boards', () => {
+  const { races } = buildRaces([
+    shardOf('shardId-000000000000', [sample({ racerId: 1, second: 1 })]),
+  ]);
+  const race = races.get('1');
+  const board = buildClassBoards(races).get('1');
+  const message = (kind, topic, payload, line) => ({
+    line,
+    kind,
+    topic,
+    payload,
+    second: 1,
+    revision: Number(/"revision":(\d+)/.exec(payload)[1]),
+  });
+  const leaderboard = message('leaderboard', 'podium/races/1/leaderboard', buildLeaderboard(race, 1, 0), 1);
+  const results = message('results', 'podium/races/1/results', buildResults(race, 0), 2);
+  const classBoard = message('class', 'podium/classes/1/leaderboard', buildClassLeaderboard(board, 0), 3);
+  const run = (messages) => verify(races, { messages, otherTopics: 0 }, 1).failures;
+
+  assert.deepEqual(run([leaderboard, results, classBoard]), []);
+  assert.equal(run([leaderboard, classBoard]).length, 1);
+  assert.equal(run([leaderboard, results]).length, 1);
+  const wrongFinal = { ...results, payload: results.payload.replace('"final":false', '"final":true') };
+  assert.match(run([leaderboard, wrongFinal, classBoard])[0], /expected results for race 1/);
+  const wrongRace = { ...classBoard, payload: classBoard.payload.replace('"raceId":1', '"raceId":2') };
+  assert.match(run([leaderboard, results, wrongRace])[0], /expected leaderboard for class 1/);
+  // A later revision with the right bytes settles an earlier wrong one.
+  const fixed = { ...results, line: 4, revision: 1, payload: results.payload.replace('"revision":0', '"revision":1') };
+  assert.deepEqual(run([leaderboard, wrongFinal, fixed, classBoard]), []);
+  const unknown = { ...classBoard, topic: 'podium/classes/9/leaderboard' };
+  assert.match(run([leaderboard, results, classBoard, unknown])[0], /names a class/);
 });
