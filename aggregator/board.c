@@ -5,8 +5,8 @@
  * came in.
  *
  * Results have the leaderboard's shape at the race's last second, with
- * "type":"results" and two more members per entry: "final", whether the
- * rider sent event "final", and "finalOutput", the output of the rider's
+ * "type":"results" and two more members per entry. "final" tells whether
+ * the rider sent event "final". "finalOutput" is the output of the rider's
  * last sample flagged final, or of the rider's last sample when none is.
  */
 #include "aggregator/internal.h"

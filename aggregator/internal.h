@@ -211,6 +211,13 @@ struct agg {
 
 /* ---- race.c ------------------------------------------------------------- */
 
+/*
+ * Grow an array of elements to hold at least need, doubling but never past
+ * limit. Returns 0, -ENOSPC when need passes limit, or -ENOMEM.
+ */
+int agg_grow(void **items, uint32_t *cap, uint32_t need, uint32_t limit,
+             size_t size);
+
 /* The race with this id, or NULL. */
 struct race *race_find(const struct agg *agg, const struct agg_id *id);
 /* Find or create the race. Returns 0, -ENOSPC past AGG_MAX_RACES, or
@@ -326,11 +333,11 @@ int doc_hash(const struct strbuf *doc, size_t skip_at, size_t len,
 /* ---- results.c ---------------------------------------------------------- */
 
 /*
- * Publish the race's results when they are due: first when every rider
- * with a sample has sent "final", or when force (idle close, close all);
- * again, with the revision raised, when a sample changed since and the
- * message changes. Updates the class boards and history on the way.
- * Returns 0, the sink's error, or -ENOMEM.
+ * Publish the race's results when they are due. The first time is when
+ * every rider with a sample has sent "final", or when force is set (idle
+ * close, close all). Later, when a sample changed and the message with it,
+ * they go again with the revision raised. Updates the class boards and
+ * history too. Returns 0, the sink's error, or -ENOMEM.
  */
 int results_settle(struct agg *agg, struct race *race, bool force);
 

@@ -35,12 +35,8 @@ uint32_t agg_race_position(const struct agg *agg, const struct race *race)
                                    agg);
 }
 
-/*
- * Grow an array of elements to hold at least need, doubling but never past
- * limit. Returns 0, -ENOSPC when need passes limit, or -ENOMEM.
- */
-static int grow(void **items, uint32_t *cap, uint32_t need, uint32_t limit,
-                size_t size)
+int agg_grow(void **items, uint32_t *cap, uint32_t need, uint32_t limit,
+             size_t size)
 {
     if (need <= *cap)
         return 0;
@@ -69,8 +65,8 @@ int race_get(struct agg *agg, const struct agg_id *id, struct race **out)
      * AGG_OVER_CAPACITY. */
     if (agg->race_count == AGG_MAX_RACES)
         return -ENOSPC;
-    if (grow((void **)&agg->races, &agg->race_cap, agg->race_count + 1,
-             AGG_MAX_RACES, sizeof agg->races[0]) != 0)
+    if (agg_grow((void **)&agg->races, &agg->race_cap, agg->race_count + 1,
+                 AGG_MAX_RACES, sizeof agg->races[0]) != 0)
         return -ENOMEM;
 
     struct race *race = calloc(1, sizeof *race);
@@ -112,8 +108,9 @@ int64_t race_rider(struct race *race, const struct agg_id *id)
         return i;
     if (race->rider_count == AGG_MAX_RACERS)
         return -ENOSPC;
-    if (grow((void **)&race->riders, &race->rider_cap, race->rider_count + 1,
-             AGG_MAX_RACERS, sizeof race->riders[0]) != 0)
+    if (agg_grow((void **)&race->riders, &race->rider_cap,
+                 race->rider_count + 1, AGG_MAX_RACERS,
+                 sizeof race->riders[0]) != 0)
         return -ENOMEM;
 
     struct rider *rider = &race->riders[race->rider_count];
@@ -135,8 +132,8 @@ int race_reserve(struct agg *agg, struct race *race, struct rider *rider,
     uint32_t old = (uint32_t)race->second_cap;
     uint32_t cap = old;
 
-    int rc = grow((void **)&race->seconds, &cap, (uint32_t)second, limit,
-                  sizeof race->seconds[0]);
+    int rc = agg_grow((void **)&race->seconds, &cap, (uint32_t)second, limit,
+                      sizeof race->seconds[0]);
     if (rc != 0)
         return rc;
     for (uint32_t i = old; i < cap; i++) {
@@ -149,8 +146,8 @@ int race_reserve(struct agg *agg, struct race *race, struct rider *rider,
         return 0;
 
     old = cap = (uint32_t)rider->slot_cap;
-    rc = grow((void **)&rider->slots, &cap, (uint32_t)second, limit,
-              sizeof rider->slots[0]);
+    rc = agg_grow((void **)&rider->slots, &cap, (uint32_t)second, limit,
+                  sizeof rider->slots[0]);
     if (rc != 0)
         return rc;
     memset(rider->slots + old, 0, (cap - old) * sizeof rider->slots[0]);
@@ -162,8 +159,8 @@ int64_t rider_arena_add(struct rider *rider, const void *bytes, size_t len)
 {
     if (len > UINT32_MAX - rider->arena_len)
         return -ENOMEM;
-    if (grow((void **)&rider->arena, &rider->arena_cap,
-             rider->arena_len + (uint32_t)len, UINT32_MAX, 1) != 0)
+    if (agg_grow((void **)&rider->arena, &rider->arena_cap,
+                 rider->arena_len + (uint32_t)len, UINT32_MAX, 1) != 0)
         return -ENOMEM;
     uint32_t at = rider->arena_len;
     memcpy(rider->arena + at, bytes, len);
@@ -198,8 +195,9 @@ int rider_intern_name(struct rider *rider, const char *name, size_t len)
     }
     if (rider->name_count == AGG_MAX_NAMES_PER_RIDER)
         return -ENOSPC;
-    if (grow((void **)&rider->names, &rider->name_cap, rider->name_count + 1,
-             AGG_MAX_NAMES_PER_RIDER, sizeof rider->names[0]) != 0)
+    if (agg_grow((void **)&rider->names, &rider->name_cap,
+                 rider->name_count + 1, AGG_MAX_NAMES_PER_RIDER,
+                 sizeof rider->names[0]) != 0)
         return -ENOMEM;
     int64_t at = rider_arena_add(rider, name, len);
     if (at < 0)
@@ -217,9 +215,9 @@ int rider_intern_class(struct rider *rider, const struct agg_id *class_id)
     }
     if (rider->class_count == AGG_MAX_CLASSES_PER_RIDER)
         return -ENOSPC;
-    if (grow((void **)&rider->classes, &rider->class_cap,
-             rider->class_count + 1, AGG_MAX_CLASSES_PER_RIDER,
-             sizeof rider->classes[0]) != 0)
+    if (agg_grow((void **)&rider->classes, &rider->class_cap,
+                 rider->class_count + 1, AGG_MAX_CLASSES_PER_RIDER,
+                 sizeof rider->classes[0]) != 0)
         return -ENOMEM;
     rider->classes[rider->class_count] = *class_id;
     return (int)rider->class_count++;

@@ -15,9 +15,10 @@
  * Classes. When a race's results are built, each of its riders counts in
  * the board of one class: the classId of the rider's last sample in that
  * race. A rider's entry on the board is the best total over the races
- * counted there: a greater total wins, and between equal totals the
- * earlier race, meaning the smaller results ts (the newest arrival time of
- * the race's samples), then the smaller raceId. Both derive only from the
+ * counted there, and a greater total wins. Between equal totals the
+ * earlier race wins. Earlier means the smaller results ts (the newest
+ * arrival time of the race's samples), then the smaller raceId. Both
+ * derive only from the
  * samples, so the board does not depend on batch sizes, shards or the order
  * in which races closed. An amendment that lowers a total or moves a rider
  * to another class recomputes that rider's best from all the races kept
@@ -55,24 +56,6 @@ static const struct agg_id *class_rider_key_at(const void *owner, uint32_t i)
     return &board->riders[i].id;
 }
 
-/* Double cap until it holds need. Returns 0 or -ENOMEM. */
-static int grow_array(void **items, uint32_t *cap, uint32_t need, size_t size)
-{
-    if (need <= *cap)
-        return 0;
-    uint64_t n = *cap ? *cap : 4;
-    while (n < need)
-        n *= 2;
-    if (n > UINT32_MAX)
-        return -ENOMEM;
-    void *p = realloc(*items, (size_t)n * size);
-    if (p == NULL)
-        return -ENOMEM;
-    *items = p;
-    *cap = (uint32_t)n;
-    return 0;
-}
-
 /* Find or create the class board. Returns 0 or -ENOMEM. */
 static int class_get(struct agg *agg, const struct agg_id *id,
                      uint32_t *position)
@@ -82,8 +65,8 @@ static int class_get(struct agg *agg, const struct agg_id *id,
         *position = (uint32_t)i;
         return 0;
     }
-    if (grow_array((void **)&agg->classes, &agg->class_cap,
-                   agg->class_count + 1, sizeof agg->classes[0]) != 0)
+    if (agg_grow((void **)&agg->classes, &agg->class_cap, agg->class_count + 1,
+                 UINT32_MAX, sizeof agg->classes[0]) != 0)
         return -ENOMEM;
     struct class_board *board = calloc(1, sizeof *board);
     if (board == NULL)
@@ -107,8 +90,9 @@ static int64_t class_rider_get(struct class_board *board,
         id_index_find(&board->rider_index, id, class_rider_key_at, board);
     if (i >= 0)
         return i;
-    if (grow_array((void **)&board->riders, &board->rider_cap,
-                   board->rider_count + 1, sizeof board->riders[0]) != 0)
+    if (agg_grow((void **)&board->riders, &board->rider_cap,
+                 board->rider_count + 1, UINT32_MAX,
+                 sizeof board->riders[0]) != 0)
         return -ENOMEM;
     struct class_rider *cr = &board->riders[board->rider_count];
     memset(cr, 0, sizeof *cr);
@@ -301,8 +285,8 @@ static int rider_add_race(struct agg *agg, const struct class_board *board,
                           struct class_rider *cr, uint32_t race,
                           const struct rider *rider, int64_t total4, bool quiet)
 {
-    if (grow_array((void **)&cr->entries, &cr->entry_cap, cr->entry_count + 1,
-                   sizeof cr->entries[0]) != 0)
+    if (agg_grow((void **)&cr->entries, &cr->entry_cap, cr->entry_count + 1,
+                 UINT32_MAX, sizeof cr->entries[0]) != 0)
         return -ENOMEM;
     struct class_entry *e = &cr->entries[cr->entry_count++];
     e->race = race;

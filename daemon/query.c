@@ -8,8 +8,8 @@
  * the last revision that podium published, byte for byte.
  *
  * Exit status: 0 when something was found and printed, 1 when nothing is
- * stored for the ids given (the message says so on standard error) or the
- * store cannot be read, 2 on a usage or configuration error.
+ * stored for the ids given (reported on standard error) or the store
+ * cannot be read, 2 on a usage or configuration error.
  */
 #include "daemon/daemon.h"
 
@@ -169,9 +169,12 @@ static int check_options(const struct query_opts *q)
                             : NULL;
     } else {
         missing = q->class_id == NULL ? "--class ID" : NULL;
-        extra = q->race ? "--race" : NULL;
-        if (q->kind == QUERY_CLASS_LEADERBOARD && extra == NULL)
-            extra = q->racer ? "--racer" : q->second ? "--second" : NULL;
+        if (q->race != NULL)
+            extra = "--race";
+        else if (q->kind == QUERY_CLASS_LEADERBOARD && q->racer != NULL)
+            extra = "--racer";
+        else if (q->kind == QUERY_CLASS_LEADERBOARD && q->second != 0)
+            extra = "--second";
     }
     if (missing != NULL) {
         fprintf(stderr,

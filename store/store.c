@@ -761,8 +761,9 @@ int store_open(const char *path, struct store **out, char *err, size_t err_len)
 /*
  * Open an existing database read-only, for `podium query`. The schema is not
  * migrated, so a database of another version is rejected with what to do.
- * A podium run may hold the database meanwhile: in WAL mode a reader sees
- * the last committed batch and never blocks the writer.
+ * A podium run may have the database open meanwhile, because in WAL mode a
+ * reader sees the last committed batch and does not block the writer's
+ * commits.
  */
 int store_open_readonly(const char *path, struct store **out, char *err,
                         size_t err_len)

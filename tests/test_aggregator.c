@@ -1855,7 +1855,7 @@ TEST(agg_amend_moves_rider_to_other_class)
 
     feed_results(agg, two_finals, 4);
     ASSERT_TRUE(history_at(c, 1, 7, 2) != NULL);
-    /* Rider 7's last sample now says class 2, with the same values. */
+    /* Rider 7's last sample now has classId 2, with the same values. */
     struct result_spec moved = {"42", "7",  "2",  "Ann", 2,
                                 "10", "10", true, 3000,  "u-0"};
     feed_result(agg, &moved);

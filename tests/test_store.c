@@ -1045,7 +1045,7 @@ TEST(store_migrates_v2_keeping_samples)
     store_close(st);
     downgrade_to_v2(path);
 
-    /* A reader never migrates: it says what to do instead. */
+    /* A reader never migrates, and its error names the fix. */
     ASSERT_EQ(store_open_readonly(path, &st, err, sizeof err), -1);
     ASSERT_CONTAINS(err, "schema version 2");
     ASSERT_CONTAINS(err, "run podium run");

@@ -592,6 +592,27 @@ function secondsWithSamples(race) {
   return [...seconds].sort((a, b) => a - b);
 }
 
+// Sorts riders ({ total, … }) by total, descending, then by racerId, and
+// returns the first TOP_N formatted as format(rank, rider). Equal totals
+// share the rank of the first of them (1, 2, 2, 4).
+function rankEntries(riders, racerOf, format) {
+  riders.sort((a, b) => {
+    if (a.total !== b.total) {
+      return a.total > b.total ? -1 : 1;
+    }
+    return compareIds(racerOf(a), racerOf(b));
+  });
+  const entries = [];
+  let rank = 0;
+  for (let index = 0; index < riders.length && index < TOP_N; index += 1) {
+    if (index === 0 || riders[index].total !== riders[index - 1].total) {
+      rank = index + 1;
+    }
+    entries.push(format(rank, riders[index]));
+  }
+  return entries;
+}
+
 function formatEntry(rank, rider) {
   const { sample } = rider;
   return (
@@ -627,20 +648,7 @@ function buildLeaderboard(race, second, revision) {
     }
   }
 
-  riders.sort((a, b) => {
-    if (a.total !== b.total) {
-      return a.total > b.total ? -1 : 1;
-    }
-    return compareIds(a.sample.racer, b.sample.racer);
-  });
-  const entries = [];
-  let rank = 0;
-  for (let index = 0; index < riders.length && index < TOP_N; index += 1) {
-    if (index === 0 || riders[index].total !== riders[index - 1].total) {
-      rank = index + 1;
-    }
-    entries.push(formatEntry(rank, riders[index]));
-  }
+  const entries = rankEntries(riders, (rider) => rider.sample.racer, formatEntry);
   return (
     `{"type":"leaderboard","raceId":${race.id.json},"second":${second},` +
     `"revision":${revision},"ts":${ts ?? 0},"entries":[${entries.join(',')}]}`
@@ -699,25 +707,13 @@ function buildResults(race, revision) {
     return { sample: last, total, lastFinal };
   });
   const lastSecond = Math.max(...riders.map((rider) => rider.sample.second));
-  riders.sort((a, b) => {
-    if (a.total !== b.total) {
-      return a.total > b.total ? -1 : 1;
-    }
-    return compareIds(a.sample.racer, b.sample.racer);
-  });
-  const entries = [];
-  let rank = 0;
-  for (let index = 0; index < riders.length && index < TOP_N; index += 1) {
-    const rider = riders[index];
-    if (index === 0 || rider.total !== riders[index - 1].total) {
-      rank = index + 1;
-    }
-    const finalOutput = (rider.lastFinal ?? rider.sample).output4;
-    entries.push(
+  const entries = rankEntries(
+    riders,
+    (rider) => rider.sample.racer,
+    (rank, rider) =>
       `${formatEntry(rank, rider).slice(0, -1)},"final":${rider.lastFinal !== null},` +
-        `"finalOutput":${formatUnits4(finalOutput)}}`,
-    );
-  }
+      `"finalOutput":${formatUnits4((rider.lastFinal ?? rider.sample).output4)}}`,
+  );
   return (
     `{"type":"results","raceId":${race.id.json},"second":${lastSecond},` +
     `"revision":${revision},"ts":${raceTs(race)},"entries":[${entries.join(',')}]}`
@@ -758,26 +754,18 @@ function buildClassBoards(races) {
 // totals by racerId sharing a rank, top 100, and as ts the newest race ts
 // among the listed entries.
 function buildClassLeaderboard(board, revision) {
-  const riders = [...board.best.values()].sort((a, b) => {
-    if (a.total !== b.total) {
-      return a.total > b.total ? -1 : 1;
-    }
-    return compareIds(a.racer, b.racer);
-  });
-  const entries = [];
-  let rank = 0;
   let ts = 0;
-  for (let index = 0; index < riders.length && index < TOP_N; index += 1) {
-    const rider = riders[index];
-    if (index === 0 || rider.total !== riders[index - 1].total) {
-      rank = index + 1;
-    }
-    ts = Math.max(ts, rider.ts);
-    entries.push(
-      `{"rank":${rank},"racerId":${rider.racer.json},"name":${JSON.stringify(rider.name)},` +
-        `"raceId":${rider.race.json},"total":${formatUnits4(rider.total)}}`,
-    );
-  }
+  const entries = rankEntries(
+    [...board.best.values()],
+    (rider) => rider.racer,
+    (rank, rider) => {
+      ts = Math.max(ts, rider.ts);
+      return (
+        `{"rank":${rank},"racerId":${rider.racer.json},"name":${JSON.stringify(rider.name)},` +
+        `"raceId":${rider.race.json},"total":${formatUnits4(rider.total)}}`
+      );
+    },
+  );
   return (
     `{"type":"class-leaderboard","classId":${board.id.json},"revision":${revision},` +
     `"ts":${ts},"entries":[${entries.join(',')}]}`

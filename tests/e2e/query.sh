@@ -2,7 +2,7 @@
 # podium query against a real store. podium simulate puts 6 riders x 10
 # seconds in 2 classes (one race per class, every rider sending "final") to
 # a kinesalite stream, and podium run publishes to mosquitto. While podium
-# run still holds the database, podium query must print the last results
+# run still has the database open, podium query must print the last results
 # and class leaderboard that reached the broker, byte for byte, and the
 # class history that the samples define; then the same after podium stops.
 # Bad arguments must exit 2 and unknown ids 1, each with a message.
@@ -138,7 +138,7 @@ main() {
     # Let the class boards settle: each race's results may raise them.
     sleep 2
 
-    e2e_log "querying while podium run holds the database"
+    e2e_log "querying while podium run has the database open"
     e2e_pid_alive "$podium_pid" || e2e_fail "podium run exited early: see $E2E_DIR/podium.log"
     check_messages "$capture"
     check_history 1
