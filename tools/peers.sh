@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # Install, start and stop the local peers that podium talks to in tests and
 # in the demo: kinesalite and kinesis-local (two local Amazon Kinesis APIs)
-# and mosquitto (an MQTT broker). They listen on 127.0.0.1 only, on a free
-# port picked at start.
+# and mosquitto (an MQTT broker), also as mosquitto-tls (MQTT over TLS with
+# client certificates, as AWS IoT Core requires). They listen on 127.0.0.1
+# only, on a free port picked at start.
 #
 #   tools/peers.sh install                  npm ci in tools/peers, check mosquitto
 #   tools/peers.sh start kinesalite DIR     start kinesalite, print its port
 #   tools/peers.sh start kinesis-local DIR  start kinesis-local, print its HTTP port
 #   tools/peers.sh start mosquitto DIR      start mosquitto, print its port
+#   tools/peers.sh start mosquitto-tls DIR  start mosquitto with TLS, print its port
 #   tools/peers.sh stop DIR                 stop the peers started in DIR
 #   tools/peers.sh status DIR               list the peers in DIR and their state
 #
 # DIR receives NAME.port, NAME.pid and NAME.log for each peer; stop signals
 # only the pids recorded there, and only while they still run that peer.
+#
+# mosquitto-tls uses the certificates in DIR/tls, which
+# tools/make-test-certs.sh makes when DIR/tls/ca.pem does not exist. The
+# broker presents server.pem (for 127.0.0.1 and localhost), accepts only
+# clients with a certificate signed by ca.pem, and takes a client's common
+# name as its user name. A client connects with, for example:
+#   mosquitto_sub -h 127.0.0.1 -p PORT --cafile DIR/tls/ca.pem \
+#       --cert DIR/tls/client.pem --key DIR/tls/client.key -t 'podium/#'
 #
 # With PEERS_FAKETIME=1, a Kinesis peer runs under libfaketime (Debian
 # package faketime) and reads its clock offset from DIR/faketime.rc, which
@@ -26,7 +36,8 @@ PEERS_DIR="$TOOLS_DIR/peers"
 KINESALITE_CLI="$PEERS_DIR/node_modules/kinesalite/cli.js"
 KINESIS_LOCAL_DIR="$PEERS_DIR/node_modules/kinesis-local"
 MOSQUITTO_BIN="${MOSQUITTO_BIN:-/usr/sbin/mosquitto}"
-PEER_NAMES=(kinesalite kinesis-local mosquitto)
+MAKE_TEST_CERTS="$TOOLS_DIR/make-test-certs.sh"
+PEER_NAMES=(kinesalite kinesis-local mosquitto mosquitto-tls)
 
 # Seconds to wait for a started peer to accept requests.
 START_TIMEOUT_S=20
@@ -44,7 +55,7 @@ die() {
 usage() {
     cat >&2 <<EOF
 usage: $0 install
-       $0 start kinesalite|kinesis-local|mosquitto DIR
+       $0 start kinesalite|kinesis-local|mosquitto|mosquitto-tls DIR
        $0 stop DIR
        $0 status DIR
 EOF
@@ -137,15 +148,15 @@ wait_kinesis-local() {
     wait_kinesis kinesis-local "$@"
 }
 
-# Wait until mosquitto has opened its listener and the port accepts a TCP
-# connection, or fail when pid exits or the deadline passes.
-wait_mosquitto() {
-    local port="$1" pid="$2" log="$3"
+# Wait until the broker NAME has opened its listener and the port accepts a
+# TCP connection, or fail when pid exits or the deadline passes.
+wait_mqtt_broker() {
+    local name="$1" port="$2" pid="$3" log="$4"
     local deadline=$(($(now_s) + START_TIMEOUT_S))
     while (($(now_s) < deadline)); do
         if ! kill -0 "$pid" 2>/dev/null; then
             print_log_tail "$log"
-            echo "peers: mosquitto (pid $pid) exited before it listened on port $port" >&2
+            echo "peers: $name (pid $pid) exited before it listened on port $port" >&2
             return 1
         fi
         if grep -q ' running$' "$log" 2>/dev/null &&
@@ -155,8 +166,18 @@ wait_mosquitto() {
         sleep 0.1
     done
     print_log_tail "$log"
-    echo "peers: mosquitto (pid $pid) did not accept connections on port $port within ${START_TIMEOUT_S}s" >&2
+    echo "peers: $name (pid $pid) did not accept connections on port $port within ${START_TIMEOUT_S}s" >&2
     return 1
+}
+
+wait_mosquitto() {
+    wait_mqtt_broker mosquitto "$@"
+}
+
+# The TCP probe makes mosquitto log a failed TLS handshake, which is
+# harmless.
+wait_mosquitto-tls() {
+    wait_mqtt_broker mosquitto-tls "$@"
 }
 
 # Print the environment assignments that run a peer under libfaketime with
@@ -229,11 +250,64 @@ EOF
     echo "$!"
 }
 
+# Fail unless every folder from / down to dir lets other users in, because
+# mosquitto started as root reads its key file as the user "mosquitto".
+check_traversable() {
+    local dir="$1" path="" part mode
+    local -a parts
+    [[ "$(id -u)" -eq 0 ]] || return 0
+    IFS=/ read -r -a parts <<<"${dir#/}"
+    for part in "${parts[@]}"; do
+        path="$path/$part"
+        # The last letter of "drwxrwxrwt" is x or t when others may enter.
+        mode="$(stat -c %A "$path")"
+        [[ "${mode: -1}" == [xt] ]] ||
+            die "other users cannot enter $path, so mosquitto, which runs as the user mosquitto, cannot read its key in $dir: run 'chmod o+x $path' or use a folder under /tmp"
+    done
+}
+
+launch_mosquitto-tls() {
+    local dir="$1" port="$2" tls="$1/tls"
+    [[ -x "$MOSQUITTO_BIN" ]] ||
+        die "$MOSQUITTO_BIN not found: install the Debian package mosquitto (apt-get install mosquitto)"
+    if [[ ! -f "$tls/ca.pem" ]]; then
+        bash "$MAKE_TEST_CERTS" "$tls" >&2 ||
+            die "tools/make-test-certs.sh $tls failed"
+    fi
+    # mosquitto started as root switches to the user "mosquitto" before it
+    # reads the TLS key file, so that user must be able to enter DIR (which
+    # mktemp -d makes 0700) and read the key. make-test-certs.sh makes its
+    # throw-away keys world-readable for the same reason.
+    chmod o+x "$dir"
+    check_traversable "$tls"
+    # tls_version is the oldest version accepted, so TLS 1.3 works too.
+    # Every client needs a certificate signed by ca.pem and has its common
+    # name as user name, so allow_anonymous lets in only such clients. The
+    # other lines are those of the mosquitto peer.
+    cat >"$dir/mosquitto-tls.conf" <<EOF
+per_listener_settings true
+listener $port 127.0.0.1
+cafile $tls/ca.pem
+certfile $tls/server.pem
+keyfile $tls/server.key
+require_certificate true
+use_identity_as_username true
+tls_version tlsv1.2
+allow_anonymous true
+persistence false
+log_dest stderr
+max_queued_messages 0
+EOF
+    nohup "$MOSQUITTO_BIN" -c "$dir/mosquitto-tls.conf" \
+        </dev/null >>"$dir/mosquitto-tls.log" 2>&1 &
+    echo "$!"
+}
+
 cmd_start() {
     local name="$1" dir="$2"
     case "$name" in
-    kinesalite | kinesis-local | mosquitto) ;;
-    *) die "unknown peer '$name': expected kinesalite, kinesis-local or mosquitto" ;;
+    kinesalite | kinesis-local | mosquitto | mosquitto-tls) ;;
+    *) die "unknown peer '$name': expected kinesalite, kinesis-local, mosquitto or mosquitto-tls" ;;
     esac
     mkdir -p "$dir"
     dir="$(cd "$dir" && pwd)"
