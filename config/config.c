@@ -523,7 +523,7 @@ static int check_combinations(const struct podium_config *cfg, char *err,
                  "mqtt.cert_file and mqtt.key_file must be set together");
         return -1;
     }
-    return 0;
+    return cfg_check_mqtt_tls(cfg, err, err_len);
 }
 
 int cfg_load(struct podium_config *cfg, const char *file, bool file_required,

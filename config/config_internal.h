@@ -90,6 +90,15 @@ bool cfg_check_race_topic(const char *value);
 bool cfg_check_class_topic(const char *value);
 
 /*
+ * Check the TLS files of the MQTT transport with an mqtts:// URL: each file
+ * that is set must be a readable PEM file, and the private key must match
+ * the client certificate. Returns 0, or -1 with a message in err that names
+ * the setting and the file.
+ */
+int cfg_check_mqtt_tls(const struct podium_config *cfg, char *err,
+                       size_t err_len);
+
+/*
  * Split one configuration line (borrowed, modified in place) into *key and
  * *value, both pointing into line. Surrounding whitespace is trimmed, a
  * double-quoted value is unquoted (\" and \\ escapes), and an unquoted '#'
