@@ -66,7 +66,12 @@ struct pub_mqtt {
     bool connect_after_poll_closed;
     bool connected; /* CONNACK accepted on the current connection */
     bool broken;    /* connection lost; torn down after the current call */
-    char broken_reason[160];
+    char broken_reason[1024];
+    /* broken_reason is a TLS failure, such as a rejected certificate. */
+    bool tls_failed;
+    /* Errors that libmosquitto logged on the current connection, such as
+     * why the TLS handshake failed, joined by "; ". */
+    char lib_errors[512];
     bool tls;
     char host[256];
     int port;

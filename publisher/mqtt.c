@@ -11,6 +11,16 @@
  * happened. The connection is torn down, and ack_cb runs, after the
  * mosquitto_* call returns, because a callback must not destroy its own
  * instance.
+ *
+ * TLS (mqtts://) works as AWS IoT Core requires it. Each connection offers
+ * TLS 1.2 or newer and verifies the broker's certificate against
+ * mqtt.ca_file and its host name against the host in mqtt.url. It presents
+ * the client certificate of mqtt.cert_file and mqtt.key_file when they are
+ * set. publisher_new loads the files once with OpenSSL, so a file that the
+ * handshake could not use is a configuration error, not a failure of every
+ * connection. libmosquitto reports why a handshake failed only through its
+ * log callback, so mqtt_on_log keeps those lines for the reconnect
+ * message. The private key never reaches a log line: errors name its file.
  */
 #include "publisher/internal.h"
 
@@ -19,9 +29,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <mosquitto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #define MQTT_DEFAULT_CLIENT_ID  "podium"
 #define MQTT_KEEPALIVE_S        30
@@ -29,6 +45,8 @@
 #define MQTT_CONNECT_TIMEOUT_MS 10000
 #define MQTT_BACKOFF_MIN_MS     500
 #define MQTT_MAX_INFLIGHT       65535 /* MQTT packet ids are 16-bit */
+/* The oldest TLS version offered; AWS IoT Core requires 1.2 or newer. */
+#define MQTT_TLS_MIN_VERSION "tlsv1.2"
 
 static void mqtt_start_connect(struct publisher *pub);
 
@@ -68,6 +86,15 @@ static void mqtt_mark_broken(struct pub_mqtt *m, const char *reason)
              (int)sizeof m->broken_reason - 1, reason);
 }
 
+/* Record a TLS failure as the reason the connection failed, unless an
+ * earlier reason was recorded. */
+static void mqtt_mark_tls_failed(struct pub_mqtt *m, const char *reason)
+{
+    if (!m->broken)
+        m->tls_failed = true;
+    mqtt_mark_broken(m, reason);
+}
+
 /* Write a log line unless too many came in the last minute. */
 static bool mqtt_log_allowed(struct publisher *pub, uint32_t *suppressed)
 {
@@ -90,11 +117,12 @@ static int mqtt_parse_url(struct pub_mqtt *m, const char *url, char *err,
                  "mqtt://host:port or mqtts://host:port");
         return -1;
     }
-    if (strncmp(url, "mqtt://", 7) == 0) {
+    /* URL schemes are case-insensitive (RFC 3986), as in the config check. */
+    if (strncasecmp(url, "mqtt://", 7) == 0) {
         m->tls = false;
         m->port = 1883;
         host = url + 7;
-    } else if (strncmp(url, "mqtts://", 8) == 0) {
+    } else if (strncasecmp(url, "mqtts://", 8) == 0) {
         m->tls = true;
         m->port = 8883;
         host = url + 8;
@@ -142,12 +170,155 @@ invalid:
     return -1;
 }
 
-/* Check the TLS settings that mqtts:// needs; libmosquitto checks that the
- * files can be read. */
+/*
+ * Passphrase callback that supplies none. Without it, OpenSSL would prompt
+ * on the terminal for an encrypted key, which a daemon cannot answer.
+ */
+static int mqtt_no_passphrase(char *buf, int size, int rwflag, void *arg)
+{
+    (void)buf, (void)size, (void)rwflag, (void)arg;
+    return -1;
+}
+
+/* The reason of OpenSSL's latest error, for messages. */
+static const char *mqtt_openssl_reason(void)
+{
+    unsigned long code = ERR_peek_last_error();
+    const char *reason = code != 0 ? ERR_reason_error_string(code) : NULL;
+
+    return reason != NULL ? reason : "no reason given by OpenSSL";
+}
+
+/* Check that the file that setting names is a readable regular file. */
+static int mqtt_check_readable(const char *setting, const char *path, char *err,
+                               size_t err_len)
+{
+    struct stat st;
+    FILE *file = fopen(path, "r");
+
+    if (file == NULL) {
+        snprintf(err, err_len,
+                 "cannot read %s %s: %s; set %s to a readable "
+                 "PEM file",
+                 setting, path, strerror(errno), setting);
+        return -1;
+    }
+    if (fstat(fileno(file), &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, err_len,
+                 "cannot read %s %s: not a regular file; set %s to a PEM file",
+                 setting, path, setting);
+        fclose(file);
+        return -1;
+    }
+    fclose(file);
+    return 0;
+}
+
+/* Check that key_path contains the private key of the certificate in ctx. */
+static int mqtt_check_key(SSL_CTX *ctx, const char *cert_path,
+                          const char *key_path, char *err, size_t err_len)
+{
+    FILE *file = fopen(key_path, "r");
+    EVP_PKEY *key;
+    int matches;
+
+    if (file == NULL) {
+        snprintf(err, err_len, "cannot read mqtt.key_file %s: %s", key_path,
+                 strerror(errno));
+        return -1;
+    }
+    key = PEM_read_PrivateKey(file, NULL, mqtt_no_passphrase, NULL);
+    fclose(file);
+    if (key == NULL) {
+        snprintf(err, err_len,
+                 "mqtt.key_file %s contains no PEM private key that podium "
+                 "can read (%s); an encrypted key is not supported, so set "
+                 "mqtt.key_file to an unencrypted key file",
+                 key_path, mqtt_openssl_reason());
+        return -1;
+    }
+    matches = X509_check_private_key(SSL_CTX_get0_certificate(ctx), key);
+    EVP_PKEY_free(key);
+    if (matches != 1) {
+        snprintf(err, err_len,
+                 "mqtt.key_file %s does not match the certificate in "
+                 "mqtt.cert_file %s; set mqtt.key_file to the private key of "
+                 "that certificate",
+                 key_path, cert_path);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Load the TLS files into a throw-away OpenSSL context the way libmosquitto
+ * loads them for each connection, so that a file it would reject fails here
+ * with the name of its setting.
+ */
+static int mqtt_check_tls_files(const struct pub_mqtt *m, char *err,
+                                size_t err_len)
+{
+    SSL_CTX *ctx;
+    int rc = -1;
+
+    if (mqtt_check_readable("mqtt.ca_file", m->ca_file, err, err_len) != 0)
+        return -1;
+    if (m->cert_file != NULL &&
+        (mqtt_check_readable("mqtt.cert_file", m->cert_file, err, err_len) !=
+             0 ||
+         mqtt_check_readable("mqtt.key_file", m->key_file, err, err_len) != 0))
+        return -1;
+
+    ERR_clear_error();
+    ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        snprintf(err, err_len, "cannot create a TLS context: %s",
+                 mqtt_openssl_reason());
+        goto out;
+    }
+    if (SSL_CTX_load_verify_locations(ctx, m->ca_file, NULL) != 1) {
+        snprintf(err, err_len,
+                 "mqtt.ca_file %s contains no usable PEM certificate (%s); "
+                 "set mqtt.ca_file to the CA certificate that signed the "
+                 "broker's certificate",
+                 m->ca_file, mqtt_openssl_reason());
+        goto out;
+    }
+    if (m->cert_file != NULL) {
+        if (SSL_CTX_use_certificate_chain_file(ctx, m->cert_file) != 1) {
+            snprintf(err, err_len,
+                     "mqtt.cert_file %s contains no usable PEM certificate "
+                     "(%s); set mqtt.cert_file to the client certificate",
+                     m->cert_file, mqtt_openssl_reason());
+            goto out;
+        }
+        if (mqtt_check_key(ctx, m->cert_file, m->key_file, err, err_len) != 0)
+            goto out;
+    }
+    rc = 0;
+out:
+    SSL_CTX_free(ctx);
+    /* Failed loads leave entries in OpenSSL's thread-local error queue. */
+    ERR_clear_error();
+    return rc;
+}
+
+/*
+ * Check the TLS settings. mqtts:// needs a CA file, and a client
+ * certificate needs its key. TLS files set for mqtt:// are not used, which
+ * is worth a warning: the connection is not encrypted.
+ */
 static int mqtt_check_tls(const struct pub_mqtt *m, char *err, size_t err_len)
 {
-    if (!m->tls)
+    if (!m->tls) {
+        if (m->ca_file != NULL || m->cert_file != NULL || m->key_file != NULL)
+            log_warn(PUB_LOG_MODULE, NULL,
+                     "mqtt.ca_file, mqtt.cert_file and mqtt.key_file are "
+                     "ignored because mqtt.url is mqtt://, without TLS; use "
+                     "mqtts://%s:%d to connect with TLS",
+                     m->host, m->port == 1883 ? 8883 : m->port);
         return 0;
+    }
     if (m->ca_file == NULL) {
         snprintf(err, err_len,
                  "mqtts:// needs a CA file to verify the broker; set "
@@ -162,7 +333,131 @@ static int mqtt_check_tls(const struct pub_mqtt *m, char *err, size_t err_len)
                  m->key_file ? m->key_file : "unset");
         return -1;
     }
-    return 0;
+    return mqtt_check_tls_files(m, err, err_len);
+}
+
+/* Append text, without a final '.', to the errors of the current
+ * connection unless it is there already. */
+static void mqtt_add_lib_error(struct pub_mqtt *m, const char *text)
+{
+    size_t used = strlen(m->lib_errors);
+    size_t len = strlen(text);
+    char item[sizeof m->lib_errors];
+
+    if (len > 0 && text[len - 1] == '.')
+        len--;
+    if (len == 0)
+        return;
+    snprintf(item, sizeof item, "%.*s", (int)len, text);
+    if (strstr(m->lib_errors, item) != NULL)
+        return;
+    snprintf(m->lib_errors + used, sizeof m->lib_errors - used, "%s%s",
+             used > 0 ? "; " : "", item);
+}
+
+/*
+ * Keep the errors that libmosquitto logs, such as "OpenSSL Error[0]:
+ * error:0A000086:SSL routines::certificate verify failed" or "Error: host
+ * name verification failed.". They are the only report of why TLS failed.
+ * Lines of other levels are dropped: they are libmosquitto's debug output.
+ */
+static void mqtt_on_log(struct mosquitto *mosq, void *obj, int level,
+                        const char *text)
+{
+    struct publisher *pub = obj;
+    struct pub_mqtt *m = &pub->mqtt;
+    const char *colon = strstr(text, ": ");
+    SSL *ssl;
+    long verify_result;
+    char note[sizeof m->host + 64];
+
+    if (level != MOSQ_LOG_ERR)
+        return;
+    /* Drop libmosquitto's "OpenSSL Error[0]: " or "Error: " prefix. */
+    if (colon != NULL && (strncmp(text, "OpenSSL Error", 13) == 0 ||
+                          strncmp(text, "Error: ", 7) == 0))
+        text = colon + 2;
+    mqtt_add_lib_error(m, text);
+    if (strstr(text, "host name verification failed") != NULL) {
+        snprintf(note, sizeof note,
+                 "the broker certificate is not issued for host %s", m->host);
+        mqtt_add_lib_error(m, note);
+    }
+
+    /* OpenSSL's error is "certificate verify failed", and the verify
+     * result of the connection gives the cause. When libmosquitto's host name
+     * check rejected the certificate, the result is the uninformative
+     * X509_V_ERR_UNSPECIFIED. */
+    ssl = mosquitto_ssl_get(mosq);
+    verify_result = ssl != NULL ? SSL_get_verify_result(ssl) : X509_V_OK;
+    if (verify_result != X509_V_OK && verify_result != X509_V_ERR_UNSPECIFIED) {
+        snprintf(note, sizeof note, "broker certificate: %s",
+                 X509_verify_cert_error_string(verify_result));
+        mqtt_add_lib_error(m, note);
+    }
+}
+
+/*
+ * Mark a TLS connection broken that the broker ended before CONNACK
+ * without a TLS error that gives the cause. Brokers reject a client certificate
+ * this way: mosquitto sends an alert and closes the connection while the
+ * client's next data is on the way, so the client gets a reset, which
+ * discards the alert.
+ */
+static void mqtt_mark_ended_before_connack(struct pub_mqtt *m)
+{
+    char reason[sizeof m->broken_reason];
+
+    if (m->cert_file == NULL)
+        snprintf(reason, sizeof reason,
+                 "TLS handshake failed: the broker ended the connection "
+                 "before CONNACK; a broker that requires a client "
+                 "certificate does so when none is sent, so set "
+                 "mqtt.cert_file and mqtt.key_file");
+    else
+        snprintf(reason, sizeof reason,
+                 "TLS handshake failed: the broker ended the connection "
+                 "before CONNACK; it may have rejected the client "
+                 "certificate in mqtt.cert_file %s, so check that the "
+                 "broker trusts the CA that signed it",
+                 m->cert_file);
+    mqtt_mark_tls_failed(m, reason);
+}
+
+/*
+ * Mark the connection broken after a libmosquitto call returned rc. The
+ * errors that libmosquitto logged on the way explain more than rc, which is
+ * "A TLS error occurred." or "Protocol error" for every TLS failure.
+ */
+static void mqtt_mark_failed(struct publisher *pub, int rc)
+{
+    struct pub_mqtt *m = &pub->mqtt;
+    char reason[sizeof m->broken_reason];
+    int saved_errno = errno;
+    const char *rc_text = mqtt_error_text(rc);
+
+    /* libmosquitto turns a reset during a TLS read into EPROTO. */
+    if (m->lib_errors[0] == '\0' && m->tls && !m->connected &&
+        rc == MOSQ_ERR_ERRNO &&
+        (saved_errno == ECONNRESET || saved_errno == EPROTO)) {
+        mqtt_mark_ended_before_connack(m);
+        return;
+    }
+    if (m->lib_errors[0] != '\0' && m->tls) {
+        /* Before CONNACK the broker may still reject the client
+         * certificate: with TLS 1.3 the client finishes its side of the
+         * handshake first and reads the broker's alert later. */
+        snprintf(reason, sizeof reason, "%s: %s",
+                 m->connected ? "TLS error" : "TLS handshake failed",
+                 m->lib_errors);
+        mqtt_mark_tls_failed(m, reason);
+        return;
+    }
+    if (m->lib_errors[0] == '\0')
+        snprintf(reason, sizeof reason, "%s", rc_text);
+    else
+        snprintf(reason, sizeof reason, "%s (%s)", rc_text, m->lib_errors);
+    mqtt_mark_broken(m, reason);
 }
 
 static void mqtt_on_connect(struct mosquitto *mosq, void *obj, int rc)
@@ -191,9 +486,10 @@ static void mqtt_on_disconnect(struct mosquitto *mosq, void *obj, int rc)
     struct publisher *pub = obj;
 
     (void)mosq;
-    mqtt_mark_broken(&pub->mqtt, rc == MOSQ_ERR_SUCCESS
-                                     ? "disconnected by the client"
-                                     : mqtt_error_text(rc));
+    if (rc == MOSQ_ERR_SUCCESS)
+        mqtt_mark_broken(&pub->mqtt, "disconnected by the client");
+    else
+        mqtt_mark_failed(pub, rc);
 }
 
 /* PUBACK for a QoS 1 message: mid is the packet id from mosquitto_publish. */
@@ -235,9 +531,22 @@ static struct mosquitto *mqtt_new_client(struct publisher *pub, char *err,
     mosquitto_connect_callback_set(mosq, mqtt_on_connect);
     mosquitto_disconnect_callback_set(mosq, mqtt_on_disconnect);
     mosquitto_publish_callback_set(mosq, mqtt_on_publish);
+    mosquitto_log_callback_set(mosq, mqtt_on_log);
     if (m->tls) {
         rc = mosquitto_tls_set(mosq, m->ca_file, NULL, m->cert_file,
-                               m->key_file, NULL);
+                               m->key_file, mqtt_no_passphrase);
+        /* With SSL_VERIFY_PEER the handshake fails unless the broker's
+         * certificate chains to mqtt.ca_file. libmosquitto 2.0.11 reads
+         * "tlsv1.2" as the oldest version allowed, so TLS 1.3 is used when
+         * the broker offers it. */
+        if (rc == MOSQ_ERR_SUCCESS)
+            rc = mosquitto_tls_opts_set(mosq, SSL_VERIFY_PEER,
+                                        MQTT_TLS_MIN_VERSION, NULL);
+        /* Also check the broker's host name against its certificate. This
+         * is libmosquitto's default; it is set here so that no later
+         * default can turn it off. */
+        if (rc == MOSQ_ERR_SUCCESS)
+            rc = mosquitto_tls_insecure_set(mosq, false);
         if (rc != MOSQ_ERR_SUCCESS) {
             snprintf(err, err_len,
                      "cannot use the MQTT TLS files (mqtt.ca_file %s, "
@@ -279,7 +588,9 @@ int mqtt_open(struct publisher *pub, const struct pub_config *cfg, char *err,
     m->ca_file = copy_optional(cfg->mqtt_ca_file);
     m->cert_file = copy_optional(cfg->mqtt_cert_file);
     m->key_file = copy_optional(cfg->mqtt_key_file);
-    if (m->client_id == NULL || mqtt_check_tls(m, err, err_len) != 0)
+    if (m->client_id == NULL)
+        goto fail;
+    if (mqtt_check_tls(m, err, err_len) != 0)
         goto fail;
     m->mosq = mqtt_new_client(pub, err, err_len);
     if (m->mosq == NULL)
@@ -318,6 +629,9 @@ static void mqtt_drop_connection(struct publisher *pub)
 {
     struct pub_mqtt *m = &pub->mqtt;
     bool was_connected = m->connected;
+    /* A TLS failure, such as a certificate that does not verify, will not
+     * go away by itself, so it is logged as an error. */
+    enum log_level level = m->tls_failed ? LOG_ERROR : LOG_WARN;
     size_t unacked = pub->queue.inflight;
     uint64_t delay_ms =
         pub_backoff_next(&m->backoff_ms, PUB_BACKOFF_MAX_MS, &m->rng_state);
@@ -333,6 +647,8 @@ static void mqtt_drop_connection(struct publisher *pub)
     }
     m->connected = false;
     m->broken = false;
+    m->tls_failed = false;
+    m->lib_errors[0] = '\0';
     pub_queue_rewind(&pub->queue);
 
     if (mqtt_log_allowed(pub, &suppressed)) {
@@ -342,19 +658,18 @@ static void mqtt_drop_connection(struct publisher *pub)
             snprintf(note, sizeof note, " (%u similar lines suppressed)",
                      suppressed);
         if (was_connected)
-            log_warn(PUB_LOG_MODULE, NULL,
-                     "disconnected from %s:%d: %s; reconnecting in %.1f s; "
-                     "%zu messages wait, %zu of them sent without PUBACK "
-                     "and sent again%s",
-                     m->host, m->port, m->broken_reason,
-                     (double)delay_ms / 1000.0, pub->queue.length, unacked,
-                     note);
+            LOG_AT(level, PUB_LOG_MODULE, NULL,
+                   "disconnected from %s:%d: %s; reconnecting in %.1f s; "
+                   "%zu messages wait, %zu of them sent without PUBACK "
+                   "and sent again%s",
+                   m->host, m->port, m->broken_reason,
+                   (double)delay_ms / 1000.0, pub->queue.length, unacked, note);
         else
-            log_warn(PUB_LOG_MODULE, NULL,
-                     "cannot connect to %s:%d: %s; %zu messages wait; "
-                     "retrying in %.1f s%s",
-                     m->host, m->port, m->broken_reason, pub->queue.length,
-                     (double)delay_ms / 1000.0, note);
+            LOG_AT(level, PUB_LOG_MODULE, NULL,
+                   "cannot connect to %s:%d: %s; %zu messages wait; "
+                   "retrying in %.1f s%s",
+                   m->host, m->port, m->broken_reason, pub->queue.length,
+                   (double)delay_ms / 1000.0, note);
     }
     uv_timer_start(&m->retry_timer, mqtt_on_retry_timer, delay_ms, 0);
 }
@@ -430,24 +745,26 @@ static void mqtt_on_poll(uv_poll_t *handle, int status, int events)
          * SO_ERROR gives the cause. */
         getsockopt(mosquitto_socket(m->mosq), SOL_SOCKET, SO_ERROR, &so_error,
                    &len);
-        mqtt_mark_broken(m, so_error != 0 ? strerror(so_error)
-                                          : uv_strerror(status));
+        if (m->tls && !m->connected && so_error == ECONNRESET)
+            mqtt_mark_ended_before_connack(m);
+        else
+            mqtt_mark_broken(m, so_error != 0 ? strerror(so_error)
+                                              : uv_strerror(status));
         mqtt_after_io(pub);
         return;
     }
-    /* NOTE: during a TLS handshake libmosquitto advances the handshake
-     * only in mosquitto_loop_read, so a writable socket is read too. The
-     * mqtts:// path is not covered by a test with a TLS broker yet. */
+    /* During a TLS handshake libmosquitto advances the handshake only in
+     * mosquitto_loop_read, so a writable socket is read too. */
     if ((events & UV_READABLE) || (m->tls && !m->connected)) {
         rc = mosquitto_loop_read(m->mosq, 1);
         if (rc != MOSQ_ERR_SUCCESS)
-            mqtt_mark_broken(m, mqtt_error_text(rc));
+            mqtt_mark_failed(pub, rc);
     }
     if ((events & UV_WRITABLE) && !m->broken &&
         mosquitto_socket(m->mosq) >= 0) {
         rc = mosquitto_loop_write(m->mosq, 1);
         if (rc != MOSQ_ERR_SUCCESS)
-            mqtt_mark_broken(m, mqtt_error_text(rc));
+            mqtt_mark_failed(pub, rc);
     }
     mqtt_after_io(pub);
 }
@@ -481,7 +798,7 @@ static void mqtt_on_misc_timer(uv_timer_t *timer)
     }
     rc = mosquitto_loop_misc(m->mosq);
     if (rc != MOSQ_ERR_SUCCESS)
-        mqtt_mark_broken(m, mqtt_error_text(rc));
+        mqtt_mark_failed(pub, rc);
     mqtt_after_io(pub);
 }
 
@@ -535,13 +852,14 @@ static void mqtt_start_connect(struct publisher *pub)
     pub->stats.connect_attempts++;
     m->connect_started_ms = uv_now(pub->loop);
     m->broken = false;
+    m->lib_errors[0] = '\0';
     log_debug(PUB_LOG_MODULE, NULL, "connecting to %s:%d", m->host, m->port);
 
     /* NOTE: libmosquitto resolves a host name with a blocking getaddrinfo
      * on this thread; an IP address in the URL avoids the wait. */
     rc = mosquitto_connect_async(m->mosq, m->host, m->port, MQTT_KEEPALIVE_S);
     if (rc != MOSQ_ERR_SUCCESS) {
-        mqtt_mark_broken(m, mqtt_error_text(rc));
+        mqtt_mark_failed(pub, rc);
         mqtt_drop_connection(pub);
         return;
     }
