@@ -5,3 +5,7 @@ podium_test(test_publisher test_publisher.c
 # and the npm packages of tools/peers (bash tools/peers.sh install).
 podium_test(test_iot test_iot.c
     LIBS podium_publisher PkgConfig::JANSSON TIMEOUT 120)
+# MQTT over TLS with client certificates against mosquitto, with
+# certificates from tools/make-test-certs.sh (Debian's openssl).
+podium_test(test_mqtt_tls test_mqtt_tls.c
+    LIBS podium_publisher podium_config PkgConfig::MOSQUITTO TIMEOUT 120)
