@@ -348,3 +348,77 @@ e2e_podium_run_settings() {
         --set kinesis.poll_interval_ms=200 \
         --set http.listen=127.0.0.1:0
 }
+
+# ---- MQTT over TLS (peer mosquitto-tls) ----
+
+# The port of the peer mosquitto-tls and the folder of its certificates,
+# set by e2e_start_mosquitto_tls.
+MOSQUITTO_TLS_PORT=""
+E2E_TLS_DIR=""
+
+# Start the peer mosquitto-tls, with throw-away certificates in
+# E2E_DIR/tls (see tools/make-test-certs.sh for the files).
+e2e_start_mosquitto_tls() {
+    MOSQUITTO_TLS_PORT="$(bash "$E2E_PEERS" start mosquitto-tls "$E2E_DIR")" ||
+        e2e_fail "mosquitto-tls did not start: see $E2E_DIR/mosquitto-tls.log; install the Debian packages mosquitto and openssl if they are missing"
+    E2E_TLS_DIR="$E2E_DIR/tls"
+    e2e_log "mosquitto-tls on 127.0.0.1:$MOSQUITTO_TLS_PORT, certificates in $E2E_TLS_DIR"
+}
+
+# Print, one a line, the arguments of mosquitto_sub and mosquitto_pub that
+# connect to mosquitto-tls with the client certificate NAME (default
+# client).
+e2e_tls_client_args() {
+    local name="${1:-client}"
+    printf '%s\n' -h 127.0.0.1 -p "$MOSQUITTO_TLS_PORT" \
+        --cafile "$E2E_TLS_DIR/ca.pem" \
+        --cert "$E2E_TLS_DIR/$name.pem" --key "$E2E_TLS_DIR/$name.key"
+}
+
+# e2e_start_tls_capture FILE: e2e_start_capture over TLS, against
+# mosquitto-tls with the client certificate "client".
+e2e_start_tls_capture() {
+    local file="$1" args=()
+    mapfile -t args < <(e2e_tls_client_args)
+    : >"$file"
+    mosquitto_sub "${args[@]}" -t 'podium/#' -q 1 -v \
+        </dev/null >"$file" 2>>"$E2E_DIR/mosquitto_sub.log" &
+    E2E_LAST_PID=$!
+    e2e_track_pid "$E2E_LAST_PID" mosquitto_sub
+
+    local deadline=$((SECONDS + 15))
+    while ! grep -q '^podium/e2e-probe ' "$file"; do
+        if ((SECONDS >= deadline)); then
+            e2e_fail "mosquitto_sub on TLS port $MOSQUITTO_TLS_PORT received no probe message within 15s: see $E2E_DIR/mosquitto_sub.log and $E2E_DIR/mosquitto-tls.log"
+        fi
+        mosquitto_pub "${args[@]}" -q 1 -t podium/e2e-probe -m probe ||
+            e2e_fail "mosquitto_pub to TLS port $MOSQUITTO_TLS_PORT failed"
+        sleep 0.2
+    done
+}
+
+# Print the --set flags that make podium publish to mosquitto-tls over
+# mqtts:// with the client certificate NAME (default client). They go after
+# e2e_podium_run_settings, whose mqtt.url they override.
+e2e_podium_tls_settings() {
+    local name="${1:-client}"
+    printf '%s\n' \
+        --set "mqtt.url=mqtts://127.0.0.1:$MOSQUITTO_TLS_PORT" \
+        --set "mqtt.ca_file=$E2E_TLS_DIR/ca.pem" \
+        --set "mqtt.cert_file=$E2E_TLS_DIR/$name.pem" \
+        --set "mqtt.key_file=$E2E_TLS_DIR/$name.key"
+}
+
+# e2e_expect_no_key_material FILE: fail when FILE contains a line of the
+# base64 body of any private key in E2E_TLS_DIR.
+e2e_expect_no_key_material() {
+    local file="$1" key line
+    for key in "$E2E_TLS_DIR"/*.key; do
+        while IFS= read -r line; do
+            [[ "$line" == -----* || ${#line} -lt 16 ]] && continue
+            if grep -qF -- "$line" "$file"; then
+                e2e_fail "$file contains a line of the private key $key, which must never be logged"
+            fi
+        done <"$key"
+    done
+}
