@@ -88,6 +88,7 @@ struct agg *agg_new(const struct agg_config *cfg, const struct agg_sink *sink)
     agg->sink = *sink;
     agg->stream_time_ms = INT64_MIN;
     sb_init(&agg->doc, AGG_MAX_DOCUMENT_BYTES);
+    sb_init(&agg->alleycat_results, AGG_MAX_DOCUMENT_BYTES);
     return agg;
 }
 
@@ -103,6 +104,9 @@ void agg_free(struct agg *agg)
     free(agg->board);
     classes_free(agg);
     sb_free(&agg->doc);
+    sb_free(&agg->alleycat_results);
+    free(agg->alleycat_classes);
+    free(agg->alleycat_listed_at);
     free(agg);
 }
 

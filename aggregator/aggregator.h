@@ -137,6 +137,7 @@ struct agg_config {
     enum agg_late_policy late_policy;
     int32_t amend_window_s;
     int32_t top_n; /* entries per leaderboard; 0 or less lists everyone */
+    bool alleycat; /* also send AGG_MSG_ALLEYCAT after each leaderboard */
 };
 
 enum agg_outcome {
@@ -181,13 +182,18 @@ struct agg_sample_row {
 enum agg_message_kind {
     AGG_MSG_RACE_LEADERBOARD,
     AGG_MSG_RACE_RESULTS,
-    AGG_MSG_CLASS_LEADERBOARD
+    AGG_MSG_CLASS_LEADERBOARD,
+    /* The leaderboard's entries of one class in the shape of the Alleycat
+     * sample's frontend (aggregator/alleycat.c); race and class_id are
+     * set, and second and revision are the leaderboard's. */
+    AGG_MSG_ALLEYCAT
 };
 
 struct agg_message {
     enum agg_message_kind kind;
-    const struct agg_id *race;     /* NULL for class messages */
-    const struct agg_id *class_id; /* NULL for race messages */
+    const struct agg_id *race;     /* NULL for class leaderboards */
+    const struct agg_id *class_id; /* NULL for race leaderboards and
+                                      results */
     int32_t second;
     int32_t revision;
     const char *payload; /* JSON object, borrowed during the callback */

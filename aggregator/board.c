@@ -98,7 +98,7 @@ static void write_entry(struct strbuf *sb, const struct race *race,
  */
 static int board_write(struct agg *agg, struct race *race, int32_t second,
                        int32_t revision, bool results, size_t *revision_at,
-                       size_t *revision_len)
+                       size_t *revision_len, uint32_t *listed)
 {
     int64_t count = board_rank(agg, race, second);
     struct strbuf *sb = &agg->doc;
@@ -108,6 +108,7 @@ static int board_write(struct agg *agg, struct race *race, int32_t second,
         return (int)count;
     if (agg->cfg.top_n > 0 && count > agg->cfg.top_n)
         count = agg->cfg.top_n;
+    *listed = (uint32_t)count;
 
     sb_reset(sb);
     sb_printf(sb, "{\"type\":\"%s\",\"raceId\":",
@@ -154,16 +155,18 @@ int results_write(struct agg *agg, struct race *race, int32_t revision,
                   uint8_t hash[32])
 {
     size_t at, len;
-    int rc =
-        board_write(agg, race, race->latest_second, revision, true, &at, &len);
+    uint32_t listed;
+    int rc = board_write(agg, race, race->latest_second, revision, true, &at,
+                         &len, &listed);
     return rc != 0 ? rc : doc_hash(&agg->doc, at, len, hash);
 }
 
 int board_publish(struct agg *agg, struct race *race, int32_t second)
 {
     size_t at, len;
+    uint32_t listed;
     int rc = board_write(agg, race, second, race->seconds[second - 1].revision,
-                         false, &at, &len);
+                         false, &at, &len, &listed);
     if (rc != 0)
         return rc;
 
@@ -176,5 +179,8 @@ int board_publish(struct agg *agg, struct race *race, int32_t second)
         .payload = agg->doc.data,
         .payload_len = agg->doc.len,
     };
-    return agg->sink.message(agg->sink.arg, &msg);
+    rc = agg->sink.message(agg->sink.arg, &msg);
+    if (rc == 0 && agg->cfg.alleycat)
+        rc = alleycat_publish(agg, race, second, listed);
+    return rc;
 }

@@ -207,6 +207,14 @@ struct agg {
     struct id_index class_index;
     uint32_t touched_classes; /* count of classes with touched set */
     struct strbuf doc;        /* message and state scratch */
+    /* Alleycat scratch: the results object, the classes of one
+     * leaderboard, and each rider's leaderboard position + 1 (0: not
+     * listed), indexed like race.riders and all 0 between calls. */
+    struct strbuf alleycat_results;
+    const struct agg_id **alleycat_classes;
+    uint32_t alleycat_class_cap;
+    uint32_t *alleycat_listed_at;
+    uint32_t alleycat_listed_cap;
 };
 
 /* ---- race.c ------------------------------------------------------------- */
@@ -315,7 +323,8 @@ void slot_to_row(const struct race *race, const struct rider *rider,
 
 /* ---- board.c ------------------------------------------------------------ */
 
-/* Build and send the leaderboard of one second. Returns 0 or the error. */
+/* Build and send the leaderboard of one second, and its Alleycat messages
+ * when cfg.alleycat is set. Returns 0 or the error. */
 int board_publish(struct agg *agg, struct race *race, int32_t second);
 
 /*
@@ -329,6 +338,16 @@ int results_write(struct agg *agg, struct race *race, int32_t revision,
  * when OpenSSL fails. */
 int doc_hash(const struct strbuf *doc, size_t skip_at, size_t len,
              uint8_t hash[32]);
+
+/* ---- alleycat.c --------------------------------------------------------- */
+
+/*
+ * Send one Alleycat results message per class among the first listed
+ * entries of agg->board, the ranked leaderboard of second, in classId
+ * order. Overwrites agg->doc. Returns 0, the sink's error, or -ENOMEM.
+ */
+int alleycat_publish(struct agg *agg, struct race *race, int32_t second,
+                     uint32_t listed);
 
 /* ---- results.c ---------------------------------------------------------- */
 

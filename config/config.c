@@ -180,9 +180,11 @@ static const struct cfg_setting settings[] = {
      .type = CFG_TYPE_BOOL,
      .offset = FIELD(alleycat_enabled),
      .default_value = "false",
-     .help = "whether to use the alleycat topic"},
-    STRING("alleycat.topic", alleycat_topic, "alleycat-subscribe",
-           cfg_check_nonempty, nonempty, "alleycat MQTT topic", 0),
+     .help = "whether to send, after each race leaderboard, one message "
+             "per class in the shape that the Alleycat sample's web "
+             "frontend reads, to alleycat.topic"},
+    TOPIC("alleycat.topic", alleycat_topic, "alleycat-subscribe",
+          cfg_check_class_topic, "{classId}"),
     STRING("http.listen", http_listen, "127.0.0.1:9464", cfg_check_host_port,
            "HOST:PORT with a port from 0 to 65535",
            "address of the HTTP server for health and metrics", 0),

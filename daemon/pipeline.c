@@ -125,6 +125,7 @@ static void agg_config_from(const struct podium_config *cfg,
         cfg->late_policy == CFG_LATE_DROP ? AGG_LATE_DROP : AGG_LATE_AMEND;
     out->amend_window_s = cfg->amend_window_s;
     out->top_n = cfg->top_n;
+    out->alleycat = cfg->alleycat_enabled;
 }
 
 /*
@@ -447,7 +448,7 @@ static int keep_last_message(struct pipeline *pl, const struct agg_message *msg)
 {
     const char *kind =
         msg->kind == AGG_MSG_RACE_RESULTS ? "results" : "class-leaderboard";
-    if (msg->kind == AGG_MSG_RACE_LEADERBOARD)
+    if (msg->kind == AGG_MSG_RACE_LEADERBOARD || msg->kind == AGG_MSG_ALLEYCAT)
         return 0;
     sb_reset(&pl->ids[0]);
     agg_id_to_json(msg->race != NULL ? msg->race : msg->class_id, &pl->ids[0]);
@@ -466,6 +467,8 @@ static const char *topic_template(const struct podium_config *cfg,
         return cfg->topic_race_results;
     case AGG_MSG_CLASS_LEADERBOARD:
         return cfg->topic_class_leaderboard;
+    case AGG_MSG_ALLEYCAT:
+        return cfg->alleycat_topic;
     }
     return NULL;
 }
@@ -485,6 +488,12 @@ static int drop_message(struct pipeline *pl, const struct agg_message *msg,
                 "failed to build the leaderboard of class %s: %s (%" PRIu32
                 " similar errors not logged)",
                 msg->class_id->str, reason, suppressed);
+        else if (msg->kind == AGG_MSG_ALLEYCAT)
+            log_error("main", &ids,
+                      "failed to build the alleycat message of class %s for "
+                      "second %" PRId32 ": %s (%" PRIu32
+                      " similar errors not logged)",
+                      msg->class_id->str, msg->second, reason, suppressed);
         else
             log_error("main", &ids,
                       "failed to build the %s for second %" PRId32

@@ -1,2 +1,3 @@
 # Tests of the aggregator module.
 podium_test(test_aggregator test_aggregator.c LIBS podium_aggregator)
+podium_test(test_alleycat test_alleycat.c LIBS podium_aggregator)

@@ -194,6 +194,10 @@ static int capture_message(void *arg, const struct agg_message *msg)
         sb_putc(&c->classes, '\n');
         c->class_count++;
         break;
+    case AGG_MSG_ALLEYCAT:
+        /* These tests leave cfg.alleycat off; test_alleycat.c covers it. */
+        test_fail(__FILE__, __LINE__, "unexpected alleycat message: %.*s",
+                  (int)msg->payload_len, msg->payload);
     }
     return 0;
 }

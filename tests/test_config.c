@@ -454,6 +454,22 @@ TEST(config_topic_template_checks)
     }
 }
 
+TEST(config_alleycat_topic_checks)
+{
+    expect_set_ok("alleycat.topic=alleycat/{classId}", __LINE__);
+    expect_set_error("alleycat.topic=alleycat/#",
+                     "invalid value for alleycat.topic: \"alleycat/#\" "
+                     "(expected a non-empty MQTT topic without + or #, with "
+                     "no placeholder other than {classId}) from --set",
+                     __LINE__);
+    expect_set_error("alleycat.topic=alleycat/{raceId}",
+                     "invalid value for alleycat.topic: "
+                     "\"alleycat/{raceId}\" (expected a non-empty MQTT topic "
+                     "without + or #, with no placeholder other than "
+                     "{classId}) from --set",
+                     __LINE__);
+}
+
 TEST(config_unknown_key_in_file)
 {
     const char *path = write_file("podium.conf", "store.path = p.db\n"
@@ -531,7 +547,7 @@ TEST(config_quoted_values)
         "  mqtt.client_id   =   \"podium \\\"one\\\" \\\\ # not a comment\"  "
         "# comment\r\n"
         "stream.name = races # comment after whitespace\n"
-        "alleycat.topic = alley#cat\n"
+        "publish.file = out#1.jsonl\n"
         "store.path = \"  spaced.db  \"\n"
         "publish.file = \"\"\"\"\n");
     char expected[4400];
@@ -545,13 +561,13 @@ TEST(config_quoted_values)
                       "  mqtt.client_id   =   \"podium \\\"one\\\" \\\\ # not "
                       "a comment\"  # comment\r\n"
                       "stream.name = races # comment after whitespace\n"
-                      "alleycat.topic = alley#cat\n"
+                      "publish.file = out#1.jsonl\n"
                       "store.path = \"  spaced.db  \"\n"
                       "mqtt.ca_file = \"\"\n");
     ASSERT_EQ(cfg_load(&cfg, path, true, no_env, NULL, 0, err, sizeof err), 0);
     ASSERT_STR_EQ(cfg.mqtt_client_id, "podium \"one\" \\ # not a comment");
     ASSERT_STR_EQ(cfg.stream_name, "races");
-    ASSERT_STR_EQ(cfg.alleycat_topic, "alley#cat");
+    ASSERT_STR_EQ(cfg.publish_file, "out#1.jsonl");
     ASSERT_STR_EQ(cfg.store_path, "  spaced.db  ");
     ASSERT_TRUE(cfg.mqtt_ca_file == NULL);
     cfg_free(&cfg);

@@ -290,15 +290,21 @@ static char *joined_messages(struct harness *h)
     return out;
 }
 
-TEST(pipeline_restart_continues_identically)
+/*
+ * Feed seconds 1..20 once without a stop and once with a restart after
+ * second 9, each into a fresh store in tmpdir named by prefix, and check
+ * that both publish the same messages. Returns them (owned).
+ */
+static char *expect_restart_identical(const char *prefix,
+                                      const char *const *sets, size_t set_count)
 {
     struct harness h = {0};
     char a[4096], b[4096];
-    snprintf(a, sizeof a, "%s/a.db", test_tmpdir());
-    snprintf(b, sizeof b, "%s/b.db", test_tmpdir());
+    snprintf(a, sizeof a, "%s/%s-a.db", test_tmpdir(), prefix);
+    snprintf(b, sizeof b, "%s/%s-b.db", test_tmpdir(), prefix);
 
     /* Uninterrupted run. */
-    harness_open(&h, a, NULL, 0);
+    harness_open(&h, a, sets, set_count);
     feed_seconds(&h, 1, 20);
     pipeline_submit_tick(h.pl, 1767225600000 + 40000);
     drain(&h);
@@ -307,11 +313,11 @@ TEST(pipeline_restart_continues_identically)
 
     /* The same records with a restart after second 9. */
     h.next_seq = 0;
-    harness_open(&h, b, NULL, 0);
+    harness_open(&h, b, sets, set_count);
     feed_seconds(&h, 1, 9);
     char *first = joined_messages(&h);
     harness_close(&h);
-    harness_open(&h, b, NULL, 0);
+    harness_open(&h, b, sets, set_count);
     feed_seconds(&h, 10, 20);
     pipeline_submit_tick(h.pl, 1767225600000 + 40000);
     drain(&h);
@@ -322,10 +328,15 @@ TEST(pipeline_restart_continues_identically)
     strcat(strcat(both, first), second);
     ASSERT_STR_EQ(both, whole);
     ASSERT_TRUE(strstr(whole, "\"second\":20,") != NULL);
-    free(whole);
     free(first);
     free(second);
     free(both);
+    return whole;
+}
+
+TEST(pipeline_restart_continues_identically)
+{
+    free(expect_restart_identical("plain", NULL, 0));
 }
 
 TEST(pipeline_ack_deletes_outbox_rows)
@@ -1198,4 +1209,51 @@ TEST(pipeline_results_survive_restart)
     }
     free(whole);
     free(whole_store);
+}
+
+/* ---- Alleycat messages ------------------------------------------------ */
+
+static const char *const alleycat_sets[] = {"alleycat.enabled=true"};
+
+TEST(pipeline_alleycat_after_each_leaderboard)
+{
+    struct harness h = {0};
+    char path[4096];
+    snprintf(path, sizeof path, "%s/p.db", test_tmpdir());
+    harness_open(&h, path, alleycat_sets, 1);
+    feed_seconds(&h, 1, 6);
+
+    /* Every message, leaderboard or not, is an outbox row. */
+    ASSERT_EQ(count_rows(&h, store_outbox_count), h.msg_count);
+    size_t boards = 0;
+    for (size_t i = 0; i < h.msg_count; i++) {
+        if (strstr(h.msgs[i].topic, "/leaderboard") == NULL)
+            continue;
+        /* All riders are in class "B": one Alleycat message each. */
+        boards++;
+        ASSERT_TRUE(i + 1 < h.msg_count);
+        ASSERT_STR_EQ(h.msgs[i + 1].topic, "alleycat-subscribe");
+        ASSERT_EQ(h.msgs[i + 1].id, h.msgs[i].id + 1);
+    }
+    ASSERT_EQ(boards, 4); /* seconds 1..4 closed; lateness 2 keeps 5, 6 */
+    ASSERT_EQ(h.msg_count, 2 * boards);
+    /* Second 1: (71.1 + 35) x (12.1 + 65) / 100 = 81.8031 for rc-11,
+     * 82.5741 for rc-12 and 83.3451 for rc-13, all arrived at
+     * 1767225601100. */
+    ASSERT_STR_EQ(h.msgs[1].payload,
+                  "{\"msg\":\"results\",\"classId\":\"B\",\"raceId\":\"race-R-"
+                  "7\",\"ts\":\"1767225601100\",\"results\":\"{\\\"rc-13\\\":"
+                  "83.3451,\\\"rc-12\\\":82.5741,\\\"rc-11\\\":81.8031}\"}");
+    harness_close(&h);
+}
+
+TEST(pipeline_alleycat_survives_restart)
+{
+    char *whole = expect_restart_identical("alleycat", alleycat_sets, 1);
+    /* 20 leaderboards, each followed by its Alleycat message. */
+    int count = 0;
+    for (const char *p = whole; (p = strstr(p, "\nalleycat-subscribe ")); p++)
+        count++;
+    ASSERT_EQ(count, 20);
+    free(whole);
 }
