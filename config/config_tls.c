@@ -142,15 +142,20 @@ int cfg_check_mqtt_tls(const struct podium_config *cfg, char *err,
         strncasecmp(cfg->mqtt_url, "mqtts://", 8) != 0)
         return 0;
 
-    /* NOTE: an unset mqtt.ca_file passes here, and the publisher rejects
-     * it when podium run starts it, with exit status 1. */
-    if (cfg->mqtt_ca_file != NULL) {
-        X509 *ca =
-            read_certificate("mqtt.ca_file", cfg->mqtt_ca_file, err, err_len);
-        if (ca == NULL)
-            rc = -1;
-        X509_free(ca);
+    /* The broker is always verified, so TLS needs the CA that signed it. */
+    if (cfg->mqtt_ca_file == NULL) {
+        snprintf(err, err_len,
+                 "mqtt.url %s uses TLS but mqtt.ca_file is not set: set it to "
+                 "the CA certificate that signed the broker's certificate "
+                 "(for AWS IoT Core, Amazon Root CA 1), or use mqtt://",
+                 cfg->mqtt_url);
+        return -1;
     }
+    X509 *ca =
+        read_certificate("mqtt.ca_file", cfg->mqtt_ca_file, err, err_len);
+    if (ca == NULL)
+        rc = -1;
+    X509_free(ca);
     if (rc == 0 && cfg->mqtt_cert_file != NULL && cfg->mqtt_key_file != NULL)
         rc = check_client_pair(cfg->mqtt_cert_file, cfg->mqtt_key_file, err,
                                err_len);

@@ -404,7 +404,12 @@ TEST(config_invalid_string_messages)
 
 TEST(config_mqtt_url_and_listen_forms)
 {
-    expect_set_ok("mqtt.url=mqtts://broker.example.com:8883", __LINE__);
+    expect_set_error("mqtt.url=mqtts://broker.example.com:8883",
+                     "mqtt.url mqtts://broker.example.com:8883 uses TLS but "
+                     "mqtt.ca_file is not set: set it to the CA certificate "
+                     "that signed the broker's certificate (for AWS IoT "
+                     "Core, Amazon Root CA 1), or use mqtt://",
+                     __LINE__);
     expect_set_ok("mqtt.url=mqtt://[::1]:1883", __LINE__);
     expect_set_ok("http.listen=0.0.0.0:0", __LINE__);
     expect_set_ok("http.listen=[::1]:9464", __LINE__);
