@@ -167,7 +167,8 @@ static const struct cfg_setting settings[] = {
      .help = "AWS IoT data plane endpoint, required by transport iot",
      .flags = CFG_FLAG_OPTIONAL},
     INT32("outbox.max", outbox_max, "100000", 100, 10000000,
-          "outbox rows allowed before reading pauses"),
+          "undelivered messages the outbox may hold before reading pauses; "
+          "reading resumes below 90% of it"),
     TOPIC("topics.race_leaderboard", topic_race_leaderboard,
           "podium/races/{raceId}/leaderboard", cfg_check_race_topic,
           "{raceId}"),

@@ -54,7 +54,28 @@ struct pipeline_counters {
     atomic_uint_fast64_t messages_built;
     atomic_uint_fast64_t messages_invalid;
     atomic_uint_fast64_t batches_committed;
+    atomic_uint_fast64_t outbox_depth;  /* undelivered messages stored */
+    atomic_uint_fast64_t outbox_pauses; /* times outbox.max paused reading */
 };
+
+/*
+ * The outbox bound (daemon/outbox_gate.c): whether the outbox is full, so
+ * that jobs which may add messages wait. Loop thread only.
+ */
+struct outbox_gate {
+    uint64_t depth;     /* rows in the outbox table after the last commit */
+    uint64_t max;       /* outbox.max: full from this depth on */
+    uint64_t low_water; /* 90% of max: not full below it again */
+    bool full;
+};
+
+void outbox_gate_init(struct outbox_gate *g, uint64_t max, uint64_t depth);
+/* Recheck full after depth changed. Returns true, after logging the
+ * change, when full changed. */
+bool outbox_gate_update(struct outbox_gate *g);
+/* Apply the rows a committed job added and deleted, then update. */
+bool outbox_gate_commit(struct outbox_gate *g, uint64_t added,
+                        uint64_t deleted);
 
 struct pipeline;
 
@@ -121,6 +142,15 @@ void pipeline_ack(struct pipeline *pl, int64_t id);
 void pipeline_flush_acks(struct pipeline *pl);
 /* True when no job runs or waits. */
 bool pipeline_idle(const struct pipeline *pl);
+/* True while the outbox holds outbox.max messages or more and has not
+ * gone below 90% of it since. Jobs other than deletions then wait. */
+bool pipeline_outbox_full(const struct pipeline *pl);
+/*
+ * Free the jobs that wait for a full outbox, when stopping. Their records
+ * were not committed and are read again at the next start. Returns how
+ * many were freed.
+ */
+size_t pipeline_discard_held(struct pipeline *pl);
 size_t pipeline_pending_acks(const struct pipeline *pl);
 
 const struct pipeline_counters *pipeline_counters(const struct pipeline *pl);

@@ -22,7 +22,8 @@
  * Messages leave through the outbox: only after the commit are they handed
  * to the publisher, and their rows are deleted by a later job once the
  * publisher reports them delivered. A crash in between sends them again,
- * byte for byte.
+ * byte for byte. While the outbox holds outbox.max rows, only jobs that
+ * delete rows start (daemon/outbox_gate.c).
  */
 #include "daemon/daemon.h"
 
@@ -62,6 +63,7 @@ struct job {
     int64_t now_ms;             /* JOB_TICK */
     int64_t *acks;              /* owned; outbox ids to delete */
     size_t ack_count;
+    size_t deleted;           /* outbox rows the acks deleted */
     struct out_message *msgs; /* owned; built by the worker */
     size_t msg_count;
     size_t msg_cap;
@@ -84,6 +86,7 @@ struct pipeline {
     struct job *tail;
     struct job *running;
     bool failed;
+    struct outbox_gate outbox;
 
     int64_t *acks; /* delivered outbox ids not yet given to a job */
     size_t ack_count;
@@ -338,6 +341,29 @@ static int restore_class(void *arg, const char *key, const char *value,
  * Rebuild the aggregator from the samples and race states in the store, so
  * that processing continues exactly where the last commit left it.
  */
+static void outbox_changed(struct pipeline *pl, bool full_changed)
+{
+    atomic_store_explicit(&pl->counters.outbox_depth, pl->outbox.depth,
+                          memory_order_relaxed);
+    if (full_changed && pl->outbox.full)
+        count(&pl->counters.outbox_pauses);
+}
+
+/* Count the messages left in the outbox by the last run. */
+static int restore_outbox_depth(struct pipeline *pl)
+{
+    int64_t rows;
+    if (store_outbox_count(pl->store, &rows) != 0) {
+        log_error("main", NULL, "failed to count the outbox: %s",
+                  store_errmsg(pl->store));
+        return -1;
+    }
+    outbox_gate_init(&pl->outbox, (uint64_t)pl->cfg->outbox_max,
+                     (uint64_t)rows);
+    outbox_changed(pl, outbox_gate_update(&pl->outbox));
+    return 0;
+}
+
 int pipeline_restore(struct pipeline *pl)
 {
     char text[32];
@@ -357,6 +383,8 @@ int pipeline_restore(struct pipeline *pl)
     }
     if (found == 1)
         agg_restore_stream_time(pl->agg, strtoll(text, NULL, 10));
+    if (restore_outbox_depth(pl) != 0)
+        return -1;
     int rc = agg_restore_finish(pl->agg);
     if (rc != 0) {
         log_error("main", NULL,
@@ -805,7 +833,8 @@ static int run_job(struct pipeline *pl, struct job *job)
 {
     int rc = 0;
     if (job->ack_count > 0)
-        rc = store_outbox_delete(pl->store, job->acks, job->ack_count);
+        rc = store_outbox_delete(pl->store, job->acks, job->ack_count,
+                                 &job->deleted);
     if (rc == 0) {
         switch (job->kind) {
         case JOB_BATCH:
@@ -873,6 +902,8 @@ static void job_done(uv_work_t *work, int status)
         return;
     }
     count(&pl->counters.batches_committed);
+    outbox_changed(
+        pl, outbox_gate_commit(&pl->outbox, job->msg_count, job->deleted));
     for (size_t i = 0; i < job->msg_count; i++) {
         struct out_message *m = &job->msgs[i];
         pl->hooks.message(pl->hooks.arg, m->id, m->topic, m->payload, m->len);
@@ -905,15 +936,44 @@ static void take_acks(struct pipeline *pl, struct job *job)
     pl->ack_count -= n;
 }
 
+static struct job *job_new(enum job_kind kind);
+
+/* True when job must wait because the outbox is full. */
+static bool job_held(const struct pipeline *pl, const struct job *job)
+{
+    return pl->outbox.full && job->kind != JOB_ACKS;
+}
+
+/*
+ * The job to run next, taken off the queue, or NULL. While the head job is
+ * held, a job that only deletes the delivered rows runs instead, because
+ * deleting them is what lets the held jobs go on.
+ */
+static struct job *next_job(struct pipeline *pl)
+{
+    struct job *job = pl->head;
+    if (job != NULL && !job_held(pl, job)) {
+        pl->head = job->next;
+        if (pl->head == NULL)
+            pl->tail = NULL;
+        job->next = NULL;
+        return job;
+    }
+    if (job == NULL || pl->ack_count == 0)
+        return NULL;
+    job = job_new(JOB_ACKS);
+    if (job != NULL)
+        job->pl = pl;
+    return job;
+}
+
 static void start_next(struct pipeline *pl)
 {
-    if (pl->running != NULL || pl->failed || pl->head == NULL)
+    if (pl->running != NULL || pl->failed)
         return;
-    struct job *job = pl->head;
-    pl->head = job->next;
-    if (pl->head == NULL)
-        pl->tail = NULL;
-    job->next = NULL;
+    struct job *job = next_job(pl);
+    if (job == NULL)
+        return;
 
     take_acks(pl, job);
     job->uv_work.data = job;
@@ -1017,6 +1077,9 @@ void pipeline_ack(struct pipeline *pl, int64_t id)
         pl->ack_cap = cap;
     }
     pl->acks[pl->ack_count++] = id;
+    /* Held jobs wait for deletions that no tick would queue. */
+    if (pl->outbox.full)
+        start_next(pl);
 }
 
 void pipeline_flush_acks(struct pipeline *pl)
@@ -1031,6 +1094,31 @@ void pipeline_flush_acks(struct pipeline *pl)
 bool pipeline_idle(const struct pipeline *pl)
 {
     return pl->running == NULL && (pl->head == NULL || pl->failed);
+}
+
+bool pipeline_outbox_full(const struct pipeline *pl)
+{
+    return pl->outbox.full;
+}
+
+size_t pipeline_discard_held(struct pipeline *pl)
+{
+    struct job **link = &pl->head;
+    size_t discarded = 0;
+
+    pl->tail = NULL;
+    while (*link != NULL) {
+        struct job *job = *link;
+        if (!job_held(pl, job)) {
+            pl->tail = job;
+            link = &job->next;
+            continue;
+        }
+        *link = job->next;
+        job_free(job);
+        discarded++;
+    }
+    return discarded;
 }
 
 size_t pipeline_pending_acks(const struct pipeline *pl)

@@ -98,9 +98,21 @@ static void on_reader_fatal(void *arg, const char *message)
     begin_stop(d, 1);
 }
 
+/*
+ * Pause the reader while the pipeline holds jobs back for a full outbox
+ * (the pipeline logs the change), and resume it after. Checked after each
+ * committed batch and on every tick.
+ */
+static void sync_reader_pause(struct daemon *d)
+{
+    if (d->reader != NULL && d->phase == PHASE_RUNNING)
+        reader_set_paused(d->reader, pipeline_outbox_full(d->pipeline));
+}
+
 static void on_committed(void *arg, const char *shard_id)
 {
     struct daemon *d = arg;
+    sync_reader_pause(d);
     if (d->reader != NULL && d->phase == PHASE_RUNNING)
         reader_batch_committed(d->reader, shard_id);
 }
@@ -209,6 +221,14 @@ static void step_stop(struct daemon *d, int64_t now)
 {
     switch (d->phase) {
     case PHASE_DRAINING:
+        if (pipeline_outbox_full(d->pipeline)) {
+            size_t held = pipeline_discard_held(d->pipeline);
+            if (held > 0)
+                log_info("main", NULL,
+                         "dropped %zu jobs held back by the full outbox; "
+                         "their records are read again at the next start",
+                         held);
+        }
         if (!pipeline_idle(d->pipeline))
             return;
         d->phase = PHASE_FLUSHING;
@@ -246,6 +266,7 @@ static void on_tick(uv_timer_t *timer)
         step_stop(d, now);
         return;
     }
+    sync_reader_pause(d);
     merge_release(d->merge, d->reader, now);
     if (!pipeline_idle(d->pipeline) || merge_pending(d->merge) > 0)
         return;
@@ -385,6 +406,8 @@ static int start_reader(struct daemon *d)
         log_error("main", NULL, "failed to create the shard reader");
         goto out;
     }
+    /* The outbox may be full with messages of the last run. */
+    reader_set_paused(d->reader, pipeline_outbox_full(d->pipeline));
     rc_start = reader_start(d->reader, list.items, list.count);
 out:
     checkpoint_list_free(&list);

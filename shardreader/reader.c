@@ -146,6 +146,7 @@ struct shard {
     bool replied_empty;     /* the last GetRecords reply had no records */
     uint64_t last_reply_ms; /* loop time of the last GetRecords reply */
     uint64_t get_records_calls;
+    bool parked; /* a request came due while the reader was paused */
 };
 
 /* One shard as ListShards describes it. */
@@ -186,6 +187,8 @@ struct reader {
     bool handles_ready; /* reader_start succeeded: timers exist */
     bool ready;         /* the first listing completed */
     bool stopping;      /* reader_stop or reader_free ran, or a fatal error */
+    bool paused;        /* reader_set_paused: no GetShardIterator or
+                           GetRecords starts */
     bool closed;        /* all handles closed */
     bool free_requested;
     size_t open_handles;
@@ -541,6 +544,11 @@ static void shard_get_iterator(struct shard *sh)
     char *body = NULL;
 
     sh->state = SHARD_ITERATOR;
+    if (rd->paused) {
+        sh->parked = true;
+        json_decref(req);
+        return;
+    }
     if (req != NULL && put_start_position(sh, req) == 0)
         body = json_dumps(req, JSON_COMPACT);
     json_decref(req);
@@ -639,6 +647,10 @@ static void records_reply(void *arg, const struct aws_reply *reply);
 static void shard_get_records(struct shard *sh)
 {
     struct reader *rd = sh->rd;
+    if (rd->paused) {
+        sh->parked = true;
+        return;
+    }
     json_t *req = json_pack("{s:s, s:i}", "ShardIterator", sh->iterator,
                             "Limit", (json_int_t)rd->cfg.max_records);
     char *body = req != NULL ? json_dumps(req, JSON_COMPACT) : NULL;
@@ -1712,6 +1724,22 @@ bool reader_caught_up(const struct reader *rd)
             return false;
     }
     return true;
+}
+
+void reader_set_paused(struct reader *rd, bool paused)
+{
+    if (rd->paused == paused)
+        return;
+    rd->paused = paused;
+    if (paused || rd->stopping || !rd->handles_ready)
+        return;
+    for (size_t i = 0; i < rd->shard_count; i++) {
+        struct shard *sh = rd->shards[i];
+        if (sh->parked) {
+            sh->parked = false;
+            shard_schedule(sh, 0);
+        }
+    }
 }
 
 void reader_get_counters(const struct reader *rd, struct reader_counters *out)

@@ -114,6 +114,13 @@ int reader_start(struct reader *rd, const struct reader_checkpoint *cps,
  */
 void reader_batch_committed(struct reader *rd, const char *shard_id);
 
+/*
+ * Pause or resume reading. While paused, no GetShardIterator or GetRecords
+ * call starts; calls already in flight finish and deliver their batches,
+ * and ListShards goes on. A shard whose call came due meanwhile starts it
+ * when reading resumes.
+ */
+void reader_set_paused(struct reader *rd, bool paused);
 /* True when every open shard's last reply was empty with
  * MillisBehindLatest 0, so stream time may follow the clock. */
 bool reader_caught_up(const struct reader *rd);

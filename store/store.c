@@ -1278,8 +1278,10 @@ int store_outbox_add(struct store *st, const char *topic, const void *payload,
 }
 
 /* Delete the given ids; ids that do not exist are skipped. */
-int store_outbox_delete(struct store *st, const int64_t *ids, size_t count)
+int store_outbox_delete(struct store *st, const int64_t *ids, size_t count,
+                        size_t *deleted)
 {
+    size_t n = 0;
     for (size_t i = 0; i < count; i++) {
         struct binder b = bind_start(st, STMT_OUTBOX_DELETE);
         char what[64];
@@ -1288,7 +1290,10 @@ int store_outbox_delete(struct store *st, const int64_t *ids, size_t count)
         bind_int64(&b, 1, ids[i]);
         if (exec_bound(st, &b, what) != 0)
             return -1;
+        n += (size_t)sqlite3_changes(st->db);
     }
+    if (deleted != NULL)
+        *deleted = n;
     return 0;
 }
 

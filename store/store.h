@@ -131,7 +131,10 @@ int store_checkpoints_load(struct store *st, store_checkpoint_cb cb, void *arg);
 /* Append a message; *id receives its increasing id. */
 int store_outbox_add(struct store *st, const char *topic, const void *payload,
                      size_t payload_len, int64_t *id);
-int store_outbox_delete(struct store *st, const int64_t *ids, size_t count);
+/* Delete the rows of ids; absent ids are skipped. *deleted, unless NULL,
+ * receives the number of rows deleted. */
+int store_outbox_delete(struct store *st, const int64_t *ids, size_t count,
+                        size_t *deleted);
 typedef int (*store_outbox_cb)(void *arg, int64_t id, const char *topic,
                                const void *payload, size_t payload_len);
 /* Messages with id > after_id in id order, at most limit of them. */

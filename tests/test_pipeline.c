@@ -16,6 +16,7 @@
 #include <sqlite3.h>
 #include <uv.h>
 
+#include "common/log.h"
 #include "common/seqnum.h"
 #include "daemon/daemon.h"
 #include "store/idempotency.h"
@@ -1256,4 +1257,177 @@ TEST(pipeline_alleycat_survives_restart)
         count++;
     ASSERT_EQ(count, 20);
     free(whole);
+}
+
+/* ---- the outbox bound ---------------------------------------------------- */
+
+#define BOUND_SECONDS 80
+/* With the Alleycat messages, each closed second adds two messages. */
+static const char *const bound_sets[] = {"outbox.max=100",
+                                         "alleycat.enabled=true"};
+
+/* Queue one batch per second from..to without running the loop. */
+static void queue_seconds(struct harness *h, int from, int to)
+{
+    char buf[512], uuid[32], cad[16];
+    for (int s = from; s <= to; s++) {
+        struct shard_batch *b = shard_batch_new("shardId-000000000000");
+        for (int racer = 11; racer <= 13; racer++) {
+            snprintf(uuid, sizeof uuid, "u-%d-%d", racer, s);
+            snprintf(cad, sizeof cad, "%d.%d", 60 + racer, s % 10);
+            add(h, b, telemetry(buf, sizeof buf, uuid, racer, s, cad, "12.1"),
+                1767225600000 + s * 1000 + 100);
+        }
+        pipeline_submit_batch(h->pl, b);
+    }
+}
+
+/* Report every message handed over since the last call as delivered. */
+static void ack_new(struct harness *h, size_t *acked, size_t limit)
+{
+    for (; *acked < h->msg_count && *acked < limit; (*acked)++)
+        pipeline_ack(h->pl, h->msgs[*acked].id);
+}
+
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    ASSERT_TRUE(f != NULL);
+    static char text[1 << 16];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    return text;
+}
+
+static int count_text(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p++)
+        n++;
+    return n;
+}
+
+TEST(pipeline_outbox_bound_holds_jobs)
+{
+    struct harness h = {0};
+    char a[4096], b[4096], log_path[4096];
+    snprintf(a, sizeof a, "%s/a.db", test_tmpdir());
+    snprintf(b, sizeof b, "%s/b.db", test_tmpdir());
+    snprintf(log_path, sizeof log_path, "%s/log.jsonl", test_tmpdir());
+
+    /* A publisher that never fails: every message is acknowledged. */
+    harness_open(&h, a, bound_sets, 2);
+    size_t acked = 0;
+    for (int s = 1; s <= BOUND_SECONDS; s++) {
+        queue_seconds(&h, s, s);
+        drain(&h);
+        ack_new(&h, &acked, SIZE_MAX);
+    }
+    pipeline_submit_tick(h.pl, 1767225600000 + 200000);
+    drain(&h);
+    char *reference = joined_messages(&h);
+    ASSERT_EQ(pipeline_counters(h.pl)->outbox_pauses, 0);
+    harness_close(&h);
+
+    /* A publisher that is down: nothing is acknowledged. */
+    h.next_seq = 0;
+    h.committed = 0;
+    FILE *log_file = fopen(log_path, "w");
+    ASSERT_TRUE(log_file != NULL);
+    log_set_fd(fileno(log_file));
+    harness_open(&h, b, bound_sets, 2);
+    queue_seconds(&h, 1, BOUND_SECONDS);
+    ASSERT_EQ(uv_run(&h.loop, UV_RUN_DEFAULT), 0);
+
+    /* Batch k closes second k - 2, so after batch 52 the outbox holds 100
+     * messages: the limit. One job adds at most 2 here, so the bound of
+     * outbox.max - 1 plus one job's messages is 101. */
+    int64_t depth = count_rows(&h, store_outbox_count);
+    ASSERT_TRUE(pipeline_outbox_full(h.pl));
+    ASSERT_TRUE(depth >= 100);
+    ASSERT_TRUE(depth <= 101);
+    ASSERT_EQ(depth, 100);
+    ASSERT_EQ(pipeline_counters(h.pl)->outbox_depth, depth);
+    ASSERT_EQ(h.msg_count, depth);
+    ASSERT_EQ(h.committed, 52);
+    ASSERT_FALSE(pipeline_idle(h.pl));
+    /* The checkpoint stays at the last committed batch: 52 x 3 records. */
+    char seq[64];
+    snprintf(seq, sizeof seq, "49%054d", 52 * 3);
+    ASSERT_STR_EQ(read_checkpoint(h.store, "shardId-000000000000").seq, seq);
+
+    /* Deliveries down to 90 messages, 90% of outbox.max, keep it full. */
+    acked = 0;
+    ack_new(&h, &acked, 10);
+    ASSERT_EQ(uv_run(&h.loop, UV_RUN_DEFAULT), 0);
+    ASSERT_EQ(count_rows(&h, store_outbox_count), 90);
+    ASSERT_TRUE(pipeline_outbox_full(h.pl));
+    ASSERT_EQ(h.committed, 52);
+
+    /* One more and the held jobs run, until the outbox is full again. */
+    ack_new(&h, &acked, 11);
+    ASSERT_EQ(uv_run(&h.loop, UV_RUN_DEFAULT), 0);
+    ASSERT_TRUE(h.committed > 52);
+    ASSERT_TRUE(count_rows(&h, store_outbox_count) <= 101);
+
+    /* The publisher catches up. */
+    while (!pipeline_idle(h.pl)) {
+        ack_new(&h, &acked, SIZE_MAX);
+        uv_run(&h.loop, UV_RUN_ONCE);
+    }
+    ASSERT_EQ(h.committed, BOUND_SECONDS);
+    pipeline_submit_tick(h.pl, 1767225600000 + 200000);
+    drain(&h);
+    char *delayed = joined_messages(&h);
+    const struct pipeline_counters *c = pipeline_counters(h.pl);
+    uint64_t pauses = c->outbox_pauses;
+    harness_close(&h);
+    log_set_fd(2);
+    fclose(log_file);
+
+    /* The same messages in the same order as without the outage. */
+    ASSERT_STR_EQ(delayed, reference);
+    /* One warning per pause, one resume for each but the last. */
+    const char *log_text = read_text(log_path);
+    ASSERT_TRUE(pauses >= 2);
+    ASSERT_EQ(count_text(log_text, "at its limit outbox.max = 100"), pauses);
+    ASSERT_EQ(count_text(log_text, "reading resumes"), pauses);
+    ASSERT_EQ(count_text(log_text, "\"level\":\"warn\""), pauses);
+    free(reference);
+    free(delayed);
+}
+
+TEST(pipeline_discard_held_jobs_on_stop)
+{
+    struct harness h = {0};
+    char path[4096];
+    snprintf(path, sizeof path, "%s/p.db", test_tmpdir());
+    harness_open(&h, path, bound_sets, 2);
+    queue_seconds(&h, 1, BOUND_SECONDS);
+    ASSERT_EQ(uv_run(&h.loop, UV_RUN_DEFAULT), 0);
+    ASSERT_TRUE(pipeline_outbox_full(h.pl));
+    ASSERT_EQ(pipeline_discard_held(h.pl), BOUND_SECONDS - 52);
+    ASSERT_TRUE(pipeline_idle(h.pl));
+    ASSERT_EQ(h.committed, 52);
+    harness_close(&h);
+
+    /* The next start counts the 100 rows left and holds jobs at once. */
+    harness_open(&h, path, bound_sets, 2);
+    ASSERT_EQ(pipeline_counters(h.pl)->outbox_depth, 100);
+    ASSERT_TRUE(pipeline_outbox_full(h.pl));
+    pipeline_submit_tick(h.pl, 1767225600000 + 200000);
+    /* A delivery runs in a job of its own past the held tick. */
+    pipeline_ack(h.pl, 1);
+    ASSERT_EQ(uv_run(&h.loop, UV_RUN_DEFAULT), 0);
+    ASSERT_EQ(count_rows(&h, store_outbox_count), 99);
+    ASSERT_FALSE(pipeline_idle(h.pl));
+    /* Stopping drops the held tick, and deletions still run. */
+    pipeline_ack(h.pl, 2);
+    ASSERT_EQ(pipeline_discard_held(h.pl), 1);
+    ASSERT_EQ(uv_run(&h.loop, UV_RUN_DEFAULT), 0);
+    ASSERT_TRUE(pipeline_idle(h.pl));
+    ASSERT_EQ(count_rows(&h, store_outbox_count), 98);
+    ASSERT_EQ(h.msg_count, 0);
+    harness_close(&h);
 }

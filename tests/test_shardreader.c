@@ -167,6 +167,46 @@ TEST(shard_reader_waits_for_batch_commit)
     env_close(&e);
 }
 
+TEST(shard_reader_pause_stops_requests)
+{
+    struct env e;
+    struct consumer c = {.auto_commit = true};
+
+    env_init(&e, start_kinesalite());
+    create_stream(&e, "race", 2);
+    struct reader_config cfg = reader_config(&e, "race");
+    consumer_start(&c, &e, &cfg, NULL, 0);
+    /* Paused before the first listing returns: no shard starts reading. */
+    reader_set_paused(c.rd, true);
+    WAIT_FOR(&e, c.ready);
+    run_for(&e, 5 * POLL_MS);
+    struct reader_counters counters;
+    reader_get_counters(c.rd, &counters);
+    ASSERT_EQ(counters.get_shard_iterator_calls, 0);
+    ASSERT_EQ(counters.get_records_calls, 0);
+
+    reader_set_paused(c.rd, false);
+    WAIT_FOR(&e, reader_caught_up(c.rd));
+
+    /* Paused while polling: the calls in flight end and no new one starts,
+     * not even for records put meanwhile. */
+    reader_set_paused(c.rd, true);
+    run_for(&e, 2 * POLL_MS);
+    reader_get_counters(c.rd, &counters);
+    uint64_t calls = counters.get_records_calls;
+    put_records(&e, "race", 0, 20);
+    run_for(&e, 5 * POLL_MS);
+    reader_get_counters(c.rd, &counters);
+    ASSERT_EQ(counters.get_records_calls, calls);
+    ASSERT_EQ(c.records, 0);
+
+    reader_set_paused(c.rd, false);
+    WAIT_FOR(&e, c.records == 20);
+    check_records(&c, 0, 20);
+    consumer_finish(&c, &e);
+    env_close(&e);
+}
+
 TEST(shard_reader_empty_stream_catches_up)
 {
     struct env e;

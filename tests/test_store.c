@@ -733,10 +733,10 @@ TEST(store_outbox_ids_never_reused)
     ASSERT_TRUE(ids[1] < ids[2]);
 
     /* After the newest row is deleted, its id is still not handed out. */
-    ASSERT_OK(st, store_outbox_delete(st, &ids[2], 1));
+    ASSERT_OK(st, store_outbox_delete(st, &ids[2], 1, NULL));
     ASSERT_OK(st, store_outbox_add(st, "t", "x", 1, &ids[3]));
     ASSERT_TRUE(ids[3] > ids[2]);
-    ASSERT_OK(st, store_outbox_delete(st, &ids[3], 1));
+    ASSERT_OK(st, store_outbox_delete(st, &ids[3], 1, NULL));
     store_close(st);
 
     int64_t after_reopen;
@@ -788,8 +788,11 @@ TEST(store_outbox_delete_and_count)
     gone[0] = ids[0];
     gone[1] = ids[2];
     gone[2] = ids[3] + 1000; /* absent ids are skipped */
-    ASSERT_OK(st, store_outbox_delete(st, gone, 3));
-    ASSERT_OK(st, store_outbox_delete(st, NULL, 0));
+    size_t deleted = 0;
+    ASSERT_OK(st, store_outbox_delete(st, gone, 3, &deleted));
+    ASSERT_EQ(deleted, 2);
+    ASSERT_OK(st, store_outbox_delete(st, NULL, 0, &deleted));
+    ASSERT_EQ(deleted, 0);
     ASSERT_EQ(outbox_count(st), 2);
 
     list = load_outbox(st, 0, 10);
