@@ -6,6 +6,7 @@
 //   node checker.mjs wait   --port P --stream NAME --capture FILE [options]
 //   node checker.mjs verify --port P --stream NAME --capture FILE [options]
 //   node checker.mjs expected --port P --stream NAME
+//   node checker.mjs compare --capture FILE --reference FILE [--alleycat T]
 //
 // The checker reads every record back from the Kinesis stream on
 // 127.0.0.1:P and computes itself the expected leaderboard of every
@@ -23,6 +24,20 @@
 //           repeats, revision order and coverage.
 // expected  prints the expected messages as "TOPIC PAYLOAD" lines with
 //           revision 0, for debugging a mismatch.
+// compare   checks that FILE has the messages of the reference capture in
+//           the same order on each topic, Alleycat messages (topic T) per
+//           race and class, byte for byte. A message equal to an earlier
+//           one of its topic is a resend and is left out of both. The order
+//           across topics may differ, because it depends on when each race
+//           closes.
+//
+// With --alleycat TOPIC, verify also checks the messages on TOPIC in the
+// shape of the Alleycat sample's frontend: each race leaderboard in FILE
+// must be followed, before the next leaderboard of that race, by one such
+// message per class listed in it, in classId order, built from the
+// leaderboard's entries (see alleycatMessages), and each must parse the way
+// the frontend parses it. A message equal to one seen before is a resend
+// and is skipped.
 //
 // Options: --seconds N requires every race to have samples and leaderboards
 // for seconds 1..N. --summary FILE writes, as JSON, the number of unique
@@ -813,10 +828,10 @@ function messageKey(message) {
   return (message.kind ?? 'leaderboard') === 'leaderboard' ? `${message.topic} ${message.second}` : message.topic;
 }
 
-// Parses the complete lines of the capture file. Race leaderboards, results
-// and class leaderboards are returned in arrival order; other topics are
-// only counted.
-function readCapture(file) {
+// Parses the complete lines of the capture file. Race leaderboards, results,
+// class leaderboards and, when alleycatTopic is given, the messages on it
+// are returned in arrival order; other topics are only counted.
+function readCapture(file, alleycatTopic) {
   if (!existsSync(file)) {
     return { messages: [], otherTopics: 0 };
   }
@@ -832,6 +847,10 @@ function readCapture(file) {
     }
     const topic = line.slice(0, space);
     const payload = line.slice(space + 1);
+    if (alleycatTopic !== undefined && topic === alleycatTopic) {
+      messages.push({ line: index + 1, kind: 'alleycat', topic, payload });
+      return;
+    }
     const kind = MESSAGE_KINDS.find((candidate) => candidate.topic.test(topic));
     if (kind === undefined) {
       otherTopics += 1;
@@ -934,6 +953,9 @@ function verify(races, capture, requiredSeconds) {
   const lastByKey = new Map();
   const payloadByRevision = new Map();
   for (const message of capture.messages) {
+    if (message.kind === 'alleycat') {
+      continue;
+    }
     const key = messageKey(message);
     const isLeaderboard = (message.kind ?? 'leaderboard') === 'leaderboard';
     if (isLeaderboard ? !byTopic.has(message.topic) : !expectedByKey.has(key)) {
@@ -1009,6 +1031,188 @@ function verify(races, capture, requiredSeconds) {
   return { failures, compared };
 }
 
+// ---- Alleycat messages ---------------------------------------------------
+
+// Returns the Alleycat messages that must follow a race leaderboard: one per
+// class listed in it, classes in id order, each with its entries in
+// leaderboard order as racerId text -> output at that second. Of two
+// entries whose racerId has the same text (7 and "7") only the first is
+// kept, because the frontend's JSON.parse would keep the later one.
+function alleycatMessages(leaderboardPayload) {
+  const board = parseJsonRaw(leaderboardPayload);
+  const race = parseId(board.get('raceId'), 'raceId');
+  const ts = board.get('ts').text;
+  const classes = new Map();
+  for (const entry of board.get('entries')) {
+    const classId = parseId(entry.get('classId'), 'classId');
+    const racer = parseId(entry.get('racerId'), 'racerId');
+    if (!classes.has(classId.json)) {
+      classes.set(classId.json, { id: classId, results: new Map() });
+    }
+    const { results } = classes.get(classId.json);
+    if (!results.has(racer.topic)) {
+      results.set(racer.topic, formatUnits4(toUnits4(parseDecimal(entry.get('output').text))));
+    }
+  }
+  return [...classes.values()]
+    .sort((a, b) => compareIds(a.id, b.id))
+    .map(({ id, results }) => {
+      const inner = `{${[...results].map(([key, output]) => `${JSON.stringify(key)}:${output}`).join(',')}}`;
+      return (
+        `{"msg":"results","classId":${JSON.stringify(id.topic)},` +
+        `"raceId":${JSON.stringify(`race-${race.topic}`)},"ts":"${ts}","results":${JSON.stringify(inner)}}`
+      );
+    });
+}
+
+// Returns what is wrong with an Alleycat message for the stock frontend,
+// which reads msg, parseInt(classId) and JSON.parse(results), or null.
+function alleycatShapeProblem(payload) {
+  let message;
+  try {
+    message = JSON.parse(payload);
+  } catch (err) {
+    return `not JSON: ${err.message}`;
+  }
+  if (message.msg !== 'results') {
+    return `msg is ${JSON.stringify(message.msg)}, expected "results"`;
+  }
+  for (const field of ['classId', 'raceId', 'ts', 'results']) {
+    if (typeof message[field] !== 'string') {
+      return `${field} is not a string`;
+    }
+  }
+  if (/^-?\d+$/.test(message.classId) && String(parseInt(message.classId, 10)) !== message.classId) {
+    return `parseInt(classId) of ${JSON.stringify(message.classId)} is not the class number`;
+  }
+  if (!message.raceId.startsWith('race-') || !/^\d+$/.test(message.ts)) {
+    return 'raceId does not start with "race-" or ts is not a number of milliseconds';
+  }
+  let results;
+  try {
+    results = JSON.parse(message.results);
+  } catch (err) {
+    return `results is not JSON: ${err.message}`;
+  }
+  if (results === null || typeof results !== 'object' || Array.isArray(results)) {
+    return 'results is not a JSON object';
+  }
+  const bad = Object.entries(results).find(([, output]) => typeof output !== 'number' || !Number.isFinite(output));
+  return bad === undefined ? null : `results[${JSON.stringify(bad[0])}] is not a finite number`;
+}
+
+// Checks every Alleycat message against the race leaderboard before it.
+// verify() checks the leaderboards themselves against the rules.
+function verifyAlleycat(capture) {
+  const failures = [];
+  const pending = new Map(); // race topic -> { line, expected: [payload] }
+  const seen = new Set();
+  let compared = 0;
+  const raceOfPayload = (payload) => {
+    const match = /"raceId":"race-((?:[^"\\]|\\.)*)"/.exec(payload);
+    return match === null ? null : JSON.parse(`"${match[1]}"`);
+  };
+  for (const message of capture.messages) {
+    if (message.kind === 'leaderboard') {
+      const race = message.topic.split('/')[2];
+      const waiting = pending.get(race);
+      if (waiting !== undefined && waiting.expected.length > 0) {
+        failures.push(
+          `line ${message.line}: a leaderboard of race ${race} arrived while ${waiting.expected.length} ` +
+            `alleycat messages of the leaderboard on line ${waiting.line} were missing; first missing: ` +
+            waiting.expected[0],
+        );
+      }
+      pending.set(race, { line: message.line, expected: alleycatMessages(message.payload) });
+      continue;
+    }
+    if (message.kind !== 'alleycat') {
+      continue;
+    }
+    const problem = alleycatShapeProblem(message.payload);
+    if (problem !== null) {
+      failures.push(`line ${message.line}: the frontend cannot read the alleycat message: ${problem}`);
+      continue;
+    }
+    const waiting = pending.get(raceOfPayload(message.payload));
+    if (waiting !== undefined && waiting.expected[0] === message.payload) {
+      waiting.expected.shift();
+      seen.add(message.payload);
+      compared += 1;
+    } else if (!seen.has(message.payload)) {
+      const expected = waiting?.expected[0];
+      failures.push(
+        `line ${message.line}: unexpected alleycat message; ` +
+          (expected === undefined
+            ? `no leaderboard of its race is waiting for one: ${message.payload.slice(0, 200)}`
+            : `${describeDifference(expected, message.payload)} (leaderboard on line ${waiting.line})`),
+      );
+    }
+  }
+  for (const [race, waiting] of pending) {
+    if (waiting.expected.length > 0) {
+      failures.push(
+        `race ${race}: ${waiting.expected.length} alleycat messages of the leaderboard on line ` +
+          `${waiting.line} never arrived; first missing: ${waiting.expected[0]}`,
+      );
+    }
+  }
+  if (compared === 0) {
+    failures.push('no alleycat message was published');
+  }
+  return { failures, compared };
+}
+
+// Returns Map key -> payloads in arrival order without repeats, where the
+// key is the topic, and for Alleycat messages the race and class too.
+function sequencesByKey(capture) {
+  const sequences = new Map();
+  for (const message of capture.messages) {
+    let key = message.topic;
+    if (message.kind === 'alleycat') {
+      const parsed = JSON.parse(message.payload);
+      key = `${message.topic} ${parsed.raceId} class ${parsed.classId}`;
+    }
+    if (!sequences.has(key)) {
+      sequences.set(key, { payloads: [], seen: new Set() });
+    }
+    const sequence = sequences.get(key);
+    if (!sequence.seen.has(message.payload)) {
+      sequence.seen.add(message.payload);
+      sequence.payloads.push(message.payload);
+    }
+  }
+  return sequences;
+}
+
+function compareCaptures(capture, reference) {
+  const failures = [];
+  const actual = sequencesByKey(capture);
+  const expected = sequencesByKey(reference);
+  let compared = 0;
+  for (const [key, { payloads }] of expected) {
+    const got = actual.get(key)?.payloads ?? [];
+    const index = payloads.findIndex((payload, i) => got[i] !== payload);
+    if (index >= 0) {
+      failures.push(
+        `${key}: message ${index + 1} of ${payloads.length} differs from the reference; ` +
+          (got[index] === undefined
+            ? `it is missing: ${payloads[index].slice(0, 200)}`
+            : describeDifference(payloads[index], got[index], ['reference', 'received'])),
+      );
+    } else if (got.length > payloads.length) {
+      failures.push(`${key}: ${got.length - payloads.length} messages more than the reference`);
+    }
+    compared += payloads.length;
+  }
+  for (const key of actual.keys()) {
+    if (!expected.has(key)) {
+      failures.push(`${key}: not in the reference capture`);
+    }
+  }
+  return { failures, compared };
+}
+
 // Collects the ChildShards that ended each closed shard for the summary, as
 // { shardId: [{ ShardId, ParentShards }] }.
 function summarizeChildShards(shards) {
@@ -1077,8 +1281,9 @@ async function waitForCapture(races, options) {
 
 function parseOptions(argv) {
   const usage =
-    'usage: checker.mjs wait|verify|expected --port P --stream NAME [--capture FILE] ' +
-    '[--seconds N] [--summary FILE] [--idle-s N] [--timeout-s N]';
+    'usage: checker.mjs wait|verify|expected|compare --port P --stream NAME [--capture FILE] ' +
+    '[--reference FILE] ' +
+    '[--seconds N] [--summary FILE] [--idle-s N] [--timeout-s N] [--alleycat TOPIC]';
   let parsed;
   try {
     parsed = parseArgs({
@@ -1092,6 +1297,8 @@ function parseOptions(argv) {
         summary: { type: 'string' },
         'idle-s': { type: 'string', default: '3' },
         'timeout-s': { type: 'string', default: '180' },
+        alleycat: { type: 'string' },
+        reference: { type: 'string' },
       },
     });
   } catch (err) {
@@ -1099,8 +1306,16 @@ function parseOptions(argv) {
   }
   const { values, positionals } = parsed;
   const mode = positionals[0];
-  if (positionals.length !== 1 || !['wait', 'verify', 'expected'].includes(mode)) {
-    return { error: `expected one mode (wait, verify or expected), got ${JSON.stringify(positionals)}\n${usage}` };
+  if (positionals.length !== 1 || !['wait', 'verify', 'expected', 'compare'].includes(mode)) {
+    return {
+      error: `expected one mode (wait, verify, expected or compare), got ${JSON.stringify(positionals)}\n${usage}`,
+    };
+  }
+  if (mode === 'compare') {
+    if (values.capture === undefined || values.reference === undefined) {
+      return { error: `missing --capture FILE or --reference FILE for compare\n${usage}` };
+    }
+    return { mode, capture: values.capture, reference: values.reference, alleycatTopic: values.alleycat };
   }
   for (const name of ['port', 'seconds', 'idle-s', 'timeout-s']) {
     if (values[name] !== undefined && !/^\d+$/.test(values[name])) {
@@ -1122,6 +1337,7 @@ function parseOptions(argv) {
     summary: values.summary,
     idleS: Number(values['idle-s']),
     timeoutS: Number(values['timeout-s']),
+    alleycatTopic: values.alleycat,
   };
 }
 
@@ -1130,6 +1346,20 @@ async function main() {
   if (options.error) {
     console.error(`checker: ${options.error}`);
     process.exit(2);
+  }
+  if (options.mode === 'compare') {
+    const { failures, compared } = compareCaptures(
+      readCapture(options.capture, options.alleycatTopic),
+      readCapture(options.reference, options.alleycatTopic),
+    );
+    if (failures.length > 0) {
+      for (const failure of failures.slice(0, MAX_REPORTED_FAILURES)) {
+        console.error(`checker: FAILED: ${failure}`);
+      }
+      fail(`${failures.length} topics differ from the reference ${options.reference}`);
+    }
+    console.log(`checker: OK: ${compared} messages match the reference, in order on each topic`);
+    return;
   }
 
   const shards = await readStream(options.port, options.stream);
@@ -1162,8 +1392,14 @@ async function main() {
     return;
   }
 
-  const capture = readCapture(options.capture);
+  const capture = readCapture(options.capture, options.alleycatTopic);
   const { failures, compared } = verify(races, capture, options.seconds);
+  let alleycatCompared = 0;
+  if (options.alleycatTopic !== undefined) {
+    const alleycat = verifyAlleycat(capture);
+    failures.push(...alleycat.failures);
+    alleycatCompared = alleycat.compared;
+  }
   if (failures.length > 0) {
     for (const failure of failures.slice(0, MAX_REPORTED_FAILURES)) {
       console.error(`checker: FAILED: ${failure}`);
@@ -1175,13 +1411,16 @@ async function main() {
   }
   console.log(
     `checker: OK: ${compared} leaderboards, results and class leaderboards of ${races.size} races ` +
-      `match the rules (${capture.messages.length} such messages, ${capture.otherTopics} on other topics)`,
+      `match the rules (${capture.messages.length} such messages, ${capture.otherTopics} on other topics)` +
+      (options.alleycatTopic === undefined ? '' : `; ${alleycatCompared} alleycat messages match their leaderboards`),
   );
 }
 
 // The rule functions are exported for checker.test.mjs; main() runs only
 // when this file is the program.
 export {
+  alleycatMessages,
+  alleycatShapeProblem,
   buildClassBoards,
   buildClassLeaderboard,
   buildLeaderboard,
@@ -1189,6 +1428,7 @@ export {
   buildResults,
   callKinesis,
   CheckFailure,
+  compareCaptures,
   computeOutput4,
   formatUnits4,
   listShards,
@@ -1196,6 +1436,7 @@ export {
   parseJsonRaw,
   toUnits4,
   verify,
+  verifyAlleycat,
 };
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

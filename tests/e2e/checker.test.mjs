@@ -5,16 +5,20 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import {
+  alleycatMessages,
+  alleycatShapeProblem,
   buildClassBoards,
   buildClassLeaderboard,
   buildLeaderboard,
   buildRaces,
   buildResults,
+  compareCaptures,
   computeOutput4,
   formatUnits4,
   parseDecimal,
   toUnits4,
   verify,
+  verifyAlleycat,
 } from './checker.mjs';
 
 // Builds one shard from record objects; `raw` overrides the JSON text.
@@ -286,4 +290,94 @@ test('verify checks results and class boards', () => {
   assert.deepEqual(run([leaderboard, wrongFinal, fixed, classBoard]), []);
   const unknown = { ...classBoard, topic: 'podium/classes/9/leaderboard' };
   assert.match(run([leaderboard, results, classBoard, unknown])[0], /names a class/);
+});
+
+// A leaderboard entry with only the members that alleycatMessages reads
+// besides rank; the rest of the entry is the same for every rider here.
+function boardEntry(rank, racerId, classId, output) {
+  return (
+    `{"rank":${rank},"racerId":${racerId},"name":"Rider","classId":${classId},"second":1,` +
+    `"cadence":1,"resistance":1,"output":${output},"total":${output}}`
+  );
+}
+
+const ALLEYCAT_BOARD =
+  '{"type":"leaderboard","raceId":5402746,"second":1,"revision":0,"ts":1004,"entries":[' +
+  [
+    boardEntry(1, '7', '1', '81.25'),
+    boardEntry(2, '"b"', '"A"', '47.9626'),
+    boardEntry(3, '"q\\"x\\\\"', '"A"', '36.0001'),
+    boardEntry(4, '12', '1', '22.75'),
+  ].join(',') +
+  ']}';
+
+test('alleycat messages of a leaderboard', () => {
+  // Written out by hand: class 1 before class "A", entries in leaderboard
+  // order, the racerId q"x\ escaped once as a key and again in the string.
+  assert.deepEqual(alleycatMessages(ALLEYCAT_BOARD), [
+    '{"msg":"results","classId":"1","raceId":"race-5402746","ts":"1004",' +
+      '"results":"{\\"7\\":81.25,\\"12\\":22.75}"}',
+    '{"msg":"results","classId":"A","raceId":"race-5402746","ts":"1004",' +
+      '"results":"{\\"b\\":47.9626,\\"q\\\\\\"x\\\\\\\\\\":36.0001}"}',
+  ]);
+  // The frontend reads classId with parseInt and results with JSON.parse.
+  const [first, second] = alleycatMessages(ALLEYCAT_BOARD).map((payload) => JSON.parse(payload));
+  assert.equal(parseInt(first.classId, 10), 1);
+  assert.deepEqual(JSON.parse(first.results), { 7: 81.25, 12: 22.75 });
+  assert.deepEqual(JSON.parse(second.results), { b: 47.9626, 'q"x\\': 36.0001 });
+});
+
+test('alleycat keeps the first of equal keys', () => {
+  const board =
+    '{"type":"leaderboard","raceId":"R-7","second":1,"revision":0,"ts":5,"entries":[' +
+    [boardEntry(1, '"7"', '1', '81.25'), boardEntry(2, '7', '1', '22.75')].join(',') +
+    ']}';
+  assert.deepEqual(alleycatMessages(board), [
+    '{"msg":"results","classId":"1","raceId":"race-R-7","ts":"5","results":"{\\"7\\":81.25}"}',
+  ]);
+});
+
+test('alleycat shape as the frontend reads it', () => {
+  const [good] = alleycatMessages(ALLEYCAT_BOARD);
+  assert.equal(alleycatShapeProblem(good), null);
+  assert.match(alleycatShapeProblem(good.replace('"classId":"1"', '"classId":1')), /classId is not a string/);
+  assert.match(alleycatShapeProblem(good.replace('"classId":"1"', '"classId":"01"')), /parseInt/);
+  assert.match(alleycatShapeProblem(good.replace('"msg":"results"', '"msg":"result"')), /msg is/);
+  assert.match(alleycatShapeProblem(good.replace('"results":"{', '"results":"[').replace('}"}', ']"}')), /results/);
+  assert.match(alleycatShapeProblem(good.replace('\\"7\\":81.25', '\\"7\\":\\"x\\"')), /not a finite number/);
+});
+
+test('alleycat messages follow their leaderboard', () => {
+  const [first, second] = alleycatMessages(ALLEYCAT_BOARD);
+  const at = (line, kind, topic, payload) => ({ line, kind, topic, payload });
+  const board = at(1, 'leaderboard', 'podium/races/5402746/leaderboard', ALLEYCAT_BOARD);
+  const run = (messages) => verifyAlleycat({ messages, otherTopics: 0 }).failures;
+  const a = (line, payload) => at(line, 'alleycat', 'alleycat-subscribe', payload);
+
+  assert.deepEqual(run([board, a(2, first), a(3, second)]), []);
+  // A resend of the same bytes after a reconnect is allowed.
+  assert.deepEqual(run([board, a(2, first), a(3, first), a(4, second)]), []);
+  assert.match(run([board, a(2, first)])[0], /never arrived/);
+  assert.match(run([board, a(2, second), a(3, first)])[0], /unexpected alleycat message/);
+  assert.match(run([board, a(2, first), { ...board, line: 3 }])[0], /were missing/);
+  assert.match(run([board, a(2, first.replace('81.25', '81.26')), a(3, second)])[0], /first difference/);
+  assert.match(run([])[0], /no alleycat message/);
+});
+
+test('compare captures per topic', () => {
+  const [first, second] = alleycatMessages(ALLEYCAT_BOARD);
+  const at = (kind, topic, payload) => ({ line: 0, kind, topic, payload });
+  const board = (n) => at('leaderboard', 'podium/races/1/leaderboard', `{"n":${n}}`);
+  const other = at('leaderboard', 'podium/races/2/leaderboard', '{"n":9}');
+  const a = (payload) => at('alleycat', 'alleycat-subscribe', payload);
+  const run = (messages, reference) =>
+    compareCaptures({ messages, otherTopics: 0 }, { messages: reference, otherTopics: 0 }).failures;
+  const reference = [board(1), a(first), a(second), other, board(2)];
+
+  assert.deepEqual(run(reference, reference), []);
+  // Other topics may interleave differently; resends are left out.
+  assert.deepEqual(run([other, board(1), a(second), a(first), board(1), board(2)], reference), []);
+  assert.match(run([board(2), board(1), a(first), a(second), other], reference)[0], /differs/);
+  assert.match(run([board(1), a(first), other, board(2)], reference)[0], /missing/);
+  assert.match(run([...reference, board(3)], reference)[0], /more than the reference/);
 });

@@ -422,3 +422,59 @@ e2e_expect_no_key_material() {
         done <"$key"
     done
 }
+
+# ---- Alleycat messages and a TCP gate ----
+
+# e2e_start_alleycat_capture FILE [TOPIC]: like e2e_start_capture, and
+# subscribed to TOPIC (default alleycat-subscribe) on the same connection,
+# so FILE has the Alleycat messages in arrival order among podium/#.
+e2e_start_alleycat_capture() {
+    local file="$1" topic="${2:-alleycat-subscribe}"
+    : >"$file"
+    mosquitto_sub -h 127.0.0.1 -p "$MOSQUITTO_PORT" -t 'podium/#' -t "$topic" -q 1 -v \
+        </dev/null >"$file" 2>>"$E2E_DIR/mosquitto_sub.log" &
+    E2E_LAST_PID=$!
+    e2e_track_pid "$E2E_LAST_PID" mosquitto_sub
+
+    local deadline=$((SECONDS + 15))
+    while ! grep -q '^podium/e2e-probe ' "$file"; do
+        ((SECONDS < deadline)) ||
+            e2e_fail "mosquitto_sub on port $MOSQUITTO_PORT received no probe message within 15s: see $E2E_DIR/mosquitto_sub.log"
+        mosquitto_pub -h 127.0.0.1 -p "$MOSQUITTO_PORT" -q 1 -t podium/e2e-probe -m probe ||
+            e2e_fail "mosquitto_pub to port $MOSQUITTO_PORT failed"
+        sleep 0.2
+    done
+}
+
+# The port and pid of the gate that e2e_start_tcp_gate started last.
+TCP_GATE_PORT=""
+TCP_GATE_PID=""
+
+# e2e_start_tcp_gate NAME TARGET_PORT: start tests/e2e/tcp-gate.mjs in
+# front of TARGET_PORT, open, and set TCP_GATE_PORT and TCP_GATE_PID.
+# e2e_tcp_gate close|open then takes the target away and brings it back.
+e2e_start_tcp_gate() {
+    local name="$1" target="$2"
+    local port_file="$E2E_DIR/$name.port"
+    rm -f "$port_file"
+    e2e_start_bg "$name" node "$E2E_LIB_DIR/tcp-gate.mjs" "$target" "$port_file"
+    TCP_GATE_PID="$E2E_LAST_PID"
+    local deadline=$((SECONDS + 15))
+    until [[ -s "$port_file" ]]; do
+        e2e_pid_alive "$TCP_GATE_PID" ||
+            e2e_fail "the TCP gate $name exited before it wrote its port: see $E2E_DIR/$name.log"
+        ((SECONDS < deadline)) ||
+            e2e_fail "the TCP gate $name wrote no port to $port_file within 15s: see $E2E_DIR/$name.log"
+        sleep 0.1
+    done
+    TCP_GATE_PORT="$(cat "$port_file")"
+    e2e_log "TCP gate $name on 127.0.0.1:$TCP_GATE_PORT in front of port $target"
+}
+
+e2e_tcp_gate() {
+    case "$1" in
+    close) kill -USR1 "$TCP_GATE_PID" ;;
+    open) kill -USR2 "$TCP_GATE_PID" ;;
+    *) e2e_fail "e2e_tcp_gate expects close or open, got '$1'" ;;
+    esac
+}
