@@ -27,6 +27,8 @@ podium_e2e_test(e2e_mqtt_tls mqtt-tls.sh)
 podium_e2e_test(e2e_stall stall.sh)
 podium_e2e_test(e2e_throttle throttle.sh)
 podium_e2e_test(e2e_query query.sh)
+# outbox.max with the broker gone mid-run, then back.
+podium_e2e_test(e2e_outbox outbox.sh)
 # KPL aggregates, a bad aggregate as a dead letter, SIGKILL after an aggregate.
 podium_e2e_test(e2e_kpl kpl.sh)
 
