@@ -1212,6 +1212,213 @@ TEST(pipeline_results_survive_restart)
     free(whole_store);
 }
 
+/* ---- rank ties through the pipeline ------------------------------------ */
+
+/*
+ * Race R-7, class B, seconds 1..3. rc-11 and rc-12 send the same values
+ * every second and rc-13 higher ones; rc-14 sends cadence 0 and resistance
+ * 0. Each output needs exact decimal arithmetic: in binary floating point
+ * (60.05 + 35) x (12.1 + 65) / 100 comes out just below 73.28355 and
+ * rounds to 73.2835 instead of 73.2836, and likewise for 60.35 with 12.3.
+ * Every rider sends event "final" at second 3.
+ */
+static const struct tie_rider {
+    int racer;
+    const char *cadence[3];
+    const char *resistance[3];
+} tie_riders[] = {
+    {11, {"60.05", "61", "60.35"}, {"12.1", "12.2", "12.3"}},
+    {12, {"60.05", "61", "60.35"}, {"12.1", "12.2", "12.3"}},
+    {13, {"90", "90", "90"}, {"20", "20", "20"}},
+    {14, {"0", "0", "0"}, {"0", "0", "0"}},
+};
+
+#define TIE_RIDERS  COUNT_OF(tie_riders)
+#define TIE_SECONDS 3
+#define TIE_SHARD_A "shardId-000000000000"
+#define TIE_SHARD_B "shardId-000000000001"
+
+/* The record of tie_riders[rider] at second, arriving at the given offset
+ * after the start of the second. */
+static void tie_add(struct harness *h, struct shard_batch *b, size_t rider,
+                    int second, int offset_ms)
+{
+    const struct tie_rider *t = &tie_riders[rider];
+    char buf[512], uuid[32];
+
+    snprintf(uuid, sizeof uuid, "u-%d-%d", t->racer, second);
+    telemetry_event(buf, sizeof buf, uuid,
+                    second == TIE_SECONDS ? "final" : "update", t->racer,
+                    second, t->cadence[second - 1], t->resistance[second - 1]);
+    add(h, b, buf, 1767225600000 + second * 1000 + offset_ms);
+}
+
+/* Order A: every record through one shard, one batch per second, riders
+ * arriving in list order 100 ms apart. */
+static void tie_deliver_one_shard(struct harness *h)
+{
+    for (int second = 1; second <= TIE_SECONDS; second++) {
+        struct shard_batch *b = shard_batch_new(TIE_SHARD_A);
+        for (size_t rider = 0; rider < TIE_RIDERS; rider++)
+            tie_add(h, b, rider, second, 100 * (int)(rider + 1));
+        pipeline_submit_batch(h->pl, b);
+        drain(h);
+    }
+}
+
+/*
+ * Order B: the riders of each second arrive in reverse list order, with the
+ * same four arrival times as in order A, alternating between two shards.
+ * All three seconds form one job whose segments switch shard at every
+ * record, as the merge builds them.
+ */
+static void tie_deliver_two_shards(struct harness *h)
+{
+    struct pipeline_work *work = calloc(1, sizeof *work);
+    ASSERT_TRUE(work != NULL);
+    work->segments = calloc(TIE_SECONDS * TIE_RIDERS, sizeof *work->segments);
+    work->completed_shards = calloc(2, sizeof *work->completed_shards);
+    ASSERT_TRUE(work->segments != NULL);
+    ASSERT_TRUE(work->completed_shards != NULL);
+
+    for (int second = 1; second <= TIE_SECONDS; second++) {
+        for (size_t i = 0; i < TIE_RIDERS; i++) {
+            size_t rider = TIE_RIDERS - 1 - i;
+            struct shard_batch *b =
+                shard_batch_new(i % 2 == 0 ? TIE_SHARD_B : TIE_SHARD_A);
+            ASSERT_TRUE(b != NULL);
+            tie_add(h, b, rider, second, 100 * (int)(i + 1));
+            work->segments[work->segment_count++] = b;
+        }
+    }
+    work->completed_shards[0] = strdup(TIE_SHARD_A);
+    work->completed_shards[1] = strdup(TIE_SHARD_B);
+    work->completed_count = 2;
+    pipeline_submit_work(h->pl, work);
+    drain(h);
+}
+
+/* The payload of the last message on topic whose payload contains part,
+ * or NULL. */
+static const char *last_payload(const struct harness *h, const char *topic,
+                                const char *part)
+{
+    for (size_t i = h->msg_count; i > 0; i--) {
+        const struct captured *m = &h->msgs[i - 1];
+        if (strcmp(m->topic, topic) == 0 && strstr(m->payload, part) != NULL)
+            return m->payload;
+    }
+    return NULL;
+}
+
+struct tie_run {
+    char *messages; /* every message, "TOPIC PAYLOAD" lines */
+    char *leaderboard;
+    char *results;
+    char *class_board;
+};
+
+static void tie_run(struct tie_run *run, const char *name,
+                    void (*deliver)(struct harness *))
+{
+    struct harness h = {0};
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.db", test_tmpdir(), name);
+    harness_open(&h, path, NULL, 0);
+
+    deliver(&h);
+    /* Idle closing publishes seconds 2 and 3. */
+    pipeline_submit_tick(h.pl, 1767225600000 + 60000);
+    drain(&h);
+
+    ASSERT_EQ(pipeline_counters(h.pl)->records_applied,
+              TIE_SECONDS * TIE_RIDERS);
+    const char *board =
+        last_payload(&h, "podium/races/R-7/leaderboard", "\"second\":3,");
+    const char *results = last_payload(&h, "podium/races/R-7/results", "");
+    const char *class_board =
+        last_payload(&h, "podium/classes/B/leaderboard", "");
+    ASSERT_TRUE(board != NULL);
+    ASSERT_TRUE(results != NULL);
+    ASSERT_TRUE(class_board != NULL);
+    run->messages = joined_messages(&h);
+    run->leaderboard = strdup(board);
+    run->results = strdup(results);
+    run->class_board = strdup(class_board);
+    harness_close(&h);
+}
+
+static void tie_run_free(struct tie_run *run)
+{
+    free(run->messages);
+    free(run->leaderboard);
+    free(run->results);
+    free(run->class_board);
+}
+
+/*
+ * Totals at second 3: rc-13 3 x 106.25 = 318.75; rc-11 and rc-12
+ * 73.2836 + 74.112 + 73.7056 = 221.1012; rc-14 3 x 22.75 = 68.25.
+ */
+#define TIE_ENTRY(rank, racer, cadence, resistance, output, total)             \
+    "{\"rank\":" rank ",\"racerId\":\"rc-" racer "\",\"name\":\"Racer " racer  \
+    "\",\"classId\":\"B\",\"second\":3,\"cadence\":" cadence                   \
+    ",\"resistance\":" resistance ",\"output\":" output ",\"total\":" total
+#define TIE_ENTRIES(extra13, extra11, extra14)                                 \
+    TIE_ENTRY("1", "13", "90", "20", "106.25", "318.75")                       \
+    extra13 "}," TIE_ENTRY("2", "11", "60.35", "12.3", "73.7056", "221.1012")  \
+        extra11                                                                \
+        "}," TIE_ENTRY("2", "12", "60.35", "12.3", "73.7056", "221.1012")      \
+            extra11 "}," TIE_ENTRY("4", "14", "0", "0", "22.75", "68.25")      \
+                extra14 "}"
+
+static const char tie_leaderboard[] =
+    "{\"type\":\"leaderboard\",\"raceId\":\"R-7\",\"second\":3,"
+    "\"revision\":0,\"ts\":1767225603400,\"entries\":[" TIE_ENTRIES("", "",
+                                                                    "") "]}";
+
+static const char tie_results[] =
+    "{\"type\":\"results\",\"raceId\":\"R-7\",\"second\":3,\"revision\":0,"
+    "\"ts\":1767225603400,\"entries\":[" TIE_ENTRIES(
+        ",\"final\":true,\"finalOutput\":106.25",
+        ",\"final\":true,\"finalOutput\":73.7056",
+        ",\"final\":true,\"finalOutput\":22.75") "]}";
+
+static const char tie_class_board[] =
+    "{\"type\":\"class-leaderboard\",\"classId\":\"B\",\"revision\":0,"
+    "\"ts\":1767225603400,\"entries\":["
+    "{\"rank\":1,\"racerId\":\"rc-13\",\"name\":\"Racer 13\","
+    "\"raceId\":\"R-7\",\"total\":318.75},"
+    "{\"rank\":2,\"racerId\":\"rc-11\",\"name\":\"Racer 11\","
+    "\"raceId\":\"R-7\",\"total\":221.1012},"
+    "{\"rank\":2,\"racerId\":\"rc-12\",\"name\":\"Racer 12\","
+    "\"raceId\":\"R-7\",\"total\":221.1012},"
+    "{\"rank\":4,\"racerId\":\"rc-14\",\"name\":\"Racer 14\","
+    "\"raceId\":\"R-7\",\"total\":68.25}]}";
+
+TEST(pipeline_ties_share_rank_in_any_order)
+{
+    struct tie_run one_shard, two_shards;
+
+    tie_run(&one_shard, "tie-one-shard", tie_deliver_one_shard);
+    tie_run(&two_shards, "tie-two-shards", tie_deliver_two_shards);
+
+    /* rc-13 first; rc-11 and rc-12 share rank 2, listed by racerId; rc-14
+     * with cadence 0 and resistance 0 still ranks 4. */
+    ASSERT_STR_EQ(one_shard.leaderboard, tie_leaderboard);
+    ASSERT_STR_EQ(one_shard.results, tie_results);
+    ASSERT_STR_EQ(one_shard.class_board, tie_class_board);
+
+    /* The other arrival order publishes the same bytes. */
+    ASSERT_STR_EQ(two_shards.leaderboard, one_shard.leaderboard);
+    ASSERT_STR_EQ(two_shards.results, one_shard.results);
+    ASSERT_STR_EQ(two_shards.class_board, one_shard.class_board);
+    ASSERT_STR_EQ(two_shards.messages, one_shard.messages);
+
+    tie_run_free(&one_shard);
+    tie_run_free(&two_shards);
+}
+
 /* ---- Alleycat messages ------------------------------------------------ */
 
 static const char *const alleycat_sets[] = {"alleycat.enabled=true"};
