@@ -1,6 +1,9 @@
 # Tests of the daemon module.
 podium_test(test_pipeline test_pipeline.c
     LIBS podium_daemon PkgConfig::SQLITE3)
+# One generated set of races delivered in many ways must publish the same.
+podium_test(test_determinism test_determinism.c
+    LIBS podium_daemon PkgConfig::SQLITE3)
 
 # End-to-end tests: the podium binary against kinesalite (or kinesis-local)
 # and mosquitto, started by tools/peers.sh on loopback ports. They need
