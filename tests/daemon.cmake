@@ -34,6 +34,8 @@ podium_e2e_test(e2e_query query.sh)
 podium_e2e_test(e2e_outbox outbox.sh)
 # KPL aggregates, a bad aggregate as a dead letter, SIGKILL after an aggregate.
 podium_e2e_test(e2e_kpl kpl.sh)
+# One recording through a 1-shard and a 4-shard stream: the same messages.
+podium_e2e_test(e2e_determinism determinism.sh)
 
 # The checker's own rules on hand-computed cases; needs only node.
 add_test(NAME e2e_checker_rules
