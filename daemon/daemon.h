@@ -142,7 +142,7 @@ void pipeline_ack(struct pipeline *pl, int64_t id);
 void pipeline_flush_acks(struct pipeline *pl);
 /* True when no job runs or waits. */
 bool pipeline_idle(const struct pipeline *pl);
-/* True while the outbox holds outbox.max messages or more and has not
+/* True while the outbox contains outbox.max messages or more and has not
  * gone below 90% of it since. Jobs other than deletions then wait. */
 bool pipeline_outbox_full(const struct pipeline *pl);
 /*

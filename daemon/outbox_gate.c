@@ -2,7 +2,7 @@
  * The outbox bound. Every message waits in the outbox table until the
  * publisher reports it delivered, so a publisher that is down would let the
  * table grow without end while podium keeps reading. Instead, once the
- * table holds outbox.max rows, the pipeline starts no job that may add
+ * table contains outbox.max rows, the pipeline starts no job that may add
  * messages (batches, stream-time ticks, closing all races) and runs only
  * the jobs that delete delivered rows. The jobs held back keep their shards'
  * batches uncommitted, so the reader reads those shards no further, and
@@ -12,7 +12,7 @@
  * Reading resumes once the table is below 90% of outbox.max, so a
  * publisher that delivers slowly does not flip the state with every
  * message. The depth is only checked when a job starts, and one job can
- * add any number of messages, so the table holds at most outbox.max - 1
+ * add any number of messages, so the table contains at most outbox.max - 1
  * rows plus the messages of one job.
  */
 #include "daemon/daemon.h"
@@ -32,7 +32,7 @@ void outbox_gate_init(struct outbox_gate *g, uint64_t max, uint64_t depth)
 static void log_full(const struct outbox_gate *g)
 {
     log_warn("main", NULL,
-             "the outbox holds %" PRIu64 " undelivered messages, at its "
+             "the outbox contains %" PRIu64 " undelivered messages, at its "
              "limit outbox.max = %" PRIu64 ": reading is paused until the "
              "publisher has delivered enough of them to bring the outbox "
              "below %" PRIu64 "; if the publisher is up and this repeats, "

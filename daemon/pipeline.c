@@ -22,7 +22,7 @@
  * Messages leave through the outbox: only after the commit are they handed
  * to the publisher, and their rows are deleted by a later job once the
  * publisher reports them delivered. A crash in between sends them again,
- * byte for byte. While the outbox holds outbox.max rows, only jobs that
+ * byte for byte. While the outbox contains outbox.max rows, only jobs that
  * delete rows start (daemon/outbox_gate.c).
  */
 #include "daemon/daemon.h"

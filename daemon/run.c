@@ -99,7 +99,7 @@ static void on_reader_fatal(void *arg, const char *message)
 }
 
 /*
- * Pause the reader while the pipeline holds jobs back for a full outbox
+ * Pause the reader while the pipeline keeps jobs waiting for a full outbox
  * (the pipeline logs the change), and resume it after. Checked after each
  * committed batch and on every tick.
  */

@@ -73,11 +73,12 @@ static void log_free(struct sink_log *log)
     log->count = 0;
 }
 
-static struct agg *alleycat_agg(struct sink_log *log, int32_t top_n)
+static struct agg *alleycat_agg(struct sink_log *log, int32_t top_n,
+                                int32_t allowed_lateness_s)
 {
     struct agg_config cfg = {
         .max_seconds = 3600,
-        .allowed_lateness_s = 1,
+        .allowed_lateness_s = allowed_lateness_s,
         .idle_close_s = 30,
         .max_future_skew_s = 60,
         .max_second_jump = 600,
@@ -118,7 +119,7 @@ static void feed(struct agg *agg, const char *uuid, int second,
 TEST(alleycat_message_bytes)
 {
     struct sink_log log = {0};
-    struct agg *agg = alleycat_agg(&log, 10);
+    struct agg *agg = alleycat_agg(&log, 10, 1);
 
     /* Outputs: (90 + 35) x (0 + 65) / 100 = 81.25; (10.12 + 35) x
      * (41.3 + 65) / 100 = 47.96256 -> 47.9626; (1.00005 + 35) x (35 + 65)
@@ -151,6 +152,16 @@ TEST(alleycat_message_bytes)
                   "{\"msg\":\"results\",\"classId\":\"A\",\"raceId\":\"race-"
                   "5402746\",\"ts\":\"1004\",\"results\":\"{\\\"b\\\":47."
                   "9626,\\\"q\\\\\\\"x\\\\\\\\\\\":36.0001}\"}");
+
+    /* Second 3 closes second 2, where only rider 7 has a new sample:
+     * (65 + 35) x (35 + 65) / 100 = 100 is its output there, while its
+     * total is 181.25. The others show their output at second 1. */
+    feed(agg, "u-6", 3, "7", "1", "0", "0", 3001);
+    ASSERT_EQ(log.count, 6);
+    ASSERT_STR_EQ(log.messages[4].payload,
+                  "{\"msg\":\"results\",\"classId\":\"1\",\"raceId\":\"race-"
+                  "5402746\",\"ts\":\"2001\",\"results\":\"{\\\"7\\\":100,"
+                  "\\\"12\\\":22.75}\"}");
     agg_free(agg);
     log_free(&log);
 }
@@ -158,20 +169,7 @@ TEST(alleycat_message_bytes)
 TEST(alleycat_string_race_and_integer_output)
 {
     struct sink_log log = {0};
-    struct agg_config cfg = {
-        .max_seconds = 3600,
-        .allowed_lateness_s = 0,
-        .idle_close_s = 30,
-        .max_future_skew_s = 60,
-        .max_second_jump = 600,
-        .amend_window_s = 10,
-        .top_n = 10,
-        .alleycat = true,
-    };
-    struct agg_sink sink = {&log,         keep_sample, keep_state,
-                            keep_message, keep_state,  keep_history};
-    struct agg *agg = agg_new(&cfg, &sink);
-    ASSERT_TRUE(agg != NULL);
+    struct agg *agg = alleycat_agg(&log, 10, 0);
     struct agg_record rec;
     struct agg_reject_info why;
     enum agg_outcome outcome;
@@ -198,7 +196,7 @@ TEST(alleycat_string_race_and_integer_output)
 TEST(alleycat_equal_key_keeps_higher)
 {
     struct sink_log log = {0};
-    struct agg *agg = alleycat_agg(&log, 10);
+    struct agg *agg = alleycat_agg(&log, 10, 1);
 
     /* The string "7" and the number 7 both become the key "7"; the
      * higher-ranked one is kept. "-0" and 0 are different keys. */
@@ -226,7 +224,7 @@ TEST(alleycat_equal_key_keeps_higher)
 TEST(alleycat_follows_top_n)
 {
     struct sink_log log = {0};
-    struct agg *agg = alleycat_agg(&log, 1);
+    struct agg *agg = alleycat_agg(&log, 1, 1);
 
     /* Only rider 7 is listed, so class 2 gets no message. */
     feed(agg, "u-1", 1, "7", "1", "90", "0", 1001);
@@ -246,7 +244,7 @@ TEST(alleycat_follows_top_n)
 TEST(alleycat_follows_amended_leaderboard)
 {
     struct sink_log log = {0};
-    struct agg *agg = alleycat_agg(&log, 10);
+    struct agg *agg = alleycat_agg(&log, 10, 1);
 
     feed(agg, "u-1", 1, "7", "1", "90", "0", 1001);
     feed(agg, "u-2", 2, "7", "1", "90", "0", 2001);

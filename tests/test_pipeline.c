@@ -259,8 +259,9 @@ TEST(pipeline_reordered_keys_are_duplicates)
     harness_close(&h);
 }
 
-/* Feed seconds 1..n for three riders, one batch per second. */
-static void feed_seconds(struct harness *h, int from, int to)
+/* Queue one batch per second from..to of three riders, without running
+ * the loop. */
+static void queue_seconds(struct harness *h, int from, int to)
 {
     char buf[512], uuid[32], cad[16];
     for (int s = from; s <= to; s++) {
@@ -272,6 +273,14 @@ static void feed_seconds(struct harness *h, int from, int to)
                 1767225600000 + s * 1000 + 100);
         }
         pipeline_submit_batch(h->pl, b);
+    }
+}
+
+/* Feed seconds from..to for three riders, one committed batch per second. */
+static void feed_seconds(struct harness *h, int from, int to)
+{
+    for (int s = from; s <= to; s++) {
+        queue_seconds(h, s, s);
         drain(h);
     }
 }
@@ -1473,22 +1482,6 @@ TEST(pipeline_alleycat_survives_restart)
 static const char *const bound_sets[] = {"outbox.max=100",
                                          "alleycat.enabled=true"};
 
-/* Queue one batch per second from..to without running the loop. */
-static void queue_seconds(struct harness *h, int from, int to)
-{
-    char buf[512], uuid[32], cad[16];
-    for (int s = from; s <= to; s++) {
-        struct shard_batch *b = shard_batch_new("shardId-000000000000");
-        for (int racer = 11; racer <= 13; racer++) {
-            snprintf(uuid, sizeof uuid, "u-%d-%d", racer, s);
-            snprintf(cad, sizeof cad, "%d.%d", 60 + racer, s % 10);
-            add(h, b, telemetry(buf, sizeof buf, uuid, racer, s, cad, "12.1"),
-                1767225600000 + s * 1000 + 100);
-        }
-        pipeline_submit_batch(h->pl, b);
-    }
-}
-
 /* Report every message handed over since the last call as delivered. */
 static void ack_new(struct harness *h, size_t *acked, size_t limit)
 {
@@ -1515,7 +1508,7 @@ static int count_text(const char *text, const char *needle)
     return n;
 }
 
-TEST(pipeline_outbox_bound_holds_jobs)
+TEST(pipeline_outbox_bound_waits_jobs)
 {
     struct harness h = {0};
     char a[4096], b[4096], log_path[4096];
@@ -1547,7 +1540,7 @@ TEST(pipeline_outbox_bound_holds_jobs)
     queue_seconds(&h, 1, BOUND_SECONDS);
     ASSERT_EQ(uv_run(&h.loop, UV_RUN_DEFAULT), 0);
 
-    /* Batch k closes second k - 2, so after batch 52 the outbox holds 100
+    /* Batch k closes second k - 2, so after batch 52 the outbox contains 100
      * messages: the limit. One job adds at most 2 here, so the bound of
      * outbox.max - 1 plus one job's messages is 101. */
     int64_t depth = count_rows(&h, store_outbox_count);
@@ -1619,7 +1612,7 @@ TEST(pipeline_discard_held_jobs_on_stop)
     ASSERT_EQ(h.committed, 52);
     harness_close(&h);
 
-    /* The next start counts the 100 rows left and holds jobs at once. */
+    /* The next start counts the 100 rows left and makes jobs wait at once. */
     harness_open(&h, path, bound_sets, 2);
     ASSERT_EQ(pipeline_counters(h.pl)->outbox_depth, 100);
     ASSERT_TRUE(pipeline_outbox_full(h.pl));

@@ -31,13 +31,13 @@
 //           across topics may differ, because it depends on when each race
 //           closes.
 //
-// With --alleycat TOPIC, verify also checks the messages on TOPIC in the
-// shape of the Alleycat sample's frontend: each race leaderboard in FILE
-// must be followed, before the next leaderboard of that race, by one such
-// message per class listed in it, in classId order, built from the
-// leaderboard's entries (see alleycatMessages), and each must parse the way
-// the frontend parses it. A message equal to one seen before is a resend
-// and is skipped.
+// With --alleycat TOPIC, verify also checks the messages on TOPIC, which
+// have the shape that the Alleycat sample's frontend reads. Each race
+// leaderboard in FILE must be followed, before the next leaderboard of that
+// race, by one such message per class listed in it, in classId order, as
+// alleycatMessages builds them from the leaderboard's entries. Each must
+// parse the way the frontend parses it. A message equal to one seen before
+// is a resend and is skipped.
 //
 // Options: --seconds N requires every race to have samples and leaderboards
 // for seconds 1..N. --summary FILE writes, as JSON, the number of unique

@@ -61,7 +61,7 @@ stop_podium() {
 # Check that the paused podium does nothing for PAUSE_WATCH_S seconds.
 check_paused() {
     local logged depth calls checkpoint
-    logged="$(grep -F "$WARNING" "$E2E_DIR/podium.log" | sed -n 's/.*the outbox holds \([0-9]*\) undelivered.*/\1/p')"
+    logged="$(grep -F "$WARNING" "$E2E_DIR/podium.log" | sed -n 's/.*the outbox contains \([0-9]*\) undelivered.*/\1/p')"
     depth="$(outbox_rows)"
     # Held jobs add nothing, so the rows are the ones counted at the pause.
     [[ "$depth" == "$logged" ]] ||
