@@ -22,6 +22,7 @@
 int cmd_run(int argc, char **argv);
 int cmd_simulate(int argc, char **argv);
 int cmd_query(int argc, char **argv);
+int cmd_replay(int argc, char **argv);
 
 /* Options every subcommand shares: --config FILE and --set KEY=VALUE. */
 struct common_opts {

@@ -36,6 +36,8 @@ podium_e2e_test(e2e_outbox outbox.sh)
 podium_e2e_test(e2e_kpl kpl.sh)
 # One recording through a 1-shard and a 4-shard stream: the same messages.
 podium_e2e_test(e2e_determinism determinism.sh)
+# One recording replayed: same bytes at any batch size, same as run.
+podium_e2e_test(e2e_replay replay.sh)
 
 # The checker's own rules on hand-computed cases; needs only node.
 add_test(NAME e2e_checker_rules
