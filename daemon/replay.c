@@ -15,7 +15,8 @@
  * jobs of --batch-size Kinesis records, then one job closes every open
  * second. Stream time comes only from the records' arrival times and no
  * clock tick is ever queued, so the same recording makes the same
- * decisions, and publishes the same bytes, at any batch size.
+ * decisions, and publishes the same bytes, at any batch size and speed.
+ * --speed X only delays each job until its newest record is due.
  *
  * Data that is a KPL aggregate is split by kpl_deaggregate(), as the shard
  * reader does, into user records with sub-sequence numbers 0, 1, 2...
@@ -50,8 +51,12 @@
 
 /* How long the publisher may take to deliver the outbox at the end. */
 #define REPLAY_PUBLISH_TIMEOUT_MS 30000
-/* How often the loop checks progress. */
+/* How often the loop checks progress and submits due jobs. */
 #define REPLAY_TICK_MS 20
+/* Maximum stream time that one job spans at --speed X > 0. */
+#define REPLAY_SPAN_MS 100
+/* Maximum --speed. */
+#define REPLAY_MAX_SPEED 1000000.0
 /* Outbox rows loaded per query at start-up. */
 #define REPLAY_OUTBOX_PAGE 1000
 /* Maximum length of a value quoted in a bad-line message. */
@@ -66,24 +71,34 @@ enum replay_phase {
 
 struct replay_options {
     int64_t batch_size; /* Kinesis records per job; 0: kinesis.max_records */
+    double speed;       /* stream time per wall time; 0: as fast as possible */
     bool skip_bad_lines;
     char **files;
     size_t file_count;
 };
 
+/* A job built from the files, with the arrival times it spans. */
+struct queued_job {
+    struct pipeline_work *work;
+    int64_t first_arrival_ms;
+    int64_t newest_arrival_ms;
+};
+
 /* The jobs built from the files, in order. */
 struct work_list {
-    struct pipeline_work **items;
+    struct queued_job *items;
     size_t count;
     size_t cap;
-    struct pipeline_work *open; /* the job being filled, also in items */
-    int64_t open_records;       /* Kinesis records in open */
+    size_t next;             /* first job not yet submitted */
+    struct queued_job *open; /* the job being filled, the last in items */
+    int64_t open_records;    /* Kinesis records in open */
 };
 
 struct replay {
     uv_loop_t loop;
     struct podium_config cfg;
     struct replay_options opts;
+    struct work_list jobs;
     struct store *store;
     struct pipeline *pipeline;
     struct publisher *publisher;
@@ -92,6 +107,7 @@ struct replay {
 
     enum replay_phase phase;
     int exit_code;
+    int64_t started_ms; /* wall time the first job was submitted */
     int64_t deadline_ms;
     int open_handles;
 
@@ -235,46 +251,67 @@ static int check_fields(const json_t *root, struct line_record *out, char *err,
     return 0;
 }
 
-static int list_push(struct work_list *list, struct pipeline_work *work)
+static int list_push(struct work_list *list, struct pipeline_work *work,
+                     int64_t arrival_ms)
 {
     if (list->count == list->cap) {
         size_t cap = list->cap ? list->cap * 2 : 64;
-        struct pipeline_work **p = realloc(list->items, cap * sizeof *p);
+        struct queued_job *p = realloc(list->items, cap * sizeof *p);
         if (p == NULL)
             return -1;
         list->items = p;
         list->cap = cap;
     }
-    list->items[list->count++] = work;
+    list->items[list->count++] =
+        (struct queued_job){work, arrival_ms, arrival_ms};
     return 0;
 }
 
+/* Free the jobs that were not submitted. */
 static void list_free(struct work_list *list)
 {
-    for (size_t i = 0; i < list->count; i++)
-        pipeline_work_free(list->items[i]);
+    for (size_t i = list->next; i < list->count; i++)
+        pipeline_work_free(list->items[i].work);
     free(list->items);
     memset(list, 0, sizeof *list);
 }
 
 /*
- * The segment of shard_id at the end of the open job, starting a new job
- * when the open one contains batch_size Kinesis records. NULL when out of
- * memory.
+ * Tell whether a record arriving at arrival_ms starts a new job. It does
+ * when the open job contains batch_size Kinesis records or, at --speed
+ * X > 0, spans REPLAY_SPAN_MS of stream time, so that a job waits for its
+ * newest record at most that long.
  */
-static struct shard_batch *segment_for(struct work_list *list,
-                                       const char *shard_id, int64_t batch_size)
+static bool starts_job(const struct replay *r, const struct work_list *list,
+                       int64_t batch_size, int64_t arrival_ms)
 {
-    if (list->open == NULL || list->open_records >= batch_size) {
+    if (list->open == NULL || list->open_records >= batch_size)
+        return true;
+    return r->opts.speed > 0 &&
+           arrival_ms - list->open->first_arrival_ms >= REPLAY_SPAN_MS;
+}
+
+/*
+ * The segment of shard_id at the end of the open job, starting a new job
+ * when starts_job() returns true. NULL when out of memory.
+ */
+static struct shard_batch *segment_for(struct replay *r, struct work_list *list,
+                                       const char *shard_id, int64_t batch_size,
+                                       int64_t arrival_ms)
+{
+    if (starts_job(r, list, batch_size, arrival_ms)) {
         struct pipeline_work *work = calloc(1, sizeof *work);
-        if (work == NULL || list_push(list, work) != 0) {
+        if (work == NULL || list_push(list, work, arrival_ms) != 0) {
             free(work);
             return NULL;
         }
-        list->open = work;
+        /* Taken after the push, whose realloc may move the items. */
+        list->open = &list->items[list->count - 1];
         list->open_records = 0;
     }
-    struct pipeline_work *work = list->open;
+    if (arrival_ms > list->open->newest_arrival_ms)
+        list->open->newest_arrival_ms = arrival_ms;
+    struct pipeline_work *work = list->open->work;
     if (work->segment_count > 0) {
         struct shard_batch *last = work->segments[work->segment_count - 1];
         if (strcmp(last->shard_id, shard_id) == 0)
@@ -298,7 +335,8 @@ static int add_record(struct replay *r, struct work_list *list,
 {
     int64_t batch_size =
         r->opts.batch_size > 0 ? r->opts.batch_size : r->cfg.max_records;
-    struct shard_batch *segment = segment_for(list, rec->shard_id, batch_size);
+    struct shard_batch *segment =
+        segment_for(r, list, rec->shard_id, batch_size, rec->arrival_ms);
     if (segment == NULL)
         return -1;
     list->open_records++;
@@ -397,7 +435,7 @@ static int read_file(struct replay *r, const char *path, struct work_list *list)
 static void drop_checkpoints(struct work_list *list)
 {
     for (size_t i = 0; i < list->count; i++) {
-        struct pipeline_work *work = list->items[i];
+        struct pipeline_work *work = list->items[i].work;
         for (size_t j = 0; j < work->segment_count; j++) {
             free(work->segments[j]->checkpoint_seq);
             work->segments[j]->checkpoint_seq = NULL;
@@ -467,6 +505,35 @@ static void on_pipeline_fatal(void *arg, const char *message)
     close_all(r);
 }
 
+/*
+ * Submit the jobs whose newest record is due: all of them at --speed 0,
+ * else those whose arrival time is at most speed times the wall time since
+ * the start past the first arrival. After the last job, queue closing
+ * every open second, because the input ends there. Returns true while
+ * jobs remain to be submitted.
+ */
+static bool submit_due_jobs(struct replay *r, int64_t now)
+{
+    struct work_list *list = &r->jobs;
+    if (list->next > list->count)
+        return false; /* every job and the close were submitted */
+    double due = INFINITY;
+    if (r->opts.speed > 0 && list->count > 0)
+        due = (double)list->items[0].first_arrival_ms +
+              (double)(now - r->started_ms) * r->opts.speed;
+    while (list->next < list->count &&
+           (double)list->items[list->next].newest_arrival_ms <= due) {
+        pipeline_submit_work(r->pipeline, list->items[list->next].work);
+        list->next++;
+    }
+    if (list->next < list->count)
+        return true;
+    /* The end of the input closes every second still open. */
+    pipeline_submit_close_all(r->pipeline);
+    list->next = list->count + 1;
+    return false;
+}
+
 static void on_tick(uv_timer_t *timer)
 {
     struct replay *r = timer->data;
@@ -474,7 +541,7 @@ static void on_tick(uv_timer_t *timer)
 
     switch (r->phase) {
     case REPLAY_APPLYING:
-        if (!pipeline_idle(r->pipeline))
+        if (submit_due_jobs(r, now) || !pipeline_idle(r->pipeline))
             return;
         r->phase = REPLAY_PUBLISHING;
         r->deadline_ms = now + REPLAY_PUBLISH_TIMEOUT_MS;
@@ -625,26 +692,26 @@ static void print_summary(struct replay *r)
 
 static int replay_files(struct replay *r)
 {
-    struct work_list list = {0};
+    struct work_list *list = &r->jobs;
     int rc = 0;
 
     for (size_t i = 0; rc == 0 && i < r->opts.file_count; i++)
-        rc = read_file(r, r->opts.files[i], &list);
+        rc = read_file(r, r->opts.files[i], list);
     if (rc != 0) {
-        list_free(&list);
+        list_free(list);
         return rc;
     }
-    drop_checkpoints(&list);
+    drop_checkpoints(list);
     if (aws_credentials_from_env(&r->creds) != 0 &&
         r->cfg.transport == CFG_TRANSPORT_IOT) {
         fprintf(stderr, "podium replay: no AWS credentials for "
                         "publish.transport=iot: set AWS_ACCESS_KEY_ID and "
                         "AWS_SECRET_ACCESS_KEY\n");
-        list_free(&list);
+        list_free(list);
         return 2;
     }
     if (uv_loop_init(&r->loop) != 0) {
-        list_free(&list);
+        list_free(list);
         return 1;
     }
     uv_timer_init(&r->loop, &r->tick);
@@ -652,18 +719,15 @@ static int replay_files(struct replay *r)
     if (open_state(r) != 0 || start_publisher(r) != 0 ||
         resend_outbox(r) != 0) {
         rc = 1;
-        list_free(&list);
     } else {
-        for (size_t i = 0; i < list.count; i++)
-            pipeline_submit_work(r->pipeline, list.items[i]);
-        free(list.items);
-        /* The end of the input closes every second still open. */
-        pipeline_submit_close_all(r->pipeline);
+        r->started_ms = log_now_ms();
+        submit_due_jobs(r, r->started_ms);
         uv_timer_start(&r->tick, on_tick, REPLAY_TICK_MS, REPLAY_TICK_MS);
     }
     if (rc != 0)
         close_all(r);
     uv_run(&r->loop, UV_RUN_DEFAULT);
+    list_free(list);
     if (rc == 0)
         rc = r->exit_code;
     if (rc == 0 || r->pipeline != NULL)
@@ -689,8 +753,9 @@ static void replay_usage(FILE *out)
           "options:\n"
           "  --batch-size N       Kinesis records per transaction, 1..10000\n"
           "                       (default kinesis.max_records)\n"
-          "  --speed X            0 = as fast as possible (the only value\n"
-          "                       supported so far)\n"
+          "  --speed X            0 (default): as fast as possible; X > 0:\n"
+          "                       X seconds of ApproximateArrivalTimestamp\n"
+          "                       per second, so 1 is real time\n"
           "  --on-bad-line MODE   fail (default): report the line and apply\n"
           "                       nothing; skip: report it, go on, count it\n"
           "  --config FILE, --set KEY=VALUE   as for run\n",
@@ -727,11 +792,15 @@ static int parse_replay_args(int argc, char **argv, struct replay_options *o,
             }
             break;
         case 'x':
-            if (strcmp(optarg, "0") != 0) {
+            errno = 0;
+            o->speed = strtod(optarg, &end);
+            if (errno != 0 || end == optarg || *end != '\0' ||
+                !(o->speed >= 0 && o->speed <= REPLAY_MAX_SPEED)) {
                 fprintf(stderr,
-                        "podium replay: --speed \"%s\" is not supported yet: "
-                        "only 0 (as fast as possible) is\n",
-                        optarg);
+                        "podium replay: invalid --speed \"%s\": expected 0 "
+                        "(as fast as possible) or a factor of real time up "
+                        "to %.0f, such as 1 or 10\n",
+                        optarg, REPLAY_MAX_SPEED);
                 return 2;
             }
             break;

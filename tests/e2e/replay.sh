@@ -4,14 +4,16 @@
 #
 # 1. A seeded `podium simulate --out` recording is replayed into fresh
 #    stores with publish.transport=file and batch sizes 1, 37 and 10000,
-#    and once more with 37: every publish file must be byte for byte the
-#    same. A second replay on a used store must apply and publish nothing.
+#    and once more with 37, and at --speed 10: every publish file must be
+#    byte for byte the same, and --speed 10 must take a tenth of the
+#    recording's span of arrival times. A second replay on a used store
+#    must apply and publish nothing.
 # 2. The recording is put to a kinesalite stream and read by podium run.
 #    The checker must accept what run published, and the replay must have
 #    published the same messages, byte for byte apart from "ts" (the
 #    arrival time, which kinesalite sets anew for each put).
 # 3. Bad lines: under --on-bad-line fail the replay exits 1, names
-#    file:line and the problem, and applies nothing; under skip it applies
+#    file:line and the problem, and applies nothing. Under skip it applies
 #    every good line and counts the bad ones. An unreadable file and a bad
 #    option exit 2.
 # 4. Three records merged into one KPL aggregate (kpl-tool.mjs) are
@@ -71,6 +73,20 @@ check_same_bytes() {
             e2e_fail "replays with batch sizes 1 and ${name#batch-} published different bytes"
     done
     e2e_log "batch sizes 1, 37 and 10000 publish the same $(wc -l <"$E2E_DIR/batch-1.jsonl") messages"
+
+    # At --speed 10 the replay takes a tenth of the recording's span of
+    # arrival times, and still publishes the same bytes.
+    local span_ms started_ms elapsed_ms
+    span_ms="$(node -e 'const lines = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map(JSON.parse); const t = lines.map((r) => r.ApproximateArrivalTimestamp); console.log(Math.round((Math.max(...t) - Math.min(...t)) * 1000))' "$RECORDING")"
+    started_ms="$(date +%s%3N)"
+    expect_status 0 "--speed 10" speed-10 --speed 10 "$RECORDING"
+    elapsed_ms=$(($(date +%s%3N) - started_ms))
+    ((elapsed_ms >= span_ms / 10 && elapsed_ms < span_ms / 10 + 5000)) ||
+        e2e_fail "--speed 10 took $elapsed_ms ms for $span_ms ms of arrival times, expected about $((span_ms / 10)) ms"
+    cmp "$E2E_DIR/batch-1.jsonl" "$E2E_DIR/speed-10.jsonl" ||
+        e2e_fail "the replay at --speed 10 published other bytes than at --speed 0"
+    expect_status 2 "with --speed -1" badspeed --speed -1 "$RECORDING"
+    e2e_log "--speed 10 takes $elapsed_ms ms for $span_ms ms of arrival times and publishes the same bytes"
 
     # The same store again: every record is a duplicate, nothing is new.
     cp "$E2E_DIR/batch-37.db" "$E2E_DIR/again.db"
