@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "aggregator/aggregator.h"
+#include "common/strbuf.h"
 #include "config/config.h"
 #include "shardreader/shardreader.h"
 #include "store/store.h"
@@ -42,6 +43,10 @@ int common_opts_add_set(struct common_opts *opts, const char *value);
  */
 int load_config(const struct common_opts *opts, struct podium_config *cfg);
 
+/* Upper bounds of the commit time histogram buckets, in microseconds. */
+#define PIPELINE_COMMIT_BUCKETS 11
+extern const uint64_t pipeline_commit_bounds_us[PIPELINE_COMMIT_BUCKETS];
+
 /* Counters of the pipeline, written by the worker, read anywhere. */
 struct pipeline_counters {
     atomic_uint_fast64_t records_read;
@@ -57,6 +62,13 @@ struct pipeline_counters {
     atomic_uint_fast64_t batches_committed;
     atomic_uint_fast64_t outbox_depth;  /* undelivered messages stored */
     atomic_uint_fast64_t outbox_pauses; /* times outbox.max paused reading */
+    /* Time from BEGIN to COMMIT of each committed job. commit_buckets[i]
+     * counts the jobs that took more than bound i-1 and at most bound i of
+     * pipeline_commit_bounds_us (not cumulative). Jobs over the last bound
+     * count only in commit_count. */
+    atomic_uint_fast64_t commit_buckets[PIPELINE_COMMIT_BUCKETS];
+    atomic_uint_fast64_t commit_us_sum;
+    atomic_uint_fast64_t commit_count;
 };
 
 /*
@@ -175,5 +187,41 @@ void merge_add(struct merge *m, struct shard_batch *batch, int64_t now_ms);
 void merge_release(struct merge *m, const struct reader *rd, int64_t now_ms);
 /* Records held and not yet released. */
 size_t merge_pending(const struct merge *m);
+
+/*
+ * The HTTP server for health and metrics (daemon/http.c), on the loop
+ * thread. It reads what it reports through a status that its owner keeps
+ * up to date; the pointers may be NULL until the modules exist.
+ */
+struct publisher;
+
+struct http_status {
+    const struct pipeline *pipeline;
+    const struct reader *reader;
+    const struct publisher *publisher;
+    bool reader_ready; /* the first ListShards succeeded */
+    bool stopping;
+};
+
+struct http_server;
+
+/*
+ * Listen on listen ("HOST:PORT", "[IPV6]:PORT"; port 0 picks a free port)
+ * and log the bound address. status is borrowed until http_server_close.
+ * Returns the server, or NULL after logging why.
+ */
+struct http_server *http_server_start(uv_loop_t *loop, const char *listen,
+                                      const struct http_status *status);
+/* The bound port. */
+int http_server_port(const struct http_server *srv);
+/*
+ * Stop listening and drop open connections; closed_cb runs once every
+ * handle is closed and srv is freed.
+ */
+void http_server_close(struct http_server *srv, void (*closed_cb)(void *arg),
+                       void *arg);
+
+/* Append the Prometheus text format (version 0.0.4) of status to out. */
+void metrics_render(const struct http_status *status, struct strbuf *out);
 
 #endif

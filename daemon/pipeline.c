@@ -860,11 +860,30 @@ static int run_job(struct pipeline *pl, struct job *job)
     return rc;
 }
 
+const uint64_t pipeline_commit_bounds_us[PIPELINE_COMMIT_BUCKETS] = {
+    1000, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000,
+    2500000, 5000000};
+
+/* Count one committed job's time from BEGIN to COMMIT for the metrics. */
+static void observe_commit(struct pipeline *pl, uint64_t elapsed_us)
+{
+    for (size_t i = 0; i < PIPELINE_COMMIT_BUCKETS; i++) {
+        if (elapsed_us <= pipeline_commit_bounds_us[i]) {
+            count(&pl->counters.commit_buckets[i]);
+            break;
+        }
+    }
+    atomic_fetch_add_explicit(&pl->counters.commit_us_sum, elapsed_us,
+                              memory_order_relaxed);
+    count(&pl->counters.commit_count);
+}
+
 /* Worker thread: one transaction for the whole job. */
 static void job_work(uv_work_t *work)
 {
     struct job *job = work->data;
     struct pipeline *pl = job->pl;
+    uint64_t started_ns = uv_hrtime();
 
     pl->current = job;
     if (store_begin(pl->store) != 0 || run_job(pl, job) != 0 ||
@@ -875,6 +894,8 @@ static void job_work(uv_work_t *work)
         store_rollback(pl->store);
         out_messages_free(job);
         job->failed = true;
+    } else {
+        observe_commit(pl, (uv_hrtime() - started_ns) / 1000);
     }
     pl->current = NULL;
     pl->current_shard = NULL;

@@ -54,6 +54,8 @@ struct daemon {
     struct httpc *http;
     struct reader *reader;
     struct publisher *publisher;
+    struct http_server *http_server; /* health and metrics */
+    struct http_status http_status;
     struct aws_endpoint endpoint;
     struct aws_credentials creds;
 
@@ -84,6 +86,7 @@ static void on_ready(void *arg, size_t open_shards)
 {
     struct daemon *d = arg;
     struct log_ids ids = {.stream = d->cfg.stream_name};
+    d->http_status.reader_ready = true;
     if (open_shards == 0)
         log_info("main", &ids, "ready: the stream has no open shards");
     else
@@ -171,6 +174,12 @@ static void close_all(struct daemon *d)
     uv_close((uv_handle_t *)&d->sigint, on_handle_closed);
     uv_close((uv_handle_t *)&d->sigterm, on_handle_closed);
     uv_close((uv_handle_t *)&d->tick, on_handle_closed);
+    /* Before the publisher, so that no request reads a closed one. */
+    if (d->http_server != NULL) {
+        d->open_handles++;
+        http_server_close(d->http_server, on_module_closed, d);
+        d->http_server = NULL;
+    }
     if (d->publisher != NULL) {
         d->open_handles++;
         publisher_close(d->publisher, on_module_closed, d);
@@ -196,6 +205,7 @@ static void begin_stop(struct daemon *d, int exit_code)
     if (d->phase != PHASE_RUNNING)
         return;
     d->phase = PHASE_STOP_READING;
+    d->http_status.stopping = true;
     log_info("main", NULL,
              "stopping: no new reads, committing batches in "
              "flight");
@@ -584,11 +594,16 @@ static int run_daemon(struct daemon *d)
         log_error("main", NULL, "failed to set up the event loop");
         return 1;
     }
-    rc = open_state(d);
+    d->http_server =
+        http_server_start(&d->loop, d->cfg.http_listen, &d->http_status);
+    rc = d->http_server != NULL ? open_state(d) : 1;
     if (rc == 0 && start_publisher(d) != 0)
         rc = 1;
     if (rc == 0 && start_reader(d) != 0)
         rc = 1;
+    d->http_status.pipeline = d->pipeline;
+    d->http_status.publisher = d->publisher;
+    d->http_status.reader = d->reader;
     if (rc == 0) {
         struct log_ids ids = {.stream = d->cfg.stream_name};
         log_info("main", &ids, "podium %s started: store %s", PODIUM_VERSION,

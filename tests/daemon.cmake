@@ -29,6 +29,8 @@ podium_e2e_test(e2e_iot iot.sh)
 podium_e2e_test(e2e_mqtt_tls mqtt-tls.sh)
 podium_e2e_test(e2e_stall stall.sh)
 podium_e2e_test(e2e_throttle throttle.sh)
+# /healthz, /readyz and /metrics of the HTTP server.
+podium_e2e_test(e2e_metrics metrics.sh)
 podium_e2e_test(e2e_query query.sh)
 # outbox.max with the broker gone mid-run, then back.
 podium_e2e_test(e2e_outbox outbox.sh)
