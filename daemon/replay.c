@@ -10,12 +10,15 @@
  * (base64). `podium simulate --out` writes this format.
  *
  * Every file is read and checked before anything is applied, so a bad line
- * under --on-bad-line fail changes nothing in the store. The records then
- * go to the pipeline in file order (files in the order given), cut into
- * jobs of --batch-size Kinesis records, then one job closes every open
- * second. Stream time comes only from the records' arrival times and no
- * clock tick is ever queued, so the same recording makes the same
- * decisions, and publishes the same bytes, at any batch size and speed.
+ * under --on-bad-line fail changes nothing in the store. The records of
+ * each shard keep their order in the files (files in the order given).
+ * They go to the pipeline in the order of the merge of `podium run` with
+ * every record present: by arrival time, then by shard id. They are cut
+ * into jobs of --batch-size Kinesis records, and one last job closes
+ * every open second. Stream time comes
+ * only from the records' arrival times and no clock tick is ever queued, so the
+ * same recording makes the same decisions, and publishes the same bytes, at any
+ * batch size and speed.
  * --speed X only delays each job until its newest record is due.
  *
  * Data that is a KPL aggregate is split by kpl_deaggregate(), as the shard
@@ -94,10 +97,15 @@ struct work_list {
     int64_t open_records;    /* Kinesis records in open */
 };
 
+struct shard_input;
+
 struct replay {
     uv_loop_t loop;
     struct podium_config cfg;
     struct replay_options opts;
+    struct shard_input *shards; /* the records read, by shard */
+    size_t shard_count;
+    size_t shard_cap;
     struct work_list jobs;
     struct store *store;
     struct pipeline *pipeline;
@@ -297,9 +305,10 @@ static bool starts_job(const struct replay *r, const struct work_list *list,
  */
 static struct shard_batch *segment_for(struct replay *r, struct work_list *list,
                                        const char *shard_id, int64_t batch_size,
-                                       int64_t arrival_ms)
+                                       int64_t arrival_ms, bool may_start_job)
 {
-    if (starts_job(r, list, batch_size, arrival_ms)) {
+    if (list->open == NULL ||
+        (may_start_job && starts_job(r, list, batch_size, arrival_ms))) {
         struct pipeline_work *work = calloc(1, sizeof *work);
         if (work == NULL || list_push(list, work, arrival_ms) != 0) {
             free(work);
@@ -330,16 +339,50 @@ static struct shard_batch *segment_for(struct replay *r, struct work_list *list,
 }
 
 /* Append one Kinesis record, split when it is a KPL aggregate. */
-static int add_record(struct replay *r, struct work_list *list,
-                      const struct line_record *rec)
+/* The records of one shard in file order, with the next one to merge. */
+struct shard_input {
+    struct shard_batch *batch;
+    size_t next;
+};
+
+/* The input of shard_id, created when it is new. NULL when out of memory. */
+static struct shard_input *input_for(struct replay *r, const char *shard_id)
 {
-    int64_t batch_size =
-        r->opts.batch_size > 0 ? r->opts.batch_size : r->cfg.max_records;
-    struct shard_batch *segment =
-        segment_for(r, list, rec->shard_id, batch_size, rec->arrival_ms);
-    if (segment == NULL)
+    for (size_t i = 0; i < r->shard_count; i++) {
+        if (strcmp(r->shards[i].batch->shard_id, shard_id) == 0)
+            return &r->shards[i];
+    }
+    if (r->shard_count == r->shard_cap) {
+        size_t cap = r->shard_cap ? r->shard_cap * 2 : 8;
+        struct shard_input *p = realloc(r->shards, cap * sizeof *p);
+        if (p == NULL)
+            return NULL;
+        r->shards = p;
+        r->shard_cap = cap;
+    }
+    struct shard_batch *batch = shard_batch_new(shard_id);
+    if (batch == NULL)
+        return NULL;
+    r->shards[r->shard_count] = (struct shard_input){batch, 0};
+    return &r->shards[r->shard_count++];
+}
+
+static void free_inputs(struct replay *r)
+{
+    for (size_t i = 0; i < r->shard_count; i++)
+        shard_batch_free(r->shards[i].batch);
+    free(r->shards);
+    r->shards = NULL;
+    r->shard_count = r->shard_cap = 0;
+}
+
+/* Append one Kinesis record to its shard, split when it is a KPL
+ * aggregate. */
+static int add_record(struct replay *r, const struct line_record *rec)
+{
+    struct shard_input *in = input_for(r, rec->shard_id);
+    if (in == NULL)
         return -1;
-    list->open_records++;
     r->kinesis_records++;
 
     /* A line with SubSequenceNumber is already one user record. */
@@ -352,7 +395,7 @@ static int add_record(struct replay *r, struct work_list *list,
         return -1;
     if (kind == KPL_NOT_AGGREGATE) {
         r->user_records++;
-        return shard_batch_add(segment, rec->data, rec->len, rec->seq,
+        return shard_batch_add(in->batch, rec->data, rec->len, rec->seq,
                                rec->subseq < 0 ? 0 : rec->subseq,
                                rec->arrival_ms, rec->partition_key);
     }
@@ -362,7 +405,7 @@ static int add_record(struct replay *r, struct work_list *list,
         /* kpl.h caps keys at KPL_MAX_PARTITION_KEY_BYTES. */
         memcpy(key, users[i].partition_key, users[i].partition_key_len);
         key[users[i].partition_key_len] = '\0';
-        rc = shard_batch_add(segment, users[i].data, users[i].len, rec->seq,
+        rc = shard_batch_add(in->batch, users[i].data, users[i].len, rec->seq,
                              (int64_t)i, rec->arrival_ms, key);
         r->user_records++;
     }
@@ -371,10 +414,74 @@ static int add_record(struct replay *r, struct work_list *list,
 }
 
 /*
- * Read one file into list. Returns 0; 1 after a bad line under --on-bad-line
- * fail or on a runtime failure; 2 when the file cannot be read.
+ * The input whose next record comes first in the order of the merge of
+ * `podium run` (daemon/merge.c) once every record is held: by arrival
+ * time, then by shard id. NULL when every record was taken.
  */
-static int read_file(struct replay *r, const char *path, struct work_list *list)
+static struct shard_input *first_input(struct replay *r)
+{
+    struct shard_input *best = NULL;
+    for (size_t i = 0; i < r->shard_count; i++) {
+        struct shard_input *in = &r->shards[i];
+        if (in->next >= in->batch->count)
+            continue;
+        if (best == NULL) {
+            best = in;
+            continue;
+        }
+        int64_t a = in->batch->records[in->next].arrival_ms;
+        int64_t b = best->batch->records[best->next].arrival_ms;
+        if (a < b ||
+            (a == b && strcmp(in->batch->shard_id, best->batch->shard_id) < 0))
+            best = in;
+    }
+    return best;
+}
+
+/* Tell whether record i of batch is a later user record of the same KPL
+ * aggregate as record i - 1, so no job may start between them. */
+static bool continues_aggregate(const struct shard_batch *batch, size_t i)
+{
+    if (i == 0)
+        return false;
+    const struct shard_record *prev = &batch->records[i - 1];
+    const struct shard_record *rec = &batch->records[i];
+    return strcmp(prev->seq, rec->seq) == 0 && rec->subseq > prev->subseq;
+}
+
+/*
+ * Build the jobs from the records of every shard, merged in the order of
+ * `podium run`. batch_size counts Kinesis records, so the user records of
+ * one aggregate always share a job. Returns 0 or -1 when out of memory.
+ */
+static int build_jobs(struct replay *r, struct work_list *list)
+{
+    int64_t batch_size =
+        r->opts.batch_size > 0 ? r->opts.batch_size : r->cfg.max_records;
+    struct shard_input *in;
+
+    while ((in = first_input(r)) != NULL) {
+        const struct shard_record *rec = &in->batch->records[in->next];
+        bool continued = continues_aggregate(in->batch, in->next);
+        struct shard_batch *segment =
+            segment_for(r, list, in->batch->shard_id, batch_size,
+                        rec->arrival_ms, !continued);
+        if (segment == NULL ||
+            shard_batch_add(segment, rec->data, rec->len, rec->seq, rec->subseq,
+                            rec->arrival_ms, rec->partition_key) != 0)
+            return -1;
+        if (!continued)
+            list->open_records++;
+        in->next++;
+    }
+    return 0;
+}
+
+/*
+ * Read one file into the shard inputs of r. Returns 0; 1 after a bad line under
+ * --on-bad-line fail or on a runtime failure; 2 when the file cannot be read.
+ */
+static int read_file(struct replay *r, const char *path)
 {
     FILE *f = fopen(path, "r");
     if (f == NULL) {
@@ -401,7 +508,7 @@ static int read_file(struct replay *r, const char *path, struct work_list *list)
             snprintf(err, sizeof err, "not JSON: %s at column %d", jerr.text,
                      jerr.column);
         if (root != NULL && check_fields(root, &rec, err, sizeof err) == 0) {
-            if (add_record(r, list, &rec) != 0) {
+            if (add_record(r, &rec) != 0) {
                 fprintf(stderr,
                         "podium replay: %s:%" PRIu64 ": out of memory\n", path,
                         line_no);
@@ -696,7 +803,13 @@ static int replay_files(struct replay *r)
     int rc = 0;
 
     for (size_t i = 0; rc == 0 && i < r->opts.file_count; i++)
-        rc = read_file(r, r->opts.files[i], list);
+        rc = read_file(r, r->opts.files[i]);
+    if (rc == 0 && build_jobs(r, list) != 0) {
+        fprintf(stderr, "podium replay: out of memory while building the "
+                        "jobs\n");
+        rc = 1;
+    }
+    free_inputs(r);
     if (rc != 0) {
         list_free(list);
         return rc;

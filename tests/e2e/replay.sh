@@ -6,8 +6,10 @@
 #    stores with publish.transport=file and batch sizes 1, 37 and 10000,
 #    and once more with 37, and at --speed 10: every publish file must be
 #    byte for byte the same, and --speed 10 must take a tenth of the
-#    recording's span of arrival times. A second replay on a used store
-#    must apply and publish nothing.
+#    recording's span of arrival times. The recording split over two
+#    shards must publish the same bytes whether the lines of the shards
+#    are interleaved or one shard comes first. A second replay on a used
+#    store must apply and publish nothing.
 # 2. The recording is put to a kinesalite stream and read by podium run.
 #    The checker must accept what run published, and the replay must have
 #    published the same messages, byte for byte apart from "ts" (the
@@ -86,6 +88,23 @@ check_same_bytes() {
     cmp "$E2E_DIR/batch-1.jsonl" "$E2E_DIR/speed-10.jsonl" ||
         e2e_fail "the replay at --speed 10 published other bytes than at --speed 0"
     expect_status 2 "with --speed -1" badspeed --speed -1 "$RECORDING"
+
+    # Every second line moved to a second shard, once interleaved and once
+    # with all of the second shard first: the merge by arrival time must
+    # apply both in the same order.
+    awk 'NR % 2 == 0 { sub(/"ShardId":"shardId-000000000000"/, "\"ShardId\":\"shardId-000000000001\"") } 1' \
+        "$RECORDING" >"$E2E_DIR/two-shards.jsonl"
+    {
+        grep '"ShardId":"shardId-000000000001"' "$E2E_DIR/two-shards.jsonl"
+        grep '"ShardId":"shardId-000000000000"' "$E2E_DIR/two-shards.jsonl"
+    } >"$E2E_DIR/two-shards-grouped.jsonl"
+    expect_status 0 "of two shards" two "$E2E_DIR/two-shards.jsonl"
+    expect_status 0 "of two shards grouped" two-grouped "$E2E_DIR/two-shards-grouped.jsonl"
+    cmp "$E2E_DIR/two.jsonl" "$E2E_DIR/two-grouped.jsonl" ||
+        e2e_fail "two shards published other bytes when the file lists one shard after the other"
+    determinism_tool compare --publish "$E2E_DIR/batch-1.jsonl" --other "$E2E_DIR/two.jsonl" ||
+        e2e_fail "the recording split over two shards published other messages than in one shard"
+    e2e_log "two shards publish the same bytes whatever the order of their lines"
     e2e_log "--speed 10 takes $elapsed_ms ms for $span_ms ms of arrival times and publishes the same bytes"
 
     # The same store again: every record is a duplicate, nothing is new.
