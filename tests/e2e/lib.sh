@@ -349,6 +349,30 @@ e2e_podium_run_settings() {
         --set http.listen=127.0.0.1:0
 }
 
+# e2e_podium_http_port LOG: wait up to 15 s until the podium run writing
+# LOG logged the address of its HTTP server, and print the port.
+e2e_podium_http_port() {
+    local log="$1" deadline=$((SECONDS + 15)) line
+    while ((SECONDS < deadline)); do
+        line="$(grep -o 'HTTP server listening on 127\.0\.0\.1:[0-9]*' "$log" | head -n 1 || true)"
+        if [[ -n "$line" ]]; then
+            echo "${line##*:}"
+            return 0
+        fi
+        sleep 0.1
+    done
+    e2e_fail "podium logged no \"HTTP server listening on\" line within 15s: see $log"
+}
+
+# e2e_metric PORT SERIES: print the value of the sample SERIES (name and
+# labels exactly as podium writes them) from /metrics on PORT; returns 1
+# when the sample is missing.
+e2e_metric() {
+    local port="$1" series="$2" body
+    body="$(curl -s --max-time 10 "http://127.0.0.1:$port/metrics")" || return 1
+    awk -v series="$series" '$1 == series { print $2; found = 1 } END { exit !found }' <<<"$body"
+}
+
 # ---- MQTT over TLS (peer mosquitto-tls) ----
 
 # The port of the peer mosquitto-tls and the folder of its certificates,

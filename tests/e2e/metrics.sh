@@ -5,10 +5,10 @@
 # ListShards fails and /readyz must return 503 while /healthz returns 200.
 # After the gate opens, /readyz returns 200. The test puts 20 telemetry
 # records, 3 exact copies of them and 1 record that is not JSON, then reads
-# /metrics until podium has read all 24 and checks the counters against
-# what was put, the text format line by line, the 404 and 405 replies, a
-# request line over the 8 KiB limit, and that a client which never ends its
-# request is dropped while other clients are served.
+# /metrics until podium has read all 24. It checks the counters against
+# what was put and the text format line by line. It also checks the 404
+# and 405 replies and a request line over the 8 KiB limit, and that a
+# client which never ends its request is dropped while others are served.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -45,20 +45,6 @@ ready() {
 metric_value() {
     local body="$1" series="$2"
     awk -v series="$series" '$1 == series { print $2; found = 1 } END { exit !found }' <<<"$body"
-}
-
-# Wait until podium logged the port of its HTTP server and set HTTP_PORT.
-wait_http_port() {
-    local log="$1" deadline=$((SECONDS + 15)) line
-    while ((SECONDS < deadline)); do
-        line="$(grep -o 'HTTP server listening on 127\.0\.0\.1:[0-9]*' "$log" | head -n 1 || true)"
-        if [[ -n "$line" ]]; then
-            HTTP_PORT="${line##*:}"
-            return 0
-        fi
-        sleep 0.1
-    done
-    e2e_fail "podium logged no \"HTTP server listening on\" line within 15s: see $log"
 }
 
 # Check every line of a /metrics body against the Prometheus text format
@@ -146,7 +132,7 @@ main() {
     e2e_start_bg podium "$PODIUM_BIN" run "${settings[@]}" \
         --set "kinesis.endpoint=http://127.0.0.1:$TCP_GATE_PORT"
     local podium_pid="$E2E_LAST_PID"
-    wait_http_port "$log"
+    HTTP_PORT="$(e2e_podium_http_port "$log")" || exit 1
     e2e_log "podium serves HTTP on 127.0.0.1:$HTTP_PORT"
 
     local code

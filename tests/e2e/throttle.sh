@@ -12,13 +12,10 @@
 # A must retry shard 0 with the same iterator after a backoff of at least
 # 250, 500 and 1000 ms and request no new iterator. It must keep applying
 # shard 1's records while shard 0 is throttled, and log one warning per
-# throttled request. Neither instance may send more than 5 GetRecords for one shard
+# throttled request, and /metrics must count the 3 throttled calls for A
+# and none for B. Neither instance may send more than 5 GetRecords for one shard
 # within a second. Both stores must contain u-0201 and every shard 1
 # record exactly once.
-#
-# NOTE: podium does not serve http.listen yet, so there is no /metrics
-# endpoint whose throttle count this test could read; the reader counts
-# throttled calls (reader_get_counters) but nothing exposes the count.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -221,6 +218,20 @@ main() {
     ((warnings == 0)) ||
         e2e_fail "podium b logged $warnings warnings about $THROTTLE_ERROR, but its proxy throttled nothing: see $log_b"
     e2e_log "podium a logged $THROTTLES warnings about $THROTTLE_ERROR, podium b none"
+
+    local port count expected
+    for name in a b; do
+        expected=0
+        if [[ "$name" == a ]]; then
+            expected="$THROTTLES"
+        fi
+        port="$(e2e_podium_http_port "$E2E_DIR/podium-$name.log")" || exit 1
+        count="$(e2e_metric "$port" 'podium_kinesis_errors_total{cause="throttled"}')" ||
+            e2e_fail "/metrics of podium $name on port $port has no throttled sample"
+        [[ "$count" == "$expected" ]] ||
+            e2e_fail "/metrics of podium $name counts $count throttled Kinesis calls, expected $expected"
+    done
+    e2e_log "/metrics counts $THROTTLES throttled calls for podium a and none for podium b"
 
     stop_instance a "$pid_a"
     stop_instance b "$pid_b"
