@@ -41,6 +41,10 @@ ready() {
     [[ "$(http_status /readyz)" == 200 ]]
 }
 
+healthy() {
+    [[ "$(http_status /healthz)" == 200 ]]
+}
+
 # Print the value of the sample whose name and labels are exactly SERIES.
 metric_value() {
     local body="$1" series="$2"
@@ -254,6 +258,27 @@ main() {
     grep -q 'did not send a whole request' "$log" ||
         e2e_fail "podium did not log why it closed the slow connection: see $log"
     e2e_log "404, 405, HEAD, 431 and the slow client behave"
+
+    # 32 idle connections reach the limit, so podium closes a 33rd at once
+    # without reading its request. Once they are gone, requests are served
+    # again. The idle ones stay open for the 5 s request timeout, far longer
+    # than this takes.
+    local idle=() fd
+    for ((i = 0; i < 32; i++)); do
+        exec {fd}<>"/dev/tcp/127.0.0.1/$HTTP_PORT"
+        idle+=("$fd")
+    done
+    local over=""
+    over="$(curl -s --max-time 10 "$(http_url /healthz)" 2>&1)" || true
+    for fd in "${idle[@]}"; do
+        exec {fd}<&-
+    done
+    [[ -z "$over" ]] ||
+        e2e_fail "a 33rd connection got \"$over\" while 32 were open, expected it closed without a reply"
+    grep -q 'the limit of 32 open connections was reached' "$log" ||
+        e2e_fail "podium did not log that it closed a connection over the limit of 32: see $log"
+    e2e_wait_for 15 "GET /healthz returns 200 after the idle connections closed" healthy
+    e2e_log "a connection over the limit of 32 is closed, and later ones are served"
 
     kill -TERM "$podium_pid"
     status=0
