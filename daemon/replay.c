@@ -31,7 +31,7 @@
  *
  * The replay ends once the publisher has acknowledged every message of the
  * outbox, including messages left by an earlier run, or fails when
- * REPLAY_PUBLISH_TIMEOUT_MS passes first.
+ * --publish-timeout seconds pass first.
  */
 #include "daemon/daemon.h"
 
@@ -52,8 +52,9 @@
 #include "shardreader/kpl.h"
 #include "store/idempotency.h"
 
-/* How long the publisher may take to deliver the outbox at the end. */
-#define REPLAY_PUBLISH_TIMEOUT_MS 30000
+/* Default and maximum of --publish-timeout, in seconds. */
+#define REPLAY_PUBLISH_TIMEOUT_S     30
+#define REPLAY_MAX_PUBLISH_TIMEOUT_S 86400
 /* How often the loop checks progress and submits due jobs. */
 #define REPLAY_TICK_MS 20
 /* Maximum stream time that one job spans at --speed X > 0. */
@@ -75,6 +76,7 @@ enum replay_phase {
 struct replay_options {
     int64_t batch_size; /* Kinesis records per job; 0: kinesis.max_records */
     double speed;       /* stream time per wall time; 0: as fast as possible */
+    int64_t publish_timeout_s; /* time the publisher gets at the end */
     bool skip_bad_lines;
     char **files;
     size_t file_count;
@@ -651,7 +653,7 @@ static void on_tick(uv_timer_t *timer)
         if (submit_due_jobs(r, now) || !pipeline_idle(r->pipeline))
             return;
         r->phase = REPLAY_PUBLISHING;
-        r->deadline_ms = now + REPLAY_PUBLISH_TIMEOUT_MS;
+        r->deadline_ms = now + r->opts.publish_timeout_s * 1000;
         return;
     case REPLAY_PUBLISHING:
         if (publisher_pending(r->publisher) > 0) {
@@ -659,11 +661,11 @@ static void on_tick(uv_timer_t *timer)
                 return;
             fprintf(stderr,
                     "podium replay: %zu messages were not acknowledged "
-                    "within %d s; they stay in the outbox and go out with "
-                    "the next run or replay on this store; check that the "
-                    "publisher's peer is reachable\n",
-                    publisher_pending(r->publisher),
-                    REPLAY_PUBLISH_TIMEOUT_MS / 1000);
+                    "within %" PRId64 " s (--publish-timeout); they stay in "
+                    "the outbox and go out with the next run or replay on "
+                    "this store; check that the broker or endpoint is "
+                    "reachable\n",
+                    publisher_pending(r->publisher), r->opts.publish_timeout_s);
             r->exit_code = 1;
         }
         r->phase = REPLAY_DELETING;
@@ -802,6 +804,19 @@ static int replay_files(struct replay *r)
     struct work_list *list = &r->jobs;
     int rc = 0;
 
+    /* An unreadable file is a usage error, whatever the files before it
+     * contain. */
+    for (size_t i = 0; i < r->opts.file_count; i++) {
+        FILE *f = fopen(r->opts.files[i], "r");
+        if (f == NULL) {
+            fprintf(stderr,
+                    "podium replay: cannot read %s: %s; check the path and "
+                    "its permissions\n",
+                    r->opts.files[i], strerror(errno));
+            return 2;
+        }
+        fclose(f);
+    }
     for (size_t i = 0; rc == 0 && i < r->opts.file_count; i++)
         rc = read_file(r, r->opts.files[i]);
     if (rc == 0 && build_jobs(r, list) != 0) {
@@ -869,6 +884,9 @@ static void replay_usage(FILE *out)
           "  --speed X            0 (default): as fast as possible; X > 0:\n"
           "                       X seconds of ApproximateArrivalTimestamp\n"
           "                       per second, so 1 is real time\n"
+          "  --publish-timeout S  seconds the publisher gets to deliver every\n"
+          "                       message at the end (default 30); exit 1\n"
+          "                       when they pass first\n"
           "  --on-bad-line MODE   fail (default): report the line and apply\n"
           "                       nothing; skip: report it, go on, count it\n"
           "  --config FILE, --set KEY=VALUE   as for run\n",
@@ -882,6 +900,7 @@ static int parse_replay_args(int argc, char **argv, struct replay_options *o,
         {"batch-size", required_argument, NULL, 'b'},
         {"speed", required_argument, NULL, 'x'},
         {"on-bad-line", required_argument, NULL, 'l'},
+        {"publish-timeout", required_argument, NULL, 't'},
         {"config", required_argument, NULL, 'c'},
         {"set", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},
@@ -914,6 +933,19 @@ static int parse_replay_args(int argc, char **argv, struct replay_options *o,
                         "(as fast as possible) or a factor of real time up "
                         "to %.0f, such as 1 or 10\n",
                         optarg, REPLAY_MAX_SPEED);
+                return 2;
+            }
+            break;
+        case 't':
+            errno = 0;
+            o->publish_timeout_s = strtoll(optarg, &end, 10);
+            if (errno != 0 || end == optarg || *end != '\0' ||
+                o->publish_timeout_s < 1 ||
+                o->publish_timeout_s > REPLAY_MAX_PUBLISH_TIMEOUT_S) {
+                fprintf(stderr,
+                        "podium replay: invalid --publish-timeout \"%s\": "
+                        "expected seconds from 1 to %d\n",
+                        optarg, REPLAY_MAX_PUBLISH_TIMEOUT_S);
                 return 2;
             }
             break;
@@ -958,6 +990,7 @@ int cmd_replay(int argc, char **argv)
     struct replay *r = calloc(1, sizeof *r);
     if (r == NULL)
         return 1;
+    r->opts.publish_timeout_s = REPLAY_PUBLISH_TIMEOUT_S;
     int rc = parse_replay_args(argc, argv, &r->opts, &common);
     if (rc == 0)
         rc = load_config(&common, &r->cfg);

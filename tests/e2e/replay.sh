@@ -17,10 +17,12 @@
 # 3. Bad lines: under --on-bad-line fail the replay exits 1, names
 #    file:line and the problem, and applies nothing. Under skip it applies
 #    every good line and counts the bad ones. An unreadable file and a bad
-#    option exit 2.
+#    option exit 2, also after a bad line.
 # 4. Three records merged into one KPL aggregate (kpl-tool.mjs) are
 #    replayed as three user records: same samples and messages as the
 #    plain recording, apart from "ts".
+# 5. Without a broker the replay exits 1 after --publish-timeout, and a
+#    replay on the same store then publishes the messages left behind.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -181,12 +183,39 @@ check_bad_lines() {
     have="$(summary_field skip kinesis_records)"
     [[ "$have" == "$want" ]] || e2e_fail "--on-bad-line skip read $have records, expected $want"
 
-    expect_status 2 "of a missing file" missing "$E2E_DIR/no-such-file.jsonl"
+    # The missing file comes after a bad one: it is still a usage error.
+    expect_status 2 "of a missing file" missing "$bad" "$E2E_DIR/no-such-file.jsonl"
     grep -q "cannot read .*no-such-file.jsonl" "$E2E_DIR/missing.log" ||
         e2e_fail "a missing file was not named: $(cat "$E2E_DIR/missing.log")"
     expect_status 2 "with --on-bad-line maybe" badopt --on-bad-line maybe "$RECORDING"
     expect_status 2 "without a file" nofile
     e2e_log "bad lines are reported with file:line; fail applies nothing, skip counts them"
+}
+
+check_publish_timeout() {
+    # Nothing listens on port 1, so no message can be acknowledged.
+    local started=$SECONDS status=0
+    "$PODIUM_BIN" replay --set "store.path=$E2E_DIR/unpublished.db" \
+        --set publish.transport=mqtt --set mqtt.url=mqtt://127.0.0.1:1 \
+        --publish-timeout 2 "$RECORDING" \
+        >"$E2E_DIR/unpublished.out" 2>"$E2E_DIR/unpublished.log" || status=$?
+    [[ $status -eq 1 ]] ||
+        e2e_fail "a replay without a broker exited $status, expected 1: see $E2E_DIR/unpublished.log"
+    ((SECONDS - started < 20)) || e2e_fail "--publish-timeout 2 took $((SECONDS - started)) s"
+    grep -q "were not acknowledged within 2 s" "$E2E_DIR/unpublished.log" ||
+        e2e_fail "the replay did not say that messages were not acknowledged: see $E2E_DIR/unpublished.log"
+
+    # The same store with a working transport: the messages left in the
+    # outbox go out, and the replay adds nothing of its own.
+    cp "$E2E_DIR/unpublished.db" "$E2E_DIR/resent.db"
+    expect_status 0 "after a publish timeout" resent "$RECORDING"
+    [[ "$(summary_field resent applied)" == 0 ]] ||
+        e2e_fail "the replay after a publish timeout applied records again"
+    cmp "$E2E_DIR/batch-1.jsonl" "$E2E_DIR/resent.jsonl" ||
+        e2e_fail "the messages left in the outbox were not published with the bytes of a normal replay"
+    [[ "$(sqlite3 "$E2E_DIR/resent.db" 'SELECT count(*) FROM outbox')" == 0 ]] ||
+        e2e_fail "delivered messages are still in the outbox"
+    e2e_log "--publish-timeout exits 1 and the next replay publishes what was left"
 }
 
 check_kpl() {
@@ -232,6 +261,7 @@ main() {
     check_same_bytes
     check_bad_lines
     check_kpl
+    check_publish_timeout
     check_against_run
     e2e_log "passed"
 }
