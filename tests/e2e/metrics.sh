@@ -41,6 +41,17 @@ ready() {
     [[ "$(http_status /readyz)" == 200 ]]
 }
 
+# raw_status REQUEST: send REQUEST (printf format) on a new connection and
+# print the status line of the reply without its CR.
+raw_status() {
+    local request="$1" fd reply
+    exec {fd}<>"/dev/tcp/127.0.0.1/$HTTP_PORT"
+    printf "$request" >&"$fd"
+    reply="$(timeout 15 head -n 1 <&"$fd" || true)"
+    exec {fd}<&-
+    echo "${reply%$'\r'}"
+}
+
 healthy() {
     [[ "$(http_status /healthz)" == 200 ]]
 }
@@ -241,6 +252,24 @@ main() {
     [[ "$code" == 431 ]] || e2e_fail "GET of a 9001-byte path returned $code, expected 431"
     code="$(http_status /healthz)"
     [[ "$code" == 200 ]] || e2e_fail "GET /healthz returned $code after the over-long request, expected 200"
+
+    # Raw requests for the parser's cases that curl does not send.
+    local case want got
+    for case in \
+        'GET /healthz HTTP/1.0\n\n|HTTP/1.1 200 OK' \
+        'GET /healthz?probe=1 HTTP/1.1\r\nHost: x\r\n\r\n|HTTP/1.1 200 OK' \
+        'GET /healthz HTTP/2.0\r\n\r\n|HTTP/1.1 400 Bad Request' \
+        'GET healthz HTTP/1.1\r\n\r\n|HTTP/1.1 400 Bad Request' \
+        'GET /healthz\r\n\r\n|HTTP/1.1 400 Bad Request' \
+        'G(T /healthz HTTP/1.1\r\n\r\n|HTTP/1.1 400 Bad Request' \
+        'G\0T /healthz HTTP/1.1\r\n\r\n|HTTP/1.1 400 Bad Request' \
+        'GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n|HTTP/1.1 400 Bad Request' \
+        'DELETE /readyz HTTP/1.1\r\n\r\n|HTTP/1.1 405 Method Not Allowed'; do
+        want="${case#*|}"
+        got="$(raw_status "${case%%|*}")"
+        [[ "$got" == "$want" ]] ||
+            e2e_fail "the request '${case%%|*}' got \"$got\", expected \"$want\""
+    done
 
     # A client that connects and never ends its request: others are still
     # served, and podium closes it after its request timeout (5 s).
