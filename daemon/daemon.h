@@ -223,5 +223,8 @@ void http_server_close(struct http_server *srv, void (*closed_cb)(void *arg),
 
 /* Append the Prometheus text format (version 0.0.4) of status to out. */
 void metrics_render(const struct http_status *status, struct strbuf *out);
+/* Append a label value with backslash, double quote and line feed escaped
+ * as the text format requires. */
+void metrics_append_label_value(struct strbuf *out, const char *value);
 
 #endif

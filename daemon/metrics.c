@@ -26,9 +26,7 @@ static void family(struct strbuf *out, const char *name, const char *type,
     sb_printf(out, "# TYPE " METRICS_PREFIX "%s %s\n", name, type);
 }
 
-/* Append a label value with backslash, double quote and line feed escaped
- * as the text format requires. */
-static void label_value(struct strbuf *out, const char *value)
+void metrics_append_label_value(struct strbuf *out, const char *value)
 {
     for (const char *p = value; *p != '\0'; p++) {
         if (*p == '\\')
@@ -51,7 +49,7 @@ static void labelled(struct strbuf *out, const char *name, const char *label,
                      const char *value, uint64_t v)
 {
     sb_printf(out, METRICS_PREFIX "%s{%s=\"", name, label);
-    label_value(out, value);
+    metrics_append_label_value(out, value);
     sb_printf(out, "\"} %" PRIu64 "\n", v);
 }
 

@@ -4,6 +4,8 @@ podium_test(test_pipeline test_pipeline.c
 # One generated set of races delivered in many ways must publish the same.
 podium_test(test_determinism test_determinism.c
     LIBS podium_daemon PkgConfig::SQLITE3)
+# The /metrics text without a running daemon.
+podium_test(test_metrics test_metrics.c LIBS podium_daemon)
 
 # End-to-end tests: the podium binary against kinesalite (or kinesis-local)
 # and mosquitto, started by tools/peers.sh on loopback ports. They need
