@@ -202,6 +202,10 @@ static const char *status_text(int code)
 /*
  * Send a complete reply and close the connection after it. With head_only
  * the headers keep the body's length but the body is left out.
+ *
+ * NOTE: a request body is never read. When a client sends one, for example
+ * a POST that gets 405, the close may reset the connection before the
+ * client reads the reply.
  */
 static void send_reply(struct http_conn *conn, int code,
                        const char *content_type, const char *body,
