@@ -25,6 +25,16 @@ int cmd_simulate(int argc, char **argv);
 int cmd_query(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
 
+/* Start-up steps shared by run and replay (daemon/setup.c). */
+struct pub_config;
+/* Fill out with the publisher settings of cfg; creds is borrowed. */
+void daemon_pub_config(const struct podium_config *cfg,
+                       const struct aws_credentials *creds,
+                       struct pub_config *out);
+/* Open the idempotency table of st with a new owner token and log the
+ * claims of earlier processes that it released. Returns 0 or -1 (logged). */
+int daemon_open_idempotency(struct store *st, const struct podium_config *cfg);
+
 /* Options every subcommand shares: --config FILE and --set KEY=VALUE. */
 struct common_opts {
     const char *config_file;

@@ -43,7 +43,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "common/aws.h"
 #include "common/base64.h"
@@ -715,28 +714,9 @@ static int resend_outbox(struct replay *r)
     return 0;
 }
 
-static int make_owner_token(uint8_t owner[IDEM_OWNER_LEN])
-{
-    size_t got = 0;
-    while (got < IDEM_OWNER_LEN) {
-        ssize_t n = getrandom(owner + got, IDEM_OWNER_LEN - got, 0);
-        if (n < 0 && errno != EINTR)
-            return -1;
-        if (n > 0)
-            got += (size_t)n;
-    }
-    return 0;
-}
-
 static int open_state(struct replay *r)
 {
     char err[512];
-    uint8_t owner[IDEM_OWNER_LEN];
-    struct idem_options io = {
-        .expiry_s = r->cfg.idempotency_expiry_s,
-        .in_progress_timeout_ms = r->cfg.idempotency_in_progress_timeout_ms,
-        .cache_size = (size_t)r->cfg.idempotency_cache_size,
-    };
     struct pipeline_hooks hooks = {r, on_committed, on_message,
                                    on_pipeline_fatal, NULL};
 
@@ -744,12 +724,8 @@ static int open_state(struct replay *r)
         log_error("main", NULL, "failed to open the store: %s", err);
         return -1;
     }
-    if (make_owner_token(owner) != 0 ||
-        store_open_idempotency(r->store, &io, owner, err, sizeof err) != 0) {
-        log_error("main", NULL, "failed to open the idempotency table: %s",
-                  err);
+    if (daemon_open_idempotency(r->store, &r->cfg) != 0)
         return -1;
-    }
     r->pipeline = pipeline_new(&r->loop, r->store, &r->cfg, &hooks);
     if (r->pipeline == NULL || pipeline_restore(r->pipeline) != 0)
         return -1;
@@ -759,21 +735,8 @@ static int open_state(struct replay *r)
 static int start_publisher(struct replay *r)
 {
     char err[512];
-    struct pub_config pc = {
-        .transport = r->cfg.transport == CFG_TRANSPORT_FILE  ? PUB_FILE
-                     : r->cfg.transport == CFG_TRANSPORT_IOT ? PUB_IOT
-                                                             : PUB_MQTT,
-        .file_path = r->cfg.publish_file,
-        .mqtt_url = r->cfg.mqtt_url,
-        .mqtt_client_id = r->cfg.mqtt_client_id,
-        .mqtt_ca_file = r->cfg.mqtt_ca_file,
-        .mqtt_cert_file = r->cfg.mqtt_cert_file,
-        .mqtt_key_file = r->cfg.mqtt_key_file,
-        .max_inflight = 100,
-        .iot_endpoint = r->cfg.iot_endpoint,
-        .iot_region = r->cfg.region,
-        .iot_credentials = &r->creds,
-    };
+    struct pub_config pc;
+    daemon_pub_config(&r->cfg, &r->creds, &pc);
     r->publisher = publisher_new(&r->loop, &pc, on_ack, r, err, sizeof err);
     if (r->publisher == NULL) {
         log_error("main", NULL, "failed to start the publisher: %s", err);

@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "common/aws.h"
 #include "common/log.h"
@@ -427,73 +426,14 @@ out:
 static int start_publisher(struct daemon *d)
 {
     char err[512];
-    struct pub_config pc = {
-        .transport = d->cfg.transport == CFG_TRANSPORT_FILE  ? PUB_FILE
-                     : d->cfg.transport == CFG_TRANSPORT_IOT ? PUB_IOT
-                                                             : PUB_MQTT,
-        .file_path = d->cfg.publish_file,
-        .mqtt_url = d->cfg.mqtt_url,
-        .mqtt_client_id = d->cfg.mqtt_client_id,
-        .mqtt_ca_file = d->cfg.mqtt_ca_file,
-        .mqtt_cert_file = d->cfg.mqtt_cert_file,
-        .mqtt_key_file = d->cfg.mqtt_key_file,
-        .max_inflight = 100,
-        .iot_endpoint = d->cfg.iot_endpoint,
-        .iot_region = d->cfg.region,
-        .iot_credentials = &d->creds,
-    };
+    struct pub_config pc;
+    daemon_pub_config(&d->cfg, &d->creds, &pc);
     d->publisher = publisher_new(&d->loop, &pc, on_ack, d, err, sizeof err);
     if (d->publisher == NULL) {
         log_error("main", NULL, "failed to start the publisher: %s", err);
         return -1;
     }
     return resend_outbox(d);
-}
-
-/*
- * Make a token that distinguishes this process's idempotency claims from
- * those of earlier processes, which are dead when this one starts.
- */
-static int make_owner_token(uint8_t owner[IDEM_OWNER_LEN])
-{
-    size_t got = 0;
-    while (got < IDEM_OWNER_LEN) {
-        ssize_t n = getrandom(owner + got, IDEM_OWNER_LEN - got, 0);
-        if (n < 0 && errno != EINTR)
-            return -1;
-        if (n > 0)
-            got += (size_t)n;
-    }
-    return 0;
-}
-
-static int open_idempotency(struct daemon *d)
-{
-    char err[512];
-    uint8_t owner[IDEM_OWNER_LEN];
-    struct idem_options opts = {
-        .expiry_s = d->cfg.idempotency_expiry_s,
-        .in_progress_timeout_ms = d->cfg.idempotency_in_progress_timeout_ms,
-        .cache_size = (size_t)d->cfg.idempotency_cache_size,
-    };
-
-    if (make_owner_token(owner) != 0) {
-        log_error("main", NULL, "failed to make an owner token: getrandom: %s",
-                  strerror(errno));
-        return -1;
-    }
-    if (store_open_idempotency(d->store, &opts, owner, err, sizeof err)) {
-        log_error("main", NULL, "failed to open the idempotency table: %s",
-                  err);
-        return -1;
-    }
-    size_t reclaimed = store_idempotency_reclaimed(d->store);
-    if (reclaimed > 0)
-        log_warn("main", NULL,
-                 "released %zu idempotency claims left unfinished by an "
-                 "earlier process",
-                 reclaimed);
-    return 0;
 }
 
 /* Open the store and rebuild the aggregator; returns an exit status. */
@@ -507,7 +447,7 @@ static int open_state(struct daemon *d)
         log_error("main", NULL, "failed to open the store: %s", err);
         return 1;
     }
-    if (open_idempotency(d) != 0)
+    if (daemon_open_idempotency(d->store, &d->cfg) != 0)
         return 1;
     d->pipeline = pipeline_new(&d->loop, d->store, &d->cfg, &hooks);
     if (d->pipeline == NULL || pipeline_restore(d->pipeline) != 0)
