@@ -222,8 +222,6 @@ struct http_server;
  */
 struct http_server *http_server_start(uv_loop_t *loop, const char *listen,
                                       const struct http_status *status);
-/* The bound port. */
-int http_server_port(const struct http_server *srv);
 /*
  * Stop listening and drop open connections; closed_cb runs once every
  * handle is closed and srv is freed.

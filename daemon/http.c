@@ -124,11 +124,6 @@ void http_server_close(struct http_server *srv, void (*closed_cb)(void *arg),
     uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
 }
 
-int http_server_port(const struct http_server *srv)
-{
-    return srv->port;
-}
-
 /* ---- replies --------------------------------------------------------- */
 
 /*
