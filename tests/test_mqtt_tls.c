@@ -7,6 +7,7 @@
  * its own temporary folder. A libmosquitto subscriber on its own thread
  * connects over TLS too and records what the broker delivers.
  */
+#include "tests/mqtt_subscriber.h"
 #include "tests/testlib.h"
 
 #include <arpa/inet.h>
@@ -308,119 +309,20 @@ static void expect_broker_log_contains(const char *needle, int line)
 
 /* ---- subscriber ---------------------------------------------------- */
 
-struct received {
-    char *topic;
-    char *payload;
-    size_t len;
-};
-
-struct subscriber {
-    struct mosquitto *mosq;
-    pthread_mutex_t mutex;
-    bool subscribed;
-    struct received *msgs;
-    size_t count;
-    size_t cap;
-};
-
-static void sub_on_connect(struct mosquitto *mosq, void *obj, int rc)
-{
-    (void)obj;
-    if (rc == 0)
-        mosquitto_subscribe(mosq, NULL, "#", 1);
-}
-
-static void sub_on_subscribe(struct mosquitto *mosq, void *obj, int mid,
-                             int qos_count, const int *granted)
-{
-    struct subscriber *sub = obj;
-    (void)mosq, (void)mid, (void)qos_count, (void)granted;
-    pthread_mutex_lock(&sub->mutex);
-    sub->subscribed = true;
-    pthread_mutex_unlock(&sub->mutex);
-}
-
-static void sub_on_message(struct mosquitto *mosq, void *obj,
-                           const struct mosquitto_message *m)
-{
-    struct subscriber *sub = obj;
-    struct received *r;
-    (void)mosq;
-
-    pthread_mutex_lock(&sub->mutex);
-    if (sub->count == sub->cap) {
-        sub->cap = sub->cap ? sub->cap * 2 : 256;
-        sub->msgs = realloc(sub->msgs, sub->cap * sizeof *sub->msgs);
-    }
-    r = &sub->msgs[sub->count++];
-    r->topic = strdup(m->topic);
-    r->len = (size_t)m->payloadlen;
-    r->payload = malloc(r->len + 1);
-    memcpy(r->payload, m->payload, r->len);
-    r->payload[r->len] = '\0';
-    pthread_mutex_unlock(&sub->mutex);
-}
-
-static size_t sub_count(struct subscriber *sub)
-{
-    pthread_mutex_lock(&sub->mutex);
-    size_t n = sub->count;
-    pthread_mutex_unlock(&sub->mutex);
-    return n;
-}
-
 /*
- * Connect a subscriber over TLS with the client certificate "client" and
- * subscribe to '#' at QoS 1. With check_host false it accepts a broker
- * certificate for another host name, so a test can show that such a broker
- * works for a client that does not check the name.
+ * TLS settings of a subscriber with the client certificate "client". With
+ * check_host false it accepts a broker certificate for another host name,
+ * so a test can show that such a broker works for a client that does not
+ * check the name.
  */
-static void sub_start(struct subscriber *sub, int port, bool check_host)
+static const struct subscriber_tls *tls_subscriber(bool check_host)
 {
-    memset(sub, 0, sizeof *sub);
-    pthread_mutex_init(&sub->mutex, NULL);
-    mosquitto_lib_init();
-    sub->mosq = mosquitto_new(NULL, true, sub);
-    ASSERT_TRUE(sub->mosq != NULL);
-    ASSERT_EQ(mosquitto_tls_set(sub->mosq, cert_file("ca", "pem"), NULL,
-                                cert_file("client", "pem"),
-                                cert_file("client", "key"), NULL),
-              MOSQ_ERR_SUCCESS);
-    ASSERT_EQ(mosquitto_tls_insecure_set(sub->mosq, !check_host),
-              MOSQ_ERR_SUCCESS);
-    mosquitto_connect_callback_set(sub->mosq, sub_on_connect);
-    mosquitto_subscribe_callback_set(sub->mosq, sub_on_subscribe);
-    mosquitto_message_callback_set(sub->mosq, sub_on_message);
-    ASSERT_EQ(mosquitto_connect(sub->mosq, "127.0.0.1", port, 30), 0);
-    ASSERT_EQ(mosquitto_loop_start(sub->mosq), 0);
-    for (int i = 0; i < 250; i++) {
-        pthread_mutex_lock(&sub->mutex);
-        bool done = sub->subscribed;
-        pthread_mutex_unlock(&sub->mutex);
-        if (done)
-            return;
-        sleep_ms(20);
-    }
-    test_fail(__FILE__, __LINE__, "TLS subscriber got no SUBACK within 5 s");
-}
-
-/* Stop the subscriber's thread; the received messages stay readable. */
-static void sub_stop(struct subscriber *sub)
-{
-    mosquitto_disconnect(sub->mosq);
-    mosquitto_loop_stop(sub->mosq, true);
-    mosquitto_destroy(sub->mosq);
-    sub->mosq = NULL;
-}
-
-static void sub_free(struct subscriber *sub)
-{
-    for (size_t i = 0; i < sub->count; i++) {
-        free(sub->msgs[i].topic);
-        free(sub->msgs[i].payload);
-    }
-    free(sub->msgs);
-    pthread_mutex_destroy(&sub->mutex);
+    static struct subscriber_tls tls;
+    tls.ca_file = cert_file("ca", "pem");
+    tls.cert_file = cert_file("client", "pem");
+    tls.key_file = cert_file("client", "key");
+    tls.check_host = check_host;
+    return &tls;
 }
 
 /* ---- publisher harness --------------------------------------------- */
@@ -685,7 +587,7 @@ TEST(mqtt_tls_delivers_with_client_cert)
 
     capture_log();
     broker_start(port, "server");
-    sub_start(&sub, port, true);
+    sub_start(&sub, port, tls_subscriber(true));
     tls_config(&cfg, url, sizeof url, port, "ca", "client");
     open_publisher(c, &cfg);
     submit_range(c, 0, 200);
@@ -725,7 +627,7 @@ TEST(mqtt_tls_rejects_missing_client_cert)
 
     capture_log();
     broker_start(port, "server");
-    sub_start(&sub, port, true);
+    sub_start(&sub, port, tls_subscriber(true));
     tls_config(&cfg, url, sizeof url, port, "ca", NULL);
     open_publisher(c, &cfg);
     expect_rejected(c, &sub, "alert certificate required",
@@ -764,7 +666,7 @@ TEST(mqtt_tls_rejects_client_of_other_ca)
 
     capture_log();
     broker_start(port, "server");
-    sub_start(&sub, port, true);
+    sub_start(&sub, port, tls_subscriber(true));
     tls_config(&cfg, url, sizeof url, port, "ca", "other-client");
     open_publisher(c, &cfg);
     expect_rejected(c, &sub, "alert unknown ca",
@@ -788,7 +690,7 @@ TEST(mqtt_tls_rejects_server_of_other_ca)
     capture_log();
     broker_start(port, "server");
     /* The subscriber trusts the broker's CA and connects. */
-    sub_start(&sub, port, true);
+    sub_start(&sub, port, tls_subscriber(true));
     tls_config(&cfg, url, sizeof url, port, "other-ca", "client");
     open_publisher(c, &cfg);
     /* mosquitto sends its CA with its certificate, and OpenSSL names the
@@ -815,7 +717,7 @@ TEST(mqtt_tls_rejects_host_name_mismatch)
     broker_start(port, "server-other-host");
     /* A subscriber that does not check the name connects, so only the
      * name can make the publisher fail. */
-    sub_start(&sub, port, false);
+    sub_start(&sub, port, tls_subscriber(false));
     tls_config(&cfg, url, sizeof url, port, "ca", "client");
     open_publisher(c, &cfg);
     expect_rejected(c, &sub,
@@ -863,7 +765,7 @@ TEST(mqtt_tls_handshake_waits_without_spinning)
     /* A stopped broker accepts the TCP connection in the kernel but never
      * replies to the ClientHello, so the handshake waits for it. */
     capture_log();
-    sub_start(&sub, port, true);
+    sub_start(&sub, port, tls_subscriber(true));
     broker_signal(broker, SIGSTOP);
     tls_config(&cfg, url, sizeof url, port, "ca", "client");
     open_publisher(c, &cfg);
@@ -902,7 +804,7 @@ TEST(mqtt_tls_resends_after_broker_restart)
     pid_t broker = broker_start(port, "server");
 
     capture_log();
-    sub_start(&sub1, port, true);
+    sub_start(&sub1, port, tls_subscriber(true));
     tls_config(&cfg, url, sizeof url, port, "ca", "client");
     open_publisher(c, &cfg);
     submit_range(c, 0, 100);
@@ -924,7 +826,7 @@ TEST(mqtt_tls_resends_after_broker_restart)
     ASSERT_TRUE(run_until(c, is_disconnected, 5000));
     sub_stop(&sub1);
     broker_start(port, "server");
-    sub_start(&sub2, port, true);
+    sub_start(&sub2, port, tls_subscriber(true));
     c->target = 300;
     c->sub = &sub2;
     ASSERT_TRUE(run_until(c, acks_reached, 30000));

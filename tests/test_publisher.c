@@ -6,6 +6,7 @@
  * reads PUBLISH packets and sends PUBACK only when the test calls for it, so
  * the test can count what is on the wire.
  */
+#include "tests/mqtt_subscriber.h"
 #include "tests/testlib.h"
 
 #include <arpa/inet.h>
@@ -133,110 +134,6 @@ static void broker_signal(pid_t pid, int sig)
 }
 
 /* ---- subscriber ---------------------------------------------------- */
-
-struct received {
-    char *topic;
-    char *payload;
-    size_t len;
-};
-
-struct subscriber {
-    struct mosquitto *mosq;
-    pthread_mutex_t mutex;
-    bool subscribed;
-    struct received *msgs;
-    size_t count;
-    size_t cap;
-};
-
-static void sub_on_connect(struct mosquitto *mosq, void *obj, int rc)
-{
-    (void)obj;
-    if (rc == 0)
-        mosquitto_subscribe(mosq, NULL, "#", 1);
-}
-
-static void sub_on_subscribe(struct mosquitto *mosq, void *obj, int mid,
-                             int qos_count, const int *granted)
-{
-    struct subscriber *sub = obj;
-    (void)mosq, (void)mid, (void)qos_count, (void)granted;
-    pthread_mutex_lock(&sub->mutex);
-    sub->subscribed = true;
-    pthread_mutex_unlock(&sub->mutex);
-}
-
-static void sub_on_message(struct mosquitto *mosq, void *obj,
-                           const struct mosquitto_message *m)
-{
-    struct subscriber *sub = obj;
-    struct received *r;
-    (void)mosq;
-
-    pthread_mutex_lock(&sub->mutex);
-    if (sub->count == sub->cap) {
-        sub->cap = sub->cap ? sub->cap * 2 : 256;
-        sub->msgs = realloc(sub->msgs, sub->cap * sizeof *sub->msgs);
-    }
-    r = &sub->msgs[sub->count++];
-    r->topic = strdup(m->topic);
-    r->len = (size_t)m->payloadlen;
-    r->payload = malloc(r->len + 1);
-    memcpy(r->payload, m->payload, r->len);
-    r->payload[r->len] = '\0';
-    pthread_mutex_unlock(&sub->mutex);
-}
-
-static size_t sub_count(struct subscriber *sub)
-{
-    pthread_mutex_lock(&sub->mutex);
-    size_t n = sub->count;
-    pthread_mutex_unlock(&sub->mutex);
-    return n;
-}
-
-/* Connect a subscriber to '#' at QoS 1 and wait for its SUBACK. */
-static void sub_start(struct subscriber *sub, int port)
-{
-    memset(sub, 0, sizeof *sub);
-    pthread_mutex_init(&sub->mutex, NULL);
-    mosquitto_lib_init();
-    sub->mosq = mosquitto_new(NULL, true, sub);
-    ASSERT_TRUE(sub->mosq != NULL);
-    mosquitto_connect_callback_set(sub->mosq, sub_on_connect);
-    mosquitto_subscribe_callback_set(sub->mosq, sub_on_subscribe);
-    mosquitto_message_callback_set(sub->mosq, sub_on_message);
-    ASSERT_EQ(mosquitto_connect(sub->mosq, "127.0.0.1", port, 30), 0);
-    ASSERT_EQ(mosquitto_loop_start(sub->mosq), 0);
-    for (int i = 0; i < 250; i++) {
-        pthread_mutex_lock(&sub->mutex);
-        bool done = sub->subscribed;
-        pthread_mutex_unlock(&sub->mutex);
-        if (done)
-            return;
-        sleep_ms(20);
-    }
-    test_fail(__FILE__, __LINE__, "subscriber got no SUBACK within 5 s");
-}
-
-/* Stop the subscriber's thread; the received messages stay readable. */
-static void sub_stop(struct subscriber *sub)
-{
-    mosquitto_disconnect(sub->mosq);
-    mosquitto_loop_stop(sub->mosq, true);
-    mosquitto_destroy(sub->mosq);
-    sub->mosq = NULL;
-}
-
-static void sub_free(struct subscriber *sub)
-{
-    for (size_t i = 0; i < sub->count; i++) {
-        free(sub->msgs[i].topic);
-        free(sub->msgs[i].payload);
-    }
-    free(sub->msgs);
-    pthread_mutex_destroy(&sub->mutex);
-}
 
 /* ---- publisher harness --------------------------------------------- */
 
@@ -420,7 +317,7 @@ TEST(publisher_delivers_thousand_messages_in_order)
     int port = free_port();
 
     broker_start(port);
-    sub_start(&sub, port);
+    sub_start(&sub, port, NULL);
     mqtt_config(&cfg, url, sizeof url, port, 20);
     open_publisher(c, &cfg);
     submit_range(c, 0, 1000);
@@ -471,7 +368,7 @@ TEST(publisher_connects_after_broker_starts)
     /* The loop does not run while the broker and subscriber start, so the
      * publisher cannot deliver before the subscription exists. */
     broker_start(port);
-    sub_start(&sub, port);
+    sub_start(&sub, port, NULL);
     c->target = 10;
     c->sub = &sub;
     ASSERT_TRUE(run_until(c, acks_and_sub_reached, 10000));
@@ -495,7 +392,7 @@ TEST(publisher_resends_after_broker_restart)
     int port = free_port();
     pid_t broker = broker_start(port);
 
-    sub_start(&sub1, port);
+    sub_start(&sub1, port, NULL);
     mqtt_config(&cfg, url, sizeof url, port, 50);
     open_publisher(c, &cfg);
     submit_range(c, 0, 100);
@@ -517,7 +414,7 @@ TEST(publisher_resends_after_broker_restart)
     ASSERT_TRUE(run_until(c, is_disconnected, 5000));
     sub_stop(&sub1);
     broker_start(port);
-    sub_start(&sub2, port);
+    sub_start(&sub2, port, NULL);
     c->target = 300;
     c->sub = &sub2;
     ASSERT_TRUE(run_until(c, acks_reached, 20000));
