@@ -50,7 +50,7 @@ void kinesis_describe(const struct aws_reply *reply, char *buf, size_t len);
  * Return a delay for retry number attempt (1 for the first retry): with
  * step = min(base_ms * 2^(attempt - 1), cap_ms / 2), a value drawn
  * uniformly from [step, 2 * step]. The floor makes each retry wait at least
- * as long as the exponential schedule says (250, 500, 1000 ms... for a
+ * as long as the exponential schedule requires (250, 500, 1000 ms... for a
  * base of 250), and the random half spreads clients that were throttled
  * together ("equal jitter" in
  * https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/).

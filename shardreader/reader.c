@@ -121,7 +121,7 @@ struct shard {
     char *adjacent_parent_id;
     bool listed; /* in the latest ListShards result */
     /* Known before the latest listing was requested and missing from it:
-     * aged out past retention, so it holds no child back. */
+     * aged out past retention, so it blocks no child. */
     bool aged_out;
     uint64_t known_since; /* list_generation when the shard was added */
     bool announced;       /* named in a parent's ChildShards */
@@ -1695,7 +1695,7 @@ int reader_start(struct reader *rd, const struct reader_checkpoint *cps,
 /*
  * True when the last GetRecords reply of sh was empty and not behind, and
  * came within one request timeout plus one poll interval. An older empty
- * reply says nothing about records put since, for example after the
+ * reply proves nothing about records put since, for example after the
  * process was stopped for minutes, so it does not count. A shard in a
  * short backoff (throttled a few times) still counts, so it does not hold
  * back the others.

@@ -7,7 +7,7 @@
  *   node kinesis-fault-proxy.js UPSTREAM_PORT RULES_FILE LOG_FILE PORT_FILE
  *
  * It listens on a free port of 127.0.0.1 and writes that port to PORT_FILE.
- * RULES_FILE holds a JSON array of rules and is read again whenever it
+ * RULES_FILE contains a JSON array of rules and is read again whenever it
  * changes, which resets the rules' counters; a test can so change the
  * faults while a client runs. A rule:
  *
@@ -71,7 +71,7 @@ function pick(action, shard) {
   return null;
 }
 
-/* Faults answered by the proxy itself: [HTTP status, __type, message]. */
+/* Faults that the proxy replies to itself: [HTTP status, __type, message]. */
 const ERRORS = {
   expired: [400, 'ExpiredIteratorException',
             'Iterator expired. The iterator was created at time ' +
@@ -152,7 +152,7 @@ function partial(req, res, input) {
   });
 }
 
-/* Relay a request, changing the reply as the rule says. */
+/* Relay a request, changing the reply as the rule requires. */
 function relay(req, res, body, action, shard, rule) {
   forward(req, body, (status, headers, text) => {
     const out = learn(shard, status, text);
@@ -201,7 +201,7 @@ function handle(req, res, body) {
   try {
     input = JSON.parse(body);
   } catch (e) {
-    /* Relayed as it is; the server answers. */
+    /* Relayed as it is, so the server replies. */
   }
   const shard = input.ShardId || shardOf.get(input.ShardIterator) || null;
   const rule = pick(action, shard);

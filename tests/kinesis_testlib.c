@@ -91,7 +91,8 @@ static void start_watchdog(void)
                      "grep -q kinesis-fault-proxy /proc/$p/cmdline 2>/dev/null "
                      "&& kill $p) </dev/null >/dev/null 2>&1 &",
                      (int)getpid(), source_dir(), peers_dir, proxy_dir);
-    ASSERT_TRUE(n > 0 && (size_t)n < sizeof cmd);
+    ASSERT_TRUE(n > 0);
+    ASSERT_TRUE((size_t)n < sizeof cmd);
     run_shell(cmd);
 }
 
@@ -157,7 +158,8 @@ int start_proxy(int upstream_port, const char *rules)
                      "</dev/null >'%s/proxy.out' 2>&1 & echo $! >'%s'",
                      source_dir(), source_dir(), upstream_port, proxy_rules,
                      proxy_log, port_path, proxy_dir, pid_path);
-    ASSERT_TRUE(n > 0 && (size_t)n < sizeof cmd);
+    ASSERT_TRUE(n > 0);
+    ASSERT_TRUE((size_t)n < sizeof cmd);
     run_shell(cmd);
     start_watchdog();
     proxy_pid = (pid_t)read_port_file(pid_path);

@@ -629,7 +629,7 @@ TEST(reshard_listing_finds_split_kinesis_local)
 
 /*
  * A stream that is still being created lists no shard (kinesalite does so
- * for 50 ms under tools/peers.sh). The proxy answers the first two
+ * for 50 ms under tools/peers.sh). The proxy replies to the first two
  * listings that way, so the case does not depend on that window. The
  * reader must list again soon, not after the sync interval, and read the
  * shard once it appears, from TRIM_HORIZON.

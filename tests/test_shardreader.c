@@ -339,7 +339,7 @@ TEST(shard_reader_skips_finished_parent)
 }
 
 /*
- * An empty reply says nothing about records put after it. When the loop did
+ * An empty reply proves nothing about records put after it. When the loop did
  * not run for longer than a request timeout plus a poll interval (the
  * process was stopped, or the host was suspended), the reader must not
  * count as caught up until a shard replies again; otherwise stream time
