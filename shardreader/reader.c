@@ -873,7 +873,8 @@ static int append_user_records(struct shard *sh, struct record_list *list,
 
 /*
  * Append the Kinesis record rec (its block owned by this call): its user
- * records when its Data is a KPL aggregate, else rec itself. Data that
+ * records when its Data is a KPL aggregate and the reader does not keep
+ * aggregates, else rec itself. Data that
  * only looks like an aggregate stays one ordinary record, so the consumer
  * dead-letters it rather than losing it. Returns 0 or -1 with err.
  */
@@ -883,8 +884,15 @@ static int append_kinesis_record(struct shard *sh, struct record_list *list,
 {
     struct kpl_user_record *users;
     size_t count;
-    enum kpl_result kind = kpl_deaggregate(rec->data, rec->len, &users, &count);
     int rc;
+
+    if (sh->rd->cfg.keep_aggregates) {
+        rc = append_record(sh, list, rec);
+        if (rc != 0)
+            snprintf(err, err_len, "out of memory");
+        return rc;
+    }
+    enum kpl_result kind = kpl_deaggregate(rec->data, rec->len, &users, &count);
 
     if (kind == KPL_ERROR) {
         snprintf(err, err_len,

@@ -75,6 +75,10 @@ struct reader_config {
     int32_t request_timeout_ms;
     int32_t max_records; /* GetRecords Limit, 1..10000 */
     int32_t shard_sync_interval_s;
+    /* Hand over each Kinesis record as received, a KPL aggregate included
+     * as one record with its raw Data, rather than split into its user
+     * records (for `podium record`). */
+    bool keep_aggregates;
 };
 
 /* A stored checkpoint, as loaded from the store at start-up. */
