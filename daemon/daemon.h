@@ -24,6 +24,7 @@ int cmd_run(int argc, char **argv);
 int cmd_simulate(int argc, char **argv);
 int cmd_query(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
+int cmd_record(int argc, char **argv);
 
 /* Start-up steps shared by run and replay (daemon/setup.c). */
 struct pub_config;
@@ -234,5 +235,49 @@ void metrics_render(const struct http_status *status, struct strbuf *out);
 /* Append a label value with backslash, double quote and line feed escaped
  * as the text format requires. */
 void metrics_append_label_value(struct strbuf *out, const char *value);
+
+/*
+ * The recording format (daemon/recording.c): JSON lines, one Kinesis record
+ * a line, with the field names and types of the Kinesis API.
+ */
+struct recording_line {
+    const char *shard_id;
+    const char *seq;    /* decimal sequence number */
+    int64_t subseq;     /* user record of a KPL aggregate, or -1 for none */
+    int64_t arrival_ms; /* ApproximateArrivalTimestamp, 0 or more */
+    const char *partition_key;
+    size_t partition_key_len;
+    const uint8_t *data;
+    size_t len;
+};
+
+/* Append line as one recording line, newline included. Returns 0, or -1
+ * when out of memory or when sb has failed. */
+int recording_append_line(struct strbuf *sb, const struct recording_line *line);
+
+/*
+ * Read an ApproximateArrivalTimestamp as the AWS CLI prints it: len bytes
+ * of ISO 8601 text with a UTC offset (2026-12-04T10:15:30.123000+00:00), or
+ * of a JSON number of seconds since the epoch (1796379330.123). Digits below
+ * the millisecond must be zero. Returns 0 with *ms, or -1 with the reason
+ * in err, worded to follow the value ("... is not ...").
+ */
+int recording_parse_iso8601(const char *text, size_t len, int64_t *ms,
+                            char *err, size_t err_len);
+int recording_parse_epoch(const char *text, size_t len, int64_t *ms, char *err,
+                          size_t err_len);
+
+/* Options of `podium record --import` (daemon/record_import.c). */
+struct import_options {
+    const char *shard_id;
+    const char *out; /* "-" is standard output */
+    bool skip_bad_records;
+    char **files;
+    size_t file_count;
+};
+
+/* Convert aws kinesis get-records output to a recording. Returns the exit
+ * status. */
+int record_import(const struct import_options *opts);
 
 #endif

@@ -28,12 +28,14 @@ static void usage(FILE *out)
           "  simulate   generate riders and put them to a stream or a file\n"
           "  replay     apply recorded records to the store and publish\n"
           "             the leaderboards, then exit\n"
+          "  record     write the records of a stream, or of aws kinesis\n"
+          "             get-records output, to a recording for replay\n"
           "  query      print race results, a class leaderboard or the class\n"
           "             history from the database\n"
           "  version    print the version\n"
           "  help       print this text\n"
           "\n"
-          "Options common to run, simulate, replay and query:\n"
+          "Options common to run, simulate, replay, record and query:\n"
           "  --config FILE     configuration file (default " DEFAULT_CONFIG_FILE
           " when it exists)\n"
           "  --set KEY=VALUE   override one setting, after the file and the\n"
@@ -160,6 +162,8 @@ int main(int argc, char **argv)
         return cmd_simulate(argc - 1, argv + 1);
     if (strcmp(cmd, "replay") == 0)
         return cmd_replay(argc - 1, argv + 1);
+    if (strcmp(cmd, "record") == 0)
+        return cmd_record(argc - 1, argv + 1);
     if (strcmp(cmd, "query") == 0)
         return cmd_query(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
