@@ -9,16 +9,24 @@
  * epoch, a number with millisecond precision), PartitionKey and Data
  * (base64). `podium simulate --out` writes this format.
  *
- * Every file is read and checked before anything is applied, so a bad line
- * under --on-bad-line fail changes nothing in the store. The records of
- * each shard keep their order in the files (files in the order given).
- * They go to the pipeline in the order of the merge of `podium run` with
- * every record present: by arrival time, then by shard id. They are cut
- * into jobs of --batch-size Kinesis records, and one last job closes
- * every open second. Stream time comes
- * only from the records' arrival times and no clock tick is ever queued, so the
- * same recording makes the same decisions, and publishes the same bytes, at any
- * batch size and speed.
+ * The files are read twice. The first pass checks every line and keeps
+ * nothing but counts and, for each shard and file, where the shard's lines
+ * start and end, so a bad line under --on-bad-line fail changes nothing in
+ * the store. The second pass streams. Each shard has its own cursor that
+ * reads that shard's lines in file order (files in the order given). The
+ * cursors are merged in the order of the merge of `podium run` with every
+ * record present: by arrival time, then by shard id. Memory holds
+ * one Kinesis record per shard plus the jobs in flight, whatever the size
+ * of the files.
+ *
+ * The merged records are cut into jobs of --batch-size Kinesis records,
+ * and one last job closes every open second. A job may hold more records
+ * than that, because it never ends between two records of one KPL
+ * aggregate or between two records with the same arrival millisecond: the
+ * pipeline orders records that share an arrival millisecond within a job.
+ * Stream time comes only from the records' arrival times and no clock tick
+ * is ever queued, so the same recording makes the same decisions, and
+ * publishes the same bytes, at any batch size and speed.
  * --speed X only delays each job until its newest record is due.
  *
  * Data that is a KPL aggregate is split by kpl_deaggregate(), as the shard
@@ -43,6 +51,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/aws.h"
 #include "common/base64.h"
@@ -64,6 +74,13 @@
 #define REPLAY_OUTBOX_PAGE 1000
 /* Maximum length of a value quoted in a bad-line message. */
 #define REPLAY_QUOTE_MAX 60
+/* Jobs submitted to the pipeline and not yet committed. Enough to keep
+ * the worker busy while the loop builds the next one. */
+#define REPLAY_JOBS_IN_FLIGHT 4
+/* Minimum time between two redraws of the progress bar. */
+#define REPLAY_PROGRESS_MS 250
+/* Width of the bar itself, in characters. */
+#define REPLAY_BAR_WIDTH 24
 
 enum replay_phase {
     REPLAY_APPLYING,   /* jobs queued, waiting for the pipeline */
@@ -72,47 +89,92 @@ enum replay_phase {
     REPLAY_CLOSING
 };
 
+enum replay_progress { PROGRESS_AUTO, PROGRESS_ALWAYS, PROGRESS_NEVER };
+
 struct replay_options {
     int64_t batch_size; /* Kinesis records per job; 0: kinesis.max_records */
     double speed;       /* stream time per wall time; 0: as fast as possible */
     int64_t publish_timeout_s; /* time the publisher gets at the end */
     bool skip_bad_lines;
+    enum replay_progress progress;
     char **files;
     size_t file_count;
 };
 
-/* A job built from the files, with the arrival times it spans. */
-struct queued_job {
+/* The byte range of one shard's good lines in one file. */
+struct shard_span {
+    int64_t first_offset; /* byte offset of the first line; -1: none */
+    uint64_t first_line;  /* its line number */
+    int64_t end_offset;   /* just past the last line */
+};
+
+/*
+ * The next records of one shard: the user records of the Kinesis record
+ * read last, from a file of its own, so that shards laid out one after
+ * the other in a file need no buffering.
+ */
+struct shard_cursor {
+    char *shard_id;
+    struct shard_span *spans; /* one per file */
+    size_t file;              /* index of the file read; file_count: done */
+    FILE *f;                  /* NULL between files */
+    int64_t offset;           /* offset of the next line in f */
+    uint64_t line_no;         /* number of the line read last */
+    struct shard_batch *head; /* records not merged yet from next on */
+    size_t next;
+    bool merged_any;
+    char prev_seq[129]; /* the record merged last, for KPL aggregates */
+    int64_t prev_subseq;
+};
+
+/* A job being built from the merge. */
+struct job_draft {
     struct pipeline_work *work;
     int64_t first_arrival_ms;
     int64_t newest_arrival_ms;
+    int64_t last_arrival_ms; /* of the record added last */
+    int64_t kinesis_records;
+    uint64_t user_records;
 };
 
-/* The jobs built from the files, in order. */
-struct work_list {
-    struct queued_job *items;
-    size_t count;
-    size_t cap;
-    size_t next;             /* first job not yet submitted */
-    struct queued_job *open; /* the job being filled, the last in items */
-    int64_t open_records;    /* Kinesis records in open */
+/* The terminal progress bar on standard error. */
+struct progress {
+    bool enabled;
+    bool drawn;          /* a bar is on the screen, without a newline */
+    int64_t started_ms;  /* start of the current pass */
+    int64_t drawn_ms;    /* time of the last redraw */
+    uint64_t done_bytes; /* first pass */
+    uint64_t total_bytes;
 };
-
-struct shard_input;
 
 struct replay {
     uv_loop_t loop;
     struct podium_config cfg;
     struct replay_options opts;
-    struct shard_input *shards; /* the records read, by shard */
-    size_t shard_count;
-    size_t shard_cap;
-    struct work_list jobs;
+    bool *fast_shard_ids; /* per file: find_shard_id() is exact there */
+    struct shard_cursor *cursors;
+    size_t cursor_count;
+    size_t cursor_cap;
+    char *line; /* line buffer of the second pass */
+    size_t line_cap;
     struct store *store;
     struct pipeline *pipeline;
     struct publisher *publisher;
     struct aws_credentials creds;
     uv_timer_t tick;
+
+    /* Jobs: the next one to submit, the record counts of those in flight
+     * (they commit in submission order), and whether the input ended. */
+    struct job_draft ready;
+    uint64_t in_flight[REPLAY_JOBS_IN_FLIGHT];
+    size_t in_flight_head;
+    size_t in_flight_count;
+    bool input_done;   /* every record went into a job */
+    bool close_queued; /* the job that closes every second was queued */
+    bool have_first_arrival;
+    int64_t first_arrival_ms; /* of the first job: the --speed origin */
+    uint64_t committed_user_records;
+    struct progress progress;
 
     enum replay_phase phase;
     int exit_code;
@@ -125,6 +187,111 @@ struct replay {
     uint64_t user_records;
     uint64_t bad_lines;
 };
+
+/* ---- the progress bar ---------------------------------------------- */
+
+static void progress_init(struct replay *r)
+{
+    switch (r->opts.progress) {
+    case PROGRESS_ALWAYS:
+        r->progress.enabled = true;
+        break;
+    case PROGRESS_NEVER:
+        r->progress.enabled = false;
+        break;
+    case PROGRESS_AUTO:
+        r->progress.enabled = isatty(STDERR_FILENO) == 1;
+        break;
+    }
+}
+
+/* Format a number of seconds as "M:SS" or "H:MM:SS". */
+static void format_duration(double seconds, char *out, size_t out_len)
+{
+    if (!isfinite(seconds) || seconds < 0 || seconds > 359999) {
+        snprintf(out, out_len, "-:--");
+        return;
+    }
+    long s = lround(seconds);
+    if (s >= 3600)
+        snprintf(out, out_len, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60,
+                 s % 60);
+    else
+        snprintf(out, out_len, "%ld:%02ld", s / 60, s % 60);
+}
+
+/*
+ * Draw one line: what runs, the percentage and bar of done out of total,
+ * the amounts in unit (done and total divided by scale), the rate and the
+ * time left. The carriage return and the erase-to-end-of-line sequence
+ * make it replace the line drawn before.
+ */
+static void progress_draw(struct replay *r, const char *what, uint64_t done,
+                          uint64_t total, const char *unit, double scale,
+                          int64_t now)
+{
+    struct progress *p = &r->progress;
+    double fraction = total > 0 ? (double)done / (double)total : 1.0;
+    if (fraction > 1)
+        fraction = 1;
+    char bar[REPLAY_BAR_WIDTH + 1];
+    int filled = (int)(fraction * REPLAY_BAR_WIDTH);
+    for (int i = 0; i < REPLAY_BAR_WIDTH; i++)
+        bar[i] = i < filled ? '#' : '-';
+    bar[REPLAY_BAR_WIDTH] = '\0';
+
+    double elapsed_s = (double)(now - p->started_ms) / 1000.0;
+    double per_s = elapsed_s > 0 ? (double)done / elapsed_s : 0;
+    char left[24];
+    format_duration(per_s > 0 && done <= total ? (double)(total - done) / per_s
+                                               : NAN,
+                    left, sizeof left);
+    int decimals = scale > 1 ? 1 : 0;
+    fprintf(stderr,
+            "\rpodium replay: %s %3d%% [%s] %.*f/%.*f %s, %.*f %s/s, %s "
+            "left\033[K",
+            what, (int)(fraction * 100), bar, decimals, (double)done / scale,
+            decimals, (double)total / scale, unit, decimals, per_s / scale,
+            unit, left);
+    fflush(stderr);
+    p->drawn = true;
+    p->drawn_ms = now;
+}
+
+/* Tell whether the bar is due for a redraw. */
+static bool progress_due(const struct replay *r, int64_t now)
+{
+    return r->progress.enabled &&
+           (!r->progress.drawn ||
+            now - r->progress.drawn_ms >= REPLAY_PROGRESS_MS);
+}
+
+/* Draw the first pass: bytes checked out of all. */
+static void progress_check(struct replay *r, int64_t now, bool force)
+{
+    if (force ? r->progress.enabled : progress_due(r, now))
+        progress_draw(r, "checking", r->progress.done_bytes,
+                      r->progress.total_bytes, "MB", 1e6, now);
+}
+
+/* Draw the second pass: user records committed out of all. */
+static void progress_replay(struct replay *r, int64_t now, bool force)
+{
+    if (force ? r->progress.enabled : progress_due(r, now))
+        progress_draw(r, "replaying", r->committed_user_records,
+                      r->user_records, "records", 1, now);
+}
+
+/* End the bar's line, so that what is printed next starts on its own
+ * line. */
+static void progress_end(struct replay *r)
+{
+    if (!r->progress.drawn)
+        return;
+    fputc('\n', stderr);
+    fflush(stderr);
+    r->progress.drawn = false;
+}
 
 /* ---- reading the recordings ---------------------------------------- */
 
@@ -260,68 +427,448 @@ static int check_fields(const json_t *root, struct line_record *out, char *err,
     return 0;
 }
 
-static int list_push(struct work_list *list, struct pipeline_work *work,
-                     int64_t arrival_ms)
+/*
+ * Find the value of "ShardId" in a line without parsing the JSON: the
+ * first "ShardId" key followed by a string without escapes. Sets *id and
+ * *len and returns true, or returns false when there is no such key. The
+ * first pass checks the result against the parsed line, so the second pass
+ * trusts it only for files where it was right on every good line.
+ */
+static bool find_shard_id(const char *line, size_t n, const char **id,
+                          size_t *len)
 {
-    if (list->count == list->cap) {
-        size_t cap = list->cap ? list->cap * 2 : 64;
-        struct queued_job *p = realloc(list->items, cap * sizeof *p);
-        if (p == NULL)
-            return -1;
-        list->items = p;
-        list->cap = cap;
+    static const char key[] = "\"ShardId\"";
+    const char *end = line + n;
+    const char *p = line;
+    for (;;) {
+        p = memchr(p, '"', (size_t)(end - p));
+        if (p == NULL || (size_t)(end - p) < sizeof key - 1)
+            return false;
+        if (memcmp(p, key, sizeof key - 1) == 0)
+            break;
+        p++;
     }
-    list->items[list->count++] =
-        (struct queued_job){work, arrival_ms, arrival_ms};
+    if (p > line && p[-1] == '\\')
+        return false;
+    p += sizeof key - 1;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    if (p == end || *p++ != ':')
+        return false;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    if (p == end || *p++ != '"')
+        return false;
+    const char *start = p;
+    while (p < end && *p != '"' && *p != '\\')
+        p++;
+    if (p == end || *p != '"')
+        return false;
+    *id = start;
+    *len = (size_t)(p - start);
+    return true;
+}
+
+/* The cursor of shard_id, created when it is new. NULL when out of
+ * memory. */
+static struct shard_cursor *cursor_for(struct replay *r, const char *shard_id)
+{
+    for (size_t i = 0; i < r->cursor_count; i++) {
+        if (strcmp(r->cursors[i].shard_id, shard_id) == 0)
+            return &r->cursors[i];
+    }
+    if (r->cursor_count == r->cursor_cap) {
+        size_t cap = r->cursor_cap ? r->cursor_cap * 2 : 8;
+        struct shard_cursor *p = realloc(r->cursors, cap * sizeof *p);
+        if (p == NULL)
+            return NULL;
+        r->cursors = p;
+        r->cursor_cap = cap;
+    }
+    struct shard_cursor *c = &r->cursors[r->cursor_count];
+    memset(c, 0, sizeof *c);
+    c->shard_id = strdup(shard_id);
+    c->spans = malloc(r->opts.file_count * sizeof *c->spans);
+    if (c->shard_id == NULL || c->spans == NULL) {
+        free(c->shard_id);
+        free(c->spans);
+        return NULL;
+    }
+    for (size_t i = 0; i < r->opts.file_count; i++)
+        c->spans[i] = (struct shard_span){-1, 0, -1};
+    r->cursor_count++;
+    return c;
+}
+
+static void free_cursors(struct replay *r)
+{
+    for (size_t i = 0; i < r->cursor_count; i++) {
+        struct shard_cursor *c = &r->cursors[i];
+        if (c->f != NULL)
+            fclose(c->f);
+        shard_batch_free(c->head);
+        free(c->spans);
+        free(c->shard_id);
+    }
+    free(r->cursors);
+    r->cursors = NULL;
+    r->cursor_count = r->cursor_cap = 0;
+    free(r->line);
+    r->line = NULL;
+    r->line_cap = 0;
+}
+
+/*
+ * Parse and check one line. Returns the document (owned) with rec filled
+ * in, or NULL with what was wrong, the value and what to do in err.
+ */
+static json_t *parse_line(const char *line, size_t n, struct line_record *rec,
+                          char *err, size_t err_len)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(line, n, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL) {
+        snprintf(err, err_len, "not JSON: %s at column %d", jerr.text,
+                 jerr.column);
+        return NULL;
+    }
+    if (check_fields(root, rec, err, err_len) != 0) {
+        json_decref(root);
+        return NULL;
+    }
+    return root;
+}
+
+/*
+ * Split the Data of rec into user records when it is a KPL aggregate.
+ * Returns the kind, with *users and *count set for KPL_AGGREGATE. A line
+ * with SubSequenceNumber is already one user record.
+ */
+static enum kpl_result split_record(const struct line_record *rec,
+                                    struct kpl_user_record **users,
+                                    size_t *count)
+{
+    *users = NULL;
+    *count = 0;
+    if (rec->subseq >= 0)
+        return KPL_NOT_AGGREGATE;
+    return kpl_deaggregate(rec->data, rec->len, users, count);
+}
+
+/* Count and locate one good line of the first pass. Returns 0, or -1 when
+ * out of memory. */
+static int note_good_line(struct replay *r, size_t file,
+                          const struct line_record *rec, const char *line,
+                          size_t n, int64_t offset, uint64_t line_no)
+{
+    struct shard_cursor *c = cursor_for(r, rec->shard_id);
+    if (c == NULL)
+        return -1;
+    struct shard_span *span = &c->spans[file];
+    if (span->first_offset < 0) {
+        span->first_offset = offset;
+        span->first_line = line_no;
+    }
+    span->end_offset = offset + (int64_t)n;
+
+    const char *id;
+    size_t len;
+    if (!find_shard_id(line, n, &id, &len) || len != strlen(rec->shard_id) ||
+        memcmp(id, rec->shard_id, len) != 0)
+        r->fast_shard_ids[file] = false;
+
+    struct kpl_user_record *users;
+    size_t count;
+    enum kpl_result kind = split_record(rec, &users, &count);
+    if (kind == KPL_ERROR)
+        return -1;
+    r->kinesis_records++;
+    r->user_records += kind == KPL_AGGREGATE ? count : 1;
+    free(users);
     return 0;
 }
 
-/* Free the jobs that were not submitted. */
-static void list_free(struct work_list *list)
+/*
+ * First pass over one file: check every line, count the records and note
+ * where each shard's lines lie. Returns 0; 1 after a bad line under
+ * --on-bad-line fail or on a runtime failure; 2 when the file cannot be
+ * read.
+ */
+static int check_file(struct replay *r, size_t file)
 {
-    for (size_t i = list->next; i < list->count; i++)
-        pipeline_work_free(list->items[i].work);
-    free(list->items);
-    memset(list, 0, sizeof *list);
+    const char *path = r->opts.files[file];
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr,
+                "podium replay: cannot read %s: %s; check the path and its "
+                "permissions\n",
+                path, strerror(errno));
+        return 2;
+    }
+    char *line = NULL, err[512];
+    size_t cap = 0;
+    ssize_t n;
+    uint64_t line_no = 0;
+    int64_t offset = 0;
+    int rc = 0;
+
+    r->fast_shard_ids[file] = true;
+    while (rc == 0 && (n = getline(&line, &cap, f)) >= 0) {
+        struct line_record rec = {0};
+        line_no++;
+        r->lines++;
+        json_t *root = parse_line(line, (size_t)n, &rec, err, sizeof err);
+        if (root != NULL) {
+            if (note_good_line(r, file, &rec, line, (size_t)n, offset,
+                               line_no) != 0) {
+                fprintf(stderr,
+                        "podium replay: %s:%" PRIu64 ": out of memory\n", path,
+                        line_no);
+                rc = 1;
+            }
+        } else {
+            r->bad_lines++;
+            progress_end(r);
+            fprintf(stderr, "podium replay: %s:%" PRIu64 ": %s; %s\n", path,
+                    line_no, err,
+                    r->opts.skip_bad_lines
+                        ? "line skipped"
+                        : "nothing was applied; fix the line or pass "
+                          "--on-bad-line skip");
+            if (!r->opts.skip_bad_lines)
+                rc = 1;
+        }
+        free(rec.data);
+        json_decref(root);
+        offset += n;
+        r->progress.done_bytes += (uint64_t)n;
+        progress_check(r, log_now_ms(), false);
+    }
+    if (rc == 0 && ferror(f)) {
+        progress_end(r);
+        fprintf(stderr, "podium replay: failed to read %s: %s\n", path,
+                strerror(errno));
+        rc = 2;
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+/* Append the user records of rec to a new head of c. Returns 0 or -1 when
+ * out of memory. */
+static int load_head(struct shard_cursor *c, const struct line_record *rec)
+{
+    struct kpl_user_record *users;
+    size_t count;
+    enum kpl_result kind = split_record(rec, &users, &count);
+    if (kind == KPL_ERROR)
+        return -1;
+    c->head = shard_batch_new(c->shard_id);
+    c->next = 0;
+    int rc = c->head == NULL ? -1 : 0;
+    if (rc == 0 && kind == KPL_NOT_AGGREGATE)
+        rc = shard_batch_add(c->head, rec->data, rec->len, rec->seq,
+                             rec->subseq < 0 ? 0 : rec->subseq, rec->arrival_ms,
+                             rec->partition_key);
+    char key[KPL_MAX_PARTITION_KEY_BYTES + 1];
+    for (size_t i = 0; rc == 0 && kind == KPL_AGGREGATE && i < count; i++) {
+        /* kpl.h caps keys at KPL_MAX_PARTITION_KEY_BYTES. */
+        memcpy(key, users[i].partition_key, users[i].partition_key_len);
+        key[users[i].partition_key_len] = '\0';
+        rc = shard_batch_add(c->head, users[i].data, users[i].len, rec->seq,
+                             (int64_t)i, rec->arrival_ms, key);
+    }
+    free(users);
+    return rc == 0 ? 0 : -1;
+}
+
+/*
+ * Move c to the start of the next file that contains lines of its shard,
+ * or mark it done. Returns 0, or -1 after printing why.
+ */
+static int open_next_file(struct replay *r, struct shard_cursor *c)
+{
+    while (c->file < r->opts.file_count && c->spans[c->file].first_offset < 0)
+        c->file++;
+    if (c->file == r->opts.file_count)
+        return 0;
+    const char *path = r->opts.files[c->file];
+    const struct shard_span *span = &c->spans[c->file];
+    c->f = fopen(path, "r");
+    if (c->f == NULL ||
+        fseeko(c->f, (off_t)span->first_offset, SEEK_SET) != 0) {
+        fprintf(stderr,
+                "podium replay: failed to read %s again for shard %s: %s\n",
+                path, c->shard_id, strerror(errno));
+        return -1;
+    }
+    c->offset = span->first_offset;
+    c->line_no = span->first_line - 1;
+    return 0;
+}
+
+/* Tell whether a line read in the second pass may belong to c's shard, from
+ * the ShardId found without parsing where that is exact. */
+static bool may_be_of_shard(const struct replay *r,
+                            const struct shard_cursor *c, size_t n)
+{
+    if (!r->fast_shard_ids[c->file])
+        return true;
+    const char *id;
+    size_t len;
+    return find_shard_id(r->line, n, &id, &len) && len == strlen(c->shard_id) &&
+           memcmp(id, c->shard_id, len) == 0;
+}
+
+/*
+ * Read the next Kinesis record of c's shard into c->head. Returns 1 when
+ * one was read, 0 when the shard has no more, -1 after printing why.
+ */
+static int read_next_record(struct replay *r, struct shard_cursor *c)
+{
+    char err[512];
+    while (c->file < r->opts.file_count) {
+        if (c->f == NULL) {
+            if (open_next_file(r, c) != 0)
+                return -1;
+            continue;
+        }
+        const char *path = r->opts.files[c->file];
+        if (c->offset >= c->spans[c->file].end_offset) {
+            fclose(c->f);
+            c->f = NULL;
+            c->file++;
+            continue;
+        }
+        ssize_t n = getline(&r->line, &r->line_cap, c->f);
+        if (n < 0) {
+            fprintf(stderr,
+                    "podium replay: %s ended before line %" PRIu64
+                    " of its first reading; do not change a recording while "
+                    "it is replayed\n",
+                    path, c->line_no + 1);
+            return -1;
+        }
+        c->line_no++;
+        c->offset += n;
+        if (!may_be_of_shard(r, c, (size_t)n))
+            continue;
+
+        struct line_record rec = {0};
+        json_t *root = parse_line(r->line, (size_t)n, &rec, err, sizeof err);
+        if (root == NULL) {
+            free(rec.data);
+            if (r->opts.skip_bad_lines)
+                continue; /* reported and counted by the first pass */
+            fprintf(stderr,
+                    "podium replay: %s:%" PRIu64 ": %s; the line was good "
+                    "when first read, so the file changed during the "
+                    "replay\n",
+                    path, c->line_no, err);
+            return -1;
+        }
+        int rc = 0;
+        if (strcmp(rec.shard_id, c->shard_id) == 0) {
+            rc = load_head(c, &rec) == 0 ? 1 : -1;
+            if (rc < 0)
+                fprintf(stderr,
+                        "podium replay: %s:%" PRIu64 ": out of memory\n", path,
+                        c->line_no);
+        }
+        free(rec.data);
+        json_decref(root);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Make c->head hold a record not yet merged, unless the shard has no more.
+ * Returns 0 or -1 after printing why. */
+static int fill_cursor(struct replay *r, struct shard_cursor *c)
+{
+    while (c->head == NULL || c->next >= c->head->count) {
+        shard_batch_free(c->head);
+        c->head = NULL;
+        int rc = read_next_record(r, c);
+        if (rc <= 0)
+            return rc;
+    }
+    return 0;
+}
+
+/*
+ * The cursor whose next record comes first in the order of the merge of
+ * `podium run` (daemon/merge.c) once every record is held: by arrival
+ * time, then by shard id. *out is NULL when every record was merged.
+ * Returns 0 or -1 after printing why.
+ */
+static int first_cursor(struct replay *r, struct shard_cursor **out)
+{
+    struct shard_cursor *best = NULL;
+    *out = NULL;
+    for (size_t i = 0; i < r->cursor_count; i++) {
+        struct shard_cursor *c = &r->cursors[i];
+        if (fill_cursor(r, c) != 0)
+            return -1;
+        if (c->head == NULL)
+            continue;
+        if (best == NULL) {
+            best = c;
+            continue;
+        }
+        int64_t a = c->head->records[c->next].arrival_ms;
+        int64_t b = best->head->records[best->next].arrival_ms;
+        if (a < b || (a == b && strcmp(c->shard_id, best->shard_id) < 0))
+            best = c;
+    }
+    *out = best;
+    return 0;
+}
+
+/* Tell whether rec is a later user record of the same KPL aggregate as the
+ * record of c merged last, so no job may start between them. */
+static bool continues_aggregate(const struct shard_cursor *c,
+                                const struct shard_record *rec)
+{
+    return c->merged_any && strcmp(c->prev_seq, rec->seq) == 0 &&
+           rec->subseq > c->prev_subseq;
+}
+
+/* ---- cutting the merge into jobs ------------------------------------ */
+
+static void draft_free(struct job_draft *draft)
+{
+    pipeline_work_free(draft->work);
+    memset(draft, 0, sizeof *draft);
 }
 
 /*
  * Tell whether a record arriving at arrival_ms starts a new job. It does
- * when the open job contains batch_size Kinesis records or, at --speed
- * X > 0, spans REPLAY_SPAN_MS of stream time, so that a job waits for its
- * newest record at most that long.
+ * when the draft contains batch_size Kinesis records or, at --speed X > 0,
+ * spans REPLAY_SPAN_MS of stream time, so that a job waits for its newest
+ * record at most that long. Never between two records of one arrival
+ * millisecond: the pipeline puts those in a canonical order only within a
+ * job.
  */
-static bool starts_job(const struct replay *r, const struct work_list *list,
+static bool starts_job(const struct replay *r, const struct job_draft *draft,
                        int64_t batch_size, int64_t arrival_ms)
 {
-    if (list->open == NULL || list->open_records >= batch_size)
+    if (arrival_ms == draft->last_arrival_ms)
+        return false;
+    if (draft->kinesis_records >= batch_size)
         return true;
     return r->opts.speed > 0 &&
-           arrival_ms - list->open->first_arrival_ms >= REPLAY_SPAN_MS;
+           arrival_ms - draft->first_arrival_ms >= REPLAY_SPAN_MS;
 }
 
-/*
- * The segment of shard_id at the end of the open job, starting a new job
- * when starts_job() returns true. NULL when out of memory.
- */
-static struct shard_batch *segment_for(struct replay *r, struct work_list *list,
-                                       const char *shard_id, int64_t batch_size,
-                                       int64_t arrival_ms, bool may_start_job)
+/* The segment of shard_id at the end of the draft. NULL when out of
+ * memory. */
+static struct shard_batch *segment_for(struct job_draft *draft,
+                                       const char *shard_id)
 {
-    if (list->open == NULL ||
-        (may_start_job && starts_job(r, list, batch_size, arrival_ms))) {
-        struct pipeline_work *work = calloc(1, sizeof *work);
-        if (work == NULL || list_push(list, work, arrival_ms) != 0) {
-            free(work);
-            return NULL;
-        }
-        /* Taken after the push, whose realloc may move the items. */
-        list->open = &list->items[list->count - 1];
-        list->open_records = 0;
-    }
-    if (arrival_ms > list->open->newest_arrival_ms)
-        list->open->newest_arrival_ms = arrival_ms;
-    struct pipeline_work *work = list->open->work;
+    struct pipeline_work *work = draft->work;
     if (work->segment_count > 0) {
         struct shard_batch *last = work->segments[work->segment_count - 1];
         if (strcmp(last->shard_id, shard_id) == 0)
@@ -339,216 +886,96 @@ static struct shard_batch *segment_for(struct replay *r, struct work_list *list,
     return segment;
 }
 
-/* Append one Kinesis record, split when it is a KPL aggregate. */
-/* The records of one shard in file order, with the next one to merge. */
-struct shard_input {
-    struct shard_batch *batch;
-    size_t next;
-};
-
-/* The input of shard_id, created when it is new. NULL when out of memory. */
-static struct shard_input *input_for(struct replay *r, const char *shard_id)
+/* Add the next record of c to the draft. Returns 0 or -1 when out of
+ * memory. */
+static int draft_add(struct job_draft *draft, struct shard_cursor *c,
+                     bool continued)
 {
-    for (size_t i = 0; i < r->shard_count; i++) {
-        if (strcmp(r->shards[i].batch->shard_id, shard_id) == 0)
-            return &r->shards[i];
-    }
-    if (r->shard_count == r->shard_cap) {
-        size_t cap = r->shard_cap ? r->shard_cap * 2 : 8;
-        struct shard_input *p = realloc(r->shards, cap * sizeof *p);
-        if (p == NULL)
-            return NULL;
-        r->shards = p;
-        r->shard_cap = cap;
-    }
-    struct shard_batch *batch = shard_batch_new(shard_id);
-    if (batch == NULL)
-        return NULL;
-    r->shards[r->shard_count] = (struct shard_input){batch, 0};
-    return &r->shards[r->shard_count++];
-}
-
-static void free_inputs(struct replay *r)
-{
-    for (size_t i = 0; i < r->shard_count; i++)
-        shard_batch_free(r->shards[i].batch);
-    free(r->shards);
-    r->shards = NULL;
-    r->shard_count = r->shard_cap = 0;
-}
-
-/* Append one Kinesis record to its shard, split when it is a KPL
- * aggregate. */
-static int add_record(struct replay *r, const struct line_record *rec)
-{
-    struct shard_input *in = input_for(r, rec->shard_id);
-    if (in == NULL)
-        return -1;
-    r->kinesis_records++;
-
-    /* A line with SubSequenceNumber is already one user record. */
-    struct kpl_user_record *users = NULL;
-    size_t count = 0;
-    enum kpl_result kind = KPL_NOT_AGGREGATE;
-    if (rec->subseq < 0)
-        kind = kpl_deaggregate(rec->data, rec->len, &users, &count);
-    if (kind == KPL_ERROR)
-        return -1;
-    if (kind == KPL_NOT_AGGREGATE) {
-        r->user_records++;
-        return shard_batch_add(in->batch, rec->data, rec->len, rec->seq,
-                               rec->subseq < 0 ? 0 : rec->subseq,
-                               rec->arrival_ms, rec->partition_key);
-    }
-    int rc = 0;
-    char key[KPL_MAX_PARTITION_KEY_BYTES + 1];
-    for (size_t i = 0; rc == 0 && i < count; i++) {
-        /* kpl.h caps keys at KPL_MAX_PARTITION_KEY_BYTES. */
-        memcpy(key, users[i].partition_key, users[i].partition_key_len);
-        key[users[i].partition_key_len] = '\0';
-        rc = shard_batch_add(in->batch, users[i].data, users[i].len, rec->seq,
-                             (int64_t)i, rec->arrival_ms, key);
-        r->user_records++;
-    }
-    free(users);
-    return rc;
-}
-
-/*
- * The input whose next record comes first in the order of the merge of
- * `podium run` (daemon/merge.c) once every record is held: by arrival
- * time, then by shard id. NULL when every record was taken.
- */
-static struct shard_input *first_input(struct replay *r)
-{
-    struct shard_input *best = NULL;
-    for (size_t i = 0; i < r->shard_count; i++) {
-        struct shard_input *in = &r->shards[i];
-        if (in->next >= in->batch->count)
-            continue;
-        if (best == NULL) {
-            best = in;
-            continue;
-        }
-        int64_t a = in->batch->records[in->next].arrival_ms;
-        int64_t b = best->batch->records[best->next].arrival_ms;
-        if (a < b ||
-            (a == b && strcmp(in->batch->shard_id, best->batch->shard_id) < 0))
-            best = in;
-    }
-    return best;
-}
-
-/* Tell whether record i of batch is a later user record of the same KPL
- * aggregate as record i - 1, so no job may start between them. */
-static bool continues_aggregate(const struct shard_batch *batch, size_t i)
-{
-    if (i == 0)
-        return false;
-    const struct shard_record *prev = &batch->records[i - 1];
-    const struct shard_record *rec = &batch->records[i];
-    return strcmp(prev->seq, rec->seq) == 0 && rec->subseq > prev->subseq;
-}
-
-/*
- * Build the jobs from the records of every shard, merged in the order of
- * `podium run`. batch_size counts Kinesis records, so the user records of
- * one aggregate always share a job. Returns 0 or -1 when out of memory.
- */
-static int build_jobs(struct replay *r, struct work_list *list)
-{
-    int64_t batch_size =
-        r->opts.batch_size > 0 ? r->opts.batch_size : r->cfg.max_records;
-    struct shard_input *in;
-
-    while ((in = first_input(r)) != NULL) {
-        const struct shard_record *rec = &in->batch->records[in->next];
-        bool continued = continues_aggregate(in->batch, in->next);
-        struct shard_batch *segment =
-            segment_for(r, list, in->batch->shard_id, batch_size,
-                        rec->arrival_ms, !continued);
-        if (segment == NULL ||
-            shard_batch_add(segment, rec->data, rec->len, rec->seq, rec->subseq,
-                            rec->arrival_ms, rec->partition_key) != 0)
+    const struct shard_record *rec = &c->head->records[c->next];
+    if (draft->work == NULL) {
+        draft->work = calloc(1, sizeof *draft->work);
+        if (draft->work == NULL)
             return -1;
-        if (!continued)
-            list->open_records++;
-        in->next++;
+        draft->first_arrival_ms = draft->newest_arrival_ms = rec->arrival_ms;
     }
+    struct shard_batch *segment = segment_for(draft, c->shard_id);
+    if (segment == NULL ||
+        shard_batch_add(segment, rec->data, rec->len, rec->seq, rec->subseq,
+                        rec->arrival_ms, rec->partition_key) != 0)
+        return -1;
+    if (rec->arrival_ms > draft->newest_arrival_ms)
+        draft->newest_arrival_ms = rec->arrival_ms;
+    draft->last_arrival_ms = rec->arrival_ms;
+    if (!continued)
+        draft->kinesis_records++;
+    draft->user_records++;
+
+    snprintf(c->prev_seq, sizeof c->prev_seq, "%s", rec->seq);
+    c->prev_subseq = rec->subseq;
+    c->merged_any = true;
+    c->next++;
     return 0;
 }
 
 /*
- * Read one file into the shard inputs of r. Returns 0; 1 after a bad line under
- * --on-bad-line fail or on a runtime failure; 2 when the file cannot be read.
+ * Prepare the draft for the pipeline: no checkpoint is stored (see above),
+ * and the first shard id is listed as completed so that the pipeline
+ * reports the commit through the batch_committed hook. Returns 0 or -1
+ * when out of memory.
  */
-static int read_file(struct replay *r, const char *path)
+static int draft_finish(struct job_draft *draft)
 {
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        fprintf(stderr,
-                "podium replay: cannot read %s: %s; check the path and its "
-                "permissions\n",
-                path, strerror(errno));
-        return 2;
+    struct pipeline_work *work = draft->work;
+    for (size_t i = 0; i < work->segment_count; i++) {
+        free(work->segments[i]->checkpoint_seq);
+        work->segments[i]->checkpoint_seq = NULL;
     }
-    char *line = NULL, err[512];
-    size_t cap = 0;
-    ssize_t n;
-    uint64_t line_no = 0;
-    int rc = 0;
-
-    while (rc == 0 && (n = getline(&line, &cap, f)) >= 0) {
-        json_error_t jerr;
-        struct line_record rec = {0};
-        line_no++;
-        r->lines++;
-        json_t *root =
-            json_loadb(line, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
-        if (root == NULL)
-            snprintf(err, sizeof err, "not JSON: %s at column %d", jerr.text,
-                     jerr.column);
-        if (root != NULL && check_fields(root, &rec, err, sizeof err) == 0) {
-            if (add_record(r, &rec) != 0) {
-                fprintf(stderr,
-                        "podium replay: %s:%" PRIu64 ": out of memory\n", path,
-                        line_no);
-                rc = 1;
-            }
-        } else {
-            r->bad_lines++;
-            fprintf(stderr, "podium replay: %s:%" PRIu64 ": %s; %s\n", path,
-                    line_no, err,
-                    r->opts.skip_bad_lines
-                        ? "line skipped"
-                        : "nothing was applied; fix the line or pass "
-                          "--on-bad-line skip");
-            if (!r->opts.skip_bad_lines)
-                rc = 1;
-        }
-        free(rec.data);
-        json_decref(root);
-    }
-    if (rc == 0 && ferror(f)) {
-        fprintf(stderr, "podium replay: failed to read %s: %s\n", path,
-                strerror(errno));
-        rc = 2;
-    }
-    free(line);
-    fclose(f);
-    return rc;
+    work->completed_shards = malloc(sizeof *work->completed_shards);
+    if (work->completed_shards == NULL)
+        return -1;
+    work->completed_shards[0] = strdup(work->segments[0]->shard_id);
+    if (work->completed_shards[0] == NULL)
+        return -1;
+    work->completed_count = 1;
+    return 0;
 }
 
-/* The checkpoints of a replayed position are never stored (see above). */
-static void drop_checkpoints(struct work_list *list)
+/*
+ * Build the next job from the merge into r->ready. batch_size counts
+ * Kinesis records, so the user records of one aggregate always share a
+ * job. Returns 1 when a job was built, 0 at the end of the input, -1 after
+ * printing why.
+ */
+static int build_job(struct replay *r)
 {
-    for (size_t i = 0; i < list->count; i++) {
-        struct pipeline_work *work = list->items[i].work;
-        for (size_t j = 0; j < work->segment_count; j++) {
-            free(work->segments[j]->checkpoint_seq);
-            work->segments[j]->checkpoint_seq = NULL;
+    int64_t batch_size =
+        r->opts.batch_size > 0 ? r->opts.batch_size : r->cfg.max_records;
+    struct job_draft *draft = &r->ready;
+    struct shard_cursor *c;
+
+    for (;;) {
+        if (first_cursor(r, &c) != 0)
+            return -1;
+        if (c == NULL)
+            break;
+        const struct shard_record *rec = &c->head->records[c->next];
+        bool continued = continues_aggregate(c, rec);
+        if (draft->work != NULL && !continued &&
+            starts_job(r, draft, batch_size, rec->arrival_ms))
+            break;
+        if (draft_add(draft, c, continued) != 0) {
+            fprintf(stderr, "podium replay: out of memory while building a "
+                            "job\n");
+            return -1;
         }
     }
+    if (draft->work == NULL)
+        return 0;
+    if (draft_finish(draft) != 0) {
+        fprintf(stderr, "podium replay: out of memory while building a job\n");
+        return -1;
+    }
+    return 1;
 }
 
 /* ---- the loop ------------------------------------------------------ */
@@ -557,6 +984,8 @@ static void on_message(void *arg, int64_t id, const char *topic,
                        const char *payload, size_t len)
 {
     struct replay *r = arg;
+    if (r->publisher == NULL)
+        return; /* closing after a failure: it stays in the outbox */
     if (publisher_submit(r->publisher, id, topic, payload, len) != 0) {
         struct log_ids ids = {.topic = topic};
         log_error("main", &ids,
@@ -567,10 +996,23 @@ static void on_message(void *arg, int64_t id, const char *topic,
     }
 }
 
+static bool submit_due_jobs(struct replay *r, int64_t now);
+
+/* A job of the replay committed: count its records and submit the next. */
 static void on_committed(void *arg, const char *shard_id)
 {
-    (void)arg;
+    struct replay *r = arg;
     (void)shard_id;
+    if (r->in_flight_count == 0)
+        return;
+    r->committed_user_records += r->in_flight[r->in_flight_head];
+    r->in_flight_head = (r->in_flight_head + 1) % REPLAY_JOBS_IN_FLIGHT;
+    r->in_flight_count--;
+    if (r->phase != REPLAY_APPLYING)
+        return;
+    int64_t now = log_now_ms();
+    submit_due_jobs(r, now);
+    progress_replay(r, now, false);
 }
 
 static void on_ack(void *arg, int64_t id)
@@ -614,7 +1056,8 @@ static void on_pipeline_fatal(void *arg, const char *message)
 }
 
 /*
- * Submit the jobs whose newest record is due: all of them at --speed 0,
+ * Submit the jobs whose newest record is due, while fewer than
+ * REPLAY_JOBS_IN_FLIGHT wait for the pipeline: every job at --speed 0,
  * else those whose arrival time is at most speed times the wall time since
  * the start past the first arrival. After the last job, queue closing
  * every open second, because the input ends there. Returns true while
@@ -622,23 +1065,43 @@ static void on_pipeline_fatal(void *arg, const char *message)
  */
 static bool submit_due_jobs(struct replay *r, int64_t now)
 {
-    struct work_list *list = &r->jobs;
-    if (list->next > list->count)
-        return false; /* every job and the close were submitted */
-    double due = INFINITY;
-    if (r->opts.speed > 0 && list->count > 0)
-        due = (double)list->items[0].first_arrival_ms +
-              (double)(now - r->started_ms) * r->opts.speed;
-    while (list->next < list->count &&
-           (double)list->items[list->next].newest_arrival_ms <= due) {
-        pipeline_submit_work(r->pipeline, list->items[list->next].work);
-        list->next++;
+    if (r->close_queued)
+        return false;
+    while (r->in_flight_count < REPLAY_JOBS_IN_FLIGHT) {
+        if (r->ready.work == NULL && !r->input_done) {
+            int rc = build_job(r);
+            if (rc < 0) {
+                r->exit_code = 1;
+                close_all(r);
+                return false;
+            }
+            if (rc == 0)
+                r->input_done = true;
+        }
+        if (r->ready.work == NULL)
+            break;
+        if (!r->have_first_arrival) {
+            r->first_arrival_ms = r->ready.first_arrival_ms;
+            r->have_first_arrival = true;
+        }
+        if (r->opts.speed > 0 &&
+            (double)r->ready.newest_arrival_ms >
+                (double)r->first_arrival_ms +
+                    (double)(now - r->started_ms) * r->opts.speed)
+            return true;
+        size_t slot =
+            (r->in_flight_head + r->in_flight_count) % REPLAY_JOBS_IN_FLIGHT;
+        r->in_flight[slot] = r->ready.user_records;
+        r->in_flight_count++;
+        struct pipeline_work *work = r->ready.work;
+        memset(&r->ready, 0, sizeof r->ready);
+        pipeline_submit_work(r->pipeline, work);
     }
-    if (list->next < list->count)
+    if (!r->input_done || r->ready.work != NULL)
         return true;
     /* The end of the input closes every second still open. */
     pipeline_submit_close_all(r->pipeline);
-    list->next = list->count + 1;
+    r->close_queued = true;
     return false;
 }
 
@@ -649,8 +1112,13 @@ static void on_tick(uv_timer_t *timer)
 
     switch (r->phase) {
     case REPLAY_APPLYING:
+        progress_replay(r, now, false);
         if (submit_due_jobs(r, now) || !pipeline_idle(r->pipeline))
             return;
+        if (r->phase != REPLAY_APPLYING)
+            return; /* failed */
+        progress_replay(r, now, true);
+        progress_end(r);
         r->phase = REPLAY_PUBLISHING;
         r->deadline_ms = now + r->opts.publish_timeout_s * 1000;
         return;
@@ -745,31 +1213,56 @@ static int start_publisher(struct replay *r)
     return 0;
 }
 
+static uint64_t sum_counters(const atomic_uint_fast64_t *counters, size_t n)
+{
+    uint64_t sum = 0;
+    for (size_t i = 0; i < n; i++)
+        sum += (uint64_t)atomic_load(&counters[i]);
+    return sum;
+}
+
 static void print_summary(struct replay *r)
 {
     const struct pipeline_counters *c =
         r->pipeline ? pipeline_counters(r->pipeline) : NULL;
+    uint64_t outcomes[AGG_OUTCOME_COUNT] = {0};
+    uint64_t rejected = 0;
+    if (c != NULL) {
+        for (size_t i = 0; i < AGG_OUTCOME_COUNT; i++)
+            outcomes[i] = (uint64_t)c->outcomes[i];
+        rejected = sum_counters(c->rejected, AGG_REJECT_COUNT) +
+                   (uint64_t)c->missing_key_rejected;
+    }
     printf("{\"files\":%zu,\"lines\":%" PRIu64 ",\"bad_lines\":%" PRIu64
            ",\"kinesis_records\":%" PRIu64 ",\"user_records\":%" PRIu64
            ",\"applied\":%" PRIu64 ",\"duplicates\":%" PRIu64
-           ",\"messages\":%" PRIu64 "}\n",
+           ",\"rejected\":%" PRIu64 ",\"late_amended\":%" PRIu64
+           ",\"late_dropped\":%" PRIu64 ",\"too_late\":%" PRIu64
+           ",\"quarantined\":%" PRIu64 ",\"messages\":%" PRIu64 "}\n",
            r->opts.file_count, r->lines, r->bad_lines, r->kinesis_records,
            r->user_records, c ? (uint64_t)c->records_applied : 0,
-           c ? (uint64_t)c->duplicates : 0,
+           c ? (uint64_t)c->duplicates : 0, rejected,
+           outcomes[AGG_LATE_AMENDED], outcomes[AGG_LATE_DROPPED],
+           outcomes[AGG_TOO_LATE],
+           outcomes[AGG_QUARANTINED_SKEW] + outcomes[AGG_QUARANTINED_JUMP],
            c ? (uint64_t)c->messages_built : 0);
     if (r->bad_lines > 0 && r->opts.skip_bad_lines)
         fprintf(stderr, "podium replay: skipped %" PRIu64 " bad lines\n",
                 r->bad_lines);
 }
 
-static int replay_files(struct replay *r)
+/*
+ * First pass over every file: an unreadable file is a usage error (2),
+ * whatever the files before it contain, and a bad line under
+ * --on-bad-line fail ends the replay (1) before anything is applied.
+ */
+static int check_files(struct replay *r)
 {
-    struct work_list *list = &r->jobs;
-    int rc = 0;
-
-    /* An unreadable file is a usage error, whatever the files before it
-     * contain. */
+    r->fast_shard_ids = calloc(r->opts.file_count, sizeof *r->fast_shard_ids);
+    if (r->fast_shard_ids == NULL)
+        return 1;
     for (size_t i = 0; i < r->opts.file_count; i++) {
+        struct stat st;
         FILE *f = fopen(r->opts.files[i], "r");
         if (f == NULL) {
             fprintf(stderr,
@@ -778,31 +1271,43 @@ static int replay_files(struct replay *r)
                     r->opts.files[i], strerror(errno));
             return 2;
         }
+        if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode))
+            r->progress.total_bytes += (uint64_t)st.st_size;
         fclose(f);
     }
+    r->progress.started_ms = log_now_ms();
+    int rc = 0;
     for (size_t i = 0; rc == 0 && i < r->opts.file_count; i++)
-        rc = read_file(r, r->opts.files[i]);
-    if (rc == 0 && build_jobs(r, list) != 0) {
-        fprintf(stderr, "podium replay: out of memory while building the "
-                        "jobs\n");
-        rc = 1;
-    }
-    free_inputs(r);
+        rc = check_file(r, i);
+    if (rc == 0)
+        progress_check(r, log_now_ms(), true);
+    progress_end(r);
+    return rc;
+}
+
+static int replay_files(struct replay *r)
+{
+    int rc;
+
+    progress_init(r);
+    rc = check_files(r);
     if (rc != 0) {
-        list_free(list);
+        free_cursors(r);
+        free(r->fast_shard_ids);
         return rc;
     }
-    drop_checkpoints(list);
     if (aws_credentials_from_env(&r->creds) != 0 &&
         r->cfg.transport == CFG_TRANSPORT_IOT) {
         fprintf(stderr, "podium replay: no AWS credentials for "
                         "publish.transport=iot: set AWS_ACCESS_KEY_ID and "
                         "AWS_SECRET_ACCESS_KEY\n");
-        list_free(list);
+        free_cursors(r);
+        free(r->fast_shard_ids);
         return 2;
     }
     if (uv_loop_init(&r->loop) != 0) {
-        list_free(list);
+        free_cursors(r);
+        free(r->fast_shard_ids);
         return 1;
     }
     uv_timer_init(&r->loop, &r->tick);
@@ -812,13 +1317,18 @@ static int replay_files(struct replay *r)
         rc = 1;
     } else {
         r->started_ms = log_now_ms();
+        r->progress.started_ms = r->started_ms;
+        r->progress.drawn_ms = 0;
         submit_due_jobs(r, r->started_ms);
         uv_timer_start(&r->tick, on_tick, REPLAY_TICK_MS, REPLAY_TICK_MS);
     }
     if (rc != 0)
         close_all(r);
     uv_run(&r->loop, UV_RUN_DEFAULT);
-    list_free(list);
+    progress_end(r);
+    draft_free(&r->ready);
+    free_cursors(r);
+    free(r->fast_shard_ids);
     if (rc == 0)
         rc = r->exit_code;
     if (rc == 0 || r->pipeline != NULL)
@@ -852,6 +1362,8 @@ static void replay_usage(FILE *out)
           "                       when they pass first\n"
           "  --on-bad-line MODE   fail (default): report the line and apply\n"
           "                       nothing; skip: report it, go on, count it\n"
+          "  --progress WHEN      auto (default): a progress bar on standard\n"
+          "                       error when it is a terminal; always; never\n"
           "  --config FILE, --set KEY=VALUE   as for run\n",
           out);
 }
@@ -864,6 +1376,7 @@ static int parse_replay_args(int argc, char **argv, struct replay_options *o,
         {"speed", required_argument, NULL, 'x'},
         {"on-bad-line", required_argument, NULL, 'l'},
         {"publish-timeout", required_argument, NULL, 't'},
+        {"progress", required_argument, NULL, 'p'},
         {"config", required_argument, NULL, 'c'},
         {"set", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},
@@ -922,6 +1435,21 @@ static int parse_replay_args(int argc, char **argv, struct replay_options *o,
                     "skip or fail\n",
                     optarg);
             return 2;
+        case 'p':
+            if (strcmp(optarg, "auto") == 0) {
+                o->progress = PROGRESS_AUTO;
+            } else if (strcmp(optarg, "always") == 0) {
+                o->progress = PROGRESS_ALWAYS;
+            } else if (strcmp(optarg, "never") == 0) {
+                o->progress = PROGRESS_NEVER;
+            } else {
+                fprintf(stderr,
+                        "podium replay: invalid --progress \"%s\": expected "
+                        "auto, always or never\n",
+                        optarg);
+                return 2;
+            }
+            break;
         case 'c':
             common->config_file = optarg;
             break;
