@@ -442,6 +442,19 @@ int record_import(const struct import_options *opts)
     struct importer im = {.opts = opts};
     int rc = 0;
 
+    /* An unreadable file is a usage error, whatever the files before it
+     * contain, as for podium replay. */
+    for (size_t i = 0; i < opts->file_count; i++) {
+        FILE *f = fopen(opts->files[i], "rb");
+        if (f == NULL) {
+            fprintf(stderr,
+                    "podium record: cannot read %s: %s; check the path and "
+                    "its permissions\n",
+                    opts->files[i], strerror(errno));
+            return 2;
+        }
+        fclose(f);
+    }
     sb_init(&im.out, SIZE_MAX / 2);
     for (size_t i = 0; i < opts->file_count; i++) {
         int file_rc = import_file(&im, opts->files[i]);

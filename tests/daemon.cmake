@@ -6,6 +6,8 @@ podium_test(test_determinism test_determinism.c
     LIBS podium_daemon PkgConfig::SQLITE3)
 # The /metrics text without a running daemon.
 podium_test(test_metrics test_metrics.c LIBS podium_daemon)
+# Recording lines and the arrival times of aws kinesis get-records output.
+podium_test(test_recording test_recording.c LIBS podium_daemon)
 
 # End-to-end tests: the podium binary against kinesalite (or kinesis-local)
 # and mosquitto, started by tools/peers.sh on loopback ports. They need
@@ -42,6 +44,8 @@ podium_e2e_test(e2e_kpl kpl.sh)
 podium_e2e_test(e2e_determinism determinism.sh)
 # One recording replayed: same bytes at any batch size, same as run.
 podium_e2e_test(e2e_replay replay.sh)
+# podium record --import of aws kinesis get-records output; no peers.
+podium_e2e_test(e2e_record_import record-import.sh)
 # Replay of records sharing arrival milliseconds, and its progress bar.
 podium_e2e_test(e2e_replay_stream replay-stream.sh)
 
