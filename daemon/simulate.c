@@ -12,9 +12,25 @@
  * bytes put again with the same partition key a second later, as a producer
  * retry would do.
  *
+ * Faults, each a seeded fraction, for testing the paths that handle them:
+ * - malformed: the record is not valid telemetry: not JSON (cut in half),
+ *   invalid UTF-8 in the name, racerId missing, or cadence out of range,
+ *   one of them by a seeded choice;
+ * - late: the record is held back and put after the records of
+ *   race.allowed_lateness_s + 3 seconds later, so its second is already
+ *   published when it arrives;
+ * - skew: a rider whose device clock is off by a seeded whole number of
+ *   seconds from -max to 2 x max, where max is race.max_future_skew_s, so
+ *   about a third of them are ahead by more than max and quarantined.
+ * Malformed and late records are drawn only among riders with a correct
+ * clock and are never sent twice, so every fault is counted once. The
+ * faults draw from their own random sequence, so a seed without faults
+ * writes the same records as before they existed.
+ *
  * Output goes to a stream (PutRecords, at most 500 records a call, failed
  * entries retried) or to a file in the recording format: one JSON object a
- * line with the Kinesis field names, Data in base64.
+ * line with the Kinesis field names, Data in base64. A file may spread the
+ * records over --shards shards by partition key.
  */
 #include "daemon/daemon.h"
 
@@ -34,6 +50,9 @@
 #define SIM_MAX_RACERS  100000
 #define SIM_MAX_CLASSES 999
 #define SIM_MAX_SECONDS 86400
+#define SIM_MAX_SHARDS  64
+/* Seconds a late record is held back beyond race.allowed_lateness_s. */
+#define SIM_LATE_EXTRA_S 3
 /* How long to wait for a stream to become ACTIVE: 60 x 0.5 s. */
 #define SIM_MAX_WAITS    60
 #define SIM_WAIT_STEP_MS 500
@@ -54,6 +73,10 @@ struct sim_options {
     int64_t classes;
     uint64_t seed;
     double duplicates;
+    double malformed;
+    double late;
+    double skew;
+    int64_t shards; /* shards of a file; 1 for a stream */
     const char *out_file;
     const char *stream;
     int64_t start_ms;
@@ -69,13 +92,29 @@ struct rider {
     int64_t cadence_max;
     int64_t resistance_min;
     int64_t resistance_max;
+    int64_t clock_offset_ms; /* device clock minus true time (--skew) */
 };
+
+/* Kinds of --malformed records, picked by the fault sequence. */
+enum sim_malformed {
+    SIM_NOT_JSON,
+    SIM_INVALID_UTF8,
+    SIM_MISSING_FIELD,
+    SIM_VALUE_RANGE,
+    SIM_MALFORMED_KINDS
+};
+
+/* The dead-letter reason of each kind, as the aggregator names it. */
+static const char *const malformed_names[SIM_MALFORMED_KINDS] = {
+    "not_json", "invalid_utf8", "missing_field", "value_range"};
 
 struct sim_record {
     char *data;
     size_t len;
     char partition_key[16];
-    int64_t device_ts_ms;
+    int64_t device_ts_ms;   /* as the rider's device shows it */
+    int64_t true_ts_ms;     /* without the device's clock offset */
+    int64_t release_second; /* late: put after this second; else 0 */
 };
 
 /* ---- deterministic randomness (splitmix64) ----------------------- */
@@ -157,7 +196,9 @@ static int make_record(struct rng *r, const struct sim_options *o,
     char uuid[37];
 
     rng_uuid(r, uuid);
-    out->device_ts_ms = o->start_ms + second * 1000 + rng_range(r, 0, 199);
+    out->true_ts_ms = o->start_ms + second * 1000 + rng_range(r, 0, 199);
+    out->device_ts_ms = out->true_ts_ms + rd->clock_offset_ms;
+    out->release_second = 0;
     snprintf(out->partition_key, sizeof out->partition_key, "%" PRId64,
              rng_range(r, 0, 99999999));
 
@@ -184,23 +225,91 @@ static int make_record(struct rng *r, const struct sim_options *o,
     return 0;
 }
 
+/* ---- faults --------------------------------------------------------- */
+
+/* Replace len bytes at offset of rec->data with text. Returns 0 or -1 when
+ * out of memory. */
+static int splice(struct sim_record *rec, size_t offset, size_t len,
+                  const char *text, size_t text_len)
+{
+    size_t new_len = rec->len - len + text_len;
+    char *data = malloc(new_len + 1);
+    if (data == NULL)
+        return -1;
+    memcpy(data, rec->data, offset);
+    memcpy(data + offset, text, text_len);
+    memcpy(data + offset + text_len, rec->data + offset + len,
+           rec->len - offset - len);
+    data[new_len] = '\0';
+    free(rec->data);
+    rec->data = data;
+    rec->len = new_len;
+    return 0;
+}
+
+/* The offset just past "name": in rec, which make_record() always writes. */
+static size_t field_value_offset(const struct sim_record *rec, const char *name)
+{
+    const char *p = strstr(rec->data, name);
+    return p == NULL ? rec->len : (size_t)(p - rec->data) + strlen(name);
+}
+
+/* Turn rec into a record of the given malformed kind. Returns 0 or -1 when
+ * out of memory. */
+static int make_malformed(struct sim_record *rec, enum sim_malformed kind)
+{
+    size_t at, end;
+    switch (kind) {
+    case SIM_NOT_JSON:
+        rec->len /= 2;
+        rec->data[rec->len] = '\0';
+        return 0;
+    case SIM_INVALID_UTF8:
+        /* 0xff never occurs in UTF-8. */
+        at = field_value_offset(rec, "\"name\":\"");
+        return splice(rec, at, 1, "\xff", 1);
+    case SIM_MISSING_FIELD:
+        at = field_value_offset(rec, ",\"racerId\":");
+        end = at + strcspn(rec->data + at, ",");
+        at -= strlen(",\"racerId\":");
+        return splice(rec, at, end - at, "", 0);
+    case SIM_VALUE_RANGE:
+        at = field_value_offset(rec, "\"cadence\":");
+        end = at + strcspn(rec->data + at, ",");
+        return splice(rec, at, end - at, "1234.5", 6);
+    default:
+        return -1;
+    }
+}
+
 /* ---- the run: records second by second -------------------------- */
 
 struct sim_state {
     struct sim_options opts;
     struct rng rng;
+    struct rng fault_rng; /* --malformed, --late and --skew only */
     struct rider *riders;
     int64_t next_second;        /* next second to generate */
     struct sim_record *retries; /* duplicates to put after this second */
     size_t retry_count;
     size_t retry_cap;
+    struct sim_record *held; /* late records, in the order generated */
+    size_t held_count;
+    size_t held_cap;
+    int64_t late_delay_s;      /* race.allowed_lateness_s + SIM_LATE_EXTRA_S */
+    int64_t max_future_skew_s; /* race.max_future_skew_s */
     uint64_t records;
     uint64_t duplicates;
+    uint64_t malformed[SIM_MALFORMED_KINDS];
+    uint64_t late;
+    uint64_t skewed_riders;
+    uint64_t skewed_beyond_limit; /* records ahead by more than the limit */
 
     /* file output */
     FILE *out;
     uint64_t sequence;
     int64_t last_arrival_ms;
+    char shard_id[32];
 
     /* stream output */
     uv_loop_t loop;
@@ -225,20 +334,31 @@ static int emit_file(struct sim_state *st, const struct sim_record *rec)
         return -1;
     base64_encode((const uint8_t *)rec->data, rec->len, b64);
 
-    /* Arrival follows the device clock by a small delay and, like a real
-     * shard's, never goes backwards within this one-shard recording. */
-    int64_t arrival = rec->device_ts_ms + 150;
+    /* Arrival follows the true time by a small delay and, like a real
+     * shard's, never goes backwards, here across all shards of the file. A
+     * late record gets a millisecond of its own after the records it was
+     * held behind. */
+    int64_t arrival = rec->true_ts_ms + 150;
     if (arrival < st->last_arrival_ms)
         arrival = st->last_arrival_ms;
+    if (rec->release_second > 0 && arrival == st->last_arrival_ms)
+        arrival++;
     st->last_arrival_ms = arrival;
     st->sequence++;
+    /* FNV-1a of the partition key picks the shard. Kinesis maps the MD5
+     * of the key to hash key ranges instead. */
+    uint32_t hash = 2166136261u;
+    for (const char *p = rec->partition_key; *p; p++)
+        hash = (hash ^ (uint8_t)*p) * 16777619u;
+    snprintf(st->shard_id, sizeof st->shard_id, "shardId-%012" PRIu32,
+             st->opts.shards > 1 ? hash % (uint32_t)st->opts.shards : 0);
     int rc = fprintf(st->out,
-                     "{\"ShardId\":\"shardId-000000000000\","
+                     "{\"ShardId\":\"%s\","
                      "\"SequenceNumber\":\"49%054" PRIu64 "\","
                      "\"ApproximateArrivalTimestamp\":%" PRId64 ".%03" PRId64
                      ",\"PartitionKey\":\"%s\","
                      "\"Data\":\"%s\"}\n",
-                     st->sequence, arrival / 1000, arrival % 1000,
+                     st->shard_id, st->sequence, arrival / 1000, arrival % 1000,
                      rec->partition_key, b64);
     free(b64);
     return rc < 0 ? -1 : 0;
@@ -253,18 +373,92 @@ static int emit(struct sim_state *st, const struct sim_record *rec)
                               rec->partition_key);
 }
 
-static int keep_retry(struct sim_state *st, struct sim_record *rec)
+/* Append rec (taking its data) to a list. Returns 0 or -1 when out of
+ * memory. */
+static int keep_record(struct sim_record **items, size_t *count, size_t *cap,
+                       struct sim_record *rec)
 {
-    if (st->retry_count == st->retry_cap) {
-        size_t cap = st->retry_cap ? st->retry_cap * 2 : 64;
-        struct sim_record *p = realloc(st->retries, cap * sizeof *p);
+    if (*count == *cap) {
+        size_t new_cap = *cap ? *cap * 2 : 64;
+        struct sim_record *p = realloc(*items, new_cap * sizeof *p);
         if (p == NULL)
             return -1;
-        st->retries = p;
-        st->retry_cap = cap;
+        *items = p;
+        *cap = new_cap;
     }
-    st->retries[st->retry_count++] = *rec;
+    (*items)[(*count)++] = *rec;
     return 0;
+}
+
+static int keep_retry(struct sim_state *st, struct sim_record *rec)
+{
+    return keep_record(&st->retries, &st->retry_count, &st->retry_cap, rec);
+}
+
+/* Emit the late records due after second, keeping the others in order. */
+static int release_held(struct sim_state *st, int64_t second)
+{
+    int rc = 0;
+    size_t kept = 0;
+    for (size_t i = 0; i < st->held_count; i++) {
+        struct sim_record *rec = &st->held[i];
+        if (rec->release_second > second) {
+            st->held[kept++] = *rec;
+            continue;
+        }
+        if (rc == 0)
+            rc = emit(st, rec);
+        free(rec->data);
+    }
+    st->held_count = kept;
+    return rc;
+}
+
+/*
+ * Apply the faults to a new record of rider rd at second: it may become
+ * malformed, or be held back as late. *duplicate is cleared for both, so
+ * that each fault is counted once. Returns 0 or -1 when out of memory.
+ */
+static int apply_faults(struct sim_state *st, const struct rider *rd,
+                        int64_t second, struct sim_record *rec, bool *duplicate)
+{
+    const struct sim_options *o = &st->opts;
+    if (rd->clock_offset_ms > st->max_future_skew_s * 1000)
+        st->skewed_beyond_limit++;
+    if (rd->clock_offset_ms != 0)
+        return 0;
+    if (o->malformed > 0 && rng_chance(&st->fault_rng, o->malformed)) {
+        enum sim_malformed kind = (enum sim_malformed)rng_range(
+            &st->fault_rng, 0, SIM_MALFORMED_KINDS - 1);
+        st->malformed[kind]++;
+        *duplicate = false;
+        return make_malformed(rec, kind);
+    }
+    if (o->late > 0 && second + st->late_delay_s <= o->seconds &&
+        rng_chance(&st->fault_rng, o->late)) {
+        rec->release_second = second + st->late_delay_s;
+        st->late++;
+        *duplicate = false;
+    }
+    return 0;
+}
+
+/* Give a seeded fraction of the riders a device clock that is off. */
+static void skew_clocks(struct sim_state *st)
+{
+    int64_t max = st->max_future_skew_s > 0 ? st->max_future_skew_s : 1;
+    if (st->opts.skew <= 0)
+        return;
+    for (int64_t i = 0; i < st->opts.racers; i++) {
+        if (!rng_chance(&st->fault_rng, st->opts.skew))
+            continue;
+        /* Whole seconds from -max to 2 x max, without 0. */
+        int64_t offset_s = rng_range(&st->fault_rng, -max, 2 * max - 1);
+        if (offset_s >= 0)
+            offset_s++;
+        st->riders[i].clock_offset_ms = offset_s * 1000;
+        st->skewed_riders++;
+    }
 }
 
 /* Emit the duplicates held back from the previous second. */
@@ -298,9 +492,21 @@ static int emit_second(struct sim_state *st)
     for (int64_t i = 0; i < st->opts.racers && rc == 0; i++) {
         struct sim_record rec;
         rc = make_record(&st->rng, &st->opts, &st->riders[i], second, &rec);
+        if (rc != 0)
+            break;
+        /* Drawn before the faults so that they leave this sequence as it
+         * is without them. */
+        bool duplicate = rng_chance(&st->rng, st->opts.duplicates);
+        rc = apply_faults(st, &st->riders[i], second, &rec, &duplicate);
+        if (rc == 0 && rec.release_second > 0) {
+            rc = keep_record(&st->held, &st->held_count, &st->held_cap, &rec);
+            if (rc != 0)
+                free(rec.data);
+            continue;
+        }
         if (rc == 0)
             rc = emit(st, &rec);
-        if (rc == 0 && rng_chance(&st->rng, st->opts.duplicates))
+        if (rc == 0 && duplicate)
             rc = keep_retry(st, &rec);
         else
             free(rec.data);
@@ -312,6 +518,8 @@ static int emit_second(struct sim_state *st)
         free(previous[i].data);
     }
     free(previous);
+    if (rc == 0)
+        rc = release_held(st, second);
     return rc;
 }
 
@@ -336,6 +544,8 @@ static int run_to_file(struct sim_state *st)
         rc = emit_second(st);
     if (rc == 0)
         rc = flush_retries(st);
+    if (rc == 0)
+        rc = release_held(st, INT64_MAX);
     if (fflush(st->out) != 0 || (!to_stdout && fclose(st->out) != 0))
         rc = -1;
     if (rc != 0) {
@@ -386,7 +596,7 @@ static void on_feed(uv_timer_t *timer)
     if (!all_generated(st) && st->exit_code == 0)
         return;
     uv_timer_stop(timer);
-    if (flush_retries(st) != 0)
+    if (flush_retries(st) != 0 || release_held(st, INT64_MAX) != 0)
         st->exit_code = 1;
     kinesis_putter_finish(st->putter, on_put_done, st);
 }
@@ -520,12 +730,22 @@ static void simulate_usage(FILE *out)
           "  --seed N          seed for repeatable runs (default 1)\n"
           "  --duplicates F    fraction 0..1 of messages put twice "
           "(default 0)\n"
+          "  --malformed F     fraction 0..1 of messages that are not valid\n"
+          "                    telemetry (default 0)\n"
+          "  --late F          fraction 0..1 of messages put after their "
+          "second\n"
+          "                    was published (default 0)\n"
+          "  --skew F          fraction 0..1 of riders whose device clock is "
+          "off,\n"
+          "                    some beyond race.max_future_skew_s (default "
+          "0)\n"
           "  --start-ms MS     device time of second 0, ms since the epoch\n"
           "                    (default: now)\n"
           "  --realtime        put second s at s seconds after the start\n"
           "  --stream NAME     put to this Kinesis stream (kinesis.endpoint)\n"
           "  --out FILE        write the recording format ('-' = standard "
           "output)\n"
+          "  --shards N        shards of the --out file, 1..64 (default 1)\n"
           "  --config FILE, --set KEY=VALUE   as for podium run\n",
           out);
 }
@@ -581,6 +801,14 @@ static int parse_sim_option(int opt, const char *arg, struct sim_options *o,
         return 0;
     case 'd':
         return parse_fraction("duplicates", arg, &o->duplicates);
+    case 'm':
+        return parse_fraction("malformed", arg, &o->malformed);
+    case 'L':
+        return parse_fraction("late", arg, &o->late);
+    case 'k':
+        return parse_fraction("skew", arg, &o->skew);
+    case 'H':
+        return parse_int("shards", arg, 1, SIM_MAX_SHARDS, &o->shards);
     case 't':
         return parse_int("start-ms", arg, 0, 253402300799999, &o->start_ms);
     case 'R':
@@ -610,6 +838,10 @@ static int parse_sim_args(int argc, char **argv, struct sim_options *o,
         {"classes", required_argument, NULL, 'C'},
         {"seed", required_argument, NULL, 'e'},
         {"duplicates", required_argument, NULL, 'd'},
+        {"malformed", required_argument, NULL, 'm'},
+        {"late", required_argument, NULL, 'L'},
+        {"skew", required_argument, NULL, 'k'},
+        {"shards", required_argument, NULL, 'H'},
         {"start-ms", required_argument, NULL, 't'},
         {"realtime", no_argument, NULL, 'R'},
         {"out", required_argument, NULL, 'o'},
@@ -633,6 +865,12 @@ static int parse_sim_args(int argc, char **argv, struct sim_options *o,
                         "and --out FILE\n");
         return -1;
     }
+    if (o->stream != NULL && o->shards != 1) {
+        fprintf(stderr, "podium simulate: --shards applies to --out only; "
+                        "the shards of a stream are set when it is "
+                        "created\n");
+        return -1;
+    }
     return 0;
 }
 
@@ -643,12 +881,20 @@ static void print_summary(const struct sim_state *st)
     FILE *out = st->opts.out_file != NULL && strcmp(st->opts.out_file, "-") == 0
                     ? stderr
                     : stdout;
+    fprintf(out, "{\"records\":%" PRIu64 ",\"duplicates\":%" PRIu64,
+            st->records, st->duplicates);
+    fprintf(out, ",\"malformed\":{");
+    for (int i = 0; i < SIM_MALFORMED_KINDS; i++)
+        fprintf(out, "%s\"%s\":%" PRIu64, i > 0 ? "," : "", malformed_names[i],
+                st->malformed[i]);
     fprintf(out,
-            "{\"records\":%" PRIu64 ",\"duplicates\":%" PRIu64
+            "},\"late\":%" PRIu64 ",\"skewed_riders\":%" PRIu64
+            ",\"skewed_beyond_limit\":%" PRIu64,
+            st->late, st->skewed_riders, st->skewed_beyond_limit);
+    fprintf(out,
             ",\"racers\":%" PRId64 ",\"seconds\":%" PRId64
             ",\"start_ms\":%" PRId64 ",\"races\":[",
-            st->records, st->duplicates, st->opts.racers, st->opts.seconds,
-            st->opts.start_ms);
+            st->opts.racers, st->opts.seconds, st->opts.start_ms);
     for (int64_t c = 1; c <= st->opts.classes && c <= st->opts.racers; c++)
         fprintf(out, "%s%" PRId64, c > 1 ? "," : "",
                 st->opts.start_ms / 300000 * 1000 + c);
@@ -665,7 +911,13 @@ int cmd_simulate(int argc, char **argv)
     if (st == NULL)
         return 1;
     st->opts = (struct sim_options){
-        1000, 300, 6, 1, 0, NULL, NULL, log_now_ms() / 1000 * 1000, false};
+        .racers = 1000,
+        .seconds = 300,
+        .classes = 6,
+        .seed = 1,
+        .shards = 1,
+        .start_ms = log_now_ms() / 1000 * 1000,
+    };
     rc = parse_sim_args(argc, argv, &st->opts, &common);
     if (rc != 0) {
         free(common.sets);
@@ -680,6 +932,9 @@ int cmd_simulate(int argc, char **argv)
     }
     log_set_level((enum log_level)cfg.log_level);
     st->rng.state = st->opts.seed;
+    st->fault_rng.state = st->opts.seed ^ 0x6a09e667f3bcc909ULL;
+    st->late_delay_s = (int64_t)cfg.allowed_lateness_s + SIM_LATE_EXTRA_S;
+    st->max_future_skew_s = cfg.max_future_skew_s;
     st->next_second = 1;
     st->riders = calloc((size_t)st->opts.racers, sizeof *st->riders);
     if (st->riders == NULL) {
@@ -688,6 +943,7 @@ int cmd_simulate(int argc, char **argv)
     }
     for (int64_t i = 0; i < st->opts.racers; i++)
         make_rider(&st->rng, &st->opts, i, &st->riders[i]);
+    skew_clocks(st);
 
     rc = st->opts.out_file != NULL ? run_to_file(st) : run_to_stream(st, &cfg);
     if (rc == 0)
@@ -696,6 +952,9 @@ out:
     for (size_t i = 0; i < st->retry_count; i++)
         free(st->retries[i].data);
     free(st->retries);
+    for (size_t i = 0; i < st->held_count; i++)
+        free(st->held[i].data);
+    free(st->held);
     free(st->riders);
     free(st);
     cfg_free(&cfg);

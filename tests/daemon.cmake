@@ -48,6 +48,8 @@ podium_e2e_test(e2e_replay replay.sh)
 podium_e2e_test(e2e_record_import record-import.sh)
 # Replay of records sharing arrival milliseconds, and its progress bar.
 podium_e2e_test(e2e_replay_stream replay-stream.sh)
+# podium simulate's malformed, late and skewed records, counted and replayed.
+podium_e2e_test(e2e_simulate_faults simulate-faults.sh)
 
 # The checker's own rules on hand-computed cases; needs only node.
 add_test(NAME e2e_checker_rules
