@@ -26,10 +26,14 @@
  * the checkpoint are dropped. A shard without a checkpoint starts at
  * TRIM_HORIZON when it has a known parent (a child after resharding), else
  * at the configured initial position (TRIM_HORIZON, LATEST or
- * AT_TIMESTAMP). Each batch carries the checkpoint the consumer stores with
- * it in the same transaction as its effects, and only the committed
- * checkpoint is used to build an iterator. Sequence numbers are compared as
- * decimal strings of any length, never as doubles.
+ * AT_TIMESTAMP). The exception is a child whose parents were already
+ * closed when they started at LATEST or AT_TIMESTAMP: nothing of them was
+ * read, so the child starts at that initial position too, and a reader
+ * started at LATEST after a split skips the records put before it.
+ * Each batch carries the checkpoint the consumer stores with it in the same
+ * transaction as its effects, and only the committed checkpoint is used to
+ * build an iterator. Sequence numbers are compared as decimal strings of
+ * any length, never as doubles.
  *
  * Retries. ExpiredIteratorException: one new GetShardIterator after the
  * committed checkpoint, never the dead iterator again. Throttling, 5xx,
@@ -126,6 +130,10 @@ struct shard {
     uint64_t known_since; /* list_generation when the shard was added */
     bool announced;       /* named in a parent's ChildShards */
     bool closed;          /* ListShards showed an EndingSequenceNumber */
+    /* Started at LATEST or AT_TIMESTAMP, without a checkpoint, while
+     * already closed: none of its records were read, so its children
+     * start at that initial position too. */
+    bool skipped_to_initial;
     enum shard_state state;
     /* Committed checkpoint (owned, NULL when none). */
     char *checkpoint_seq;
@@ -483,12 +491,21 @@ static void shard_backoff(struct shard *sh, const char *what,
 
 /* ---- GetShardIterator -------------------------------------------------- */
 
-/* True when sh has a parent that ListShards or a checkpoint mentioned. */
-static bool has_known_parent(const struct reader *rd, const struct shard *sh)
+/* True when parent_id is a known shard whose records this reader read or
+ * would have read, so that its child continues from TRIM_HORIZON. */
+static bool parent_was_read(const struct reader *rd, const char *parent_id)
 {
-    return (sh->parent_id != NULL && find_shard(rd, sh->parent_id)) ||
-           (sh->adjacent_parent_id != NULL &&
-            find_shard(rd, sh->adjacent_parent_id));
+    const struct shard *parent =
+        parent_id != NULL ? find_shard(rd, parent_id) : NULL;
+    return parent != NULL && !parent->skipped_to_initial;
+}
+
+/* True when sh has a parent that ListShards or a checkpoint mentioned and
+ * whose records were read. */
+static bool has_read_parent(const struct reader *rd, const struct shard *sh)
+{
+    return parent_was_read(rd, sh->parent_id) ||
+           parent_was_read(rd, sh->adjacent_parent_id);
 }
 
 /*
@@ -515,12 +532,14 @@ static int put_start_position(struct shard *sh, json_t *req)
             sh->skip_subseq = sh->checkpoint_subseq;
             rc |= sh->skip_seq == NULL ? -1 : 0;
         }
-    } else if (has_known_parent(rd, sh) ||
+    } else if (has_read_parent(rd, sh) ||
                rd->cfg.initial_position == READER_TRIM_HORIZON) {
         type = "TRIM_HORIZON";
     } else if (rd->cfg.initial_position == READER_LATEST) {
         type = "LATEST";
+        sh->skipped_to_initial = sh->closed;
     } else {
+        sh->skipped_to_initial = sh->closed;
         /* Timestamp is seconds since the epoch, as a JSON number. */
         double secs = (double)rd->cfg.initial_timestamp_ms / 1000.0;
         type = "AT_TIMESTAMP";
