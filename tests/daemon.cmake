@@ -44,6 +44,8 @@ podium_e2e_test(e2e_kpl kpl.sh)
 podium_e2e_test(e2e_determinism determinism.sh)
 # One recording replayed: same bytes at any batch size, same as run.
 podium_e2e_test(e2e_replay replay.sh)
+# podium record of a live 2-shard stream with a split and KPL aggregates.
+podium_e2e_test(e2e_record record.sh)
 # podium record --import of aws kinesis get-records output; no peers.
 podium_e2e_test(e2e_record_import record-import.sh)
 # Replay of records sharing arrival milliseconds, and its progress bar.
