@@ -7,18 +7,34 @@
  * request. Applying batches as they come would make the slower shard's
  * records late and reorder leaderboards. Instead, records wait here and
  * leave in the order of (ApproximateArrivalTimestamp, shard id, sequence),
- * and only up to the watermark: the smallest arrival time below which a
- * shard that is still behind might yet deliver a record. A shard bounds the
- * watermark by the arrival time of the newest record it has delivered, and
- * blocks it completely before its first reply. A caught-up, finished or not
- * yet started shard does not bound it.
+ * and only below the watermark: the arrival time from which a shard that is
+ * still behind might yet deliver a record. A shard bounds the watermark by
+ * the arrival time of the newest record it has delivered, because its next
+ * batch may hold more records of that same millisecond, and blocks it
+ * completely before its first reply. A caught-up, finished or not yet
+ * started shard does not bound it, and neither does the newest millisecond
+ * of a shard's last batch.
  *
- * The shard that bounds the watermark has, by that definition, all its held
- * records released, so its batch commits and it reads on: the merge always
- * makes progress. A shard that stalls (throttled, unreachable) would hold
- * back every other shard, so a record waits at most hold_limit_ms; after
- * that it is released anyway and the stalled shard's records, when they
- * come, are treated as late by the aggregator.
+ * A batch whose reply had fewer records than the GetRecords Limit and
+ * MillisBehindLatest 0 ends at the tip of its shard, so it does not hold
+ * back its newest millisecond: a live stream is not slowed by one poll
+ * interval. A record put later in that same millisecond is the exception.
+ *
+ * Records that share one arrival millisecond thus always leave together,
+ * in one job, whatever the batch boundaries and the number of shards. The
+ * pipeline applies such a group in an order of its own that depends only
+ * on the records' contents (daemon/pipeline.c), so which shard delivered
+ * which record cannot change what is published.
+ *
+ * The shard that bounds the watermark holds back only records of its newest
+ * millisecond. Once those are all that is left of its batch, the batch
+ * counts as done for the reader, which reads on while the records stay
+ * here, so the merge always makes progress. The committed checkpoint is the
+ * last record that left, so the held records are read again after a
+ * restart. A shard that stalls (throttled, unreachable) would hold back
+ * every other shard, so a record waits at most hold_limit_ms; after that it
+ * is released anyway and the stalled shard's records, when they come, are
+ * treated as late by the aggregator.
  *
  * Released records are copied into segments, runs of one shard each, so the
  * reader's batch can be freed as soon as all its records have left.
@@ -35,9 +51,15 @@ struct merge_slot {
     char *shard_id;
     struct shard_batch *batch; /* held, owned; NULL when none */
     size_t next;               /* first record not yet released */
-    int64_t added_ms;          /* wall time the batch arrived */
+    int64_t added_ms;          /* wall time the oldest held record arrived */
     int64_t newest_arrival_ms; /* newest arrival ever delivered */
     bool delivered;            /* some record was ever delivered */
+    /* The last batch reached the shard's tip or end, so no record of the
+     * newest millisecond can follow. */
+    bool newest_complete;
+    /* The reader was told that batch is done while records of its newest
+     * millisecond are still held, so it may deliver the next batch. */
+    bool handed_back;
 };
 
 struct merge {
@@ -102,24 +124,67 @@ static struct merge_slot *get_slot(struct merge *m, const char *shard_id)
 }
 
 /*
+ * Append the records and the end of batch to the held records of a slot
+ * whose previous batch was handed back. Returns 0 or -1 when out of memory.
+ */
+static int append_batch(struct merge_slot *slot,
+                        const struct shard_batch *batch)
+{
+    struct shard_batch *held = slot->batch;
+    for (size_t i = 0; i < batch->count; i++) {
+        const struct shard_record *r = &batch->records[i];
+        if (shard_batch_add(held, r->data, r->len, r->seq, r->subseq,
+                            r->arrival_ms, r->partition_key) != 0)
+            return -1;
+    }
+    if (batch->count == 0 && batch->checkpoint_seq != NULL) {
+        char *seq = strdup(batch->checkpoint_seq);
+        if (seq == NULL)
+            return -1;
+        free(held->checkpoint_seq);
+        held->checkpoint_seq = seq;
+        held->checkpoint_subseq = batch->checkpoint_subseq;
+    }
+    held->shard_end = batch->shard_end;
+    held->millis_behind = batch->millis_behind;
+    held->at_tip = batch->at_tip;
+    return 0;
+}
+
+/*
  * Hold a batch of the reader. The reader sends no second batch for a shard
- * before the first committed, so a slot contains at most one.
+ * before the first committed or was handed back, so a slot contains at
+ * most one, with the held records of a handed-back one in front.
  */
 void merge_add(struct merge *m, struct shard_batch *batch, int64_t now_ms)
 {
     struct merge_slot *slot = get_slot(m, batch->shard_id);
-    if (slot == NULL || slot->batch != NULL) {
+    const char *why = NULL;
+
+    if (slot == NULL)
+        why = "out of memory";
+    else if (slot->batch != NULL && !slot->handed_back)
+        why = "a batch is already held";
+    else if (slot->batch != NULL && append_batch(slot, batch) != 0)
+        why = "out of memory";
+    if (why != NULL) {
         /* Not committed, so the records are read again after a restart. */
         log_error("main", NULL, "failed to hold a batch of shard %s: %s",
-                  batch->shard_id,
-                  slot == NULL ? "out of memory" : "a batch is already held");
+                  batch->shard_id, why);
         shard_batch_free(batch);
         return;
     }
-    slot->batch = batch;
-    slot->next = 0;
-    slot->added_ms = now_ms;
-    if (batch->count > 0) {
+    if (slot->batch == NULL) {
+        slot->batch = batch;
+        slot->next = 0;
+        slot->added_ms = now_ms;
+    } else {
+        shard_batch_free(batch);
+        batch = slot->batch;
+    }
+    slot->handed_back = false;
+    slot->newest_complete = batch->at_tip || batch->shard_end;
+    if (batch->count > slot->next) {
         slot->newest_arrival_ms = batch->records[batch->count - 1].arrival_ms;
         slot->delivered = true;
     }
@@ -138,8 +203,9 @@ size_t merge_pending(const struct merge *m)
 /* ---- the watermark -------------------------------------------------- */
 
 /*
- * The watermark from the reader's view of its shards. Returns false when a
- * shard that is behind has delivered nothing yet, so nothing may leave.
+ * The watermark from the reader's view of its shards: records that arrived
+ * before it may leave. Returns false when a shard that is behind has
+ * delivered nothing yet, so nothing may leave.
  */
 static bool watermark(struct merge *m, const struct reader *rd, int64_t now_ms,
                       int64_t *out)
@@ -155,16 +221,19 @@ static bool watermark(struct merge *m, const struct reader *rd, int64_t now_ms,
         struct merge_slot *slot = find_slot(m, info.shard_id);
         if (slot == NULL || !slot->delivered)
             return false;
-        if (slot->newest_arrival_ms < w)
-            w = slot->newest_arrival_ms;
+        int64_t bound = slot->newest_arrival_ms;
+        if (slot->newest_complete)
+            bound++;
+        if (bound < w)
+            w = bound;
     }
     /* Records held past the limit leave whatever a stalled shard does. */
     for (size_t i = 0; i < m->count; i++) {
         struct merge_slot *slot = &m->slots[i];
         if (slot->batch != NULL && slot->batch->count > slot->next &&
             now_ms - slot->added_ms >= m->hold_limit_ms &&
-            slot->newest_arrival_ms > w)
-            w = slot->newest_arrival_ms;
+            slot->newest_arrival_ms >= w)
+            w = slot->newest_arrival_ms + 1;
     }
     *out = w;
     return true;
@@ -277,26 +346,47 @@ static bool slot_done(const struct merge_slot *slot)
 }
 
 /*
- * Move every record at or below w into work. On failure every slot is left
- * as it was, so the same records leave on a later call.
+ * True when what is left of slot's batch are records of its newest
+ * millisecond that only the slot's own shard holds back (that millisecond
+ * is the watermark w), so the reader may read on while they wait.
+ */
+static bool tail_only(const struct merge_slot *slot, int64_t w)
+{
+    const struct shard_batch *batch = slot->batch;
+    return batch != NULL && !slot->handed_back && !batch->shard_end &&
+           slot->next < batch->count &&
+           batch->records[slot->next].arrival_ms == slot->newest_arrival_ms &&
+           slot->newest_arrival_ms == w;
+}
+
+/*
+ * Move every record that arrived before w into work, and hand back the
+ * batches that are done or hold only their newest millisecond. On failure
+ * every slot is left as it was, so the same records leave on a later call.
  */
 static int collect(struct merge *m, int64_t w, struct pipeline_work *work)
 {
     size_t *saved = malloc((m->count ? m->count : 1) * sizeof *saved);
+    bool *handing = calloc(m->count ? m->count : 1, sizeof *handing);
     struct merge_slot *slot;
-    int rc = saved == NULL ? -1 : 0;
+    int rc = saved == NULL || handing == NULL ? -1 : 0;
 
     for (size_t i = 0; rc == 0 && i < m->count; i++)
         saved[i] = m->slots[i].next;
     while (rc == 0 && (slot = first_slot(m)) != NULL &&
-           slot->batch->records[slot->next].arrival_ms <= w)
+           slot->batch->records[slot->next].arrival_ms < w)
         rc = release_record(work, slot);
     for (size_t i = 0; rc == 0 && i < m->count; i++) {
-        if (slot_done(&m->slots[i]))
-            rc = complete_slot(work, &m->slots[i]);
+        slot = &m->slots[i];
+        if (slot_done(slot) && !slot->handed_back) {
+            rc = complete_slot(work, slot);
+        } else if (tail_only(slot, w)) {
+            handing[i] = true;
+            rc = work_push_completed(work, slot->shard_id);
+        }
     }
 
-    for (size_t i = 0; saved != NULL && i < m->count; i++) {
+    for (size_t i = 0; saved != NULL && handing != NULL && i < m->count; i++) {
         slot = &m->slots[i];
         if (rc != 0) {
             slot->next = saved[i];
@@ -304,8 +394,12 @@ static int collect(struct merge *m, int64_t w, struct pipeline_work *work)
             shard_batch_free(slot->batch);
             slot->batch = NULL;
             slot->next = 0;
+            slot->handed_back = false;
+        } else if (handing[i]) {
+            slot->handed_back = true;
         }
     }
+    free(handing);
     free(saved);
     return rc;
 }

@@ -14,6 +14,15 @@
  * records of a batch that did not commit are read again from the stored
  * checkpoint.
  *
+ * Records that share one ApproximateArrivalTimestamp millisecond come in
+ * one job (daemon/merge.c, daemon/replay.c), but their order there depends
+ * on the shards that delivered them. Such a group is applied in an order
+ * of their contents instead: valid records by (deviceTimestamp, uuid),
+ * then rejected ones, each by their bytes, with the shard and sequence
+ * number last for identical bytes. So one shard or many, the same records
+ * close the same seconds, win the same conflicts and publish the same
+ * bytes.
+ *
  * The aggregator's memory changes while the job runs. If the commit fails,
  * memory and database disagree, so the pipeline stops taking jobs and
  * reports a fatal error; the daemon exits and the next start rebuilds the
@@ -34,6 +43,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/seqnum.h"
 #include "common/sjson.h"
 #include "common/strbuf.h"
 #include "publisher/publisher.h"
@@ -47,6 +57,16 @@
 #define PIPELINE_EXPIRE_PER_JOB 20000
 
 enum job_kind { JOB_BATCH, JOB_TICK, JOB_CLOSE_ALL, JOB_ACKS };
+
+/* A record of a job with its shard and, once decoded, its contents. */
+struct group_entry {
+    const char *shard_id;
+    const struct shard_record *r;
+    bool valid;
+    struct agg_record rec;      /* when valid */
+    struct agg_reject_info why; /* when not valid */
+    struct sjson_doc *doc;      /* owned; when valid */
+};
 
 struct out_message {
     int64_t id;
@@ -95,6 +115,8 @@ struct pipeline {
     /* Worker-side scratch, used only by the running job. */
     struct job *current;
     const char *current_shard;
+    struct group_entry *group; /* records of one arrival millisecond */
+    size_t group_cap;
     struct strbuf ids[3];
     struct strbuf topic;
     struct strbuf key;
@@ -256,6 +278,7 @@ void pipeline_free(struct pipeline *pl)
         sb_free(&pl->ids[i]);
     sb_free(&pl->topic);
     sb_free(&pl->key);
+    free(pl->group);
     free(pl);
 }
 
@@ -771,32 +794,110 @@ static int claim_and_apply(struct pipeline *pl, const struct shard_record *r,
     return 0;
 }
 
-static int process_record(struct pipeline *pl, const struct shard_record *r)
+/*
+ * Decode the record of e. Returns 0, with e->valid false when the record
+ * is rejected, or -1 when memory runs out.
+ */
+static int decode_entry(struct pipeline *pl, struct group_entry *e)
 {
-    struct agg_record rec;
-    struct agg_reject_info why;
-    struct sjson_doc *doc = NULL;
-
     count(&pl->counters.records_read);
-    if (agg_record_decode(r->data, r->len, pl->cfg->race_max_seconds, &rec,
-                          &why, &doc) != 0) {
-        if (why.reason == AGG_REJECT_NONE)
-            return -1; /* out of memory: the job fails and its records
-                          are read again after the restart */
-        return reject_record(pl, r, &why);
-    }
-    int rc = claim_and_apply(pl, r, &rec, sjson_doc_root(doc));
-    sjson_doc_free(doc);
+    e->doc = NULL;
+    e->valid =
+        agg_record_decode(e->r->data, e->r->len, pl->cfg->race_max_seconds,
+                          &e->rec, &e->why, &e->doc) == 0;
+    /* Out of memory: the job fails and its records are read again after
+     * the restart. */
+    return e->valid || e->why.reason != AGG_REJECT_NONE ? 0 : -1;
+}
+
+static int apply_entry(struct pipeline *pl, struct group_entry *e)
+{
+    pl->current_shard = e->shard_id;
+    if (!e->valid)
+        return reject_record(pl, e->r, &e->why);
+    int rc = claim_and_apply(pl, e->r, &e->rec, sjson_doc_root(e->doc));
+    sjson_doc_free(e->doc);
+    e->doc = NULL;
     return rc;
 }
 
-static int process_batch(struct pipeline *pl, struct shard_batch *batch)
+static int compare_bytes(const void *a, size_t a_len, const void *b,
+                         size_t b_len)
 {
-    pl->current_shard = batch->shard_id;
-    for (size_t i = 0; i < batch->count; i++) {
-        if (process_record(pl, &batch->records[i]) != 0)
-            return -1;
+    int c = memcmp(a, b, a_len < b_len ? a_len : b_len);
+    if (c != 0)
+        return c;
+    return a_len < b_len ? -1 : a_len > b_len;
+}
+
+/* The order of a group of one arrival millisecond (see the top). */
+static int compare_entries(const void *pa, const void *pb)
+{
+    const struct group_entry *a = pa, *b = pb;
+    int c;
+
+    if (a->valid != b->valid)
+        return a->valid ? -1 : 1;
+    if (a->valid) {
+        if (a->rec.device_ts_ms != b->rec.device_ts_ms)
+            return a->rec.device_ts_ms < b->rec.device_ts_ms ? -1 : 1;
+        c = compare_bytes(a->rec.uuid, a->rec.uuid_len, b->rec.uuid,
+                          b->rec.uuid_len);
+        if (c != 0)
+            return c;
     }
+    c = compare_bytes(a->r->data, a->r->len, b->r->data, b->r->len);
+    if (c != 0)
+        return c;
+    c = strcmp(a->shard_id, b->shard_id);
+    if (c != 0)
+        return c;
+    return seqnum_cmp_ext(a->r->seq, a->r->subseq, b->r->seq, b->r->subseq);
+}
+
+/* Decode, order and apply the n records of pl->group. */
+static int process_group(struct pipeline *pl, size_t n)
+{
+    struct group_entry *group = pl->group;
+    size_t decoded = 0;
+    int rc = 0;
+
+    while (rc == 0 && decoded < n)
+        rc = decode_entry(pl, &group[decoded++]);
+    if (rc == 0)
+        qsort(group, n, sizeof *group, compare_entries);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = apply_entry(pl, &group[i]);
+    /* After a failure some documents were never applied. */
+    for (size_t i = 0; i < decoded; i++) {
+        if (group[i].valid)
+            sjson_doc_free(group[i].doc);
+        group[i].doc = NULL;
+    }
+    return rc;
+}
+
+static int group_push(struct pipeline *pl, size_t n, const char *shard_id,
+                      const struct shard_record *r)
+{
+    if (n == pl->group_cap) {
+        size_t cap = pl->group_cap ? pl->group_cap * 2 : 64;
+        struct group_entry *p = realloc(pl->group, cap * sizeof *p);
+        if (p == NULL)
+            return -1;
+        pl->group = p;
+        pl->group_cap = cap;
+    }
+    pl->group[n].shard_id = shard_id;
+    pl->group[n].r = r;
+    pl->group[n].valid = false;
+    pl->group[n].doc = NULL;
+    return 0;
+}
+
+static int store_checkpoint(struct pipeline *pl,
+                            const struct shard_batch *batch)
+{
     if (batch->checkpoint_seq == NULL && !batch->shard_end)
         return 0;
 
@@ -807,6 +908,38 @@ static int process_batch(struct pipeline *pl, struct shard_batch *batch)
         .finished = batch->shard_end,
     };
     return store_checkpoint_put(pl->store, &cp);
+}
+
+/*
+ * Apply the records of work in its order, each run of records with one
+ * arrival millisecond as a group, then store the checkpoint of every
+ * segment. The store keeps the newest checkpoint of a shard, and all of
+ * them commit together.
+ */
+static int process_work(struct pipeline *pl, const struct pipeline_work *work)
+{
+    size_t n = 0;
+    int64_t group_ms = 0;
+    int rc = 0;
+
+    for (size_t s = 0; rc == 0 && s < work->segment_count; s++) {
+        const struct shard_batch *segment = work->segments[s];
+        for (size_t i = 0; rc == 0 && i < segment->count; i++) {
+            const struct shard_record *r = &segment->records[i];
+            if (n > 0 && r->arrival_ms != group_ms) {
+                rc = process_group(pl, n);
+                n = 0;
+            }
+            if (rc == 0)
+                rc = group_push(pl, n++, segment->shard_id, r);
+            group_ms = r->arrival_ms;
+        }
+    }
+    if (rc == 0 && n > 0)
+        rc = process_group(pl, n);
+    for (size_t s = 0; rc == 0 && s < work->segment_count; s++)
+        rc = store_checkpoint(pl, work->segments[s]);
+    return rc;
 }
 
 static int save_stream_time(struct pipeline *pl)
@@ -838,8 +971,7 @@ static int run_job(struct pipeline *pl, struct job *job)
     if (rc == 0) {
         switch (job->kind) {
         case JOB_BATCH:
-            for (size_t i = 0; rc == 0 && i < job->work->segment_count; i++)
-                rc = process_batch(pl, job->work->segments[i]);
+            rc = process_work(pl, job->work);
             break;
         case JOB_TICK:
             rc = agg_advance(pl->agg, job->now_ms);
@@ -861,8 +993,8 @@ static int run_job(struct pipeline *pl, struct job *job)
 }
 
 const uint64_t pipeline_commit_bounds_us[PIPELINE_COMMIT_BUCKETS] = {
-    1000, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000,
-    2500000, 5000000};
+    1000,   5000,   10000,   25000,   50000,  100000,
+    250000, 500000, 1000000, 2500000, 5000000};
 
 /* Count one committed job's time from BEGIN to COMMIT for the metrics. */
 static void observe_commit(struct pipeline *pl, uint64_t elapsed_us)

@@ -1146,6 +1146,10 @@ static void records_accept(struct shard *sh, json_t *root)
     sh->millis_behind =
         json_is_integer(behind) ? json_integer_value(behind) : -1;
     batch->millis_behind = sh->millis_behind;
+    /* A full reply may stop inside a run of records that share one arrival
+     * millisecond, and so may a reply that is still behind. */
+    batch->at_tip = sh->millis_behind == 0 &&
+                    json_array_size(items) < (size_t)sh->rd->cfg.max_records;
     sh->replied_empty = json_array_size(items) == 0;
     sh->last_reply_ms = uv_now(sh->rd->loop);
     if (batch->count == 0 && !batch->shard_end) {

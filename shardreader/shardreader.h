@@ -45,6 +45,9 @@ struct shard_batch {
     int64_t checkpoint_subseq;
     bool shard_end;        /* closed shard read to its end: store finished */
     int64_t millis_behind; /* MillisBehindLatest, -1 when absent */
+    /* The reply had fewer records than the GetRecords Limit and
+     * MillisBehindLatest 0: nothing more was waiting in the shard. */
+    bool at_tip;
 };
 
 void shard_batch_free(struct shard_batch *batch);

@@ -41,7 +41,8 @@ podium_e2e_test(e2e_outbox outbox.sh)
 # KPL aggregates, a bad aggregate as a dead letter, SIGKILL after an aggregate.
 podium_e2e_test(e2e_kpl kpl.sh)
 # One recording through a 1-shard and a 4-shard stream: the same messages.
-podium_e2e_test(e2e_determinism determinism.sh)
+podium_e2e_test(e2e_determinism determinism.sh per-second)
+podium_e2e_test(e2e_determinism_shared_arrival determinism.sh shared-arrival)
 # One recording replayed: same bytes at any batch size, same as run.
 podium_e2e_test(e2e_replay replay.sh)
 # podium record of a live 2-shard stream with a split and KPL aggregates.
@@ -52,6 +53,8 @@ podium_e2e_test(e2e_record_import record-import.sh)
 podium_e2e_test(e2e_replay_stream replay-stream.sh)
 # podium simulate's malformed, late and skewed records, counted and replayed.
 podium_e2e_test(e2e_simulate_faults simulate-faults.sh)
+# The golden race in tests/data/golden replayed at two batch sizes.
+podium_e2e_test(e2e_golden golden.sh)
 
 # The checker's own rules on hand-computed cases; needs only node.
 add_test(NAME e2e_checker_rules

@@ -19,6 +19,11 @@
  *    "delay_ms": 2000,              for "slow"
  *    "value": 5000}                 for "behind"
  *
+ * The fault "arrival" sets the ApproximateArrivalTimestamp of every record
+ * in a GetRecords reply whose PartitionKey starts with "@MS:" to MS
+ * milliseconds since the epoch. Two streams that received the same records
+ * so report the same arrival times, and many records can share one.
+ *
  * The first rule that matches and is within its window decides. GetRecords
  * names no shard, so the proxy learns each iterator's shard from the
  * GetShardIterator and GetRecords replies it relays.
@@ -180,6 +185,13 @@ function relay(req, res, body, action, shard, rule) {
     }
     if (out && fault === 'behind' && status === 200) {
       out.MillisBehindLatest = rule.value;
+      return reply(res, status, JSON.stringify(out));
+    }
+    if (out && fault === 'arrival' && status === 200) {
+      for (const record of out.Records || []) {
+        const m = /^@([0-9]+):/.exec(record.PartitionKey || '');
+        if (m) record.ApproximateArrivalTimestamp = Number(m[1]) / 1000;
+      }
       return reply(res, status, JSON.stringify(out));
     }
     if (out && fault === 'nochildren' && status === 200) {

@@ -19,10 +19,12 @@
  * not contain. So no record leaves before an earlier record of another
  * shard, which is what the watermark of merge.c ensures.
  *
- * NOTE: arrival times are unique here. Records of different shards with the
- * same ApproximateArrivalTimestamp leave the merge in shard id order, so one
- * of them can be late with 4 shards and on time with 1. No test covers that
- * case yet.
+ * A second run gives every record the end of its 2.5 s slot as its
+ * arrival time, as a producer that sends 2.5 s of records in one
+ * PutRecords call would see. Each such group mixes several seconds of a
+ * race, so the order inside a group decides what is late. The driver never
+ * splits a group between two jobs, as merge.c ensures, and the pipeline
+ * must apply each group the same way however the shards interleave it.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -330,8 +332,12 @@ static int gen_cmp(const void *pa, const void *pb)
     return a->order < b->order ? -1 : a->order > b->order;
 }
 
-/* The records of every race in arrival order, arrival times unique. */
-static struct gen_set *gen_races_new(uint64_t seed)
+/*
+ * The records of every race in arrival order. With group_ms 0 arrival
+ * times are unique; otherwise each is moved to the end of its group_ms
+ * slot, so many records share one.
+ */
+static struct gen_set *gen_races_new(uint64_t seed, int64_t group_ms)
 {
     struct gen_set *set = calloc(1, sizeof *set);
     uint64_t prng = seed;
@@ -393,11 +399,49 @@ static struct gen_set *gen_races_new(uint64_t seed)
     ASSERT_TRUE(after_close.uuid[0] != '\0');
 
     qsort(set->items, set->count, sizeof set->items[0], gen_cmp);
-    for (size_t i = 1; i < set->count; i++) {
+    for (size_t i = 0; group_ms > 0 && i < set->count; i++) {
+        int64_t t = set->items[i].arrival_ms;
+        set->items[i].arrival_ms = (t + group_ms - 1) / group_ms * group_ms;
+    }
+    for (size_t i = 1; group_ms == 0 && i < set->count; i++) {
         if (set->items[i].arrival_ms <= set->items[i - 1].arrival_ms)
             set->items[i].arrival_ms = set->items[i - 1].arrival_ms + 1;
     }
     return set;
+}
+
+/*
+ * Count the groups of one arrival time that contain two samples of one
+ * race at least allowed_lateness_s (2) seconds apart, so the later one
+ * applied first would close the earlier one's second.
+ */
+static size_t order_sensitive_groups(const struct gen_set *set)
+{
+    size_t groups = 0;
+    for (size_t first = 0, end; first < set->count; first = end) {
+        int low[RACE_COUNT], high[RACE_COUNT];
+        bool found = false;
+        for (int race = 0; race < RACE_COUNT; race++) {
+            low[race] = INT32_MAX;
+            high[race] = INT32_MIN;
+        }
+        for (end = first; end < set->count && set->items[end].arrival_ms ==
+                                                  set->items[first].arrival_ms;
+             end++) {
+            int race, second;
+            if (sscanf(set->items[end].data, "{\"uuid\":\"u-%d-%*d-%d", &race,
+                       &second) != 2 ||
+                race < 0 || race >= RACE_COUNT)
+                continue;
+            if (second < low[race])
+                low[race] = second;
+            if (second > high[race])
+                high[race] = second;
+            found = found || high[race] - low[race] >= 2;
+        }
+        groups += found;
+    }
+    return groups;
 }
 
 static void gen_set_free(struct gen_set *set)
@@ -633,7 +677,9 @@ static void deliver_window(struct harness *h, const struct gen_set *set,
 /*
  * Where the next window ends: at most span_ms of arrival time after its
  * first record, and before the first record that would put more than
- * max_records into the batch of its shard.
+ * max_records into the batch of its shard. A window never ends inside a
+ * group of one arrival time: it ends before the group or, when the group
+ * starts the window, after it, as the merge hands a group over whole.
  */
 static size_t window_end(const struct gen_set *set, const int *shard_of,
                          size_t first, int64_t span_ms, int max_records)
@@ -645,6 +691,14 @@ static size_t window_end(const struct gen_set *set, const int *shard_of,
            set->items[i].arrival_ms - set->items[first].arrival_ms < span_ms &&
            in_batch[shard_of[i]] < max_records)
         in_batch[shard_of[i++]]++;
+    while (i > first && i < set->count &&
+           set->items[i].arrival_ms == set->items[i - 1].arrival_ms)
+        i--;
+    if (i == first) {
+        while (i < set->count &&
+               set->items[i].arrival_ms == set->items[first].arrival_ms)
+            i++;
+    }
     return i;
 }
 
@@ -1077,22 +1131,30 @@ static void expect_counts(const struct outcome *out, const char *dump,
                  "second range dead letters");
 }
 
-static void run_deliveries(const char *late_policy, bool amend)
+/*
+ * Deliver one generated set in every way of deliveries[] and check that all
+ * publish and store the same. group_ms as for gen_races_new(); with 0 the
+ * counts of every kind of record are checked too.
+ */
+static void run_deliveries(const char *late_policy, bool amend,
+                           int64_t group_ms)
 {
-    struct gen_set *set = gen_races_new(20260101);
+    struct gen_set *set = gen_races_new(20260101, group_ms);
     struct outcome outs[DELIVERY_COUNT];
     char *dumps[DELIVERY_COUNT];
     char db[4096];
 
     /* The records rejected and conflicting on purpose would log warnings. */
     log_set_level(LOG_ERROR);
-    fprintf(stderr, "%zu records, %zu duplicates, %zu late, %zu too late\n",
+    fprintf(stderr,
+            "%zu records, %zu duplicates, %zu late, %zu too late, "
+            "%zu order-sensitive groups\n",
             set->count, set->kinds[GEN_DUPLICATE], set->kinds[GEN_LATE],
-            set->kinds[GEN_TOO_LATE]);
+            set->kinds[GEN_TOO_LATE], order_sensitive_groups(set));
     for (size_t i = 0; i < DELIVERY_COUNT; i++) {
         memset(&outs[i], 0, sizeof outs[i]);
-        snprintf(db, sizeof db, "%s/%s-%zu.db", test_tmpdir(),
-                 amend ? "amend" : "drop", i);
+        snprintf(db, sizeof db, "%s/%s-%" PRId64 "-%zu.db", test_tmpdir(),
+                 amend ? "amend" : "drop", group_ms, i);
         deliver(&deliveries[i], set, late_policy, db, &outs[i]);
         fprintf(stderr, "%s: %" PRIu64 " jobs, %zu messages\n",
                 deliveries[i].name, outs[i].jobs, outs[i].msg_count);
@@ -1100,9 +1162,18 @@ static void run_deliveries(const char *late_policy, bool amend)
     }
 
     const struct outcome *ref = &outs[0];
-    expect_counts(ref, dumps[0], set, amend);
     expect_numeric_tie(ref);
-    if (amend) {
+    if (group_ms > 0) {
+        /* The groups must be able to change what is late. */
+        ASSERT_TRUE(order_sensitive_groups(set) >= 10);
+        if (amend)
+            ASSERT_TRUE(ref->outcomes[AGG_LATE_AMENDED] > 0);
+        else
+            ASSERT_TRUE(ref->outcomes[AGG_LATE_DROPPED] > 0);
+    } else {
+        expect_counts(ref, dumps[0], set, amend);
+    }
+    if (amend && group_ms == 0) {
         /* Only idle closing publishes the last second of race 0, and the
          * sample that comes after it amends that second and the results. */
         ASSERT_TRUE(any_message_contains(ref,
@@ -1110,7 +1181,7 @@ static void run_deliveries(const char *late_policy, bool amend)
                                          "\"second\":30,\"revision\":1,"));
         ASSERT_TRUE(any_message_contains(ref, "podium/races/5988085001/results",
                                          "\"revision\":1,"));
-    } else {
+    } else if (!amend) {
         /* Nothing late is applied, so no race message is sent twice. Class
          * boards still change as each race adds its riders. */
         for (size_t i = 0; i < ref->msg_count; i++) {
@@ -1138,10 +1209,21 @@ static void run_deliveries(const char *late_policy, bool amend)
 
 TEST(determinism_under_amend_policy)
 {
-    run_deliveries("race.late_policy=amend", true);
+    run_deliveries("race.late_policy=amend", true, 0);
 }
 
 TEST(determinism_under_drop_policy)
 {
-    run_deliveries("race.late_policy=drop", false);
+    run_deliveries("race.late_policy=drop", false, 0);
+}
+
+/* 2.5 s of records share one arrival time, as one PutRecords call. */
+TEST(determinism_shared_arrival_amend)
+{
+    run_deliveries("race.late_policy=amend", true, 2500);
+}
+
+TEST(determinism_shared_arrival_drop)
+{
+    run_deliveries("race.late_policy=drop", false, 2500);
 }

@@ -6,8 +6,16 @@
 # published. On exit it stops everything it started and keeps the database
 # and logs.
 #
+# With --replay, the demo needs no Kinesis server and no broker: it
+# replays the golden race of tests/data/golden (80 riders in 3 classes, 60
+# seconds, with duplicates, malformed, late and skewed records) with
+# `podium replay` and publish.transport=file, and prints the leaderboards
+# the same way.
+#
 # With PODIUM_BIN set to a podium binary, the demo uses it and skips the
 # build.
+#
+#   bash tools/demo.sh [--replay]
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +25,10 @@ STREAM=race-telemetry
 SIMULATED_SECONDS=60
 # Bound on the wait for the last leaderboards, in seconds.
 SHOW_TIMEOUT_S=120
+GOLDEN_RECORDING="$REPO_DIR/tests/data/golden/race.jsonl"
+# The last second of the golden race (tools/make-golden.sh).
+GOLDEN_SECONDS=60
+MODE=live
 
 WORK_DIR=""
 STARTED_PIDS=()
@@ -48,7 +60,12 @@ cleanup() {
         done
         kill -KILL "$pid" 2>/dev/null
     done
-    if [[ -n "$WORK_DIR" ]]; then
+    if [[ -n "$WORK_DIR" && "$MODE" == replay ]]; then
+        echo
+        say "database: $WORK_DIR/podium.db"
+        say "log:      $WORK_DIR/podium.log (JSON lines)"
+        say "messages: $WORK_DIR/capture.txt (one 'TOPIC PAYLOAD' line each)"
+    elif [[ -n "$WORK_DIR" ]]; then
         bash "$REPO_DIR/tools/peers.sh" stop "$WORK_DIR"
         echo
         say "stopped podium, kinesalite and mosquitto"
@@ -85,9 +102,51 @@ create_stream() {
     done
 }
 
+# Replay the golden race into a file and print its leaderboards.
+replay_golden() {
+    local published="$WORK_DIR/published.jsonl" capture="$WORK_DIR/capture.txt"
+    say "podium replay of $GOLDEN_RECORDING (no Kinesis server, no broker)"
+    "$PODIUM_BIN" replay \
+        --set "store.path=$WORK_DIR/podium.db" \
+        --set publish.transport=file \
+        --set "publish.file=$published" \
+        "$GOLDEN_RECORDING" >"$WORK_DIR/summary.json" 2>"$WORK_DIR/podium.log" ||
+        die "podium replay failed: see $WORK_DIR/podium.log"
+    say "summary: $(cat "$WORK_DIR/summary.json")"
+
+    # The publish file contains {"topic":...,"payload":...} lines, and the
+    # viewer reads the 'TOPIC PAYLOAD' lines of mosquitto_sub -v.
+    node -e '
+const fs = require("fs");
+const lines = fs.readFileSync(process.argv[1], "utf8").split("\n").filter((l) => l !== "");
+const out = lines.map((l) => { const m = JSON.parse(l); return `${m.topic} ${JSON.stringify(m.payload)}`; });
+fs.writeFileSync(process.argv[2], out.join("\n") + "\n");
+' "$published" "$capture" || die "could not read $published"
+
+    say "leaderboards as published (race, second, revision, top 3 by total output):"
+    node "$REPO_DIR/tools/show-leaderboards.mjs" --follow "$capture" \
+        --last-second "$GOLDEN_SECONDS" --idle-s 1 --timeout-s 30 ||
+        die "not every race published second $GOLDEN_SECONDS: see $WORK_DIR/podium.log"
+}
+
 main() {
+    case "${1:-}" in
+    "") ;;
+    --replay) MODE=replay ;;
+    *) die "unknown argument '$1': run 'bash tools/demo.sh' or 'bash tools/demo.sh --replay'" ;;
+    esac
     bash "$REPO_DIR/tools/deps.sh"
     build
+
+    if [[ "$MODE" == replay ]]; then
+        [[ -r "$GOLDEN_RECORDING" ]] || die "$GOLDEN_RECORDING is missing: run tools/make-golden.sh"
+        WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/podium-demo.XXXXXX")"
+        trap cleanup EXIT
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
+        replay_golden
+        return 0
+    fi
 
     WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/podium-demo.XXXXXX")"
     trap cleanup EXIT

@@ -2,6 +2,7 @@
 // Helpers of tests/e2e/determinism.sh.
 //
 //   node determinism-tool.mjs put     --port P --stream NAME --recording FILE
+//                                     [--arrival-slot-ms N]
 //   node determinism-tool.mjs wait    --publish FILE --races ID,... --seconds N
 //                                     --classes N [--idle-s N] [--timeout-s N]
 //   node determinism-tool.mjs capture --publish FILE --out FILE
@@ -16,6 +17,14 @@
 //          same arrival time by shard id. A call that held several seconds
 //          of the race could thus make a record late on one stream and not
 //          on the other.
+//          With --arrival-slot-ms N it instead puts the records in the
+//          order of their ApproximateArrivalTimestamp in the recording,
+//          each with the PartitionKey "@SLOT:KEY", where SLOT is that time
+//          rounded up to a multiple of N ms and KEY its own key. The fault
+//          "arrival" of tests/kinesis-fault-proxy.js then reports SLOT as
+//          the arrival time, so every stream sees the same arrival times and
+//          all records of one slot share one, as if one producer call had
+//          sent them.
 // wait     waits until FILE, written by podium with publish.transport=file,
 //          has the results and the leaderboard of second N of every race,
 //          a leaderboard of every class 1..N, and has not grown for
@@ -81,8 +90,49 @@ function readRecordingBlocks(file) {
   return blocks;
 }
 
+// Returns the recording as blocks of { PartitionKey, Data }, one block per
+// arrival slot of slotMs, each key prefixed with "@SLOT:".
+function readRecordingSlots(file, slotMs) {
+  let text;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    return fail(`cannot read the recording ${file}: ${err.message}`);
+  }
+  const entries = [];
+  text.split('\n').forEach((line, index) => {
+    if (line === '') {
+      return;
+    }
+    let entry;
+    try {
+      entry = JSON.parse(line);
+    } catch (err) {
+      fail(`${file}:${index + 1}: invalid recording line: ${err.message}`);
+    }
+    const arrivalMs = Math.round(entry.ApproximateArrivalTimestamp * 1000);
+    if (!Number.isSafeInteger(arrivalMs)) {
+      fail(`${file}:${index + 1}: no numeric ApproximateArrivalTimestamp`);
+    }
+    const slot = Math.ceil(arrivalMs / slotMs) * slotMs;
+    entries.push({ slot, arrivalMs, index, PartitionKey: `@${slot}:${entry.PartitionKey}`, Data: entry.Data });
+  });
+  entries.sort((a, b) => a.arrivalMs - b.arrivalMs || a.index - b.index);
+  const blocks = [];
+  for (const entry of entries) {
+    if (blocks.length === 0 || blocks.at(-1).slot !== entry.slot) {
+      blocks.push({ slot: entry.slot, records: [] });
+    }
+    blocks.at(-1).records.push({ PartitionKey: entry.PartitionKey, Data: entry.Data });
+  }
+  return blocks.map((block) => block.records);
+}
+
 async function putRecording(options) {
-  const blocks = readRecordingBlocks(options.recording);
+  const blocks =
+    options.arrivalSlotMs > 0
+      ? readRecordingSlots(options.recording, options.arrivalSlotMs)
+      : readRecordingBlocks(options.recording);
   let count = 0;
   for (const block of blocks) {
     for (let start = 0; start < block.length; start += PUT_RECORDS_MAX) {
@@ -103,7 +153,7 @@ async function putRecording(options) {
   }
   console.error(
     `determinism-tool: put ${count} records of ${options.recording} to "${options.stream}" ` +
-      `in ${blocks.length} seconds`,
+      `in ${blocks.length} ${options.arrivalSlotMs > 0 ? 'arrival slots' : 'seconds'}`,
   );
 }
 
@@ -275,6 +325,7 @@ function parseOptions(argv) {
         port: { type: 'string' },
         stream: { type: 'string' },
         recording: { type: 'string' },
+        'arrival-slot-ms': { type: 'string', default: '0' },
         publish: { type: 'string' },
         races: { type: 'string' },
         seconds: { type: 'string' },
@@ -298,7 +349,7 @@ function parseOptions(argv) {
       return { error: `missing --${name} for ${mode}\n${usage}` };
     }
   }
-  for (const name of ['port', 'seconds', 'classes', 'idle-s', 'timeout-s']) {
+  for (const name of ['port', 'seconds', 'classes', 'idle-s', 'timeout-s', 'arrival-slot-ms']) {
     if (values[name] !== undefined && !/^\d+$/.test(values[name])) {
       return { error: `invalid --${name} '${values[name]}': expected a non-negative integer` };
     }
@@ -308,6 +359,7 @@ function parseOptions(argv) {
     port: Number(values.port),
     stream: values.stream,
     recording: values.recording,
+    arrivalSlotMs: Number(values['arrival-slot-ms']),
     publish: values.publish,
     races: values.races?.split(',') ?? [],
     seconds: Number(values.seconds),

@@ -2,17 +2,29 @@
 # The same recording through a 1-shard and a 4-shard stream must publish the
 # same messages.
 #
+#   determinism.sh per-second       real arrival times, one put per second
+#   determinism.sh shared-arrival   2.5 s of records share an arrival time
+#
 # podium simulate writes 200 riders x 60 seconds in 4 classes, with 5%
 # duplicates, to a file. The file is put once to a 1-shard and once to a
-# 4-shard kinesalite stream, one PutRecords call per second of the race
-# (determinism-tool.mjs explains why). Two podium run processes then read
-# the streams at the same time with publish.transport=file, one with
+# 4-shard kinesalite stream. Two podium run processes then read the streams
+# at the same time with publish.transport=file, one with
 # kinesis.max_records=10000 and one with 37, until every race has its
 # results and its last leaderboard. The two publish files must contain the
 # same messages per topic, in the same order, byte for byte except "ts".
-# "ts" is the newest ApproximateArrivalTimestamp, which kinesalite sets anew
-# for each put, so the checker verifies it per stream instead, together
-# with every other rule.
+#
+# per-second puts one PutRecords call per second of the race
+# (determinism-tool.mjs explains why). "ts" is the newest
+# ApproximateArrivalTimestamp, which kinesalite sets anew for each put, so
+# the checker verifies it per stream instead, together with every other
+# rule.
+#
+# shared-arrival puts the records in the recording's arrival order, and
+# podium and the checker read both streams through the fault proxy, which
+# reports the end of each record's 2.5 s slot of the recording as its
+# arrival time. Hundreds of records of several seconds then share one
+# arrival time, which the 37-record batches of the 4-shard stream cut
+# apart, and both streams report the same arrival times.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -34,13 +46,14 @@ start_kinesalite() {
     e2e_log "kinesalite on 127.0.0.1:$KINESIS_PORT"
 }
 
-# start_podium NAME STREAM MAX_RECORDS: podium run on STREAM writing to
-# E2E_DIR/NAME.jsonl with the store E2E_DIR/NAME.db. Sets E2E_LAST_PID.
+# start_podium NAME STREAM MAX_RECORDS PORT: podium run on STREAM of the
+# Kinesis API on PORT, writing to E2E_DIR/NAME.jsonl with the store
+# E2E_DIR/NAME.db. Sets E2E_LAST_PID.
 start_podium() {
-    local name="$1" stream="$2" max_records="$3"
+    local name="$1" stream="$2" max_records="$3" port="$4"
     e2e_start_bg "$name" "$PODIUM_BIN" run \
         --set "stream.name=$stream" \
-        --set "kinesis.endpoint=http://127.0.0.1:$KINESIS_PORT" \
+        --set "kinesis.endpoint=http://127.0.0.1:$port" \
         --set "kinesis.max_records=$max_records" \
         --set kinesis.poll_interval_ms=200 \
         --set "store.path=$E2E_DIR/$name.db" \
@@ -72,7 +85,16 @@ verify_rules() {
 }
 
 main() {
-    e2e_init e2e_determinism
+    local mode="${1:-}" slot_ms=0
+    case "$mode" in
+    per-second) ;;
+    shared-arrival) slot_ms=2500 ;;
+    *)
+        echo "usage: $0 per-second|shared-arrival" >&2
+        exit 2
+        ;;
+    esac
+    e2e_init "e2e_determinism_$mode"
     start_kinesalite
     e2e_create_stream one-shard 1
     e2e_create_stream four-shards 4
@@ -93,14 +115,24 @@ main() {
     local stream
     for stream in one-shard four-shards; do
         determinism_tool put --port "$KINESIS_PORT" --stream "$stream" \
-            --recording "$recording" 2>>"$E2E_DIR/determinism-tool.log" ||
+            --recording "$recording" --arrival-slot-ms "$slot_ms" \
+            2>>"$E2E_DIR/determinism-tool.log" ||
             e2e_fail "putting the recording to $stream failed: see $E2E_DIR/determinism-tool.log"
     done
     e2e_log "put the recording to both streams"
 
-    start_podium one-shard one-shard 10000
+    # podium and the checker read through the proxy, which reports the
+    # arrival slots.
+    local read_port="$KINESIS_PORT"
+    if ((slot_ms > 0)); then
+        e2e_start_fault_proxy proxy
+        e2e_set_fault_rules proxy '[{"action": "GetRecords", "fault": "arrival"}]'
+        read_port="$FAULT_PROXY_PORT"
+    fi
+
+    start_podium one-shard one-shard 10000 "$read_port"
     local one_pid="$E2E_LAST_PID"
-    start_podium four-shards four-shards 37
+    start_podium four-shards four-shards 37 "$read_port"
     local four_pid="$E2E_LAST_PID"
 
     local name
@@ -115,6 +147,7 @@ main() {
 
     determinism_tool compare --publish "$E2E_DIR/one-shard.jsonl" --other "$E2E_DIR/four-shards.jsonl" ||
         e2e_fail "the two streams published different messages: see the differences above"
+    KINESIS_PORT="$read_port"
     verify_rules one-shard one-shard
     verify_rules four-shards four-shards
     e2e_log "passed"
