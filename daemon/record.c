@@ -525,7 +525,7 @@ static int parse_count(const char *name, const char *text, int64_t max,
     return 0;
 }
 
-/* Which options the command line gave, to reject mixed modes. */
+/* The options of both modes as given, to reject a mix of the two. */
 struct record_args {
     struct record_options live;
     struct import_options import;

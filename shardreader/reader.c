@@ -27,8 +27,8 @@
  * TRIM_HORIZON when it has a known parent (a child after resharding), else
  * at the configured initial position (TRIM_HORIZON, LATEST or
  * AT_TIMESTAMP). The exception is a child whose parents were already
- * closed when they started at LATEST or AT_TIMESTAMP: nothing of them was
- * read, so the child starts at that initial position too, and a reader
+ * closed when they started at LATEST or AT_TIMESTAMP. Nothing of them was
+ * read, so the child starts at that initial position too. Thus a reader
  * started at LATEST after a split skips the records put before it.
  * Each batch carries the checkpoint the consumer stores with it in the same
  * transaction as its effects, and only the committed checkpoint is used to

@@ -2,9 +2,10 @@
 # podium record --import: aws kinesis get-records output to a recording.
 #
 # The fixtures in tests/data are two GetRecords pages of one kinesalite
-# shard, printed the way AWS CLI v1 prints them (ApproximateArrivalTimestamp
-# as epoch seconds) and the way AWS CLI v2 does (ISO 8601 text, the second
-# page with the offset -08:00). The pages contain a JSON record, binary
+# shard, printed the way AWS CLI v1 prints them, with
+# ApproximateArrivalTimestamp as epoch seconds. They are printed again the
+# way AWS CLI v2 does, as ISO 8601 text, the second page with the offset
+# -08:00. The pages contain a JSON record, binary
 # data with a non-ASCII partition key, a KPL aggregate of three user
 # records, and an EncryptionType member. Checks:
 # 1. Both forms convert to tests/data/get-records-expected.jsonl, line for

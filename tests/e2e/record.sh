@@ -6,7 +6,7 @@
 # podium run and two `podium record` captures read the stream. Midway,
 # shardId-000000000000 is split, and a second race of aggregates goes to
 # the children. Checks:
-# 1. The capture with --until-idle stops by itself, exits 0 and holds every
+# 1. The capture with --until-idle stops by itself, exits 0 and contains every
 #    record of every shard once, in sequence order, with the exact base64
 #    Data, PartitionKey, SequenceNumber and arrival time that GetRecords
 #    returns: the aggregates stay whole. Each child's first line follows
