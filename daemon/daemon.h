@@ -16,6 +16,7 @@
 #include "aggregator/aggregator.h"
 #include "common/strbuf.h"
 #include "config/config.h"
+#include "publisher/publisher.h"
 #include "shardreader/shardreader.h"
 #include "store/store.h"
 
@@ -230,11 +231,82 @@ struct http_server *http_server_start(uv_loop_t *loop, const char *listen,
 void http_server_close(struct http_server *srv, void (*closed_cb)(void *arg),
                        void *arg);
 
+/* MillisBehindLatest of one shard in a metrics snapshot. */
+struct metrics_shard {
+    char shard_id[129]; /* Kinesis shard ids have at most 128 characters */
+    int64_t millis_behind;
+};
+
+/*
+ * One reading of every value that /metrics and the EMF lines report
+ * (daemon/metrics.c), so that both formats show the same numbers. Counters
+ * are totals since the start. commit_buckets are cumulative and capped at
+ * commit_count, as the histogram needs them.
+ */
+struct metrics_snapshot {
+    bool ready;
+    uint64_t records_read;
+    uint64_t records_applied;
+    uint64_t duplicates;
+    uint64_t validation_conflicts;
+    uint64_t rejected[AGG_REJECT_COUNT]; /* index AGG_REJECT_NONE unused */
+    uint64_t missing_key_rejected;
+    uint64_t outcomes[AGG_OUTCOME_COUNT];
+    uint64_t batches_committed;
+    uint64_t messages_built;
+    uint64_t outbox_depth;
+    uint64_t outbox_pauses;
+    uint64_t commit_buckets[PIPELINE_COMMIT_BUCKETS];
+    uint64_t commit_count;
+    uint64_t commit_us_sum;
+    struct reader_counters reader;
+    struct pub_stats publisher;
+    uint64_t publish_pending;
+    struct metrics_shard *shards; /* owned; those with a MillisBehindLatest */
+    size_t shard_count;
+};
+
+/*
+ * Read every counter of status into snap, which metrics_snapshot_free
+ * releases. Returns 0, or -1 when out of memory, in which case snap holds
+ * the counters but no shard.
+ */
+int metrics_snapshot_take(const struct http_status *status,
+                          struct metrics_snapshot *snap);
+void metrics_snapshot_free(struct metrics_snapshot *snap);
+
 /* Append the Prometheus text format (version 0.0.4) of status to out. */
 void metrics_render(const struct http_status *status, struct strbuf *out);
+/* Append the Prometheus text format of snap to out. */
+void metrics_render_snapshot(const struct metrics_snapshot *snap,
+                             struct strbuf *out);
 /* Append a label value with backslash, double quote and line feed escaped
  * as the text format requires. */
 void metrics_append_label_value(struct strbuf *out, const char *value);
+
+/*
+ * Messages to the service manager (daemon/notify.c): the sd_notify(3)
+ * protocol over the datagram socket named by $NOTIFY_SOCKET. Loop thread
+ * only. Every function accepts NULL, the notifier of a process that systemd
+ * did not start, and then does nothing.
+ */
+struct notifier;
+
+/* Read $NOTIFY_SOCKET, $WATCHDOG_USEC and $WATCHDOG_PID. Returns NULL when
+ * NOTIFY_SOCKET is unset, or after a warning when it cannot be used. */
+struct notifier *notifier_open(void);
+void notifier_close(struct notifier *n);
+/* The watchdog interval that systemd expects pings within, in
+ * microseconds, or 0 when the watchdog is off for this process. */
+uint64_t notifier_watchdog_usec(const struct notifier *n);
+/* Send READY=1 with a STATUS= line. */
+void notifier_ready(struct notifier *n, const char *status);
+/* Send a STATUS= line for `systemctl status`. */
+void notifier_status(struct notifier *n, const char *status);
+/* Send WATCHDOG=1, unless the watchdog is off or STOPPING=1 was sent. */
+void notifier_watchdog(struct notifier *n);
+/* Send STOPPING=1 with a STATUS= line, once. No WATCHDOG=1 follows. */
+void notifier_stopping(struct notifier *n, const char *status);
 
 /*
  * The recording format (daemon/recording.c): JSON lines, one Kinesis record
