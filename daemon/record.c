@@ -156,8 +156,10 @@ static int write_record(struct recorder *r, struct shard_count *count,
         return -1;
     }
     char *seq = strdup(rec->seq);
-    if (seq == NULL)
+    if (seq == NULL) {
+        log_error("record", &ids, "out of memory while counting a record");
         return -1;
+    }
     free(count->last_seq);
     count->last_seq = seq;
     count->records++;
@@ -224,10 +226,15 @@ static void on_batch(void *arg, struct shard_batch *batch)
 {
     struct recorder *r = arg;
     struct shard_count *count = count_for(r, batch->shard_id);
-    int rc = count != NULL ? 0 : -1;
+    int rc = 0;
 
-    /* After --max-records nothing more is written; a batch that was in
-     * flight when a signal came is still written, since it was read. */
+    if (count == NULL) {
+        struct log_ids ids = {.shard = batch->shard_id};
+        log_error("record", &ids, "out of memory while counting a shard");
+        rc = -1;
+    }
+
+    /* Once --max-records lines are written, the rest of the batch is not. */
     for (size_t i = 0; rc == 0 && i < batch->count; i++) {
         if (r->stop == STOP_MAX_RECORDS)
             break;
@@ -478,8 +485,8 @@ out:
 static void record_usage(FILE *out)
 {
     fputs("usage: podium record --out FILE [options]\n"
-          "       podium record --import --shard-id ID --out FILE "
-          "[--on-bad-record fail|skip] PAGE.json...\n"
+          "       podium record --import --shard-id ID --out FILE\n"
+          "           [--on-bad-record fail|skip] PAGE.json...\n"
           "\n"
           "Write the Kinesis records of stream.name, every shard, to FILE\n"
           "in the recording format of `podium replay` (JSON lines, one\n"
