@@ -177,6 +177,9 @@ bool pipeline_outbox_full(const struct pipeline *pl);
  */
 size_t pipeline_discard_held(struct pipeline *pl);
 size_t pipeline_pending_acks(const struct pipeline *pl);
+/* Milliseconds that the running job has been running at now_ms (a
+ * uv_now(loop) value), or 0 when no job runs. */
+uint64_t pipeline_running_ms(const struct pipeline *pl, uint64_t now_ms);
 
 const struct pipeline_counters *pipeline_counters(const struct pipeline *pl);
 

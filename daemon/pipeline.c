@@ -105,6 +105,7 @@ struct pipeline {
     struct job *head; /* queued jobs, oldest first */
     struct job *tail;
     struct job *running;
+    uint64_t running_since_ms; /* uv_now() when running started */
     bool failed;
     struct outbox_gate outbox;
 
@@ -1131,6 +1132,7 @@ static void start_next(struct pipeline *pl)
     take_acks(pl, job);
     job->uv_work.data = job;
     pl->running = job;
+    pl->running_since_ms = uv_now(pl->loop);
     int rc = uv_queue_work(pl->loop, &job->uv_work, job_work, job_done);
     if (rc != 0) {
         pl->running = NULL;
@@ -1242,6 +1244,13 @@ void pipeline_flush_acks(struct pipeline *pl)
     struct job *job = job_new(JOB_ACKS);
     if (job != NULL)
         enqueue(pl, job);
+}
+
+uint64_t pipeline_running_ms(const struct pipeline *pl, uint64_t now_ms)
+{
+    if (pl->running == NULL || now_ms < pl->running_since_ms)
+        return 0;
+    return now_ms - pl->running_since_ms;
 }
 
 bool pipeline_idle(const struct pipeline *pl)

@@ -34,6 +34,8 @@
 #define RUN_STREAM_TICK_MS 1000
 /* Outbox rows loaded per query at start-up. */
 #define RUN_OUTBOX_PAGE 1000
+/* How often a STATUS= line goes to systemd. */
+#define RUN_STATUS_INTERVAL_MS 5000
 
 enum run_phase {
     PHASE_RUNNING,
@@ -61,6 +63,10 @@ struct daemon {
     uv_signal_t sigint;
     uv_signal_t sigterm;
     uv_timer_t tick;
+    uv_timer_t watchdog;       /* WATCHDOG=1 pings, when systemd asks */
+    struct notifier *notifier; /* NULL without NOTIFY_SOCKET */
+    bool watchdog_withheld;    /* a stuck job stopped the pings */
+    int64_t last_status_ms;
 
     enum run_phase phase;
     int exit_code;
@@ -85,19 +91,33 @@ static void on_ready(void *arg, size_t open_shards)
 {
     struct daemon *d = arg;
     struct log_ids ids = {.stream = d->cfg.stream_name};
+    char status[300];
     d->http_status.reader_ready = true;
-    if (open_shards == 0)
+    if (open_shards == 0) {
         log_info("main", &ids, "ready: the stream has no open shards");
-    else
+        snprintf(status, sizeof status,
+                 "ready: stream \"%s\" has no open shards; listing them "
+                 "again every %d s",
+                 d->cfg.stream_name, (int)d->cfg.shard_sync_interval_s);
+    } else {
         log_info("main", &ids, "ready: reading %zu open shards", open_shards);
+        snprintf(status, sizeof status,
+                 "ready: reading %zu open shards of stream \"%s\"", open_shards,
+                 d->cfg.stream_name);
+    }
+    notifier_ready(d->notifier, status);
+    d->last_status_ms = log_now_ms();
 }
 
 static void on_reader_fatal(void *arg, const char *message)
 {
     struct daemon *d = arg;
     struct log_ids ids = {.stream = d->cfg.stream_name};
+    char status[400];
     log_error("main", &ids, "stopping: %s", message);
     begin_stop(d, 1);
+    snprintf(status, sizeof status, "stopping after an error: %s", message);
+    notifier_status(d->notifier, status);
 }
 
 /*
@@ -135,8 +155,11 @@ static void on_message(void *arg, int64_t id, const char *topic,
 static void on_pipeline_fatal(void *arg, const char *message)
 {
     struct daemon *d = arg;
+    char status[400];
     log_error("main", NULL, "stopping: %s", message);
     begin_stop(d, 1);
+    snprintf(status, sizeof status, "stopping after an error: %s", message);
+    notifier_status(d->notifier, status);
 }
 
 static void on_ack(void *arg, int64_t id)
@@ -164,7 +187,7 @@ static void close_all(struct daemon *d)
     enum run_phase was = d->phase;
 
     d->phase = PHASE_CLOSING;
-    d->open_handles = 3;
+    d->open_handles = 4;
     /* Start-up failed after the reader started: stop it before freeing. */
     if (was == PHASE_RUNNING && d->reader != NULL) {
         d->open_handles++;
@@ -173,6 +196,7 @@ static void close_all(struct daemon *d)
     uv_close((uv_handle_t *)&d->sigint, on_handle_closed);
     uv_close((uv_handle_t *)&d->sigterm, on_handle_closed);
     uv_close((uv_handle_t *)&d->tick, on_handle_closed);
+    uv_close((uv_handle_t *)&d->watchdog, on_handle_closed);
     /* Before the publisher, so that no request reads a closed one. */
     if (d->http_server != NULL) {
         d->open_handles++;
@@ -205,6 +229,9 @@ static void begin_stop(struct daemon *d, int exit_code)
         return;
     d->phase = PHASE_STOP_READING;
     d->http_status.stopping = true;
+    uv_timer_stop(&d->watchdog);
+    notifier_stopping(d->notifier, "stopping: no new reads, committing "
+                                   "batches in flight");
     log_info("main", NULL,
              "stopping: no new reads, committing batches in "
              "flight");
@@ -266,6 +293,78 @@ static void step_stop(struct daemon *d, int64_t now)
 
 /* ---- periodic work ------------------------------------------------- */
 
+/* Describe the state for `systemctl status`. */
+static void send_status(struct daemon *d)
+{
+    char status[400];
+
+    if (!d->http_status.reader_ready) {
+        struct reader_counters rc;
+        reader_get_counters(d->reader, &rc);
+        uint64_t failed = rc.connection_errors + rc.timeouts +
+                          rc.server_errors + rc.throttled + rc.other_errors;
+        snprintf(status, sizeof status,
+                 "starting: waiting for ListShards of stream \"%s\" at %s; "
+                 "%" PRIu64 " calls failed so far (%" PRIu64
+                 " connection errors, %" PRIu64 " timeouts, %" PRIu64
+                 " server errors, %" PRIu64 " throttled), retrying",
+                 d->cfg.stream_name, d->cfg.kinesis_endpoint, failed,
+                 rc.connection_errors, rc.timeouts, rc.server_errors,
+                 rc.throttled);
+        notifier_status(d->notifier, status);
+        return;
+    }
+
+    const struct pipeline_counters *pc = pipeline_counters(d->pipeline);
+    size_t reading = 0;
+    struct reader_shard_info info;
+    for (size_t i = 0; reader_shard_info(d->reader, i, &info) == 0; i++)
+        reading += info.reading;
+    snprintf(status, sizeof status,
+             "reading %zu shards, %" PRIu64 " records applied, outbox %" PRIu64
+             "%s",
+             reading, (uint64_t)atomic_load(&pc->records_applied),
+             (uint64_t)atomic_load(&pc->outbox_depth),
+             pipeline_outbox_full(d->pipeline)
+                 ? ", reading paused: the outbox is full"
+                 : "");
+    notifier_status(d->notifier, status);
+}
+
+/*
+ * Send WATCHDOG=1 while podium makes progress. Progress means: the loop
+ * runs this timer, and the pipeline's running job, if any, started at most
+ * one watchdog interval ago. An idle pipeline counts as progress, so a
+ * stream with nothing to read stays healthy, and so does a full outbox,
+ * since a restart would not empty it. A job stuck on the store (a lock
+ * held by another process, a hung disk) stops the pings, and systemd then
+ * stops and restarts podium.
+ */
+static void on_watchdog(uv_timer_t *timer)
+{
+    struct daemon *d = timer->data;
+    uint64_t limit_ms = notifier_watchdog_usec(d->notifier) / 1000;
+    uint64_t busy_ms = d->pipeline != NULL
+                           ? pipeline_running_ms(d->pipeline, uv_now(&d->loop))
+                           : 0;
+
+    if (busy_ms > limit_ms) {
+        if (!d->watchdog_withheld)
+            log_warn("main", NULL,
+                     "withholding the systemd watchdog ping: a pipeline job "
+                     "has run for %" PRIu64 " ms, longer than the watchdog "
+                     "interval of %" PRIu64 " ms",
+                     busy_ms, limit_ms);
+        d->watchdog_withheld = true;
+        return;
+    }
+    if (d->watchdog_withheld)
+        log_info("main", NULL,
+                 "the pipeline job finished: systemd watchdog pings resume");
+    d->watchdog_withheld = false;
+    notifier_watchdog(d->notifier);
+}
+
 static void on_tick(uv_timer_t *timer)
 {
     struct daemon *d = timer->data;
@@ -274,6 +373,10 @@ static void on_tick(uv_timer_t *timer)
     if (d->phase != PHASE_RUNNING) {
         step_stop(d, now);
         return;
+    }
+    if (now - d->last_status_ms >= RUN_STATUS_INTERVAL_MS) {
+        d->last_status_ms = now;
+        send_status(d);
     }
     sync_reader_pause(d);
     merge_release(d->merge, d->reader, now);
@@ -496,10 +599,15 @@ static int init_loop(struct daemon *d)
     uv_signal_init(&d->loop, &d->sigint);
     uv_signal_init(&d->loop, &d->sigterm);
     uv_timer_init(&d->loop, &d->tick);
-    d->sigint.data = d->sigterm.data = d->tick.data = d;
+    uv_timer_init(&d->loop, &d->watchdog);
+    d->sigint.data = d->sigterm.data = d->tick.data = d->watchdog.data = d;
     uv_signal_start(&d->sigint, on_signal, SIGINT);
     uv_signal_start(&d->sigterm, on_signal, SIGTERM);
     uv_timer_start(&d->tick, on_tick, RUN_TICK_MS, RUN_TICK_MS);
+    /* Pings at half the interval, as sd_watchdog_enabled(3) advises. */
+    uint64_t ping_ms = notifier_watchdog_usec(d->notifier) / 2000;
+    if (notifier_watchdog_usec(d->notifier) > 0)
+        uv_timer_start(&d->watchdog, on_watchdog, 0, ping_ms > 0 ? ping_ms : 1);
     return httpc_new(&d->loop, &d->http);
 }
 
@@ -520,6 +628,8 @@ static void shutdown_daemon(struct daemon *d)
     }
     aws_endpoint_clear(&d->endpoint);
     aws_credentials_clear(&d->creds);
+    notifier_close(d->notifier);
+    d->notifier = NULL;
 }
 
 static int run_daemon(struct daemon *d)
@@ -530,8 +640,11 @@ static int run_daemon(struct daemon *d)
         aws_credentials_clear(&d->creds);
         return rc;
     }
+    d->notifier = notifier_open();
+    notifier_status(d->notifier, "starting: opening the store");
     if (init_loop(d) != 0) {
         log_error("main", NULL, "failed to set up the event loop");
+        notifier_close(d->notifier);
         return 1;
     }
     d->http_server =
@@ -548,6 +661,8 @@ static int run_daemon(struct daemon *d)
         struct log_ids ids = {.stream = d->cfg.stream_name};
         log_info("main", &ids, "podium %s started: store %s", PODIUM_VERSION,
                  d->cfg.store_path);
+        send_status(d);
+        d->last_status_ms = log_now_ms();
         uv_run(&d->loop, UV_RUN_DEFAULT);
         rc = d->exit_code;
     }
