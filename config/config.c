@@ -191,6 +191,20 @@ static const struct cfg_setting settings[] = {
            "address of the HTTP server for health and metrics", 0),
     ENUM("log.level", log_level, "info", log_level_names,
          "most detailed log level written"),
+    {.name = "metrics.emf",
+     .type = CFG_TYPE_BOOL,
+     .offset = FIELD(metrics_emf),
+     .default_value = "false",
+     .help = "whether podium run writes the metrics to standard output as "
+             "CloudWatch embedded metric format (EMF) lines, once every "
+             "metrics.emf_interval_s"},
+    INT32("metrics.emf_interval_s", metrics_emf_interval_s, "60", 1, 3600,
+          "time between two EMF lines, in seconds"),
+    STRING("metrics.emf_namespace", metrics_emf_namespace, "podium",
+           cfg_check_cloudwatch_namespace,
+           "1 to 255 letters, digits or . _ - / # : and space, not starting "
+           "with AWS/",
+           "CloudWatch namespace of the EMF metrics", 0),
 };
 
 #define SETTING_COUNT (sizeof settings / sizeof settings[0])
@@ -524,6 +538,14 @@ static int check_combinations(const struct podium_config *cfg, char *err,
     if ((cfg->mqtt_cert_file == NULL) != (cfg->mqtt_key_file == NULL)) {
         snprintf(err, err_len,
                  "mqtt.cert_file and mqtt.key_file must be set together");
+        return -1;
+    }
+    if (cfg->metrics_emf && cfg->transport == CFG_TRANSPORT_FILE &&
+        strcmp(cfg->publish_file, "-") == 0) {
+        snprintf(err, err_len,
+                 "metrics.emf and publish.file=- both write to standard "
+                 "output; set publish.file to a file or turn metrics.emf "
+                 "off");
         return -1;
     }
     return cfg_check_mqtt_tls(cfg, err, err_len);

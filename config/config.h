@@ -82,6 +82,10 @@ struct podium_config {
     char *http_listen;
     int log_level; /* enum log_level */
 
+    bool metrics_emf; /* EMF lines on standard output */
+    int32_t metrics_emf_interval_s;
+    char *metrics_emf_namespace; /* CloudWatch namespace of the EMF lines */
+
     /* Where each setting came from (enum cfg_source), by table index. */
     unsigned char sources[96];
 };

@@ -231,3 +231,15 @@ bool cfg_check_class_topic(const char *value)
 {
     return is_topic_template(value, "classId");
 }
+
+bool cfg_check_cloudwatch_namespace(const char *value)
+{
+    size_t len = strlen(value);
+    if (len == 0 || len > 255 || strncmp(value, "AWS/", 4) == 0)
+        return false;
+    for (const char *p = value; *p != '\0'; p++) {
+        if (!isalnum((unsigned char)*p) && strchr("._-/#: ", *p) == NULL)
+            return false;
+    }
+    return true;
+}

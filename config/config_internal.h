@@ -88,6 +88,9 @@ bool cfg_check_mqtt_url(const char *value);
 bool cfg_check_host_port(const char *value);
 bool cfg_check_race_topic(const char *value);
 bool cfg_check_class_topic(const char *value);
+/* A CloudWatch metric namespace: 1 to 255 of the characters CloudWatch
+ * allows, not starting with "AWS/". */
+bool cfg_check_cloudwatch_namespace(const char *value);
 
 /*
  * Check the TLS files of the MQTT transport with an mqtts:// URL: each file

@@ -283,6 +283,34 @@ void metrics_render(const struct http_status *status, struct strbuf *out);
 /* Append the Prometheus text format of snap to out. */
 void metrics_render_snapshot(const struct metrics_snapshot *snap,
                              struct strbuf *out);
+
+/*
+ * Append the CloudWatch EMF lines (daemon/emf.c) of the interval from prev
+ * to now, prev NULL for the first one: one line of the stream's metrics
+ * and one of MillisBehindLatest per shard of now, each ending in '\n'.
+ */
+void emf_render(const struct metrics_snapshot *now,
+                const struct metrics_snapshot *prev, const char *namespace,
+                const char *stream, int64_t timestamp_ms, struct strbuf *out);
+/* Number of metrics in the stream's line when a commit happened, for the
+ * limit of 100 per directive. */
+size_t emf_stream_metric_count(void);
+
+/*
+ * The EMF lines of `podium run`: every metrics.emf_interval_s, the metrics
+ * of status since the last line go to fd in metrics.emf_namespace. status
+ * is borrowed until emf_writer_close. Returns NULL when out of memory.
+ */
+struct emf_writer;
+struct emf_writer *emf_writer_start(uv_loop_t *loop,
+                                    const struct podium_config *cfg,
+                                    const struct http_status *status, int fd);
+/* Write the lines of the time since the last one now. */
+void emf_writer_flush(struct emf_writer *w);
+/* Stop and free w without writing; closed_cb runs once w is freed. The
+ * owner flushes first when the lines must add up to the totals. */
+void emf_writer_close(struct emf_writer *w, void (*closed_cb)(void *arg),
+                      void *arg);
 /* Append a label value with backslash, double quote and line feed escaped
  * as the text format requires. */
 void metrics_append_label_value(struct strbuf *out, const char *value);

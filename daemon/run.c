@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/aws.h"
 #include "common/log.h"
@@ -56,6 +57,7 @@ struct daemon {
     struct reader *reader;
     struct publisher *publisher;
     struct http_server *http_server; /* health and metrics */
+    struct emf_writer *emf;          /* NULL unless metrics.emf is on */
     struct http_status http_status;
     struct aws_endpoint endpoint;
     struct aws_credentials creds;
@@ -213,6 +215,11 @@ static void close_all(struct daemon *d)
         httpc_close(d->http, on_module_closed, d);
         d->http = NULL;
     }
+    if (d->emf != NULL) {
+        d->open_handles++;
+        emf_writer_close(d->emf, on_module_closed, d);
+        d->emf = NULL;
+    }
 }
 
 static void on_reader_stopped(void *arg)
@@ -283,8 +290,13 @@ static void step_stop(struct daemon *d, int64_t now)
         pipeline_flush_acks(d->pipeline);
         return;
     case PHASE_FINAL_ACKS:
-        if (pipeline_idle(d->pipeline))
-            close_all(d);
+        if (!pipeline_idle(d->pipeline))
+            return;
+        /* The last EMF lines count what happened since the previous ones,
+         * so that the lines of a run add up to its totals. */
+        if (d->emf != NULL)
+            emf_writer_flush(d->emf);
+        close_all(d);
         return;
     default:
         return;
@@ -657,6 +669,15 @@ static int run_daemon(struct daemon *d)
     d->http_status.pipeline = d->pipeline;
     d->http_status.publisher = d->publisher;
     d->http_status.reader = d->reader;
+    if (rc == 0 && d->cfg.metrics_emf) {
+        d->emf =
+            emf_writer_start(&d->loop, &d->cfg, &d->http_status, STDOUT_FILENO);
+        if (d->emf == NULL) {
+            log_error("main", NULL,
+                      "failed to start the EMF metrics: out of memory");
+            rc = 1;
+        }
+    }
     if (rc == 0) {
         struct log_ids ids = {.stream = d->cfg.stream_name};
         log_info("main", &ids, "podium %s started: store %s", PODIUM_VERSION,

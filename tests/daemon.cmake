@@ -60,3 +60,5 @@ podium_e2e_test(e2e_golden golden.sh)
 add_test(NAME e2e_checker_rules
     COMMAND node --test ${PROJECT_SOURCE_DIR}/tests/e2e/checker.test.mjs)
 set_tests_properties(e2e_checker_rules PROPERTIES TIMEOUT 60)
+# CloudWatch EMF lines on standard output against /metrics and the format.
+podium_e2e_test(e2e_emf emf.sh)

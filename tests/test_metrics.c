@@ -92,3 +92,102 @@ TEST(metrics_stopping_not_ready)
     ASSERT_TRUE(contains(out.data, "podium_ready 0\n"));
     sb_free(&out);
 }
+
+/* ---- CloudWatch EMF lines (daemon/emf.c) ------------------------------ */
+
+static char *render_emf(const struct metrics_snapshot *now,
+                        const struct metrics_snapshot *prev)
+{
+    struct strbuf out;
+    sb_init(&out, 1024 * 1024);
+    emf_render(now, prev, "podium", "race-telemetry", 1796400000123, &out);
+    ASSERT_EQ(sb_error(&out), 0);
+    return sb_take(&out, NULL);
+}
+
+static size_t count_lines(const char *text)
+{
+    size_t lines = 0;
+    for (const char *p = text; *p != '\0'; p++)
+        lines += *p == '\n';
+    return lines;
+}
+
+TEST(emf_counters_are_increases)
+{
+    struct metrics_snapshot prev = {.records_read = 5, .duplicates = 1};
+    struct metrics_snapshot now = {.ready = true,
+                                   .records_read = 12,
+                                   .duplicates = 1,
+                                   .outbox_depth = 3,
+                                   .commit_count = 2,
+                                   .commit_us_sum = 3500};
+    now.rejected[AGG_REJECT_NOT_JSON] = 2;
+    now.outcomes[AGG_LATE_AMENDED] = 4;
+    now.publisher.failed_auth = 6;
+    char *text = render_emf(&now, &prev);
+
+    ASSERT_EQ(count_lines(text), 1);
+    ASSERT_TRUE(contains(text, "{\"_aws\":{\"Timestamp\":1796400000123,"
+                               "\"CloudWatchMetrics\":[{\"Namespace\":"
+                               "\"podium\",\"Dimensions\":[[\"Stream\"]],"
+                               "\"Metrics\":[{\"Name\":\"Ready\",\"Unit\":"
+                               "\"None\"},"));
+    ASSERT_TRUE(
+        contains(text, "{\"Name\":\"RecordsRead\",\"Unit\":\"Count\"}"));
+    ASSERT_TRUE(contains(text, ",\"Stream\":\"race-telemetry\","));
+    ASSERT_TRUE(contains(text, ",\"Ready\":1,"));
+    ASSERT_TRUE(contains(text, ",\"RecordsRead\":7,"));
+    ASSERT_TRUE(contains(text, ",\"Duplicates\":0,"));
+    ASSERT_TRUE(contains(text, ",\"RecordsRejected.not_json\":2,"));
+    ASSERT_TRUE(contains(text, ",\"RecordsLate.amended\":4,"));
+    ASSERT_TRUE(contains(text, ",\"PublishFailures.auth\":6,"));
+    /* A gauge is its value, not an increase. */
+    ASSERT_TRUE(contains(text, ",\"OutboxDepth\":3,"));
+    /* 3500 us over 2 jobs is 1.75 ms. */
+    ASSERT_TRUE(contains(
+        text, "{\"Name\":\"CommitLatency\",\"Unit\":\"Milliseconds\"}"));
+    ASSERT_TRUE(contains(text, ",\"CommitLatency\":1.750,"));
+    ASSERT_TRUE(contains(text, "}\n"));
+    free(text);
+}
+
+TEST(emf_first_line_counts_from_zero)
+{
+    struct metrics_snapshot now = {.records_read = 12};
+    char *text = render_emf(&now, NULL);
+    ASSERT_TRUE(contains(text, ",\"RecordsRead\":12,"));
+    /* No job committed, so there is no latency to report. */
+    ASSERT_FALSE(contains(text, "CommitLatency"));
+    ASSERT_TRUE(contains(text, ",\"Ready\":0,"));
+    free(text);
+}
+
+TEST(emf_shard_lines)
+{
+    struct metrics_shard shards[2] = {{"shardId-000000000000", 0},
+                                      {"shard \"b\"", 42}};
+    struct metrics_snapshot now = {.shards = shards, .shard_count = 2};
+    char *text = render_emf(&now, NULL);
+
+    ASSERT_EQ(count_lines(text), 3);
+    const char *second = strchr(text, '\n') + 1;
+    ASSERT_TRUE(contains(
+        second, "\"Dimensions\":[[\"Stream\",\"ShardId\"]],\"Metrics\":"
+                "[{\"Name\":\"MillisBehindLatest\",\"Unit\":"
+                "\"Milliseconds\"}]}]},\"Stream\":\"race-telemetry\","
+                "\"ShardId\":\"shardId-000000000000\","
+                "\"MillisBehindLatest\":0}\n"));
+    /* Shard ids are JSON strings with their quotes escaped. */
+    ASSERT_TRUE(contains(second, "\"ShardId\":\"shard \\\"b\\\"\","
+                                 "\"MillisBehindLatest\":42}\n"));
+    free(text);
+}
+
+TEST(emf_metric_limit)
+{
+    /* One directive may list at most 100 metrics. */
+    size_t count = emf_stream_metric_count();
+    ASSERT_TRUE(count > 40);
+    ASSERT_TRUE(count <= 100);
+}
