@@ -46,7 +46,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +56,7 @@
 #include "common/aws.h"
 #include "common/base64.h"
 #include "common/log.h"
+#include "common/sjson.h"
 #include "publisher/publisher.h"
 #include "shardreader/kpl.h"
 #include "store/idempotency.h"
@@ -295,19 +295,39 @@ static void progress_end(struct replay *r)
 
 /* ---- reading the recordings ---------------------------------------- */
 
-/* A short JSON rendering of v for error messages. */
-static void quote_value(const json_t *v, char *out, size_t out_len)
+/*
+ * A short rendering of v for error messages: a number as written, a string
+ * in quotes with control bytes shown as '?', anything else by its kind.
+ */
+static void quote_value(const struct sjson_value *v, char *out, size_t out_len)
 {
-    char *text = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
-    if (text == NULL) {
+    static const char *const kinds[] = {
+        [SJSON_NULL] = "null",        [SJSON_FALSE] = "false",
+        [SJSON_TRUE] = "true",        [SJSON_ARRAY] = "an array",
+        [SJSON_OBJECT] = "an object",
+    };
+    if (v == NULL) {
         snprintf(out, out_len, "nothing");
         return;
     }
-    if (strlen(text) > REPLAY_QUOTE_MAX)
-        snprintf(out, out_len, "%.*s...", REPLAY_QUOTE_MAX, text);
-    else
-        snprintf(out, out_len, "%s", text);
-    free(text);
+    if (v->type != SJSON_NUMBER && v->type != SJSON_STRING) {
+        snprintf(out, out_len, "%s", kinds[v->type]);
+        return;
+    }
+
+    char text[REPLAY_QUOTE_MAX + 1];
+    size_t n = v->len < REPLAY_QUOTE_MAX ? v->len : REPLAY_QUOTE_MAX;
+    for (size_t i = 0; i < n; i++)
+        text[i] = (unsigned char)v->str[i] < 0x20 ? '?' : v->str[i];
+    text[n] = '\0';
+    const char *quote = v->type == SJSON_STRING ? "\"" : "";
+    snprintf(out, out_len, "%s%s%s%s", quote, text, quote,
+             n < v->len ? "..." : "");
+}
+
+static bool is_string(const struct sjson_value *v)
+{
+    return v != NULL && v->type == SJSON_STRING;
 }
 
 /* A parsed line: pointers into the JSON document, Data decoded. */
@@ -336,27 +356,29 @@ static bool all_digits(const char *s)
  * Check the fields of one line. Returns 0, or -1 with what was wrong, the
  * value and what to do in err.
  */
-static int check_fields(const json_t *root, struct line_record *out, char *err,
-                        size_t err_len)
+static int check_fields(const struct sjson_value *root, struct line_record *out,
+                        char *err, size_t err_len)
 {
     char q[REPLAY_QUOTE_MAX + 8];
-    const json_t *v;
+    const struct sjson_value *v;
 
-    if (!json_is_object(root)) {
+    if (root->type != SJSON_OBJECT) {
         quote_value(root, q, sizeof q);
         snprintf(err, err_len, "expected a JSON object, got %s", q);
         return -1;
     }
-    v = json_object_get(root, "ShardId");
-    if (!json_is_string(v) || json_string_length(v) == 0) {
+    v = sjson_object_get(root, "ShardId");
+    if (!is_string(v) || v->len == 0 || strlen(v->str) != v->len) {
         quote_value(v, q, sizeof q);
-        snprintf(err, err_len, "ShardId must be a non-empty string, got %s", q);
+        snprintf(err, err_len,
+                 "ShardId must be a non-empty string without U+0000, got %s",
+                 q);
         return -1;
     }
-    out->shard_id = json_string_value(v);
-    v = json_object_get(root, "SequenceNumber");
-    if (!json_is_string(v) || !all_digits(json_string_value(v)) ||
-        json_string_length(v) > 128) {
+    out->shard_id = v->str;
+    v = sjson_object_get(root, "SequenceNumber");
+    if (!is_string(v) || !all_digits(v->str) || strlen(v->str) != v->len ||
+        v->len > 128) {
         quote_value(v, q, sizeof q);
         snprintf(err, err_len,
                  "SequenceNumber must be a string of up to 128 decimal "
@@ -364,11 +386,17 @@ static int check_fields(const json_t *root, struct line_record *out, char *err,
                  q);
         return -1;
     }
-    out->seq = json_string_value(v);
-    v = json_object_get(root, "SubSequenceNumber");
+    out->seq = v->str;
+    v = sjson_object_get(root, "SubSequenceNumber");
     out->subseq = -1;
     if (v != NULL) {
-        if (!json_is_integer(v) || json_integer_value(v) < 0) {
+        char *end = NULL;
+        long long subseq = -1;
+        errno = 0;
+        if (v->type == SJSON_NUMBER && v->str[0] != '-' &&
+            strcspn(v->str, ".eE") == v->len)
+            subseq = strtoll(v->str, &end, 10);
+        if (subseq < 0 || errno != 0 || end != v->str + v->len) {
             quote_value(v, q, sizeof q);
             snprintf(err, err_len,
                      "SubSequenceNumber must be a non-negative integer, got "
@@ -377,12 +405,14 @@ static int check_fields(const json_t *root, struct line_record *out, char *err,
                      q);
             return -1;
         }
-        out->subseq = (int64_t)json_integer_value(v);
+        out->subseq = (int64_t)subseq;
     }
-    v = json_object_get(root, "ApproximateArrivalTimestamp");
-    double seconds = json_is_number(v) ? json_number_value(v) : -1;
-    if (!json_is_number(v) || !isfinite(seconds) || seconds < 0 ||
-        seconds > 253402300799.0) {
+    v = sjson_object_get(root, "ApproximateArrivalTimestamp");
+    /* The same double as a JSON library would give, from the exact text. */
+    double seconds =
+        v != NULL && v->type == SJSON_NUMBER ? strtod(v->str, NULL) : -1;
+    if (v == NULL || v->type != SJSON_NUMBER || !isfinite(seconds) ||
+        seconds < 0 || seconds > 253402300799.0) {
         quote_value(v, q, sizeof q);
         snprintf(err, err_len,
                  "ApproximateArrivalTimestamp must be a number of seconds "
@@ -391,30 +421,31 @@ static int check_fields(const json_t *root, struct line_record *out, char *err,
         return -1;
     }
     out->arrival_ms = llround(seconds * 1000.0);
-    v = json_object_get(root, "PartitionKey");
-    if (!json_is_string(v) || json_string_length(v) == 0 ||
-        json_string_length(v) > KPL_MAX_PARTITION_KEY_BYTES) {
+    v = sjson_object_get(root, "PartitionKey");
+    if (!is_string(v) || v->len == 0 || strlen(v->str) != v->len ||
+        v->len > KPL_MAX_PARTITION_KEY_BYTES) {
         quote_value(v, q, sizeof q);
         snprintf(err, err_len,
-                 "PartitionKey must be a non-empty string of at most 1024 "
+                 "PartitionKey must be a non-empty string without U+0000 of at "
+                 "most 1024 "
                  "bytes, got %s",
                  q);
         return -1;
     }
-    out->partition_key = json_string_value(v);
-    v = json_object_get(root, "Data");
-    if (!json_is_string(v)) {
+    out->partition_key = v->str;
+    v = sjson_object_get(root, "Data");
+    if (!is_string(v)) {
         quote_value(v, q, sizeof q);
         snprintf(err, err_len, "Data must be a base64 string, got %s", q);
         return -1;
     }
-    size_t n = json_string_length(v);
+    size_t n = v->len;
     out->data = malloc(BASE64_DECODED_MAX(n));
     if (out->data == NULL) {
         snprintf(err, err_len, "out of memory");
         return -1;
     }
-    if (base64_decode(json_string_value(v), n, out->data, &out->len) != 0) {
+    if (base64_decode(v->str, n, out->data, &out->len) != 0) {
         quote_value(v, q, sizeof q);
         snprintf(err, err_len,
                  "Data is not valid base64 (standard alphabet, with "
@@ -522,21 +553,25 @@ static void free_cursors(struct replay *r)
  * Parse and check one line. Returns the document (owned) with rec filled
  * in, or NULL with what was wrong, the value and what to do in err.
  */
-static json_t *parse_line(const char *line, size_t n, struct line_record *rec,
-                          char *err, size_t err_len)
+static struct sjson_doc *parse_line(const char *line, size_t n,
+                                    struct line_record *rec, char *err,
+                                    size_t err_len)
 {
-    json_error_t jerr;
-    json_t *root = json_loadb(line, n, JSON_REJECT_DUPLICATES, &jerr);
-    if (root == NULL) {
-        snprintf(err, err_len, "not JSON: %s at column %d", jerr.text,
-                 jerr.column);
+    /* A line is as long as the record it holds needs, and flat. */
+    struct sjson_limits limits = {.max_bytes = n + 1, .max_depth = 8};
+    struct sjson_err jerr;
+    struct sjson_doc *doc = NULL;
+
+    if (sjson_parse(line, n, &limits, &doc, &jerr) != SJSON_OK) {
+        snprintf(err, err_len, "not JSON: %s at byte %zu", jerr.message,
+                 jerr.offset + 1);
         return NULL;
     }
-    if (check_fields(root, rec, err, err_len) != 0) {
-        json_decref(root);
+    if (check_fields(sjson_doc_root(doc), rec, err, err_len) != 0) {
+        sjson_doc_free(doc);
         return NULL;
     }
-    return root;
+    return doc;
 }
 
 /*
@@ -617,7 +652,8 @@ static int check_file(struct replay *r, size_t file)
         struct line_record rec = {0};
         line_no++;
         r->lines++;
-        json_t *root = parse_line(line, (size_t)n, &rec, err, sizeof err);
+        struct sjson_doc *root =
+            parse_line(line, (size_t)n, &rec, err, sizeof err);
         if (root != NULL) {
             if (note_good_line(r, file, &rec, line, (size_t)n, offset,
                                line_no) != 0) {
@@ -639,7 +675,7 @@ static int check_file(struct replay *r, size_t file)
                 rc = 1;
         }
         free(rec.data);
-        json_decref(root);
+        sjson_doc_free(root);
         offset += n;
         r->progress.done_bytes += (uint64_t)n;
         progress_check(r, log_now_ms(), false);
@@ -756,7 +792,8 @@ static int read_next_record(struct replay *r, struct shard_cursor *c)
             continue;
 
         struct line_record rec = {0};
-        json_t *root = parse_line(r->line, (size_t)n, &rec, err, sizeof err);
+        struct sjson_doc *root =
+            parse_line(r->line, (size_t)n, &rec, err, sizeof err);
         if (root == NULL) {
             free(rec.data);
             if (r->opts.skip_bad_lines)
@@ -777,7 +814,7 @@ static int read_next_record(struct replay *r, struct shard_cursor *c)
                         c->line_no);
         }
         free(rec.data);
-        json_decref(root);
+        sjson_doc_free(root);
         if (rc != 0)
             return rc;
     }

@@ -171,7 +171,8 @@ check_bad_lines() {
         echo 'not json'
         head -n 10 "$RECORDING" | tail -n 5
         sed -n 11p "$RECORDING" | sed 's/"SequenceNumber":"[0-9]*"/"SequenceNumber":49/'
-        tail -n +12 "$RECORDING"
+        sed -n 12p "$RECORDING" | sed 's/"ShardId":"\([^"]*\)"/"ShardId":"\1\\u0000"/'
+        tail -n +13 "$RECORDING"
     } >"$bad"
 
     expect_status 1 "with bad lines" fail "$bad"
@@ -185,10 +186,11 @@ check_bad_lines() {
     expect_status 0 "--on-bad-line skip" skip --on-bad-line skip "$bad"
     grep -q "bad.jsonl:6: not JSON" "$E2E_DIR/skip.log" &&
         grep -q 'bad.jsonl:12: SequenceNumber must be a string of up to 128 decimal digits, got 49' "$E2E_DIR/skip.log" &&
-        grep -q "skipped 2 bad lines" "$E2E_DIR/skip.log" ||
-        e2e_fail "--on-bad-line skip did not report both bad lines and the count: $(cat "$E2E_DIR/skip.log")"
+        grep -q 'bad.jsonl:13: ShardId must be a non-empty string without U+0000, got "shardId-[0-9]*?"' "$E2E_DIR/skip.log" &&
+        grep -q "skipped 3 bad lines" "$E2E_DIR/skip.log" ||
+        e2e_fail "--on-bad-line skip did not report the three bad lines and the count: $(cat "$E2E_DIR/skip.log")"
     local want have
-    want="$(($(wc -l <"$RECORDING") - 1))"
+    want="$(($(wc -l <"$RECORDING") - 2))"
     have="$(summary_field skip kinesis_records)"
     [[ "$have" == "$want" ]] || e2e_fail "--on-bad-line skip read $have records, expected $want"
 
