@@ -26,6 +26,7 @@ int cmd_simulate(int argc, char **argv);
 int cmd_query(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
 int cmd_record(int argc, char **argv);
+int cmd_healthcheck(int argc, char **argv);
 
 /* Start-up steps shared by run and replay (daemon/setup.c). */
 struct pub_config;

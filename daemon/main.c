@@ -32,6 +32,9 @@ static void usage(FILE *out)
           "             get-records output, to a recording for replay\n"
           "  query      print race results, a class leaderboard or the class\n"
           "             history from the database\n"
+          "  healthcheck\n"
+          "             exit 0 when a running `podium run` is ready, for a\n"
+          "             container HEALTHCHECK\n"
           "  version    print the version\n"
           "  help       print this text\n"
           "\n"
@@ -166,6 +169,8 @@ int main(int argc, char **argv)
         return cmd_record(argc - 1, argv + 1);
     if (strcmp(cmd, "query") == 0)
         return cmd_query(argc - 1, argv + 1);
+    if (strcmp(cmd, "healthcheck") == 0)
+        return cmd_healthcheck(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("podium %s\n", PODIUM_VERSION);
         return 0;
