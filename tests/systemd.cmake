@@ -9,3 +9,14 @@ foreach(line ${notify_lines})
     set_property(TEST ${case} APPEND PROPERTY ENVIRONMENT
         "PODIUM_BIN=$<TARGET_FILE:podium>")
 endforeach()
+
+# The unit in systemd/ as CMake configured it: systemd-analyze verify has no
+# warnings, and its offline exposure level is at most 2.0.
+add_test(NAME systemd_unit_verify
+    COMMAND bash ${PROJECT_SOURCE_DIR}/tests/systemd-unit.sh verify
+        ${PROJECT_BINARY_DIR}/systemd/podium.service $<TARGET_FILE:podium>)
+add_test(NAME systemd_unit_security
+    COMMAND bash ${PROJECT_SOURCE_DIR}/tests/systemd-unit.sh security
+        ${PROJECT_BINARY_DIR}/systemd/podium.service 2.0)
+set_tests_properties(systemd_unit_verify systemd_unit_security
+    PROPERTIES TIMEOUT 60)

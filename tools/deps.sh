@@ -14,7 +14,7 @@ APT_PACKAGES=(
     build-essential cmake pkg-config
     libuv1-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev libssl-dev
     libmosquitto-dev mosquitto mosquitto-clients sqlite3
-    curl ca-certificates openssl faketime python3 clang-format
+    curl ca-certificates openssl faketime python3 clang-format systemd
 )
 
 die() {
