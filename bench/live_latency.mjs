@@ -134,7 +134,7 @@ async function main() {
   console.log(
     JSON.stringify({
       bench: 'live_latency',
-      races: received.size,
+      races_published: received.size,
       leaderboards,
       measured: latencies.length,
       not_closed_by_record: notClosedByRecord,
