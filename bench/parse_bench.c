@@ -7,11 +7,12 @@
  *
  * usage: parse_bench --parser sjson|jansson|mixed FILE
  *
- *   sjson    both documents with podium's strict parser, common/sjson.h
+ *   sjson    both documents with podium's strict parser, common/sjson.h,
+ *            as `podium replay` parses a recording line and its payload
  *   jansson  both documents with jansson (json_loadb, duplicate keys
  *            rejected as podium asks of it)
- *   mixed    the record with jansson and the payload with sjson, the pair
- *            that `podium replay` uses
+ *   mixed    the record with jansson and the payload with sjson, as
+ *            `podium run` parses a GetRecords reply and each payload
  *
  * Prints one JSON line on stdout: records, bytes, wall and CPU seconds and
  * records per second of each. A line that fails to parse stops the run with
