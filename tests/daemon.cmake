@@ -62,3 +62,7 @@ add_test(NAME e2e_checker_rules
 set_tests_properties(e2e_checker_rules PROPERTIES TIMEOUT 60)
 # CloudWatch EMF lines on standard output against /metrics and the format.
 podium_e2e_test(e2e_emf emf.sh)
+# The Dockerfile and its tools/container-*.sh scripts, without an engine.
+podium_e2e_test(e2e_container_static container-static.sh)
+# The container's entry point, configured by PODIUM_* variables only.
+podium_e2e_test(e2e_container container.sh)
