@@ -18,6 +18,7 @@
 
 #include <jansson.h>
 
+#include "common/awscreds.h"
 #include "common/strbuf.h"
 
 /* Maximum wire path and query length accepted by aws_signed_post(). */
@@ -31,7 +32,8 @@
 struct aws_client {
     struct httpc *http; /* borrowed */
     struct aws_endpoint ep;
-    struct aws_credentials creds;
+    struct aws_credentials creds; /* when provider is NULL */
+    struct aws_creds_provider *provider; /* borrowed */
     char *target_prefix;
     int64_t (*now_fn)(void);
 };
@@ -40,6 +42,7 @@ struct aws_client {
 struct aws_call {
     aws_reply_cb cb;
     void *arg;
+    struct aws_creds_provider *provider; /* told about 401 and 403 */
 };
 
 /* Duplicate s, or return NULL for NULL. Sets *failed on allocation error. */
@@ -301,8 +304,9 @@ struct aws_client *aws_client_new(struct httpc *http,
     bool failed = false;
 
     if (http == NULL || ep == NULL || ep->url == NULL || ep->host == NULL ||
-        creds == NULL || creds->access_key_id == NULL ||
-        creds->secret_access_key == NULL ||
+        creds == NULL ||
+        (creds->provider == NULL && (creds->access_key_id == NULL ||
+                                     creds->secret_access_key == NULL)) ||
         (target_prefix != NULL && !is_target_name(target_prefix)))
         return NULL;
     client = calloc(1, sizeof *client);
@@ -310,11 +314,15 @@ struct aws_client *aws_client_new(struct httpc *http,
         return NULL;
     client->http = http;
     client->now_fn = now_fn;
+    client->provider = creds->provider;
 
-    client->creds.access_key_id = dup_or_null(creds->access_key_id, &failed);
-    client->creds.secret_access_key =
-        dup_or_null(creds->secret_access_key, &failed);
-    client->creds.session_token = dup_or_null(creds->session_token, &failed);
+    if (creds->provider == NULL) {
+        client->creds.access_key_id = dup_or_null(creds->access_key_id, &failed);
+        client->creds.secret_access_key =
+            dup_or_null(creds->secret_access_key, &failed);
+        client->creds.session_token =
+            dup_or_null(creds->session_token, &failed);
+    }
     client->target_prefix = dup_or_null(target_prefix, &failed);
     if (failed || copy_endpoint(&client->ep, ep) != 0) {
         aws_client_free(client);
@@ -331,6 +339,16 @@ void aws_client_free(struct aws_client *client)
     aws_credentials_clear(&client->creds);
     free(client->target_prefix);
     free(client);
+}
+
+/* The credentials to sign with now: the provider's current ones, or the
+ * client's own. */
+static const struct aws_credentials *
+client_creds(const struct aws_client *client)
+{
+    return client->provider != NULL
+               ? aws_creds_provider_current(client->provider)
+               : &client->creds;
 }
 
 /* String member key of a JSON object, or NULL. */
@@ -383,6 +401,10 @@ static void on_http_done(void *arg, const struct httpc_response *resp)
 
     if (resp->error == HTTPC_OK && (resp->status < 200 || resp->status > 299))
         root = parse_error_body(&reply);
+    /* Rotated credentials show as 401 or 403: let the provider fetch new
+     * ones, so that the caller's retry is signed with them. */
+    if (resp->error == HTTPC_OK && (resp->status == 401 || resp->status == 403))
+        aws_creds_provider_rejected(call->provider);
     call->cb(call->arg, &reply);
     json_decref(root);
     free(call);
@@ -434,7 +456,7 @@ static int build_header_lines(char **lines, size_t *count,
                               const struct signed_request *sr,
                               const struct sigv4_output *sig)
 {
-    const char *token = client->creds.session_token;
+    const char *token = client_creds(client)->session_token;
     bool has_content_type = false;
     int rc = add_line(lines, count, "host", client->ep.host);
 
@@ -503,7 +525,7 @@ static int sign_request(const struct aws_client *client,
             .unix_time =
                 client->now_fn != NULL ? client->now_fn() : (int64_t)time(NULL),
         };
-        rc = sigv4_sign(&in, &client->creds, sig);
+        rc = sigv4_sign(&in, client_creds(client), sig);
     }
     sb_free(&uri);
     sb_free(&query);
@@ -534,6 +556,7 @@ static struct httpc_call *send_signed(struct aws_client *client,
         goto cleanup;
     call->cb = cb;
     call->arg = arg;
+    call->provider = client->provider;
 
     struct httpc_request req = {
         .method = "POST",

@@ -470,7 +470,7 @@ static CURLcode set_common_options(struct httpc_call *call,
     return rc;
 }
 
-/* Set the method and, for POST, the body copy. */
+/* Set the method and, for POST and PUT, the body copy. */
 static CURLcode set_method(struct httpc_call *call,
                            const struct httpc_request *req)
 {
@@ -486,6 +486,9 @@ static CURLcode set_method(struct httpc_call *call,
                               (curl_off_t)req->body_len);
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(easy, CURLOPT_POSTFIELDS, call->body);
+    /* A PUT sends its body the way a POST does. */
+    if (rc == CURLE_OK && strcmp(req->method, "PUT") == 0)
+        rc = curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, "PUT");
     return rc;
 }
 
@@ -493,7 +496,8 @@ static bool request_is_valid(const struct httpc_request *req, httpc_done_cb cb)
 {
     return cb != NULL && req->url != NULL && req->method != NULL &&
            (strcmp(req->method, "GET") == 0 ||
-            strcmp(req->method, "POST") == 0) &&
+            strcmp(req->method, "POST") == 0 ||
+            strcmp(req->method, "PUT") == 0) &&
            req->timeout_ms > 0 && req->connect_timeout_ms >= 0 &&
            (req->body != NULL || req->body_len == 0) &&
            (req->headers != NULL || req->header_count == 0);

@@ -14,7 +14,7 @@ struct httpc;
 struct httpc_call;
 
 struct httpc_request {
-    const char *method; /* "GET" or "POST" */
+    const char *method; /* "GET", "POST" or "PUT" */
     const char *url;
     const char *const *headers; /* "Name: value" lines */
     size_t header_count;

@@ -13,10 +13,16 @@
 
 #include "common/strbuf.h"
 
+struct aws_creds_provider;
+
 struct aws_credentials {
     char *access_key_id;     /* owned */
     char *secret_access_key; /* owned; never logged */
     char *session_token;     /* owned; NULL or "" means none */
+    /* Borrowed; NULL for fixed credentials. When set, the strings above are
+     * unused and an aws_client signs each request with the provider's
+     * current credentials (common/awscreds.h). */
+    struct aws_creds_provider *provider;
 };
 
 void aws_credentials_clear(struct aws_credentials *creds);

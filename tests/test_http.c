@@ -988,7 +988,7 @@ TEST(httpc_rejects_bad_request)
     req.timeout_ms = 0;
     ASSERT_TRUE(httpc_start(f.http, &req, on_done, &r) == NULL);
     req.timeout_ms = 5000;
-    req.method = "PUT";
+    req.method = "DELETE";
     ASSERT_TRUE(httpc_start(f.http, &req, on_done, &r) == NULL);
     req.method = "GET";
     req.headers = bad_header;
