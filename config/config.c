@@ -71,6 +71,12 @@ static const struct cfg_setting settings[] = {
      .check = cfg_check_region,
      .expected = "an AWS region name such as us-east-1",
      .help = "AWS region of the stream, also used to sign requests"},
+    {.name = "aws.imds",
+     .type = CFG_TYPE_BOOL,
+     .offset = FIELD(aws_imds),
+     .default_value = "off",
+     .help = "whether to take AWS credentials from the EC2 instance "
+             "metadata service (IMDSv2) when no other source has them"},
     {.name = "kinesis.endpoint",
      .type = CFG_TYPE_STRING,
      .offset = FIELD(kinesis_endpoint),

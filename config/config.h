@@ -37,6 +37,7 @@ enum cfg_transport {
 struct podium_config {
     char *stream_name; /* NULL when unset */
     char *region;
+    bool aws_imds; /* may ask the instance metadata service for credentials */
     char *kinesis_endpoint; /* resolved URL, never NULL after cfg_load */
     enum cfg_position initial_position;
     int64_t initial_timestamp_ms; /* for AT_TIMESTAMP */

@@ -27,6 +27,31 @@ int cmd_query(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
 int cmd_record(int argc, char **argv);
 int cmd_healthcheck(int argc, char **argv);
+int cmd_check_config(int argc, char **argv);
+
+/*
+ * AWS credentials (daemon/credentials.c): find the source of the chain in
+ * common/awscreds.h, with cfg's aws.imds, get the first credentials and
+ * set creds->provider, which refreshes them on loop (NULL: never). Prints
+ * the error after "WHO: " and returns 2 (no usable source) or 1 (a fetch
+ * failed), else 0.
+ */
+int daemon_credentials_open(uv_loop_t *loop, const struct podium_config *cfg,
+                            const char *who, struct aws_credentials *creds);
+/* Check that a credential source exists, without fetching. Returns 0, or
+ * 2 after printing the error after "WHO: ". */
+int daemon_credentials_check(const struct podium_config *cfg, const char *who);
+/* Close the provider of creds; closed_cb runs from the loop once its
+ * handles are closed (at once without a loop). */
+void daemon_credentials_close(struct aws_credentials *creds,
+                              void (*closed_cb)(void *arg), void *arg);
+/* True when name is the PODIUM_* variable of a setting. */
+bool daemon_is_known_env(const char *name);
+/*
+ * Warn about each PODIUM_* variable of env that names no setting: to out,
+ * or as a log line when out is NULL. Returns how many there were.
+ */
+size_t daemon_warn_unknown_env(char *const *env, FILE *out);
 
 /* Start-up steps shared by run and replay (daemon/setup.c). */
 struct pub_config;

@@ -32,13 +32,16 @@ static void usage(FILE *out)
           "             get-records output, to a recording for replay\n"
           "  query      print race results, a class leaderboard or the class\n"
           "             history from the database\n"
+          "  check-config  print every setting with its value and source,\n"
+          "             and where the AWS credentials come from\n"
           "  healthcheck\n"
           "             exit 0 when a running `podium run` is ready, for a\n"
           "             container HEALTHCHECK\n"
           "  version    print the version\n"
           "  help       print this text\n"
           "\n"
-          "Options common to run, simulate, replay, record and query:\n"
+          "Options common to run, simulate, replay, record, query and "
+          "check-config:\n"
           "  --config FILE     configuration file (default " DEFAULT_CONFIG_FILE
           " when it exists)\n"
           "  --set KEY=VALUE   override one setting, after the file and the\n"
@@ -169,6 +172,8 @@ int main(int argc, char **argv)
         return cmd_record(argc - 1, argv + 1);
     if (strcmp(cmd, "query") == 0)
         return cmd_query(argc - 1, argv + 1);
+    if (strcmp(cmd, "check-config") == 0)
+        return cmd_check_config(argc - 1, argv + 1);
     if (strcmp(cmd, "healthcheck") == 0)
         return cmd_healthcheck(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {

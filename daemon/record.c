@@ -365,12 +365,8 @@ static int prepare_aws(struct recorder *r)
         fprintf(stderr, "podium record: invalid kinesis.endpoint: %s\n", err);
         return 2;
     }
-    if (aws_credentials_from_env(&r->creds) != 0) {
-        fprintf(stderr, "podium record: no AWS credentials: set "
-                        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY\n");
-        return 2;
-    }
-    return 0;
+    /* Fails before the output file exists; the fetch comes later. */
+    return daemon_credentials_check(&r->cfg, "podium record");
 }
 
 static int open_out(struct recorder *r)
@@ -451,13 +447,15 @@ static int record_stream(struct recorder *r)
         rc = 1;
         goto out;
     }
-    if (start_reader(r) != 0) {
+    int creds_rc =
+        daemon_credentials_open(&r->loop, &r->cfg, "podium record", &r->creds);
+    if (creds_rc != 0 || start_reader(r) != 0) {
         /* The reader has no handle after a failed start. */
         reader_free(r->reader);
         r->reader = NULL;
         r->stopping = true;
         r->stop = STOP_ERROR;
-        r->exit_code = 1;
+        r->exit_code = creds_rc != 0 ? creds_rc : 1;
         on_reader_stopped(r);
     } else {
         struct log_ids ids = {.stream = r->cfg.stream_name};
@@ -470,6 +468,8 @@ static int record_stream(struct recorder *r)
         rc = 1;
     print_summary(r);
     reader_free(r->reader);
+    daemon_credentials_close(&r->creds, NULL, NULL);
+    uv_run(&r->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&r->loop) != 0)
         log_warn("record", NULL, "handles still open at exit");
 out:

@@ -1333,11 +1333,9 @@ static int replay_files(struct replay *r)
         free(r->fast_shard_ids);
         return rc;
     }
-    if (aws_credentials_from_env(&r->creds) != 0 &&
-        r->cfg.transport == CFG_TRANSPORT_IOT) {
-        fprintf(stderr, "podium replay: no AWS credentials for "
-                        "publish.transport=iot: set AWS_ACCESS_KEY_ID and "
-                        "AWS_SECRET_ACCESS_KEY\n");
+    /* Only the iot transport signs requests. */
+    bool signs = r->cfg.transport == CFG_TRANSPORT_IOT;
+    if (signs && daemon_credentials_check(&r->cfg, "podium replay") != 0) {
         free_cursors(r);
         free(r->fast_shard_ids);
         return 2;
@@ -1349,8 +1347,13 @@ static int replay_files(struct replay *r)
     }
     uv_timer_init(&r->loop, &r->tick);
     r->tick.data = r;
-    if (open_state(r) != 0 || start_publisher(r) != 0 ||
-        resend_outbox(r) != 0) {
+    if (signs)
+        rc = daemon_credentials_open(&r->loop, &r->cfg, "podium replay",
+                                     &r->creds);
+    if (rc != 0) {
+        /* rc is the exit status of the failed fetch. */
+    } else if (open_state(r) != 0 || start_publisher(r) != 0 ||
+               resend_outbox(r) != 0) {
         rc = 1;
     } else {
         r->started_ms = log_now_ms();
@@ -1372,6 +1375,8 @@ static int replay_files(struct replay *r)
         print_summary(r);
     pipeline_free(r->pipeline);
     store_close(r->store);
+    daemon_credentials_close(&r->creds, NULL, NULL);
+    uv_run(&r->loop, UV_RUN_DEFAULT);
     uv_loop_close(&r->loop);
     aws_credentials_clear(&r->creds);
     return rc;

@@ -27,6 +27,8 @@
 #include "publisher/publisher.h"
 #include "store/idempotency.h"
 
+extern char **environ;
+
 /* Time the publisher gets to deliver the outbox when stopping. */
 #define RUN_FLUSH_TIMEOUT_MS 5000
 /* How often the loop checks the merge, idleness, acks and stopping. */
@@ -219,6 +221,11 @@ static void close_all(struct daemon *d)
         d->open_handles++;
         emf_writer_close(d->emf, on_module_closed, d);
         d->emf = NULL;
+    }
+    /* After the publisher and the reader's client: no call is in flight. */
+    if (d->creds.provider != NULL) {
+        d->open_handles++;
+        daemon_credentials_close(&d->creds, on_module_closed, d);
     }
 }
 
@@ -574,7 +581,7 @@ static int open_state(struct daemon *d)
     return d->merge != NULL ? 0 : 1;
 }
 
-/* Resolve endpoint and credentials; returns 0 or an exit status. */
+/* Check the stream and resolve the endpoint; returns 0 or an exit status. */
 static int prepare_aws(struct daemon *d)
 {
     char err[512];
@@ -594,11 +601,6 @@ static int prepare_aws(struct daemon *d)
     if (aws_endpoint_init(&d->endpoint, d->cfg.kinesis_endpoint, d->cfg.region,
                           "kinesis", err, sizeof err) != 0) {
         fprintf(stderr, "podium: invalid kinesis.endpoint: %s\n", err);
-        return 2;
-    }
-    if (aws_credentials_from_env(&d->creds) != 0) {
-        fprintf(stderr, "podium: no AWS credentials: set AWS_ACCESS_KEY_ID "
-                        "and AWS_SECRET_ACCESS_KEY\n");
         return 2;
     }
     return 0;
@@ -646,6 +648,7 @@ static void shutdown_daemon(struct daemon *d)
 
 static int run_daemon(struct daemon *d)
 {
+    daemon_warn_unknown_env(environ, NULL);
     int rc = prepare_aws(d);
     if (rc != 0) {
         aws_endpoint_clear(&d->endpoint);
@@ -659,9 +662,14 @@ static int run_daemon(struct daemon *d)
         notifier_close(d->notifier);
         return 1;
     }
-    d->http_server =
-        http_server_start(&d->loop, d->cfg.http_listen, &d->http_status);
-    rc = d->http_server != NULL ? open_state(d) : 1;
+    /* Container and instance credentials are fetched before the loop runs;
+     * the provider refreshes them on it. */
+    rc = daemon_credentials_open(&d->loop, &d->cfg, "podium", &d->creds);
+    if (rc == 0) {
+        d->http_server =
+            http_server_start(&d->loop, d->cfg.http_listen, &d->http_status);
+        rc = d->http_server != NULL ? open_state(d) : 1;
+    }
     if (rc == 0 && start_publisher(d) != 0)
         rc = 1;
     if (rc == 0 && start_reader(d) != 0)

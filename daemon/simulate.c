@@ -684,13 +684,14 @@ static int run_to_stream(struct sim_state *st, struct podium_config *cfg)
         fprintf(stderr, "podium simulate: invalid kinesis.endpoint: %s\n", err);
         return 2;
     }
-    if (aws_credentials_from_env(&st->creds) != 0) {
-        fprintf(stderr, "podium simulate: no AWS credentials: set "
-                        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY\n");
-        aws_endpoint_clear(&st->endpoint);
-        return 2;
-    }
     uv_loop_init(&st->loop);
+    int rc = daemon_credentials_open(&st->loop, cfg, "podium simulate",
+                                     &st->creds);
+    if (rc != 0) {
+        uv_loop_close(&st->loop);
+        aws_endpoint_clear(&st->endpoint);
+        return rc;
+    }
     if (httpc_new(&st->loop, &st->http) != 0)
         return 1;
     st->putter =
@@ -710,6 +711,8 @@ static int run_to_stream(struct sim_state *st, struct podium_config *cfg)
 
     aws_client_free(st->kinesis);
     kinesis_putter_free(st->putter);
+    daemon_credentials_close(&st->creds, NULL, NULL);
+    uv_run(&st->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&st->loop) != 0)
         fprintf(stderr, "podium simulate: handles left open at exit\n");
     aws_endpoint_clear(&st->endpoint);

@@ -66,3 +66,5 @@ podium_e2e_test(e2e_emf emf.sh)
 podium_e2e_test(e2e_container_static container-static.sh)
 # The container's entry point, configured by PODIUM_* variables only.
 podium_e2e_test(e2e_container container.sh)
+# The settings table of docs/operations.md against podium run --help.
+podium_e2e_test(e2e_operations_doc operations-doc.sh)

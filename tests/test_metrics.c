@@ -191,3 +191,83 @@ TEST(emf_metric_limit)
     ASSERT_TRUE(count > 40);
     ASSERT_TRUE(count <= 100);
 }
+
+/* ---- docs/operations.md ------------------------------------------------ */
+
+static char *read_operations_doc(void)
+{
+    const char *source = getenv("PODIUM_SOURCE_DIR");
+    ASSERT_TRUE(source != NULL);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/docs/operations.md", source);
+    FILE *file = fopen(path, "rb");
+    if (file == NULL)
+        test_fail(__FILE__, __LINE__, "cannot open %s", path);
+    struct strbuf doc;
+    sb_init(&doc, 1024 * 1024);
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, file)) > 0)
+        sb_append(&doc, chunk, n);
+    fclose(file);
+    ASSERT_EQ(sb_error(&doc), 0);
+    return sb_take(&doc, NULL);
+}
+
+TEST(metrics_names_documented)
+{
+    char *doc = read_operations_doc();
+    struct http_status status = {0};
+    struct strbuf out;
+    sb_init(&out, 1024 * 1024);
+    metrics_render(&status, &out);
+    ASSERT_EQ(sb_error(&out), 0);
+
+    /* Each family, as "`podium_NAME`" in the metrics table. */
+    size_t families = 0;
+    for (const char *p = strstr(out.data, "# TYPE "); p != NULL;
+         p = strstr(p + 1, "# TYPE ")) {
+        const char *name = p + strlen("# TYPE ");
+        size_t len = strcspn(name, " ");
+        char quoted[128];
+        snprintf(quoted, sizeof quoted, "`%.*s`", (int)len, name);
+        if (!contains(doc, quoted))
+            test_fail(__FILE__, __LINE__,
+                      "docs/operations.md does not list the metric %s", quoted);
+        families++;
+    }
+    ASSERT_TRUE(families > 20);
+    sb_free(&out);
+    free(doc);
+}
+
+TEST(emf_names_documented)
+{
+    char *doc = read_operations_doc();
+    struct metrics_shard shard = {"shardId-000000000000", 0};
+    struct metrics_snapshot now = {
+        .commit_count = 1, .shards = &shard, .shard_count = 1};
+    char *text = render_emf(&now, NULL);
+
+    /* Each metric as "`Name`", or "`FAMILY.` for a labelled counter. */
+    size_t names = 0;
+    for (const char *p = strstr(text, "{\"Name\":\""); p != NULL;
+         p = strstr(p + 1, "{\"Name\":\"")) {
+        const char *name = p + strlen("{\"Name\":\"");
+        size_t len = strcspn(name, "\"");
+        size_t family_len = strcspn(name, ".\"");
+        char quoted[128];
+        if (family_len < len)
+            snprintf(quoted, sizeof quoted, "`%.*s.", (int)family_len, name);
+        else
+            snprintf(quoted, sizeof quoted, "`%.*s`", (int)len, name);
+        if (!contains(doc, quoted))
+            test_fail(__FILE__, __LINE__,
+                      "docs/operations.md does not list the EMF metric %.*s",
+                      (int)len, name);
+        names++;
+    }
+    ASSERT_TRUE(names > 40);
+    free(text);
+    free(doc);
+}
