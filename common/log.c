@@ -1,7 +1,11 @@
+/* dup3 */
+#define _GNU_SOURCE
 #include "common/log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -10,7 +14,11 @@
 #include "common/strbuf.h"
 
 int log_max_level = LOG_INFO;
-static int log_fd = 2;
+static atomic_int log_fd = 2;
+/* The descriptor of log_open_file, or -1. It stays open for the life of
+ * the process, so that its number is never reused for another file while
+ * a thread may still write to it. */
+static int log_file_fd = -1;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
@@ -32,7 +40,37 @@ int log_parse_level(const char *name, enum log_level *out)
 
 void log_set_fd(int fd)
 {
-    log_fd = fd;
+    atomic_store(&log_fd, fd);
+}
+
+int log_open_file(const char *path, char *err, size_t err_len)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(err, err_len, "failed to open log file %s: %s", path,
+                 strerror(errno));
+        return -1;
+    }
+    if (log_file_fd < 0) {
+        log_file_fd = fd;
+    } else {
+        /* dup3 replaces the file behind log_file_fd in one step. */
+        int rc = dup3(fd, log_file_fd, O_CLOEXEC);
+        int saved = errno;
+        close(fd);
+        if (rc < 0) {
+            snprintf(err, err_len, "failed to reopen log file %s: dup3: %s",
+                     path, strerror(saved));
+            return -1;
+        }
+    }
+    atomic_store(&log_fd, log_file_fd);
+    return 0;
+}
+
+void log_use_stderr(void)
+{
+    atomic_store(&log_fd, 2);
 }
 
 int64_t log_now_ms(void)
@@ -91,7 +129,7 @@ void log_write(enum log_level level, const char *module,
     if (sb.data != NULL) {
         ssize_t rc;
         do {
-            rc = write(log_fd, sb.data, sb.len);
+            rc = write(atomic_load(&log_fd), sb.data, sb.len);
         } while (rc < 0 && errno == EINTR);
     }
     sb_free(&sb);

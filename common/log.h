@@ -8,6 +8,7 @@
 #define PODIUM_COMMON_LOG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
@@ -29,6 +30,16 @@ void log_set_level(enum log_level level);
 int log_parse_level(const char *name, enum log_level *out);
 /* Send lines to fd (default 2). The caller keeps ownership of fd. */
 void log_set_fd(int fd);
+/*
+ * Append lines to the file at path, created with mode 0600 when missing.
+ * Called again, it reopens path on the same descriptor, so a line that
+ * another thread writes meanwhile goes to the old or the new file whole.
+ * Returns 0, or -1 with the reason in err, and lines then go where they
+ * went before.
+ */
+int log_open_file(const char *path, char *err, size_t err_len);
+/* Send lines to standard error again after log_open_file. */
+void log_use_stderr(void);
 
 void log_write(enum log_level level, const char *module,
                const struct log_ids *ids, const char *fmt, ...)

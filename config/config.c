@@ -196,7 +196,12 @@ static const struct cfg_setting settings[] = {
            "HOST:PORT with a port from 0 to 65535",
            "address of the HTTP server for health and metrics", 0),
     ENUM("log.level", log_level, "info", log_level_names,
-         "most detailed log level written"),
+         "most detailed log level written; podium run applies a change on "
+         "SIGHUP"),
+    STRING("log.file", log_file, NULL, NULL, NULL,
+           "file that podium run appends its log lines to, reopened on "
+           "SIGHUP; unset for standard error",
+           CFG_FLAG_OPTIONAL),
     {.name = "metrics.emf",
      .type = CFG_TYPE_BOOL,
      .offset = FIELD(metrics_emf),

@@ -81,7 +81,8 @@ struct podium_config {
     char *alleycat_topic;
 
     char *http_listen;
-    int log_level; /* enum log_level */
+    int log_level;  /* enum log_level */
+    char *log_file; /* NULL when unset: standard error */
 
     bool metrics_emf; /* EMF lines on standard output */
     int32_t metrics_emf_interval_s;

@@ -80,6 +80,10 @@ int common_opts_add_set(struct common_opts *opts, const char *value);
  * after printing the error.
  */
 int load_config(const struct common_opts *opts, struct podium_config *cfg);
+/* Load the configuration like load_config. Returns 0, or -1 with the
+ * reason in err and nothing printed. */
+int load_config_error(const struct common_opts *opts, struct podium_config *cfg,
+                      char *err, size_t err_len);
 
 /* Upper bounds of the commit time histogram buckets, in microseconds. */
 #define PIPELINE_COMMIT_BUCKETS 11

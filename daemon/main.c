@@ -16,7 +16,7 @@
 #define DEFAULT_CONFIG_FILE "/etc/podium/podium.conf"
 
 extern char **environ;
-int cmd_run_with(struct podium_config *cfg);
+int cmd_run_with(struct podium_config *cfg, const struct common_opts *opts);
 
 static void usage(FILE *out)
 {
@@ -59,17 +59,23 @@ static void usage(FILE *out)
 int load_config(const struct common_opts *opts, struct podium_config *cfg)
 {
     char err[1024];
+    if (load_config_error(opts, cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "podium: %s\n", err);
+        return 2;
+    }
+    return 0;
+}
+
+int load_config_error(const struct common_opts *opts, struct podium_config *cfg,
+                      char *err, size_t err_len)
+{
     const char *file = opts->config_file;
     bool required = file != NULL;
 
     if (file == NULL && access(DEFAULT_CONFIG_FILE, F_OK) == 0)
         file = DEFAULT_CONFIG_FILE;
-    if (cfg_load(cfg, file, required, environ, opts->sets, opts->set_count, err,
-                 sizeof err) != 0) {
-        fprintf(stderr, "podium: %s\n", err);
-        return 2;
-    }
-    return 0;
+    return cfg_load(cfg, file, required, environ, opts->sets, opts->set_count,
+                    err, err_len);
 }
 
 /* List every setting with its default and accepted values. */
@@ -97,7 +103,9 @@ static void run_usage(FILE *out)
           "Read every shard of stream.name, apply each record exactly once\n"
           "to the race state in store.path and publish the leaderboards.\n"
           "Stops on SIGINT or SIGTERM after committing the batches in "
-          "flight.\n",
+          "flight.\n"
+          "On SIGHUP, reads the configuration again, applies log.level and\n"
+          "reopens log.file; other changes need a restart.\n",
           out);
     print_settings(out);
 }
@@ -151,8 +159,10 @@ int cmd_run(int argc, char **argv)
         return 2;
     }
     int rc = load_config(&opts, &cfg);
+    if (rc == 0)
+        rc = cmd_run_with(&cfg, &opts);
     free(opts.sets);
-    return rc != 0 ? rc : cmd_run_with(&cfg);
+    return rc;
 }
 
 int main(int argc, char **argv)

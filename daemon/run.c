@@ -64,10 +64,12 @@ struct daemon {
     struct aws_endpoint endpoint;
     struct aws_credentials creds;
 
+    const struct common_opts *opts; /* what the configuration came from */
     uv_signal_t sigint;
     uv_signal_t sigterm;
+    uv_signal_t sighup;
     uv_timer_t tick;
-    uv_timer_t watchdog;       /* WATCHDOG=1 pings, when systemd asks */
+    uv_timer_t watchdog;       /* sends WATCHDOG=1 under WATCHDOG_USEC */
     struct notifier *notifier; /* NULL without NOTIFY_SOCKET */
     bool watchdog_withheld;    /* a stuck job stopped the pings */
     int64_t last_status_ms;
@@ -191,7 +193,7 @@ static void close_all(struct daemon *d)
     enum run_phase was = d->phase;
 
     d->phase = PHASE_CLOSING;
-    d->open_handles = 4;
+    d->open_handles = 5;
     /* Start-up failed after the reader started: stop it before freeing. */
     if (was == PHASE_RUNNING && d->reader != NULL) {
         d->open_handles++;
@@ -199,6 +201,7 @@ static void close_all(struct daemon *d)
     }
     uv_close((uv_handle_t *)&d->sigint, on_handle_closed);
     uv_close((uv_handle_t *)&d->sigterm, on_handle_closed);
+    uv_close((uv_handle_t *)&d->sighup, on_handle_closed);
     uv_close((uv_handle_t *)&d->tick, on_handle_closed);
     uv_close((uv_handle_t *)&d->watchdog, on_handle_closed);
     /* Before the publisher, so that no request reads a closed one. */
@@ -264,6 +267,115 @@ static void on_signal(uv_signal_t *handle, int signum)
     }
     log_info("main", NULL, "received signal %d", signum);
     begin_stop(d, 0);
+}
+
+/* ---- reloading on SIGHUP ----------------------------------------- */
+
+/* The "key = value  # source" lines of every setting of cfg (owned), or
+ * NULL when out of memory. */
+static char *settings_text(const struct podium_config *cfg)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (f == NULL)
+        return NULL;
+    cfg_print(cfg, f);
+    if (fclose(f) != 0) {
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
+/* Length of line up to its "  # source" comment. */
+static size_t setting_length(const char *line, size_t len)
+{
+    for (size_t i = len; i >= 4; i--) {
+        if (memcmp(line + i - 4, "  # ", 4) == 0)
+            return i - 4;
+    }
+    return len;
+}
+
+/*
+ * Log a warning for every setting other than log.* whose value differs
+ * between the running and the loaded configuration: they take effect only
+ * at the next start. Both lists have the same settings in the same order.
+ */
+static void warn_restart_settings(const struct podium_config *running,
+                                  const struct podium_config *loaded)
+{
+    char *old_text = settings_text(running);
+    char *new_text = settings_text(loaded);
+    const char *a = old_text, *b = new_text;
+
+    while (a != NULL && b != NULL && *a != '\0' && *b != '\0') {
+        size_t a_len = strcspn(a, "\n"), b_len = strcspn(b, "\n");
+        size_t a_setting = setting_length(a, a_len);
+        size_t b_setting = setting_length(b, b_len);
+        bool changed = a_setting != b_setting || memcmp(a, b, a_setting) != 0;
+        if (changed && strncmp(b, "log.", 4) != 0)
+            log_warn("main", NULL,
+                     "%.*s changed in the configuration (running: %.*s); it "
+                     "takes effect at the next restart",
+                     (int)b_setting, b, (int)a_setting, a);
+        a += a_len + (a[a_len] == '\n');
+        b += b_len + (b[b_len] == '\n');
+    }
+    free(old_text);
+    free(new_text);
+}
+
+/*
+ * Read the configuration again from the same file, environment and --set
+ * flags, then reopen log.file (for log rotation) and apply log.level. An
+ * invalid configuration or a log file that cannot be opened changes
+ * nothing.
+ */
+static void on_sighup(uv_signal_t *handle, int signum)
+{
+    struct daemon *d = handle->data;
+    struct podium_config loaded;
+    char err[1024];
+    enum log_level level;
+
+    (void)signum;
+    if (load_config_error(d->opts, &loaded, err, sizeof err) != 0) {
+        log_error("main", NULL,
+                  "failed to reload the configuration on SIGHUP: %s; the "
+                  "running configuration stays in effect",
+                  err);
+        return;
+    }
+    if (loaded.log_file != NULL &&
+        log_open_file(loaded.log_file, err, sizeof err) != 0) {
+        log_error("main", NULL,
+                  "failed to reload the configuration on SIGHUP: %s; the "
+                  "running configuration stays in effect",
+                  err);
+        cfg_free(&loaded);
+        return;
+    }
+    if (loaded.log_file == NULL)
+        log_use_stderr();
+    level = (enum log_level)loaded.log_level;
+    log_set_level(level);
+    warn_restart_settings(&d->cfg, &loaded);
+
+    /* Nothing borrows the log settings, so they can be swapped. */
+    char *file = d->cfg.log_file;
+    d->cfg.log_file = loaded.log_file;
+    loaded.log_file = file;
+    d->cfg.log_level = loaded.log_level;
+    cfg_free(&loaded);
+    log_info("main", NULL,
+             "reloaded the configuration on SIGHUP: log.level %s, log.file %s",
+             level == LOG_ERROR  ? "error"
+             : level == LOG_WARN ? "warn"
+             : level == LOG_INFO ? "info"
+                                 : "debug",
+             d->cfg.log_file != NULL ? d->cfg.log_file : "(standard error)");
 }
 
 /* Advance the stopping state machine; called from the tick timer. */
@@ -612,11 +724,14 @@ static int init_loop(struct daemon *d)
         return -1;
     uv_signal_init(&d->loop, &d->sigint);
     uv_signal_init(&d->loop, &d->sigterm);
+    uv_signal_init(&d->loop, &d->sighup);
     uv_timer_init(&d->loop, &d->tick);
     uv_timer_init(&d->loop, &d->watchdog);
-    d->sigint.data = d->sigterm.data = d->tick.data = d->watchdog.data = d;
+    d->sigint.data = d->sigterm.data = d->sighup.data = d;
+    d->tick.data = d->watchdog.data = d;
     uv_signal_start(&d->sigint, on_signal, SIGINT);
     uv_signal_start(&d->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&d->sighup, on_sighup, SIGHUP);
     uv_timer_start(&d->tick, on_tick, RUN_TICK_MS, RUN_TICK_MS);
     /* Pings at half the interval, as sd_watchdog_enabled(3) advises. */
     uint64_t ping_ms = notifier_watchdog_usec(d->notifier) / 2000;
@@ -699,15 +814,26 @@ static int run_daemon(struct daemon *d)
     return rc;
 }
 
-int cmd_run_with(struct podium_config *cfg);
+int cmd_run_with(struct podium_config *cfg, const struct common_opts *opts);
 
-/* Run the daemon with a loaded configuration (takes cfg). */
-int cmd_run_with(struct podium_config *cfg)
+/* Run the daemon with the configuration loaded from opts (takes cfg);
+ * opts is borrowed for reloading on SIGHUP. */
+int cmd_run_with(struct podium_config *cfg, const struct common_opts *opts)
 {
-    struct daemon *d = calloc(1, sizeof *d);
-    if (d == NULL)
+    char err[512];
+    if (cfg->log_file != NULL &&
+        log_open_file(cfg->log_file, err, sizeof err) != 0) {
+        fprintf(stderr, "podium: %s; check log.file\n", err);
+        cfg_free(cfg);
         return 1;
+    }
+    struct daemon *d = calloc(1, sizeof *d);
+    if (d == NULL) {
+        cfg_free(cfg);
+        return 1;
+    }
     d->cfg = *cfg;
+    d->opts = opts;
     log_set_level((enum log_level)d->cfg.log_level);
     int rc = run_daemon(d);
     cfg_free(&d->cfg);

@@ -20,3 +20,7 @@ add_test(NAME systemd_unit_security
         ${PROJECT_BINARY_DIR}/systemd/podium.service 2.0)
 set_tests_properties(systemd_unit_verify systemd_unit_security
     PROPERTIES TIMEOUT 60)
+
+# SIGHUP: log.file reopened after a rename, log.level applied, and a broken
+# configuration file kept out with one error line.
+podium_e2e_test(e2e_sighup sighup.sh)
