@@ -1,12 +1,14 @@
 /*
  * Design note
  *
- * Tables (schema version 3, stored in PRAGMA user_version):
+ * Tables (schema version 4, stored in PRAGMA user_version):
  *   samples        one row per (race, racer, second) of telemetry.
  *   agg_state      small JSON documents of the aggregators by (kind, key).
  *   checkpoints    last committed (sequence, sub-sequence) per shard.
  *   outbox         messages waiting to be published, in id order.
- *   dead_letters   records that could not be applied, with the reason.
+ *   dead_letters   records that could not be applied, with the reason;
+ *                  one row per (shard, sequence, sub-sequence), so a record
+ *                  read again (a replay, a restart) is not filed twice.
  *   meta           small settings of the store itself.
  *   last_messages  the newest revision of each race result and class
  *                  leaderboard, kept for `podium query` after the outbox
@@ -78,7 +80,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define STORE_SCHEMA_VERSION  3
+#define STORE_SCHEMA_VERSION  4
 #define STORE_BUSY_TIMEOUT_MS 5000
 #define STORE_HASH_LEN        32
 #define STORE_ERRMSG_LEN      1024
@@ -148,10 +150,14 @@ static const char *const stmt_sql[STMT_COUNT] = {
     [STMT_OUTBOX_LOAD] = "SELECT id, topic, payload FROM outbox"
                          " WHERE id > ?1 ORDER BY id LIMIT ?2",
     [STMT_OUTBOX_COUNT] = "SELECT count(*) FROM outbox",
+    /* Only the record's own uniqueness conflict is ignored: a NOT NULL
+     * violation still fails, which INSERT OR IGNORE would hide. */
     [STMT_DEAD_LETTER_ADD] = "INSERT INTO dead_letters"
                              " (shard_id, seq, subseq, arrival_ms, reason,"
                              " detail, data)"
-                             " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                             " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                             " ON CONFLICT (shard_id, seq, subseq)"
+                             " DO NOTHING",
     [STMT_DEAD_LETTER_LOAD] = "SELECT id, shard_id, seq, subseq, arrival_ms,"
                               " reason, detail, data FROM dead_letters"
                               " WHERE id > ?1 ORDER BY id LIMIT ?2",
@@ -586,11 +592,38 @@ static int migrate_to_v3(struct store *st)
     return 0;
 }
 
+/*
+ * Version 4: a record is filed as a dead letter once. Rows that an earlier
+ * version filed again for the same record are removed, keeping the first.
+ * Rows without a shard (none are written today) stay, because NULLs never
+ * conflict in a unique index.
+ */
+static int migrate_to_v4(struct store *st)
+{
+    static const char *const sql[] = {
+        "DELETE FROM dead_letters WHERE id NOT IN"
+        " (SELECT min(id) FROM dead_letters"
+        "  GROUP BY shard_id, seq, subseq)"
+        " AND shard_id IS NOT NULL AND seq IS NOT NULL"
+        " AND subseq IS NOT NULL",
+
+        "CREATE UNIQUE INDEX dead_letters_record"
+        " ON dead_letters (shard_id, seq, subseq)",
+    };
+
+    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++) {
+        if (exec_sql(st, sql[i]) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* migrations[v] brings the schema from version v - 1 to version v. */
 static int (*const migrations[STORE_SCHEMA_VERSION + 1])(struct store *st) = {
     [1] = migrate_to_v1,
     [2] = migrate_to_v2,
     [3] = migrate_to_v3,
+    [4] = migrate_to_v4,
 };
 
 /*

@@ -275,7 +275,7 @@ TEST(store_open_creates_schema_and_wal)
     ASSERT_EQ(header[60], 0);
     ASSERT_EQ(header[61], 0);
     ASSERT_EQ(header[62], 0);
-    ASSERT_EQ(header[63], 3);
+    ASSERT_EQ(header[63], 4);
 }
 
 TEST(store_reopen_keeps_data)
@@ -879,6 +879,31 @@ TEST(store_dead_letters_add_and_load)
     store_close(st);
 }
 
+TEST(store_dead_letter_filed_once)
+{
+    struct store *st = open_store(db_path("podium.db"));
+    struct store_dead_letter first = {
+        "shardId-000000000001", "77", 0, 1, "not_json", "first", "x", 1};
+    struct store_dead_letter again = first;
+    struct store_dead_letter next_user = first;
+    struct dead_letter_list list = {0};
+    int64_t count = -1;
+
+    again.detail = "read again";
+    next_user.subseq = 1;
+    ASSERT_OK(st, store_dead_letter_add(st, &first));
+    ASSERT_OK(st, store_dead_letter_add(st, &again));
+    ASSERT_OK(st, store_dead_letter_add(st, &next_user));
+    ASSERT_OK(st, store_dead_letter_count(st, &count));
+    ASSERT_EQ(count, 2);
+    ASSERT_OK(st,
+              store_dead_letters_load(st, 0, 10, collect_dead_letter, &list));
+    ASSERT_EQ(list.count, 2);
+    ASSERT_EQ(list.subseq[0], 0);
+    ASSERT_EQ(list.subseq[1], 1);
+    store_close(st);
+}
+
 /* ---- meta ----------------------------------------------------------- */
 
 TEST(store_meta_put_get_replace)
@@ -1017,7 +1042,7 @@ TEST(store_history_put_delete_load)
 }
 
 /* Turn a current database back into the version 2 schema, which lacked the
- * two tables that version 3 added. */
+ * two tables that version 3 added and the index of version 4. */
 static void downgrade_to_v2(const char *path)
 {
     sqlite3 *db = NULL;
@@ -1026,6 +1051,7 @@ static void downgrade_to_v2(const char *path)
     ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
     int rc = sqlite3_exec(db,
                           "DROP TABLE last_messages; DROP TABLE class_history;"
+                          " DROP INDEX dead_letters_record;"
                           " PRAGMA user_version = 2;",
                           NULL, NULL, &err);
     if (rc != SQLITE_OK)
@@ -1065,6 +1091,37 @@ TEST(store_migrates_v2_keeping_samples)
     ASSERT_EQ(sample_count(st), 1);
     ASSERT_OK(st, store_history_load(st, "1", NULL, 0, copy_history, &rows));
     ASSERT_EQ(rows.count, 1);
+    store_close(st);
+}
+
+TEST(store_migrates_v3_dropping_repeats)
+{
+    const char *path = db_path("podium.db");
+    struct store *st = open_store(path);
+    sqlite3 *db = NULL;
+    char *err = NULL;
+    int64_t count = -1;
+
+    store_close(st);
+    /* A version 3 store in which a replay filed two records twice. */
+    ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
+    int rc = sqlite3_exec(
+        db,
+        "DROP INDEX dead_letters_record;"
+        " INSERT INTO dead_letters (shard_id, seq, subseq, reason)"
+        " VALUES ('s-1', '10', 0, 'not_json'), ('s-1', '10', 0, 'not_json'),"
+        " ('s-1', '11', 0, 'not_json'), ('s-1', '11', 0, 'not_json'),"
+        " ('s-1', '11', 1, 'not_json'), (NULL, NULL, NULL, 'other'),"
+        " (NULL, NULL, NULL, 'other');"
+        " PRAGMA user_version = 3;",
+        NULL, NULL, &err);
+    if (rc != SQLITE_OK)
+        test_fail(__FILE__, __LINE__, "downgrade: %s", err);
+    sqlite3_close(db);
+
+    st = open_store(path);
+    ASSERT_OK(st, store_dead_letter_count(st, &count));
+    ASSERT_EQ(count, 5);
     store_close(st);
 }
 
