@@ -2,7 +2,7 @@
  * The metrics of `podium run` as CloudWatch embedded metric format (EMF)
  * lines, for a log agent that forwards standard output to CloudWatch Logs.
  *
- * Each line is one JSON object whose "_aws" member holds the Timestamp (ms
+ * Each line is one JSON object whose "_aws" member contains the Timestamp (ms
  * since the epoch) and one metric directive: the namespace, the dimension
  * set and each metric's name and unit. The values are members of the same
  * object. A counter of /metrics becomes the increase since the previous
@@ -246,7 +246,9 @@ struct emf_writer {
     void *closed_arg;
 };
 
-/* Write all of data to fd. Returns 0 or a negative errno. */
+/* Write all of data to fd. Returns 0 or a negative errno.
+ * NOTE: podium does not ignore SIGPIPE, so a standard output whose reader
+ * has gone ends the process here, as a log line to a closed pipe would. */
 static int write_all(int fd, const char *data, size_t len)
 {
     while (len > 0) {
@@ -261,7 +263,7 @@ static int write_all(int fd, const char *data, size_t len)
     return 0;
 }
 
-static void log_write_error(struct emf_writer *w, const char *why)
+static void log_write_error(struct emf_writer *w, const char *reason)
 {
     uint32_t suppressed;
     if (!log_limit_allow(&w->error_limit, (uint64_t)log_now_ms(), &suppressed))
@@ -270,7 +272,7 @@ static void log_write_error(struct emf_writer *w, const char *why)
               "failed to write the EMF metrics to standard output: %s; the "
               "next interval includes their counts (%" PRIu32
               " more such errors not logged)",
-              why, suppressed);
+              reason, suppressed);
 }
 
 void emf_writer_flush(struct emf_writer *w)
