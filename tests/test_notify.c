@@ -243,9 +243,16 @@ static int wait_podium(void)
     test_fail(__FILE__, __LINE__, "podium did not exit: see %s", stderr_path());
 }
 
-/* True once podium has exited (the status is kept for wait_podium). */
+/* True once podium has exited (the status is kept for wait_podium). Fails
+ * when podium still runs WAIT_MS after the first call. */
 static bool podium_exited(void)
 {
+    static uint64_t deadline;
+    if (deadline == 0)
+        deadline = now_ms() + WAIT_MS;
+    if (now_ms() > deadline)
+        test_fail(__FILE__, __LINE__, "podium did not exit: see %s",
+                  stderr_path());
     if (podium_pid == 0)
         return true;
     pid_t rc = waitpid(podium_pid, &podium_status, WNOHANG);
