@@ -1,7 +1,7 @@
 /*
  * `podium check-config`: load the configuration as `podium run` would,
  * print every setting with its value and where the value came from, and
- * say where the AWS credentials would come from. Secrets are masked, and
+ * name the source of the AWS credentials. Secrets are masked, and
  * no request is sent unless --fetch-credentials asks for one.
  */
 #include "daemon/daemon.h"

@@ -246,9 +246,12 @@ int iot_open(struct publisher *pub, const struct pub_config *cfg, char *err,
                  "iot:Data-ATS prints it)");
         return -1;
     }
-    if (creds == NULL || creds->access_key_id == NULL ||
-        creds->access_key_id[0] == '\0' || creds->secret_access_key == NULL ||
-        creds->secret_access_key[0] == '\0') {
+    /* A provider (common/awscreds.h) always has credentials. */
+    if (creds == NULL ||
+        (creds->provider == NULL &&
+         (creds->access_key_id == NULL || creds->access_key_id[0] == '\0' ||
+          creds->secret_access_key == NULL ||
+          creds->secret_access_key[0] == '\0'))) {
         snprintf(err, err_len,
                  "publish transport iot needs AWS credentials; set "
                  "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");

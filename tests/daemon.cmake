@@ -29,6 +29,9 @@ podium_e2e_test(e2e_reshard reshard.sh kinesalite)
 podium_e2e_test(e2e_reshard_kinesis_local reshard.sh kinesis-local)
 # publish.transport=iot against tests/iot-publish-server.js.
 podium_e2e_test(e2e_iot iot.sh)
+# Profiles, container and instance credentials, refresh and rotation, and
+# podium check-config.
+podium_e2e_test(e2e_credentials credentials.sh)
 # MQTT over TLS with client certificates against the peer mosquitto-tls.
 podium_e2e_test(e2e_mqtt_tls mqtt-tls.sh)
 podium_e2e_test(e2e_stall stall.sh)

@@ -6,12 +6,15 @@
  * JavaScript SHA-256 of @aws-crypto/sha256-js (both from tools/peers).
  *
  *   node iot-publish-server.js --port-file FILE --log FILE [--rules FILE]
- *       [--capture FILE] [--port N]
+ *       [--capture FILE] [--port N] [--credentials FILE]
  *
  * It listens on 127.0.0.1 (port N, default a free one) and writes the port
  * to the port file once it accepts connections. The credentials it accepts
  * and the region come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
- * AWS_SESSION_TOKEN (optional) and AWS_REGION (default us-east-1).
+ * AWS_SESSION_TOKEN (optional) and AWS_REGION (default us-east-1). With
+ * --credentials, the file instead lists the credentials accepted, as a JSON
+ * array of {"accessKeyId", "secretAccessKey", "sessionToken"}, and is read
+ * again whenever it changes, so a test can rotate keys.
  *
  * Each request gets, in this order:
  *   - 404 for another path, 405 for another method;
@@ -26,6 +29,7 @@
  *
  * Every request is appended to the log as one JSON line:
  *   {"t": ms since the epoch, "method", "path": the raw path and query,
+ *    "key": the access key id of the Authorization header or null,
  *    "topic": the decoded topic or null, "qos", "payload": the body in
  *    base64, "signature": "ok" or "bad", "reason": why it is bad,
  *    "fault": the rule's fault or null, "status": the status sent (0 for a
@@ -86,6 +90,7 @@ const { values: args } = parseArgs({
     rules: { type: 'string' },
     capture: { type: 'string' },
     port: { type: 'string', default: '0' },
+    credentials: { type: 'string' },
   },
 });
 if (!args['port-file'] || !args.log) {
@@ -99,22 +104,44 @@ const credentials = {
   secretAccessKey: process.env.AWS_SECRET_ACCESS_KEY || '',
   sessionToken: process.env.AWS_SESSION_TOKEN || undefined,
 };
-if (!credentials.accessKeyId || !credentials.secretAccessKey) {
+if (!args.credentials && (!credentials.accessKeyId || !credentials.secretAccessKey)) {
   console.error('iot-publish-server: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY ' +
                 'to the credentials that requests must be signed with');
   process.exit(2);
 }
 const region = process.env.AWS_REGION || 'us-east-1';
-const signer = new SignatureV4({
-  service: SERVICE,
-  region,
-  credentials,
-  sha256: Sha256,
-  uriEscapePath: true,
-  // The client sends no x-amz-content-sha256, so the signer must neither
-  // add one nor sign it. It hashes the body it received instead.
-  applyChecksum: false,
-});
+
+function makeSigner(creds) {
+  return new SignatureV4({
+    service: SERVICE,
+    region,
+    credentials: creds,
+    sha256: Sha256,
+    uriEscapePath: true,
+    // The client sends no x-amz-content-sha256, so the signer must neither
+    // add one nor sign it. It hashes the body it received instead.
+    applyChecksum: false,
+  });
+}
+
+let accepted = [credentials];
+let acceptedStamp = '';
+
+/* The credentials accepted now: from --credentials, read again when the
+ * file changed, else the environment's. */
+function acceptedCredentials() {
+  if (!args.credentials) return accepted;
+  const st = fs.statSync(args.credentials);
+  const stamp = `${st.mtimeMs}:${st.size}:${st.ino}`;
+  if (stamp !== acceptedStamp) {
+    const list = JSON.parse(fs.readFileSync(args.credentials, 'utf8'));
+    if (!Array.isArray(list)) throw new Error(`${args.credentials}: not a JSON array`);
+    accepted = list.map((c) => ({ accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey,
+                                  sessionToken: c.sessionToken || undefined }));
+    acceptedStamp = stamp;
+  }
+  return accepted;
+}
 
 let rules = [];
 let rulesStamp = '';
@@ -202,7 +229,8 @@ async function checkSignature(req, rawPath, rawQuery, body) {
   if (!m) return 'missing or malformed Authorization header';
 
   const [, keyId, day, scopeRegion, scopeService, signedList, signature] = m;
-  if (keyId !== credentials.accessKeyId) return `unknown access key id ${keyId}`;
+  const credentials = acceptedCredentials().find((c) => c.accessKeyId === keyId);
+  if (!credentials) return `unknown access key id ${keyId}`;
   if (scopeRegion !== region || scopeService !== SERVICE) {
     return `credential scope ${scopeRegion}/${scopeService}, expected ${region}/${SERVICE}`;
   }
@@ -243,7 +271,7 @@ async function checkSignature(req, rawPath, rawQuery, body) {
     headers,
     body,
   };
-  const out = await signer.sign(request, { signingDate: date });
+  const out = await makeSigner(credentials).sign(request, { signingDate: date });
   const expected = /Signature=([0-9a-f]{64})/.exec(out.headers.authorization)[1];
   const expectedList = /SignedHeaders=([^,]+)/.exec(out.headers.authorization)[1];
   if (expectedList !== signedList) return `signed headers ${signedList}, recomputed ${expectedList}`;
@@ -256,8 +284,10 @@ async function handle(req, res, body) {
   const q = url.indexOf('?');
   const rawPath = q < 0 ? url : url.slice(0, q);
   const rawQuery = q < 0 ? '' : url.slice(q + 1);
+  const keyMatch = /Credential=([^/]+)\//.exec(req.headers.authorization || '');
   const entry = {
-    t: Date.now(), method: req.method, path: url, topic: null, qos: null,
+    t: Date.now(), method: req.method, path: url, key: keyMatch ? keyMatch[1] : null,
+    topic: null, qos: null,
     payload: body.toString('base64'), signature: null, reason: null,
     fault: null, status: 0, published: false,
   };

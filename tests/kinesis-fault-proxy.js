@@ -30,7 +30,9 @@
  *
  * Every request is appended to LOG_FILE as one JSON line:
  *   {"action":..., "shard":..., "fault":..., "t": ms since the epoch,
- *    "input": the request body (empty for PutRecords)}
+ *    "key": the access key id that signed it (from the Authorization
+ *    header's Credential=), "input": the request body (empty for
+ *    PutRecords)}
  * and every relayed reply as a line with "reply": the HTTP status and the
  * reply's ChildShards and NextShardIterator presence for GetRecords.
  */
@@ -218,7 +220,8 @@ function handle(req, res, body) {
   const shard = input.ShardId || shardOf.get(input.ShardIterator) || null;
   const rule = pick(action, shard);
   const fault = rule ? rule.fault : null;
-  log({action, shard, fault, t: Date.now(),
+  const key = /Credential=([^/]+)\//.exec(req.headers.authorization || '');
+  log({action, shard, fault, t: Date.now(), key: key ? key[1] : null,
        input: action === 'PutRecords' ? {} : input});
 
   if (fault === 'silent') return; /* never answered */

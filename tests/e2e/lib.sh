@@ -33,6 +33,11 @@ FAULT_PROXY_PORT=""
 export AWS_ACCESS_KEY_ID=AKIDEXAMPLE
 export AWS_SECRET_ACCESS_KEY=SECRETEXAMPLE
 export AWS_REGION=us-east-1
+# No test may reach the link-local credential services of EC2 and ECS:
+# the instance metadata endpoint is a closed loopback port unless a test
+# starts its own stand-in, and no container credentials are inherited.
+export AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:9
+unset AWS_CONTAINER_CREDENTIALS_RELATIVE_URI AWS_CONTAINER_CREDENTIALS_FULL_URI
 
 e2e_log() {
     echo "[$E2E_NAME $(date +%H:%M:%S)] $*"
