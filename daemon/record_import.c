@@ -14,11 +14,15 @@
  * as EncryptionType, are ignored.
  *
  * Every file is read and checked before anything is written. A file that
- * is not JSON or has no Records array always fails the import. A bad
- * record (a missing or invalid member, or a SequenceNumber not after the
- * one before it) is reported with the file and its index in Records. Under
- * --on-bad-record fail nothing is written and the exit status is 1. Under
- * skip the record is left out, and counted in the summary.
+ * is not JSON or has no Records array always fails the import, and so does
+ * a record whose SequenceNumber is not after the one before it: that means
+ * pages out of order or given twice, and skipping the records would lose a
+ * page. Such records are reported once per file, with a count. A bad
+ * record (a missing or invalid member) is reported with the file and its
+ * index in Records, and records of one file with the same problem are
+ * reported once, with a count. Under --on-bad-record fail nothing is
+ * written and the exit status is 1. Under skip the record is left out, and
+ * counted in the summary.
  */
 #include "daemon/daemon.h"
 
@@ -40,6 +44,26 @@
 /* Kinesis allows 256 characters, at most 1,024 bytes of UTF-8, as replay
  * checks too. */
 #define IMPORT_MAX_PARTITION_KEY_BYTES 1024
+/* Distinct problems reported for one file; the rest are only counted. */
+#define IMPORT_PROBLEMS_SHOWN 20
+
+/* Bad records of one file with the same message. */
+struct import_problem {
+    char message[600];
+    size_t first_index;
+    uint64_t count;
+};
+
+/* Records of one file whose SequenceNumber is not after the record
+ * converted before them. */
+struct order_problem {
+    uint64_t count;
+    size_t first_index;
+    char first_seq[SEQNUM_MAX_DIGITS + 1];
+    char prev_seq[SEQNUM_MAX_DIGITS + 1];
+    const char *prev_file;
+    size_t prev_index;
+};
 
 struct importer {
     const struct import_options *opts;
@@ -50,6 +74,7 @@ struct importer {
     size_t prev_index;
     uint64_t records;
     uint64_t bad_records;
+    bool order_failed; /* some file had records out of order */
 };
 
 /* Write a short rendering of v for messages into out. */
@@ -166,8 +191,8 @@ struct import_record {
     size_t len;
 };
 
-static int check_seq(const struct importer *im, const struct sjson_value *v,
-                     struct import_record *rec, char *err, size_t err_len)
+static int check_seq(const struct sjson_value *v, struct import_record *rec,
+                     char *err, size_t err_len)
 {
     char q[IMPORT_QUOTE_MAX + 8];
     if (v == NULL) {
@@ -181,14 +206,6 @@ static int check_seq(const struct importer *im, const struct sjson_value *v,
                  "SequenceNumber must be a string of up to %d decimal "
                  "digits, got %s",
                  SEQNUM_MAX_DIGITS, q);
-        return -1;
-    }
-    if (im->prev_file != NULL && seqnum_cmp(v->str, im->prev_seq) <= 0) {
-        snprintf(err, err_len,
-                 "SequenceNumber %s is not after %s of %s Records[%zu]; give "
-                 "the pages of one shard in the order they were read, each "
-                 "once",
-                 v->str, im->prev_seq, im->prev_file, im->prev_index);
         return -1;
     }
     rec->seq = v->str;
@@ -281,8 +298,7 @@ static int check_data(const struct sjson_value *v, struct import_record *rec,
 }
 
 /* Check item, one member of Records. Returns 0 with rec, or -1 with err. */
-static int check_record(const struct importer *im,
-                        const struct sjson_value *item,
+static int check_record(const struct sjson_value *item,
                         struct import_record *rec, char *err, size_t err_len)
 {
     char q[IMPORT_QUOTE_MAX + 8];
@@ -292,7 +308,7 @@ static int check_record(const struct importer *im,
         snprintf(err, err_len, "expected a JSON object, got %s", q);
         return -1;
     }
-    if (check_seq(im, sjson_object_get(item, "SequenceNumber"), rec, err,
+    if (check_seq(sjson_object_get(item, "SequenceNumber"), rec, err,
                   err_len) != 0 ||
         check_arrival(sjson_object_get(item, "ApproximateArrivalTimestamp"),
                       rec, err, err_len) != 0 ||
@@ -304,26 +320,109 @@ static int check_record(const struct importer *im,
 
 /* ---- one file --------------------------------------------------------- */
 
+/* Count a bad record under its message in problems (up to
+ * IMPORT_PROBLEMS_SHOWN of them) or in *unlisted. */
+static void note_problem(struct import_problem *problems, size_t *count,
+                         uint64_t *unlisted, size_t index, const char *message)
+{
+    for (size_t i = 0; i < *count; i++) {
+        if (strcmp(problems[i].message, message) == 0) {
+            problems[i].count++;
+            return;
+        }
+    }
+    if (*count == IMPORT_PROBLEMS_SHOWN) {
+        (*unlisted)++;
+        return;
+    }
+    struct import_problem *p = &problems[(*count)++];
+    snprintf(p->message, sizeof p->message, "%s", message);
+    p->first_index = index;
+    p->count = 1;
+}
+
+/* Print the bad records of one file, each problem once. */
+static void report_problems(const struct importer *im, const char *path,
+                            const struct import_problem *problems, size_t count,
+                            uint64_t unlisted)
+{
+    bool skip = im->opts->skip_bad_records;
+    for (size_t i = 0; i < count; i++) {
+        const struct import_problem *p = &problems[i];
+        if (p->count == 1)
+            fprintf(stderr, "podium record: %s: Records[%zu]: %s; %s\n", path,
+                    p->first_index, p->message,
+                    skip ? "record skipped"
+                         : "nothing was written; fix the record or pass "
+                           "--on-bad-record skip");
+        else
+            fprintf(stderr,
+                    "podium record: %s: Records[%zu] and %" PRIu64
+                    " more records: %s; %s\n",
+                    path, p->first_index, p->count - 1, p->message,
+                    skip ? "records skipped"
+                         : "nothing was written; fix the records or pass "
+                           "--on-bad-record skip");
+    }
+    if (unlisted > 0)
+        fprintf(stderr,
+                "podium record: %s: %" PRIu64 " more bad records with "
+                "other problems; %s\n",
+                path, unlisted,
+                skip ? "records skipped"
+                     : "nothing was written; fix the records or pass "
+                       "--on-bad-record skip");
+}
+
+/* Print the records of one file that are out of order, in one message. */
+static void report_order(const char *path, const struct order_problem *o)
+{
+    char more[64] = "";
+    if (o->count > 1)
+        snprintf(more, sizeof more, ", nor %s %" PRIu64 " later record%s",
+                 o->count == 2 ? "is" : "are", o->count - 1,
+                 o->count == 2 ? "" : "s");
+    fprintf(stderr,
+            "podium record: %s: Records[%zu]: SequenceNumber %s is not after "
+            "%s of %s Records[%zu]%s; the pages are out of order or one is "
+            "given twice; give the pages of one shard in the order they were "
+            "read, each once\n",
+            path, o->first_index, o->first_seq, o->prev_seq, o->prev_file,
+            o->prev_index, more);
+}
+
 /* Convert the records of one document. Returns 0, 1 after a bad record
- * under fail, or -1 when out of memory. */
+ * under fail or records out of order, or -1 when out of memory. */
 static int import_records(struct importer *im, const char *path,
                           const struct sjson_value *records)
 {
     int rc = 0;
     char err[600];
+    struct import_problem problems[IMPORT_PROBLEMS_SHOWN];
+    size_t problem_count = 0;
+    uint64_t unlisted = 0;
+    struct order_problem order = {0};
 
     for (size_t i = 0; i < records->count; i++) {
         struct import_record rec;
-        if (check_record(im, &records->items[i], &rec, err, sizeof err) != 0) {
+        if (check_record(&records->items[i], &rec, err, sizeof err) != 0) {
             im->bad_records++;
-            fprintf(stderr, "podium record: %s: Records[%zu]: %s; %s\n", path,
-                    i, err,
-                    im->opts->skip_bad_records
-                        ? "record skipped"
-                        : "nothing was written; fix the record or pass "
-                          "--on-bad-record skip");
+            note_problem(problems, &problem_count, &unlisted, i, err);
             if (!im->opts->skip_bad_records)
                 rc = 1;
+            continue;
+        }
+        if (im->prev_file != NULL && seqnum_cmp(rec.seq, im->prev_seq) <= 0) {
+            if (order.count++ == 0) {
+                order.first_index = i;
+                snprintf(order.first_seq, sizeof order.first_seq, "%s",
+                         rec.seq);
+                snprintf(order.prev_seq, sizeof order.prev_seq, "%s",
+                         im->prev_seq);
+                order.prev_file = im->prev_file;
+                order.prev_index = im->prev_index;
+            }
+            free(rec.data);
             continue;
         }
         struct recording_line line = {
@@ -344,6 +443,12 @@ static int import_records(struct importer *im, const char *path,
         im->prev_file = path;
         im->prev_index = i;
         im->records++;
+    }
+    report_problems(im, path, problems, problem_count, unlisted);
+    if (order.count > 0) {
+        report_order(path, &order);
+        im->order_failed = true;
+        rc = 1;
     }
     return rc;
 }

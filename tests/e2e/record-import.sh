@@ -13,9 +13,13 @@
 #    shard from kinesalite.
 # 2. podium replay reads the converted recording and splits the aggregate.
 # 3. Each kind of bad input exits 1 with the file, the record index and
-#    the problem, and writes nothing. Under --on-bad-record skip the bad
-#    records are counted and the good ones written.
-# 4. Usage errors exit 2.
+#    the problem, and writes nothing. Records of one file with the same
+#    problem are reported once, with a count. Under --on-bad-record skip
+#    the bad records are counted and the good ones written.
+# 4. Pages out of order or given twice fail the import with one message
+#    per page, also under --on-bad-record skip, which never suggests
+#    skipping, and nothing is written.
+# 5. Usage errors exit 2.
 # No peer is needed.
 set -euo pipefail
 
@@ -176,14 +180,46 @@ check_bad_records() {
         'empty-key.json: Records[0]: PartitionKey must be a string of 1 to 1024 bytes without U+0000, got ""'
     expect_bad_record not-object 'doc.Records[1] = "record"' \
         'not-object.json: Records[1]: expected a JSON object, got "record"'
-    expect_bad_record swapped 'doc.Records.reverse()' \
-        "swapped.json: Records[1]: SequenceNumber 49680845386884555466420232698142005728852858857628631042 is not after 49680845386884555466420232698143214654672473486803337218 of $E2E_DIR/swapped.json Records[0]; give the pages of one shard in the order they were read, each once"
-
-    # The same page twice: every record of the copy is out of order.
-    expect_import 1 page-twice --shard-id "$SHARD" "${CLI2_PAGES[0]}" "${CLI2_PAGES[0]}"
-    expect_message page-twice "get-records-cli2-page1.json: Records[0]: SequenceNumber 49680845386884555466420232698140796803033244228453924866 is not after"
-    expect_message page-twice "get-records-cli2-page1.json: Records[2]: SequenceNumber"
+    # Three records with the same problem: one line with a count.
+    bad_page no-data-all 'for (const r of doc.Records) delete r.Data'
+    expect_import 1 no-data-all --shard-id "$SHARD" "$E2E_DIR/no-data-all.json"
+    expect_message no-data-all "no-data-all.json: Records[0] and 2 more records: Data is missing; nothing was written; fix the records or pass --on-bad-record skip"
+    [[ "$(grep -c 'Data is missing' "$E2E_DIR/no-data-all.log")" == 1 ]] ||
+        e2e_fail "three records without Data were not reported in one line: $(cat "$E2E_DIR/no-data-all.log")"
     e2e_log "each kind of bad record is reported with its file and index, and nothing is written"
+}
+
+# expect_order_failure NAME MESSAGE ARGS...: the import exits 1 under both
+# modes with MESSAGE in one line, never suggests skip, and writes nothing.
+expect_order_failure() {
+    local name="$1" message="$2" mode
+    shift 2
+    for mode in fail skip; do
+        expect_import 1 "$name-$mode" --shard-id "$SHARD" --on-bad-record "$mode" "$@"
+        expect_message "$name-$mode" "$message"
+        expect_message "$name-$mode" "give the pages of one shard in the order they were read, each once"
+        [[ "$(grep -c 'is not after' "$E2E_DIR/$name-$mode.log")" == 1 ]] ||
+            e2e_fail "podium record --import ($name-$mode) did not report the order in one line: $(cat "$E2E_DIR/$name-$mode.log")"
+        ! grep -q -- "--on-bad-record skip" "$E2E_DIR/$name-$mode.log" ||
+            e2e_fail "podium record --import ($name-$mode) suggested --on-bad-record skip for pages out of order: $(cat "$E2E_DIR/$name-$mode.log")"
+        [[ ! -e "$E2E_DIR/$name-$mode.jsonl" ]] ||
+            e2e_fail "podium record --import ($name-$mode) wrote a recording although pages were out of order"
+    done
+}
+
+check_page_order() {
+    local first_seq=49680845386884555466420232698140796803033244228453924866
+    expect_order_failure swapped-pages \
+        "get-records-cli2-page1.json: Records[0]: SequenceNumber $first_seq is not after 49680845386884555466420232698144423580492088390855950338 of ${CLI2_PAGES[1]} Records[0], nor are 2 later records; the pages are out of order or one is given twice" \
+        "${CLI2_PAGES[1]}" "${CLI2_PAGES[0]}"
+    expect_order_failure page-twice \
+        "get-records-cli2-page1.json: Records[0]: SequenceNumber $first_seq is not after 49680845386884555466420232698143214654672473486803337218 of ${CLI2_PAGES[0]} Records[2], nor are 2 later records" \
+        "${CLI2_PAGES[0]}" "${CLI2_PAGES[0]}"
+    bad_page swapped 'doc.Records.reverse()'
+    expect_order_failure swapped-records \
+        "swapped.json: Records[1]: SequenceNumber 49680845386884555466420232698142005728852858857628631042 is not after 49680845386884555466420232698143214654672473486803337218 of $E2E_DIR/swapped.json Records[0], nor is 1 later record" \
+        "$E2E_DIR/swapped.json"
+    e2e_log "pages out of order or given twice fail the import once per page, also under skip"
 }
 
 check_skip() {
@@ -228,6 +264,7 @@ main() {
     check_replay
     check_bad_documents
     check_bad_records
+    check_page_order
     check_skip
     check_usage
     e2e_log "passed"
