@@ -36,8 +36,9 @@ TOKEN_B='e2eCredsSessionTokenB/OnlyHere+0123=='
 SECRET_C='e2eCredsSecretC/OnlyHere+0123456789abcdef'
 TOKEN_C='e2eCredsSessionTokenC/OnlyHere+0123=='
 AUTH_TOKEN='e2eCredsAuthorizationToken-OnlyHere-0123'
+URL_PASSWORD='e2eCredsUrlPassword0123'
 ALL_SECRETS=("$SECRET_PROFILE" "$TOKEN_PROFILE" "$SECRET_A" "$TOKEN_A"
-    "$SECRET_B" "$TOKEN_B" "$SECRET_C" "$TOKEN_C" "$AUTH_TOKEN")
+    "$SECRET_B" "$TOKEN_B" "$SECRET_C" "$TOKEN_C" "$AUTH_TOKEN" "$URL_PASSWORD")
 
 # The environment credentials of lib.sh would come first in the chain.
 ENV_KEY_ID="$AWS_ACCESS_KEY_ID"
@@ -171,8 +172,10 @@ test_check_config() {
     AWS_ACCESS_KEY_ID="$ENV_KEY_ID" AWS_SECRET_ACCESS_KEY="$ENV_SECRET" \
         AWS_REGION=eu-west-1 PODIUM_LEADERBOARD_TOP_N=7 \
         PODIUM_STREAM_NAM=misspelt \
-        check sources check-config --config "$conf" --set log.level=debug
+        check sources check-config --config "$conf" --set log.level=debug \
+        --set "iot.endpoint=https://operator:$URL_PASSWORD@iot.example.com"
     expect_status 0 "check-config with settings from every source"
+    expect_line "$OUT" "iot.endpoint = https://operator:****@iot.example.com  # flag --set"
     expect_line "$OUT" "race.idle_close_s = 5  # file $conf"
     expect_line "$OUT" "leaderboard.top_n = 7  # environment PODIUM_LEADERBOARD_TOP_N"
     expect_line "$OUT" "aws.region = eu-west-1  # environment AWS_REGION"
