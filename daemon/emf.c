@@ -246,9 +246,8 @@ struct emf_writer {
     void *closed_arg;
 };
 
-/* Write all of data to fd. Returns 0 or a negative errno.
- * NOTE: podium does not ignore SIGPIPE, so a standard output whose reader
- * has gone ends the process here, as a log line to a closed pipe would. */
+/* Write all of data to fd. Returns 0 or a negative errno; -EPIPE when the
+ * reader of standard output has gone, since podium run ignores SIGPIPE. */
 static int write_all(int fd, const char *data, size_t len)
 {
     while (len > 0) {

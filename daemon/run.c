@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -821,6 +822,10 @@ int cmd_run_with(struct podium_config *cfg, const struct common_opts *opts);
 int cmd_run_with(struct podium_config *cfg, const struct common_opts *opts)
 {
     char err[512];
+    /* A broker, a health check client or the reader of standard output
+     * that goes away must give a write error to handle, not end the
+     * daemon. */
+    signal(SIGPIPE, SIG_IGN);
     if (cfg->log_file != NULL &&
         log_open_file(cfg->log_file, err, sizeof err) != 0) {
         fprintf(stderr, "podium: %s; check log.file\n", err);

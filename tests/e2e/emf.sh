@@ -126,6 +126,29 @@ main() {
     ' "$emf")"
     [[ "$sums" == "$total $COPIES $INVALID" ]] ||
         e2e_fail "RecordsRead, Duplicates and RecordsRejected.not_json add up to \"$sums\", expected \"$total $COPIES $INVALID\""
+
+    # Standard output whose reader has gone: a write error, not the end of
+    # podium. The FIFO's only reader closes it right after podium opens it.
+    # The file transport, because libmosquitto ignores SIGPIPE on its own.
+    local fifo="$E2E_DIR/emf.fifo" gone_log="$E2E_DIR/podium-gone.log" reader
+    mkfifo "$fifo"
+    "$PODIUM_BIN" run "${settings[@]}" --set "store.path=$E2E_DIR/gone.db" \
+        --set publish.transport=file --set "publish.file=$E2E_DIR/gone.jsonl" \
+        --set metrics.emf=on --set metrics.emf_interval_s=1 \
+        </dev/null >"$fifo" 2>>"$gone_log" &
+    podium_pid=$!
+    e2e_track_pid "$podium_pid" "$PODIUM_BIN"
+    exec {reader}<"$fifo"
+    exec {reader}<&-
+    e2e_wait_for 20 "the EMF write error in $gone_log" \
+        grep -q 'failed to write the EMF metrics to standard output' "$gone_log"
+    e2e_pid_alive "$podium_pid" ||
+        e2e_fail "podium ended when the reader of its standard output went away: see $gone_log"
+    kill -TERM "$podium_pid"
+    status=0
+    e2e_wait_exit "$podium_pid" 20 "podium run" || status=$?
+    [[ $status -eq 0 ]] || e2e_fail "podium run exited with status $status after SIGTERM with a closed standard output, expected 0: see $gone_log"
+    e2e_log "a closed standard output is a logged write error"
     e2e_log "passed"
 }
 
