@@ -513,17 +513,21 @@ void aws_creds_provider_rejected(struct aws_creds_provider *p)
         p->http == NULL)
         return;
     int64_t since = log_now_ms() - p->last_fetch_ms;
+    uint64_t delay = since >= AWS_CREDS_REJECT_GAP_MS
+                         ? 0
+                         : (uint64_t)(AWS_CREDS_REJECT_GAP_MS - since);
+    /* Every rejected request lands here; a fetch already due as soon
+     * needs no second line. */
+    if (uv_is_active((uv_handle_t *)&p->timer) &&
+        uv_timer_get_due_in(&p->timer) <= delay)
+        return;
     log_info(AWS_CREDS_LOG, NULL,
              "a request was refused with 401 or 403; fetching the "
-             "credentials from %s again",
-             p->src.description);
-    if (since >= AWS_CREDS_REJECT_GAP_MS) {
+             "credentials from %s again%s",
+             p->src.description, delay > 0 ? " in a few seconds" : "");
+    if (delay == 0)
         start_refresh(p);
-        return;
-    }
-    uint64_t delay = (uint64_t)(AWS_CREDS_REJECT_GAP_MS - since);
-    if (!uv_is_active((uv_handle_t *)&p->timer) ||
-        uv_timer_get_due_in(&p->timer) > delay)
+    else
         schedule(p, (int64_t)delay);
 }
 
