@@ -18,9 +18,12 @@
  * capture starts at --start (TRIM_HORIZON by default) on each shard that
  * has no parent.
  *
- * The file is flushed at least once a second, so a killed capture loses at
- * most the last second of records. It stops on SIGINT or SIGTERM, once
- * every shard has been caught up for --until-idle seconds, or after
+ * The file is created, or an existing one emptied, only once the first
+ * ListShards succeeded, so a mistyped stream name or endpoint leaves an
+ * existing file as it was. It is flushed at least once a second, so a
+ * killed capture loses at most the last second of records. It stops on SIGINT
+ * or SIGTERM, once every shard has been caught up for --until-idle seconds, or
+ * after
  * --max-records Kinesis records, and then flushes and closes the file and
  * prints a summary with the records of each shard on standard error.
  */
@@ -222,6 +225,8 @@ static void begin_stop(struct recorder *r, enum stop_reason reason)
 
 /* ---- reader callbacks ------------------------------------------------- */
 
+static int open_out(struct recorder *r);
+
 static void on_batch(void *arg, struct shard_batch *batch)
 {
     struct recorder *r = arg;
@@ -233,6 +238,8 @@ static void on_batch(void *arg, struct shard_batch *batch)
         log_error("record", &ids, "out of memory while counting a shard");
         rc = -1;
     }
+    if (rc == 0 && r->out == NULL && open_out(r) != 0)
+        rc = -1;
 
     /* Once --max-records lines are written, the rest of the batch is not. */
     for (size_t i = 0; rc == 0 && i < batch->count; i++) {
@@ -259,6 +266,10 @@ static void on_ready(void *arg, size_t open_shards)
 {
     struct recorder *r = arg;
     struct log_ids ids = {.stream = r->cfg.stream_name};
+    if (r->out == NULL && open_out(r) != 0) {
+        begin_stop(r, STOP_ERROR);
+        return;
+    }
     log_info("record", &ids, "ready: recording %zu open shards to %s",
              open_shards, r->opts.out);
 }
@@ -276,7 +287,8 @@ static void on_signal(uv_signal_t *handle, int signum)
     struct recorder *r = handle->data;
     if (r->stopping) {
         log_warn("record", NULL, "second signal %d: exiting now", signum);
-        fflush(r->out);
+        if (r->out != NULL)
+            fflush(r->out);
         exit(r->exit_code);
     }
     log_info("record", NULL, "received signal %d", signum);
@@ -365,10 +377,12 @@ static int prepare_aws(struct recorder *r)
         fprintf(stderr, "podium record: invalid kinesis.endpoint: %s\n", err);
         return 2;
     }
-    /* Fails before the output file exists; the fetch comes later. */
+    /* Fails before the output file is opened; the fetch comes later. */
     return daemon_credentials_check(&r->cfg, "podium record");
 }
 
+/* Open the recording, once the stream is known to exist. Returns 0, or 1
+ * after logging why. */
 static int open_out(struct recorder *r)
 {
     if (strcmp(r->opts.out, "-") == 0) {
@@ -378,8 +392,10 @@ static int open_out(struct recorder *r)
     r->out = fopen(r->opts.out, "wb");
     if (r->out != NULL)
         return 0;
-    fprintf(stderr, "podium record: cannot create %s: %s\n", r->opts.out,
-            strerror(errno));
+    log_error("record", NULL,
+              "cannot create %s: %s; check the path and its "
+              "permissions",
+              r->opts.out, strerror(errno));
     return 1;
 }
 
@@ -424,6 +440,14 @@ static int init_loop(struct recorder *r)
 /* Flush and close the file. Returns 0, or 1 after logging why. */
 static int close_out(struct recorder *r)
 {
+    if (r->out == NULL) {
+        if (strcmp(r->opts.out, "-") != 0)
+            log_info("record", NULL,
+                     "the stream was never listed, so %s was not created or "
+                     "changed",
+                     r->opts.out);
+        return 0;
+    }
     bool ok = fflush(r->out) == 0;
     if (r->out != stdout)
         ok = fclose(r->out) == 0 && ok;
@@ -438,8 +462,6 @@ static int close_out(struct recorder *r)
 static int record_stream(struct recorder *r)
 {
     int rc = prepare_aws(r);
-    if (rc == 0)
-        rc = open_out(r);
     if (rc != 0)
         goto out;
     if (init_loop(r) != 0) {
@@ -495,7 +517,9 @@ static void record_usage(FILE *out)
           "\n"
           "options:\n"
           "  --out FILE            the recording ('-' = standard output);\n"
-          "                        an existing file is replaced\n"
+          "                        an existing file is replaced once the\n"
+          "                        stream was listed, and kept when it\n"
+          "                        cannot be\n"
           "  --start POSITION      trim_horizon (default): every record the\n"
           "                        stream retains; latest: records put after\n"
           "                        the start only\n"

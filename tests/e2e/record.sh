@@ -18,6 +18,8 @@
 #    podium run reading the stream.
 # 4. --max-records N writes the first N records, --start latest writes
 #    none of the records put before it started, and bad options exit 2.
+# 5. A capture of a stream that does not exist exits 1 and leaves an
+#    existing --out file as it was.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -235,6 +237,21 @@ check_other_options() {
     e2e_log "--max-records, --start latest and bad options behave"
 }
 
+check_missing_stream_keeps_file() {
+    local settings=() status=0
+    mapfile -t settings < <(podium_settings)
+    cp "$E2E_DIR/first-5.jsonl" "$E2E_DIR/kept.jsonl"
+    "$PODIUM_BIN" record --out "$E2E_DIR/kept.jsonl" --until-idle 2 "${settings[@]}" \
+        --set stream.name=no-such-stream 2>"$E2E_DIR/kept.log" || status=$?
+    [[ $status -eq 1 ]] ||
+        e2e_fail "podium record of a missing stream exited $status, expected 1: see $E2E_DIR/kept.log"
+    grep -q 'no-such-stream' "$E2E_DIR/kept.log" ||
+        e2e_fail "podium record of a missing stream did not name it: $(cat "$E2E_DIR/kept.log")"
+    cmp "$E2E_DIR/first-5.jsonl" "$E2E_DIR/kept.jsonl" ||
+        e2e_fail "podium record of a missing stream changed the existing --out file"
+    e2e_log "a capture of a missing stream leaves the --out file as it was"
+}
+
 main() {
     e2e_init e2e_record
     KINESIS_SERVER=kinesalite
@@ -253,6 +270,7 @@ main() {
     check_stdout_capture
     check_replay_matches_run
     check_other_options
+    check_missing_stream_keeps_file
     e2e_log "passed"
 }
 
