@@ -351,7 +351,11 @@ static int apply_line(struct podium_config *cfg, char *line, const char *path,
     }
     if (kind == 0)
         return 0;
-    return apply_key(cfg, key, value, CFG_SOURCE_FILE, origin, err, err_len);
+    if (apply_key(cfg, key, value, CFG_SOURCE_FILE, origin, err, err_len) != 0)
+        return -1;
+    cfg->source_lines[index_of(key)] =
+        line_number <= UINT32_MAX ? (uint32_t)line_number : 0;
+    return 0;
 }
 
 /*

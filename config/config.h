@@ -90,6 +90,8 @@ struct podium_config {
 
     /* Where each setting came from (enum cfg_source), by table index. */
     unsigned char sources[96];
+    /* For settings from the file: the line that set them, else 0. */
+    uint32_t source_lines[96];
 };
 
 /*

@@ -7,6 +7,7 @@
 #include "daemon/daemon.h"
 
 #include <getopt.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,7 +117,8 @@ static int print_settings(const struct podium_config *cfg, const char *file)
             printf("default\n");
             break;
         case CFG_SOURCE_FILE:
-            printf("file %s\n", file != NULL ? file : "?");
+            printf("file %s:%" PRIu32 "\n", file != NULL ? file : "?",
+                   cfg->source_lines[i]);
             break;
         case CFG_SOURCE_ENV:
             printf("environment %s\n", env_source(info.name, var, sizeof var));

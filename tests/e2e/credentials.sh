@@ -176,7 +176,7 @@ test_check_config() {
         --set "iot.endpoint=https://operator:$URL_PASSWORD@iot.example.com"
     expect_status 0 "check-config with settings from every source"
     expect_line "$OUT" "iot.endpoint = https://operator:****@iot.example.com  # flag --set"
-    expect_line "$OUT" "race.idle_close_s = 5  # file $conf"
+    expect_line "$OUT" "race.idle_close_s = 5  # file $conf:2"
     expect_line "$OUT" "leaderboard.top_n = 7  # environment PODIUM_LEADERBOARD_TOP_N"
     expect_line "$OUT" "aws.region = eu-west-1  # environment AWS_REGION"
     expect_line "$OUT" "log.level = debug  # flag --set"
