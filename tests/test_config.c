@@ -136,6 +136,14 @@ TEST(config_later_file_line_wins)
                                                  "race.late_policy = amend\n");
     ASSERT_EQ(cfg_load(&cfg, path, true, no_env, NULL, 0, err, sizeof err), 0);
     ASSERT_EQ(cfg.late_policy, CFG_LATE_AMEND);
+    /* check-config shows the line that won. */
+    size_t count;
+    const struct cfg_setting *table = cfg_settings(&count);
+    for (size_t i = 0; i < count; i++) {
+        uint32_t expected =
+            strcmp(table[i].name, "race.late_policy") == 0 ? 2 : 0;
+        ASSERT_EQ(cfg.source_lines[i], expected);
+    }
     cfg_free(&cfg);
 }
 
