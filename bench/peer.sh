@@ -14,8 +14,8 @@
 # put; the script prints both counts and fails when either differs.
 #
 # Reports records per wall-clock second of each and the ratio
-# podium / Powertools, and CPU seconds: podium's user + system time, and the
-# peer's node process plus redis-server. Writes a line describing the
+# podium / Powertools, and the same per CPU second: podium's user + system
+# time, and the peer's node process plus redis-server. Writes a line describing the
 # machine and one line per measurement to bench/results/peer-DATE.jsonl.
 #
 # Environment:
@@ -161,27 +161,34 @@ main() {
         peer_line="$(run_peer "$concurrency")"
         echo "$peer_line" >>"$RESULTS"
         peer_lines+=("$peer_line")
-        ratio_line="$(awk -v c="$concurrency" \
+        # The peer's CPU time is its node process's plus redis-server's.
+        ratio_line="$(awk -v c="$concurrency" -v n="$records" \
             -v p="$(json_number "$podium_line" records_per_wall_s)" \
-            -v q="$(json_number "$peer_line" records_per_wall_s)" 'BEGIN {
+            -v q="$(json_number "$peer_line" records_per_wall_s)" \
+            -v pc="$(json_number "$podium_line" records_per_cpu_s)" \
+            -v node="$(json_number "$peer_line" node_cpu_s)" \
+            -v redis="$(json_number "$peer_line" redis_cpu_s)" 'BEGIN {
+            qc = n / (node + redis)
             printf "{\"bench\":\"peer_ratio\",\"concurrency\":%d,", c
             printf "\"podium_records_per_wall_s\":%d,", p
-            printf "\"powertools_records_per_wall_s\":%d,\"ratio\":%.1f}", q, p / q
+            printf "\"powertools_records_per_wall_s\":%d,\"ratio\":%.1f,", q, p / q
+            printf "\"podium_records_per_cpu_s\":%d,", pc
+            printf "\"powertools_records_per_cpu_s\":%.0f,\"cpu_ratio\":%.1f}", qc, pc / qc
         }')"
         echo "$ratio_line" >>"$RESULTS"
         ratio_lines+=("$ratio_line")
     done
     stop_redis
 
-    printf '%-24s %10s %10s %12s %8s %8s\n' tool records duplicates rec/wall_s \
-        cpu_s ratio
-    printf '%-24s %10s %10s %12s %8s %8s\n' "podium replay" "$records" \
+    printf '%-24s %10s %10s %12s %8s %8s %10s\n' tool records duplicates \
+        rec/wall_s cpu_s ratio cpu_ratio
+    printf '%-24s %10s %10s %12s %8s %8s %10s\n' "podium replay" "$records" \
         "$podium_dups" "$(json_number "$podium_line" records_per_wall_s)" \
-        "$(json_number "$podium_line" cpu_s)" -
+        "$(json_number "$podium_line" cpu_s)" - -
     local i
     for i in "${!peer_lines[@]}"; do
         peer_line="${peer_lines[$i]}"
-        printf '%-24s %10s %10s %12s %8s %8s\n' \
+        printf '%-24s %10s %10s %12s %8s %8s %10s\n' \
             "powertools, conc. $(json_number "$peer_line" concurrency)" \
             "$(json_number "$peer_line" records)" \
             "$(json_number "$peer_line" duplicates)" \
@@ -189,7 +196,8 @@ main() {
             "$(awk -v a="$(json_number "$peer_line" node_cpu_s)" \
                 -v b="$(json_number "$peer_line" redis_cpu_s)" \
                 'BEGIN { printf "%.2f", a + b }')" \
-            "$(json_number "${ratio_lines[$i]}" ratio)"
+            "$(json_number "${ratio_lines[$i]}" ratio)" \
+            "$(json_number "${ratio_lines[$i]}" cpu_ratio)"
     done
     echo "peer.sh: the recording contains $expected duplicates" >&2
     echo "peer.sh: results in $RESULTS" >&2
