@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers of the benchmark scripts: JSON output and the machine
 # description. Callers set REPO_DIR and BUILD_DIR before they source it.
 

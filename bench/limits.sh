@@ -99,10 +99,11 @@ main() {
     bench_replay "$file" "$TMP_DIR" "$BATCH" >"$TMP_DIR/times.txt"
     read -r wall user sys rss <"$TMP_DIR/times.txt"
     pipeline_line="$(awk -v n="$records" -v b="$BATCH" -v w="$wall" \
-        -v u="$user" -v s="$sys" 'BEGIN {
+        -v u="$user" -v s="$sys" -v rss="$rss" 'BEGIN {
         printf "{\"bench\":\"podium_replay\",\"records\":%d,\"batch\":%d,", n, b
         printf "\"wall_s\":%.2f,\"cpu_s\":%.2f,", w, u + s
-        printf "\"records_per_wall_s\":%.0f,\"records_per_cpu_s\":%.0f}", n / w, n / (u + s)
+        printf "\"records_per_wall_s\":%.0f,\"records_per_cpu_s\":%.0f,", n / w, n / (u + s)
+        printf "\"peak_rss_kb\":%d}", rss
     }')"
     echo "$pipeline_line" >>"$RESULTS"
 
