@@ -37,38 +37,13 @@ source "$REPO_DIR/bench/lib.sh"
 
 install_tools() {
     bash "$REPO_DIR/tools/deps.sh"
-    local missing=()
-    [[ -x /usr/bin/time ]] || missing+=(time)
-    command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
-    if ((${#missing[@]} > 0)); then
-        local sudo=""
-        [[ "$(id -u)" -eq 0 ]] || sudo=sudo
-        $sudo apt-get install -y "${missing[@]}"
-    fi
-}
-
-build() {
-    cmake -S "$REPO_DIR" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release \
-        -DPODIUM_WERROR=ON -DPODIUM_TESTS=OFF >/dev/null
-    cmake --build "$BUILD_DIR" --target podium -j2
+    install_apt_packages time valgrind
 }
 
 # replay_settings DB OUT: the --set flags of every replay here.
 replay_settings() {
     echo --set "store.path=$1" --set publish.transport=file \
         --set "publish.file=$2"
-}
-
-# Replay FILE into a new store under GNU time; prints "wall user sys rss_kb".
-timed_replay() {
-    local file="$1" db="$TMP_DIR/replay.db" out="$TMP_DIR/published.jsonl"
-    rm -f "$db" "$db-wal" "$db-shm" "$out"
-    # shellcheck disable=SC2046
-    /usr/bin/time -f '%e %U %S %M' -o "$TMP_DIR/time.txt" \
-        "$BUILD_DIR/daemon/podium" replay --batch-size "$BATCH" \
-        --progress never $(replay_settings "$db" "$out") "$file" \
-        >"$TMP_DIR/summary.json" 2>"$TMP_DIR/replay.log"
-    cat "$TMP_DIR/time.txt"
 }
 
 # Total instructions of a replay of FILE under callgrind.
@@ -85,7 +60,7 @@ callgrind_instructions() {
 
 main() {
     install_tools
-    build
+    build_podium
     mkdir -p "$(dirname "$RESULTS")"
     check_free_space "$BUILD_DIR"
     TMP_DIR="$(mktemp -d "$BUILD_DIR/replay-bench.XXXXXX")"
@@ -106,7 +81,8 @@ main() {
     describe_machine >>"$RESULTS"
     echo "replay.sh: replaying $RECORDS records, batch $BATCH" >&2
     local wall user sys rss
-    read -r wall user sys rss < <(timed_replay "$TMP_DIR/records.jsonl")
+    bench_replay "$TMP_DIR/records.jsonl" "$TMP_DIR" "$BATCH" >"$TMP_DIR/times.txt"
+    read -r wall user sys rss <"$TMP_DIR/times.txt"
     echo "replay.sh: summary $(cat "$TMP_DIR/summary.json")" >&2
 
     echo "replay.sh: callgrind on $SMALL and $LARGE records" >&2
