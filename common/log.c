@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -19,6 +20,13 @@ static atomic_int log_fd = 2;
  * the process, so that its number is never reused for another file while
  * a thread may still write to it. */
 static int log_file_fd = -1;
+
+/* The status line of log_status_show, "" when none. status_lock orders
+ * it with the log lines that erase and redraw it. */
+static pthread_mutex_t status_lock = PTHREAD_MUTEX_INITIALIZER;
+static char status_text[512];
+/* Erase the line the cursor is on: carriage return, erase to end of line. */
+static const char erase_line[] = "\r\033[K";
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
@@ -80,6 +88,29 @@ int64_t log_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Write all of data to fd, retrying after EINTR; errors are ignored, as
+ * there is nowhere left to report them. */
+static void write_all(int fd, const char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t rc = write(fd, data, len);
+        if (rc < 0 && errno == EINTR)
+            continue;
+        if (rc <= 0)
+            return;
+        data += rc;
+        len -= (size_t)rc;
+    }
+}
+
+/* Append the status line, drawn over the current line of the terminal. */
+static void append_status(struct strbuf *sb)
+{
+    sb_putc(sb, '\r');
+    sb_puts(sb, status_text);
+    sb_puts(sb, "\033[K");
+}
+
 static void put_field(struct strbuf *sb, const char *name, const char *value)
 {
     if (value == NULL)
@@ -125,14 +156,55 @@ void log_write(enum log_level level, const char *module,
     }
     sb_append(&sb, "}\n", 2);
 
-    /* One write per line keeps lines from different threads whole. */
+    /* One write per line keeps lines from different threads whole. The
+     * status line, when shown on the same descriptor, is erased before
+     * the line and drawn again after it in that write. */
     if (sb.data != NULL) {
-        ssize_t rc;
-        do {
-            rc = write(atomic_load(&log_fd), sb.data, sb.len);
-        } while (rc < 0 && errno == EINTR);
+        int fd = atomic_load(&log_fd);
+        pthread_mutex_lock(&status_lock);
+        if (status_text[0] != '\0' && fd == STDERR_FILENO) {
+            struct strbuf framed;
+            sb_init(&framed, sb.len + sizeof status_text + 16);
+            sb_append(&framed, erase_line, sizeof erase_line - 1);
+            sb_append(&framed, sb.data, sb.len);
+            append_status(&framed);
+            if (framed.data != NULL)
+                write_all(fd, framed.data, framed.len);
+            sb_free(&framed);
+        } else {
+            write_all(fd, sb.data, sb.len);
+        }
+        pthread_mutex_unlock(&status_lock);
     }
     sb_free(&sb);
+}
+
+void log_status_show(const char *text)
+{
+    pthread_mutex_lock(&status_lock);
+    if (strcmp(text, status_text) != 0) {
+        snprintf(status_text, sizeof status_text, "%s", text);
+        struct strbuf sb;
+        sb_init(&sb, sizeof status_text + 16);
+        append_status(&sb);
+        if (sb.data != NULL)
+            write_all(STDERR_FILENO, sb.data, sb.len);
+        sb_free(&sb);
+    }
+    pthread_mutex_unlock(&status_lock);
+}
+
+void log_status_end(bool keep)
+{
+    pthread_mutex_lock(&status_lock);
+    if (status_text[0] != '\0') {
+        if (keep)
+            write_all(STDERR_FILENO, "\n", 1);
+        else
+            write_all(STDERR_FILENO, erase_line, sizeof erase_line - 1);
+        status_text[0] = '\0';
+    }
+    pthread_mutex_unlock(&status_lock);
 }
 
 bool log_limit_allow(struct log_limit *limit, uint64_t now_ms,

@@ -41,6 +41,18 @@ int log_open_file(const char *path, char *err, size_t err_len);
 /* Send lines to standard error again after log_open_file. */
 void log_use_stderr(void);
 
+/*
+ * Show text (one line, no newline) as a status line at the end of standard
+ * error, such as a progress bar. While it is shown, a log line written to
+ * standard error first erases it and then draws it again below itself, so
+ * the two never share a line. Returns at once when text equals the line
+ * shown.
+ */
+void log_status_show(const char *text);
+/* Stop showing the status line: keep it as a finished line (keep) or
+ * erase it. */
+void log_status_end(bool keep);
+
 void log_write(enum log_level level, const char *module,
                const struct log_ids *ids, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
