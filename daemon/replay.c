@@ -12,12 +12,14 @@
  * The files are read twice. The first pass checks every line and keeps
  * nothing but counts and, for each shard and file, where the shard's lines
  * start and end, so a bad line under --on-bad-line fail changes nothing in
- * the store. The second pass streams. Each shard has its own cursor that
- * reads that shard's lines in file order (files in the order given). The
- * cursors are merged in the order of the merge of `podium run` with every
- * record present: by arrival time, then by shard id. Memory holds
- * one Kinesis record per shard plus the jobs in flight, whatever the size
- * of the files.
+ * the store. Within one file, a line whose sequence number is not after
+ * the line before it of the same shard is a bad line too. Lines of only
+ * white space are ignored. The second pass streams. Each shard has its own
+ * cursor that reads that shard's lines in file order (files in the order
+ * given). The cursors are merged in the order of the merge of `podium run` with
+ * every record present: by arrival time, then by shard id. Memory holds one
+ * Kinesis record per shard plus the jobs in flight, whatever the size of the
+ * files.
  *
  * The merged records are cut into jobs of --batch-size Kinesis records,
  * and one last job closes every open second. A job may hold more records
@@ -39,7 +41,10 @@
  *
  * The replay ends once the publisher has acknowledged every message of the
  * outbox, including messages left by an earlier run, or fails when
- * --publish-timeout seconds pass first.
+ * --publish-timeout seconds pass first. SIGINT or SIGTERM ends it once the
+ * jobs in flight have committed, with exit status 128 plus the signal
+ * number; the seconds still open stay open, so that replaying the same
+ * files again finishes the race.
  */
 #include "daemon/daemon.h"
 
@@ -47,6 +52,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,7 +74,9 @@
 #define REPLAY_TICK_MS 20
 /* Maximum stream time that one job spans at --speed X > 0. */
 #define REPLAY_SPAN_MS 100
-/* Maximum --speed. */
+/* Range of --speed other than 0. At the minimum, one minute of recording
+ * takes about 17 hours to replay. */
+#define REPLAY_MIN_SPEED 0.001
 #define REPLAY_MAX_SPEED 1000000.0
 /* Outbox rows loaded per query at start-up. */
 #define REPLAY_OUTBOX_PAGE 1000
@@ -81,6 +89,8 @@
 #define REPLAY_PROGRESS_MS 250
 /* Width of the bar itself, in characters. */
 #define REPLAY_BAR_WIDTH 24
+/* Bad lines reported one by one; the rest are only counted. */
+#define REPLAY_BAD_LINES_SHOWN 20
 
 enum replay_phase {
     REPLAY_APPLYING,   /* jobs queued, waiting for the pipeline */
@@ -99,6 +109,16 @@ struct replay_options {
     enum replay_progress progress;
     char **files;
     size_t file_count;
+};
+
+/* A shard's position in one file: the sequence number of its last good
+ * line and the number of that line. */
+struct seq_position {
+    bool set;
+    size_t file;
+    uint64_t line_no;
+    int64_t subseq; /* -1: the line has no SubSequenceNumber */
+    char seq[129];
 };
 
 /* The byte range of one shard's good lines in one file. */
@@ -125,6 +145,11 @@ struct shard_cursor {
     bool merged_any;
     char prev_seq[129]; /* the record merged last, for KPL aggregates */
     int64_t prev_subseq;
+    /* The last good line of the shard in one file, to check that the
+     * sequence numbers grow: one for the first pass and one for the
+     * second, so that both skip the same lines. */
+    struct seq_position checked;
+    struct seq_position read;
 };
 
 /* A job being built from the merge. */
@@ -178,7 +203,11 @@ struct replay {
 
     enum replay_phase phase;
     int exit_code;
-    int64_t started_ms; /* wall time the first job was submitted */
+    int interrupted; /* the signal that stopped the replay, or 0 */
+    uv_signal_t sigint;
+    uv_signal_t sigterm;
+    bool summary_to_stderr; /* the messages go to standard output */
+    int64_t started_ms;     /* wall time the first job was submitted */
     int64_t deadline_ms;
     int open_handles;
 
@@ -223,8 +252,8 @@ static void format_duration(double seconds, char *out, size_t out_len)
 /*
  * Draw one line: what runs, the percentage and bar of done out of total,
  * the amounts in unit (done and total divided by scale), the rate and the
- * time left. The carriage return and the erase-to-end-of-line sequence
- * make it replace the line drawn before.
+ * time left. It is the status line of common/log.h, so it replaces the
+ * line drawn before, and log lines erase it and draw it again below them.
  */
 static void progress_draw(struct replay *r, const char *what, uint64_t done,
                           uint64_t total, const char *unit, double scale,
@@ -247,13 +276,14 @@ static void progress_draw(struct replay *r, const char *what, uint64_t done,
                                                : NAN,
                     left, sizeof left);
     int decimals = scale > 1 ? 1 : 0;
-    fprintf(stderr,
-            "\rpodium replay: %s %3d%% [%s] %.*f/%.*f %s, %.*f %s/s, %s "
-            "left\033[K",
-            what, (int)(fraction * 100), bar, decimals, (double)done / scale,
-            decimals, (double)total / scale, unit, decimals, per_s / scale,
-            unit, left);
+    char text[256];
+    snprintf(text, sizeof text,
+             "podium replay: %s %3d%% [%s] %.*f/%.*f %s, %.*f %s/s, %s left",
+             what, (int)(fraction * 100), bar, decimals, (double)done / scale,
+             decimals, (double)total / scale, unit, decimals, per_s / scale,
+             unit, left);
     fflush(stderr);
+    log_status_show(text);
     p->drawn = true;
     p->drawn_ms = now;
 }
@@ -288,8 +318,16 @@ static void progress_end(struct replay *r)
 {
     if (!r->progress.drawn)
         return;
-    fputc('\n', stderr);
-    fflush(stderr);
+    log_status_end(true);
+    r->progress.drawn = false;
+}
+
+/* Erase the bar, which shows a state that did not finish. */
+static void progress_erase(struct replay *r)
+{
+    if (!r->progress.drawn)
+        return;
+    log_status_end(false);
     r->progress.drawn = false;
 }
 
@@ -623,11 +661,139 @@ static int note_good_line(struct replay *r, size_t file,
     return 0;
 }
 
+/* Tell whether a line contains only white space, such as the empty line
+ * that many editors leave at the end of a file. */
+static bool is_blank(const char *line, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (line[i] != ' ' && line[i] != '\t' && line[i] != '\r' &&
+            line[i] != '\n')
+            return false;
+    }
+    return true;
+}
+
+/* Compare two strings of decimal digits as numbers: <0, 0 or >0. */
+static int compare_seq(const char *a, const char *b)
+{
+    while (*a == '0')
+        a++;
+    while (*b == '0')
+        b++;
+    size_t la = strlen(a), lb = strlen(b);
+    if (la != lb)
+        return la < lb ? -1 : 1;
+    return strcmp(a, b);
+}
+
+/* Write "SequenceNumber S" or "SequenceNumber S SubSequenceNumber N". */
+static void format_position(const char *seq, int64_t subseq, char *out,
+                            size_t out_len)
+{
+    if (subseq < 0)
+        snprintf(out, out_len, "SequenceNumber %s", seq);
+    else
+        snprintf(out, out_len, "SequenceNumber %s SubSequenceNumber %" PRId64,
+                 seq, subseq);
+}
+
+/*
+ * Check that rec, at line line_no of file, comes after the shard's line at
+ * *last when that is in the same file: a greater SequenceNumber, or the
+ * same one with a greater SubSequenceNumber (user records of one KPL
+ * aggregate). Moves *last to rec when it does. Returns 0, or -1 with the
+ * reason in err.
+ */
+static int check_order(struct seq_position *last, size_t file, uint64_t line_no,
+                       const struct line_record *rec, char *err, size_t err_len)
+{
+    if (last->set && last->file == file) {
+        int cmp = compare_seq(rec->seq, last->seq);
+        bool after =
+            cmp > 0 || (cmp == 0 && rec->subseq >= 0 && last->subseq >= 0 &&
+                        rec->subseq > last->subseq);
+        if (!after) {
+            char here[200], before[200];
+            format_position(rec->seq, rec->subseq, here, sizeof here);
+            format_position(last->seq, last->subseq, before, sizeof before);
+            snprintf(err, err_len,
+                     "%s of shard %s is not after %s on line %" PRIu64
+                     "; within one file the lines of a shard must be in "
+                     "sequence order, each record once",
+                     here, rec->shard_id, before, last->line_no);
+            return -1;
+        }
+    }
+    last->set = true;
+    last->file = file;
+    last->line_no = line_no;
+    last->subseq = rec->subseq;
+    snprintf(last->seq, sizeof last->seq, "%s", rec->seq);
+    return 0;
+}
+
+/* Count a bad line of the first pass and print it, unless
+ * REPLAY_BAD_LINES_SHOWN were printed already. */
+static void report_bad_line(struct replay *r, const char *path,
+                            uint64_t line_no, const char *err)
+{
+    r->bad_lines++;
+    if (r->bad_lines > REPLAY_BAD_LINES_SHOWN)
+        return;
+    progress_erase(r);
+    fprintf(stderr, "podium replay: %s:%" PRIu64 ": %s%s\n", path, line_no, err,
+            r->opts.skip_bad_lines ? "; line skipped" : "");
+}
+
+/* The signal that arrived during the first pass, or 0. The pass runs
+ * before the event loop, so a plain handler sets this flag. */
+static volatile sig_atomic_t check_signal;
+
+static void on_check_signal(int signum)
+{
+    check_signal = signum;
+}
+
+/*
+ * Check one line of the first pass. Returns the document (owned) with rec
+ * filled in, or NULL with what was wrong in err.
+ */
+static struct sjson_doc *check_line(struct replay *r, size_t file,
+                                    const char *line, size_t n,
+                                    uint64_t line_no, struct line_record *rec,
+                                    char *err, size_t err_len)
+{
+    if (line_no == 1 && n >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
+        snprintf(err, err_len,
+                 "the file starts with a UTF-8 byte order mark (bytes EF BB "
+                 "BF), which a recording must not contain; save the file "
+                 "without it, for example with sed -i '1s/^\\xEF\\xBB\\xBF//' "
+                 "FILE");
+        return NULL;
+    }
+    struct sjson_doc *doc = parse_line(line, n, rec, err, err_len);
+    if (doc == NULL)
+        return NULL;
+    struct shard_cursor *c = cursor_for(r, rec->shard_id);
+    if (c == NULL) {
+        snprintf(err, err_len, "out of memory");
+        sjson_doc_free(doc);
+        return NULL;
+    }
+    if (check_order(&c->checked, file, line_no, rec, err, err_len) != 0) {
+        sjson_doc_free(doc);
+        return NULL;
+    }
+    return doc;
+}
+
 /*
  * First pass over one file: check every line, count the records and note
- * where each shard's lines lie. Returns 0; 1 after a bad line under
- * --on-bad-line fail or on a runtime failure; 2 when the file cannot be
- * read.
+ * where each shard's lines lie. Lines of only white space are ignored. A
+ * bad line is reported and counted, and the pass goes on, so that every
+ * bad line is known before the replay fails under --on-bad-line fail.
+ * Returns 0; 1 on a runtime failure; 2 when the file cannot be read;
+ * 128 plus the signal number after SIGINT or SIGTERM.
  */
 static int check_file(struct replay *r, size_t file)
 {
@@ -640,7 +806,7 @@ static int check_file(struct replay *r, size_t file)
                 path, strerror(errno));
         return 2;
     }
-    char *line = NULL, err[512];
+    char *line = NULL, err[768];
     size_t cap = 0;
     ssize_t n;
     uint64_t line_no = 0;
@@ -650,38 +816,39 @@ static int check_file(struct replay *r, size_t file)
     r->fast_shard_ids[file] = true;
     while (rc == 0 && (n = getline(&line, &cap, f)) >= 0) {
         struct line_record rec = {0};
+        struct sjson_doc *root = NULL;
         line_no++;
         r->lines++;
-        struct sjson_doc *root =
-            parse_line(line, (size_t)n, &rec, err, sizeof err);
-        if (root != NULL) {
+        if (is_blank(line, (size_t)n)) {
+            /* Nothing to apply and nothing to report. */
+        } else if ((root = check_line(r, file, line, (size_t)n, line_no, &rec,
+                                      err, sizeof err)) != NULL) {
             if (note_good_line(r, file, &rec, line, (size_t)n, offset,
                                line_no) != 0) {
+                progress_erase(r);
                 fprintf(stderr,
                         "podium replay: %s:%" PRIu64 ": out of memory\n", path,
                         line_no);
                 rc = 1;
             }
+        } else if (strcmp(err, "out of memory") == 0) {
+            progress_erase(r);
+            fprintf(stderr, "podium replay: %s:%" PRIu64 ": out of memory\n",
+                    path, line_no);
+            rc = 1;
         } else {
-            r->bad_lines++;
-            progress_end(r);
-            fprintf(stderr, "podium replay: %s:%" PRIu64 ": %s; %s\n", path,
-                    line_no, err,
-                    r->opts.skip_bad_lines
-                        ? "line skipped"
-                        : "nothing was applied; fix the line or pass "
-                          "--on-bad-line skip");
-            if (!r->opts.skip_bad_lines)
-                rc = 1;
+            report_bad_line(r, path, line_no, err);
         }
         free(rec.data);
         sjson_doc_free(root);
         offset += n;
         r->progress.done_bytes += (uint64_t)n;
         progress_check(r, log_now_ms(), false);
+        if (rc == 0 && check_signal != 0)
+            rc = 128 + check_signal;
     }
     if (rc == 0 && ferror(f)) {
-        progress_end(r);
+        progress_erase(r);
         fprintf(stderr, "podium replay: failed to read %s: %s\n", path,
                 strerror(errno));
         rc = 2;
@@ -763,7 +930,7 @@ static bool may_be_of_shard(const struct replay *r,
  */
 static int read_next_record(struct replay *r, struct shard_cursor *c)
 {
-    char err[512];
+    char err[768];
     while (c->file < r->opts.file_count) {
         if (c->f == NULL) {
             if (open_next_file(r, c) != 0)
@@ -788,7 +955,7 @@ static int read_next_record(struct replay *r, struct shard_cursor *c)
         }
         c->line_no++;
         c->offset += n;
-        if (!may_be_of_shard(r, c, (size_t)n))
+        if (is_blank(r->line, (size_t)n) || !may_be_of_shard(r, c, (size_t)n))
             continue;
 
         struct line_record rec = {0};
@@ -806,7 +973,11 @@ static int read_next_record(struct replay *r, struct shard_cursor *c)
             return -1;
         }
         int rc = 0;
-        if (strcmp(rec.shard_id, c->shard_id) == 0) {
+        /* A line out of sequence order was reported and counted by the
+         * first pass, which skips the same lines. */
+        if (strcmp(rec.shard_id, c->shard_id) == 0 &&
+            check_order(&c->read, c->file, c->line_no, &rec, err, sizeof err) ==
+                0) {
             rc = load_head(c, &rec) == 0 ? 1 : -1;
             if (rc < 0)
                 fprintf(stderr,
@@ -1075,8 +1246,10 @@ static void close_all(struct replay *r)
     if (r->phase == REPLAY_CLOSING)
         return;
     r->phase = REPLAY_CLOSING;
-    r->open_handles = 1;
+    r->open_handles = 3;
     uv_close((uv_handle_t *)&r->tick, on_handle_closed);
+    uv_close((uv_handle_t *)&r->sigint, on_handle_closed);
+    uv_close((uv_handle_t *)&r->sigterm, on_handle_closed);
     if (r->publisher != NULL) {
         r->open_handles++;
         publisher_close(r->publisher, on_module_closed, r);
@@ -1102,7 +1275,7 @@ static void on_pipeline_fatal(void *arg, const char *message)
  */
 static bool submit_due_jobs(struct replay *r, int64_t now)
 {
-    if (r->close_queued)
+    if (r->close_queued || r->interrupted != 0)
         return false;
     while (r->in_flight_count < REPLAY_JOBS_IN_FLIGHT) {
         if (r->ready.work == NULL && !r->input_done) {
@@ -1142,6 +1315,56 @@ static bool submit_due_jobs(struct replay *r, int64_t now)
     return false;
 }
 
+static const char *signal_name(int signum)
+{
+    return signum == SIGINT    ? "SIGINT"
+           : signum == SIGTERM ? "SIGTERM"
+                               : "a signal";
+}
+
+/*
+ * End an interrupted replay once the jobs in flight have committed: erase
+ * the bar, say what was kept, and delete the acknowledged outbox rows
+ * before closing. The seconds still open stay open in the store, so that
+ * the next replay of the same files goes on where this one stopped.
+ */
+static void finish_interrupted(struct replay *r)
+{
+    progress_erase(r);
+    log_warn("main", NULL,
+             "replay interrupted by %s: the first %" PRIu64 " of %" PRIu64
+             " user records were committed and are kept; %zu messages not "
+             "yet acknowledged stay in the outbox and go out with the "
+             "next run or replay on this store; replay the same files to "
+             "apply the rest",
+             signal_name(r->interrupted), r->committed_user_records,
+             r->user_records,
+             r->publisher ? publisher_pending(r->publisher) : 0);
+    if (r->exit_code == 0)
+        r->exit_code = 128 + r->interrupted;
+    r->phase = REPLAY_DELETING;
+    pipeline_flush_acks(r->pipeline);
+}
+
+/* SIGINT or SIGTERM: submit no more jobs and end once those in flight have
+ * committed; a second signal exits at once. */
+static void on_signal(uv_signal_t *handle, int signum)
+{
+    struct replay *r = handle->data;
+    if (r->interrupted != 0) {
+        progress_erase(r);
+        log_warn("main", NULL,
+                 "second signal (%s): exiting now; the jobs committed so far "
+                 "are kept",
+                 signal_name(signum));
+        fflush(stdout);
+        _exit(128 + signum);
+    }
+    r->interrupted = signum;
+    if (r->phase == REPLAY_PUBLISHING)
+        finish_interrupted(r);
+}
+
 static void on_tick(uv_timer_t *timer)
 {
     struct replay *r = timer->data;
@@ -1149,11 +1372,16 @@ static void on_tick(uv_timer_t *timer)
 
     switch (r->phase) {
     case REPLAY_APPLYING:
-        progress_replay(r, now, false);
+        if (r->interrupted == 0)
+            progress_replay(r, now, false);
         if (submit_due_jobs(r, now) || !pipeline_idle(r->pipeline))
             return;
         if (r->phase != REPLAY_APPLYING)
             return; /* failed */
+        if (r->interrupted != 0) {
+            finish_interrupted(r);
+            return;
+        }
         progress_replay(r, now, true);
         progress_end(r);
         r->phase = REPLAY_PUBLISHING;
@@ -1270,22 +1498,27 @@ static void print_summary(struct replay *r)
         rejected = sum_counters(c->rejected, AGG_REJECT_COUNT) +
                    (uint64_t)c->missing_key_rejected;
     }
-    printf("{\"files\":%zu,\"lines\":%" PRIu64 ",\"bad_lines\":%" PRIu64
-           ",\"kinesis_records\":%" PRIu64 ",\"user_records\":%" PRIu64
-           ",\"applied\":%" PRIu64 ",\"duplicates\":%" PRIu64
-           ",\"rejected\":%" PRIu64 ",\"late_amended\":%" PRIu64
-           ",\"late_dropped\":%" PRIu64 ",\"too_late\":%" PRIu64
-           ",\"quarantined\":%" PRIu64 ",\"messages\":%" PRIu64 "}\n",
-           r->opts.file_count, r->lines, r->bad_lines, r->kinesis_records,
-           r->user_records, c ? (uint64_t)c->records_applied : 0,
-           c ? (uint64_t)c->duplicates : 0, rejected,
-           outcomes[AGG_LATE_AMENDED], outcomes[AGG_LATE_DROPPED],
-           outcomes[AGG_TOO_LATE],
-           outcomes[AGG_QUARANTINED_SKEW] + outcomes[AGG_QUARANTINED_JUMP],
-           c ? (uint64_t)c->messages_built : 0);
+    FILE *out = r->summary_to_stderr ? stderr : stdout;
+    fprintf(out,
+            "{\"files\":%zu,\"lines\":%" PRIu64 ",\"bad_lines\":%" PRIu64
+            ",\"kinesis_records\":%" PRIu64 ",\"user_records\":%" PRIu64
+            ",\"applied\":%" PRIu64 ",\"duplicates\":%" PRIu64
+            ",\"rejected\":%" PRIu64 ",\"late_amended\":%" PRIu64
+            ",\"late_dropped\":%" PRIu64 ",\"too_late\":%" PRIu64
+            ",\"quarantined\":%" PRIu64 ",\"messages\":%" PRIu64
+            ",\"interrupted\":%s}\n",
+            r->opts.file_count, r->lines, r->bad_lines, r->kinesis_records,
+            r->user_records, c ? (uint64_t)c->records_applied : 0,
+            c ? (uint64_t)c->duplicates : 0, rejected,
+            outcomes[AGG_LATE_AMENDED], outcomes[AGG_LATE_DROPPED],
+            outcomes[AGG_TOO_LATE],
+            outcomes[AGG_QUARANTINED_SKEW] + outcomes[AGG_QUARANTINED_JUMP],
+            c ? (uint64_t)c->messages_built : 0,
+            r->interrupted != 0 ? "true" : "false");
+    fflush(out);
     if (r->bad_lines > 0 && r->opts.skip_bad_lines)
-        fprintf(stderr, "podium replay: skipped %" PRIu64 " bad lines\n",
-                r->bad_lines);
+        fprintf(stderr, "podium replay: skipped %" PRIu64 " bad line%s\n",
+                r->bad_lines, r->bad_lines == 1 ? "" : "s");
 }
 
 /*
@@ -1316,9 +1549,39 @@ static int check_files(struct replay *r)
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < r->opts.file_count; i++)
         rc = check_file(r, i);
+    if (rc >= 128) {
+        progress_erase(r);
+        return rc;
+    }
     if (rc == 0)
         progress_check(r, log_now_ms(), true);
     progress_end(r);
+    if (r->bad_lines > REPLAY_BAD_LINES_SHOWN)
+        fprintf(stderr,
+                "podium replay: %" PRIu64 " more bad lines were not shown\n",
+                r->bad_lines - REPLAY_BAD_LINES_SHOWN);
+    if (rc == 0 && r->bad_lines > 0 && !r->opts.skip_bad_lines) {
+        fprintf(stderr,
+                "podium replay: %" PRIu64 " bad line%s; nothing was applied; "
+                "fix %s or pass --on-bad-line skip to leave %s out\n",
+                r->bad_lines, r->bad_lines == 1 ? "" : "s",
+                r->bad_lines == 1 ? "it" : "them",
+                r->bad_lines == 1 ? "it" : "them");
+        rc = 1;
+    }
+    return rc;
+}
+
+/* Report a replay interrupted during the first pass, before anything was
+ * applied. Returns its exit status. */
+static int end_check_interrupted(struct replay *r, int rc)
+{
+    r->interrupted = rc - 128;
+    log_warn("main", NULL,
+             "replay interrupted by %s while checking the recordings; "
+             "nothing was applied",
+             signal_name(r->interrupted));
+    print_summary(r);
     return rc;
 }
 
@@ -1327,7 +1590,17 @@ static int replay_files(struct replay *r)
     int rc;
 
     progress_init(r);
+    r->summary_to_stderr = r->cfg.transport == CFG_TRANSPORT_FILE &&
+                           strcmp(r->cfg.publish_file, "-") == 0;
+    struct sigaction action = {.sa_handler = on_check_signal};
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, NULL);
+    sigaction(SIGTERM, &action, NULL);
     rc = check_files(r);
+    if (rc == 0 && check_signal != 0)
+        rc = 128 + check_signal;
+    if (rc >= 128)
+        rc = end_check_interrupted(r, rc);
     if (rc != 0) {
         free_cursors(r);
         free(r->fast_shard_ids);
@@ -1347,6 +1620,15 @@ static int replay_files(struct replay *r)
     }
     uv_timer_init(&r->loop, &r->tick);
     r->tick.data = r;
+    /* From here the loop handles the signals, in place of
+     * on_check_signal. */
+    uv_signal_init(&r->loop, &r->sigint);
+    uv_signal_init(&r->loop, &r->sigterm);
+    r->sigint.data = r->sigterm.data = r;
+    uv_signal_start(&r->sigint, on_signal, SIGINT);
+    uv_signal_start(&r->sigterm, on_signal, SIGTERM);
+    if (check_signal != 0)
+        r->interrupted = check_signal;
     if (signs)
         rc = daemon_credentials_open(&r->loop, &r->cfg, "podium replay",
                                      &r->creds);
@@ -1396,17 +1678,31 @@ static void replay_usage(FILE *out)
           "options:\n"
           "  --batch-size N       Kinesis records per transaction, 1..10000\n"
           "                       (default kinesis.max_records)\n"
-          "  --speed X            0 (default): as fast as possible; X > 0:\n"
-          "                       X seconds of ApproximateArrivalTimestamp\n"
-          "                       per second, so 1 is real time\n"
+          "  --speed X            0 (default): as fast as possible; X from\n"
+          "                       0.001 to 1000000: X seconds of\n"
+          "                       ApproximateArrivalTimestamp per second,\n"
+          "                       so 1 is real time\n"
           "  --publish-timeout S  seconds the publisher gets to deliver every\n"
           "                       message at the end (default 30); exit 1\n"
           "                       when they pass first\n"
-          "  --on-bad-line MODE   fail (default): report the line and apply\n"
-          "                       nothing; skip: report it, go on, count it\n"
+          "  --on-bad-line MODE   fail (default): report every bad line (the\n"
+          "                       first 20, then a count) and apply nothing;\n"
+          "                       skip: report them, go on, count them.\n"
+          "                       Lines of only white space are ignored\n"
           "  --progress WHEN      auto (default): a progress bar on standard\n"
           "                       error when it is a terminal; always; never\n"
-          "  --config FILE, --set KEY=VALUE   as for run\n",
+          "  --config FILE, --set KEY=VALUE   as for run\n"
+          "\n"
+          "The summary is a JSON line on standard output, or on standard\n"
+          "error when publish.transport=file writes the messages to\n"
+          "standard output (publish.file=-, the default).\n"
+          "\n"
+          "SIGINT or SIGTERM stops the replay after the jobs in flight\n"
+          "commit: what they applied is kept, messages not yet acknowledged\n"
+          "stay in the outbox for the next run or replay on the store, the\n"
+          "summary has \"interrupted\":true, and the exit status is 130\n"
+          "after SIGINT and 143 after SIGTERM. Replaying the same files\n"
+          "again applies the rest. A second signal exits at once.\n",
           out);
 }
 
@@ -1445,12 +1741,13 @@ static int parse_replay_args(int argc, char **argv, struct replay_options *o,
             errno = 0;
             o->speed = strtod(optarg, &end);
             if (errno != 0 || end == optarg || *end != '\0' ||
-                !(o->speed >= 0 && o->speed <= REPLAY_MAX_SPEED)) {
+                !(o->speed == 0 || (o->speed >= REPLAY_MIN_SPEED &&
+                                    o->speed <= REPLAY_MAX_SPEED))) {
                 fprintf(stderr,
                         "podium replay: invalid --speed \"%s\": expected 0 "
-                        "(as fast as possible) or a factor of real time up "
-                        "to %.0f, such as 1 or 10\n",
-                        optarg, REPLAY_MAX_SPEED);
+                        "(as fast as possible) or a factor of real time "
+                        "from %g to %.0f, such as 1 or 10\n",
+                        optarg, REPLAY_MIN_SPEED, REPLAY_MAX_SPEED);
                 return 2;
             }
             break;

@@ -54,6 +54,10 @@ podium_e2e_test(e2e_record record.sh)
 podium_e2e_test(e2e_record_import record-import.sh)
 # Replay of records sharing arrival milliseconds, and its progress bar.
 podium_e2e_test(e2e_replay_stream replay-stream.sh)
+# podium replay stopped by SIGINT and SIGTERM, and log lines beside its bar.
+podium_e2e_test(e2e_replay_signal replay-signal.sh)
+# podium replay's report of bad lines, its input checks and output streams.
+podium_e2e_test(e2e_replay_lines replay-lines.sh)
 # podium simulate's malformed, late and skewed records, counted and replayed.
 podium_e2e_test(e2e_simulate_faults simulate-faults.sh)
 # The golden race in tests/data/golden replayed at two batch sizes.

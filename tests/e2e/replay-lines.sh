@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# podium replay: how it reports bad lines, what it accepts as input, and
+# where its summary goes. The recordings are made from the golden race of
+# tests/data/golden. No peer is needed. Checks:
+# 1. Under --on-bad-line fail every bad line of every file is found before
+#    the replay fails: the first 20 are reported as FILE:LINE with the
+#    reason, then a count of the rest and of all, and nothing is applied.
+# 2. A UTF-8 byte order mark is reported by name; lines of only white
+#    space, such as an empty last line, are ignored.
+# 3. Within one file, a line of a shard whose SequenceNumber (and
+#    SubSequenceNumber) is not after the shard's line before it is a bad
+#    line, reported with FILE:LINE. Two copies of a recording in one file
+#    fail. Under skip they publish what one copy publishes.
+# 4. --speed below 0.001 is rejected with the accepted range.
+# 5. With publish.transport=file and publish.file=- the messages alone are
+#    on standard output and the summary is on standard error.
+set -euo pipefail
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+GOLDEN="$E2E_SOURCE_DIR/tests/data/golden/race.jsonl"
+
+# replay NAME ARGS...: podium replay into the store E2E_DIR/NAME.db, writing
+# E2E_DIR/NAME.jsonl; stdout to E2E_DIR/NAME.out, stderr to E2E_DIR/NAME.log.
+# Returns podium's exit status. Recordings are named *-recording.jsonl, so
+# that no publish file is one of them.
+replay() {
+    local name="$1"
+    shift
+    "$PODIUM_BIN" replay --set "store.path=$E2E_DIR/$name.db" \
+        --set publish.transport=file \
+        --set "publish.file=$E2E_DIR/$name.jsonl" "$@" \
+        >"$E2E_DIR/$name.out" 2>"$E2E_DIR/$name.log"
+}
+
+# expect_replay WANT NAME ARGS...: replay and fail unless it exits WANT.
+expect_replay() {
+    local want="$1" name="$2" status=0
+    shift 2
+    replay "$name" "$@" || status=$?
+    [[ $status -eq $want ]] ||
+        e2e_fail "podium replay ($name) exited $status, expected $want: $(head -c 3000 "$E2E_DIR/$name.log")"
+}
+
+# expect_message NAME TEXT: fail unless the stderr of NAME contains TEXT.
+expect_message() {
+    grep -qF -- "$2" "$E2E_DIR/$1.log" ||
+        e2e_fail "podium replay ($1) did not report: $2
+it wrote: $(head -c 3000 "$E2E_DIR/$1.log")"
+}
+
+# summary_field NAME FIELD: a field of the summary in E2E_DIR/NAME.out.
+summary_field() {
+    node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"))[process.argv[2]])' \
+        "$E2E_DIR/$1.out" "$2"
+}
+
+# same_messages NAME OTHER: fail unless both publish files end every topic
+# with the same message.
+same_messages() {
+    diff <(bash "$E2E_SOURCE_DIR/tools/golden-summary.sh" "$E2E_DIR/$1.jsonl") \
+        <(bash "$E2E_SOURCE_DIR/tools/golden-summary.sh" "$E2E_DIR/$2.jsonl") ||
+        e2e_fail "the replay $2 published other last messages than $1: see the differences above"
+}
+
+check_every_bad_line() {
+    # 13 bad lines in each file, the last one on the last line.
+    local first="$E2E_DIR/bad-1-recording.jsonl" second="$E2E_DIR/bad-2-recording.jsonl" n
+    head -n 2000 "$GOLDEN" | awk 'NR % 150 == 0 { print "not json"; next } { print }' >"$first"
+    tail -n +2001 "$GOLDEN" | awk 'NR % 230 == 0 || NR == 2938 { print "{\"ShardId\":\"x\"}"; next } { print }' >"$second"
+    expect_replay 1 bad-lines "$first" "$second"
+    for n in 150 300 1950; do
+        expect_message bad-lines "bad-1-recording.jsonl:$n: not JSON"
+    done
+    expect_message bad-lines "bad-2-recording.jsonl:230: SequenceNumber must be a string"
+    expect_message bad-lines "bad-2-recording.jsonl:1610: SequenceNumber must be a string"
+    expect_message bad-lines "6 more bad lines were not shown"
+    expect_message bad-lines "26 bad lines; nothing was applied; fix them or pass --on-bad-line skip to leave them out"
+    [[ "$(grep -c '\.jsonl:[0-9]*: ' "$E2E_DIR/bad-lines.log")" == 20 ]] ||
+        e2e_fail "podium replay did not report exactly the first 20 bad lines: $(cat "$E2E_DIR/bad-lines.log")"
+    [[ ! -s "$E2E_DIR/bad-lines.jsonl" ]] || e2e_fail "podium replay published although lines were bad"
+    [[ ! -e "$E2E_DIR/bad-lines.db" ]] ||
+        [[ "$(sqlite3 "$E2E_DIR/bad-lines.db" 'SELECT count(*) FROM samples')" == 0 ]] ||
+        e2e_fail "podium replay applied records although lines were bad"
+
+    expect_replay 0 bad-lines-skip --on-bad-line skip "$first" "$second"
+    [[ "$(summary_field bad-lines-skip bad_lines)" == 26 ]] ||
+        e2e_fail "--on-bad-line skip did not count 26 bad lines: $(cat "$E2E_DIR/bad-lines-skip.out")"
+    expect_message bad-lines-skip "skipped 26 bad lines"
+    e2e_log "every bad line is found; the first 20 are reported, then counts"
+}
+
+check_bom_and_blank_lines() {
+    local bom="$E2E_DIR/bom-recording.jsonl" blank="$E2E_DIR/blank-recording.jsonl"
+    {
+        printf '\xEF\xBB\xBF'
+        cat "$GOLDEN"
+    } >"$bom"
+    expect_replay 1 bom "$bom"
+    expect_message bom "bom-recording.jsonl:1: the file starts with a UTF-8 byte order mark (bytes EF BB BF)"
+
+    expect_replay 0 plain "$GOLDEN"
+    {
+        head -n 100 "$GOLDEN"
+        echo
+        printf '  \t\r\n'
+        tail -n +101 "$GOLDEN"
+        echo
+    } >"$blank"
+    expect_replay 0 blank "$blank"
+    [[ "$(summary_field blank bad_lines)" == 0 ]] ||
+        e2e_fail "lines of white space were counted as bad: $(cat "$E2E_DIR/blank.out")"
+    [[ ! -s "$E2E_DIR/blank.log" ]] || ! grep -q 'blank-recording.jsonl:' "$E2E_DIR/blank.log" ||
+        e2e_fail "lines of white space were reported: $(cat "$E2E_DIR/blank.log")"
+    cmp "$E2E_DIR/plain.jsonl" "$E2E_DIR/blank.jsonl" ||
+        e2e_fail "a recording with empty lines published other bytes than without them"
+    e2e_log "a byte order mark is named; empty lines are ignored"
+}
+
+check_sequence_order() {
+    local twice="$E2E_DIR/twice-recording.jsonl" lines
+    lines="$(wc -l <"$GOLDEN")"
+    cat "$GOLDEN" "$GOLDEN" >"$twice"
+    expect_replay 1 twice "$twice"
+    expect_message twice "twice-recording.jsonl:$((lines + 1)): SequenceNumber"
+    expect_message twice "; within one file the lines of a shard must be in sequence order, each record once"
+    expect_message twice "$lines bad lines; nothing was applied"
+
+    expect_replay 0 twice-skip --on-bad-line skip "$twice"
+    [[ "$(summary_field twice-skip kinesis_records)" == "$lines" ]] ||
+        e2e_fail "--on-bad-line skip read other records than one copy: $(cat "$E2E_DIR/twice-skip.out")"
+    same_messages plain twice-skip
+
+    # User records of one KPL aggregate share a SequenceNumber and count
+    # up their SubSequenceNumber; the same one twice is a bad line.
+    local subseq="$E2E_DIR/subseq-recording.jsonl"
+    head -n 1 "$GOLDEN" | node -e '
+const r = JSON.parse(require("fs").readFileSync(0, "utf8"));
+for (const sub of [0, 1, 1]) console.log(JSON.stringify({ ...r, SubSequenceNumber: sub }));
+' >"$subseq"
+    expect_replay 1 subseq "$subseq"
+    expect_message subseq "subseq-recording.jsonl:3: SequenceNumber"
+    expect_message subseq "SubSequenceNumber 1 of shard"
+    expect_message subseq "is not after SequenceNumber"
+    expect_message subseq "SubSequenceNumber 1 on line 2"
+    expect_message subseq "1 bad line; nothing was applied"
+    e2e_log "sequence numbers that go back or repeat in a shard of one file are bad lines"
+}
+
+check_speed_range() {
+    # The file does not exist, so a value wrongly accepted fails on the
+    # file instead of replaying for years.
+    local speed missing="$E2E_DIR/no-such-recording.jsonl"
+    for speed in 1e-9 0.0009 -1 2000000; do
+        expect_replay 2 "speed-$speed" --speed "$speed" "$missing"
+        expect_message "speed-$speed" "invalid --speed \"$speed\": expected 0 (as fast as possible) or a factor of real time from 0.001 to 1000000"
+    done
+    # 0.001 passes the option check; the missing file then ends the run.
+    expect_replay 2 speed-min --speed 0.001 "$missing"
+    expect_message speed-min "cannot read $missing"
+    e2e_log "--speed accepts 0 and 0.001 to 1000000"
+}
+
+check_messages_on_stdout() {
+    "$PODIUM_BIN" replay --set "store.path=$E2E_DIR/stdout.db" --set publish.transport=file \
+        "$GOLDEN" >"$E2E_DIR/stdout.out" 2>"$E2E_DIR/stdout.log" ||
+        e2e_fail "podium replay with publish.file=- failed: see $E2E_DIR/stdout.log"
+    cmp "$E2E_DIR/plain.jsonl" "$E2E_DIR/stdout.out" ||
+        e2e_fail "standard output contains more than the messages with publish.file=-: $(grep -v '^{"topic"' "$E2E_DIR/stdout.out" | head -c 500)"
+    grep -q '^{"files":1,"lines":' "$E2E_DIR/stdout.log" ||
+        e2e_fail "the summary is not on standard error with publish.file=-: $(tail -c 1000 "$E2E_DIR/stdout.log")"
+    e2e_log "with publish.file=- the messages alone go to standard output"
+}
+
+main() {
+    e2e_init e2e_replay_lines
+    check_every_bad_line
+    check_bom_and_blank_lines
+    check_sequence_order
+    check_speed_range
+    check_messages_on_stdout
+    e2e_log "passed"
+}
+
+main "$@"
