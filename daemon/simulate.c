@@ -461,6 +461,49 @@ static void skew_clocks(struct sim_state *st)
     }
 }
 
+/*
+ * Warn when --late or --malformed cannot give about the fraction asked
+ * for: late records come only from seconds 1 to seconds - late_delay_s,
+ * and both come only from riders with a correct clock.
+ */
+static void warn_fault_limits(const struct sim_state *st)
+{
+    const struct sim_options *o = &st->opts;
+    int64_t late_seconds =
+        o->seconds > st->late_delay_s ? o->seconds - st->late_delay_s : 0;
+    double clock_share =
+        (double)(o->racers - (int64_t)st->skewed_riders) / (double)o->racers;
+    double window_share = (double)late_seconds / (double)o->seconds;
+
+    if (o->late > 0 && late_seconds == 0) {
+        fprintf(stderr,
+                "podium simulate: warning: --late %g gives no late records: a "
+                "late record is put %" PRId64 " s after its second "
+                "(race.allowed_lateness_s + %d), so only seconds 1 to "
+                "--seconds minus %" PRId64 " can have one, and --seconds is "
+                "%" PRId64 "; pass --seconds %" PRId64 " or more\n",
+                o->late, st->late_delay_s, SIM_LATE_EXTRA_S, st->late_delay_s,
+                o->seconds, st->late_delay_s + 1);
+    } else if (o->late > 0 && window_share < 0.9) {
+        fprintf(stderr,
+                "podium simulate: warning: --late %g applies to seconds 1 to "
+                "%" PRId64 " of %" PRId64 " only, because a late record is "
+                "put %" PRId64 " s after its second (race.allowed_lateness_s "
+                "+ %d), so expect about %.0f%% of the late records asked "
+                "for; pass --seconds %" PRId64 " or more for 90%%\n",
+                o->late, late_seconds, o->seconds, st->late_delay_s,
+                SIM_LATE_EXTRA_S, window_share * 100, st->late_delay_s * 10);
+    }
+    if ((o->late > 0 || o->malformed > 0) && clock_share < 0.9)
+        fprintf(stderr,
+                "podium simulate: warning: --late and --malformed apply only "
+                "to the %" PRId64 " of %" PRId64 " riders whose clock is "
+                "correct (--skew %g), so expect about %.0f%% of the late and "
+                "malformed records asked for; lower --skew for more\n",
+                o->racers - (int64_t)st->skewed_riders, o->racers, o->skew,
+                clock_share * 100);
+}
+
 /* Emit the duplicates held back from the previous second. */
 static int flush_retries(struct sim_state *st)
 {
@@ -685,8 +728,8 @@ static int run_to_stream(struct sim_state *st, struct podium_config *cfg)
         return 2;
     }
     uv_loop_init(&st->loop);
-    int rc = daemon_credentials_open(&st->loop, cfg, "podium simulate",
-                                     &st->creds);
+    int rc =
+        daemon_credentials_open(&st->loop, cfg, "podium simulate", &st->creds);
     if (rc != 0) {
         uv_loop_close(&st->loop);
         aws_endpoint_clear(&st->endpoint);
@@ -731,13 +774,18 @@ static void simulate_usage(FILE *out)
           "  --classes N       classes; each class rides its own race "
           "(default 6)\n"
           "  --seed N          seed for repeatable runs (default 1)\n"
-          "  --duplicates F    fraction 0..1 of messages put twice "
+          "  --duplicates F    chance 0..1 that a message is put twice, "
+          "unless\n"
+          "                    it is malformed or late (default 0)\n"
+          "  --malformed F     chance 0..1 that a message of a rider with a\n"
+          "                    correct clock is not valid telemetry "
           "(default 0)\n"
-          "  --malformed F     fraction 0..1 of messages that are not valid\n"
-          "                    telemetry (default 0)\n"
-          "  --late F          fraction 0..1 of messages put after their "
-          "second\n"
-          "                    was published (default 0)\n"
+          "  --late F          chance 0..1 that a message of a rider with a\n"
+          "                    correct clock, not malformed, is put after its\n"
+          "                    second was published; only seconds 1 to\n"
+          "                    --seconds minus (race.allowed_lateness_s + 3)\n"
+          "                    can have late messages, so a short race gets\n"
+          "                    fewer or none, with a warning (default 0)\n"
           "  --skew F          fraction 0..1 of riders whose device clock is "
           "off,\n"
           "                    some beyond race.max_future_skew_s (default "
@@ -947,6 +995,7 @@ int cmd_simulate(int argc, char **argv)
     for (int64_t i = 0; i < st->opts.racers; i++)
         make_rider(&st->rng, &st->opts, i, &st->riders[i]);
     skew_clocks(st);
+    warn_fault_limits(st);
 
     rc = st->opts.out_file != NULL ? run_to_file(st) : run_to_stream(st, &cfg);
     if (rc == 0)

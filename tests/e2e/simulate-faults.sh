@@ -14,6 +14,9 @@
 #    applied as a late amendment, and every record ahead by more than the
 #    limit is quarantined.
 # 4. Invalid fractions and --shards with --stream are usage errors.
+# 5. --late in a race too short for the late delay, or --late and
+#    --malformed with many skewed clocks, warn with the numbers, and a
+#    long race with few skewed clocks does not.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -140,11 +143,52 @@ check_usage() {
     e2e_log "invalid fractions and --shards with --stream are usage errors"
 }
 
+# simulate_small NAME ARGS...: simulate to E2E_DIR/NAME.jsonl, with the
+# summary in E2E_DIR/NAME.out and standard error in E2E_DIR/NAME.log.
+simulate_small() {
+    local name="$1"
+    shift
+    "$PODIUM_BIN" simulate --classes 1 --seed 3 --start-ms "$START_MS" \
+        --out "$E2E_DIR/$name.jsonl" "$@" >"$E2E_DIR/$name.out" 2>"$E2E_DIR/$name.log" ||
+        e2e_fail "podium simulate $* failed: see $E2E_DIR/$name.log"
+}
+
+# expect_warning NAME TEXT: fail unless the stderr of NAME contains TEXT.
+expect_warning() {
+    grep -qF -- "$2" "$E2E_DIR/$1.log" ||
+        e2e_fail "podium simulate ($1) did not warn: $2
+it wrote: $(cat "$E2E_DIR/$1.log")"
+}
+
+check_fault_warnings() {
+    local delay=$((ALLOWED_LATENESS_S + 3))
+    simulate_small too-short --racers 5 --seconds 3 --late 1
+    [[ "$(json_field "$E2E_DIR/too-short.out" late)" == 0 ]] ||
+        e2e_fail "a 3 s race made late records: $(cat "$E2E_DIR/too-short.out")"
+    expect_warning too-short "warning: --late 1 gives no late records: a late record is put $delay s after its second (race.allowed_lateness_s + 3)"
+    expect_warning too-short "pass --seconds $((delay + 1)) or more"
+
+    simulate_small short --racers 20 --seconds 30 --late 1
+    [[ "$(json_field "$E2E_DIR/short.out" late)" == $((20 * (30 - delay))) ]] ||
+        e2e_fail "a 30 s race with --late 1 did not make late records in seconds 1 to $((30 - delay)) only: $(cat "$E2E_DIR/short.out")"
+    expect_warning short "warning: --late 1 applies to seconds 1 to $((30 - delay)) of 30 only"
+
+    simulate_small skewed --racers 20 --seconds 300 --late 0.1 --skew 0.5
+    expect_warning skewed "warning: --late and --malformed apply only to the"
+    expect_warning skewed "riders whose clock is correct (--skew 0.5)"
+
+    simulate_small long --racers 20 --seconds 300 --late 0.1 --malformed 0.1 --skew 0.05
+    [[ ! -s "$E2E_DIR/long.log" ]] ||
+        e2e_fail "podium simulate warned about a long race with few skewed clocks: $(cat "$E2E_DIR/long.log")"
+    e2e_log "fractions that cannot be met warn with the numbers"
+}
+
 main() {
     e2e_init e2e_simulate_faults
     check_file
     check_replay
     check_usage
+    check_fault_warnings
     e2e_log "passed"
 }
 
