@@ -13,7 +13,8 @@
 # the same way.
 #
 # With PODIUM_BIN set to a podium binary, the demo uses it and skips the
-# build.
+# build. On SIGINT (Ctrl-C) or SIGTERM it says it was interrupted, stops
+# what it started and exits 130 or 143.
 #
 #   bash tools/demo.sh [--replay]
 set -euo pipefail
@@ -32,6 +33,9 @@ MODE=live
 
 WORK_DIR=""
 STARTED_PIDS=()
+# SIGINT or SIGTERM once the demo was interrupted, else empty.
+INTERRUPTED=""
+
 
 export AWS_ACCESS_KEY_ID=AKIDEXAMPLE
 export AWS_SECRET_ACCESS_KEY=SECRETEXAMPLE
@@ -44,6 +48,29 @@ say() {
 die() {
     echo "demo: $*" >&2
     exit 1
+}
+
+# on_signal NAME STATUS: say once that signal NAME interrupted the demo and
+# exit with STATUS; the EXIT trap then stops what the demo started.
+on_signal() {
+    if [[ -z "$INTERRUPTED" ]]; then
+        INTERRUPTED="$1"
+        echo
+        say "interrupted by $1"
+    fi
+    exit "$2"
+}
+
+# check_step STATUS MESSAGE: go on after status 0, end as interrupted after
+# 130 or 143 (a step that SIGINT or SIGTERM stopped), and die with MESSAGE
+# after any other status.
+check_step() {
+    case "$1" in
+    0) ;;
+    130) on_signal SIGINT 130 ;;
+    143) on_signal SIGTERM 143 ;;
+    *) die "$2" ;;
+    esac
 }
 
 cleanup() {
@@ -105,13 +132,14 @@ create_stream() {
 # Replay the golden race into a file and print its leaderboards.
 replay_golden() {
     local published="$WORK_DIR/published.jsonl" capture="$WORK_DIR/capture.txt"
+    local status=0
     say "podium replay of $GOLDEN_RECORDING (no Kinesis server, no broker)"
     "$PODIUM_BIN" replay \
         --set "store.path=$WORK_DIR/podium.db" \
         --set publish.transport=file \
         --set "publish.file=$published" \
-        "$GOLDEN_RECORDING" >"$WORK_DIR/summary.json" 2>"$WORK_DIR/podium.log" ||
-        die "podium replay failed: see $WORK_DIR/podium.log"
+        "$GOLDEN_RECORDING" >"$WORK_DIR/summary.json" 2>"$WORK_DIR/podium.log" || status=$?
+    check_step "$status" "podium replay failed: see $WORK_DIR/podium.log"
     say "summary: $(cat "$WORK_DIR/summary.json")"
 
     # The publish file contains {"topic":...,"payload":...} lines, and the
@@ -124,9 +152,10 @@ fs.writeFileSync(process.argv[2], out.join("\n") + "\n");
 ' "$published" "$capture" || die "could not read $published"
 
     say "leaderboards as published (race, second, revision, top 3 by total output):"
+    status=0
     node "$REPO_DIR/tools/show-leaderboards.mjs" --follow "$capture" \
-        --last-second "$GOLDEN_SECONDS" --idle-s 1 --timeout-s 30 ||
-        die "not every race published second $GOLDEN_SECONDS: see $WORK_DIR/podium.log"
+        --last-second "$GOLDEN_SECONDS" --idle-s 1 --timeout-s 30 || status=$?
+    check_step "$status" "not every race published second $GOLDEN_SECONDS: see $WORK_DIR/podium.log"
 }
 
 main() {
@@ -142,18 +171,18 @@ main() {
         [[ -r "$GOLDEN_RECORDING" ]] || die "$GOLDEN_RECORDING is missing: run tools/make-golden.sh"
         WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/podium-demo.XXXXXX")"
         trap cleanup EXIT
-        trap 'exit 130' INT
-        trap 'exit 143' TERM
+        trap 'on_signal SIGINT 130' INT
+        trap 'on_signal SIGTERM 143' TERM
         replay_golden
         return 0
     fi
 
     WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/podium-demo.XXXXXX")"
     trap cleanup EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
+    trap 'on_signal SIGINT 130' INT
+    trap 'on_signal SIGTERM 143' TERM
 
-    local kinesis_port mqtt_port
+    local kinesis_port mqtt_port status=0
     kinesis_port="$(bash "$REPO_DIR/tools/peers.sh" start kinesalite "$WORK_DIR")"
     mqtt_port="$(bash "$REPO_DIR/tools/peers.sh" start mosquitto "$WORK_DIR")"
     say "kinesalite on 127.0.0.1:$kinesis_port, mosquitto on 127.0.0.1:$mqtt_port"
@@ -169,8 +198,8 @@ main() {
     "$PODIUM_BIN" simulate --racers 1000 --seconds "$SIMULATED_SECONDS" --classes 6 --seed 42 \
         --duplicates 0.02 --stream "$STREAM" \
         --set "kinesis.endpoint=http://127.0.0.1:$kinesis_port" \
-        2>>"$WORK_DIR/simulate.log" ||
-        die "podium simulate failed: see $WORK_DIR/simulate.log"
+        2>>"$WORK_DIR/simulate.log" || status=$?
+    check_step "$status" "podium simulate failed: see $WORK_DIR/simulate.log"
 
     say "podium run; leaderboards as they arrive (race, second, revision, top 3 by total output):"
     "$PODIUM_BIN" run \
@@ -184,9 +213,14 @@ main() {
         </dev/null 2>>"$WORK_DIR/podium.log" &
     STARTED_PIDS+=("$!")
 
+    status=0
     node "$REPO_DIR/tools/show-leaderboards.mjs" --follow "$capture" \
-        --last-second "$SIMULATED_SECONDS" --idle-s 3 --timeout-s "$SHOW_TIMEOUT_S" ||
+        --last-second "$SIMULATED_SECONDS" --idle-s 3 --timeout-s "$SHOW_TIMEOUT_S" || status=$?
+    if [[ "$status" != 0 && "$status" != 130 && "$status" != 143 ]]; then
         say "not every race published second $SIMULATED_SECONDS within ${SHOW_TIMEOUT_S}s: see $WORK_DIR/podium.log"
+    else
+        check_step "$status" ""
+    fi
 }
 
 main "$@"
