@@ -583,8 +583,8 @@ int record_import(const struct import_options *opts)
     if (rc == 0) {
         print_summary(&im);
         if (im.bad_records > 0)
-            fprintf(stderr, "podium record: skipped %" PRIu64 " bad records\n",
-                    im.bad_records);
+            fprintf(stderr, "podium record: skipped %" PRIu64 " bad record%s\n",
+                    im.bad_records, im.bad_records == 1 ? "" : "s");
     }
     sb_free(&im.out);
     return rc;
