@@ -232,6 +232,9 @@ void merge_add(struct merge *m, struct shard_batch *batch, int64_t now_ms);
 void merge_release(struct merge *m, const struct reader *rd, int64_t now_ms);
 /* Records held and not yet released. */
 size_t merge_pending(const struct merge *m);
+/* Tell the merge that the reader is paused or resumed, so that the time
+ * it is paused does not count against hold_limit_ms. */
+void merge_set_paused(struct merge *m, bool paused, int64_t now_ms);
 
 /*
  * The HTTP server for health and metrics (daemon/http.c), on the loop

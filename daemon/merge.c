@@ -65,6 +65,7 @@ struct merge_slot {
 struct merge {
     struct pipeline *pl;
     int64_t hold_limit_ms;
+    int64_t paused_since_ms; /* -1 while the reader reads */
     struct merge_slot *slots;
     size_t count;
     size_t cap;
@@ -77,6 +78,7 @@ struct merge *merge_new(struct pipeline *pl, int64_t hold_limit_ms)
         return NULL;
     m->pl = pl;
     m->hold_limit_ms = hold_limit_ms;
+    m->paused_since_ms = -1;
     return m;
 }
 
@@ -190,6 +192,28 @@ void merge_add(struct merge *m, struct shard_batch *batch, int64_t now_ms)
     }
 }
 
+/*
+ * A paused reader delivers nothing by design, so its shards are not
+ * stalled: the hold clock of every held record stops while it is paused.
+ * Otherwise the records of a millisecond held for the next batch would
+ * leave without it once the pause outlasted hold_limit_ms.
+ */
+void merge_set_paused(struct merge *m, bool paused, int64_t now_ms)
+{
+    if (paused && m->paused_since_ms < 0) {
+        m->paused_since_ms = now_ms;
+        return;
+    }
+    if (paused || m->paused_since_ms < 0)
+        return;
+    int64_t pause_ms = now_ms - m->paused_since_ms;
+    for (size_t i = 0; i < m->count; i++) {
+        if (m->slots[i].batch != NULL)
+            m->slots[i].added_ms += pause_ms;
+    }
+    m->paused_since_ms = -1;
+}
+
 size_t merge_pending(const struct merge *m)
 {
     size_t n = 0;
@@ -228,7 +252,7 @@ static bool watermark(struct merge *m, const struct reader *rd, int64_t now_ms,
             w = bound;
     }
     /* Records held past the limit leave whatever a stalled shard does. */
-    for (size_t i = 0; i < m->count; i++) {
+    for (size_t i = 0; m->paused_since_ms < 0 && i < m->count; i++) {
         struct merge_slot *slot = &m->slots[i];
         if (slot->batch != NULL && slot->batch->count > slot->next &&
             now_ms - slot->added_ms >= m->hold_limit_ms &&

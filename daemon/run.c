@@ -134,8 +134,11 @@ static void on_reader_fatal(void *arg, const char *message)
  */
 static void sync_reader_pause(struct daemon *d)
 {
-    if (d->reader != NULL && d->phase == PHASE_RUNNING)
-        reader_set_paused(d->reader, pipeline_outbox_full(d->pipeline));
+    if (d->reader == NULL || d->phase != PHASE_RUNNING)
+        return;
+    bool paused = pipeline_outbox_full(d->pipeline);
+    reader_set_paused(d->reader, paused);
+    merge_set_paused(d->merge, paused, log_now_ms());
 }
 
 static void on_committed(void *arg, const char *shard_id)
@@ -512,11 +515,14 @@ static void on_tick(uv_timer_t *timer)
     }
     sync_reader_pause(d);
     merge_release(d->merge, d->reader, now);
-    if (!pipeline_idle(d->pipeline) || merge_pending(d->merge) > 0)
+    if (!pipeline_idle(d->pipeline))
         return;
     /* While every shard is caught up, stream time follows the clock so an
-     * idle race still closes in a live run. */
-    if (reader_caught_up(d->reader) &&
+     * idle race still closes in a live run, but never past held records.
+     * Delivered messages are deleted even while records are held: a full
+     * outbox pauses the reader, and the held records may wait for the
+     * batch that the pause holds back. */
+    if (merge_pending(d->merge) == 0 && reader_caught_up(d->reader) &&
         now - d->last_stream_tick_ms >= RUN_STREAM_TICK_MS) {
         d->last_stream_tick_ms = now;
         pipeline_submit_tick(d->pipeline, now);
