@@ -901,6 +901,7 @@ static int open_next_file(struct replay *r, struct shard_cursor *c)
     c->f = fopen(path, "r");
     if (c->f == NULL ||
         fseeko(c->f, (off_t)span->first_offset, SEEK_SET) != 0) {
+        progress_erase(r);
         fprintf(stderr,
                 "podium replay: failed to read %s again for shard %s: %s\n",
                 path, c->shard_id, strerror(errno));
@@ -946,6 +947,7 @@ static int read_next_record(struct replay *r, struct shard_cursor *c)
         }
         ssize_t n = getline(&r->line, &r->line_cap, c->f);
         if (n < 0) {
+            progress_erase(r);
             fprintf(stderr,
                     "podium replay: %s ended before line %" PRIu64
                     " of its first reading; do not change a recording while "
@@ -965,6 +967,7 @@ static int read_next_record(struct replay *r, struct shard_cursor *c)
             free(rec.data);
             if (r->opts.skip_bad_lines)
                 continue; /* reported and counted by the first pass */
+            progress_erase(r);
             fprintf(stderr,
                     "podium replay: %s:%" PRIu64 ": %s; the line was good "
                     "when first read, so the file changed during the "
@@ -979,10 +982,12 @@ static int read_next_record(struct replay *r, struct shard_cursor *c)
             check_order(&c->read, c->file, c->line_no, &rec, err, sizeof err) ==
                 0) {
             rc = load_head(c, &rec) == 0 ? 1 : -1;
-            if (rc < 0)
+            if (rc < 0) {
+                progress_erase(r);
                 fprintf(stderr,
                         "podium replay: %s:%" PRIu64 ": out of memory\n", path,
                         c->line_no);
+            }
         }
         free(rec.data);
         sjson_doc_free(root);
@@ -1172,6 +1177,7 @@ static int build_job(struct replay *r)
             starts_job(r, draft, batch_size, rec->arrival_ms))
             break;
         if (draft_add(draft, c, continued) != 0) {
+            progress_erase(r);
             fprintf(stderr, "podium replay: out of memory while building a "
                             "job\n");
             return -1;
@@ -1180,6 +1186,7 @@ static int build_job(struct replay *r)
     if (draft->work == NULL)
         return 0;
     if (draft_finish(draft) != 0) {
+        progress_erase(r);
         fprintf(stderr, "podium replay: out of memory while building a job\n");
         return -1;
     }
