@@ -382,13 +382,19 @@ static void report_order(const char *path, const struct order_problem *o)
         snprintf(more, sizeof more, ", nor %s %" PRIu64 " later record%s",
                  o->count == 2 ? "is" : "are", o->count - 1,
                  o->count == 2 ? "" : "s");
+    /* The same argument, not the same name: a page given twice has two. */
+    bool same_page = o->prev_file == path;
     fprintf(stderr,
             "podium record: %s: Records[%zu]: SequenceNumber %s is not after "
-            "%s of %s Records[%zu]%s; the pages are out of order or one is "
-            "given twice; give the pages of one shard in the order they were "
-            "read, each once\n",
+            "%s of %s Records[%zu]%s; %s\n",
             path, o->first_index, o->first_seq, o->prev_seq, o->prev_file,
-            o->prev_index, more);
+            o->prev_index, more,
+            same_page ? "the records of this page are out of order or "
+                        "repeated, which get-records never returns; give the "
+                        "page as aws kinesis get-records printed it"
+                      : "the pages are out of order or one is given twice; "
+                        "give the pages of one shard in the order they were "
+                        "read, each once");
 }
 
 /* Convert the records of one document. Returns 0, 1 after a bad record
