@@ -16,8 +16,8 @@
  * Every file is read and checked before anything is written. A file that
  * is not JSON or has no Records array always fails the import, and so does
  * a record whose SequenceNumber is not after the one before it: that means
- * pages out of order or given twice, and skipping the records would lose a
- * page. Such records are reported once per file, with a count. A bad
+ * pages out of order or given twice, or a page changed, and skipping the
+ * records would lose a page. Such records are reported once per file, with a count. A bad
  * record (a missing or invalid member) is reported with the file and its
  * index in Records, and records of one file with the same problem are
  * reported once, with a count. Under --on-bad-record fail nothing is
