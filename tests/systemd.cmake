@@ -24,3 +24,10 @@ set_tests_properties(systemd_unit_verify systemd_unit_security
 # SIGHUP: log.file reopened after a rename, log.level applied, and a broken
 # configuration file kept out with one error line.
 podium_e2e_test(e2e_sighup sighup.sh)
+
+# `cmake --install --prefix` with DESTDIR: the unit and the sample
+# configuration follow the prefix of the install, not of the configure step.
+add_test(NAME systemd_install_prefix
+    COMMAND bash ${PROJECT_SOURCE_DIR}/tests/systemd-install.sh
+        ${PROJECT_BINARY_DIR})
+set_tests_properties(systemd_install_prefix PROPERTIES TIMEOUT 120)
