@@ -77,3 +77,6 @@ podium_e2e_test(e2e_container_static container-static.sh)
 podium_e2e_test(e2e_container container.sh)
 # The settings table of docs/operations.md against podium run --help.
 podium_e2e_test(e2e_operations_doc operations-doc.sh)
+# The commands of the restore steps in docs/operations.md, run on a
+# database after a clean stop and after a crash.
+podium_e2e_test(e2e_operations_doc_restore operations-doc-restore.sh)
