@@ -28,7 +28,7 @@ int agg_id_cmp(const struct agg_id *a, const struct agg_id *b)
 int agg_id_to_json(const struct agg_id *id, struct strbuf *sb)
 {
     if (id->is_num)
-        return sb_printf(sb, "%" PRId64, id->num);
+        return sb_int64(sb, id->num);
     return sb_json_string(sb, id->str, id->len);
 }
 

@@ -865,7 +865,7 @@ static void parser_free(struct parser *p)
 }
 
 int sjson_parse(const char *text, size_t len, const struct sjson_limits *limits,
-               struct sjson_doc **out, struct sjson_err *err)
+                struct sjson_doc **out, struct sjson_err *err)
 {
     struct sjson_err unused;
     struct parser p;
@@ -900,7 +900,7 @@ const struct sjson_value *sjson_doc_root(const struct sjson_doc *doc)
 }
 
 const struct sjson_value *sjson_object_get(const struct sjson_value *object,
-                                         const char *key)
+                                           const char *key)
 {
     if (object == NULL || object->type != SJSON_OBJECT || key == NULL)
         return NULL;
@@ -1007,7 +1007,8 @@ int sjson_number_canonical(const char *tok, size_t len, struct strbuf *out)
     } else {
         sb_append(out, tok + first, last - first);
     }
-    sb_printf(out, "e%lld", exponent);
+    sb_putc(out, 'e');
+    sb_int64(out, (int64_t)exponent);
     return sb_error(out) == 0 ? 0 : -1;
 }
 

@@ -105,6 +105,27 @@ int sb_printf(struct strbuf *sb, const char *fmt, ...)
     return 0;
 }
 
+int sb_uint64(struct strbuf *sb, uint64_t v)
+{
+    char digits[20];
+    size_t n = sizeof digits;
+
+    do {
+        digits[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    return sb_append(sb, digits + n, sizeof digits - n);
+}
+
+int sb_int64(struct strbuf *sb, int64_t v)
+{
+    if (v >= 0)
+        return sb_uint64(sb, (uint64_t)v);
+    sb_putc(sb, '-');
+    /* The magnitude of INT64_MIN does not fit in int64_t. */
+    return sb_uint64(sb, (uint64_t)0 - (uint64_t)v);
+}
+
 int sb_json_string(struct strbuf *sb, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
@@ -148,15 +169,18 @@ int sb_fixed4(struct strbuf *sb, int64_t v)
     uint64_t mag = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
     uint64_t whole = mag / 10000;
     unsigned frac = (unsigned)(mag % 10000);
-    char digits[5];
+    char digits[4];
     int n = 4;
 
     if (v < 0)
         sb_putc(sb, '-');
-    sb_printf(sb, "%" PRIu64, whole);
+    sb_uint64(sb, whole);
     if (frac == 0)
         return sb_error(sb);
-    snprintf(digits, sizeof digits, "%04u", frac);
+    for (int i = 3; i >= 0; i--) {
+        digits[i] = (char)('0' + frac % 10);
+        frac /= 10;
+    }
     while (n > 0 && digits[n - 1] == '0')
         n--;
     sb_putc(sb, '.');

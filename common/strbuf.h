@@ -29,6 +29,11 @@ int sb_putc(struct strbuf *sb, char c);
 int sb_printf(struct strbuf *sb, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* Append v in decimal, as printf's PRIu64 and PRId64 would, without the
+ * cost of printf on hot paths. */
+int sb_uint64(struct strbuf *sb, uint64_t v);
+int sb_int64(struct strbuf *sb, int64_t v);
+
 /*
  * Append bytes as a quoted JSON string. Bytes >= 0x80 are copied as they are
  * (the caller has checked UTF-8); '"', '\\' and control characters, U+0000

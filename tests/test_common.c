@@ -406,7 +406,8 @@ TEST(json_reports_error_offsets)
     struct sjson_doc *doc;
     struct sjson_err err;
 
-    ASSERT_EQ(sjson_parse("[1,]", 4, &test_limits, &doc, &err), SJSON_ERR_SYNTAX);
+    ASSERT_EQ(sjson_parse("[1,]", 4, &test_limits, &doc, &err),
+              SJSON_ERR_SYNTAX);
     ASSERT_EQ(err.offset, 3);
     ASSERT_TRUE(err.message[0] != '\0');
 
@@ -425,7 +426,8 @@ TEST(json_rejects_input_over_max_bytes)
     const struct sjson_limits small = {10, 64};
 
     ASSERT_EQ(parse_code_limits("[1,2,3,45]", 10, &small), SJSON_OK);
-    ASSERT_EQ(parse_code_limits("[1,2,3,456]", 11, &small), SJSON_ERR_TOO_LARGE);
+    ASSERT_EQ(parse_code_limits("[1,2,3,456]", 11, &small),
+              SJSON_ERR_TOO_LARGE);
     ASSERT_EQ(parse_code_limits("[1,2,3,4] ", 11, &small), SJSON_ERR_TOO_LARGE);
 }
 
@@ -436,7 +438,8 @@ TEST(json_null_limits_use_defaults)
 
     ASSERT_EQ(sjson_parse("[1]", 3, NULL, &doc, NULL), SJSON_OK);
     sjson_doc_free(doc);
-    ASSERT_EQ(sjson_parse(deep, strlen(deep), NULL, &doc, NULL), SJSON_ERR_DEPTH);
+    ASSERT_EQ(sjson_parse(deep, strlen(deep), NULL, &doc, NULL),
+              SJSON_ERR_DEPTH);
     ASSERT_TRUE(doc == NULL);
     free(deep);
 }
@@ -674,7 +677,7 @@ TEST(json_number_canonical_table)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         sb_reset(&sb);
         if (sjson_number_canonical(cases[i].token, strlen(cases[i].token),
-                                  &sb) != 0)
+                                   &sb) != 0)
             test_fail(__FILE__, __LINE__, "%s: rejected", cases[i].token);
         if (strcmp(sb.data, cases[i].canonical) != 0)
             test_fail(__FILE__, __LINE__, "%s: \"%s\", expected \"%s\"",
@@ -1053,4 +1056,48 @@ TEST(seqnum_cmp_ext_orders_sub_sequence)
     ASSERT_TRUE(seqnum_cmp_ext(a, 1000, b, 0) < 0);
     ASSERT_TRUE(seqnum_cmp_ext(b, 0, a, 1000) > 0);
     ASSERT_TRUE(seqnum_cmp_ext("99", 5, "100", 0) < 0);
+}
+
+/* ---- strbuf number formatting ----------------------------------------- */
+
+/* Each value must come out as printf's PRId64 / PRIu64 writes it. */
+TEST(strbuf_formats_int64_like_printf)
+{
+    static const int64_t values[] = {
+        0, 1, -1, 9, 10, -10, 1234567890, INT64_MAX, INT64_MIN, INT64_MIN + 1};
+    struct strbuf sb;
+    char want[32];
+
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+        sb_init(&sb, 64);
+        ASSERT_EQ(sb_int64(&sb, values[i]), 0);
+        snprintf(want, sizeof want, "%" PRId64, values[i]);
+        ASSERT_MEM_EQ(sb.data, sb.len, want, strlen(want));
+        sb_free(&sb);
+    }
+    sb_init(&sb, 64);
+    ASSERT_EQ(sb_uint64(&sb, UINT64_MAX), 0);
+    snprintf(want, sizeof want, "%" PRIu64, UINT64_MAX);
+    ASSERT_MEM_EQ(sb.data, sb.len, want, strlen(want));
+    sb_free(&sb);
+}
+
+TEST(strbuf_fixed4_trims_zeros)
+{
+    static const struct {
+        int64_t v;
+        const char *want;
+    } cases[] = {
+        {0, "0"},          {10000, "1"},           {-10000, "-1"},
+        {12345, "1.2345"}, {12340, "1.234"},       {10001, "1.0001"},
+        {-5, "-0.0005"},   {1234500000, "123450"},
+    };
+    struct strbuf sb;
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        sb_init(&sb, 64);
+        ASSERT_EQ(sb_fixed4(&sb, cases[i].v), 0);
+        ASSERT_MEM_EQ(sb.data, sb.len, cases[i].want, strlen(cases[i].want));
+        sb_free(&sb);
+    }
 }
