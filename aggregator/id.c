@@ -27,8 +27,9 @@ int agg_id_cmp(const struct agg_id *a, const struct agg_id *b)
 
 int agg_id_to_json(const struct agg_id *id, struct strbuf *sb)
 {
+    /* agg_id_set_num keeps the decimal text of a numeric id in str. */
     if (id->is_num)
-        return sb_int64(sb, id->num);
+        return sb_append(sb, id->str, id->len);
     return sb_json_string(sb, id->str, id->len);
 }
 
