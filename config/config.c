@@ -83,7 +83,8 @@ static const struct cfg_setting settings[] = {
      .default_doc = "$AWS_ENDPOINT_URL_KINESIS, else $AWS_ENDPOINT_URL, "
                     "else https://kinesis.<region>.amazonaws.com",
      .check = cfg_check_http_url,
-     .expected = "a URL starting with http:// or https://",
+     .explain = cfg_explain_http_url,
+     .expected = "http://HOST[:PORT] or https://HOST[:PORT]",
      .help = "Kinesis API endpoint URL"},
     {.name = "kinesis.initial_position",
      .type = CFG_TYPE_POSITION,
@@ -127,8 +128,7 @@ static const struct cfg_setting settings[] = {
             idempotency_in_progress_timeout_ms, "30000", 0, 86400000,
             "age after which another owner may take over an unfinished "
             "claim, in milliseconds (0: only when its owner is dead)"),
-    INT32("idempotency.cache_size", idempotency_cache_size, "1024", 0,
-          10000000,
+    INT32("idempotency.cache_size", idempotency_cache_size, "1024", 0, 10000000,
           "completed keys kept in an in-memory LRU cache (0: no cache)"),
     INT32("race.max_seconds", race_max_seconds, "3600", 1, 86400,
           "maximum length of a race, in seconds"),
@@ -152,9 +152,14 @@ static const struct cfg_setting settings[] = {
          "file"),
     STRING("publish.file", publish_file, "-", cfg_check_nonempty, nonempty,
            "output file of transport file, - for standard output", 0),
-    STRING("mqtt.url", mqtt_url, "mqtt://127.0.0.1:1883", cfg_check_mqtt_url,
-           "mqtt://HOST:PORT or mqtts://HOST:PORT",
-           "MQTT broker, mqtts:// for TLS", 0),
+    {.name = "mqtt.url",
+     .type = CFG_TYPE_STRING,
+     .offset = FIELD(mqtt_url),
+     .default_value = "mqtt://127.0.0.1:1883",
+     .check = cfg_check_mqtt_url,
+     .explain = cfg_explain_mqtt_url,
+     .expected = "mqtt://HOST:PORT or mqtts://HOST:PORT",
+     .help = "MQTT broker, mqtts:// for TLS"},
     STRING("mqtt.client_id", mqtt_client_id, "podium", cfg_check_nonempty,
            nonempty, "MQTT client identifier", 0),
     STRING("mqtt.ca_file", mqtt_ca_file, NULL, NULL, NULL,
@@ -169,7 +174,8 @@ static const struct cfg_setting settings[] = {
      .offset = FIELD(iot_endpoint),
      .default_doc = "$AWS_ENDPOINT_URL_IOT_DATA_PLANE, else none",
      .check = cfg_check_http_url,
-     .expected = "a URL starting with http:// or https://",
+     .explain = cfg_explain_http_url,
+     .expected = "http://HOST[:PORT] or https://HOST[:PORT]",
      .help = "AWS IoT data plane endpoint, required by transport iot",
      .flags = CFG_FLAG_OPTIONAL},
     INT32("outbox.max", outbox_max, "100000", 100, 10000000,
@@ -285,6 +291,40 @@ static const char *env_lookup(char *const *env, const char *name)
 }
 
 /*
+ * Write the error for a rejected value: the setting, the value with any URL
+ * password masked, the reason that the validator returns, and what is
+ * accepted. A secret value is not shown at all.
+ */
+static void report_invalid_value(const struct cfg_setting *setting,
+                                 const char *value, const char *origin,
+                                 char *err, size_t err_len)
+{
+    char expected[192];
+    cfg_describe_expected(setting, expected, sizeof expected);
+    const char *space = origin[0] ? " " : "";
+    if (setting->flags & CFG_FLAG_SECRET) {
+        snprintf(err, err_len,
+                 "invalid value for %s (not shown because it is secret; "
+                 "expected %s)%s%s",
+                 setting->name, expected, space, origin);
+        return;
+    }
+
+    char shown[1024];
+    cfg_mask_url(value, shown, sizeof shown);
+    const char *reason = NULL;
+    if (setting->explain != NULL)
+        setting->explain(value, &reason);
+    if (reason != NULL)
+        snprintf(err, err_len,
+                 "invalid value for %s: \"%s\": %s (expected %s)%s%s",
+                 setting->name, shown, reason, expected, space, origin);
+    else
+        snprintf(err, err_len, "invalid value for %s: \"%s\" (expected %s)%s%s",
+                 setting->name, shown, expected, space, origin);
+}
+
+/*
  * Parse value into setting index and record its source. origin ("from X",
  * "in FILE line N", or "") ends the error message.
  */
@@ -294,10 +334,7 @@ static int apply_value(struct podium_config *cfg, size_t index,
 {
     const struct cfg_setting *setting = &settings[index];
     if (cfg_parse_value(cfg, setting, value) != 0) {
-        char expected[192];
-        cfg_describe_expected(setting, expected, sizeof expected);
-        snprintf(err, err_len, "invalid value for %s: \"%s\" (expected %s)%s%s",
-                 setting->name, value, expected, origin[0] ? " " : "", origin);
+        report_invalid_value(setting, value, origin, err, err_len);
         return -1;
     }
     cfg->sources[index] = (unsigned char)source;
@@ -434,8 +471,10 @@ static int apply_sets(struct podium_config *cfg, const char *const *sets,
             snprintf(err, err_len, "%s from --set", reason);
             rc = -1;
         } else if (kind == 0) {
+            char shown[1024];
+            cfg_mask_url(sets[i], shown, sizeof shown);
             snprintf(err, err_len, "invalid --set \"%s\" (expected KEY=VALUE)",
-                     sets[i]);
+                     shown);
             rc = -1;
         } else {
             rc = apply_key(cfg, key, value, CFG_SOURCE_FLAG, "from --set", err,

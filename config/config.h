@@ -122,6 +122,15 @@ int cfg_load(struct podium_config *cfg, const char *file, bool file_required,
 void cfg_free(struct podium_config *cfg);
 
 /*
+ * Write value into buf with the password of a URL replaced by "****", for
+ * messages and check-config output: "mqtt://u:pw@h" becomes
+ * "mqtt://u:****@h", and user info without ':' is masked whole. The user
+ * info ends at the last '@', so a password with an unescaped '/' is masked
+ * too, and an '@' in a path masks more than the password.
+ */
+void cfg_mask_url(const char *value, char *buf, size_t len);
+
+/*
  * Print every setting as "key = value  # source" lines, secrets masked, for
  * check-config.
  */

@@ -148,18 +148,6 @@ static bool has_space_or_control(const char *value)
     return false;
 }
 
-bool cfg_check_http_url(const char *value)
-{
-    const char *rest;
-    if (strncasecmp(value, "http://", 7) == 0)
-        rest = value + 7;
-    else if (strncasecmp(value, "https://", 8) == 0)
-        rest = value + 8;
-    else
-        return false;
-    return rest[0] != '\0' && rest[0] != '/' && !has_space_or_control(value);
-}
-
 /*
  * Check "host:port" with port 0..65535. An IPv6 host must be bracketed
  * ("[::1]:9464") so the port separator stays the last colon.

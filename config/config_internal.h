@@ -28,6 +28,12 @@ enum cfg_flag {
 
 /* Validator of a string setting. Returns true when value is accepted. */
 typedef bool (*cfg_check_fn)(const char *value);
+/*
+ * Validator that also explains: returns true when value is accepted, else
+ * false with *reason set to a static string that explains the rejection,
+ * or to NULL when the accepted form alone explains it.
+ */
+typedef bool (*cfg_explain_fn)(const char *value, const char **reason);
 
 /* One setting: its name, where it lives in the struct and what it accepts. */
 struct cfg_setting {
@@ -41,6 +47,7 @@ struct cfg_setting {
     int64_t min, max;              /* integer types only */
     const char *const *enum_names; /* CFG_TYPE_ENUM, NULL-terminated */
     cfg_check_fn check;            /* strings, NULL accepts any string */
+    cfg_explain_fn explain;        /* why check rejected a value, or NULL */
     const char *expected;          /* accepted form when check rejects */
     const char *help;              /* what it sets, with its unit */
     unsigned flags;                /* enum cfg_flag bits */
@@ -85,6 +92,15 @@ bool cfg_check_nonempty(const char *value);
 bool cfg_check_region(const char *value);
 bool cfg_check_http_url(const char *value);
 bool cfg_check_mqtt_url(const char *value);
+/*
+ * An http:// or https:// URL with a host name, IPv4 address or IPv6
+ * address in square brackets, an optional port from 1 to 65535 and an
+ * optional "/". The host has only complete percent escapes, and there is
+ * no user name or password.
+ */
+bool cfg_explain_http_url(const char *value, const char **reason);
+/* cfg_check_mqtt_url, with a reason for a user name or password. */
+bool cfg_explain_mqtt_url(const char *value, const char **reason);
 bool cfg_check_host_port(const char *value);
 bool cfg_check_race_topic(const char *value);
 bool cfg_check_class_topic(const char *value);

@@ -82,8 +82,10 @@ int cfg_split_line(char *line, char **key, char **value, char *err,
            isspace((unsigned char)key_end[-1]))
         key_end--;
     if (equals == NULL || key_end == start) {
+        char shown[512];
+        cfg_mask_url(start, shown, sizeof shown);
         snprintf(err, err_len, "invalid line \"%s\" (expected key = value)",
-                 start);
+                 shown);
         return -1;
     }
     *key_end = '\0';

@@ -58,27 +58,6 @@ static const char *env_source(const char *key, char *buf, size_t len)
 }
 
 /*
- * Mask the password of user info in a URL ("mqtt://u:pw@h" becomes
- * "mqtt://u:****@h"), in place. Values without "://" stay as they are.
- */
-static void mask_user_info(char *value)
-{
-    char *scheme_end = strstr(value, "://");
-    if (scheme_end == NULL)
-        return;
-    char *authority = scheme_end + 3;
-    size_t n = strcspn(authority, "/?#");
-    char *at = memchr(authority, '@', n);
-    if (at == NULL)
-        return;
-    char *colon = memchr(authority, ':', (size_t)(at - authority));
-    char *start = colon != NULL ? colon + 1 : authority;
-    size_t tail = strlen(at) + 1;
-    memcpy(start, "****", 4);
-    memmove(start + 4, at, tail);
-}
-
-/*
  * Print the settings: cfg_print writes "key = value  # source" lines in
  * table order, with secret settings masked; each source gets its details.
  */
@@ -109,9 +88,10 @@ static int print_settings(const struct podium_config *cfg, const char *file)
             return -1;
         }
         *mark = '\0';
-        mask_user_info(line);
+        char shown[2048];
+        cfg_mask_url(line, shown, sizeof shown);
         char var[128];
-        printf("%s  # ", line);
+        printf("%s  # ", shown);
         switch (cfg_source_of(cfg, info.name)) {
         case CFG_SOURCE_DEFAULT:
             printf("default\n");

@@ -226,8 +226,8 @@ TEST(config_invalid_endpoint_variable)
     char *env[] = {"AWS_ENDPOINT_URL_KINESIS=localhost:4566", NULL};
     ASSERT_EQ(load_set(env, NULL), -1);
     ASSERT_STR_EQ(err, "invalid value for kinesis.endpoint: "
-                       "\"localhost:4566\" (expected a URL starting with "
-                       "http:// or https://) from AWS_ENDPOINT_URL_KINESIS");
+                       "\"localhost:4566\" (expected http://HOST[:PORT] or "
+                       "https://HOST[:PORT]) from AWS_ENDPOINT_URL_KINESIS");
 }
 
 TEST(config_state_directory_default)
@@ -376,13 +376,13 @@ TEST(config_invalid_string_messages)
 {
     expect_set_error("kinesis.endpoint=ftp://kinesis.test",
                      "invalid value for kinesis.endpoint: "
-                     "\"ftp://kinesis.test\" (expected a URL starting with "
-                     "http:// or https://) from --set",
+                     "\"ftp://kinesis.test\" (expected http://HOST[:PORT] or "
+                     "https://HOST[:PORT]) from --set",
                      __LINE__);
     expect_set_error("kinesis.endpoint=https://",
-                     "invalid value for kinesis.endpoint: \"https://\" "
-                     "(expected a URL starting with http:// or https://) "
-                     "from --set",
+                     "invalid value for kinesis.endpoint: \"https://\": the "
+                     "URL has no host (expected http://HOST[:PORT] or "
+                     "https://HOST[:PORT]) from --set",
                      __LINE__);
     expect_set_error("mqtt.url=tcp://broker:1883",
                      "invalid value for mqtt.url: \"tcp://broker:1883\" "
@@ -441,6 +441,114 @@ TEST(config_mqtt_url_and_listen_forms)
             test_fail(__FILE__, __LINE__, "--set %s loaded", rejected[i]);
         ASSERT_TRUE(strncmp(err, "invalid value for ", 18) == 0);
     }
+}
+
+TEST(config_endpoint_url_forms)
+{
+    static const char *const accepted[] = {
+        "kinesis.endpoint=http://127.0.0.1:4567",
+        "kinesis.endpoint=https://kinesis.eu-west-1.amazonaws.com/",
+        "kinesis.endpoint=HTTPS://Kinesis.Test",
+        "kinesis.endpoint=http://[::1]:4566",
+        "kinesis.endpoint=http://[::ffff:127.0.0.1]:1",
+        "kinesis.endpoint=http://h:65535",
+        "iot.endpoint=https://a1b2-ats.iot.eu-west-1.amazonaws.com",
+    };
+    for (size_t i = 0; i < sizeof accepted / sizeof accepted[0]; i++)
+        expect_set_ok(accepted[i], __LINE__);
+
+    /* Each rejected form with the reason the message gives for it. */
+    static const struct {
+        const char *url;
+        const char *reason;
+    } rejected[] = {
+        {"https://[bad", "square brackets are allowed only around an IPv6 "
+                         "address, as in http://[::1]:4566"},
+        {"https://[::1", "square brackets are allowed only around an IPv6 "
+                         "address, as in http://[::1]:4566"},
+        {"https://h]x", "square brackets are allowed only around an IPv6 "
+                        "address, as in http://[::1]:4566"},
+        {"https://[::1]x", "square brackets are allowed only around an IPv6 "
+                           "address, as in http://[::1]:4566"},
+        {"https://[127.0.0.1]",
+         "the host in square brackets is not an IPv6 address"},
+        {"https://[]:80", "the host in square brackets is not an IPv6 address"},
+        {"https://::1", "the URL has no host"},
+        {"https://fe80::1:443", "an IPv6 address must be in square brackets, "
+                                "as in http://[::1]:4566"},
+        {"https://h%zz", "a % must start an escape of two hexadecimal digits, "
+                         "such as %20"},
+        {"https://h%4", "a % must start an escape of two hexadecimal digits, "
+                        "such as %20"},
+        {"https://h:0", "the port must be a number from 1 to 65535"},
+        {"https://h:65536", "the port must be a number from 1 to 65535"},
+        {"https://h:", "the port must be a number from 1 to 65535"},
+        {"https://h:44x", "the port must be a number from 1 to 65535"},
+        {"https://h:-1", "the port must be a number from 1 to 65535"},
+        {"https://:443", "the URL has no host"},
+        {"https:///path", "the URL has no host"},
+        {"https://h/path", "the URL has a path, query or fragment"},
+        {"https://h?x=1", "the URL has a path, query or fragment"},
+        {"https://h b", "the URL contains a space or control character"},
+    };
+    for (size_t i = 0; i < sizeof rejected / sizeof rejected[0]; i++) {
+        char set[256], message[512];
+        snprintf(set, sizeof set, "kinesis.endpoint=%s", rejected[i].url);
+        snprintf(message, sizeof message,
+                 "invalid value for kinesis.endpoint: \"%s\": %s (expected "
+                 "http://HOST[:PORT] or https://HOST[:PORT]) from --set",
+                 rejected[i].url, rejected[i].reason);
+        expect_set_error(set, message, __LINE__);
+    }
+}
+
+/* A password in a rejected URL is masked in the message. */
+TEST(config_url_password_masked)
+{
+    expect_set_error("iot.endpoint=https://u:pw%zz@[bad",
+                     "invalid value for iot.endpoint: \"https://u:****@[bad\": "
+                     "a user name or password in the URL is not supported, "
+                     "because podium signs its requests with AWS credentials "
+                     "(expected http://HOST[:PORT] or https://HOST[:PORT]) "
+                     "from --set",
+                     __LINE__);
+    expect_set_error("kinesis.endpoint=ftp://u:ftppw55@h",
+                     "invalid value for kinesis.endpoint: \"ftp://u:****@h\" "
+                     "(expected http://HOST[:PORT] or https://HOST[:PORT]) "
+                     "from --set",
+                     __LINE__);
+    /* An unescaped '/' in the password still leaves no part of it. */
+    expect_set_error(
+        "kinesis.endpoint=https://u:pa/ss@h",
+        "invalid value for kinesis.endpoint: \"https://u:****@h\": "
+        "a user name or password in the URL is not supported, "
+        "because podium signs its requests with AWS credentials "
+        "(expected http://HOST[:PORT] or https://HOST[:PORT]) "
+        "from --set",
+        __LINE__);
+    expect_set_error("mqtt.url=mqtt://user:hunter2pw@127.0.0.1:1883",
+                     "invalid value for mqtt.url: "
+                     "\"mqtt://user:****@127.0.0.1:1883\": a user name or "
+                     "password in the URL is not supported, because podium "
+                     "does not log in to the broker with a password: use "
+                     "mqtts:// with mqtt.cert_file and mqtt.key_file for "
+                     "client authentication (expected mqtt://HOST:PORT or "
+                     "mqtts://HOST:PORT) from --set",
+                     __LINE__);
+    expect_set_error("mqtt.url mqtt://user:hunter2pw@h:1883",
+                     "invalid line \"mqtt.url mqtt://user:****@h:1883\" "
+                     "(expected key = value) from --set",
+                     __LINE__);
+
+    char masked[128];
+    cfg_mask_url("mqtt://u:p@ss@h:1883", masked, sizeof masked);
+    ASSERT_STR_EQ(masked, "mqtt://u:****@h:1883");
+    cfg_mask_url("https://token@h", masked, sizeof masked);
+    ASSERT_STR_EQ(masked, "https://****@h");
+    cfg_mask_url("user:pw@h:1883", masked, sizeof masked);
+    ASSERT_STR_EQ(masked, "user:****@h:1883");
+    cfg_mask_url("https://h:443", masked, sizeof masked);
+    ASSERT_STR_EQ(masked, "https://h:443");
 }
 
 TEST(config_topic_template_checks)
@@ -692,7 +800,7 @@ TEST(config_iot_transport_requires_endpoint)
     const char *sets[] = {"publish.transport=iot", "iot.endpoint=x.iot.test"};
     ASSERT_EQ(cfg_load(&cfg, NULL, false, env, sets, 2, err, sizeof err), -1);
     ASSERT_STR_EQ(err, "invalid value for iot.endpoint: \"x.iot.test\" "
-                       "(expected a URL starting with http:// or https://) "
+                       "(expected http://HOST[:PORT] or https://HOST[:PORT]) "
                        "from --set");
 }
 

@@ -37,8 +37,11 @@ SECRET_C='e2eCredsSecretC/OnlyHere+0123456789abcdef'
 TOKEN_C='e2eCredsSessionTokenC/OnlyHere+0123=='
 AUTH_TOKEN='e2eCredsAuthorizationToken-OnlyHere-0123'
 URL_PASSWORD='e2eCredsUrlPassword0123'
+MQTT_PASSWORD='e2eCredsMqttPassword0123'
+ENDPOINT_PASSWORD='e2eCredsEndpointPassword0123'
 ALL_SECRETS=("$SECRET_PROFILE" "$TOKEN_PROFILE" "$SECRET_A" "$TOKEN_A"
-    "$SECRET_B" "$TOKEN_B" "$SECRET_C" "$TOKEN_C" "$AUTH_TOKEN" "$URL_PASSWORD")
+    "$SECRET_B" "$TOKEN_B" "$SECRET_C" "$TOKEN_C" "$AUTH_TOKEN" "$URL_PASSWORD"
+    "$MQTT_PASSWORD" "$ENDPOINT_PASSWORD")
 
 # The environment credentials of lib.sh would come first in the chain.
 ENV_KEY_ID="$AWS_ACCESS_KEY_ID"
@@ -165,6 +168,58 @@ EOF
     e2e_log "profiles: default, AWS_PROFILE, a missing profile and a missing secret"
 }
 
+# A URL with a password is rejected, and the error shows it masked: from
+# --set, the file, the environment and a line without '=', in check-config
+# and run. The final sweep checks that no output contains the passwords.
+test_url_passwords() {
+    local conf="$E2E_DIR/podium-url-password.conf"
+    printf '%s\n' "mqtt.url = mqtt://user:$MQTT_PASSWORD@127.0.0.1:1883" >"$conf"
+    local command
+    for command in check-config run; do
+        AWS_ACCESS_KEY_ID="$ENV_KEY_ID" AWS_SECRET_ACCESS_KEY="$ENV_SECRET" \
+            check "mqtt-url-set-$command" "$command" --set stream.name=s \
+            --set "mqtt.url=mqtt://user:$MQTT_PASSWORD@127.0.0.1:1883"
+        expect_status 2 "$command with a password in mqtt.url"
+        expect_text "$ERR" 'invalid value for mqtt.url: "mqtt://user:****@127.0.0.1:1883": a user name or password in the URL is not supported'
+        expect_text "$ERR" "use mqtts:// with mqtt.cert_file and mqtt.key_file"
+
+        AWS_ACCESS_KEY_ID="$ENV_KEY_ID" AWS_SECRET_ACCESS_KEY="$ENV_SECRET" \
+            check "mqtt-url-file-$command" "$command" --config "$conf" --set stream.name=s
+        expect_status 2 "$command with a password in mqtt.url of the file"
+        expect_text "$ERR" "\"mqtt://user:****@127.0.0.1:1883\""
+
+        AWS_ACCESS_KEY_ID="$ENV_KEY_ID" AWS_SECRET_ACCESS_KEY="$ENV_SECRET" \
+            PODIUM_MQTT_URL="mqtt://:$MQTT_PASSWORD@127.0.0.1:1883" \
+            check "mqtt-url-env-$command" "$command" --set stream.name=s
+        expect_status 2 "$command with a password in PODIUM_MQTT_URL"
+        expect_text "$ERR" "\"mqtt://:****@127.0.0.1:1883\""
+
+        AWS_ACCESS_KEY_ID="$ENV_KEY_ID" AWS_SECRET_ACCESS_KEY="$ENV_SECRET" \
+            check "endpoint-ftp-$command" "$command" --set stream.name=s \
+            --set "kinesis.endpoint=ftp://u:$ENDPOINT_PASSWORD@h"
+        expect_status 2 "$command with an ftp:// kinesis.endpoint with a password"
+        expect_text "$ERR" 'invalid value for kinesis.endpoint: "ftp://u:****@h"'
+
+        AWS_ACCESS_KEY_ID="$ENV_KEY_ID" AWS_SECRET_ACCESS_KEY="$ENV_SECRET" \
+            check "endpoint-escape-$command" "$command" --set stream.name=s \
+            --set "iot.endpoint=https://operator:$URL_PASSWORD%zz@[bad"
+        expect_status 2 "$command with a password and a bad escape in iot.endpoint"
+        expect_text "$ERR" 'invalid value for iot.endpoint: "https://operator:****@[bad"'
+
+        AWS_ACCESS_KEY_ID="$ENV_KEY_ID" AWS_SECRET_ACCESS_KEY="$ENV_SECRET" \
+            check "line-$command" "$command" --set "mqtt.url mqtt://user:$MQTT_PASSWORD@h:1883"
+        expect_status 2 "$command with a --set without '='"
+        expect_text "$ERR" 'invalid line "mqtt.url mqtt://user:****@h:1883"'
+    done
+    local secret
+    for secret in "$MQTT_PASSWORD" "$ENDPOINT_PASSWORD" "$URL_PASSWORD"; do
+        if grep -lF -- "$secret" "$E2E_DIR"/podium-*-check-config.* "$E2E_DIR"/podium-*-run.*; then
+            e2e_fail "the files above contain the password '$secret'"
+        fi
+    done
+    e2e_log "check-config and run: URL passwords are masked in the errors"
+}
+
 test_check_config() {
     local conf="$E2E_DIR/podium.conf"
     printf '%s\n' '# test configuration' 'race.idle_close_s = 5' >"$conf"
@@ -172,10 +227,8 @@ test_check_config() {
     AWS_ACCESS_KEY_ID="$ENV_KEY_ID" AWS_SECRET_ACCESS_KEY="$ENV_SECRET" \
         AWS_REGION=eu-west-1 PODIUM_LEADERBOARD_TOP_N=7 \
         PODIUM_STREAM_NAM=misspelt \
-        check sources check-config --config "$conf" --set log.level=debug \
-        --set "iot.endpoint=https://operator:$URL_PASSWORD@iot.example.com"
+        check sources check-config --config "$conf" --set log.level=debug
     expect_status 0 "check-config with settings from every source"
-    expect_line "$OUT" "iot.endpoint = https://operator:****@iot.example.com  # flag --set"
     expect_line "$OUT" "race.idle_close_s = 5  # file $conf:2"
     expect_line "$OUT" "leaderboard.top_n = 7  # environment PODIUM_LEADERBOARD_TOP_N"
     expect_line "$OUT" "aws.region = eu-west-1  # environment AWS_REGION"
@@ -193,6 +246,8 @@ test_check_config() {
         check invalid check-config --set outbox.max=5
     expect_status 2 "check-config with outbox.max=5"
     expect_text "$ERR" 'invalid value for outbox.max: "5" (expected an integer from 100 to 10000000) from --set'
+
+    test_url_passwords
 
     AWS_ACCESS_KEY_ID="$ENV_KEY_ID" AWS_SECRET_ACCESS_KEY="$ENV_SECRET" \
         PODIUM_STREAM_NAM=misspelt check unknown-run run
