@@ -88,8 +88,13 @@ static int print_settings(const struct podium_config *cfg, const char *file)
             return -1;
         }
         *mark = '\0';
+        /* Only URLs are masked, so that a file name with ':' and '@'
+         * stays as it is. */
         char shown[2048];
-        cfg_mask_url(line, shown, sizeof shown);
+        if (strstr(line, "://") != NULL)
+            cfg_mask_url(line, shown, sizeof shown);
+        else
+            snprintf(shown, sizeof shown, "%s", line);
         char var[128];
         printf("%s  # ", shown);
         switch (cfg_source_of(cfg, info.name)) {

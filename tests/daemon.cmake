@@ -75,6 +75,9 @@ podium_e2e_test(e2e_emf emf.sh)
 podium_e2e_test(e2e_container_static container-static.sh)
 # The container's entry point, configured by PODIUM_* variables only.
 podium_e2e_test(e2e_container container.sh)
+# The entry point checks the store.path of PODIUM_STORE_PATH, --config and
+# --set.
+podium_e2e_test(e2e_container_store_path container-store-path.sh)
 # The settings table of docs/operations.md against podium run --help.
 podium_e2e_test(e2e_operations_doc operations-doc.sh)
 # The commands of the restore steps in docs/operations.md, run on a
