@@ -534,25 +534,25 @@ static int drop_message(struct pipeline *pl, const struct agg_message *msg,
     if (log_limit_allow(&pl->message_limit, (uint64_t)log_now_ms(),
                         &suppressed)) {
         struct log_ids ids = {.race = msg->race ? msg->race->str : NULL};
+        char note[64] = "";
+        if (suppressed > 0)
+            snprintf(note, sizeof note,
+                     " (%" PRIu32 " similar errors not logged)", suppressed);
         if (msg->kind == AGG_MSG_CLASS_LEADERBOARD)
-            log_error(
-                "main", &ids,
-                "failed to build the leaderboard of class %s: %s (%" PRIu32
-                " similar errors not logged)",
-                msg->class_id->str, reason, suppressed);
+            log_error("main", &ids,
+                      "failed to build the leaderboard of class %s: %s%s",
+                      msg->class_id->str, reason, note);
         else if (msg->kind == AGG_MSG_ALLEYCAT)
             log_error("main", &ids,
                       "failed to build the alleycat message of class %s for "
-                      "second %" PRId32 ": %s (%" PRIu32
-                      " similar errors not logged)",
-                      msg->class_id->str, msg->second, reason, suppressed);
+                      "second %" PRId32 ": %s%s",
+                      msg->class_id->str, msg->second, reason, note);
         else
             log_error("main", &ids,
-                      "failed to build the %s for second %" PRId32
-                      ": %s (%" PRIu32 " similar errors not logged)",
+                      "failed to build the %s for second %" PRId32 ": %s%s",
                       msg->kind == AGG_MSG_RACE_RESULTS ? "results"
                                                         : "leaderboard",
-                      msg->second, reason, suppressed);
+                      msg->second, reason, note);
     }
     return 0;
 }
@@ -642,8 +642,11 @@ static void log_record(struct pipeline *pl, struct log_limit *limit,
     struct log_ids ids = {.stream = pl->cfg->stream_name,
                           .shard = pl->current_shard,
                           .seq = r->seq};
-    log_warn("main", &ids, "%s: %s (%" PRIu32 " similar lines not logged)",
-             what, detail, suppressed);
+    char note[64] = "";
+    if (suppressed > 0)
+        snprintf(note, sizeof note, " (%" PRIu32 " similar lines not logged)",
+                 suppressed);
+    log_warn("main", &ids, "%s: %s%s", what, detail, note);
 }
 
 static int reject_record(struct pipeline *pl, const struct shard_record *r,

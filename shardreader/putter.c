@@ -217,11 +217,15 @@ static void putter_backoff(struct kinesis_putter *p, size_t count,
     uint32_t suppressed;
     uint64_t delay = kinesis_backoff_ms(&p->rng, ++p->failures,
                                         p->backoff_base_ms, PUT_BACKOFF_CAP_MS);
-    if (log_limit_allow(&p->warn_limit, uv_now(p->loop), &suppressed))
+    if (log_limit_allow(&p->warn_limit, uv_now(p->loop), &suppressed)) {
+        char note[64] = "";
+        if (suppressed > 0)
+            snprintf(note, sizeof note, " (%u similar warnings suppressed)",
+                     suppressed);
         log_warn(PUT_LOG, &p->log_ids,
-                 "failed to put %zu records: %s; retrying in %" PRIu64
-                 " ms (%u similar warnings suppressed)",
-                 count, cause, delay, suppressed);
+                 "failed to put %zu records: %s; retrying in %" PRIu64 " ms%s",
+                 count, cause, delay, note);
+    }
     p->backing_off = true;
     uv_timer_start(&p->timer, backoff_done, delay, 0);
 }

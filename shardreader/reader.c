@@ -244,10 +244,12 @@ static void warn_limited(struct reader *rd, const struct log_ids *ids,
     uint32_t suppressed;
     if (!log_limit_allow(&rd->warn_limit, uv_now(rd->loop), &suppressed))
         return;
-    log_warn(SHARD_LOG, ids,
-             "failed to %s: %s; retrying in %" PRIu64
-             " ms (%u similar warnings suppressed)",
-             what, reason, delay, suppressed);
+    char note[64] = "";
+    if (suppressed > 0)
+        snprintf(note, sizeof note, " (%u similar warnings suppressed)",
+                 suppressed);
+    log_warn(SHARD_LOG, ids, "failed to %s: %s; retrying in %" PRIu64 " ms%s",
+             what, reason, delay, note);
 }
 
 /* Count a failed call by its cause. */

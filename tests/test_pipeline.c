@@ -212,6 +212,37 @@ TEST(pipeline_batch_commits_everything)
     harness_close(&h);
 }
 
+/*
+ * The first rejected record is logged without a count of lines left out,
+ * because the rate limit has left none out yet.
+ */
+TEST(pipeline_first_reject_log_line)
+{
+    struct harness h = {0};
+    char path[4096], log_path[4096];
+    snprintf(path, sizeof path, "%s/p.db", test_tmpdir());
+    snprintf(log_path, sizeof log_path, "%s/pipeline.log", test_tmpdir());
+    FILE *log_file = fopen(log_path, "w+");
+    ASSERT_TRUE(log_file != NULL);
+    log_set_fd(fileno(log_file));
+    harness_open(&h, path, NULL, 0);
+
+    struct shard_batch *b = shard_batch_new("shardId-000000000000");
+    add(&h, b, "not json", 1767225601400);
+    pipeline_submit_batch(h.pl, b);
+    drain(&h);
+    harness_close(&h);
+    log_set_fd(2);
+
+    char text[8192];
+    rewind(log_file);
+    size_t n = fread(text, 1, sizeof text - 1, log_file);
+    text[n] = '\0';
+    fclose(log_file);
+    ASSERT_TRUE(strstr(text, "rejected record: ") != NULL);
+    ASSERT_TRUE(strstr(text, "similar lines not logged") == NULL);
+}
+
 TEST(pipeline_validation_conflict_not_applied)
 {
     struct harness h = {0};

@@ -244,8 +244,8 @@ static json_t *captured_lines(const char *level, const char *prefix)
 
 /*
  * Read the delay and the number of suppressed warnings from a retry
- * warning: "failed to ...: REASON; retrying in N ms (M similar warnings
- * suppressed)".
+ * warning: "failed to ...: REASON; retrying in N ms", followed by " (M
+ * similar warnings suppressed)" when M is not 0.
  */
 static void parse_retry_warning(const json_t *line, uint64_t *delay_ms,
                                 unsigned *suppressed)
@@ -253,11 +253,22 @@ static void parse_retry_warning(const json_t *line, uint64_t *delay_ms,
     const char *msg = json_string_value(json_object_get(line, "message"));
     const char *tail = msg != NULL ? strstr(msg, "; retrying in ") : NULL;
 
+    int end = 0;
     if (tail == NULL ||
-        sscanf(tail, "; retrying in %" SCNu64 " ms (%u similar warnings",
-               delay_ms, suppressed) != 2)
+        sscanf(tail, "; retrying in %" SCNu64 " ms%n", delay_ms, &end) != 1 ||
+        end == 0)
         test_fail(__FILE__, __LINE__, "not a retry warning: %s",
                   msg != NULL ? msg : "(no message)");
+    *suppressed = 0;
+    if (tail[end] == '\0')
+        return;
+    if (sscanf(tail + end, " (%u similar warnings suppressed)", suppressed) !=
+            1 ||
+        *suppressed == 0)
+        test_fail(__FILE__, __LINE__,
+                  "expected nothing or \" (M similar warnings suppressed)\" "
+                  "with M > 0 after the delay: %s",
+                  msg);
 }
 
 /* Milliseconds since the epoch of a log line's "time" member. */
