@@ -6,9 +6,10 @@
  *   agg_state      small JSON documents of the aggregators by (kind, key).
  *   checkpoints    last committed (sequence, sub-sequence) per shard.
  *   outbox         messages waiting to be published, in id order.
- *   dead_letters   records that could not be applied, with the reason;
- *                  one row per (shard, sequence, sub-sequence), so a record
- *                  read again (a replay, a restart) is not filed twice.
+ *   dead_letters   records that could not be applied, with the reason.
+ *                  There is one row per (shard, sequence, sub-sequence), so
+ *                  a record read again by a replay or a restart is filed
+ *                  once.
  *   meta           small settings of the store itself.
  *   last_messages  the newest revision of each race result and class
  *                  leaderboard, kept for `podium query` after the outbox
@@ -376,6 +377,16 @@ static int exec_sql(struct store *st, const char *sql)
     return 0;
 }
 
+/* Run count statements in order, stopping at the first that fails. */
+static int exec_all(struct store *st, const char *const *sql, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        if (exec_sql(st, sql[i]) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 /*
  * Prepare sql and step it to its first row. Returns 0 with *out positioned
  * on the row (the caller finalizes it), or -1 with *out finalized.
@@ -541,11 +552,7 @@ static int migrate_to_v1(struct store *st)
         ") WITHOUT ROWID",
     };
 
-    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++) {
-        if (exec_sql(st, sql[i]) != 0)
-            return -1;
-    }
-    return 0;
+    return exec_all(st, sql, sizeof sql / sizeof sql[0]);
 }
 
 /*
@@ -585,11 +592,7 @@ static int migrate_to_v3(struct store *st)
         ") WITHOUT ROWID",
     };
 
-    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++) {
-        if (exec_sql(st, sql[i]) != 0)
-            return -1;
-    }
-    return 0;
+    return exec_all(st, sql, sizeof sql / sizeof sql[0]);
 }
 
 /*
@@ -611,11 +614,7 @@ static int migrate_to_v4(struct store *st)
         " ON dead_letters (shard_id, seq, subseq)",
     };
 
-    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++) {
-        if (exec_sql(st, sql[i]) != 0)
-            return -1;
-    }
-    return 0;
+    return exec_all(st, sql, sizeof sql / sizeof sql[0]);
 }
 
 /* migrations[v] brings the schema from version v - 1 to version v. */
