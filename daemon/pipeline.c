@@ -15,8 +15,9 @@
  * checkpoint.
  *
  * Records that share one ApproximateArrivalTimestamp millisecond come in
- * one job (daemon/merge.c, daemon/replay.c), but their order there depends
- * on the shards that delivered them. Such a group is applied in an order
+ * one job (daemon/merge.c, daemon/replay.c; the one exception is a stalled
+ * shard past the merge's hold limit), but their order there depends on the
+ * shards that delivered them. Such a group is applied in an order
  * of their contents instead: valid records by (deviceTimestamp, uuid),
  * then rejected ones, each by their bytes, with the shard and sequence
  * number last for identical bytes. So one shard or many, the same records
@@ -116,7 +117,8 @@ struct pipeline {
     /* Worker-side scratch, used only by the running job. */
     struct job *current;
     const char *current_shard;
-    struct group_entry *group; /* records of one arrival millisecond */
+    struct group_entry *group;  /* records of one arrival millisecond */
+    struct group_entry **order; /* the same, sorted: entries are large */
     size_t group_cap;
     struct strbuf ids[3];
     struct strbuf topic;
@@ -280,6 +282,7 @@ void pipeline_free(struct pipeline *pl)
     sb_free(&pl->topic);
     sb_free(&pl->key);
     free(pl->group);
+    free(pl->order);
     free(pl);
 }
 
@@ -837,7 +840,8 @@ static int compare_bytes(const void *a, size_t a_len, const void *b,
 /* The order of a group of one arrival millisecond (see the top). */
 static int compare_entries(const void *pa, const void *pb)
 {
-    const struct group_entry *a = pa, *b = pb;
+    const struct group_entry *a = *(struct group_entry *const *)pa;
+    const struct group_entry *b = *(struct group_entry *const *)pb;
     int c;
 
     if (a->valid != b->valid)
@@ -868,10 +872,12 @@ static int process_group(struct pipeline *pl, size_t n)
 
     while (rc == 0 && decoded < n)
         rc = decode_entry(pl, &group[decoded++]);
-    if (rc == 0)
-        qsort(group, n, sizeof *group, compare_entries);
     for (size_t i = 0; rc == 0 && i < n; i++)
-        rc = apply_entry(pl, &group[i]);
+        pl->order[i] = &group[i];
+    if (rc == 0 && n > 1)
+        qsort(pl->order, n, sizeof *pl->order, compare_entries);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = apply_entry(pl, pl->order[i]);
     /* After a failure some documents were never applied. */
     for (size_t i = 0; i < decoded; i++) {
         if (group[i].valid)
@@ -890,6 +896,10 @@ static int group_push(struct pipeline *pl, size_t n, const char *shard_id,
         if (p == NULL)
             return -1;
         pl->group = p;
+        struct group_entry **order = realloc(pl->order, cap * sizeof *order);
+        if (order == NULL)
+            return -1;
+        pl->order = order;
         pl->group_cap = cap;
     }
     pl->group[n].shard_id = shard_id;
