@@ -32,7 +32,7 @@
 struct aws_client {
     struct httpc *http; /* borrowed */
     struct aws_endpoint ep;
-    struct aws_credentials creds; /* when provider is NULL */
+    struct aws_credentials creds;        /* when provider is NULL */
     struct aws_creds_provider *provider; /* borrowed */
     char *target_prefix;
     int64_t (*now_fn)(void);
@@ -42,7 +42,7 @@ struct aws_client {
 struct aws_call {
     aws_reply_cb cb;
     void *arg;
-    struct aws_creds_provider *provider; /* told about 401 and 403 */
+    struct aws_creds_provider *provider; /* notified of 401 and 403 */
 };
 
 /* Duplicate s, or return NULL for NULL. Sets *failed on allocation error. */
@@ -305,8 +305,8 @@ struct aws_client *aws_client_new(struct httpc *http,
 
     if (http == NULL || ep == NULL || ep->url == NULL || ep->host == NULL ||
         creds == NULL ||
-        (creds->provider == NULL && (creds->access_key_id == NULL ||
-                                     creds->secret_access_key == NULL)) ||
+        (creds->provider == NULL &&
+         (creds->access_key_id == NULL || creds->secret_access_key == NULL)) ||
         (target_prefix != NULL && !is_target_name(target_prefix)))
         return NULL;
     client = calloc(1, sizeof *client);
@@ -317,7 +317,8 @@ struct aws_client *aws_client_new(struct httpc *http,
     client->provider = creds->provider;
 
     if (creds->provider == NULL) {
-        client->creds.access_key_id = dup_or_null(creds->access_key_id, &failed);
+        client->creds.access_key_id =
+            dup_or_null(creds->access_key_id, &failed);
         client->creds.secret_access_key =
             dup_or_null(creds->secret_access_key, &failed);
         client->creds.session_token =

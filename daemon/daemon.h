@@ -304,7 +304,7 @@ struct metrics_snapshot {
 
 /*
  * Read every counter of status into snap, which metrics_snapshot_free
- * releases. Returns 0, or -1 when out of memory, in which case snap holds
+ * releases. Returns 0, or -1 when out of memory, in which case snap contains
  * the counters but no shard.
  */
 int metrics_snapshot_take(const struct http_status *status,

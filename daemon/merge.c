@@ -12,8 +12,7 @@
  * the arrival time of the newest record it has delivered, because its next
  * batch may hold more records of that same millisecond, and blocks it
  * completely before its first reply. A caught-up, finished or not yet
- * started shard does not bound it, and neither does the newest millisecond
- * of a shard's last batch.
+ * started shard does not bound it.
  *
  * A batch whose reply had fewer records than the GetRecords Limit and
  * MillisBehindLatest 0 ends at the tip of its shard, so it does not hold
@@ -32,9 +31,10 @@
  * here, so the merge always makes progress. The committed checkpoint is the
  * last record that left, so the held records are read again after a
  * restart. A shard that stalls (throttled, unreachable) would hold back
- * every other shard, so a record waits at most hold_limit_ms; after that it
- * is released anyway and the stalled shard's records, when they come, are
- * treated as late by the aggregator.
+ * every other shard, so a record waits at most hold_limit_ms. After that it
+ * is released anyway, and the stalled shard's records, when they come, are
+ * treated as late by the aggregator. Time in which the reader is paused
+ * for a full outbox does not count (merge_set_paused).
  *
  * Released records are copied into segments, runs of one shard each, so the
  * reader's batch can be freed as soon as all its records have left.
@@ -57,7 +57,7 @@ struct merge_slot {
     /* The last batch reached the shard's tip or end, so no record of the
      * newest millisecond can follow. */
     bool newest_complete;
-    /* The reader was told that batch is done while records of its newest
+    /* The reader was notified that batch is done while records of its newest
      * millisecond are still held, so it may deliver the next batch. */
     bool handed_back;
 };
@@ -161,18 +161,18 @@ static int append_batch(struct merge_slot *slot,
 void merge_add(struct merge *m, struct shard_batch *batch, int64_t now_ms)
 {
     struct merge_slot *slot = get_slot(m, batch->shard_id);
-    const char *why = NULL;
+    const char *failure = NULL;
 
     if (slot == NULL)
-        why = "out of memory";
+        failure = "out of memory";
     else if (slot->batch != NULL && !slot->handed_back)
-        why = "a batch is already held";
+        failure = "a batch is already held";
     else if (slot->batch != NULL && append_batch(slot, batch) != 0)
-        why = "out of memory";
-    if (why != NULL) {
+        failure = "out of memory";
+    if (failure != NULL) {
         /* Not committed, so the records are read again after a restart. */
         log_error("main", NULL, "failed to hold a batch of shard %s: %s",
-                  batch->shard_id, why);
+                  batch->shard_id, failure);
         shard_batch_free(batch);
         return;
     }

@@ -595,7 +595,8 @@ static struct sjson_doc *parse_line(const char *line, size_t n,
                                     struct line_record *rec, char *err,
                                     size_t err_len)
 {
-    /* A line is as long as the record it holds needs, and flat. */
+    /* A line needs no more bytes than its own record, and no nesting
+     * beyond a few levels. */
     struct sjson_limits limits = {.max_bytes = n + 1, .max_depth = 8};
     struct sjson_err jerr;
     struct sjson_doc *doc = NULL;

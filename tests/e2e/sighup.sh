@@ -72,7 +72,7 @@ write_config debug 'outbox.max = 500'
 kill -HUP "$PODIUM_PID"
 e2e_wait_for 15 "the reload line with log.level debug" \
     has_line "$LOG_FILE" 'reloaded the configuration on SIGHUP: log.level debug'
-# outbox.max is not applied live, and one warning tells so.
+# outbox.max is not applied live, and one warning says it needs a restart.
 [[ "$(count_lines "$LOG_FILE" 'outbox.max = 500 changed in the configuration')" -eq 1 ]] ||
     e2e_fail "expected one warning that outbox.max needs a restart: see $LOG_FILE"
 e2e_wait_for 15 "a debug line after the reload" \
