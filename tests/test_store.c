@@ -275,7 +275,7 @@ TEST(store_open_creates_schema_and_wal)
     ASSERT_EQ(header[60], 0);
     ASSERT_EQ(header[61], 0);
     ASSERT_EQ(header[62], 0);
-    ASSERT_EQ(header[63], 4);
+    ASSERT_EQ(header[63], 5);
 }
 
 TEST(store_reopen_keeps_data)
@@ -1123,6 +1123,99 @@ TEST(store_migrates_v3_dropping_repeats)
     ASSERT_OK(st, store_dead_letter_count(st, &count));
     ASSERT_EQ(count, 5);
     store_close(st);
+}
+
+/* The primary key of table, as written in its CREATE statement. */
+static void table_sql(const char *path, const char *table, char *out,
+                      size_t out_len)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+
+    ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
+    ASSERT_EQ(
+        sqlite3_prepare_v2(db, "SELECT sql FROM sqlite_schema WHERE name = ?1",
+                           -1, &stmt, NULL),
+        SQLITE_OK);
+    sqlite3_bind_text(stmt, 1, table, -1, SQLITE_STATIC);
+    ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+    snprintf(out, out_len, "%s", (const char *)sqlite3_column_text(stmt, 0));
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+}
+
+TEST(store_migrates_v4_keying_by_second)
+{
+    const char *path = db_path("podium.db");
+    struct store *st = open_store(path);
+    sqlite3 *db = NULL;
+    char *err = NULL;
+    char sql[1024];
+    struct sample_list list = {0};
+    struct history_list rows = {0};
+
+    store_close(st);
+    /* A version 4 store, whose two tables were keyed by rider first. */
+    ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
+    int rc = sqlite3_exec(
+        db,
+        "DROP TABLE samples; DROP TABLE class_history;"
+        " CREATE TABLE samples (race_id TEXT NOT NULL,"
+        " racer_id TEXT NOT NULL, second INTEGER NOT NULL, class_id TEXT,"
+        " name BLOB, uuid BLOB, device_ts_ms INTEGER, arrival_ms INTEGER,"
+        " cadence4 INTEGER, resistance4 INTEGER, output4 INTEGER,"
+        " cadence_exact TEXT, resistance_exact TEXT,"
+        " final INTEGER NOT NULL DEFAULT 0,"
+        " PRIMARY KEY (race_id, racer_id, second)) WITHOUT ROWID;"
+        " CREATE TABLE class_history (class_id TEXT NOT NULL,"
+        " racer_id TEXT NOT NULL, second INTEGER NOT NULL,"
+        " output4 INTEGER NOT NULL, race_id TEXT NOT NULL,"
+        " PRIMARY KEY (class_id, racer_id, second)) WITHOUT ROWID;"
+        " INSERT INTO samples VALUES ('\"R-7\"', '9', 2, '\"open\"',"
+        " X'416E6E', X'35', 1, 2, 900000, 450000, 2500000, '90', '45', 1),"
+        " ('\"R-7\"', '10', 1, NULL, X'00', X'36', 3, 4, 1, 2, 3, '1.5',"
+        " NULL, 0),"
+        " ('\"R-7\"', '9', 1, NULL, X'', X'37', 5, 6, 7, 8, 9, '7', '8', 0);"
+        " INSERT INTO class_history VALUES ('1', '9', 2, 20000, '3'),"
+        " ('1', '10', 1, 10000, '3'), ('1', '9', 1, 30000, '3');"
+        " PRAGMA user_version = 4;",
+        NULL, NULL, &err);
+    if (rc != SQLITE_OK)
+        test_fail(__FILE__, __LINE__, "downgrade: %s", err);
+    sqlite3_close(db);
+
+    st = open_store(path);
+    ASSERT_OK(st, store_samples_load(st, collect_sample, &list));
+    store_close(st);
+
+    /* Every column survives, and samples still load by race, rider, then
+     * second. */
+    ASSERT_EQ(list.count, 3);
+    ASSERT_STR_EQ(list.items[0].racer_id, "10");
+    ASSERT_EQ(list.items[0].second, 1);
+    ASSERT_EQ(list.items[0].raw.cadence4, 1);
+    ASSERT_STR_EQ(list.items[1].racer_id, "9");
+    ASSERT_EQ(list.items[1].second, 1);
+    ASSERT_STR_EQ(list.items[2].racer_id, "9");
+    ASSERT_EQ(list.items[2].second, 2);
+    ASSERT_EQ(list.items[2].raw.device_ts_ms, 1);
+    ASSERT_EQ(list.items[2].raw.arrival_ms, 2);
+    ASSERT_EQ(list.items[2].raw.resistance4, 450000);
+    ASSERT_EQ(list.items[2].raw.output4, 2500000);
+    ASSERT_TRUE(list.items[2].raw.final);
+
+    ASSERT_EQ(store_open_readonly(path, &st, sql, sizeof sql), 0);
+    ASSERT_OK(st, store_history_load(st, "1", NULL, 0, copy_history, &rows));
+    store_close(st);
+    ASSERT_EQ(rows.count, 3);
+    ASSERT_STR_EQ(rows.lines[0], "1 10 1 10000 3");
+    ASSERT_STR_EQ(rows.lines[1], "1 9 1 30000 3");
+    ASSERT_STR_EQ(rows.lines[2], "1 9 2 20000 3");
+
+    table_sql(path, "samples", sql, sizeof sql);
+    ASSERT_CONTAINS(sql, "PRIMARY KEY (race_id, second, racer_id)");
+    table_sql(path, "class_history", sql, sizeof sql);
+    ASSERT_CONTAINS(sql, "PRIMARY KEY (class_id, second, racer_id)");
 }
 
 TEST(store_readonly_reads_beside_writer)
