@@ -372,9 +372,33 @@ static int decode_special(struct parser *p, char **out)
     return SJSON_OK;
 }
 
+/* Eight copies of byte b in one word. */
+#define BYTES8(b) ((uint64_t)(b)*UINT64_C(0x0101010101010101))
+
+/*
+ * Tell whether any of the eight bytes of word is a control character
+ * (below 0x20), '"', '\\' or not ASCII (0x80 and up), that is a byte that
+ * ends a run of plain string text. Each subtraction sets the high bit of a
+ * byte that is below the subtrahend, so of a control character, or of the
+ * byte that equals '"' or '\\' after the XOR. A borrow can flag a later
+ * byte too, but only after a byte that ends the run, so the result is 0
+ * exactly when all eight bytes are plain.
+ */
+static bool ends_plain_run(uint64_t word)
+{
+    uint64_t below = word - BYTES8(0x20);
+    uint64_t quote = (word ^ BYTES8('"')) - BYTES8(1);
+    uint64_t backslash = (word ^ BYTES8('\\')) - BYTES8(1);
+
+    return ((below | quote | backslash | word) & BYTES8(0x80)) != 0;
+}
+
 /*
  * Decode the string token at the current position (the opening quote) into
  * p->strings, NUL-terminated. Sets *off and *len to where the bytes went.
+ * Decoded text never runs ahead of the input: the output sits at least one
+ * byte before the input position (see parser_init), so storing a whole word
+ * of eight input bytes stays inside p->strings.
  */
 static int parse_string(struct parser *p, size_t *off, size_t *len)
 {
@@ -384,16 +408,26 @@ static int parse_string(struct parser *p, size_t *off, size_t *len)
 
     p->pos++;
     for (;;) {
-        /* Copy the run of printable ASCII in one step. */
+        /* Copy the run of printable ASCII: eight bytes at a time while no
+         * byte of the word ends it, then byte by byte. */
+        const char *text = p->text;
         size_t run = p->pos;
+        while (p->len - run >= 8) {
+            uint64_t word;
+            memcpy(&word, text + run, 8);
+            if (ends_plain_run(word))
+                break;
+            memcpy(out, &word, 8);
+            out += 8;
+            run += 8;
+        }
         while (run < p->len) {
-            unsigned char c = (unsigned char)p->text[run];
+            unsigned char c = (unsigned char)text[run];
             if (c < 0x20 || c == '"' || c == '\\' || c >= 0x80)
                 break;
+            *out++ = (char)c;
             run++;
         }
-        memcpy(out, p->text + p->pos, run - p->pos);
-        out += run - p->pos;
         p->pos = run;
 
         if (p->pos == p->len)

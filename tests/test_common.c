@@ -327,6 +327,130 @@ TEST(json_rejects_invalid_utf8)
     }
 }
 
+/* A byte sequence put into a string token at each position. */
+struct string_probe {
+    const char *bytes;
+    size_t len;
+    int code;            /* expected result of the parse */
+    const char *decoded; /* the decoded bytes when code is SJSON_OK */
+    size_t decoded_len;
+};
+
+/*
+ * Parse a string of text_len plain bytes with probe put at position at,
+ * after lead spaces, and check the result: the decoded bytes, or the error
+ * code at the probe's offset. The scan of plain text reads eight bytes at a
+ * time, so the probe must be found at every position of such a block.
+ */
+static void check_string_probe(const struct string_probe *probe, size_t lead,
+                               size_t text_len, size_t at)
+{
+    char text[64], expected[64];
+    size_t n = 0, e = 0;
+    struct sjson_doc *doc = NULL;
+    struct sjson_err err;
+
+    memset(text, ' ', lead);
+    n = lead;
+    text[n++] = '"';
+    for (size_t i = 0; i <= text_len; i++) {
+        if (i == at) {
+            memcpy(text + n, probe->bytes, probe->len);
+            n += probe->len;
+            memcpy(expected + e, probe->decoded, probe->decoded_len);
+            e += probe->decoded_len;
+        }
+        if (i < text_len) {
+            text[n++] = (char)('a' + i % 26);
+            expected[e++] = (char)('a' + i % 26);
+        }
+    }
+    text[n++] = '"';
+
+    int rc = sjson_parse(text, n, &test_limits, &doc, &err);
+    if (rc != probe->code)
+        test_fail(__FILE__, __LINE__,
+                  "probe 0x%02x, lead %zu, length %zu, at %zu: code %d, "
+                  "expected %d",
+                  (unsigned char)probe->bytes[0], lead, text_len, at, rc,
+                  probe->code);
+    if (rc != SJSON_OK) {
+        if (err.offset != lead + 1 + at)
+            test_fail(__FILE__, __LINE__,
+                      "probe 0x%02x, lead %zu, length %zu, at %zu: offset %zu",
+                      (unsigned char)probe->bytes[0], lead, text_len, at,
+                      err.offset);
+        return;
+    }
+    const struct sjson_value *root = sjson_doc_root(doc);
+    ASSERT_EQ(root->type, SJSON_STRING);
+    ASSERT_MEM_EQ(root->str, root->len, expected, e);
+    ASSERT_EQ(root->str[root->len], '\0');
+    sjson_doc_free(doc);
+}
+
+TEST(json_string_probes_every_position)
+{
+    static const struct string_probe probes[] = {
+        {"\x00", 1, SJSON_ERR_SYNTAX, NULL, 0},
+        {"\x01", 1, SJSON_ERR_SYNTAX, NULL, 0},
+        {"\x1f", 1, SJSON_ERR_SYNTAX, NULL, 0},
+        {"\x80", 1, SJSON_ERR_UTF8, NULL, 0},
+        {"\xc0\x80", 2, SJSON_ERR_UTF8, NULL, 0},
+        {"\xff", 1, SJSON_ERR_UTF8, NULL, 0},
+        {"\\q", 2, SJSON_ERR_SYNTAX, NULL, 0},
+        {" ", 1, SJSON_OK, " ", 1},
+        {"!", 1, SJSON_OK, "!", 1},
+        {"#", 1, SJSON_OK, "#", 1},
+        {"[", 1, SJSON_OK, "[", 1},
+        {"]", 1, SJSON_OK, "]", 1},
+        {"\x7f", 1, SJSON_OK, "\x7f", 1},
+        {"\\n", 2, SJSON_OK, "\n", 1},
+        {"\\\"", 2, SJSON_OK, "\"", 1},
+        {"\\u0000", 6, SJSON_OK, "\0", 1},
+        {"\xc3\xa9", 2, SJSON_OK, "\xc3\xa9", 2},
+        {"\xf0\x9f\x98\x80", 4, SJSON_OK, "\xf0\x9f\x98\x80", 4},
+    };
+
+    for (size_t k = 0; k < sizeof probes / sizeof probes[0]; k++) {
+        for (size_t lead = 0; lead < 8; lead++) {
+            for (size_t len = 0; len <= 20; len++) {
+                for (size_t at = 0; at <= len; at++)
+                    check_string_probe(&probes[k], lead, len, at);
+            }
+        }
+    }
+}
+
+TEST(json_string_ends_at_every_position)
+{
+    char text[64];
+
+    for (size_t len = 0; len <= 20; len++) {
+        /* Spaces after the closing quote fill the eight-byte block. */
+        size_t n = 0;
+        text[n++] = '"';
+        for (size_t i = 0; i < len; i++)
+            text[n++] = (char)('A' + i % 26);
+        text[n++] = '"';
+        memset(text + n, ' ', 16);
+        n += 16;
+
+        struct sjson_doc *doc = parse_ok(text, n);
+        const struct sjson_value *root = sjson_doc_root(doc);
+        ASSERT_EQ(root->type, SJSON_STRING);
+        ASSERT_MEM_EQ(root->str, root->len, text + 1, len);
+        sjson_doc_free(doc);
+
+        /* Without the closing quote the string never ends. */
+        struct sjson_err err;
+        ASSERT_EQ(sjson_parse(text, len + 1, &test_limits, &doc, &err),
+                  SJSON_ERR_SYNTAX);
+        ASSERT_EQ(err.offset, 0);
+        ASSERT_STR_EQ(err.message, "unterminated string");
+    }
+}
+
 TEST(json_accepts_utf8_boundaries)
 {
     static const char *const good[] = {
