@@ -220,8 +220,8 @@ struct agg {
 /* ---- race.c ------------------------------------------------------------- */
 
 /*
- * Grow an array of elements to hold at least need, doubling but never past
- * limit. Returns 0, -ENOSPC when need passes limit, or -ENOMEM.
+ * Grow an array of elements to hold at least need, by a quarter at a time
+ * but never past limit. Returns 0, -ENOSPC when need passes limit, or -ENOMEM.
  */
 int agg_grow(void **items, uint32_t *cap, uint32_t need, uint32_t limit,
              size_t size);
