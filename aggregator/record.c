@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -369,6 +370,23 @@ static int decode_fields(const struct sjson_value *root, int32_t max_seconds,
     return 0;
 }
 
+/* SHA-256 fetched once. With EVP_sha256(), OpenSSL 3 fetches the
+ * algorithm from its providers again on every digest. */
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static EVP_MD *sha256_md;
+
+static void fetch_sha256(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+/* The fetched SHA-256, or EVP_sha256() when the fetch failed. */
+static const EVP_MD *record_sha256(void)
+{
+    pthread_once(&sha256_once, fetch_sha256);
+    return sha256_md != NULL ? sha256_md : EVP_sha256();
+}
+
 /* Derive the 4-decimal values, the output and the hash. Returns 0, -1
  * for a value that cannot be scored, or -ENOMEM. */
 static int derive(const struct sjson_value *root, struct agg_record *rec,
@@ -389,8 +407,8 @@ static int derive(const struct sjson_value *root, struct agg_record *rec,
      * two-byte "\n" becomes the six-byte "\u000a". */
     sb_init(&sb, 4 * (size_t)AGG_MAX_RECORD_BYTES);
     int rc = sjson_canonical(root, &sb);
-    if (rc == 0 &&
-        EVP_Digest(sb.data, sb.len, rec->hash, NULL, EVP_sha256(), NULL) != 1)
+    if (rc == 0 && EVP_Digest(sb.data, sb.len, rec->hash, NULL, record_sha256(),
+                              NULL) != 1)
         rc = -1;
     sb_free(&sb);
     if (rc != 0) {
