@@ -260,19 +260,44 @@ static int id_field(const struct sjson_value *root, const char *key,
     }
 }
 
+/* The upper limit of cadence or resistance as a decoded value. */
+struct value_limit {
+    int max;
+    char text[AGG_MAX_EXACT_TEXT]; /* dec.digits points into it */
+    struct fixed_dec dec;
+};
+
+/* Both limits are decoded once, not for every record. */
+static pthread_once_t limits_once = PTHREAD_ONCE_INIT;
+static struct value_limit cadence_limit, resistance_limit;
+
+static void make_limit(int max, struct value_limit *limit)
+{
+    limit->max = max;
+    fixed_format4((int64_t)max * 10000, limit->text, sizeof limit->text);
+    fixed_parse(limit->text, &limit->dec);
+}
+
+static void make_limits(void)
+{
+    make_limit(AGG_MAX_CADENCE, &cadence_limit);
+    make_limit(AGG_MAX_RESISTANCE, &resistance_limit);
+}
+
 /*
  * Check the canonical text of cadence or resistance: at most
  * VALUE_MAX_DIGITS significant digits, a leading digit within the range of
- * a double, then 0 <= value <= max.
+ * a double, then 0 <= value <= limit.
  */
 static int check_value(const char *key, const char *text, const char *q,
-                       int max, struct agg_reject_info *why)
+                       const struct value_limit *limit,
+                       struct agg_reject_info *why)
 {
     bool negative = text[0] == '-';
     const char *digits = text + negative;
     int ndigits = (int)strcspn(digits, "e");
-    struct fixed_dec value, limit;
-    char limit_text[AGG_MAX_EXACT_TEXT];
+    int max = limit->max;
+    struct fixed_dec value;
 
     if (ndigits > VALUE_MAX_DIGITS)
         return reject(why, AGG_REJECT_BAD_NUMBER,
@@ -285,17 +310,16 @@ static int check_value(const char *key, const char *text, const char *q,
                       "%s %s has an exponent outside %d..%d", key, q,
                       VALUE_MIN_EXPONENT, VALUE_MAX_EXPONENT);
 
-    fixed_format4((int64_t)max * 10000, limit_text, sizeof limit_text);
-    fixed_parse(limit_text, &limit);
-    if ((negative && value.ndigits > 0) || fixed_cmp(&value, &limit) > 0)
+    if ((negative && value.ndigits > 0) || fixed_cmp(&value, &limit->dec) > 0)
         return reject(why, AGG_REJECT_VALUE_RANGE, "%s %s is outside 0..%d",
                       key, q, max);
     return 0;
 }
 
 /* Read cadence or resistance as a canonical exact text into out. */
-static int value_field(const struct sjson_value *root, const char *key, int max,
-                       char *out, struct agg_reject_info *why)
+static int value_field(const struct sjson_value *root, const char *key,
+                       const struct value_limit *limit, char *out,
+                       struct agg_reject_info *why)
 {
     const struct sjson_value *v = field(root, key, SJSON_NUMBER, why);
     char q[DETAIL_VALUE_MAX + 16];
@@ -314,7 +338,7 @@ static int value_field(const struct sjson_value *root, const char *key, int max,
                       "%s %s has too many digits or too large an exponent", key,
                       q);
     }
-    int rc = check_value(key, sb.data, q, max, why);
+    int rc = check_value(key, sb.data, q, limit, why);
     if (rc == 0 && sb.len >= AGG_MAX_EXACT_TEXT)
         rc = reject(why, AGG_REJECT_BAD_NUMBER, "%s %s is too long", key, q);
     if (rc == 0)
@@ -351,6 +375,7 @@ static int decode_fields(const struct sjson_value *root, int32_t max_seconds,
 {
     int64_t second;
 
+    pthread_once(&limits_once, make_limits);
     if (string_field(root, "uuid", true, rec->uuid, &rec->uuid_len, why) ||
         event_field(root, &rec->final, why) ||
         int_field(root, "deviceTimestamp", 0, DEVICE_TS_MAX,
@@ -361,9 +386,8 @@ static int decode_fields(const struct sjson_value *root, int32_t max_seconds,
         string_field(root, "name", false, rec->name, &rec->name_len, why) ||
         id_field(root, "racerId", &rec->racer, why) ||
         id_field(root, "classId", &rec->class_id, why) ||
-        value_field(root, "cadence", AGG_MAX_CADENCE, rec->cadence_exact,
-                    why) ||
-        value_field(root, "resistance", AGG_MAX_RESISTANCE,
+        value_field(root, "cadence", &cadence_limit, rec->cadence_exact, why) ||
+        value_field(root, "resistance", &resistance_limit,
                     rec->resistance_exact, why))
         return -1;
     rec->second = (int32_t)second;
