@@ -282,11 +282,14 @@ static int key_cmp(const struct rider *rider, const struct slot *slot,
     if (in->device_ts_ms != slot->device_ts_ms)
         return in->device_ts_ms < slot->device_ts_ms ? -1 : 1;
 
-    size_t n = in->uuid_len < slot->uuid_len ? in->uuid_len : slot->uuid_len;
-    int c = memcmp(in->uuid, rider->arena + slot->uuid_at, n);
+    char buf[SLOT_UUID_TEXT + 1];
+    size_t len;
+    const char *uuid = slot_uuid(rider, slot, buf, &len);
+    size_t n = in->uuid_len < len ? in->uuid_len : len;
+    int c = memcmp(in->uuid, uuid, n);
     if (c != 0)
         return c < 0 ? -1 : 1;
-    return (in->uuid_len > slot->uuid_len) - (in->uuid_len < slot->uuid_len);
+    return (in->uuid_len > len) - (in->uuid_len < len);
 }
 
 /* Order by exact (cadence, resistance): 0 when both values are equal. */
@@ -313,11 +316,12 @@ static int emit_sample(struct agg *agg, struct race *race, uint32_t position,
                        int32_t second)
 {
     char cadence[AGG_MAX_EXACT_TEXT], resistance[AGG_MAX_EXACT_TEXT];
+    char uuid[SLOT_UUID_TEXT + 1];
     const struct rider *rider = &race->riders[position];
     struct agg_sample_row row;
 
-    slot_to_row(race, rider, &rider->slots[second - 1], second, &row, cadence,
-                resistance, sizeof cadence);
+    slot_to_row(race, rider, &rider->slots[second - 1], second, &row, uuid,
+                cadence, resistance, sizeof cadence);
     return agg->sink.sample(agg->sink.arg, &row);
 }
 

@@ -63,8 +63,13 @@ void agg_id_set_string(struct agg_id *id, const char *s, size_t len);
 #define SLOT_PRESENT 1u
 #define SLOT_FINAL   2u
 
+/* A canonical uuid's text length and its packed size (see slot.uuid_len). */
+#define SLOT_UUID_TEXT   36
+#define SLOT_UUID_PACKED 16
+
 /*
- * One rider's second: 56 bytes, plus the uuid bytes in the rider's arena.
+ * One rider's second: 56 bytes, plus the uuid bytes in the rider's arena
+ * (16 for a canonical uuid).
  * total4 and latest cache prefix results and are only meaningful for
  * seconds <= rider.valid_through.
  */
@@ -81,8 +86,8 @@ struct slot {
                            arena offset + 1 of "cadence\0resistance\0" */
     uint16_t name_idx;  /* into rider.names */
     uint16_t class_idx; /* into rider.classes */
-    uint8_t uuid_len;
-    uint8_t flags; /* SLOT_PRESENT, SLOT_FINAL */
+    uint8_t uuid_len;   /* 0: a canonical uuid packed into 16 bytes */
+    uint8_t flags;      /* SLOT_PRESENT, SLOT_FINAL */
 };
 
 struct arena_text {
@@ -286,6 +291,10 @@ int64_t rider_arena_add(struct rider *rider, const void *bytes, size_t len);
 /* Store the uuid of a slot, reusing its bytes when the new one fits. */
 int rider_set_uuid(struct rider *rider, struct slot *slot, const char *uuid,
                    size_t len);
+/* The uuid text of a slot and its length; a packed uuid is written to buf
+ * with a NUL after it. */
+const char *slot_uuid(const struct rider *rider, const struct slot *slot,
+                      char buf[SLOT_UUID_TEXT + 1], size_t *len);
 
 /* Total and latest present second of the rider at second (>= min). */
 void rider_total_at(struct rider *rider, int32_t second, int64_t *total4,
@@ -315,10 +324,11 @@ uint32_t agg_race_position(const struct agg *agg, const struct race *race);
 void slot_exact_texts(const struct rider *rider, const struct slot *slot,
                       char *cadence_buf, char *resistance_buf, size_t buf_len,
                       const char **cadence, const char **resistance);
-/* Fill row from a stored slot; buffers hold regenerated exact texts. */
+/* Fill row from a stored slot. uuid_buf (SLOT_UUID_TEXT + 1 bytes) holds
+ * an unpacked uuid, and the other buffers regenerated exact texts. */
 void slot_to_row(const struct race *race, const struct rider *rider,
                  const struct slot *slot, int32_t second,
-                 struct agg_sample_row *row, char *cadence_buf,
+                 struct agg_sample_row *row, char *uuid_buf, char *cadence_buf,
                  char *resistance_buf, size_t buf_len);
 
 /* ---- board.c ------------------------------------------------------------ */

@@ -171,21 +171,90 @@ int64_t rider_arena_add(struct rider *rider, const void *bytes, size_t len)
     return at;
 }
 
+/*
+ * A uuid in the canonical lowercase form (8-4-4-4-12 hex digits) is kept
+ * as its 16 bytes, with uuid_len 0, which no stored uuid has otherwise.
+ * Lowercase hex digits sort like the nibbles they stand for, so the bytes
+ * compare like the text.
+ */
+static int hex_nibble(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+static bool uuid_pack(const char *text, size_t len,
+                      uint8_t out[SLOT_UUID_PACKED])
+{
+    if (len != SLOT_UUID_TEXT)
+        return false;
+    size_t n = 0;
+    for (size_t i = 0; i < len; i += 2) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (text[i] != '-')
+                return false;
+            i--;
+            continue;
+        }
+        int hi = hex_nibble(text[i]), lo = hex_nibble(text[i + 1]);
+        if (hi < 0 || lo < 0)
+            return false;
+        out[n++] = (uint8_t)(hi << 4 | lo);
+    }
+    return true;
+}
+
+const char *slot_uuid(const struct rider *rider, const struct slot *slot,
+                      char buf[SLOT_UUID_TEXT + 1], size_t *len)
+{
+    static const char digits[] = "0123456789abcdef";
+
+    if (slot->uuid_len != 0) {
+        *len = slot->uuid_len;
+        return rider->arena + slot->uuid_at;
+    }
+    const uint8_t *b = (const uint8_t *)rider->arena + slot->uuid_at;
+    size_t n = 0;
+    for (size_t i = 0; i < SLOT_UUID_PACKED; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            buf[n++] = '-';
+        buf[n++] = digits[b[i] >> 4];
+        buf[n++] = digits[b[i] & 15];
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
 int rider_set_uuid(struct rider *rider, struct slot *slot, const char *uuid,
                    size_t len)
 {
+    uint8_t packed[SLOT_UUID_PACKED];
+    const void *bytes = uuid;
+    size_t size = len;
+    uint8_t stored_len = (uint8_t)len;
+
+    if (uuid_pack(uuid, len, packed)) {
+        bytes = packed;
+        size = sizeof packed;
+        stored_len = 0;
+    }
     /* Overwrite in place when the old bytes are long enough, so repeated
      * replacements of one second do not keep growing the arena. */
-    if ((slot->flags & SLOT_PRESENT) && len <= slot->uuid_len) {
-        memcpy(rider->arena + slot->uuid_at, uuid, len);
-        slot->uuid_len = (uint8_t)len;
+    size_t old = slot->uuid_len != 0 ? slot->uuid_len : SLOT_UUID_PACKED;
+    if ((slot->flags & SLOT_PRESENT) && size <= old) {
+        memcpy(rider->arena + slot->uuid_at, bytes, size);
+        slot->uuid_len = stored_len;
         return 0;
     }
-    int64_t at = rider_arena_add(rider, uuid, len);
+    int64_t at = rider_arena_add(rider, bytes, size);
     if (at < 0)
         return (int)at;
     slot->uuid_at = (uint32_t)at;
-    slot->uuid_len = (uint8_t)len;
+    slot->uuid_len = stored_len;
     return 0;
 }
 
@@ -318,7 +387,7 @@ void race_note_sample(struct race *race, int32_t second, int64_t arrival_ms)
 
 void slot_to_row(const struct race *race, const struct rider *rider,
                  const struct slot *slot, int32_t second,
-                 struct agg_sample_row *row, char *cadence_buf,
+                 struct agg_sample_row *row, char *uuid_buf, char *cadence_buf,
                  char *resistance_buf, size_t buf_len)
 {
     const struct arena_text *name = &rider->names[slot->name_idx];
@@ -329,8 +398,7 @@ void slot_to_row(const struct race *race, const struct rider *rider,
     row->second = second;
     row->name = rider->arena + name->at;
     row->name_len = name->len;
-    row->uuid = rider->arena + slot->uuid_at;
-    row->uuid_len = slot->uuid_len;
+    row->uuid = slot_uuid(rider, slot, uuid_buf, &row->uuid_len);
     row->device_ts_ms = slot->device_ts_ms;
     row->arrival_ms = slot->arrival_ms;
     row->cadence4 = slot->cadence4;

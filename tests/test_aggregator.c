@@ -883,6 +883,45 @@ TEST(agg_conflict_smaller_key_wins)
     capture_free(c2);
 }
 
+/*
+ * A canonical lowercase uuid is kept in 16 bytes and an uppercase one as
+ * text. Both must come back as sent, and compare by their bytes: "B" sorts
+ * before "b", and "-" before any digit.
+ */
+TEST(agg_conflict_compares_packed_and_text_uuids)
+{
+    static const char lower[] = "b571e2f5-ddb9-424c-a61a-c2d77f657aa8";
+    static const char upper[] = "B571E2F5-DDB9-424C-A61A-C2D77F657AA8";
+    static const char lower_later[] = "b571e2f5-ddb9-424c-a61a-c2d77f657aa9";
+    static const char short_text[] = "b571e2f5-ddb9-424c-a61a";
+    struct agg_config cfg = default_config();
+    cfg.allowed_lateness_s = 100;
+    const struct {
+        const char *winner, *loser;
+    } pairs[] = {{upper, lower}, {lower, lower_later}, {short_text, lower}};
+
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        /* Same device time, so the uuid bytes decide. */
+        const struct sample_spec win = {
+            pairs[i].winner, 1000, 1, "\"rc-11\"", "60", "60", 5000};
+        const struct sample_spec lose = {pairs[i].loser, 1000, 1,   "\"rc-11\"",
+                                         "50",           "50", 5001};
+        struct capture *c1 = capture_new(), *c2 = capture_new();
+        struct agg *a1 = agg_for(&cfg, c1), *a2 = agg_for(&cfg, c2);
+
+        ASSERT_EQ(feed(a1, &lose), AGG_APPLIED);
+        ASSERT_EQ(feed(a1, &win), AGG_CONFLICT_REPLACED);
+        ASSERT_EQ(feed(a2, &win), AGG_APPLIED);
+        ASSERT_EQ(feed(a2, &lose), AGG_CONFLICT_KEPT);
+        ASSERT_STR_EQ(c1->rows[c1->row_count - 1].uuid, pairs[i].winner);
+        ASSERT_STR_EQ(c2->rows[c2->row_count - 1].uuid, pairs[i].winner);
+        agg_free(a1);
+        agg_free(a2);
+        capture_free(c1);
+        capture_free(c2);
+    }
+}
+
 TEST(agg_same_values_copy_unchanged)
 {
     struct agg_config cfg = default_config();
