@@ -178,6 +178,7 @@ struct class_rider {
     int64_t best;                 /* index into entries, or -1 */
     struct history_cell *history; /* history[second - 1] */
     int32_t history_len;
+    uint32_t history_cap;
 };
 
 struct class_board {

@@ -170,12 +170,11 @@ static int history_reserve(struct class_rider *cr, int32_t second)
 {
     if (second <= cr->history_len)
         return 0;
-    struct history_cell *p = realloc(cr->history, (size_t)second * sizeof *p);
-    if (p == NULL)
+    if (agg_grow((void **)&cr->history, &cr->history_cap, (uint32_t)second,
+                 INT32_MAX, sizeof cr->history[0]) != 0)
         return -ENOMEM;
-    memset(p + cr->history_len, 0,
-           (size_t)(second - cr->history_len) * sizeof *p);
-    cr->history = p;
+    memset(cr->history + cr->history_len, 0,
+           (size_t)(second - cr->history_len) * sizeof cr->history[0]);
     cr->history_len = second;
     return 0;
 }
