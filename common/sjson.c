@@ -980,6 +980,99 @@ const char *sjson_error_name(enum sjson_error code)
 #define EXPONENT_SATURATION 10000000000000000LL
 #define EXPONENT_LIMIT      1000000000LL
 
+/* Bytes of canonical text kept on the stack before the text moves to the
+ * heap. A telemetry record takes about 250. */
+#define CANONICAL_STACK_BYTES 1024
+/* Frames and sorted members kept on the stack before they move to the
+ * heap. */
+#define CANONICAL_STACK_FRAMES  8
+#define CANONICAL_STACK_MEMBERS 32
+/* Objects with at most this many members are sorted by insertion, larger
+ * ones with qsort. */
+#define INSERTION_SORT_MAX 16
+
+/*
+ * Text under construction: in a caller's buffer until it outgrows it, then
+ * on the heap. cap never passes room, so a writer that has reserved space
+ * stays within room.
+ */
+struct text_writer {
+    char *data;
+    size_t len;
+    size_t cap;
+    size_t room; /* largest allowed len */
+    char *heap;  /* owned, or NULL while data is the caller's buffer */
+};
+
+static void writer_init(struct text_writer *w, char *buf, size_t buf_len,
+                        size_t room)
+{
+    w->data = buf;
+    w->len = 0;
+    w->cap = buf_len < room ? buf_len : room;
+    w->room = room;
+    w->heap = NULL;
+}
+
+/* Grow w so that n more bytes fit. Returns 0, or -1 when that would pass
+ * w->room or memory runs out. */
+static int writer_grow(struct text_writer *w, size_t n)
+{
+    if (n > w->room - w->len)
+        return -1;
+
+    size_t need = w->len + n;
+    size_t cap = w->cap < SIZE_MAX / 2 ? w->cap * 2 : SIZE_MAX;
+    if (cap < need)
+        cap = need;
+    if (cap > w->room)
+        cap = w->room;
+    char *grown = realloc(w->heap, cap);
+    if (grown == NULL)
+        return -1;
+    if (w->heap == NULL && w->len > 0)
+        memcpy(grown, w->data, w->len);
+    w->heap = w->data = grown;
+    w->cap = cap;
+    return 0;
+}
+
+/* Make sure n more bytes fit. Returns 0 or -1 like writer_grow. */
+static inline int writer_reserve(struct text_writer *w, size_t n)
+{
+    return n <= w->cap - w->len ? 0 : writer_grow(w, n);
+}
+
+static int writer_put(struct text_writer *w, const char *bytes, size_t n)
+{
+    if (writer_reserve(w, n) != 0)
+        return -1;
+    memcpy(w->data + w->len, bytes, n);
+    w->len += n;
+    return 0;
+}
+
+static int writer_putc(struct text_writer *w, char c)
+{
+    if (writer_reserve(w, 1) != 0)
+        return -1;
+    w->data[w->len++] = c;
+    return 0;
+}
+
+/* Append the text of w to out. Returns 0, or -1 when out has failed or
+ * cannot take it. */
+static int writer_flush(const struct text_writer *w, struct strbuf *out)
+{
+    return sb_append(out, w->data, w->len) == 0 ? 0 : -1;
+}
+
+static void writer_free(struct text_writer *w)
+{
+    free(w->heap);
+    w->heap = NULL;
+}
+
 /* Read the exponent digits from s[i] to s[n], saturating. */
 static long long read_exponent(const char *s, size_t n, size_t i)
 {
@@ -995,7 +1088,25 @@ static long long read_exponent(const char *s, size_t n, size_t i)
     return negative ? -value : value;
 }
 
-int sjson_number_canonical(const char *tok, size_t len, struct strbuf *out)
+/* Write value in decimal at the end of buf and return where it starts. */
+static size_t format_exponent(long long value, char buf[24])
+{
+    unsigned long long magnitude = value < 0 ? 0ULL - (unsigned long long)value
+                                             : (unsigned long long)value;
+    size_t start = 24;
+
+    do {
+        buf[--start] = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude != 0);
+    if (value < 0)
+        buf[--start] = '-';
+    return start;
+}
+
+/* Write the canonical text of the number token tok to w. Returns 0, or -1
+ * as sjson_number_canonical describes. */
+static int number_canonical(const char *tok, size_t len, struct text_writer *w)
 {
     size_t end;
 
@@ -1020,7 +1131,7 @@ int sjson_number_canonical(const char *tok, size_t len, struct strbuf *out)
     while (first < digits_end && (tok[first] == '0' || tok[first] == '.'))
         first++;
     if (first == digits_end)
-        return sb_putc(out, '0') == 0 ? 0 : -1;
+        return writer_putc(w, '0');
     while (tok[last - 1] == '0' || tok[last - 1] == '.')
         last--;
 
@@ -1033,43 +1144,120 @@ int sjson_number_canonical(const char *tok, size_t len, struct strbuf *out)
     if (exponent > EXPONENT_LIMIT || exponent < -EXPONENT_LIMIT)
         return -1;
 
-    if (tok[0] == '-')
-        sb_putc(out, '-');
+    /* The digits run from first to last, except for the point when it
+     * lies between them. */
+    size_t head_end = last, tail_start = last;
     if (first < int_end && last > int_end + 1) {
-        sb_append(out, tok + first, int_end - first);
-        sb_append(out, tok + int_end + 1, last - int_end - 1);
-    } else {
-        sb_append(out, tok + first, last - first);
+        head_end = int_end;
+        tail_start = int_end + 1;
     }
-    sb_putc(out, 'e');
-    sb_int64(out, (int64_t)exponent);
-    return sb_error(out) == 0 ? 0 : -1;
+    char exponent_text[24];
+    size_t exponent_start = format_exponent(exponent, exponent_text);
+    size_t exponent_len = sizeof exponent_text - exponent_start;
+    bool negative = tok[0] == '-';
+    size_t total = (size_t)negative + (head_end - first) + (last - tail_start) +
+                   1 + exponent_len;
+
+    if (writer_reserve(w, total) != 0)
+        return -1;
+    char *o = w->data + w->len;
+    if (negative)
+        *o++ = '-';
+    memcpy(o, tok + first, head_end - first);
+    o += head_end - first;
+    memcpy(o, tok + tail_start, last - tail_start);
+    o += last - tail_start;
+    *o++ = 'e';
+    memcpy(o, exponent_text + exponent_start, exponent_len);
+    w->len += total;
+    return 0;
+}
+
+int sjson_number_canonical(const char *tok, size_t len, struct strbuf *out)
+{
+    char buf[64];
+    struct text_writer w;
+
+    writer_init(&w, buf, sizeof buf, SIZE_MAX);
+    int rc = number_canonical(tok, len, &w);
+    if (rc == 0)
+        rc = writer_flush(&w, out);
+    writer_free(&w);
+    return rc;
+}
+
+/*
+ * Tell whether any of the eight bytes of word needs an escape in canonical
+ * text: a control character, '"' or '\\'. Bytes of 0x80 and up need none,
+ * so each test also requires a clear high bit in the byte tested. As in
+ * ends_plain_run, a borrow can flag a later byte only after a byte that
+ * needs an escape.
+ */
+static bool needs_escape(uint64_t word)
+{
+    uint64_t quote = word ^ BYTES8('"');
+    uint64_t backslash = word ^ BYTES8('\\');
+    uint64_t below = (word - BYTES8(0x20)) & ~word;
+
+    below |= (quote - BYTES8(1)) & ~quote;
+    below |= (backslash - BYTES8(1)) & ~backslash;
+    return (below & BYTES8(0x80)) != 0;
 }
 
 /* Append s (n bytes) as a JSON string, escaping only '"', '\\' and bytes
  * below 0x20, the latter always as \u00xx. */
-static void canonical_string(struct strbuf *out, const char *s, size_t n)
+static int canonical_string(struct text_writer *w, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    size_t start = 0;
 
-    sb_putc(out, '"');
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        sb_append(out, s + start, i - start);
-        start = i + 1;
-        if (c == '"' || c == '\\') {
-            char escape[2] = {'\\', (char)c};
-            sb_append(out, escape, sizeof escape);
-        } else {
-            char escape[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-            sb_append(out, escape, sizeof escape);
+    /* Room for the text without escapes; each escape reserves its extra
+     * bytes when it comes, so the reservation never passes the final
+     * length. */
+    if (n > SIZE_MAX - 2 || writer_reserve(w, n + 2) != 0)
+        return -1;
+    char *o = w->data + w->len;
+    size_t i = 0;
+
+    *o++ = '"';
+    for (;;) {
+        while (n - i >= 8) {
+            uint64_t word;
+            memcpy(&word, s + i, 8);
+            if (needs_escape(word))
+                break;
+            memcpy(o, &word, 8);
+            o += 8;
+            i += 8;
         }
+        while (i < n) {
+            unsigned char c = (unsigned char)s[i];
+            if (c < 0x20 || c == '"' || c == '\\')
+                break;
+            *o++ = (char)c;
+            i++;
+        }
+        if (i == n)
+            break;
+
+        unsigned char c = (unsigned char)s[i++];
+        size_t escape_len = c == '"' || c == '\\' ? 2 : 6;
+        w->len = (size_t)(o - w->data);
+        if (writer_reserve(w, escape_len + (n - i) + 1) != 0)
+            return -1;
+        o = w->data + w->len;
+        if (escape_len == 2) {
+            o[0] = '\\';
+            o[1] = (char)c;
+        } else {
+            memcpy(o, "\\u00", 4);
+            o[4] = hex[c >> 4];
+            o[5] = hex[c & 15];
+        }
+        o += escape_len;
     }
-    sb_append(out, s + start, n - start);
-    sb_putc(out, '"');
+    *o++ = '"';
+    w->len = (size_t)(o - w->data);
+    return 0;
 }
 
 /* Order members by key bytes, a prefix first. Equal keys, which a parsed
@@ -1078,6 +1266,11 @@ static int compare_members(const void *a, const void *b)
 {
     const struct sjson_value *x = *(const struct sjson_value *const *)a;
     const struct sjson_value *y = *(const struct sjson_value *const *)b;
+
+    /* Most keys differ in their first byte. */
+    if (x->key_len > 0 && y->key_len > 0 && x->key[0] != y->key[0])
+        return (unsigned char)x->key[0] < (unsigned char)y->key[0] ? -1 : 1;
+
     size_t common = x->key_len < y->key_len ? x->key_len : y->key_len;
     int order = common ? memcmp(x->key, y->key, common) : 0;
 
@@ -1086,6 +1279,21 @@ static int compare_members(const void *a, const void *b)
     if (x->key_len != y->key_len)
         return x->key_len < y->key_len ? -1 : 1;
     return x < y ? -1 : (x > y);
+}
+
+/* Sort the pointers of a small object's members in place. */
+static void insertion_sort_members(const struct sjson_value **members,
+                                   size_t count)
+{
+    for (size_t i = 1; i < count; i++) {
+        const struct sjson_value *member = members[i];
+        size_t j = i;
+        while (j > 0 && compare_members(&member, &members[j - 1]) < 0) {
+            members[j] = members[j - 1];
+            j--;
+        }
+        members[j] = member;
+    }
 }
 
 /* A container being written. For an object, base indexes the sorted member
@@ -1097,24 +1305,45 @@ struct canonical_frame {
 };
 
 /* Both arrays grow with the tree: frames up to its depth, order up to the
- * members of the objects open at once, so at most its value count. */
+ * members of the objects open at once, so at most its value count. Each
+ * starts in the stack arrays that follow. */
 struct canonical_state {
-    struct strbuf *out;
+    struct text_writer text;
     struct canonical_frame *frames;
     size_t depth;
     size_t frames_cap;
     const struct sjson_value **order;
     size_t order_len;
     size_t order_cap;
+    struct canonical_frame stack_frames[CANONICAL_STACK_FRAMES];
+    const struct sjson_value *stack_order[CANONICAL_STACK_MEMBERS];
 };
+
+/*
+ * Return a copy of items (*cap elements of size bytes, in stack_items or on
+ * the heap) with room for twice as many, updating *cap, or NULL when memory
+ * runs out. On failure items is left untouched.
+ */
+static void *grow_stack_array(void *items, const void *stack_items, size_t *cap,
+                              size_t size)
+{
+    if (items != stack_items)
+        return grow_array(items, cap, size);
+
+    size_t stack_cap = *cap;
+    void *grown = grow_array(NULL, cap, size);
+    if (grown != NULL)
+        memcpy(grown, items, stack_cap * size);
+    return grown;
+}
 
 /* Append the members of object to state->order, sorted by key. */
 static int push_sorted_members(struct canonical_state *state,
                                const struct sjson_value *object)
 {
     while (state->order_cap - state->order_len < object->count) {
-        void *grown =
-            grow_array(state->order, &state->order_cap, sizeof *state->order);
+        void *grown = grow_stack_array(state->order, state->stack_order,
+                                       &state->order_cap, sizeof *state->order);
         if (grown == NULL)
             return -1;
         state->order = grown;
@@ -1123,7 +1352,10 @@ static int push_sorted_members(struct canonical_state *state,
     const struct sjson_value **members = state->order + state->order_len;
     for (size_t i = 0; i < object->count; i++)
         members[i] = &object->items[i];
-    qsort(members, object->count, sizeof *members, compare_members);
+    if (object->count <= INSERTION_SORT_MAX)
+        insertion_sort_members(members, object->count);
+    else
+        qsort(members, object->count, sizeof *members, compare_members);
     state->order_len += object->count;
     return 0;
 }
@@ -1135,20 +1367,19 @@ static int push_sorted_members(struct canonical_state *state,
 static int canonical_begin(struct canonical_state *state,
                            const struct sjson_value *v)
 {
-    struct strbuf *out = state->out;
+    struct text_writer *w = &state->text;
 
     switch (v->type) {
     case SJSON_NULL:
-        return sb_puts(out, "null") == 0 ? 0 : -1;
+        return writer_put(w, "null", 4);
     case SJSON_FALSE:
-        return sb_puts(out, "false") == 0 ? 0 : -1;
+        return writer_put(w, "false", 5);
     case SJSON_TRUE:
-        return sb_puts(out, "true") == 0 ? 0 : -1;
+        return writer_put(w, "true", 4);
     case SJSON_NUMBER:
-        return sjson_number_canonical(v->str, v->len, out);
+        return number_canonical(v->str, v->len, w);
     case SJSON_STRING:
-        canonical_string(out, v->str, v->len);
-        return sb_error(out) == 0 ? 0 : -1;
+        return canonical_string(w, v->str, v->len);
     case SJSON_ARRAY:
     case SJSON_OBJECT:
         break;
@@ -1157,8 +1388,9 @@ static int canonical_begin(struct canonical_state *state,
     }
 
     if (state->depth == state->frames_cap) {
-        void *grown = grow_array(state->frames, &state->frames_cap,
-                                 sizeof *state->frames);
+        void *grown =
+            grow_stack_array(state->frames, state->stack_frames,
+                             &state->frames_cap, sizeof *state->frames);
         if (grown == NULL)
             return -1;
         state->frames = grown;
@@ -1167,7 +1399,8 @@ static int canonical_begin(struct canonical_state *state,
     frame->value = v;
     frame->base = state->order_len;
     frame->next = 0;
-    sb_putc(out, v->type == SJSON_OBJECT ? '{' : '[');
+    if (writer_putc(w, v->type == SJSON_OBJECT ? '{' : '[') != 0)
+        return -1;
     return v->type == SJSON_OBJECT ? push_sorted_members(state, v) : 0;
 }
 
@@ -1179,34 +1412,53 @@ static int canonical_step(struct canonical_state *state)
     bool object = container->type == SJSON_OBJECT;
 
     if (frame->next == container->count) {
-        sb_putc(state->out, object ? '}' : ']');
         state->order_len = frame->base;
         state->depth--;
-        return sb_error(state->out) == 0 ? 0 : -1;
+        return writer_putc(&state->text, object ? '}' : ']');
     }
 
     size_t index = frame->next++;
-    if (index > 0)
-        sb_putc(state->out, ',');
+    if (index > 0 && writer_putc(&state->text, ',') != 0)
+        return -1;
     if (!object)
         return canonical_begin(state, &container->items[index]);
 
     /* canonical_begin may move state->order, so take the member first. */
     const struct sjson_value *member = state->order[frame->base + index];
-    canonical_string(state->out, member->key, member->key_len);
-    sb_putc(state->out, ':');
+    if (canonical_string(&state->text, member->key, member->key_len) != 0 ||
+        writer_putc(&state->text, ':') != 0)
+        return -1;
     return canonical_begin(state, member);
 }
 
 int sjson_canonical(const struct sjson_value *v, struct strbuf *out)
 {
-    struct canonical_state state = {.out = out};
-    int rc = v ? canonical_begin(&state, v) : -1;
+    char buf[CANONICAL_STACK_BYTES];
+    struct canonical_state state;
 
+    if (v == NULL || sb_error(out) != 0 || out->len > out->max)
+        return -1;
+
+    /* The text goes to out in one append at the end, and only when all of
+     * it fits within out->max. */
+    writer_init(&state.text, buf, sizeof buf, out->max - out->len);
+    state.frames = state.stack_frames;
+    state.depth = 0;
+    state.frames_cap = CANONICAL_STACK_FRAMES;
+    state.order = state.stack_order;
+    state.order_len = 0;
+    state.order_cap = CANONICAL_STACK_MEMBERS;
+
+    int rc = canonical_begin(&state, v);
     while (rc == 0 && state.depth > 0)
         rc = canonical_step(&state);
+    if (rc == 0)
+        rc = writer_flush(&state.text, out);
 
-    free(state.frames);
-    free(state.order);
-    return rc == 0 && sb_error(out) == 0 ? 0 : -1;
+    if (state.frames != state.stack_frames)
+        free(state.frames);
+    if (state.order != state.stack_order)
+        free(state.order);
+    writer_free(&state.text);
+    return rc;
 }

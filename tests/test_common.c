@@ -915,6 +915,147 @@ TEST(json_canonical_escapes_minimally)
     free(a);
 }
 
+TEST(json_canonical_escapes_every_position)
+{
+    /* Each probe as written in JSON input and as canonical text. */
+    static const struct {
+        const char *input;
+        const char *output;
+    } probes[] = {
+        {"\\u0000", "\\u0000"},
+        {"\\u001f", "\\u001f"},
+        {"\\n", "\\u000a"},
+        {"\\\"", "\\\""},
+        {"\\\\", "\\\\"},
+        {" ", " "},
+        {"!", "!"},
+        {"#", "#"},
+        {"[", "["},
+        {"]", "]"},
+        {"\\u007f", "\x7f"},
+        {"\xc3\xa9", "\xc3\xa9"},
+        {"\xef\xbf\xbf", "\xef\xbf\xbf"},
+    };
+    char input[64], expected[64];
+
+    for (size_t k = 0; k < sizeof probes / sizeof probes[0]; k++) {
+        for (size_t len = 0; len <= 20; len++) {
+            for (size_t at = 0; at <= len; at++) {
+                size_t n = 0, e = 0;
+                input[n++] = '"';
+                expected[e++] = '"';
+                for (size_t i = 0; i <= len; i++) {
+                    if (i == at) {
+                        memcpy(input + n, probes[k].input,
+                               strlen(probes[k].input));
+                        n += strlen(probes[k].input);
+                        memcpy(expected + e, probes[k].output,
+                               strlen(probes[k].output));
+                        e += strlen(probes[k].output);
+                    }
+                    if (i < len) {
+                        input[n++] = (char)('a' + i % 26);
+                        expected[e++] = (char)('a' + i % 26);
+                    }
+                }
+                input[n++] = '"';
+                input[n] = '\0';
+                expected[e++] = '"';
+
+                char *text = canonical_of(input);
+                if (strlen(text) != e || memcmp(text, expected, e) != 0)
+                    test_fail(__FILE__, __LINE__,
+                              "probe %zu, length %zu, at %zu: got %s", k, len,
+                              at, text);
+                free(text);
+            }
+        }
+    }
+}
+
+/* Append the members "k<count-1>" down to "k0", each with an odd number so
+ * that its canonical form is the number and "e0". */
+static void write_reversed_object(struct strbuf *sb, int count)
+{
+    sb_putc(sb, '{');
+    for (int i = count - 1; i >= 0; i--)
+        sb_printf(sb, "\"k%02d\":%d%s", i, 2 * i + 1, i > 0 ? "," : "");
+    sb_putc(sb, '}');
+}
+
+/* Append the same members in canonical order and form. */
+static void write_sorted_object(struct strbuf *sb, int count)
+{
+    sb_putc(sb, '{');
+    for (int i = 0; i < count; i++)
+        sb_printf(sb, "%s\"k%02d\":%de0", i > 0 ? "," : "", i, 2 * i + 1);
+    sb_putc(sb, '}');
+}
+
+TEST(json_canonical_sorts_objects_of_any_size)
+{
+    static const int sizes[] = {0, 1, 2, 15, 16, 17, 32, 33, 100};
+
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        struct strbuf in, want;
+        sb_init(&in, 1 << 20);
+        sb_init(&want, 1 << 20);
+        write_reversed_object(&in, sizes[k]);
+        write_sorted_object(&want, sizes[k]);
+
+        char *text = canonical_of(in.data);
+        if (strcmp(text, want.data) != 0)
+            test_fail(__FILE__, __LINE__, "%d members: got %s", sizes[k], text);
+        free(text);
+        sb_free(&in);
+        sb_free(&want);
+    }
+}
+
+TEST(json_canonical_fits_max_exactly)
+{
+    /* Over 1 KiB of output, 40 nested arrays and two objects with more
+     * members than fit on the stack. */
+    struct strbuf in;
+    sb_init(&in, 1 << 20);
+    sb_puts(&in, "[\"");
+    for (int i = 0; i < 300; i++)
+        sb_puts(&in, "\\u0001");
+    sb_puts(&in, "\",");
+    write_reversed_object(&in, 40);
+    sb_putc(&in, ',');
+    for (int i = 0; i < 40; i++)
+        sb_putc(&in, '[');
+    write_reversed_object(&in, 40);
+    for (int i = 0; i < 40; i++)
+        sb_putc(&in, ']');
+    sb_putc(&in, ']');
+    ASSERT_EQ(sb_error(&in), 0);
+
+    struct sjson_doc *doc = parse_ok(in.data, in.len);
+    struct strbuf full;
+    sb_init(&full, 1 << 20);
+    ASSERT_EQ(sjson_canonical(sjson_doc_root(doc), &full), 0);
+    ASSERT_TRUE(full.len > 2000);
+
+    for (size_t prefix = 0; prefix <= 2; prefix++) {
+        struct strbuf sb;
+        sb_init(&sb, full.len + prefix);
+        sb_append(&sb, "xy", prefix);
+        ASSERT_EQ(sjson_canonical(sjson_doc_root(doc), &sb), 0);
+        ASSERT_MEM_EQ(sb.data + prefix, sb.len - prefix, full.data, full.len);
+        sb_free(&sb);
+
+        sb_init(&sb, full.len + prefix - 1);
+        sb_append(&sb, "xy", prefix);
+        ASSERT_EQ(sjson_canonical(sjson_doc_root(doc), &sb), -1);
+        sb_free(&sb);
+    }
+    sb_free(&full);
+    sjson_doc_free(doc);
+    sb_free(&in);
+}
+
 TEST(json_canonical_reports_full_buffer)
 {
     struct sjson_doc *doc = parse_ok("{\"a\":[1,2,3]}", 13);
