@@ -29,6 +29,12 @@
  * A row without an in-progress expiry therefore never blocks its key past
  * the life of its owner.
  *
+ * Completing a claim that this table made reads no row. A small memo of
+ * our recent claims gives the row id and the columns that the cache copy
+ * needs. The UPDATE itself checks that the row still has the key and is
+ * our INPROGRESS claim. When it changes no row (rolled back, taken over or
+ * completed elsewhere), the full lookup decides as before.
+ *
  * Transactions: on a connection passed to idem_open(), the library never
  * begins or commits. The caller must call idem_after_rollback() after a
  * rollback, because the LRU cache may hold a COMPLETED row that the rollback
@@ -58,6 +64,7 @@ enum stmt_id {
     STMT_INSERT,
     STMT_TAKE_OVER,
     STMT_COMPLETE,
+    STMT_COMPLETE_OWN,
     STMT_DELETE,
     STMT_RECLAIM,
     STMT_EXPIRE_SCAN,
@@ -78,6 +85,10 @@ static const char *const stmt_sql[STMT_COUNT] = {
     [STMT_COMPLETE] = "UPDATE idem_rows SET status = 2, outcome = ?2,"
                       " expiry_s = ?3, in_progress_expiry_ms = NULL"
                       " WHERE id = ?1",
+    [STMT_COMPLETE_OWN] = "UPDATE idem_rows SET status = 2, outcome = ?2,"
+                          " expiry_s = ?3, in_progress_expiry_ms = NULL"
+                          " WHERE id = ?1 AND status = 1 AND owner = ?4"
+                          " AND key = ?5",
     [STMT_DELETE] = "DELETE FROM idem_rows WHERE id = ?1",
     [STMT_RECLAIM] = "DELETE FROM idem_rows"
                      " WHERE id = ?1 AND status = 1 AND owner <> ?2",
@@ -86,6 +97,33 @@ static const char *const stmt_sql[STMT_COUNT] = {
     [STMT_EXPIRE_DELETE] = "DELETE FROM idem_rows"
                            " WHERE id >= ?1 AND id <= ?2 AND expiry_s <= ?3",
 };
+
+/*
+ * Memo entry of a claim that this table made (IDEM_NEW): the row id and
+ * the columns that the cache copy of the completed row needs. The
+ * completion checks id, key, status and owner in its UPDATE and falls back
+ * to the full lookup when no row matched. A stale entry therefore costs
+ * one statement and never changes a result. Entries are direct-mapped by
+ * key hash, and a newer claim replaces an older one.
+ */
+#define MEMO_SLOTS 64
+
+struct claim_memo {
+    bool used;
+    int64_t id;
+    uint64_t key_hash;
+    uint8_t hash[IDEM_HASH_LEN];
+    bool hash_valid;
+    int64_t subseq;
+    char shard_id[64];
+    char seq[130];
+};
+
+_Static_assert(sizeof((struct claim_memo *)0)->shard_id ==
+                       sizeof((struct idem_record *)0)->shard_id &&
+                   sizeof((struct claim_memo *)0)->seq ==
+                       sizeof((struct idem_record *)0)->seq,
+               "the memo keeps the text columns of a record");
 
 /* An INPROGRESS row of a dead owner, found by the index rebuild. */
 struct dead_row {
@@ -104,8 +142,9 @@ struct idem_table {
     uint64_t rows;
     uint64_t cache_hits;
     uint64_t cache_misses;
-    int64_t next_id;       /* id of the next appended row */
-    int64_t expire_from;   /* lowest id that expiry has still to examine */
+    int64_t next_id;     /* id of the next appended row */
+    int64_t expire_from; /* lowest id that expiry has still to examine */
+    struct claim_memo memo[MEMO_SLOTS];
     struct dead_row *dead; /* owned */
     size_t dead_count;
     size_t dead_cap;
@@ -404,6 +443,57 @@ static int check_claim(struct idem_table *t, const struct idem_claim *c)
     return check_text(t, c->seq, sizeof r->seq, "sequence number");
 }
 
+/* ---- memo of our claims ---------------------------------------------- */
+
+static struct claim_memo *memo_slot(struct idem_table *t, uint64_t key_hash)
+{
+    return &t->memo[key_hash % MEMO_SLOTS];
+}
+
+/* Copy s, cut to cap - 1 bytes, or an empty string for NULL. */
+static void copy_str(char *dst, size_t cap, const char *s)
+{
+    size_t n = s != NULL ? strlen(s) : 0;
+
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, s != NULL ? s : "", n);
+    dst[n] = '\0';
+}
+
+/* Remember that row id is our INPROGRESS claim of the key with key_hash,
+ * with the hash, shard, sequence and subsequence that the row holds. */
+static void memo_put(struct idem_table *t, uint64_t key_hash, int64_t id,
+                     const uint8_t *hash, bool hash_valid, const char *shard_id,
+                     const char *seq, int64_t subseq)
+{
+    struct claim_memo *m = memo_slot(t, key_hash);
+
+    m->used = true;
+    m->id = id;
+    m->key_hash = key_hash;
+    memcpy(m->hash, hash, IDEM_HASH_LEN);
+    m->hash_valid = hash_valid;
+    m->subseq = subseq;
+    copy_str(m->shard_id, sizeof m->shard_id, shard_id);
+    copy_str(m->seq, sizeof m->seq, seq);
+}
+
+/* Forget the entry of row id, if the memo has one. */
+static void memo_drop(struct idem_table *t, uint64_t key_hash, int64_t id)
+{
+    struct claim_memo *m = memo_slot(t, key_hash);
+
+    if (m->used && m->id == id)
+        m->used = false;
+}
+
+static void memo_clear(struct idem_table *t)
+{
+    for (size_t i = 0; i < MEMO_SLOTS; i++)
+        t->memo[i].used = false;
+}
+
 /* ---- claim ------------------------------------------------------------ */
 
 const char *idem_result_name(enum idem_result r)
@@ -514,6 +604,7 @@ static int append_claim(struct idem_table *t, const struct idem_claim *c,
         return fail(t, "update idempotency index for row %" PRId64 ": %s", id,
                     strerror(-rc));
     }
+    memo_put(t, key_hash, id, c->hash, true, c->shard_id, c->seq, c->subseq);
     return 0;
 }
 
@@ -546,6 +637,8 @@ static int take_over(struct idem_table *t, const struct idem_claim *c,
     if (exec_bound(t, &b, "take over idempotency row") != 0)
         return -1;
     idem_cache_remove(&t->cache, key_hash, c->key, c->key_len);
+    memo_put(t, key_hash, row->id, row->rec.hash, row->hash_valid,
+             row->rec.shard_id, row->rec.seq, row->rec.subseq);
     return 0;
 }
 
@@ -646,6 +739,82 @@ static int find_own_claim(struct idem_table *t, const void *key, size_t len,
     return 1;
 }
 
+/*
+ * Complete the claim that the memo holds for key, checking in the UPDATE
+ * that row id still has this key and is our INPROGRESS claim. Returns 1
+ * with *row describing the row as it was, 0 when the memo has no entry or
+ * no row matched (the caller then looks the row up), or -1.
+ */
+static int complete_from_memo(struct idem_table *t, const void *key, size_t len,
+                              uint64_t key_hash, const char *outcome,
+                              int64_t expiry_s, struct found_row *row)
+{
+    struct claim_memo *m = memo_slot(t, key_hash);
+
+    if (!m->used || m->key_hash != key_hash)
+        return 0;
+    m->used = false;
+
+    struct binder b = bind_start(t, STMT_COMPLETE_OWN);
+    bind_int64(&b, 1, m->id);
+    bind_text(&b, 2, outcome);
+    bind_int64(&b, 3, expiry_s);
+    bind_blob(&b, 4, t->owner, IDEM_OWNER_LEN);
+    bind_blob(&b, 5, key, len);
+    if (exec_bound(t, &b, "complete idempotency row") != 0)
+        return -1;
+    if (sqlite3_changes64(t->db) != 1)
+        return 0;
+
+    memset(row, 0, sizeof *row);
+    row->id = m->id;
+    row->owner_ours = true;
+    row->hash_valid = m->hash_valid;
+    memcpy(row->rec.owner, t->owner, IDEM_OWNER_LEN);
+    memcpy(row->rec.hash, m->hash, IDEM_HASH_LEN);
+    copy_str(row->rec.shard_id, sizeof row->rec.shard_id, m->shard_id);
+    copy_str(row->rec.seq, sizeof row->rec.seq, m->seq);
+    row->rec.subseq = m->subseq;
+    return 1;
+}
+
+/* Complete key once the arguments passed their checks. */
+static int complete_one(struct idem_table *t, const void *key, size_t key_len,
+                        const char *outcome, int64_t expiry_s)
+{
+    uint64_t key_hash = idem_index_hash(&t->index, key, key_len);
+    struct found_row row;
+    int rc =
+        complete_from_memo(t, key, key_len, key_hash, outcome, expiry_s, &row);
+
+    if (rc < 0)
+        return -1;
+    if (rc == 0) {
+        struct idem_probe probe;
+        rc = find_own_claim(t, key, key_len, key_hash, &probe, &row);
+        if (rc != 1)
+            return rc;
+
+        struct binder b = bind_start(t, STMT_COMPLETE);
+        bind_int64(&b, 1, row.id);
+        bind_text(&b, 2, outcome);
+        bind_int64(&b, 3, expiry_s);
+        if (exec_bound(t, &b, "complete idempotency row") != 0)
+            return -1;
+    }
+    if (t->cache.capacity == 0)
+        return 0;
+
+    row.stored_status = ROW_COMPLETED;
+    row.rec.status = IDEM_STATUS_COMPLETED;
+    row.rec.expiry_s = expiry_s;
+    row.rec.in_progress_expiry_ms = 0;
+    /* check_text() bounded the outcome by the size of the field. */
+    copy_str(row.rec.outcome, sizeof row.rec.outcome, outcome);
+    cache_row(t, key_hash, key, key_len, &row);
+    return 0;
+}
+
 int idem_complete(struct idem_table *t, const void *key, size_t key_len,
                   const char *outcome, int64_t now_ms)
 {
@@ -655,37 +824,35 @@ int idem_complete(struct idem_table *t, const void *key, size_t key_len,
         check_text(t, outcome, IDEM_MAX_OUTCOME + 1, "outcome") != 0 ||
         add_time(t, now_ms / 1000, t->opts.expiry_s, &expiry_s, "expiry") != 0)
         return -1;
-
-    uint64_t key_hash = idem_index_hash(&t->index, key, key_len);
-    struct idem_probe probe;
-    struct found_row row;
-    int rc = find_own_claim(t, key, key_len, key_hash, &probe, &row);
-    if (rc != 1)
-        return rc;
-
-    struct binder b = bind_start(t, STMT_COMPLETE);
-    bind_int64(&b, 1, row.id);
-    bind_text(&b, 2, outcome);
-    bind_int64(&b, 3, expiry_s);
-    if (exec_bound(t, &b, "complete idempotency row") != 0)
-        return -1;
-
-    row.stored_status = ROW_COMPLETED;
-    row.rec.status = IDEM_STATUS_COMPLETED;
-    row.rec.expiry_s = expiry_s;
-    row.rec.in_progress_expiry_ms = 0;
-    snprintf(row.rec.outcome, sizeof row.rec.outcome, "%s",
-             outcome != NULL ? outcome : "");
-    cache_row(t, key_hash, key, key_len, &row);
-    return 0;
+    return complete_one(t, key, key_len, outcome, expiry_s);
 }
 
+/*
+ * The same checks in the same order as idem_complete() for each key, but
+ * the time and the expiry are checked and computed once for the batch.
+ */
 int idem_complete_batch(struct idem_table *t, const void *const *keys,
                         const size_t *key_lens, const char *const *outcomes,
                         size_t count, int64_t now_ms)
 {
+    int64_t expiry_s = 0;
+    bool time_ok =
+        now_ms >= 0 &&
+        !__builtin_add_overflow(now_ms / 1000, t->opts.expiry_s, &expiry_s);
+
     for (size_t i = 0; i < count; i++) {
-        int rc = idem_complete(t, keys[i], key_lens[i], outcomes[i], now_ms);
+        if (check_key(t, keys[i], key_lens[i]) != 0)
+            return -1;
+        if (!time_ok) {
+            /* Report the error exactly as idem_complete() does. */
+            if (check_now(t, now_ms) == 0)
+                add_time(t, now_ms / 1000, t->opts.expiry_s, &expiry_s,
+                         "expiry");
+            return -1;
+        }
+        if (check_text(t, outcomes[i], IDEM_MAX_OUTCOME + 1, "outcome") != 0)
+            return -1;
+        int rc = complete_one(t, keys[i], key_lens[i], outcomes[i], expiry_s);
         if (rc != 0)
             return rc;
     }
@@ -716,6 +883,7 @@ int idem_release(struct idem_table *t, const void *key, size_t key_len)
 
     idem_index_remove(&t->index, &probe);
     idem_cache_remove(&t->cache, key_hash, key, key_len);
+    memo_drop(t, key_hash, row.id);
     if (t->rows > 0)
         t->rows--;
     return 0;
@@ -792,6 +960,7 @@ static void forget_row(struct idem_table *t, sqlite3_stmt *stmt, int64_t id)
     uint64_t key_hash = idem_index_hash(&t->index, key, len);
 
     idem_index_remove_id(&t->index, key_hash, id);
+    memo_drop(t, key_hash, id);
     if (key != NULL)
         idem_cache_remove(&t->cache, key_hash, key, len);
 }
@@ -1205,8 +1374,9 @@ void idem_rollback(struct idem_table *t)
 /*
  * The index needs no repair: it heals on the next read of a key whose row
  * the rollback removed. The cache may hold COMPLETED rows that the rollback
- * undid, so it is cleared. Expiry restarts from the left edge, because the
- * rollback may have restored rows that it had passed.
+ * undid, so it is cleared, and so is the memo of claims, whose entries
+ * would only fail their check. Expiry restarts from the left edge, because
+ * the rollback may have restored rows that it had passed.
  * NOTE: idem_stats() keeps counting rolled-back inserts and deletes in
  * rows until the next open rebuilds the count.
  */
@@ -1215,6 +1385,7 @@ void idem_after_rollback(struct idem_table *t)
     if (t == NULL)
         return;
     idem_cache_clear(&t->cache);
+    memo_clear(t);
     t->expire_from = INT64_MIN;
 }
 

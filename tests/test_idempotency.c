@@ -927,6 +927,216 @@ TEST(idem_siphash_matches_reference_vectors)
     ASSERT_EQ(idem_siphash24(key, msg, 15), 0xa129ca6149be45e5);
 }
 
+/* ---- completing claims made by this table ----------------------------- */
+
+/* The completed row as a lookup returns it, from the cache when it is on. */
+static void check_completed(struct idem_table *t, const char *key,
+                            uint8_t hash_byte, const char *outcome,
+                            const char *shard_id, const char *seq,
+                            int64_t subseq, int64_t completed_ms)
+{
+    struct idem_record rec;
+
+    ASSERT_EQ(lookup(t, key, completed_ms, &rec), 1);
+    ASSERT_EQ(rec.status, IDEM_STATUS_COMPLETED);
+    ASSERT_EQ(rec.expiry_s, completed_ms / 1000 + EXPIRY_S);
+    ASSERT_EQ(rec.in_progress_expiry_ms, 0);
+    ASSERT_MEM_EQ(rec.owner, IDEM_OWNER_LEN, OWNER_A, IDEM_OWNER_LEN);
+    ASSERT_MEM_EQ(rec.hash, IDEM_HASH_LEN, hash_of(hash_byte), IDEM_HASH_LEN);
+    ASSERT_STR_EQ(rec.outcome, outcome);
+    ASSERT_STR_EQ(rec.shard_id, shard_id);
+    ASSERT_STR_EQ(rec.seq, seq);
+    ASSERT_EQ(rec.subseq, subseq);
+}
+
+TEST(idem_complete_in_claim_transaction)
+{
+    struct idem_table *t = open_default(db_path("t.db"), OWNER_A);
+    char outcome[IDEM_MAX_OUTCOME + 1];
+
+    memset(outcome, 'o', IDEM_MAX_OUTCOME);
+    outcome[IDEM_MAX_OUTCOME] = '\0';
+    ASSERT_OK(t, idem_begin(t));
+    ASSERT_EQ(claim(t, "k1", 1, T0, NULL), IDEM_NEW);
+    ASSERT_EQ(claim(t, "k2", 2, T0, NULL), IDEM_NEW);
+    ASSERT_OK(t, complete(t, "k2", "second", T0 + 1500));
+    ASSERT_OK(t, complete(t, "k1", outcome, T0 + 2500));
+    /* Completing twice fails, in the same transaction and after it. */
+    ASSERT_EQ(complete(t, "k1", "again", T0 + 2600), -EPERM);
+    ASSERT_CONTAINS(idem_errmsg(t), "not an INPROGRESS claim of this owner");
+    ASSERT_OK(t, idem_commit(t));
+    ASSERT_EQ(complete(t, "k2", "again", T0 + 2700), -EPERM);
+
+    check_completed(t, "k1", 1, outcome, "shard-1", "123", 4, T0 + 2500);
+    check_completed(t, "k2", 2, "second", "shard-1", "123", 4, T0 + 1500);
+    ASSERT_EQ(claim(t, "k1", 1, T0 + 3000, NULL), IDEM_DUPLICATE);
+    idem_close(t);
+
+    /* The same rows after a reopen, read from the file. */
+    t = open_default(db_path("t.db"), OWNER_A);
+    check_completed(t, "k1", 1, outcome, "shard-1", "123", 4, T0 + 2500);
+    check_completed(t, "k2", 2, "second", "shard-1", "123", 4, T0 + 1500);
+    idem_close(t);
+}
+
+TEST(idem_complete_after_rolled_back_claim_fails)
+{
+    struct idem_table *t = open_default(db_path("t.db"), OWNER_A);
+    struct idem_record rec;
+
+    ASSERT_OK(t, idem_begin(t));
+    ASSERT_EQ(claim(t, "k1", 1, T0, NULL), IDEM_NEW);
+    idem_rollback(t);
+    ASSERT_OK(t, idem_begin(t));
+    ASSERT_EQ(complete(t, "k1", "applied", T0), -EPERM);
+    ASSERT_CONTAINS(idem_errmsg(t), "no claim");
+    idem_rollback(t);
+    ASSERT_EQ(lookup(t, "k1", T0, &rec), 0);
+
+    /* Claimed again after the rollback, the key completes normally. */
+    ASSERT_EQ(claim(t, "k1", 3, T0 + 1000, NULL), IDEM_NEW);
+    ASSERT_OK(t, complete(t, "k1", "applied", T0 + 1000));
+    check_completed(t, "k1", 3, "applied", "shard-1", "123", 4, T0 + 1000);
+    idem_close(t);
+}
+
+/* A rollback on the caller's connection without idem_after_rollback() is
+ * a misuse, but it still cannot complete a claim that is gone. */
+TEST(idem_complete_of_vanished_claim_fails)
+{
+    const char *path = db_path("t.db");
+    struct idem_options o = options(EXPIRY_S, TIMEOUT_MS);
+    struct idem_table *t = NULL;
+    sqlite3 *db = NULL;
+    char err[512];
+
+    ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
+    ASSERT_EQ(idem_open(db, &o, OWNER_A, &t, err, sizeof err), 0);
+    ASSERT_EQ(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    ASSERT_EQ(claim(t, "k1", 1, T0, NULL), IDEM_NEW);
+    ASSERT_EQ(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    ASSERT_EQ(complete(t, "k1", "applied", T0), -EPERM);
+    ASSERT_CONTAINS(idem_errmsg(t), "no claim");
+    idem_close(t);
+    ASSERT_EQ(sqlite3_close(db), SQLITE_OK);
+}
+
+TEST(idem_claim_release_claim_complete)
+{
+    struct idem_table *t = open_default(db_path("t.db"), OWNER_A);
+
+    ASSERT_EQ(claim(t, "k1", 1, T0, NULL), IDEM_NEW);
+    ASSERT_OK(t, release(t, "k1"));
+    ASSERT_EQ(complete(t, "k1", "applied", T0), -EPERM);
+    ASSERT_EQ(claim(t, "k1", 2, T0 + 1000, NULL), IDEM_NEW);
+    ASSERT_OK(t, complete(t, "k1", "applied", T0 + 2000));
+    check_completed(t, "k1", 2, "applied", "shard-1", "123", 4, T0 + 2000);
+    ASSERT_EQ(row_count(t), 1);
+    idem_close(t);
+}
+
+/* Keys that share a hash: completing one never touches the other's row. */
+TEST(idem_complete_compares_key_bytes)
+{
+    struct idem_table *t;
+    struct idem_record rec;
+
+    idem_index_set_test_hash(same_hash);
+    t = open_default(db_path("t.db"), OWNER_A);
+    ASSERT_EQ(claim(t, "key-a", 1, T0, NULL), IDEM_NEW);
+    ASSERT_EQ(complete(t, "key-b", "applied", T0), -EPERM);
+    ASSERT_EQ(lookup(t, "key-a", T0, &rec), 1);
+    ASSERT_EQ(rec.status, IDEM_STATUS_INPROGRESS);
+    ASSERT_EQ(claim(t, "key-b", 2, T0, NULL), IDEM_NEW);
+    ASSERT_OK(t, complete(t, "key-a", "first", T0));
+    ASSERT_OK(t, complete(t, "key-b", "second", T0));
+    check_completed(t, "key-a", 1, "first", "shard-1", "123", 4, T0);
+    check_completed(t, "key-b", 2, "second", "shard-1", "123", 4, T0);
+    idem_close(t);
+    idem_index_set_test_hash(NULL);
+}
+
+/* A second instance with the same owner token completes the claim first:
+ * the first instance then finds a COMPLETED row, not its claim. */
+TEST(idem_complete_of_row_completed_elsewhere_fails)
+{
+    const char *path = db_path("t.db");
+    struct idem_table *a = open_default(path, OWNER_A);
+
+    ASSERT_OK(a, idem_begin(a));
+    ASSERT_EQ(claim(a, "k1", 1, T0, NULL), IDEM_NEW);
+    ASSERT_OK(a, idem_commit(a));
+
+    struct idem_table *a2 = open_default(path, OWNER_A);
+    ASSERT_OK(a2, idem_begin(a2));
+    ASSERT_OK(a2, complete(a2, "k1", "elsewhere", T0 + 1000));
+    ASSERT_OK(a2, idem_commit(a2));
+    idem_close(a2);
+
+    ASSERT_OK(a, idem_begin(a));
+    ASSERT_EQ(complete(a, "k1", "here", T0 + 2000), -EPERM);
+    ASSERT_CONTAINS(idem_errmsg(a), "not an INPROGRESS claim of this owner");
+    idem_rollback(a);
+    check_completed(a, "k1", 1, "elsewhere", "shard-1", "123", 4, T0 + 1000);
+    idem_close(a);
+}
+
+/* A take-over keeps the hash, shard and sequence of the first claim, and
+ * so does the completed row. */
+TEST(idem_taken_over_claim_completes_with_first_row)
+{
+    const char *path = db_path("t.db");
+    struct idem_table *b = open_default(path, OWNER_B);
+    struct idem_claim c = {"k1", 2, hash_of(1), T0, "shard-9", "999", 7};
+    enum idem_result r;
+
+    ASSERT_OK(b, idem_begin(b));
+    ASSERT_EQ(claim(b, "k1", 1, T0, NULL), IDEM_NEW);
+    ASSERT_OK(b, idem_commit(b));
+    idem_close(b);
+
+    struct idem_table *t = open_default(path, OWNER_A);
+    ASSERT_OK(t, idem_claim(t, &c, &r, NULL));
+    ASSERT_EQ(r, IDEM_NEW);
+    ASSERT_OK(t, complete(t, "k1", "applied", T0 + 1000));
+    check_completed(t, "k1", 1, "applied", "shard-1", "123", 4, T0 + 1000);
+    idem_close(t);
+}
+
+TEST(idem_complete_batch_checks_like_single)
+{
+    struct idem_table *t = open_default(db_path("t.db"), OWNER_A);
+    const void *const keys[3] = {"a", "b", "c"};
+    const size_t lens[3] = {1, 0, 1};
+    const char *const outcomes[3] = {"one", "two", "three"};
+    char single[512];
+
+    ASSERT_EQ(claim(t, "a", 1, T0, NULL), IDEM_NEW);
+    ASSERT_EQ(idem_complete(t, "a", 1, "one", -5), -1);
+    snprintf(single, sizeof single, "%s", idem_errmsg(t));
+    ASSERT_EQ(idem_complete_batch(t, keys, lens, outcomes, 1, -5), -1);
+    ASSERT_STR_EQ(idem_errmsg(t), single);
+    ASSERT_CONTAINS(single, "invalid now_ms -5");
+    /* The key is checked before the time, as in idem_complete(). */
+    ASSERT_EQ(idem_complete_batch(t, keys + 1, lens + 1, outcomes, 1, -5), -1);
+    ASSERT_CONTAINS(idem_errmsg(t), "idempotency key is missing");
+
+    struct idem_options forever = options(INT64_MAX, TIMEOUT_MS);
+    struct idem_table *f = open_with(db_path("forever.db"), &forever, OWNER_A);
+    ASSERT_EQ(idem_complete(f, "a", 1, "one", T0), -1);
+    snprintf(single, sizeof single, "%s", idem_errmsg(f));
+    ASSERT_EQ(idem_complete_batch(f, keys, lens, outcomes, 1, T0), -1);
+    ASSERT_STR_EQ(idem_errmsg(f), single);
+    ASSERT_CONTAINS(single, "expiry overflows");
+    idem_close(f);
+
+    /* A missing key in the middle stops the batch after the first key. */
+    ASSERT_EQ(idem_complete_batch(t, keys, lens, outcomes, 3, T0), -1);
+    ASSERT_CONTAINS(idem_errmsg(t), "idempotency key is missing");
+    check_completed(t, "a", 1, "one", "shard-1", "123", 4, T0);
+    idem_close(t);
+}
+
 /* ---- batches, rollback, errors ---------------------------------------- */
 
 TEST(idem_batch_claims_in_order)
