@@ -674,6 +674,16 @@ static bool is_blank(const char *line, size_t n)
     return true;
 }
 
+/* Copy the NUL-terminated seq into out (out_len bytes), cut to fit as
+ * snprintf would, without the cost of snprintf on the per-record path. */
+static void copy_seq(char *out, size_t out_len, const char *seq)
+{
+    size_t n = strnlen(seq, out_len - 1);
+
+    memcpy(out, seq, n);
+    out[n] = '\0';
+}
+
 /* Compare two strings of decimal digits as numbers: <0, 0 or >0. */
 static int compare_seq(const char *a, const char *b)
 {
@@ -729,7 +739,7 @@ static int check_order(struct seq_position *last, size_t file, uint64_t line_no,
     last->file = file;
     last->line_no = line_no;
     last->subseq = rec->subseq;
-    snprintf(last->seq, sizeof last->seq, "%s", rec->seq);
+    copy_seq(last->seq, sizeof last->seq, rec->seq);
     return 0;
 }
 
@@ -1124,7 +1134,7 @@ static int draft_add(struct job_draft *draft, struct shard_cursor *c,
         draft->kinesis_records++;
     draft->user_records++;
 
-    snprintf(c->prev_seq, sizeof c->prev_seq, "%s", rec->seq);
+    copy_seq(c->prev_seq, sizeof c->prev_seq, rec->seq);
     c->prev_subseq = rec->subseq;
     c->merged_any = true;
     c->next++;
