@@ -49,6 +49,7 @@
 #include "daemon/daemon.h"
 
 #include <errno.h>
+#include <float.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
@@ -379,6 +380,47 @@ struct line_record {
     size_t len;
 };
 
+/*
+ * Convert a JSON number token of len bytes (checked by the parser) to the
+ * double that strtod gives. A token without an exponent and with at most
+ * 15 digits is an integer below 2^53 over a power of ten up to 10^15.
+ * Both are exact doubles, so one IEEE division rounds the quotient
+ * correctly, as strtod does. Other tokens go to strtod.
+ */
+static double number_to_double(const char *token, size_t len)
+{
+#if FLT_EVAL_METHOD == 0
+    static const double powers_of_ten[] = {1e0,  1e1,  1e2,  1e3, 1e4,  1e5,
+                                           1e6,  1e7,  1e8,  1e9, 1e10, 1e11,
+                                           1e12, 1e13, 1e14, 1e15};
+    const char *s = token, *end = token + len;
+    bool negative = s < end && *s == '-';
+    bool point = false;
+    uint64_t mantissa = 0;
+    int digits = 0, fraction_digits = 0;
+
+    for (s += negative; s < end; s++) {
+        if (*s == '.' && !point) {
+            point = true;
+            continue;
+        }
+        if (*s < '0' || *s > '9' || digits == 15)
+            return strtod(token, NULL);
+        mantissa = mantissa * 10 + (uint64_t)(*s - '0');
+        digits++;
+        fraction_digits += point;
+    }
+    if (digits == 0)
+        return strtod(token, NULL);
+    double value = (double)mantissa / powers_of_ten[fraction_digits];
+    return negative ? -value : value;
+#else
+    /* Extended precision in intermediate results could round twice. */
+    (void)len;
+    return strtod(token, NULL);
+#endif
+}
+
 static bool all_digits(const char *s)
 {
     if (*s == '\0')
@@ -447,8 +489,9 @@ static int check_fields(const struct sjson_value *root, struct line_record *out,
     }
     v = sjson_object_get(root, "ApproximateArrivalTimestamp");
     /* The same double as a JSON library would give, from the exact text. */
-    double seconds =
-        v != NULL && v->type == SJSON_NUMBER ? strtod(v->str, NULL) : -1;
+    double seconds = v != NULL && v->type == SJSON_NUMBER
+                         ? number_to_double(v->str, v->len)
+                         : -1;
     if (v == NULL || v->type != SJSON_NUMBER || !isfinite(seconds) ||
         seconds < 0 || seconds > 253402300799.0) {
         quote_value(v, q, sizeof q);
