@@ -38,7 +38,22 @@ void agg_id_set_num(struct agg_id *id, int64_t num)
     memset(id, 0, sizeof *id);
     id->is_num = true;
     id->num = num;
-    int n = snprintf(id->str, sizeof id->str, "%" PRId64, num);
+
+    /* Decimal text as "%" PRId64 writes it, without the cost of snprintf:
+     * three ids per record. The magnitude of INT64_MIN does not fit in
+     * int64_t, so it is taken as uint64_t. */
+    char digits[20];
+    size_t start = sizeof digits, n = 0;
+    uint64_t magnitude = num < 0 ? (uint64_t)0 - (uint64_t)num : (uint64_t)num;
+    do {
+        digits[--start] = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude != 0);
+    if (num < 0)
+        id->str[n++] = '-';
+    memcpy(id->str + n, digits + start, sizeof digits - start);
+    n += sizeof digits - start;
+    id->str[n] = '\0';
     id->len = (uint8_t)n;
 }
 

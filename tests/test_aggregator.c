@@ -11,6 +11,8 @@
 #include "tests/testlib.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 
 #define RACE "5402746"
 
@@ -825,6 +827,24 @@ TEST(agg_ids_order_numbers_before_strings)
     ASSERT_TRUE(p10 < ps10);
     ASSERT_TRUE(ps10 < ps9);
     free(log);
+}
+
+TEST(agg_id_num_text_matches_printf)
+{
+    static const int64_t values[] = {
+        0, 1, -1, 9, 10, -10, 1234567890, INT64_MAX, INT64_MIN, INT64_MIN + 1};
+
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+        struct agg_id id;
+        char expected[32];
+        int n = snprintf(expected, sizeof expected, "%" PRId64, values[i]);
+
+        agg_id_set_num(&id, values[i]);
+        ASSERT_TRUE(id.is_num);
+        ASSERT_EQ(id.num, values[i]);
+        ASSERT_EQ(id.len, n);
+        ASSERT_STR_EQ(id.str, expected);
+    }
 }
 
 TEST(agg_id_json_round_trips)
