@@ -23,6 +23,13 @@
 /* Bytes of a key quoted in a duplicate key message before it is cut. */
 #define MESSAGE_KEY_MAX 60
 
+/* Scratch space on the stack of sjson_parse, so that small documents such
+ * as a telemetry record or a recording line need no scratch allocations.
+ * Larger ones move to the heap as they grow. */
+#define PARSE_STACK_BYTES  1024
+#define PARSE_STACK_NODES  24
+#define PARSE_STACK_FRAMES 8
+
 struct sjson_doc {
     const struct sjson_value *root;
     struct sjson_value values[];
@@ -47,12 +54,21 @@ struct node_vec {
     struct json_node *items;
     size_t len;
     size_t cap;
+    struct json_node *stack_items; /* items while they fit there */
 };
 
 /* An open container. first indexes parser.open, just past its own node. */
 struct json_frame {
     size_t first;
     bool object;
+};
+
+/* The stack scratch of one sjson_parse call. */
+struct parse_stack {
+    char strings[PARSE_STACK_BYTES];
+    struct json_node open[PARSE_STACK_NODES];
+    struct json_node done[PARSE_STACK_NODES];
+    struct json_frame frames[PARSE_STACK_FRAMES];
 };
 
 /* Key of one object member, for duplicate detection by sorting. */
@@ -81,6 +97,8 @@ struct parser {
     struct json_frame *frames;
     size_t depth;
     size_t frames_cap;
+    struct json_frame *stack_frames; /* frames while they fit there */
+    char *stack_strings;             /* strings when the input fits there */
 
     /* Name of the member whose value comes next, when inside an object. */
     bool has_key;
@@ -148,11 +166,30 @@ static void *grow_array(void *items, size_t *cap, size_t size)
     return grown;
 }
 
+/*
+ * Return a copy of items (*cap elements of size bytes, in stack_items or on
+ * the heap) with room for twice as many, updating *cap, or NULL when memory
+ * runs out. On failure items is left untouched.
+ */
+static void *grow_stack_array(void *items, const void *stack_items, size_t *cap,
+                              size_t size)
+{
+    if (items != stack_items)
+        return grow_array(items, cap, size);
+
+    size_t stack_cap = *cap;
+    void *grown = grow_array(NULL, cap, size);
+    if (grown != NULL)
+        memcpy(grown, items, stack_cap * size);
+    return grown;
+}
+
 static int vec_push(struct parser *p, struct node_vec *vec,
                     const struct json_node *node)
 {
     if (vec->len == vec->cap) {
-        void *grown = grow_array(vec->items, &vec->cap, sizeof *vec->items);
+        void *grown = grow_stack_array(vec->items, vec->stack_items, &vec->cap,
+                                       sizeof *vec->items);
         if (grown == NULL)
             return fail(p, SJSON_ERR_NOMEM, p->pos, "out of memory");
         vec->items = grown;
@@ -584,7 +621,8 @@ static int open_container(struct parser *p, bool object)
         return rc;
 
     if (p->depth == p->frames_cap) {
-        void *grown = grow_array(p->frames, &p->frames_cap, sizeof *p->frames);
+        void *grown = grow_stack_array(p->frames, p->stack_frames,
+                                       &p->frames_cap, sizeof *p->frames);
         if (grown == NULL)
             return fail(p, SJSON_ERR_NOMEM, p->pos, "out of memory");
         p->frames = grown;
@@ -863,11 +901,20 @@ static struct sjson_doc *build_doc(const struct parser *p)
     return doc;
 }
 
-/* Set up p for text, or fail with SJSON_ERR_TOO_LARGE or SJSON_ERR_NOMEM. */
+/* Set up p for text with its scratch in stack, or fail with
+ * SJSON_ERR_TOO_LARGE or SJSON_ERR_NOMEM. */
 static int parser_init(struct parser *p, const char *text, size_t len,
-                       const struct sjson_limits *limits, struct sjson_err *err)
+                       const struct sjson_limits *limits, struct sjson_err *err,
+                       struct parse_stack *stack)
 {
     memset(p, 0, sizeof *p);
+    p->open.items = p->open.stack_items = stack->open;
+    p->open.cap = PARSE_STACK_NODES;
+    p->done.items = p->done.stack_items = stack->done;
+    p->done.cap = PARSE_STACK_NODES;
+    p->frames = p->stack_frames = stack->frames;
+    p->frames_cap = PARSE_STACK_FRAMES;
+    p->stack_strings = stack->strings;
     p->text = text;
     p->len = len;
     p->err = err;
@@ -883,7 +930,7 @@ static int parser_init(struct parser *p, const char *text, size_t len,
      * a NUL. A number token of k bytes stores k + 1, but the byte after it
      * lies in no token, except for a top-level number at the very end. So
      * len + 1 bytes hold every string and number of any input. */
-    p->strings = malloc(len + 1);
+    p->strings = len < PARSE_STACK_BYTES ? stack->strings : malloc(len + 1);
     if (p->strings == NULL)
         return fail(p, SJSON_ERR_NOMEM, 0, "out of memory");
     return SJSON_OK;
@@ -891,10 +938,14 @@ static int parser_init(struct parser *p, const char *text, size_t len,
 
 static void parser_free(struct parser *p)
 {
-    free(p->strings);
-    free(p->open.items);
-    free(p->done.items);
-    free(p->frames);
+    if (p->strings != p->stack_strings)
+        free(p->strings);
+    if (p->open.items != p->open.stack_items)
+        free(p->open.items);
+    if (p->done.items != p->done.stack_items)
+        free(p->done.items);
+    if (p->frames != p->stack_frames)
+        free(p->frames);
     free(p->keys);
 }
 
@@ -902,6 +953,7 @@ int sjson_parse(const char *text, size_t len, const struct sjson_limits *limits,
                 struct sjson_doc **out, struct sjson_err *err)
 {
     struct sjson_err unused;
+    struct parse_stack stack;
     struct parser p;
 
     *out = NULL;
@@ -911,7 +963,7 @@ int sjson_parse(const char *text, size_t len, const struct sjson_limits *limits,
     err->offset = 0;
     err->message[0] = '\0';
 
-    int rc = parser_init(&p, text, len, limits, err);
+    int rc = parser_init(&p, text, len, limits, err, &stack);
     if (rc == SJSON_OK)
         rc = parse_document(&p);
     if (rc == SJSON_OK) {
@@ -1318,24 +1370,6 @@ struct canonical_state {
     struct canonical_frame stack_frames[CANONICAL_STACK_FRAMES];
     const struct sjson_value *stack_order[CANONICAL_STACK_MEMBERS];
 };
-
-/*
- * Return a copy of items (*cap elements of size bytes, in stack_items or on
- * the heap) with room for twice as many, updating *cap, or NULL when memory
- * runs out. On failure items is left untouched.
- */
-static void *grow_stack_array(void *items, const void *stack_items, size_t *cap,
-                              size_t size)
-{
-    if (items != stack_items)
-        return grow_array(items, cap, size);
-
-    size_t stack_cap = *cap;
-    void *grown = grow_array(NULL, cap, size);
-    if (grown != NULL)
-        memcpy(grown, items, stack_cap * size);
-    return grown;
-}
 
 /* Append the members of object to state->order, sorted by key. */
 static int push_sorted_members(struct canonical_state *state,

@@ -545,6 +545,75 @@ TEST(json_reports_error_offsets)
     ASSERT_TRUE(doc == NULL);
 }
 
+TEST(json_parses_around_scratch_limits)
+{
+    struct strbuf sb;
+    char key[16];
+
+    sb_init(&sb, 1 << 20);
+    /* Objects of n members, each an array of two, so that the node arrays
+     * pass their first sizes at different points. */
+    for (int n = 0; n <= 60; n++) {
+        sb_reset(&sb);
+        sb_putc(&sb, '{');
+        for (int i = 0; i < n; i++)
+            sb_printf(&sb, "%s\"m%d\":[%d,\"v%d\"]", i > 0 ? "," : "", i, i, i);
+        sb_putc(&sb, '}');
+
+        struct sjson_doc *doc = parse_ok(sb.data, sb.len);
+        const struct sjson_value *root = sjson_doc_root(doc);
+        ASSERT_EQ(root->count, (size_t)n);
+        for (int i = 0; i < n; i++) {
+            snprintf(key, sizeof key, "m%d", i);
+            const struct sjson_value *member = sjson_object_get(root, key);
+            ASSERT_TRUE(member != NULL);
+            ASSERT_EQ(member->type, SJSON_ARRAY);
+            ASSERT_EQ(member->count, 2);
+            ASSERT_EQ(strtol(member->items[0].str, NULL, 10), i);
+            ASSERT_EQ(member->items[1].str[0], 'v');
+            ASSERT_EQ(strtol(member->items[1].str + 1, NULL, 10), i);
+        }
+        sjson_doc_free(doc);
+    }
+
+    /* Nesting around the first size of the frame array. */
+    for (int depth = 1; depth <= 20; depth++) {
+        sb_reset(&sb);
+        for (int i = 0; i < depth; i++)
+            sb_puts(&sb, "{\"a\":");
+        sb_puts(&sb, "7");
+        for (int i = 0; i < depth; i++)
+            sb_putc(&sb, '}');
+
+        struct sjson_doc *doc = parse_ok(sb.data, sb.len);
+        const struct sjson_value *v = sjson_doc_root(doc);
+        for (int i = 0; i < depth; i++) {
+            ASSERT_EQ(v->type, SJSON_OBJECT);
+            v = sjson_object_get(v, "a");
+            ASSERT_TRUE(v != NULL);
+        }
+        ASSERT_EQ(v->type, SJSON_NUMBER);
+        ASSERT_STR_EQ(v->str, "7");
+        sjson_doc_free(doc);
+    }
+
+    /* Inputs around the size of the string scratch. */
+    for (size_t len = 1000; len <= 1040; len++) {
+        sb_reset(&sb);
+        sb_putc(&sb, '"');
+        for (size_t i = 0; i < len - 2; i++)
+            sb_putc(&sb, (char)('a' + i % 26));
+        sb_putc(&sb, '"');
+
+        struct sjson_doc *doc = parse_ok(sb.data, sb.len);
+        const struct sjson_value *root = sjson_doc_root(doc);
+        ASSERT_EQ(root->type, SJSON_STRING);
+        ASSERT_MEM_EQ(root->str, root->len, sb.data + 1, len - 2);
+        sjson_doc_free(doc);
+    }
+    sb_free(&sb);
+}
+
 TEST(json_rejects_input_over_max_bytes)
 {
     const struct sjson_limits small = {10, 64};
