@@ -62,6 +62,7 @@ enum stmt_id {
     STMT_GET,
     STMT_GET_KEY,
     STMT_INSERT,
+    STMT_INSERT_COMPLETED,
     STMT_TAKE_OVER,
     STMT_COMPLETE,
     STMT_COMPLETE_OWN,
@@ -80,6 +81,10 @@ static const char *const stmt_sql[STMT_COUNT] = {
     [STMT_INSERT] = "INSERT INTO idem_rows (id, key, status, expiry_s,"
                     " in_progress_expiry_ms, owner, hash, shard_id, seq,"
                     " subseq) VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    [STMT_INSERT_COMPLETED] = "INSERT INTO idem_rows (id, key, status,"
+                              " expiry_s, owner, hash, outcome, shard_id, seq,"
+                              " subseq) VALUES (?1, ?2, 2, ?3, ?4, ?5, ?6, ?7,"
+                              " ?8, ?9)",
     [STMT_TAKE_OVER] = "UPDATE idem_rows SET owner = ?2,"
                        " in_progress_expiry_ms = ?3 WHERE id = ?1",
     [STMT_COMPLETE] = "UPDATE idem_rows SET status = 2, outcome = ?2,"
@@ -125,6 +130,40 @@ _Static_assert(sizeof((struct claim_memo *)0)->shard_id ==
                        sizeof((struct idem_record *)0)->seq,
                "the memo keeps the text columns of a record");
 
+/*
+ * A row to append for a key without a live row: a claim, or a claim and
+ * its completion in one step. Pointers are borrowed.
+ */
+struct new_row {
+    int64_t id;
+    const void *key;
+    size_t key_len;
+    uint64_t key_hash;
+    const uint8_t *hash;
+    const char *shard_id; /* NULL stores NULL */
+    const char *seq;      /* NULL stores NULL */
+    int64_t subseq;
+    int64_t expiry_s;
+    int64_t in_progress_expiry_ms; /* 0 stores NULL */
+    bool replace;                  /* probe is at an older row of the key */
+    struct idem_probe probe;
+};
+
+/*
+ * A claim of idem_claim_deferred() whose row is not written yet. Its id is
+ * taken and counted in rows, but the index and the memo learn of it only
+ * when the row is written. Every call on the table but the completion or
+ * release of this key writes it first, so no other call can miss it.
+ */
+struct pending_claim {
+    bool active;
+    struct new_row row; /* points into the buffers below */
+    uint8_t key[IDEM_MAX_KEY];
+    uint8_t hash[IDEM_HASH_LEN];
+    char shard_id[64];
+    char seq[130];
+};
+
 /* An INPROGRESS row of a dead owner, found by the index rebuild. */
 struct dead_row {
     int64_t id;
@@ -145,6 +184,7 @@ struct idem_table {
     int64_t next_id;     /* id of the next appended row */
     int64_t expire_from; /* lowest id that expiry has still to examine */
     struct claim_memo memo[MEMO_SLOTS];
+    struct pending_claim pending;
     struct dead_row *dead; /* owned */
     size_t dead_count;
     size_t dead_cap;
@@ -566,46 +606,145 @@ static int in_progress_expiry(struct idem_table *t, int64_t now_ms,
 }
 
 /*
- * Append an INPROGRESS row of ours for a key with no live row, and point
- * the index at it: through probe when an expired row of the key has the
- * slot, else with a new entry. Returns 0 or -1.
+ * Insert row: our INPROGRESS claim when outcome is NULL, else the claim
+ * already COMPLETED with outcome and expiry_s. Returns 0 or -1.
+ */
+static int insert_row(struct idem_table *t, const struct new_row *row,
+                      const char *outcome, int64_t expiry_s)
+{
+    struct binder b;
+
+    if (outcome == NULL) {
+        b = bind_start(t, STMT_INSERT);
+        bind_int64(&b, 1, row->id);
+        bind_blob(&b, 2, row->key, row->key_len);
+        bind_int64(&b, 3, row->expiry_s);
+        bind_int64_or_null(&b, 4, row->in_progress_expiry_ms);
+        bind_blob(&b, 5, t->owner, IDEM_OWNER_LEN);
+        bind_blob(&b, 6, row->hash, IDEM_HASH_LEN);
+        bind_text(&b, 7, row->shard_id);
+        bind_text(&b, 8, row->seq);
+        bind_int64(&b, 9, row->subseq);
+    } else {
+        b = bind_start(t, STMT_INSERT_COMPLETED);
+        bind_int64(&b, 1, row->id);
+        bind_blob(&b, 2, row->key, row->key_len);
+        bind_int64(&b, 3, expiry_s);
+        bind_blob(&b, 4, t->owner, IDEM_OWNER_LEN);
+        bind_blob(&b, 5, row->hash, IDEM_HASH_LEN);
+        bind_text(&b, 6, outcome);
+        bind_text(&b, 7, row->shard_id);
+        bind_text(&b, 8, row->seq);
+        bind_int64(&b, 9, row->subseq);
+    }
+    return exec_bound(t, &b, "insert idempotency row");
+}
+
+/*
+ * Point the index at the inserted row, through the probe when an expired
+ * row of the key has the slot, else with a new entry, and remember an
+ * INPROGRESS row in the memo. Returns 0 or -1.
+ */
+static int index_new_row(struct idem_table *t, const struct new_row *row,
+                         bool in_progress)
+{
+    int rc = row->replace
+                 ? idem_index_replace(&t->index, &row->probe, row->id)
+                 : idem_index_insert(&t->index, row->key_hash, row->id);
+    if (rc != 0) {
+        return fail(t, "update idempotency index for row %" PRId64 ": %s",
+                    row->id, strerror(-rc));
+    }
+    if (in_progress) {
+        memo_put(t, row->key_hash, row->id, row->hash, true, row->shard_id,
+                 row->seq, row->subseq);
+    }
+    return 0;
+}
+
+/* Keep a copy of row as the pending claim, to be written later. */
+static void defer_row(struct idem_table *t, const struct new_row *row)
+{
+    struct pending_claim *p = &t->pending;
+
+    p->active = true;
+    p->row = *row;
+    memcpy(p->key, row->key, row->key_len);
+    p->row.key = p->key;
+    memcpy(p->hash, row->hash, IDEM_HASH_LEN);
+    p->row.hash = p->hash;
+    /* check_claim() bounded both texts by the size of their buffers. */
+    if (row->shard_id != NULL) {
+        copy_str(p->shard_id, sizeof p->shard_id, row->shard_id);
+        p->row.shard_id = p->shard_id;
+    }
+    if (row->seq != NULL) {
+        copy_str(p->seq, sizeof p->seq, row->seq);
+        p->row.seq = p->seq;
+    }
+}
+
+/* Write the pending claim, if any, as an INPROGRESS row. Returns 0 or -1;
+ * after a failure the claim is gone, as if its statement had failed. */
+static int flush_pending(struct idem_table *t)
+{
+    if (!t->pending.active)
+        return 0;
+    t->pending.active = false;
+    if (insert_row(t, &t->pending.row, NULL, 0) != 0)
+        return -1;
+    return index_new_row(t, &t->pending.row, true);
+}
+
+/* Whether the pending claim is of key. */
+static bool pending_is(const struct idem_table *t, const void *key, size_t len,
+                       uint64_t key_hash)
+{
+    const struct new_row *row = &t->pending.row;
+
+    return t->pending.active && row->key_hash == key_hash &&
+           row->key_len == len && memcmp(row->key, key, len) == 0;
+}
+
+/*
+ * Append an INPROGRESS row of ours for a key with no live row, now or,
+ * when defer is set, as the pending claim. probe is at the slot of an
+ * expired row of the key, or NULL. Returns 0 or -1.
  */
 static int append_claim(struct idem_table *t, const struct idem_claim *c,
-                        uint64_t key_hash, const struct idem_probe *probe)
+                        uint64_t key_hash, const struct idem_probe *probe,
+                        bool defer)
 {
-    int64_t expiry_s, ipe_ms;
+    struct new_row row = {
+        .id = t->next_id,
+        .key = c->key,
+        .key_len = c->key_len,
+        .key_hash = key_hash,
+        .hash = c->hash,
+        .shard_id = c->shard_id,
+        .seq = c->seq,
+        .subseq = c->subseq,
+        .replace = probe != NULL,
+    };
 
-    if (add_time(t, c->now_ms / 1000, t->opts.expiry_s, &expiry_s, "expiry") !=
-            0 ||
-        in_progress_expiry(t, c->now_ms, &ipe_ms) != 0)
+    if (add_time(t, c->now_ms / 1000, t->opts.expiry_s, &row.expiry_s,
+                 "expiry") != 0 ||
+        in_progress_expiry(t, c->now_ms, &row.in_progress_expiry_ms) != 0)
         return -1;
     if (t->next_id == INT64_MAX)
         return fail(t, "idempotency row ids are exhausted");
+    if (probe != NULL)
+        row.probe = *probe;
 
-    struct binder b = bind_start(t, STMT_INSERT);
-    bind_int64(&b, 1, t->next_id);
-    bind_blob(&b, 2, c->key, c->key_len);
-    bind_int64(&b, 3, expiry_s);
-    bind_int64_or_null(&b, 4, ipe_ms);
-    bind_blob(&b, 5, t->owner, IDEM_OWNER_LEN);
-    bind_blob(&b, 6, c->hash, IDEM_HASH_LEN);
-    bind_text(&b, 7, c->shard_id);
-    bind_text(&b, 8, c->seq);
-    bind_int64(&b, 9, c->subseq);
-    if (exec_bound(t, &b, "insert idempotency row") != 0)
+    /* The id is taken only by a row that was inserted or deferred. */
+    if (defer)
+        defer_row(t, &row);
+    else if (insert_row(t, &row, NULL, 0) != 0)
         return -1;
-
-    int64_t id = t->next_id++;
+    t->next_id++;
     t->rows++;
     idem_cache_remove(&t->cache, key_hash, c->key, c->key_len);
-    int rc = probe != NULL ? idem_index_replace(&t->index, probe, id)
-                           : idem_index_insert(&t->index, key_hash, id);
-    if (rc != 0) {
-        return fail(t, "update idempotency index for row %" PRId64 ": %s", id,
-                    strerror(-rc));
-    }
-    memo_put(t, key_hash, id, c->hash, true, c->shard_id, c->seq, c->subseq);
-    return 0;
+    return defer ? 0 : index_new_row(t, &row, true);
 }
 
 /*
@@ -670,10 +809,13 @@ static int claim_live(struct idem_table *t, const struct idem_claim *c,
     return 0;
 }
 
-int idem_claim(struct idem_table *t, const struct idem_claim *c,
-               enum idem_result *result, struct idem_record *existing)
+/* Claim c; an IDEM_NEW claim of a key without a live row is only
+ * deferred when defer is set. */
+static int claim_one(struct idem_table *t, const struct idem_claim *c,
+                     bool defer, enum idem_result *result,
+                     struct idem_record *existing)
 {
-    if (check_claim(t, c) != 0)
+    if (flush_pending(t) != 0 || check_claim(t, c) != 0)
         return -1;
     if (c->key == NULL || c->key_len == 0) {
         *result = IDEM_KEY_MISSING;
@@ -693,11 +835,28 @@ int idem_claim(struct idem_table *t, const struct idem_claim *c,
     if (found == 1 && row.rec.expiry_s > c->now_ms / 1000)
         return claim_live(t, c, key_hash, &row, result, existing);
 
-    if (append_claim(t, c, key_hash, found == 1 ? &probe : NULL) != 0)
+    if (append_claim(t, c, key_hash, found == 1 ? &probe : NULL, defer) != 0)
         return -1;
     *result = IDEM_NEW;
     set_existing(existing, NULL);
     return 0;
+}
+
+int idem_claim(struct idem_table *t, const struct idem_claim *c,
+               enum idem_result *result, struct idem_record *existing)
+{
+    return claim_one(t, c, false, result, existing);
+}
+
+int idem_claim_deferred(struct idem_table *t, const struct idem_claim *c,
+                        enum idem_result *result, struct idem_record *existing)
+{
+    return claim_one(t, c, true, result, existing);
+}
+
+int idem_flush(struct idem_table *t)
+{
+    return flush_pending(t);
 }
 
 int idem_claim_batch(struct idem_table *t, const struct idem_claim *claims,
@@ -739,6 +898,24 @@ static int find_own_claim(struct idem_table *t, const void *key, size_t len,
     return 1;
 }
 
+/* Describe our INPROGRESS row id with the given columns, for the cache. */
+static void fill_own_row(struct idem_table *t, struct found_row *row,
+                         int64_t id, const uint8_t *hash, bool hash_valid,
+                         const char *shard_id, const char *seq, int64_t subseq)
+{
+    memset(row, 0, sizeof *row);
+    row->id = id;
+    row->stored_status = ROW_INPROGRESS;
+    row->owner_ours = true;
+    row->hash_valid = hash_valid;
+    row->rec.status = IDEM_STATUS_INPROGRESS;
+    memcpy(row->rec.owner, t->owner, IDEM_OWNER_LEN);
+    memcpy(row->rec.hash, hash, IDEM_HASH_LEN);
+    copy_str(row->rec.shard_id, sizeof row->rec.shard_id, shard_id);
+    copy_str(row->rec.seq, sizeof row->rec.seq, seq);
+    row->rec.subseq = subseq;
+}
+
 /*
  * Complete the claim that the memo holds for key, checking in the UPDATE
  * that row id still has this key and is our INPROGRESS claim. Returns 1
@@ -766,16 +943,27 @@ static int complete_from_memo(struct idem_table *t, const void *key, size_t len,
     if (sqlite3_changes64(t->db) != 1)
         return 0;
 
-    memset(row, 0, sizeof *row);
-    row->id = m->id;
-    row->owner_ours = true;
-    row->hash_valid = m->hash_valid;
-    memcpy(row->rec.owner, t->owner, IDEM_OWNER_LEN);
-    memcpy(row->rec.hash, m->hash, IDEM_HASH_LEN);
-    copy_str(row->rec.shard_id, sizeof row->rec.shard_id, m->shard_id);
-    copy_str(row->rec.seq, sizeof row->rec.seq, m->seq);
-    row->rec.subseq = m->subseq;
+    fill_own_row(t, row, m->id, m->hash, m->hash_valid, m->shard_id, m->seq,
+                 m->subseq);
     return 1;
+}
+
+/*
+ * Complete the pending claim, which is of key, by inserting its row
+ * COMPLETED. Returns 0 with *row describing the claim, or -1; either way
+ * the claim is no longer pending.
+ */
+static int complete_pending(struct idem_table *t, const char *outcome,
+                            int64_t expiry_s, struct found_row *row)
+{
+    const struct new_row *p = &t->pending.row;
+
+    t->pending.active = false;
+    if (insert_row(t, p, outcome, expiry_s) != 0 ||
+        index_new_row(t, p, false) != 0)
+        return -1;
+    fill_own_row(t, row, p->id, p->hash, true, p->shard_id, p->seq, p->subseq);
+    return 0;
 }
 
 /* Complete key once the arguments passed their checks. */
@@ -784,9 +972,15 @@ static int complete_one(struct idem_table *t, const void *key, size_t key_len,
 {
     uint64_t key_hash = idem_index_hash(&t->index, key, key_len);
     struct found_row row;
-    int rc =
-        complete_from_memo(t, key, key_len, key_hash, outcome, expiry_s, &row);
+    int rc;
 
+    if (pending_is(t, key, key_len, key_hash))
+        rc = complete_pending(t, outcome, expiry_s, &row) == 0 ? 1 : -1;
+    else if (flush_pending(t) != 0)
+        return -1;
+    else
+        rc = complete_from_memo(t, key, key_len, key_hash, outcome, expiry_s,
+                                &row);
     if (rc < 0)
         return -1;
     if (rc == 0) {
@@ -870,6 +1064,16 @@ int idem_release(struct idem_table *t, const void *key, size_t key_len)
         return -1;
 
     uint64_t key_hash = idem_index_hash(&t->index, key, key_len);
+    /* A pending claim has no row and no index entry to delete. */
+    if (pending_is(t, key, key_len, key_hash)) {
+        t->pending.active = false;
+        if (t->rows > 0)
+            t->rows--;
+        return 0;
+    }
+    if (flush_pending(t) != 0)
+        return -1;
+
     struct idem_probe probe;
     struct found_row row;
     int rc = find_own_claim(t, key, key_len, key_hash, &probe, &row);
@@ -892,7 +1096,8 @@ int idem_release(struct idem_table *t, const void *key, size_t key_len)
 int idem_lookup(struct idem_table *t, const void *key, size_t key_len,
                 int64_t now_ms, struct idem_record *out)
 {
-    if (check_key(t, key, key_len) != 0 || check_now(t, now_ms) != 0)
+    if (flush_pending(t) != 0 || check_key(t, key, key_len) != 0 ||
+        check_now(t, now_ms) != 0)
         return -1;
 
     int64_t now_s = now_ms / 1000;
@@ -977,7 +1182,7 @@ int idem_expire_step(struct idem_table *t, int64_t now_ms, size_t max_rows,
 {
     if (deleted != NULL)
         *deleted = 0;
-    if (check_now(t, now_ms) != 0)
+    if (flush_pending(t) != 0 || check_now(t, now_ms) != 0)
         return -1;
     if (max_rows == 0)
         return 0;
@@ -1041,6 +1246,8 @@ int idem_reclaim_dead(struct idem_table *t, size_t *reclaimed)
 
     if (reclaimed != NULL)
         *reclaimed = 0;
+    if (flush_pending(t) != 0)
+        return -1;
     for (size_t i = 0; i < t->dead_count; i++) {
         struct binder b = bind_start(t, STMT_RECLAIM);
         bind_int64(&b, 1, t->dead[i].id);
@@ -1345,7 +1552,7 @@ static int check_own_db(struct idem_table *t)
 
 int idem_begin(struct idem_table *t)
 {
-    if (check_own_db(t) != 0)
+    if (check_own_db(t) != 0 || flush_pending(t) != 0)
         return -1;
     return exec_sql(t, "BEGIN IMMEDIATE", "begin idempotency transaction");
 }
@@ -1353,6 +1560,8 @@ int idem_begin(struct idem_table *t)
 int idem_commit(struct idem_table *t)
 {
     if (check_own_db(t) != 0)
+        return -1;
+    if (flush_pending(t) != 0)
         return -1;
     if (exec_sql(t, "COMMIT", "commit idempotency transaction") == 0)
         return 0;
@@ -1386,6 +1595,7 @@ void idem_after_rollback(struct idem_table *t)
         return;
     idem_cache_clear(&t->cache);
     memo_clear(t);
+    t->pending.active = false;
     t->expire_from = INT64_MIN;
 }
 

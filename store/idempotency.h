@@ -37,16 +37,16 @@ struct sqlite3;
 struct sjson_value;
 struct strbuf;
 
-#define IDEM_HASH_LEN 32      /* SHA-256 */
-#define IDEM_OWNER_LEN 16     /* owner token bytes */
-#define IDEM_MAX_KEY 1024     /* key bytes */
+#define IDEM_HASH_LEN    32   /* SHA-256 */
+#define IDEM_OWNER_LEN   16   /* owner token bytes */
+#define IDEM_MAX_KEY     1024 /* key bytes */
 #define IDEM_MAX_OUTCOME 256  /* outcome text bytes */
 
 struct idem_options {
-    int64_t expiry_s;              /* how long a key is remembered; 3600 */
+    int64_t expiry_s;               /* how long a key is remembered; 3600 */
     int64_t in_progress_timeout_ms; /* INPROGRESS rows older than this may
                                        be taken over; 0 means none */
-    size_t cache_size;             /* LRU entries for COMPLETED rows; 0 off */
+    size_t cache_size;              /* LRU entries for COMPLETED rows; 0 off */
 };
 
 struct idem_table;
@@ -67,8 +67,8 @@ int idem_open(struct sqlite3 *db, const struct idem_options *opts,
 /* Open a database file of its own (WAL, synchronous=FULL) for programs
  * that use the table alone. Close with idem_close(). */
 int idem_open_path(const char *path, const struct idem_options *opts,
-                   const uint8_t owner[IDEM_OWNER_LEN],
-                   struct idem_table **out, char *err, size_t err_len);
+                   const uint8_t owner[IDEM_OWNER_LEN], struct idem_table **out,
+                   char *err, size_t err_len);
 /* BEGIN IMMEDIATE / COMMIT / ROLLBACK on the table's own connection; -1
  * for a table opened with idem_open() on the caller's connection. */
 int idem_begin(struct idem_table *t);
@@ -95,8 +95,11 @@ void idem_after_rollback(struct idem_table *t);
 /* The last error message (borrowed, valid until the next call). */
 const char *idem_errmsg(const struct idem_table *t);
 
-enum idem_status { IDEM_STATUS_INPROGRESS, IDEM_STATUS_COMPLETED,
-                   IDEM_STATUS_EXPIRED };
+enum idem_status {
+    IDEM_STATUS_INPROGRESS,
+    IDEM_STATUS_COMPLETED,
+    IDEM_STATUS_EXPIRED
+};
 
 /* A stored row as a lookup sees it. Strings are copied into the struct. */
 struct idem_record {
@@ -112,11 +115,11 @@ struct idem_record {
 };
 
 enum idem_result {
-    IDEM_NEW,          /* claimed: an INPROGRESS row of ours now exists */
-    IDEM_DUPLICATE,    /* COMPLETED with the same hash: record has it */
-    IDEM_IN_PROGRESS,  /* a live claim of another owner, or of ours */
-    IDEM_CONFLICT,     /* same key, another payload hash: record has it */
-    IDEM_KEY_MISSING   /* the key was missing: nothing stored */
+    IDEM_NEW,         /* claimed: an INPROGRESS row of ours now exists */
+    IDEM_DUPLICATE,   /* COMPLETED with the same hash: record has it */
+    IDEM_IN_PROGRESS, /* a live claim of another owner, or of ours */
+    IDEM_CONFLICT,    /* same key, another payload hash: record has it */
+    IDEM_KEY_MISSING  /* the key was missing: nothing stored */
 };
 
 const char *idem_result_name(enum idem_result r);
@@ -124,8 +127,8 @@ const char *idem_result_name(enum idem_result r);
 struct idem_claim {
     const void *key; /* NULL or key_len 0: IDEM_KEY_MISSING */
     size_t key_len;
-    const uint8_t *hash; /* IDEM_HASH_LEN bytes */
-    int64_t now_ms;      /* the clock of the caller (podium: arrival time) */
+    const uint8_t *hash;  /* IDEM_HASH_LEN bytes */
+    int64_t now_ms;       /* the clock of the caller (podium: arrival time) */
     const char *shard_id; /* where the key was first seen; may be NULL */
     const char *seq;
     int64_t subseq;
@@ -140,6 +143,23 @@ struct idem_claim {
  */
 int idem_claim(struct idem_table *t, const struct idem_claim *c,
                enum idem_result *result, struct idem_record *existing);
+
+/*
+ * Claim as idem_claim(), but when the key has no live row, defer writing
+ * the new INPROGRESS row. idem_complete() of the key then inserts the row
+ * COMPLETED in one statement, and idem_release() of the key writes
+ * nothing. Any other call on the table writes the deferred row first, and
+ * so do idem_begin(), idem_commit() and idem_flush(). Only one claim is
+ * deferred at a time: the next claim writes the previous one.
+ * For a caller that commits on its own connection: complete or release
+ * the key, or call idem_flush(), before committing, or the claim is not
+ * stored. idem_after_rollback() and idem_close() drop a deferred claim.
+ */
+int idem_claim_deferred(struct idem_table *t, const struct idem_claim *c,
+                        enum idem_result *result, struct idem_record *existing);
+
+/* Write the row of a deferred claim, if any. Returns 0 or -1. */
+int idem_flush(struct idem_table *t);
 
 /*
  * Mark our claim of key COMPLETED with outcome, refreshing its expiry from
@@ -193,8 +213,8 @@ struct idem_keyexpr;
 
 /* Compile text. Returns 0, or -1 with a message in err naming the
  * position and what was expected. */
-int idem_keyexpr_compile(const char *text, struct idem_keyexpr **out,
-                         char *err, size_t err_len);
+int idem_keyexpr_compile(const char *text, struct idem_keyexpr **out, char *err,
+                         size_t err_len);
 void idem_keyexpr_free(struct idem_keyexpr *expr);
 
 /*

@@ -1137,6 +1137,262 @@ TEST(idem_complete_batch_checks_like_single)
     idem_close(t);
 }
 
+/* ---- deferred claims -------------------------------------------------- */
+
+static enum idem_result claim_deferred(struct idem_table *t, const char *key,
+                                       uint8_t hash_byte, int64_t now_ms)
+{
+    struct idem_claim c = {
+        key, strlen(key), hash_of(hash_byte), now_ms, "shard-1", "123", 4};
+    enum idem_result r;
+
+    if (idem_claim_deferred(t, &c, &r, NULL) != 0)
+        test_fail(__FILE__, __LINE__, "idem_claim_deferred(%s): %s", key,
+                  idem_errmsg(t));
+    return r;
+}
+
+/* Count the rows of the file with this status, through a connection of
+ * its own, so only committed rows count. */
+static int64_t rows_on_file(const char *path, int status)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+    int64_t n = -1;
+
+    ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_prepare_v2(db,
+                                 "SELECT count(*) FROM idem_rows"
+                                 " WHERE status = ?1",
+                                 -1, &stmt, NULL),
+              SQLITE_OK);
+    ASSERT_EQ(sqlite3_bind_int(stmt, 1, status), SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+    n = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return n;
+}
+
+TEST(idem_deferred_claim_completes)
+{
+    const char *path = db_path("t.db");
+    struct idem_table *t = open_default(path, OWNER_A);
+
+    ASSERT_OK(t, idem_begin(t));
+    ASSERT_EQ(claim_deferred(t, "k1", 1, T0), IDEM_NEW);
+    ASSERT_EQ(row_count(t), 1);
+    ASSERT_OK(t, complete(t, "k1", "applied", T0 + 1500));
+    ASSERT_EQ(complete(t, "k1", "again", T0 + 1600), -EPERM);
+    ASSERT_OK(t, idem_commit(t));
+    ASSERT_EQ(rows_on_file(path, 1), 0);
+    ASSERT_EQ(rows_on_file(path, 2), 1);
+    check_completed(t, "k1", 1, "applied", "shard-1", "123", 4, T0 + 1500);
+    ASSERT_EQ(claim_deferred(t, "k1", 1, T0 + 2000), IDEM_DUPLICATE);
+    ASSERT_EQ(claim_deferred(t, "k1", 2, T0 + 2000), IDEM_CONFLICT);
+    idem_close(t);
+
+    t = open_default(path, OWNER_A);
+    check_completed(t, "k1", 1, "applied", "shard-1", "123", 4, T0 + 1500);
+    ASSERT_EQ(row_count(t), 1);
+    idem_close(t);
+}
+
+/* Every other call sees a deferred claim as a stored INPROGRESS row. */
+TEST(idem_deferred_claim_visible_to_calls)
+{
+    const char *path = db_path("t.db");
+    struct idem_table *t = open_default(path, OWNER_A);
+    struct idem_record rec;
+    size_t n = 99;
+
+    ASSERT_EQ(claim_deferred(t, "k1", 1, T0), IDEM_NEW);
+    ASSERT_EQ(claim(t, "k1", 1, T0, &rec), IDEM_IN_PROGRESS);
+    ASSERT_EQ(rec.in_progress_expiry_ms, T0 + TIMEOUT_MS);
+
+    ASSERT_EQ(claim_deferred(t, "k2", 2, T0), IDEM_NEW);
+    ASSERT_EQ(lookup(t, "k2", T0, &rec), 1);
+    ASSERT_EQ(rec.status, IDEM_STATUS_INPROGRESS);
+    ASSERT_MEM_EQ(rec.owner, IDEM_OWNER_LEN, OWNER_A, IDEM_OWNER_LEN);
+    ASSERT_MEM_EQ(rec.hash, IDEM_HASH_LEN, hash_of(2), IDEM_HASH_LEN);
+    ASSERT_STR_EQ(rec.shard_id, "shard-1");
+    ASSERT_STR_EQ(rec.seq, "123");
+    ASSERT_EQ(rec.subseq, 4);
+    ASSERT_EQ(rec.expiry_s, T0 / 1000 + EXPIRY_S);
+
+    /* A second deferred claim writes the first. */
+    ASSERT_EQ(claim_deferred(t, "k3", 3, T0), IDEM_NEW);
+    ASSERT_EQ(claim_deferred(t, "k4", 4, T0), IDEM_NEW);
+    ASSERT_EQ(claim(t, "k3", 3, T0, NULL), IDEM_IN_PROGRESS);
+
+    ASSERT_EQ(claim_deferred(t, "k5", 5, T0), IDEM_NEW);
+    ASSERT_OK(t, idem_expire_step(t, T0, 100, &n));
+    ASSERT_EQ(n, 0);
+    ASSERT_EQ(claim_deferred(t, "k6", 6, T0), IDEM_NEW);
+    ASSERT_OK(t, complete(t, "k5", "applied", T0));
+    ASSERT_OK(t, complete(t, "k6", "applied", T0));
+    ASSERT_EQ(claim_deferred(t, "k7", 7, T0), IDEM_NEW);
+    ASSERT_OK(t, release(t, "k4"));
+    ASSERT_EQ(claim(t, "k7", 7, T0, NULL), IDEM_IN_PROGRESS);
+
+    /* Without a transaction each of them was written on its own. */
+    ASSERT_EQ(rows_on_file(path, 1), 4);
+    ASSERT_EQ(rows_on_file(path, 2), 2);
+    ASSERT_EQ(row_count(t), 6);
+    idem_close(t);
+}
+
+TEST(idem_deferred_claim_written_by_commit)
+{
+    const char *path = db_path("t.db");
+    struct idem_table *t = open_default(path, OWNER_A);
+    struct idem_record rec;
+
+    ASSERT_OK(t, idem_begin(t));
+    ASSERT_EQ(claim_deferred(t, "k1", 1, T0), IDEM_NEW);
+    ASSERT_OK(t, idem_commit(t));
+    ASSERT_EQ(rows_on_file(path, 1), 1);
+
+    ASSERT_EQ(claim_deferred(t, "k2", 2, T0), IDEM_NEW);
+    ASSERT_OK(t, idem_begin(t));
+    ASSERT_OK(t, idem_commit(t));
+    ASSERT_EQ(rows_on_file(path, 1), 2);
+
+    ASSERT_OK(t, idem_begin(t));
+    ASSERT_EQ(claim_deferred(t, "k3", 3, T0), IDEM_NEW);
+    ASSERT_OK(t, idem_flush(t));
+    ASSERT_OK(t, idem_flush(t));
+    ASSERT_OK(t, complete(t, "k3", "applied", T0));
+    ASSERT_OK(t, idem_commit(t));
+    idem_close(t);
+
+    /* Another owner finds the claims of a dead instance. */
+    t = open_default(path, OWNER_B);
+    ASSERT_EQ(lookup(t, "k1", T0, &rec), 1);
+    ASSERT_EQ(rec.status, IDEM_STATUS_INPROGRESS);
+    ASSERT_MEM_EQ(rec.owner, IDEM_OWNER_LEN, OWNER_A, IDEM_OWNER_LEN);
+    ASSERT_EQ(lookup(t, "k3", T0, &rec), 1);
+    ASSERT_EQ(rec.status, IDEM_STATUS_COMPLETED);
+    ASSERT_EQ(claim(t, "k2", 2, T0, NULL), IDEM_NEW);
+    idem_close(t);
+}
+
+/* A deferred claim on the caller's connection is written by idem_flush(). */
+TEST(idem_deferred_claim_flushed_on_caller_connection)
+{
+    const char *path = db_path("t.db");
+    struct idem_options o = options(EXPIRY_S, TIMEOUT_MS);
+    struct idem_table *t = NULL;
+    sqlite3 *db = NULL;
+    char err[512];
+
+    ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
+    ASSERT_EQ(idem_open(db, &o, OWNER_A, &t, err, sizeof err), 0);
+    ASSERT_EQ(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    ASSERT_EQ(claim_deferred(t, "k1", 1, T0), IDEM_NEW);
+    ASSERT_OK(t, idem_flush(t));
+    ASSERT_EQ(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    ASSERT_EQ(rows_on_file(path, 1), 1);
+    idem_close(t);
+    ASSERT_EQ(sqlite3_close(db), SQLITE_OK);
+}
+
+TEST(idem_deferred_claim_rolled_back)
+{
+    const char *path = db_path("t.db");
+    struct idem_table *t = open_default(path, OWNER_A);
+    struct idem_record rec;
+
+    ASSERT_OK(t, idem_begin(t));
+    ASSERT_EQ(claim_deferred(t, "k1", 1, T0), IDEM_NEW);
+    idem_rollback(t);
+    ASSERT_EQ(complete(t, "k1", "applied", T0), -EPERM);
+    ASSERT_CONTAINS(idem_errmsg(t), "no claim");
+    ASSERT_EQ(release(t, "k1"), -EPERM);
+    ASSERT_EQ(lookup(t, "k1", T0, &rec), 0);
+    ASSERT_EQ(rows_on_file(path, 1), 0);
+    ASSERT_EQ(claim_deferred(t, "k1", 2, T0), IDEM_NEW);
+    ASSERT_OK(t, complete(t, "k1", "applied", T0));
+    check_completed(t, "k1", 2, "applied", "shard-1", "123", 4, T0);
+    idem_close(t);
+}
+
+TEST(idem_deferred_claim_released)
+{
+    const char *path = db_path("t.db");
+    struct idem_table *t = open_default(path, OWNER_A);
+    struct idem_record rec;
+
+    ASSERT_EQ(claim_deferred(t, "k1", 1, T0), IDEM_NEW);
+    ASSERT_OK(t, release(t, "k1"));
+    ASSERT_EQ(release(t, "k1"), -EPERM);
+    ASSERT_EQ(complete(t, "k1", "applied", T0), -EPERM);
+    ASSERT_EQ(lookup(t, "k1", T0, &rec), 0);
+    ASSERT_EQ(row_count(t), 0);
+    ASSERT_EQ(rows_on_file(path, 1) + rows_on_file(path, 2), 0);
+    ASSERT_EQ(claim_deferred(t, "k1", 2, T0 + 1000), IDEM_NEW);
+    ASSERT_OK(t, complete(t, "k1", "applied", T0 + 2000));
+    check_completed(t, "k1", 2, "applied", "shard-1", "123", 4, T0 + 2000);
+    ASSERT_EQ(row_count(t), 1);
+    idem_close(t);
+}
+
+/* A key whose row expired gets a new row, and the index its new id. */
+TEST(idem_deferred_claim_replaces_expired_row)
+{
+    const char *path = db_path("t.db");
+    struct idem_table *t = open_default(path, OWNER_A);
+    int64_t later = T0 + EXPIRY_S * 1000;
+
+    ASSERT_EQ(claim(t, "k1", 1, T0, NULL), IDEM_NEW);
+    ASSERT_OK(t, complete(t, "k1", "first", T0));
+    ASSERT_EQ(claim_deferred(t, "k1", 2, later), IDEM_NEW);
+    ASSERT_OK(t, complete(t, "k1", "second", later));
+    check_completed(t, "k1", 2, "second", "shard-1", "123", 4, later);
+    ASSERT_EQ(rows_on_file(path, 2), 2);
+
+    ASSERT_EQ(claim_deferred(t, "k1", 3, later + EXPIRY_S * 1000), IDEM_NEW);
+    ASSERT_OK(t, release(t, "k1"));
+    ASSERT_EQ(claim(t, "k1", 2, later + 1000, NULL), IDEM_DUPLICATE);
+    idem_close(t);
+
+    t = open_default(path, OWNER_A);
+    check_completed(t, "k1", 2, "second", "shard-1", "123", 4, later);
+    idem_close(t);
+}
+
+/* Text columns that the claim left NULL stay NULL in the completed row. */
+TEST(idem_deferred_claim_keeps_null_columns)
+{
+    const char *path = db_path("t.db");
+    struct idem_table *t = open_default(path, OWNER_A);
+    struct idem_claim c = {"k1", 2, hash_of(1), T0, NULL, NULL, 0};
+    enum idem_result r;
+
+    ASSERT_OK(t, idem_claim_deferred(t, &c, &r, NULL));
+    ASSERT_EQ(r, IDEM_NEW);
+    ASSERT_OK(t, complete(t, "k1", "applied", T0));
+    idem_close(t);
+
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+    ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_prepare_v2(db,
+                                 "SELECT shard_id IS NULL, seq IS NULL,"
+                                 " in_progress_expiry_ms IS NULL, outcome"
+                                 " FROM idem_rows",
+                                 -1, &stmt, NULL),
+              SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+    ASSERT_EQ(sqlite3_column_int(stmt, 0), 1);
+    ASSERT_EQ(sqlite3_column_int(stmt, 1), 1);
+    ASSERT_EQ(sqlite3_column_int(stmt, 2), 1);
+    ASSERT_STR_EQ((const char *)sqlite3_column_text(stmt, 3), "applied");
+    ASSERT_EQ(sqlite3_step(stmt), SQLITE_DONE);
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+}
+
 /* ---- batches, rollback, errors ---------------------------------------- */
 
 TEST(idem_batch_claims_in_order)
