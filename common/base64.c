@@ -5,6 +5,8 @@
  */
 #include "common/base64.h"
 
+#include <string.h>
+
 static const char alphabet[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -50,6 +52,57 @@ static const uint8_t decode_table[256] = {
     BAD, BAD, BAD, BAD, BAD, BAD, BAD, BAD,
 };
 /* clang-format on */
+
+/*
+ * The same values shifted to their place in the 24 bits of a quad, one
+ * table per position, so that a quad decodes with four lookups and three
+ * ORs. A byte outside the alphabet has SHIFTED_BAD set, which no valid
+ * quad sets.
+ */
+#define SHIFTED_BAD UINT32_C(0x80000000)
+#define SEXTET(c)                                                              \
+    ((c) >= 'A' && (c) <= 'Z'   ? (c) - 'A'                                    \
+     : (c) >= 'a' && (c) <= 'z' ? (c) - 'a' + 26                               \
+     : (c) >= '0' && (c) <= '9' ? (c) - '0' + 52                               \
+     : (c) == '+'               ? 62                                           \
+     : (c) == '/'               ? 63                                           \
+                                : -1)
+#define SHIFTED(c, shift)                                                      \
+    (SEXTET(c) < 0 ? SHIFTED_BAD : (uint32_t)SEXTET(c) << (shift))
+#define SHIFTED4(c, s)                                                         \
+    SHIFTED(c, s), SHIFTED((c) + 1, s), SHIFTED((c) + 2, s), SHIFTED((c) + 3, s)
+#define SHIFTED16(c, s)                                                        \
+    SHIFTED4(c, s), SHIFTED4((c) + 4, s), SHIFTED4((c) + 8, s),                \
+        SHIFTED4((c) + 12, s)
+#define SHIFTED64(c, s)                                                        \
+    SHIFTED16(c, s), SHIFTED16((c) + 16, s), SHIFTED16((c) + 32, s),           \
+        SHIFTED16((c) + 48, s)
+#define SHIFTED_TABLE(s)                                                       \
+    {                                                                          \
+        SHIFTED64(0, s), SHIFTED64(64, s), SHIFTED64(128, s),                  \
+            SHIFTED64(192, s)                                                  \
+    }
+
+static const uint32_t shifted[4][256] = {SHIFTED_TABLE(18), SHIFTED_TABLE(12),
+                                         SHIFTED_TABLE(6), SHIFTED_TABLE(0)};
+
+/* Store the three bytes of bits (24 bits, first byte highest) at out, and
+ * a fourth byte after them that the caller overwrites or leaves unused. */
+static void store_quad(uint8_t *out, uint32_t bits)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint32_t word = __builtin_bswap32(bits << 8);
+    memcpy(out, &word, 4);
+#elif defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    uint32_t word = bits << 8;
+    memcpy(out, &word, 4);
+#else
+    out[0] = (uint8_t)(bits >> 16);
+    out[1] = (uint8_t)(bits >> 8);
+    out[2] = (uint8_t)bits;
+    out[3] = 0;
+#endif
+}
 
 /*
  * Decode the final quad q, which may end in "=" or "==", into out. Returns
@@ -102,16 +155,16 @@ int base64_decode(const char *in, size_t n, uint8_t *out, size_t *out_len)
         return 0;
     }
 
-    /* Every quad but the last must be four alphabet bytes. */
+    /* Every quad but the last must be four alphabet bytes. Each writes a
+     * fourth byte that the next quad overwrites, and the last quad writes
+     * at least one byte, so all stay inside out. */
     for (size_t i = 0; i + 4 < n; i += 4) {
-        uint32_t a = decode_table[s[i]], b = decode_table[s[i + 1]];
-        uint32_t c = decode_table[s[i + 2]], d = decode_table[s[i + 3]];
-        if ((a | b | c | d) & 0xC0)
+        uint32_t bits = shifted[0][s[i]] | shifted[1][s[i + 1]] |
+                        shifted[2][s[i + 2]] | shifted[3][s[i + 3]];
+        if (bits & SHIFTED_BAD)
             return -1;
-        uint32_t bits = a << 18 | b << 12 | c << 6 | d;
-        out[written++] = (uint8_t)(bits >> 16);
-        out[written++] = (uint8_t)(bits >> 8);
-        out[written++] = (uint8_t)bits;
+        store_quad(out + written, bits);
+        written += 3;
     }
 
     int last = decode_last_quad(s + n - 4, out + written);

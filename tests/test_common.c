@@ -1250,6 +1250,32 @@ TEST(base64_rejects_bad_characters)
     ASSERT_EQ(decode_code("Zm9vZm9vYm*=", 12), -1);
 }
 
+TEST(base64_rejects_bad_byte_at_every_position)
+{
+    static const unsigned char bad[] = {0x00, ' ',  '-',  '=',  '_',
+                                        '.',  0x7f, 0x80, 0xc3, 0xff};
+    char text[65];
+    uint8_t data[48];
+
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = (uint8_t)(i * 37 + 11);
+    ASSERT_EQ(base64_encode(data, sizeof data, text), 64);
+
+    /* Without padding every position lies in a full quad, the last one
+     * included. */
+    for (size_t k = 0; k < sizeof bad; k++) {
+        for (size_t at = 0; at < 64; at++) {
+            char copy[64];
+            memcpy(copy, text, 64);
+            copy[at] = (char)bad[k];
+            if (decode_code(copy, 64) != -1)
+                test_fail(__FILE__, __LINE__, "byte 0x%02x at %zu accepted",
+                          bad[k], at);
+        }
+    }
+    ASSERT_EQ(decode_code(text, 64), 0);
+}
+
 TEST(base64_rejects_bad_padding)
 {
     ASSERT_EQ(decode_code("====", 4), -1);
