@@ -29,63 +29,72 @@ static uint64_t rotl(uint64_t x, int b)
     return (x << b) | (x >> (64 - b));
 }
 
+/* Read 8 bytes as a little-endian number. memcpy compiles to one load. */
 static uint64_t load_le64(const uint8_t *p)
 {
-    uint64_t v = 0;
+    uint64_t v;
 
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
+    memcpy(&v, p, sizeof v);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
     return v;
 }
 
-static void sip_round(uint64_t v[4])
-{
-    v[0] += v[1];
-    v[1] = rotl(v[1], 13);
-    v[1] ^= v[0];
-    v[0] = rotl(v[0], 32);
-    v[2] += v[3];
-    v[3] = rotl(v[3], 16);
-    v[3] ^= v[2];
-    v[0] += v[3];
-    v[3] = rotl(v[3], 21);
-    v[3] ^= v[0];
-    v[2] += v[1];
-    v[1] = rotl(v[1], 17);
-    v[1] ^= v[2];
-    v[2] = rotl(v[2], 32);
-}
-
-static void sip_compress(uint64_t v[4], uint64_t m)
-{
-    v[3] ^= m;
-    sip_round(v);
-    sip_round(v);
-    v[0] ^= m;
-}
+/* One SipRound on the state v0..v3, kept in local variables so that the
+ * compiler holds them in registers. */
+#define SIP_ROUND(v0, v1, v2, v3)                                              \
+    do {                                                                       \
+        v0 += v1;                                                              \
+        v1 = rotl(v1, 13);                                                     \
+        v1 ^= v0;                                                              \
+        v0 = rotl(v0, 32);                                                     \
+        v2 += v3;                                                              \
+        v3 = rotl(v3, 16);                                                     \
+        v3 ^= v2;                                                              \
+        v0 += v3;                                                              \
+        v3 = rotl(v3, 21);                                                     \
+        v3 ^= v0;                                                              \
+        v2 += v1;                                                              \
+        v1 = rotl(v1, 17);                                                     \
+        v1 ^= v2;                                                              \
+        v2 = rotl(v2, 32);                                                     \
+    } while (0)
 
 uint64_t idem_siphash24(const uint8_t key[IDEM_SIPHASH_KEY_LEN],
                         const void *data, size_t len)
 {
     const uint8_t *in = data;
     uint64_t k0 = load_le64(key), k1 = load_le64(key + 8);
-    uint64_t v[4] = {k0 ^ 0x736f6d6570736575ULL, k1 ^ 0x646f72616e646f6dULL,
-                     k0 ^ 0x6c7967656e657261ULL, k1 ^ 0x7465646279746573ULL};
+    uint64_t v0 = k0 ^ 0x736f6d6570736575ULL;
+    uint64_t v1 = k1 ^ 0x646f72616e646f6dULL;
+    uint64_t v2 = k0 ^ 0x6c7967656e657261ULL;
+    uint64_t v3 = k1 ^ 0x7465646279746573ULL;
     size_t full = len - len % 8;
 
-    for (size_t i = 0; i < full; i += 8)
-        sip_compress(v, load_le64(in + i));
+    for (size_t i = 0; i < full; i += 8) {
+        uint64_t m = load_le64(in + i);
+        v3 ^= m;
+        SIP_ROUND(v0, v1, v2, v3);
+        SIP_ROUND(v0, v1, v2, v3);
+        v0 ^= m;
+    }
 
     /* The last block holds the remaining bytes and len mod 256 on top. */
     uint64_t last = (uint64_t)(len & 0xff) << 56;
     for (size_t i = 0; i < len % 8; i++)
         last |= (uint64_t)in[full + i] << (8 * i);
-    sip_compress(v, last);
+    v3 ^= last;
+    SIP_ROUND(v0, v1, v2, v3);
+    SIP_ROUND(v0, v1, v2, v3);
+    v0 ^= last;
 
-    v[2] ^= 0xff;
-    for (int i = 0; i < 4; i++)
-        sip_round(v);
-    return v[0] ^ v[1] ^ v[2] ^ v[3];
+    v2 ^= 0xff;
+    SIP_ROUND(v0, v1, v2, v3);
+    SIP_ROUND(v0, v1, v2, v3);
+    SIP_ROUND(v0, v1, v2, v3);
+    SIP_ROUND(v0, v1, v2, v3);
+    return v0 ^ v1 ^ v2 ^ v3;
 }
 
 /* ---- slots ------------------------------------------------------------ */
