@@ -697,13 +697,20 @@ static int flush_pending(struct idem_table *t)
 }
 
 /* Whether the pending claim is of key. */
-static bool pending_is(const struct idem_table *t, const void *key, size_t len,
-                       uint64_t key_hash)
+static bool pending_is(const struct idem_table *t, const void *key, size_t len)
 {
     const struct new_row *row = &t->pending.row;
 
-    return t->pending.active && row->key_hash == key_hash &&
-           row->key_len == len && memcmp(row->key, key, len) == 0;
+    return t->pending.active && row->key_len == len &&
+           memcmp(row->key, key, len) == 0;
+}
+
+/* Hash key, or reuse the hash of the pending claim when it is of key. */
+static uint64_t key_hash_of(const struct idem_table *t, const void *key,
+                            size_t len)
+{
+    return pending_is(t, key, len) ? t->pending.row.key_hash
+                                   : idem_index_hash(&t->index, key, len);
 }
 
 /*
@@ -970,11 +977,11 @@ static int complete_pending(struct idem_table *t, const char *outcome,
 static int complete_one(struct idem_table *t, const void *key, size_t key_len,
                         const char *outcome, int64_t expiry_s)
 {
-    uint64_t key_hash = idem_index_hash(&t->index, key, key_len);
+    uint64_t key_hash = key_hash_of(t, key, key_len);
     struct found_row row;
     int rc;
 
-    if (pending_is(t, key, key_len, key_hash))
+    if (pending_is(t, key, key_len))
         rc = complete_pending(t, outcome, expiry_s, &row) == 0 ? 1 : -1;
     else if (flush_pending(t) != 0)
         return -1;
@@ -1063,9 +1070,8 @@ int idem_release(struct idem_table *t, const void *key, size_t key_len)
     if (check_key(t, key, key_len) != 0)
         return -1;
 
-    uint64_t key_hash = idem_index_hash(&t->index, key, key_len);
     /* A pending claim has no row and no index entry to delete. */
-    if (pending_is(t, key, key_len, key_hash)) {
+    if (pending_is(t, key, key_len)) {
         t->pending.active = false;
         if (t->rows > 0)
             t->rows--;
@@ -1074,6 +1080,7 @@ int idem_release(struct idem_table *t, const void *key, size_t key_len)
     if (flush_pending(t) != 0)
         return -1;
 
+    uint64_t key_hash = idem_index_hash(&t->index, key, key_len);
     struct idem_probe probe;
     struct found_row row;
     int rc = find_own_claim(t, key, key_len, key_hash, &probe, &row);
