@@ -191,13 +191,13 @@ static int int_field(const struct sjson_value *root, const char *key,
 
     if (v == NULL)
         return -1;
-    quote(q, sizeof q, v->str, v->len);
     if (strpbrk(v->str, ".eE") != NULL)
         return reject(why, AGG_REJECT_WRONG_TYPE, "%s %s is not an integer",
-                      key, q);
+                      key, quote(q, sizeof q, v->str, v->len));
     if (agg_parse_int64(v->str, v->len, out) != 0)
         return reject(why, AGG_REJECT_BAD_NUMBER,
-                      "%s %s is outside the 64-bit integer range", key, q);
+                      "%s %s is outside the 64-bit integer range", key,
+                      quote(q, sizeof q, v->str, v->len));
     if (*out < min || *out > max)
         return reject(why, out_reason,
                       "%s %" PRId64 " is outside %" PRId64 "..%" PRId64, key,
@@ -285,11 +285,12 @@ static void make_limits(void)
 }
 
 /*
- * Check the canonical text of cadence or resistance: at most
+ * Check the canonical text of cadence or resistance v: at most
  * VALUE_MAX_DIGITS significant digits, a leading digit within the range of
- * a double, then 0 <= value <= limit.
+ * a double, then 0 <= value <= limit. Rejects quote the value as written.
  */
-static int check_value(const char *key, const char *text, const char *q,
+static int check_value(const char *key, const char *text,
+                       const struct sjson_value *v,
                        const struct value_limit *limit,
                        struct agg_reject_info *why)
 {
@@ -298,21 +299,24 @@ static int check_value(const char *key, const char *text, const char *q,
     int ndigits = (int)strcspn(digits, "e");
     int max = limit->max;
     struct fixed_dec value;
+    char q[DETAIL_VALUE_MAX + 16];
 
     if (ndigits > VALUE_MAX_DIGITS)
         return reject(why, AGG_REJECT_BAD_NUMBER,
-                      "%s %s has %d significant digits, more than %d", key, q,
-                      ndigits, VALUE_MAX_DIGITS);
+                      "%s %s has %d significant digits, more than %d", key,
+                      quote(q, sizeof q, v->str, v->len), ndigits,
+                      VALUE_MAX_DIGITS);
     if (fixed_parse(digits, &value) != 0 ||
         fixed_adjusted_exponent(&value) < VALUE_MIN_EXPONENT ||
         fixed_adjusted_exponent(&value) > VALUE_MAX_EXPONENT)
         return reject(why, AGG_REJECT_BAD_NUMBER,
-                      "%s %s has an exponent outside %d..%d", key, q,
-                      VALUE_MIN_EXPONENT, VALUE_MAX_EXPONENT);
+                      "%s %s has an exponent outside %d..%d", key,
+                      quote(q, sizeof q, v->str, v->len), VALUE_MIN_EXPONENT,
+                      VALUE_MAX_EXPONENT);
 
     if ((negative && value.ndigits > 0) || fixed_cmp(&value, &limit->dec) > 0)
         return reject(why, AGG_REJECT_VALUE_RANGE, "%s %s is outside 0..%d",
-                      key, q, max);
+                      key, quote(q, sizeof q, v->str, v->len), max);
     return 0;
 }
 
@@ -327,7 +331,6 @@ static int value_field(const struct sjson_value *root, const char *key,
 
     if (v == NULL)
         return -1;
-    quote(q, sizeof q, v->str, v->len);
 
     /* Room for far more digits than accepted, so the digit count below
      * decides; a longer text fails here for the same reason. */
@@ -336,11 +339,12 @@ static int value_field(const struct sjson_value *root, const char *key,
         sb_free(&sb);
         return reject(why, AGG_REJECT_BAD_NUMBER,
                       "%s %s has too many digits or too large an exponent", key,
-                      q);
+                      quote(q, sizeof q, v->str, v->len));
     }
-    int rc = check_value(key, sb.data, q, limit, why);
+    int rc = check_value(key, sb.data, v, limit, why);
     if (rc == 0 && sb.len >= AGG_MAX_EXACT_TEXT)
-        rc = reject(why, AGG_REJECT_BAD_NUMBER, "%s %s is too long", key, q);
+        rc = reject(why, AGG_REJECT_BAD_NUMBER, "%s %s is too long", key,
+                    quote(q, sizeof q, v->str, v->len));
     if (rc == 0)
         memcpy(out, sb.data, sb.len + 1);
     sb_free(&sb);
