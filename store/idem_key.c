@@ -24,6 +24,7 @@
 #include "store/idempotency.h"
 
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -606,12 +607,29 @@ int idem_keyexpr_eval(const struct idem_keyexpr *expr,
     return rc;
 }
 
+/* SHA-256 fetched once. With EVP_sha256(), OpenSSL 3 fetches the
+ * algorithm from its providers again on every digest. */
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static EVP_MD *sha256_md;
+
+static void fetch_sha256(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+/* The fetched SHA-256, or EVP_sha256() when the fetch failed. */
+static const EVP_MD *payload_sha256(void)
+{
+    pthread_once(&sha256_once, fetch_sha256);
+    return sha256_md != NULL ? sha256_md : EVP_sha256();
+}
+
 /* SHA-256 of len bytes of data into out. */
 static int sha256(const char *data, size_t len, uint8_t out[IDEM_HASH_LEN])
 {
     unsigned int out_len = 0;
 
-    if (EVP_Digest(data, len, out, &out_len, EVP_sha256(), NULL) != 1 ||
+    if (EVP_Digest(data, len, out, &out_len, payload_sha256(), NULL) != 1 ||
         out_len != IDEM_HASH_LEN)
         return -1;
     return 0;
