@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,7 @@ struct bench_options {
     uint64_t cache;
     int64_t expiry_s;
     uint64_t seed;
+    bool deferred; /* claim new records with idem_claim_deferred() */
 };
 
 /* Counters of /proc/self/io that the measurement reports. */
@@ -267,12 +269,15 @@ static struct prepared_record *alloc_records(uint64_t count)
 }
 
 /* Claim and complete a prepared record, which must be new. */
-static void add_record(struct idem_table *t, const struct prepared_record *p)
+static void add_record(struct idem_table *t, const struct bench_options *o,
+                       const struct prepared_record *p)
 {
     enum idem_result result;
+    int rc = o->deferred ? idem_claim_deferred(t, &p->claim, &result, NULL)
+                         : idem_claim(t, &p->claim, &result, NULL);
 
-    if (idem_claim(t, &p->claim, &result, NULL) != 0)
-        fail(t, "idem_claim");
+    if (rc != 0)
+        fail(t, o->deferred ? "idem_claim_deferred" : "idem_claim");
     if (result != IDEM_NEW) {
         fprintf(stderr,
                 "idem_bench: claim of new key %s (record %" PRIu64
@@ -343,7 +348,7 @@ static void prefill(struct idem_table *t, const struct bench_options *o)
         for (; index < end; index++) {
             struct prepared_record record;
             prepare_record(o, index, arrival_ms(o, index), &record);
-            add_record(t, &record);
+            add_record(t, o, &record);
         }
         commit_or_exit(t);
 
@@ -416,7 +421,7 @@ static uint64_t measure_batch(struct idem_table *t,
     int64_t t0 = monotonic_ns();
     begin_or_exit(t);
     for (uint64_t i = 0; i < count; i++)
-        add_record(t, &records[i]);
+        add_record(t, o, &records[i]);
     commit_or_exit(t);
     int64_t t1 = monotonic_ns();
     int64_t cpu1 = cpu_ns();
@@ -605,8 +610,9 @@ static void print_json(const struct bench_options *o,
 
     printf("{\"bench\":\"idem\",\"seed\":%" PRIu64 ",\"prefill\":%" PRIu64
            ",\"measure\":%" PRIu64 ",\"batch\":%" PRIu64 ",\"cache\":%" PRIu64
-           ",\"expiry_s\":%" PRId64,
-           o->seed, o->prefill, o->measure, o->batch, o->cache, o->expiry_s);
+           ",\"expiry_s\":%" PRId64 ",\"deferred\":%s",
+           o->seed, o->prefill, o->measure, o->batch, o->cache, o->expiry_s,
+           o->deferred ? "true" : "false");
     printf(",\"rows_before\":%" PRIu64 ",\"rows_after\":%" PRIu64
            ",\"prefill_s\":%.3f,\"prefill_rows_per_s\":%.0f"
            ",\"rebuild_s\":%.3f,\"rebuild_rows_per_s\":%.0f",
@@ -690,7 +696,8 @@ static void print_summary(const struct bench_options *o,
 static void usage(FILE *out)
 {
     fputs("usage: idem_bench --db PATH --prefill N --measure M --batch B\n"
-          "                  [--cache C] [--expiry-s S] [--seed SEED]\n"
+          "                  [--cache C] [--expiry-s S] [--seed SEED]"
+          " [--deferred]\n"
           "\n"
           "  --db PATH      database file to create; must not exist\n"
           "  --prefill N    rows stored before the measurement (>= 1)\n"
@@ -701,7 +708,10 @@ static void usage(FILE *out)
           "  --expiry-s S   how long a key is remembered, in seconds, >= 10 "
           "(default 3600)\n"
           "  --seed SEED    seed of the keys and of the duplicate choice "
-          "(default 1)\n",
+          "(default 1)\n"
+          "  --deferred     claim new records with idem_claim_deferred(), "
+          "so each\n"
+          "                 completion inserts its row COMPLETED\n",
           out);
 }
 
@@ -751,6 +761,9 @@ static int parse_option(int opt, const char *arg, struct bench_options *o)
         return 0;
     case 's':
         return parse_count("--seed", arg, 0, UINT64_MAX, &o->seed);
+    case 'f':
+        o->deferred = true;
+        return 0;
     default:
         return -1;
     }
@@ -767,6 +780,7 @@ static int parse_args(int argc, char **argv, struct bench_options *o)
         {"cache", required_argument, NULL, 'c'},
         {"expiry-s", required_argument, NULL, 'e'},
         {"seed", required_argument, NULL, 's'},
+        {"deferred", no_argument, NULL, 'f'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
