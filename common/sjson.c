@@ -413,21 +413,22 @@ static int decode_special(struct parser *p, char **out)
 #define BYTES8(b) ((uint64_t)(b)*UINT64_C(0x0101010101010101))
 
 /*
- * Tell whether any of the eight bytes of word is a control character
- * (below 0x20), '"', '\\' or not ASCII (0x80 and up), that is a byte that
- * ends a run of plain string text. Each subtraction sets the high bit of a
- * byte that is below the subtrahend, so of a control character, or of the
- * byte that equals '"' or '\\' after the XOR. A borrow can flag a later
- * byte too, but only after a byte that ends the run, so the result is 0
- * exactly when all eight bytes are plain.
+ * Flag the bytes of word that end a run of plain string text: a control
+ * character (below 0x20), '"', '\\' or a byte that is not ASCII (0x80 and
+ * up). Each subtraction sets the high bit of a byte that is below the
+ * subtrahend, so of a control character, or of the byte that equals '"' or
+ * '\\' after the XOR. A borrow can flag a later byte too, but only after a
+ * byte that ends the run. So the result is 0 exactly when all eight bytes
+ * are plain, and otherwise its lowest flag (in memory order) marks the
+ * first byte that ends the run.
  */
-static bool ends_plain_run(uint64_t word)
+static uint64_t plain_run_end_flags(uint64_t word)
 {
     uint64_t below = word - BYTES8(0x20);
     uint64_t quote = (word ^ BYTES8('"')) - BYTES8(1);
     uint64_t backslash = (word ^ BYTES8('\\')) - BYTES8(1);
 
-    return ((below | quote | backslash | word) & BYTES8(0x80)) != 0;
+    return (below | quote | backslash | word) & BYTES8(0x80);
 }
 
 /*
@@ -445,16 +446,26 @@ static int parse_string(struct parser *p, size_t *off, size_t *len)
 
     p->pos++;
     for (;;) {
-        /* Copy the run of printable ASCII: eight bytes at a time while no
-         * byte of the word ends it, then byte by byte. */
+        /* Copy the run of printable ASCII eight bytes at a time, then
+         * byte by byte near the end of the input. A word that holds the end
+         * of the run is stored whole too: its bytes past the run are
+         * overwritten by what follows or lie past the final length. */
         const char *text = p->text;
         size_t run = p->pos;
         while (p->len - run >= 8) {
             uint64_t word;
             memcpy(&word, text + run, 8);
-            if (ends_plain_run(word))
-                break;
+            uint64_t flags = plain_run_end_flags(word);
             memcpy(out, &word, 8);
+            if (flags != 0) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) &&                            \
+    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+                size_t plain = (size_t)__builtin_ctzll(flags) / 8;
+                out += plain;
+                run += plain;
+#endif
+                break;
+            }
             out += 8;
             run += 8;
         }
@@ -577,9 +588,11 @@ static int parse_literal(struct parser *p)
                 "invalid literal: expected true, false or null");
 }
 
-static void skip_space(struct parser *p)
+static inline void skip_space(struct parser *p)
 {
-    while (p->pos < p->len && is_space(p->text[p->pos]))
+    /* Most tokens follow each other without white space. */
+    while (p->pos < p->len && (unsigned char)p->text[p->pos] <= ' ' &&
+           is_space(p->text[p->pos]))
         p->pos++;
 }
 
