@@ -227,8 +227,12 @@ static int fail_sqlite(struct idem_table *t, int rc, const char *what)
 
 /* ---- statements ------------------------------------------------------- */
 
-/* Bind parameters one by one and keep the first error, so a call site
- * checks once. */
+/*
+ * Bind parameters one by one and keep the first error, so a call site
+ * checks once. Statements are reset but their bindings kept: each call
+ * site binds every parameter, except our owner token, which
+ * prepare_statements() binds once.
+ */
 struct binder {
     sqlite3_stmt *stmt;
     int rc;
@@ -280,7 +284,6 @@ static int exec_bound(struct idem_table *t, struct binder *b, const char *what)
     int out = rc == SQLITE_DONE ? 0 : fail_sqlite(t, rc, what);
 
     sqlite3_reset(b->stmt);
-    sqlite3_clear_bindings(b->stmt);
     return out;
 }
 
@@ -297,14 +300,12 @@ static int query_step(struct idem_table *t, struct binder *b, const char *what)
         return 1;
     int out = rc == SQLITE_DONE ? 0 : fail_sqlite(t, rc, what);
     sqlite3_reset(b->stmt);
-    sqlite3_clear_bindings(b->stmt);
     return out;
 }
 
 static void query_done(sqlite3_stmt *stmt)
 {
     sqlite3_reset(stmt);
-    sqlite3_clear_bindings(stmt);
 }
 
 static int exec_sql(struct idem_table *t, const char *sql, const char *what)
@@ -620,7 +621,6 @@ static int insert_row(struct idem_table *t, const struct new_row *row,
         bind_blob(&b, 2, row->key, row->key_len);
         bind_int64(&b, 3, row->expiry_s);
         bind_int64_or_null(&b, 4, row->in_progress_expiry_ms);
-        bind_blob(&b, 5, t->owner, IDEM_OWNER_LEN);
         bind_blob(&b, 6, row->hash, IDEM_HASH_LEN);
         bind_text(&b, 7, row->shard_id);
         bind_text(&b, 8, row->seq);
@@ -630,7 +630,6 @@ static int insert_row(struct idem_table *t, const struct new_row *row,
         bind_int64(&b, 1, row->id);
         bind_blob(&b, 2, row->key, row->key_len);
         bind_int64(&b, 3, expiry_s);
-        bind_blob(&b, 4, t->owner, IDEM_OWNER_LEN);
         bind_blob(&b, 5, row->hash, IDEM_HASH_LEN);
         bind_text(&b, 6, outcome);
         bind_text(&b, 7, row->shard_id);
@@ -778,7 +777,6 @@ static int take_over(struct idem_table *t, const struct idem_claim *c,
 
     struct binder b = bind_start(t, STMT_TAKE_OVER);
     bind_int64(&b, 1, row->id);
-    bind_blob(&b, 2, t->owner, IDEM_OWNER_LEN);
     bind_int64_or_null(&b, 3, ipe_ms);
     if (exec_bound(t, &b, "take over idempotency row") != 0)
         return -1;
@@ -943,7 +941,6 @@ static int complete_from_memo(struct idem_table *t, const void *key, size_t len,
     bind_int64(&b, 1, m->id);
     bind_text(&b, 2, outcome);
     bind_int64(&b, 3, expiry_s);
-    bind_blob(&b, 4, t->owner, IDEM_OWNER_LEN);
     bind_blob(&b, 5, key, len);
     if (exec_bound(t, &b, "complete idempotency row") != 0)
         return -1;
@@ -1258,7 +1255,6 @@ int idem_reclaim_dead(struct idem_table *t, size_t *reclaimed)
     for (size_t i = 0; i < t->dead_count; i++) {
         struct binder b = bind_start(t, STMT_RECLAIM);
         bind_int64(&b, 1, t->dead[i].id);
-        bind_blob(&b, 2, t->owner, IDEM_OWNER_LEN);
         if (exec_bound(t, &b, "delete dead idempotency claim") != 0)
             return -1;
         if (sqlite3_changes64(t->db) == 0)
@@ -1316,12 +1312,22 @@ static int create_schema(struct idem_table *t)
     return out;
 }
 
+/* The parameter that takes our owner token, in the statements that have
+ * one. It is bound once, to t->owner, which lives as long as t. */
+static const int owner_param[STMT_COUNT] = {
+    [STMT_INSERT] = 5,       [STMT_INSERT_COMPLETED] = 4, [STMT_TAKE_OVER] = 2,
+    [STMT_COMPLETE_OWN] = 4, [STMT_RECLAIM] = 2,
+};
+
 static int prepare_statements(struct idem_table *t)
 {
     for (int i = 0; i < STMT_COUNT; i++) {
         int rc =
             sqlite3_prepare_v3(t->db, stmt_sql[i], -1,
                                SQLITE_PREPARE_PERSISTENT, &t->stmts[i], NULL);
+        if (rc == SQLITE_OK && owner_param[i] != 0)
+            rc = sqlite3_bind_blob(t->stmts[i], owner_param[i], t->owner,
+                                   IDEM_OWNER_LEN, SQLITE_STATIC);
         if (rc != SQLITE_OK)
             return fail_sqlite(t, rc, "prepare idempotency statement");
     }
