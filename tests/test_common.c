@@ -1081,8 +1081,39 @@ TEST(json_canonical_sorts_objects_of_any_size)
     }
 }
 
+/* Check that the canonical form of text fits a strbuf whose maximum is
+ * its exact length, after a prefix of 0 to 2 bytes, and not one byte
+ * less. */
+static void check_canonical_fits_exactly(const char *text, size_t len)
+{
+    struct sjson_doc *doc = parse_ok(text, len);
+    struct strbuf full;
+    sb_init(&full, 1 << 20);
+    ASSERT_EQ(sjson_canonical(sjson_doc_root(doc), &full), 0);
+
+    for (size_t prefix = 0; prefix <= 2; prefix++) {
+        struct strbuf sb;
+        sb_init(&sb, full.len + prefix);
+        sb_append(&sb, "xy", prefix);
+        ASSERT_EQ(sjson_canonical(sjson_doc_root(doc), &sb), 0);
+        ASSERT_MEM_EQ(sb.data + prefix, sb.len - prefix, full.data, full.len);
+        sb_free(&sb);
+
+        sb_init(&sb, full.len + prefix - 1);
+        sb_append(&sb, "xy", prefix);
+        ASSERT_EQ(sjson_canonical(sjson_doc_root(doc), &sb), -1);
+        sb_free(&sb);
+    }
+    sb_free(&full);
+    sjson_doc_free(doc);
+}
+
 TEST(json_canonical_fits_max_exactly)
 {
+    /* A document whose text fits on the stack of sjson_canonical. */
+    const char *small = "{\"b\":[1,-2.50,\"t\\n\"],\"a\":{\"c\":null}}";
+    check_canonical_fits_exactly(small, strlen(small));
+
     /* Over 1 KiB of output, 40 nested arrays and two objects with more
      * members than fit on the stack. */
     struct strbuf in;
@@ -1100,28 +1131,7 @@ TEST(json_canonical_fits_max_exactly)
         sb_putc(&in, ']');
     sb_putc(&in, ']');
     ASSERT_EQ(sb_error(&in), 0);
-
-    struct sjson_doc *doc = parse_ok(in.data, in.len);
-    struct strbuf full;
-    sb_init(&full, 1 << 20);
-    ASSERT_EQ(sjson_canonical(sjson_doc_root(doc), &full), 0);
-    ASSERT_TRUE(full.len > 2000);
-
-    for (size_t prefix = 0; prefix <= 2; prefix++) {
-        struct strbuf sb;
-        sb_init(&sb, full.len + prefix);
-        sb_append(&sb, "xy", prefix);
-        ASSERT_EQ(sjson_canonical(sjson_doc_root(doc), &sb), 0);
-        ASSERT_MEM_EQ(sb.data + prefix, sb.len - prefix, full.data, full.len);
-        sb_free(&sb);
-
-        sb_init(&sb, full.len + prefix - 1);
-        sb_append(&sb, "xy", prefix);
-        ASSERT_EQ(sjson_canonical(sjson_doc_root(doc), &sb), -1);
-        sb_free(&sb);
-    }
-    sb_free(&full);
-    sjson_doc_free(doc);
+    check_canonical_fits_exactly(in.data, in.len);
     sb_free(&in);
 }
 
