@@ -184,18 +184,23 @@ static void *grow_stack_array(void *items, const void *stack_items, size_t *cap,
     return grown;
 }
 
-static int vec_push(struct parser *p, struct node_vec *vec,
-                    const struct json_node *node)
+static int vec_grow(struct parser *p, struct node_vec *vec, size_t count)
 {
-    if (vec->len == vec->cap) {
+    while (vec->cap - vec->len < count) {
         void *grown = grow_stack_array(vec->items, vec->stack_items, &vec->cap,
                                        sizeof *vec->items);
         if (grown == NULL)
             return fail(p, SJSON_ERR_NOMEM, p->pos, "out of memory");
         vec->items = grown;
     }
-    vec->items[vec->len++] = *node;
     return SJSON_OK;
+}
+
+/* Make room for count more nodes at the end of vec. */
+static inline int vec_reserve(struct parser *p, struct node_vec *vec,
+                              size_t count)
+{
+    return vec->cap - vec->len >= count ? SJSON_OK : vec_grow(p, vec, count);
 }
 
 /*
@@ -205,17 +210,28 @@ static int vec_push(struct parser *p, struct node_vec *vec,
 static int push_value(struct parser *p, enum sjson_type type, size_t str,
                       size_t len, size_t pos)
 {
-    struct json_node node = {.type = type, .str = str, .len = len};
+    int rc = vec_reserve(p, &p->open, 1);
+    if (rc != SJSON_OK)
+        return rc;
 
-    node.pos = pos;
+    struct json_node *node = &p->open.items[p->open.len++];
+    node->type = type;
+    node->str = str;
+    node->len = len;
+    node->items = 0;
+    node->count = 0;
+    node->has_key = p->has_key;
     if (p->has_key) {
-        node.has_key = true;
-        node.key = p->key;
-        node.key_len = p->key_len;
-        node.pos = p->key_pos;
+        node->key = p->key;
+        node->key_len = p->key_len;
+        node->pos = p->key_pos;
         p->has_key = false;
+    } else {
+        node->key = 0;
+        node->key_len = 0;
+        node->pos = pos;
     }
-    return vec_push(p, &p->open, &node);
+    return SJSON_OK;
 }
 
 /* ---- Strings ---- */
@@ -761,15 +777,16 @@ static int close_container(struct parser *p)
             return rc;
     }
 
+    /* Growing p->done leaves p->open and so children in place. */
+    int rc = vec_reserve(p, &p->done, count);
+    if (rc != SJSON_OK)
+        return rc;
     struct json_node *parent = &p->open.items[first - 1];
     parent->items = p->done.len;
     parent->count = count;
-    for (size_t i = 0; i < count; i++) {
-        /* vec_push can move p->done but never p->open. */
-        int rc = vec_push(p, &p->done, &children[i]);
-        if (rc != SJSON_OK)
-            return rc;
-    }
+    if (count > 0)
+        memcpy(p->done.items + p->done.len, children, count * sizeof *children);
+    p->done.len += count;
     p->open.len = first;
     p->depth--;
     p->pos++;
@@ -1007,7 +1024,10 @@ const struct sjson_value *sjson_object_get(const struct sjson_value *object,
     size_t len = strlen(key);
     for (size_t i = 0; i < object->count; i++) {
         const struct sjson_value *member = &object->items[i];
-        if (member->key_len == len && memcmp(member->key, key, len) == 0)
+        /* Member names are NUL-terminated, so the first bytes compare
+         * even for empty names. */
+        if (member->key_len == len && member->key[0] == key[0] &&
+            memcmp(member->key, key, len) == 0)
             return member;
     }
     return NULL;
