@@ -1,6 +1,6 @@
 /*
- * `podium query`: print race results, a class leaderboard or the class
- * history from the store as JSON on standard output.
+ * `podium query`: print race results, a class leaderboard, the class
+ * history or the stored samples from the store as JSON on standard output.
  *
  * The store is opened read-only and never migrated, so a query can run
  * while `podium run` writes the same database: WAL mode gives the reader
@@ -19,11 +19,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/sjson.h"
 #include "common/strbuf.h"
 
 #define QUERY_MAX_SECOND 86400 /* the largest race.max_seconds */
 
-enum query_kind { QUERY_RESULTS, QUERY_CLASS_LEADERBOARD, QUERY_CLASS_HISTORY };
+enum query_kind {
+    QUERY_RESULTS,
+    QUERY_CLASS_LEADERBOARD,
+    QUERY_CLASS_HISTORY,
+    QUERY_SAMPLES
+};
 
 struct query_opts {
     enum query_kind kind;
@@ -41,6 +47,8 @@ static void query_usage(FILE *out)
         "       podium query class-leaderboard --class ID [options]\n"
         "       podium query class-history --class ID [--racer ID]\n"
         "           [--second N] [options]\n"
+        "       podium query samples [--race ID] [--racer ID] [--second N]\n"
+        "           [options]\n"
         "\n"
         "Print from the database at store.path, as one JSON document on\n"
         "standard output:\n"
@@ -54,6 +62,15 @@ static void query_usage(FILE *out)
         "[{\"second\":...,\"racerId\":...,\"output\":...,\n"
         "                     \"raceId\":...}]}, by second, then output\n"
         "                     (highest first), then racerId\n"
+        "  samples            the stored sample of each (race, rider,\n"
+        "                     second), one JSON object per line, by raceId,\n"
+        "                     racerId, then second: {\"raceId\":...,\n"
+        "                     \"racerId\":...,\"second\":...,\"classId\":...,\n"
+        "                     "
+        "\"name\":...,\"uuid\":...,\"deviceTimestamp\":...,\n"
+        "                     \"arrivalMs\":...,\"cadence\":...,\n"
+        "                     "
+        "\"resistance\":...,\"output\":...,\"final\":...}\n"
         "\n"
         "An ID that is a JSON integer (42) is a number, and one in double\n"
         "quotes ('\"42\"') is a string, as in the records; any other text is\n"
@@ -148,6 +165,8 @@ static int parse_kind(const char *word, enum query_kind *kind)
         *kind = QUERY_CLASS_LEADERBOARD;
     else if (strcmp(word, "class-history") == 0)
         *kind = QUERY_CLASS_HISTORY;
+    else if (strcmp(word, "samples") == 0)
+        *kind = QUERY_SAMPLES;
     else
         return -1;
     return 0;
@@ -157,11 +176,13 @@ static int parse_kind(const char *word, enum query_kind *kind)
 static int check_options(const struct query_opts *q)
 {
     static const char *const names[] = {"results", "class-leaderboard",
-                                        "class-history"};
+                                        "class-history", "samples"};
     const char *name = names[q->kind];
     const char *missing = NULL, *extra = NULL;
 
-    if (q->kind == QUERY_RESULTS) {
+    if (q->kind == QUERY_SAMPLES) {
+        extra = q->class_id ? "--class" : NULL;
+    } else if (q->kind == QUERY_RESULTS) {
         missing = q->race == NULL ? "--race ID" : NULL;
         extra = q->class_id ? "--class"
                 : q->racer  ? "--racer"
@@ -216,8 +237,8 @@ static int parse_args(int argc, char **argv, struct query_opts *q)
     }
     if (argc < 2 || parse_kind(argv[1], &q->kind) != 0) {
         fprintf(stderr,
-                "podium query: %s%s%s; expected results, class-leaderboard "
-                "or class-history\n\n",
+                "podium query: %s%s%s; expected results, class-leaderboard, "
+                "class-history or samples\n\n",
                 argc < 2 ? "missing what to query" : "unknown query \"",
                 argc < 2 ? "" : argv[1], argc < 2 ? "" : "\"");
         query_usage(stderr);
@@ -437,6 +458,192 @@ done:
     return rc;
 }
 
+/* ---- samples ------------------------------------------------------------- */
+
+/* One stored sample: its key and its line of output. */
+struct sample_entry {
+    char *race;
+    char *racer;
+    int32_t second;
+    size_t order; /* position in the log: the later copy of a key wins */
+    char *line;
+};
+
+struct sample_list {
+    const char *race; /* JSON keys to keep, or NULL for any */
+    const char *racer;
+    int32_t second; /* 0: any */
+    struct sample_entry *items;
+    size_t count;
+    size_t cap;
+    size_t seen;
+    bool failed;
+};
+
+/* Write an optional text as a JSON string, or null. */
+static void put_json_text(struct strbuf *sb, const char *s, size_t len)
+{
+    if (s == NULL)
+        sb_puts(sb, "null");
+    else
+        sb_json_string(sb, s, len);
+}
+
+/*
+ * Write a value stored in 1/10000 with its exact text: as a plain decimal
+ * when the 4-decimal value is exact, else as the exact JSON number.
+ */
+static void put_value(struct strbuf *sb, int64_t v4, const char *exact)
+{
+    struct strbuf plain, canonical;
+
+    if (exact == NULL) {
+        sb_fixed4(sb, v4);
+        return;
+    }
+    sb_init(&plain, 64);
+    sb_init(&canonical, 64);
+    sb_fixed4(&plain, v4);
+    bool same =
+        sb_error(&plain) == 0 &&
+        sjson_number_canonical(plain.data, plain.len, &canonical) == 0 &&
+        strcmp(canonical.data, exact) == 0;
+    sb_puts(sb, same ? plain.data : exact);
+    sb_free(&plain);
+    sb_free(&canonical);
+}
+
+static char *sample_line(const struct store_sample *s)
+{
+    struct strbuf sb;
+
+    sb_init(&sb, SIZE_MAX);
+    sb_printf(&sb,
+              "{\"raceId\":%s,\"racerId\":%s,\"second\":%" PRId32
+              ",\"classId\":%s,\"name\":",
+              s->race_id, s->racer_id, s->second,
+              s->class_id ? s->class_id : "null");
+    put_json_text(&sb, s->name, s->name_len);
+    sb_puts(&sb, ",\"uuid\":");
+    put_json_text(&sb, s->uuid, s->uuid_len);
+    sb_printf(&sb,
+              ",\"deviceTimestamp\":%" PRId64 ",\"arrivalMs\":%" PRId64
+              ",\"cadence\":",
+              s->device_ts_ms, s->arrival_ms);
+    put_value(&sb, s->cadence4, s->cadence_exact);
+    sb_puts(&sb, ",\"resistance\":");
+    put_value(&sb, s->resistance4, s->resistance_exact);
+    sb_puts(&sb, ",\"output\":");
+    sb_fixed4(&sb, s->output4);
+    sb_printf(&sb, ",\"final\":%s}\n", s->final ? "true" : "false");
+    if (sb_error(&sb) != 0) {
+        sb_free(&sb);
+        return NULL;
+    }
+    return sb_take(&sb, NULL);
+}
+
+static int collect_sample(void *arg, const struct store_sample *s)
+{
+    struct sample_list *list = arg;
+    size_t order = list->seen++;
+
+    if ((list->race != NULL && strcmp(s->race_id, list->race) != 0) ||
+        (list->racer != NULL && strcmp(s->racer_id, list->racer) != 0) ||
+        (list->second != 0 && s->second != list->second))
+        return 0;
+    if (list->count == list->cap) {
+        size_t cap = list->cap ? list->cap * 2 : 256;
+        struct sample_entry *p = realloc(list->items, cap * sizeof *p);
+        if (p == NULL) {
+            list->failed = true;
+            return -1;
+        }
+        list->items = p;
+        list->cap = cap;
+    }
+    struct sample_entry *e = &list->items[list->count];
+    e->race = strdup(s->race_id);
+    e->racer = strdup(s->racer_id);
+    e->line = sample_line(s);
+    e->second = s->second;
+    e->order = order;
+    list->count++;
+    if (e->race == NULL || e->racer == NULL || e->line == NULL) {
+        list->failed = true;
+        return -1;
+    }
+    return 0;
+}
+
+/* By race, racer, second, then log order. */
+static int sample_cmp(const void *pa, const void *pb)
+{
+    const struct sample_entry *a = pa, *b = pb;
+    int c = strcmp(a->race, b->race);
+    if (c == 0)
+        c = strcmp(a->racer, b->racer);
+    if (c != 0)
+        return c;
+    if (a->second != b->second)
+        return a->second < b->second ? -1 : 1;
+    return (a->order > b->order) - (a->order < b->order);
+}
+
+static int query_samples(struct store *st, const struct query_opts *q,
+                         const char *path)
+{
+    struct strbuf race_key, racer_key;
+    struct sample_list list = {0};
+    int rc = 2;
+
+    sb_init(&race_key, 1024);
+    sb_init(&racer_key, 1024);
+    if ((q->race != NULL && id_key("--race", q->race, &race_key) != 0) ||
+        (q->racer != NULL && id_key("--racer", q->racer, &racer_key) != 0))
+        goto done;
+    list.race = q->race ? race_key.data : NULL;
+    list.racer = q->racer ? racer_key.data : NULL;
+    list.second = q->second;
+
+    if (store_samples_load(st, collect_sample, &list) != 0) {
+        fprintf(stderr, "podium query: failed to read %s: %s\n", path,
+                list.failed ? "out of memory" : store_errmsg(st));
+        rc = 1;
+    } else if (list.count == 0) {
+        fprintf(stderr,
+                "podium query: no samples stored%s%s%s%s%s in %s; the ids "
+                "are unknown, or no record of them was applied yet\n",
+                q->race ? " for race " : "", q->race ? race_key.data : "",
+                q->racer ? ", racer " : "", q->racer ? racer_key.data : "",
+                q->second ? " at that second" : "", path);
+        rc = 1;
+    } else {
+        qsort(list.items, list.count, sizeof list.items[0], sample_cmp);
+        for (size_t i = 0; i < list.count; i++) {
+            const struct sample_entry *e = &list.items[i];
+            const struct sample_entry *next =
+                i + 1 < list.count ? &list.items[i + 1] : NULL;
+            /* Print the last copy of each key. */
+            if (next != NULL && strcmp(e->race, next->race) == 0 &&
+                strcmp(e->racer, next->racer) == 0 && e->second == next->second)
+                continue;
+            fputs(e->line, stdout);
+        }
+        rc = 0;
+    }
+done:
+    for (size_t i = 0; i < list.count; i++) {
+        free(list.items[i].race);
+        free(list.items[i].racer);
+        free(list.items[i].line);
+    }
+    free(list.items);
+    sb_free(&race_key);
+    sb_free(&racer_key);
+    return rc;
+}
+
 int cmd_query(int argc, char **argv)
 {
     struct query_opts q = {0};
@@ -461,6 +668,8 @@ int cmd_query(int argc, char **argv)
     }
     if (q.kind == QUERY_CLASS_HISTORY)
         rc = query_history(st, &q, cfg.store_path);
+    else if (q.kind == QUERY_SAMPLES)
+        rc = query_samples(st, &q, cfg.store_path);
     else
         rc = query_message(st, &q, cfg.store_path);
     store_close(st);

@@ -2,7 +2,13 @@
  * Design note
  *
  * Tables (schema version 5, stored in PRAGMA user_version):
- *   samples        one row per (race, second, racer) of telemetry.
+ *   sample_log     the samples of telemetry, in the order the aggregator
+ *                  stored them: one row per transaction, whose BLOB packs
+ *                  all of that transaction's samples (store/sample_log.h).
+ *                  A later sample of a (race, racer, second) replaces the
+ *                  earlier one when the log is read back. One append per
+ *                  batch costs a fraction of a B-tree insert per sample,
+ *                  and the log is read only at start-up.
  *   agg_state      small JSON documents of the aggregators by (kind, key).
  *   checkpoints    last committed (sequence, sub-sequence) per shard.
  *   outbox         messages waiting to be published, in id order.
@@ -66,6 +72,7 @@
  */
 #include "store/store.h"
 #include "store/idempotency.h"
+#include "store/sample_log.h"
 
 #include "common/seqnum.h"
 #include "store/sqlite_errname.h"
@@ -94,7 +101,6 @@ enum stmt_id {
     STMT_ROLLBACK,
     STMT_SAMPLE_PUT,
     STMT_SAMPLE_LOAD,
-    STMT_SAMPLE_COUNT,
     STMT_STATE_PUT,
     STMT_STATE_DELETE,
     STMT_STATE_LOAD,
@@ -122,18 +128,10 @@ static const char *const stmt_sql[STMT_COUNT] = {
     [STMT_BEGIN] = "BEGIN IMMEDIATE",
     [STMT_COMMIT] = "COMMIT",
     [STMT_ROLLBACK] = "ROLLBACK",
-    [STMT_SAMPLE_PUT] = "INSERT OR REPLACE INTO samples"
-                        " (race_id, racer_id, second, class_id, name, uuid,"
-                        " device_ts_ms, arrival_ms, cadence4, resistance4,"
-                        " output4, cadence_exact, resistance_exact, final)"
-                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
-                        " ?11, ?12, ?13, ?14)",
-    [STMT_SAMPLE_LOAD] = "SELECT race_id, racer_id, second, class_id, name,"
-                         " uuid, device_ts_ms, arrival_ms, cadence4,"
-                         " resistance4, output4, cadence_exact,"
-                         " resistance_exact, final FROM samples"
-                         " ORDER BY race_id, racer_id, second",
-    [STMT_SAMPLE_COUNT] = "SELECT count(*) FROM samples",
+    [STMT_SAMPLE_PUT] = "INSERT INTO sample_log (format, count, data)"
+                        " VALUES (?1, ?2, ?3)",
+    [STMT_SAMPLE_LOAD] = "SELECT id, format, count, data FROM sample_log"
+                         " ORDER BY id",
     [STMT_STATE_PUT] = "INSERT OR REPLACE INTO agg_state (kind, key, value)"
                        " VALUES (?1, ?2, ?3)",
     [STMT_STATE_DELETE] = "DELETE FROM agg_state WHERE kind = ?1 AND key = ?2",
@@ -188,6 +186,7 @@ struct store {
     struct idem_table *idem; /* NULL until store_open_idempotency */
     size_t idem_reclaimed;   /* claims of dead owners released at open */
     sqlite3_stmt *stmt[STMT_COUNT];
+    struct sample_log_buf samples; /* put in the open transaction */
     char errmsg[STORE_ERRMSG_LEN];
 };
 
@@ -620,41 +619,95 @@ static int migrate_to_v4(struct store *st)
 }
 
 /*
- * Version 5: samples and class_history are keyed by second before rider.
- * Records arrive in time order, so a batch now adds rows at the right edge
- * of each race's and class's range instead of one row on the leaf page of
- * every rider. That page is written to the WAL at each commit, so the old
- * order wrote several kilobytes per record with 1,000 riders. Rows are
- * copied as they are.
+ * Copy the rows of the version 4 samples table into the log, in key order,
+ * a few thousand per log row.
+ */
+static int copy_samples_to_log(struct store *st)
+{
+    static const char select_sql[] =
+        "SELECT race_id, racer_id, second, class_id, name, uuid,"
+        " device_ts_ms, arrival_ms, cadence4, resistance4, output4,"
+        " cadence_exact, resistance_exact, final FROM samples"
+        " ORDER BY race_id, racer_id, second";
+    static const char insert_sql[] =
+        "INSERT INTO sample_log (format, count, data) VALUES (?1, ?2, ?3)";
+    sqlite3_stmt *sel = NULL, *ins = NULL;
+    struct sample_log_buf buf = {0};
+    int rc = sqlite3_prepare_v2(st->db, select_sql, -1, &sel, NULL);
+
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(st->db, insert_sql, -1, &ins, NULL);
+    while (rc == SQLITE_OK) {
+        int step = sqlite3_step(sel);
+        if (step == SQLITE_ROW) {
+            struct store_sample smp = {0};
+            const char **texts[] = {&smp.race_id,
+                                    &smp.racer_id,
+                                    &smp.class_id,
+                                    &smp.name,
+                                    &smp.uuid,
+                                    &smp.cadence_exact,
+                                    &smp.resistance_exact};
+            static const int cols[] = {0, 1, 3, 4, 5, 11, 12};
+            for (size_t i = 0; i < 7 && rc == SQLITE_OK; i++) {
+                size_t len = 0;
+                rc = column_bytes(sel, cols[i], texts[i], &len);
+                if (i == 3)
+                    smp.name_len = len;
+                else if (i == 4)
+                    smp.uuid_len = len;
+            }
+            smp.second = sqlite3_column_int(sel, 2);
+            smp.device_ts_ms = sqlite3_column_int64(sel, 6);
+            smp.arrival_ms = sqlite3_column_int64(sel, 7);
+            smp.cadence4 = sqlite3_column_int64(sel, 8);
+            smp.resistance4 = sqlite3_column_int64(sel, 9);
+            smp.output4 = sqlite3_column_int64(sel, 10);
+            smp.final = sqlite3_column_int64(sel, 13) != 0;
+            if (rc == SQLITE_OK && sample_log_append(&buf, &smp) != 0)
+                rc = SQLITE_NOMEM;
+            if (rc != SQLITE_OK || buf.count < 4096)
+                continue;
+        } else if (step != SQLITE_DONE) {
+            rc = step;
+            break;
+        } else if (buf.count == 0) {
+            break;
+        }
+        sqlite3_bind_int(ins, 1, SAMPLE_LOG_FORMAT);
+        sqlite3_bind_int64(ins, 2, buf.count);
+        sqlite3_bind_blob64(ins, 3, buf.data, buf.len, SQLITE_STATIC);
+        rc = sqlite3_step(ins);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+        sqlite3_reset(ins);
+        sample_log_reset(&buf);
+        if (step == SQLITE_DONE)
+            break;
+    }
+    if (rc != SQLITE_OK)
+        fail_sqlite(st, rc, "copy samples into the sample log");
+    sqlite3_finalize(sel);
+    sqlite3_finalize(ins);
+    sample_log_free(&buf);
+    return rc == SQLITE_OK ? 0 : -1;
+}
+
+/*
+ * Version 5: samples move into the sample log (see the design note), and
+ * class_history is keyed by second before rider. Records arrive in time
+ * order, so a batch adds history rows at the right edge of each class's
+ * range instead of one row on the leaf page of every rider, each of which
+ * went to the WAL at commit.
  */
 static int migrate_to_v5(struct store *st)
 {
-    static const char *const sql[] = {
-        "CREATE TABLE samples_v5 ("
-        " race_id TEXT NOT NULL,"
-        " racer_id TEXT NOT NULL,"
-        " second INTEGER NOT NULL,"
-        " class_id TEXT,"
-        " name BLOB,"
-        " uuid BLOB,"
-        " device_ts_ms INTEGER,"
-        " arrival_ms INTEGER,"
-        " cadence4 INTEGER,"
-        " resistance4 INTEGER,"
-        " output4 INTEGER,"
-        " cadence_exact TEXT,"
-        " resistance_exact TEXT,"
-        " final INTEGER NOT NULL DEFAULT 0,"
-        " PRIMARY KEY (race_id, second, racer_id)"
-        ") WITHOUT ROWID",
-
-        "INSERT INTO samples_v5 SELECT race_id, racer_id, second, class_id,"
-        " name, uuid, device_ts_ms, arrival_ms, cadence4, resistance4,"
-        " output4, cadence_exact, resistance_exact, final FROM samples",
-
-        "DROP TABLE samples",
-
-        "ALTER TABLE samples_v5 RENAME TO samples",
+    static const char *const create[] = {
+        "CREATE TABLE sample_log ("
+        " id INTEGER PRIMARY KEY,"
+        " format INTEGER NOT NULL,"
+        " count INTEGER NOT NULL,"
+        " data BLOB NOT NULL"
+        ")",
 
         "CREATE TABLE class_history_v5 ("
         " class_id TEXT NOT NULL,"
@@ -673,7 +726,10 @@ static int migrate_to_v5(struct store *st)
         "ALTER TABLE class_history_v5 RENAME TO class_history",
     };
 
-    return exec_all(st, sql, sizeof sql / sizeof sql[0]);
+    if (exec_all(st, create, sizeof create / sizeof create[0]) != 0 ||
+        copy_samples_to_log(st) != 0)
+        return -1;
+    return exec_sql(st, "DROP TABLE samples");
 }
 
 /* migrations[v] brings the schema from version v - 1 to version v. */
@@ -924,6 +980,7 @@ void store_close(struct store *st)
     for (int i = 0; i < STMT_COUNT; i++)
         sqlite3_finalize(st->stmt[i]);
     sqlite3_close(st->db);
+    sample_log_free(&st->samples);
     free(st);
 }
 
@@ -933,6 +990,20 @@ const char *store_errmsg(const struct store *st)
 }
 
 /* ---- transactions --------------------------------------------------- */
+
+/* Write the samples put since the last flush as one log row. */
+static int flush_samples(struct store *st)
+{
+    if (st->samples.count == 0)
+        return 0;
+    struct binder b = bind_start(st, STMT_SAMPLE_PUT);
+    bind_int64(&b, 1, SAMPLE_LOG_FORMAT);
+    bind_int64(&b, 2, st->samples.count);
+    bind_blob(&b, 3, st->samples.data, st->samples.len);
+    int rc = exec_bound(st, &b, "append to the sample log");
+    sample_log_reset(&st->samples);
+    return rc;
+}
 
 /*
  * BEGIN IMMEDIATE takes the write lock at once. Another writer then makes
@@ -955,6 +1026,7 @@ static void rollback_quietly(struct store *st)
      * must drop them, or a rolled-back claim would look like a duplicate. */
     if (st->idem != NULL)
         idem_after_rollback(st->idem);
+    sample_log_reset(&st->samples);
     if (sqlite3_get_autocommit(st->db))
         return;
     sqlite3_step(stmt);
@@ -973,7 +1045,7 @@ int store_commit(struct store *st)
 {
     struct binder b = bind_start(st, STMT_COMMIT);
 
-    if (exec_bound(st, &b, "COMMIT") == 0)
+    if (flush_samples(st) == 0 && exec_bound(st, &b, "COMMIT") == 0)
         return 0;
     rollback_quietly(st);
     return -1;
@@ -986,6 +1058,7 @@ void store_rollback(struct store *st)
 
     if (st->idem != NULL)
         idem_after_rollback(st->idem);
+    sample_log_reset(&st->samples);
     if (sqlite3_get_autocommit(st->db))
         return;
     exec_bound(st, &b, "ROLLBACK");
@@ -1084,26 +1157,27 @@ size_t store_idempotency_reclaimed(const struct store *st)
 
 /* ---- samples -------------------------------------------------------- */
 
-/* name and uuid are bound as BLOBs with their lengths, so NULs survive. */
+/* Maximum bytes of samples in one log row; a batch of 10,000
+ * records makes about 1 MB. */
+#define SAMPLE_FLUSH_BYTES (4u << 20)
+
+/*
+ * Samples wait in memory until the commit, or until they fill a log row.
+ * Outside a transaction each sample is its own row, so nothing waits for a
+ * commit that will not come.
+ */
 int store_sample_put(struct store *st, const struct store_sample *s)
 {
-    struct binder b = bind_start(st, STMT_SAMPLE_PUT);
+    int rc = sample_log_append(&st->samples, s);
 
-    bind_text(&b, 1, s->race_id);
-    bind_text(&b, 2, s->racer_id);
-    bind_int64(&b, 3, s->second);
-    bind_text(&b, 4, s->class_id);
-    bind_blob(&b, 5, s->name, s->name_len);
-    bind_blob(&b, 6, s->uuid, s->uuid_len);
-    bind_int64(&b, 7, s->device_ts_ms);
-    bind_int64(&b, 8, s->arrival_ms);
-    bind_int64(&b, 9, s->cadence4);
-    bind_int64(&b, 10, s->resistance4);
-    bind_int64(&b, 11, s->output4);
-    bind_text(&b, 12, s->cadence_exact);
-    bind_text(&b, 13, s->resistance_exact);
-    bind_int64(&b, 14, s->final ? 1 : 0);
-    return exec_bound(st, &b, "insert sample");
+    if (rc != 0) {
+        return fail(st, "insert sample: %s",
+                    rc == -ENOMEM ? "out of memory"
+                                  : "race_id and racer_id must not be NULL");
+    }
+    if (sqlite3_get_autocommit(st->db) || st->samples.len >= SAMPLE_FLUSH_BYTES)
+        return flush_samples(st);
+    return 0;
 }
 
 struct sample_scan {
@@ -1111,54 +1185,121 @@ struct sample_scan {
     void *arg;
 };
 
-static int visit_sample(struct store *st, sqlite3_stmt *stmt, void *ctx)
+static int visit_log_row(struct store *st, sqlite3_stmt *stmt, void *ctx)
 {
     struct sample_scan *scan = ctx;
-    struct reader r = {stmt, SQLITE_OK};
-    struct store_sample s = {0};
+    int64_t id = sqlite3_column_int64(stmt, 0);
+    int64_t format = sqlite3_column_int64(stmt, 1);
+    int64_t count = sqlite3_column_int64(stmt, 2);
+    const char *data = NULL;
+    size_t len = 0;
+    int rc = column_bytes(stmt, 3, &data, &len);
 
-    s.race_id = read_bytes(&r, 0, NULL);
-    s.racer_id = read_bytes(&r, 1, NULL);
-    int64_t second = sqlite3_column_int64(stmt, 2);
-    s.class_id = read_bytes(&r, 3, NULL);
-    s.name = read_bytes(&r, 4, &s.name_len);
-    s.uuid = read_bytes(&r, 5, &s.uuid_len);
-    s.device_ts_ms = sqlite3_column_int64(stmt, 6);
-    s.arrival_ms = sqlite3_column_int64(stmt, 7);
-    s.cadence4 = sqlite3_column_int64(stmt, 8);
-    s.resistance4 = sqlite3_column_int64(stmt, 9);
-    s.output4 = sqlite3_column_int64(stmt, 10);
-    s.cadence_exact = read_bytes(&r, 11, NULL);
-    s.resistance_exact = read_bytes(&r, 12, NULL);
-    s.final = sqlite3_column_int64(stmt, 13) != 0;
-    if (r.rc != SQLITE_OK)
-        return fail_sqlite(st, r.rc, "read sample");
-
-    if (second < INT32_MIN || second > INT32_MAX) {
+    if (rc != SQLITE_OK)
+        return fail_sqlite(st, rc, "read sample log row %" PRId64, id);
+    if (format != SAMPLE_LOG_FORMAT) {
         return fail(st,
-                    "stored sample of race %s, racer %s has second %" PRId64
-                    " outside the 32-bit range",
-                    printable(s.race_id), printable(s.racer_id), second);
+                    "sample log row %" PRId64 " has format %" PRId64
+                    ", which this build cannot read; use the podium version"
+                    " that wrote it",
+                    id, format);
     }
-    s.second = (int32_t)second;
-    return scan->cb(scan->arg, &s);
+
+    size_t pos = 0;
+    for (int64_t i = 0; i < count || pos < len; i++) {
+        struct store_sample s;
+        const char *reason = "";
+        if (i >= count || sample_log_next((const unsigned char *)data, len,
+                                          &pos, &s, &reason) != 0) {
+            return fail(st,
+                        "sample log row %" PRId64
+                        " is damaged at entry %" PRId64 " of %" PRId64 ": %s",
+                        id, i, count,
+                        i >= count ? "bytes after the last entry" : reason);
+        }
+        rc = scan->cb(scan->arg, &s);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
 }
 
-/*
- * name and uuid come back with their stored lengths and a NUL after the last
- * byte. A column stored as NULL comes back as a NULL pointer.
- */
 int store_samples_load(struct store *st, store_sample_cb cb, void *arg)
 {
     struct sample_scan scan = {cb, arg};
 
+    if (flush_samples(st) != 0)
+        return -1;
     return scan_rows(st, st->stmt[STMT_SAMPLE_LOAD], "load samples",
-                     visit_sample, &scan);
+                     visit_log_row, &scan);
 }
 
+/* The (race, racer, second) keys of the log, to count distinct ones. */
+struct key_list {
+    char **keys;
+    size_t count;
+    size_t cap;
+};
+
+static int collect_key(void *arg, const struct store_sample *s)
+{
+    struct key_list *list = arg;
+    size_t a = strlen(s->race_id), b = strlen(s->racer_id);
+    char *key = malloc(a + b + 16);
+
+    if (key == NULL)
+        return -ENOMEM;
+    memcpy(key, s->race_id, a + 1);
+    memcpy(key + a + 1, s->racer_id, b + 1);
+    memcpy(key + a + b + 2, &s->second, sizeof s->second);
+    if (list->count == list->cap) {
+        size_t cap = list->cap ? list->cap * 2 : 64;
+        char **keys = realloc(list->keys, cap * sizeof *keys);
+        if (keys == NULL) {
+            free(key);
+            return -ENOMEM;
+        }
+        list->keys = keys;
+        list->cap = cap;
+    }
+    list->keys[list->count++] = key;
+    return 0;
+}
+
+static size_t key_len(const char *key)
+{
+    size_t a = strlen(key);
+    return a + strlen(key + a + 1) + 2 + sizeof(int32_t);
+}
+
+static int compare_keys(const void *pa, const void *pb)
+{
+    const char *a = *(const char *const *)pa, *b = *(const char *const *)pb;
+    size_t la = key_len(a), lb = key_len(b);
+    int c = memcmp(a, b, la < lb ? la : lb);
+    return c != 0 ? c : (la > lb) - (la < lb);
+}
+
+/* Counts the log's distinct keys in memory: meant for tests and tools. */
 int store_sample_count(struct store *st, int64_t *count)
 {
-    return query_count(st, STMT_SAMPLE_COUNT, "count samples", count);
+    struct key_list list = {0};
+    int rc = store_samples_load(st, collect_key, &list);
+
+    if (rc == -ENOMEM)
+        rc = fail(st, "count samples: out of memory");
+    if (rc == 0) {
+        qsort(list.keys, list.count, sizeof list.keys[0], compare_keys);
+        *count = 0;
+        for (size_t i = 0; i < list.count; i++) {
+            if (i == 0 || compare_keys(&list.keys[i - 1], &list.keys[i]) != 0)
+                (*count)++;
+        }
+    }
+    for (size_t i = 0; i < list.count; i++)
+        free(list.keys[i]);
+    free(list.keys);
+    return rc == 0 ? 0 : -1;
 }
 
 /* ---- aggregator state ----------------------------------------------- */

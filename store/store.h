@@ -91,15 +91,21 @@ struct store_sample {
     bool final;
 };
 
-/* Insert or replace the sample of (race_id, racer_id, second). */
+/*
+ * Store the sample of (race_id, racer_id, second), which replaces any
+ * earlier one of the same key. Inside a transaction the sample is written
+ * at store_commit() and dropped by a rollback.
+ */
 int store_sample_put(struct store *st, const struct store_sample *s);
 
-/* Call cb for every sample, ordered by race, racer, second. A non-zero
- * return from cb stops the scan and is returned. */
+/* Call cb for every sample in the order they were stored. A key can come
+ * more than once, and then the later sample replaces the earlier one. A
+ * non-zero return from cb stops the scan and is returned. */
 typedef int (*store_sample_cb)(void *arg, const struct store_sample *s);
 int store_samples_load(struct store *st, store_sample_cb cb, void *arg);
 
-/* Number of stored samples (for tests and metrics). */
+/* Number of distinct (race, racer, second) keys among the stored samples.
+ * It reads the whole log, so it is meant for tests and tools. */
 int store_sample_count(struct store *st, int64_t *count);
 
 /* ---- aggregator state: small JSON documents by (kind, key) ---------- */

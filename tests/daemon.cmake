@@ -58,6 +58,7 @@ podium_e2e_test(e2e_replay_stream replay-stream.sh)
 podium_e2e_test(e2e_replay_signal replay-signal.sh)
 # podium replay's report of bad lines, its input checks and output streams.
 podium_e2e_test(e2e_replay_lines replay-lines.sh)
+podium_e2e_test(e2e_sample_log sample-log.sh)
 # tools/demo.sh interrupted by SIGINT: the reason, status 130, nothing left.
 podium_e2e_test(e2e_demo_signal demo-signal.sh)
 # podium simulate's malformed, late and skewed records, counted and replayed.

@@ -456,15 +456,100 @@ TEST(store_sample_put_replaces_existing)
     ASSERT_OK(st, store_sample_put(st, &s));
     ASSERT_EQ(sample_count(st), 1);
 
+    /* Both come back, in the order they were put, so the reader keeps
+     * the second. */
     ASSERT_OK(st, store_samples_load(st, collect_sample, &list));
-    ASSERT_EQ(list.count, 1);
-    ASSERT_EQ(list.items[0].raw.cadence4, 1234567);
-    ASSERT_EQ(list.items[0].raw.resistance4, 450000);
-    ASSERT_EQ(list.items[0].raw.output4, INT64_MAX);
-    ASSERT_EQ(list.items[0].raw.device_ts_ms, INT64_MIN);
-    ASSERT_EQ(list.items[0].raw.arrival_ms, 1700000005250);
-    ASSERT_TRUE(list.items[0].raw.final);
+    ASSERT_EQ(list.count, 2);
+    ASSERT_EQ(list.items[0].raw.cadence4, 900000);
+    ASSERT_FALSE(list.items[0].raw.final);
+    ASSERT_EQ(list.items[1].raw.cadence4, 1234567);
+    ASSERT_EQ(list.items[1].raw.resistance4, 450000);
+    ASSERT_EQ(list.items[1].raw.output4, INT64_MAX);
+    ASSERT_EQ(list.items[1].raw.device_ts_ms, INT64_MIN);
+    ASSERT_EQ(list.items[1].raw.arrival_ms, 1700000005250);
+    ASSERT_TRUE(list.items[1].raw.final);
     store_close(st);
+}
+
+TEST(store_samples_commit_with_their_transaction)
+{
+    const char *path = db_path("podium.db");
+    struct store *st = open_store(path);
+    struct store_sample a = make_sample("\"R-7\"", "12", 5);
+    struct store_sample b = make_sample("\"R-7\"", "13", 5);
+    struct sample_list list = {0};
+
+    /* A rolled-back sample is gone. */
+    ASSERT_OK(st, store_begin(st));
+    ASSERT_OK(st, store_sample_put(st, &a));
+    store_rollback(st);
+    ASSERT_EQ(sample_count(st), 0);
+
+    /* A sample put in the open transaction is seen by a load in it. */
+    ASSERT_OK(st, store_begin(st));
+    ASSERT_OK(st, store_sample_put(st, &a));
+    ASSERT_EQ(sample_count(st), 1);
+    ASSERT_OK(st, store_sample_put(st, &b));
+    ASSERT_OK(st, store_commit(st));
+    store_close(st);
+
+    st = open_store(path);
+    ASSERT_OK(st, store_samples_load(st, collect_sample, &list));
+    ASSERT_EQ(list.count, 2);
+    ASSERT_STR_EQ(list.items[0].racer_id, "12");
+    ASSERT_STR_EQ(list.items[1].racer_id, "13");
+    store_close(st);
+}
+
+/* Overwrite the data or format of the first sample log row. */
+static void damage_log(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    char *err = NULL;
+
+    ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
+    if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK)
+        test_fail(__FILE__, __LINE__, "damage: %s", err);
+    sqlite3_close(db);
+}
+
+TEST(store_samples_load_names_damaged_log_row)
+{
+    const char *path = db_path("podium.db");
+    struct store *st = open_store(path);
+    struct store_sample a = make_sample("\"R-7\"", "12", 5);
+    struct sample_list list = {0};
+    const struct {
+        const char *sql;
+        const char *error;
+    } cases[] = {
+        {"UPDATE sample_log SET data = substr(data, 1, 3)",
+         "sample log row 1 is damaged at entry 0 of 1: an entry is cut short"},
+        {"UPDATE sample_log SET data = substr(data, 1, 30)",
+         "entry 0 of 1: a text is longer than the rest of the entry"},
+        {"UPDATE sample_log SET data = data || x'00'",
+         "sample log row 1 is damaged at entry 1 of 1: bytes after the last"},
+        {"UPDATE sample_log SET count = 2",
+         "sample log row 1 is damaged at entry 1 of 2: an entry is cut short"},
+        {"UPDATE sample_log SET data = x'40' || substr(data, 2)",
+         "entry 0 of 1: an entry has unknown flags"},
+        {"UPDATE sample_log SET format = 9",
+         "sample log row 1 has format 9, which this build cannot read"},
+    };
+
+    ASSERT_OK(st, store_sample_put(st, &a));
+    store_close(st);
+    damage_log(path, "CREATE TABLE keep AS SELECT * FROM sample_log");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        damage_log(path, "DELETE FROM sample_log;"
+                         " INSERT INTO sample_log SELECT * FROM keep");
+        damage_log(path, cases[i].sql);
+        st = open_store(path);
+        list.count = 0;
+        ASSERT_EQ(store_samples_load(st, collect_sample, &list), -1);
+        ASSERT_CONTAINS(store_errmsg(st), cases[i].error);
+        store_close(st);
+    }
 }
 
 static int check_sample_strings(void *arg, const struct store_sample *s)
@@ -478,7 +563,7 @@ static int check_sample_strings(void *arg, const struct store_sample *s)
     return 0;
 }
 
-TEST(store_samples_load_orders_nul_names)
+TEST(store_samples_load_keeps_order_and_nuls)
 {
     struct store *st = open_store(db_path("podium.db"));
     struct sample_list list = {0};
@@ -512,26 +597,25 @@ TEST(store_samples_load_orders_nul_names)
         ASSERT_OK(st, store_sample_put(st, &s));
     }
 
+    /* Samples come back in the order they were put. */
     ASSERT_OK(st, store_samples_load(st, collect_sample, &list));
     ASSERT_EQ(list.count, 6);
-    ASSERT_STR_EQ(list.items[0].racer_id, "1");
-    ASSERT_EQ(list.items[0].second, INT32_MIN);
-    ASSERT_EQ(list.items[1].second, 2);
-    ASSERT_EQ(list.items[2].second, 10);
-    ASSERT_EQ(list.items[3].second, INT32_MAX);
-    ASSERT_STR_EQ(list.items[4].racer_id, "2");
-    ASSERT_STR_EQ(list.items[5].race_id, "\"R-2\"");
+    for (size_t i = 0; i < sizeof puts / sizeof puts[0]; i++) {
+        ASSERT_STR_EQ(list.items[i].race_id, puts[i].race);
+        ASSERT_STR_EQ(list.items[i].racer_id, puts[i].racer);
+        ASSERT_EQ(list.items[i].second, puts[i].second);
+    }
 
     /* NULs inside name and uuid survive, and a NUL follows the bytes. */
-    ASSERT_MEM_EQ(list.items[1].name, list.items[1].name_len, nul_name, 5);
-    ASSERT_TRUE(list.items[1].name_terminated);
-    ASSERT_MEM_EQ(list.items[1].uuid, list.items[1].uuid_len, nul_uuid, 3);
+    ASSERT_MEM_EQ(list.items[4].name, list.items[4].name_len, nul_name, 5);
+    ASSERT_TRUE(list.items[4].name_terminated);
+    ASSERT_MEM_EQ(list.items[4].uuid, list.items[4].uuid_len, nul_uuid, 3);
 
     /* An empty name stays empty, and a NULL name stays NULL. */
     ASSERT_FALSE(list.items[2].name_null);
     ASSERT_EQ(list.items[2].name_len, 0);
-    ASSERT_TRUE(list.items[5].name_null);
-    ASSERT_MEM_EQ(list.items[0].name, list.items[0].name_len, "Ann", 3);
+    ASSERT_TRUE(list.items[0].name_null);
+    ASSERT_MEM_EQ(list.items[5].name, list.items[5].name_len, "Ann", 3);
     store_close(st);
 }
 
@@ -1041,6 +1125,18 @@ TEST(store_history_put_delete_load)
     store_close(st);
 }
 
+/* The samples table of versions 1 to 4, which version 5 replaced with the
+ * sample log. */
+#define V4_SAMPLES_SQL                                                         \
+    " DROP TABLE sample_log;"                                                  \
+    " CREATE TABLE samples (race_id TEXT NOT NULL,"                            \
+    " racer_id TEXT NOT NULL, second INTEGER NOT NULL, class_id TEXT,"         \
+    " name BLOB, uuid BLOB, device_ts_ms INTEGER, arrival_ms INTEGER,"         \
+    " cadence4 INTEGER, resistance4 INTEGER, output4 INTEGER,"                 \
+    " cadence_exact TEXT, resistance_exact TEXT,"                              \
+    " final INTEGER NOT NULL DEFAULT 0,"                                       \
+    " PRIMARY KEY (race_id, racer_id, second)) WITHOUT ROWID;"
+
 /* Turn a current database back into the version 2 schema, which lacked the
  * two tables that version 3 added and the index of version 4. */
 static void downgrade_to_v2(const char *path)
@@ -1049,11 +1145,14 @@ static void downgrade_to_v2(const char *path)
     char *err = NULL;
 
     ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
-    int rc = sqlite3_exec(db,
-                          "DROP TABLE last_messages; DROP TABLE class_history;"
-                          " DROP INDEX dead_letters_record;"
-                          " PRAGMA user_version = 2;",
-                          NULL, NULL, &err);
+    int rc = sqlite3_exec(
+        db,
+        "DROP TABLE last_messages; DROP TABLE class_history;"
+        " DROP INDEX dead_letters_record;" V4_SAMPLES_SQL
+        " INSERT INTO samples (race_id, racer_id, second, name, uuid)"
+        " VALUES ('\"R-7\"', '5402746', 12, X'416E6E', X'35');"
+        " PRAGMA user_version = 2;",
+        NULL, NULL, &err);
     if (rc != SQLITE_OK)
         test_fail(__FILE__, __LINE__, "downgrade: %s", err);
     sqlite3_close(db);
@@ -1063,12 +1162,10 @@ TEST(store_migrates_v2_keeping_samples)
 {
     const char *path = db_path("podium.db");
     struct store *st = open_store(path);
-    struct store_sample s = make_sample("\"R-7\"", "5402746", 12);
     struct history_list rows = {0};
     char err[1024] = "";
 
     ASSERT_OK(st, store_begin(st));
-    ASSERT_OK(st, store_sample_put(st, &s));
     ASSERT_OK(st, store_state_put(st, "race", "\"R-7\"", "{}", 2));
     ASSERT_OK(st, store_commit(st));
     store_close(st);
@@ -1107,7 +1204,7 @@ TEST(store_migrates_v3_dropping_repeats)
     ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
     int rc = sqlite3_exec(
         db,
-        "DROP INDEX dead_letters_record;"
+        "DROP INDEX dead_letters_record;" V4_SAMPLES_SQL
         " INSERT INTO dead_letters (shard_id, seq, subseq, reason)"
         " VALUES ('s-1', '10', 0, 'not_json'), ('s-1', '10', 0, 'not_json'),"
         " ('s-1', '11', 0, 'not_json'), ('s-1', '11', 0, 'not_json'),"
@@ -1123,6 +1220,21 @@ TEST(store_migrates_v3_dropping_repeats)
     ASSERT_OK(st, store_dead_letter_count(st, &count));
     ASSERT_EQ(count, 5);
     store_close(st);
+}
+
+/* The single integer that sql returns on the database at path. */
+static int64_t query_int_at(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+
+    ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+    int64_t value = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return value;
 }
 
 /* The primary key of table, as written in its CREATE statement. */
@@ -1144,7 +1256,7 @@ static void table_sql(const char *path, const char *table, char *out,
     sqlite3_close(db);
 }
 
-TEST(store_migrates_v4_keying_by_second)
+TEST(store_migrates_v4_into_sample_log)
 {
     const char *path = db_path("podium.db");
     struct store *st = open_store(path);
@@ -1155,18 +1267,12 @@ TEST(store_migrates_v4_keying_by_second)
     struct history_list rows = {0};
 
     store_close(st);
-    /* A version 4 store, whose two tables were keyed by rider first. */
+    /* A version 4 store, with a samples table and a class history keyed by
+     * rider first. */
     ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
     int rc = sqlite3_exec(
         db,
-        "DROP TABLE samples; DROP TABLE class_history;"
-        " CREATE TABLE samples (race_id TEXT NOT NULL,"
-        " racer_id TEXT NOT NULL, second INTEGER NOT NULL, class_id TEXT,"
-        " name BLOB, uuid BLOB, device_ts_ms INTEGER, arrival_ms INTEGER,"
-        " cadence4 INTEGER, resistance4 INTEGER, output4 INTEGER,"
-        " cadence_exact TEXT, resistance_exact TEXT,"
-        " final INTEGER NOT NULL DEFAULT 0,"
-        " PRIMARY KEY (race_id, racer_id, second)) WITHOUT ROWID;"
+        "DROP TABLE class_history;" V4_SAMPLES_SQL
         " CREATE TABLE class_history (class_id TEXT NOT NULL,"
         " racer_id TEXT NOT NULL, second INTEGER NOT NULL,"
         " output4 INTEGER NOT NULL, race_id TEXT NOT NULL,"
@@ -1178,6 +1284,10 @@ TEST(store_migrates_v4_keying_by_second)
         " ('\"R-7\"', '9', 1, NULL, X'', X'37', 5, 6, 7, 8, 9, '7', '8', 0);"
         " INSERT INTO class_history VALUES ('1', '9', 2, 20000, '3'),"
         " ('1', '10', 1, 10000, '3'), ('1', '9', 1, 30000, '3');"
+        /* More than one log row's worth, in a race sorted after R-7. */
+        " WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
+        " WHERE i < 9000) INSERT INTO samples (race_id, racer_id, second)"
+        " SELECT '\"S\"', '1', i FROM n;"
         " PRAGMA user_version = 4;",
         NULL, NULL, &err);
     if (rc != SQLITE_OK)
@@ -1185,11 +1295,16 @@ TEST(store_migrates_v4_keying_by_second)
     sqlite3_close(db);
 
     st = open_store(path);
-    ASSERT_OK(st, store_samples_load(st, collect_sample, &list));
+    list.stop_after = 3;
+    ASSERT_EQ(store_samples_load(st, collect_sample, &list), 7);
+    int64_t count = 0;
+    ASSERT_OK(st, store_sample_count(st, &count));
+    ASSERT_EQ(count, 9003);
     store_close(st);
+    ASSERT_EQ(query_int_at(path, "SELECT count(*) FROM sample_log"), 3);
 
-    /* Every column survives, and samples still load by race, rider, then
-     * second. */
+    /* Every column survives, and the copied samples load by race, rider,
+     * then second. */
     ASSERT_EQ(list.count, 3);
     ASSERT_STR_EQ(list.items[0].racer_id, "10");
     ASSERT_EQ(list.items[0].second, 1);
@@ -1212,8 +1327,8 @@ TEST(store_migrates_v4_keying_by_second)
     ASSERT_STR_EQ(rows.lines[1], "1 9 1 30000 3");
     ASSERT_STR_EQ(rows.lines[2], "1 9 2 20000 3");
 
-    table_sql(path, "samples", sql, sizeof sql);
-    ASSERT_CONTAINS(sql, "PRIMARY KEY (race_id, second, racer_id)");
+    table_sql(path, "sample_log", sql, sizeof sql);
+    ASSERT_CONTAINS(sql, "data BLOB NOT NULL");
     table_sql(path, "class_history", sql, sizeof sql);
     ASSERT_CONTAINS(sql, "PRIMARY KEY (class_id, second, racer_id)");
 }

@@ -24,20 +24,14 @@ has_leaderboards() {
     (($(count_leaderboards "$capture") >= wanted))
 }
 
-# Compare the samples table with the checker's summary of the stream.
+# Compare the stored samples with the checker's summary of the stream.
 check_store() {
     local db="$1" summary="$2"
-    local store_count expected_count duplicates
+    local store_count expected_count
     expected_count="$(node -p "require('$summary').samples")"
-    store_count="$(sqlite3 "$db" 'SELECT count(*) FROM samples')" ||
-        e2e_fail "sqlite3 could not read the samples table of $db"
+    store_count="$(e2e_sample_count "$db")"
     if [[ "$store_count" != "$expected_count" ]]; then
         e2e_fail "the store has $store_count samples, expected $expected_count unique (race, racer, second) from the stream"
-    fi
-
-    duplicates="$(sqlite3 "$db" 'SELECT count(*) FROM (SELECT race_id, racer_id, second FROM samples GROUP BY race_id, racer_id, second HAVING count(*) > 1)')"
-    if [[ "$duplicates" != 0 ]]; then
-        e2e_fail "$duplicates (race_id, racer_id, second) keys appear more than once in the samples table of $db"
     fi
 
     node -e '
@@ -46,13 +40,14 @@ check_store() {
             console.log(`${race}|${total}`);
         }
     ' "$summary" | sort >"$E2E_DIR/expected-totals.txt"
-    sqlite3 -separator '|' "$db" 'SELECT race_id, sum(output4) FROM samples GROUP BY race_id' |
+    e2e_sample_rows "$db" '${j(s.raceId)}|${u(s.output)}' |
+        awk -F'|' '{ sum[$1] += $2 } END { for (r in sum) printf "%s|%.0f\n", r, sum[r] }' |
         sort >"$E2E_DIR/store-totals.txt"
     if ! diff -u "$E2E_DIR/expected-totals.txt" "$E2E_DIR/store-totals.txt" >"$E2E_DIR/totals.diff"; then
         cat "$E2E_DIR/totals.diff" >&2
         e2e_fail "the sum of output4 per race in the store differs from the checker's (lines race|total in 1/10000 units; - expected, + store)"
     fi
-    e2e_log "store: $store_count samples, no duplicate keys, output sums per race match"
+    e2e_log "store: $store_count samples, output sums per race match"
 }
 
 main() {

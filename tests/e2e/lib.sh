@@ -228,6 +228,54 @@ e2e_sql() {
     sqlite3 -cmd '.timeout 5000' "$1" "$2"
 }
 
+# e2e_samples DB [OPTIONS]: print the stored samples of DB as
+# `podium query samples` does, one JSON object per line, or nothing when it
+# has none. OPTIONS go to the query (--race ID, --racer ID, --second N).
+e2e_samples() {
+    local db="$1" err="$E2E_DIR/query-samples.err" rc=0
+    shift
+    "$PODIUM_BIN" query samples --set "store.path=$db" "$@" 2>"$err" || rc=$?
+    if ((rc == 1)) && grep -q "^podium query: no samples stored" "$err"; then
+        return 0
+    fi
+    ((rc == 0)) || e2e_fail "podium query samples failed on $db: $(cat "$err")"
+}
+
+# e2e_sample_count DB: the number of stored samples of DB.
+e2e_sample_count() {
+    local rows
+    rows="$(e2e_samples "$1")"
+    if [[ -z "$rows" ]]; then
+        echo 0
+    else
+        wc -l <<<"$rows"
+    fi
+}
+
+# e2e_uuid_count DB UUID: how many stored samples of DB have this uuid.
+e2e_uuid_count() {
+    local rows
+    rows="$(e2e_samples "$1")"
+    grep -cF "\"uuid\":\"$2\"," <<<"$rows" || true
+}
+
+# e2e_sample_rows DB TEMPLATE: print TEMPLATE, a JavaScript template
+# literal, for each stored sample s of DB. u(n) gives n in 1/10000, and
+# j(v) the JSON text of an id, as the records write it.
+e2e_sample_rows() {
+    local rows="$E2E_DIR/sample-rows.jsonl"
+    e2e_samples "$1" >"$rows"
+    node -e '
+        const fs = require("fs");
+        const u = (n) => Math.round(n * 10000);
+        const j = (v) => JSON.stringify(v);
+        const row = new Function("s", "u", "j", "return `" + process.argv[2] + "`;");
+        for (const line of fs.readFileSync(process.argv[1], "utf8").split("\n")) {
+            if (line !== "") console.log(row(JSON.parse(line), u, j));
+        }
+    ' "$rows" "$2"
+}
+
 # Create a stream and wait until it is ACTIVE.
 e2e_create_stream() {
     local stream="$1" shards="$2"

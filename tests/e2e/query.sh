@@ -38,9 +38,8 @@ query_expect() {
 check_history() {
     local class="$1" out="$E2E_DIR/history-$1.json"
     query_expect 0 "$out" class-history --class "$class"
-    e2e_sql "$E2E_DIR/podium.db" \
-        "SELECT second, racer_id, output4, race_id FROM samples WHERE class_id = '$class'" \
-        >"$E2E_DIR/samples-$class.txt"
+    e2e_sample_rows "$E2E_DIR/podium.db" '${j(s.classId)}|${s.second}|${j(s.racerId)}|${u(s.output)}|${j(s.raceId)}' |
+        awk -F'|' -v class="$class" '$1 == class' | cut -d'|' -f2- >"$E2E_DIR/samples-$class.txt"
     node -e '
         const fs = require("fs");
         const [out, rows, classId] = process.argv.slice(1);
@@ -112,7 +111,40 @@ check_errors() {
     # The string "1" is not the number 1.
     query_expect 1 "$out" class-leaderboard --class '"1"'
     grep -q 'no leaderboard stored for class "1"' "$out.err" || e2e_fail "no message for class \"1\": $(cat "$out.err")"
+    query_expect 2 "$out" samples --class 1
+    grep -q -- '--class does not apply' "$out.err" || e2e_fail "no message for --class on a samples query: $(cat "$out.err")"
+    query_expect 1 "$out" samples --race 999
+    grep -q 'no samples stored for race 999' "$out.err" || e2e_fail "no message for samples of an unknown race: $(cat "$out.err")"
     [[ ! -s "$out" ]] || e2e_fail "a failed query printed to stdout: $(cat "$out")"
+}
+
+# podium query samples with filters prints the lines of the whole list that
+# match them, in the same order.
+check_samples_filters() {
+    local out="$E2E_DIR/samples.out" all="$E2E_DIR/samples-all.jsonl"
+    query_expect 0 "$all" samples
+    local first race racer
+    first="$(head -n 1 "$all")"
+    race="$(node -p 'JSON.stringify(JSON.parse(process.argv[1]).raceId)' "$first")"
+    racer="$(node -p 'JSON.stringify(JSON.parse(process.argv[1]).racerId)' "$first")"
+    query_expect 0 "$out" samples --race "$race" --racer "$racer" --second 3
+    [[ "$(wc -l <"$out")" == 1 ]] && grep -q '"second":3,' "$out" ||
+        e2e_fail "podium query samples --race $race --racer $racer --second 3 printed: $(cat "$out")"
+    query_expect 0 "$out" samples --race "$race"
+    grep -F "\"raceId\":$race," "$all" | cmp -s - "$out" ||
+        e2e_fail "podium query samples --race $race is not the lines of race $race in the whole list"
+    node -e '
+        const lines = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n");
+        const keys = lines.map((l) => { const s = JSON.parse(l); return [JSON.stringify(s.raceId), JSON.stringify(s.racerId), s.second]; });
+        for (let i = 1; i < keys.length; i++) {
+            const a = keys[i - 1], b = keys[i];
+            if (!(a[0] < b[0] || (a[0] === b[0] && (a[1] < b[1] || (a[1] === b[1] && a[2] < b[2]))))) {
+                console.error(`lines ${i} and ${i + 1} are not in (raceId, racerId, second) order`);
+                process.exit(1);
+            }
+        }
+    ' "$all" || e2e_fail "podium query samples printed keys twice or out of order: see $all"
+    e2e_log "podium query samples: $(wc -l <"$all") samples, filters and order checked"
 }
 
 main() {
@@ -144,6 +176,7 @@ main() {
     check_history 1
     check_history 2
     check_errors
+    check_samples_filters
 
     kill -TERM "$podium_pid"
     e2e_wait_exit "$podium_pid" 10 "podium run" ||

@@ -80,7 +80,7 @@ check_every_bad_line() {
         e2e_fail "podium replay did not report exactly the first 20 bad lines: $(cat "$E2E_DIR/bad-lines.log")"
     [[ ! -s "$E2E_DIR/bad-lines.jsonl" ]] || e2e_fail "podium replay published although lines were bad"
     [[ ! -e "$E2E_DIR/bad-lines.db" ]] ||
-        [[ "$(sqlite3 "$E2E_DIR/bad-lines.db" 'SELECT count(*) FROM samples')" == 0 ]] ||
+        [[ "$(e2e_sample_count "$E2E_DIR/bad-lines.db")" == 0 ]] ||
         e2e_fail "podium replay applied records although lines were bad"
 
     expect_replay 0 bad-lines-skip --on-bad-line skip "$first" "$second"

@@ -180,7 +180,7 @@ check_bad_lines() {
         e2e_fail "the replay did not report bad.jsonl:6 as not JSON: $(cat "$E2E_DIR/fail.log")"
     [[ ! -s "$E2E_DIR/fail.jsonl" ]] || e2e_fail "the replay published after a bad line under fail"
     [[ ! -e "$E2E_DIR/fail.db" ]] ||
-        [[ "$(sqlite3 "$E2E_DIR/fail.db" 'SELECT count(*) FROM samples')" == 0 ]] ||
+        [[ "$(e2e_sample_count "$E2E_DIR/fail.db")" == 0 ]] ||
         e2e_fail "the replay applied records although a line was bad"
 
     expect_status 0 "--on-bad-line skip" skip --on-bad-line skip "$bad"
@@ -247,8 +247,8 @@ check_kpl() {
     [[ "$(summary_field kpl kinesis_records)" == "$(($(wc -l <"$RECORDING") - 2))" &&
         "$(summary_field kpl user_records)" == "$(wc -l <"$RECORDING")" ]] ||
         e2e_fail "the aggregate was not split into 3 user records: $(cat "$E2E_DIR/kpl.out")"
-    [[ "$(sqlite3 "$E2E_DIR/kpl.db" 'SELECT count(*) FROM samples')" == \
-        "$(sqlite3 "$E2E_DIR/batch-37.db" 'SELECT count(*) FROM samples')" ]] ||
+    [[ "$(e2e_sample_rows "$E2E_DIR/kpl.db" '${j(s)}')" == \
+        "$(e2e_sample_rows "$E2E_DIR/batch-37.db" '${j(s)}')" ]] ||
         e2e_fail "the KPL recording stored other samples than the plain one"
     determinism_tool compare --publish "$E2E_DIR/batch-37.jsonl" --other "$E2E_DIR/kpl.jsonl" ||
         e2e_fail "the KPL recording published other messages than the plain one"

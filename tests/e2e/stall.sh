@@ -48,7 +48,7 @@ put_telemetry() {
 # Print how many samples of the store have this uuid.
 count_uuid() {
     local db="$1" uuid="$2"
-    e2e_sql "$db" "SELECT count(*) FROM samples WHERE CAST(uuid AS TEXT) = '$uuid'"
+    e2e_uuid_count "$db" "$uuid"
 }
 
 checkpoint_of() {
@@ -270,8 +270,8 @@ main() {
         expect_once "$db" "$id"
     done
     local total
-    total="$(e2e_sql "$db" 'SELECT count(*) FROM samples')"
-    [[ "$total" == 3 ]] || e2e_fail "the samples table of $db has $total rows, expected 3"
+    total="$(e2e_sample_count "$db")"
+    [[ "$total" == 3 ]] || e2e_fail "the store $db has $total samples, expected 3"
     check_no_errors "$E2E_DIR/podium.log"
     e2e_log "passed"
 }

@@ -63,7 +63,7 @@ now_ms() {
 
 count_uuid() {
     local db="$1" uuid="$2"
-    e2e_sql "$db" "SELECT count(*) FROM samples WHERE CAST(uuid AS TEXT) = '$uuid'"
+    e2e_uuid_count "$db" "$uuid"
 }
 
 stored() {
