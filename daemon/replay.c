@@ -421,15 +421,11 @@ static double number_to_double(const char *token, size_t len)
 #endif
 }
 
-static bool all_digits(const char *s)
+/* Tell whether the n bytes of s (NUL-terminated) are all decimal digits,
+ * with at least one. strspn stops at the NUL, so a NUL inside s fails. */
+static bool all_digits(const char *s, size_t n)
 {
-    if (*s == '\0')
-        return false;
-    for (; *s; s++) {
-        if (*s < '0' || *s > '9')
-            return false;
-    }
-    return true;
+    return n > 0 && strspn(s, "0123456789") == n;
 }
 
 /*
@@ -457,8 +453,7 @@ static int check_fields(const struct sjson_value *root, struct line_record *out,
     }
     out->shard_id = v->str;
     v = sjson_object_get(root, "SequenceNumber");
-    if (!is_string(v) || !all_digits(v->str) || strlen(v->str) != v->len ||
-        v->len > 128) {
+    if (!is_string(v) || !all_digits(v->str, v->len) || v->len > 128) {
         quote_value(v, q, sizeof q);
         snprintf(err, err_len,
                  "SequenceNumber must be a string of up to 128 decimal "

@@ -10,7 +10,10 @@
 # 3. Within one file, a line of a shard whose SequenceNumber (and
 #    SubSequenceNumber) is not after the shard's line before it is a bad
 #    line, reported with FILE:LINE. Two copies of a recording in one file
-#    fail. Under skip they publish what one copy publishes.
+#    fail. Under skip they publish what one copy publishes. A
+#    SequenceNumber that is empty, not all digits, contains U+0000 or has
+#    more than 128 digits, and an arrival time before the epoch or after
+#    9999, make bad lines too.
 # 4. --speed below 0.001 is rejected with the accepted range.
 # 5. With publish.transport=file and publish.file=- the messages alone are
 #    on standard output and the summary is on standard error.
@@ -147,6 +150,35 @@ for (const sub of [0, 1, 1]) console.log(JSON.stringify({ ...r, SubSequenceNumbe
     e2e_log "sequence numbers that go back or repeat in a shard of one file are bad lines"
 }
 
+check_field_forms() {
+    # Line 1 is good; lines 2 to 7 are bad; line 8 is good with the longest
+    # SequenceNumber allowed.
+    local forms="$E2E_DIR/forms-recording.jsonl" n
+    head -n 1 "$GOLDEN" | node -e '
+const r = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const lines = [
+  r,
+  { ...r, SequenceNumber: "" },
+  { ...r, SequenceNumber: "49a1" },
+  { ...r, SequenceNumber: "49\u00001" },
+  { ...r, SequenceNumber: "9".repeat(129) },
+  { ...r, SequenceNumber: "9".repeat(128), ApproximateArrivalTimestamp: -0.001 },
+  { ...r, SequenceNumber: "9".repeat(128), ApproximateArrivalTimestamp: 253402300799.001 },
+  { ...r, SequenceNumber: "9".repeat(128) },
+];
+for (const line of lines) console.log(JSON.stringify(line));
+' >"$forms"
+    expect_replay 1 forms "$forms"
+    for n in 2 3 4 5; do
+        expect_message forms "forms-recording.jsonl:$n: SequenceNumber must be a string of up to 128 decimal digits"
+    done
+    for n in 6 7; do
+        expect_message forms "forms-recording.jsonl:$n: ApproximateArrivalTimestamp must be a number of seconds since the epoch"
+    done
+    expect_message forms "6 bad lines; nothing was applied"
+    e2e_log "SequenceNumber and ApproximateArrivalTimestamp out of form are bad lines"
+}
+
 check_speed_range() {
     # The file does not exist, so a value wrongly accepted fails on the
     # file instead of replaying for years.
@@ -177,6 +209,7 @@ main() {
     check_every_bad_line
     check_bom_and_blank_lines
     check_sequence_order
+    check_field_forms
     check_speed_range
     check_messages_on_stdout
     e2e_log "passed"
