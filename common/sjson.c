@@ -1346,12 +1346,11 @@ static int canonical_string(struct text_writer *w, const char *s, size_t n)
 }
 
 /* Order members by key bytes, a prefix first. Equal keys, which a parsed
- * document never has, keep their array order so the output stays fixed. */
-static int compare_members(const void *a, const void *b)
+ * document never has, keep their array order so the output stays fixed.
+ * Returns <0, 0 or >0 like memcmp. */
+static inline int member_order(const struct sjson_value *x,
+                               const struct sjson_value *y)
 {
-    const struct sjson_value *x = *(const struct sjson_value *const *)a;
-    const struct sjson_value *y = *(const struct sjson_value *const *)b;
-
     /* Most keys differ in their first byte. */
     if (x->key_len > 0 && y->key_len > 0 && x->key[0] != y->key[0])
         return (unsigned char)x->key[0] < (unsigned char)y->key[0] ? -1 : 1;
@@ -1366,6 +1365,13 @@ static int compare_members(const void *a, const void *b)
     return x < y ? -1 : (x > y);
 }
 
+/* member_order for qsort, on pointers to members. */
+static int compare_members(const void *a, const void *b)
+{
+    return member_order(*(const struct sjson_value *const *)a,
+                        *(const struct sjson_value *const *)b);
+}
+
 /* Sort the pointers of a small object's members in place. */
 static void insertion_sort_members(const struct sjson_value **members,
                                    size_t count)
@@ -1373,7 +1379,7 @@ static void insertion_sort_members(const struct sjson_value **members,
     for (size_t i = 1; i < count; i++) {
         const struct sjson_value *member = members[i];
         size_t j = i;
-        while (j > 0 && compare_members(&member, &members[j - 1]) < 0) {
+        while (j > 0 && member_order(member, members[j - 1]) < 0) {
             members[j] = members[j - 1];
             j--;
         }
