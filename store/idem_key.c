@@ -582,6 +582,30 @@ static bool select_value(const struct idem_keyexpr *expr,
 }
 
 /*
+ * Append the canonical form of v when v is a string that needs no escape
+ * and fits in IDEM_MAX_KEY with its quotes, which is the common key (a
+ * UUID). Returns 1 when it did, 0 when v is another case, which the caller
+ * hands to sjson_canonical(), or -1 when key reached its own maximum. One
+ * append of the whole key keeps key unchanged on failure.
+ */
+static int append_plain_string(const struct sjson_value *v, struct strbuf *key)
+{
+    char quoted[IDEM_MAX_KEY];
+
+    if (v->type != SJSON_STRING || v->len > IDEM_MAX_KEY - 2)
+        return 0;
+    for (size_t i = 0; i < v->len; i++) {
+        unsigned char c = (unsigned char)v->str[i];
+        if (c < 0x20 || c == '"' || c == '\\')
+            return 0;
+    }
+    quoted[0] = '"';
+    memcpy(quoted + 1, v->str, v->len);
+    quoted[v->len + 1] = '"';
+    return sb_append(key, quoted, v->len + 2) == 0 ? 1 : -1;
+}
+
+/*
  * Appends the key bytes to key (borrowed). The key is built in a buffer of
  * its own first, so a key longer than IDEM_MAX_KEY returns -1 and leaves
  * key unchanged. Also -1 when an argument is NULL, memory runs out, or key
@@ -598,7 +622,11 @@ int idem_keyexpr_eval(const struct idem_keyexpr *expr,
         return -1;
     if (!select_value(expr, root, &sel))
         return 0;
+    rc = append_plain_string(sel.value, key);
+    if (rc != 0)
+        return rc;
 
+    rc = 1;
     sb_init(&canonical, IDEM_MAX_KEY);
     if (sjson_canonical(sel.value, &canonical) != 0 ||
         sb_append(key, canonical.data, canonical.len) != 0)

@@ -587,6 +587,102 @@ TEST(idem_key_too_long_key_fails)
     }
 }
 
+/* One character of a string key: its JSON text in the record and its
+ * bytes in the canonical key. */
+struct key_char {
+    const char *json;
+    const char *canonical;
+};
+
+/* Characters that canonical JSON escapes, and some that it keeps. */
+static const struct key_char key_chars[] = {
+    {"\\u0001", "\\u0001"},
+    {"\\u001f", "\\u001f"},
+    {"\\n", "\\u000a"},
+    {"\\u0000", "\\u0000"},
+    {"\\\"", "\\\""},
+    {"\\\\", "\\\\"},
+    {"\\/", "/"},
+    {"\x7f", "\x7f"},
+    {"\xc3\xa9", "\xc3\xa9"},
+    {" ", " "},
+};
+
+TEST(idem_key_string_escaped_at_each_position)
+{
+    const size_t len = 17;
+
+    for (size_t c = 0; c < sizeof key_chars / sizeof key_chars[0]; c++) {
+        for (size_t at = 0; at < len; at++) {
+            struct strbuf json, want, key;
+            sb_init(&json, 4096);
+            sb_init(&want, 4096);
+            sb_puts(&json, "{\"uuid\":\"");
+            sb_putc(&want, '"');
+            for (size_t i = 0; i < len; i++) {
+                sb_puts(&json, i == at ? key_chars[c].json : "u");
+                sb_puts(&want, i == at ? key_chars[c].canonical : "u");
+            }
+            sb_puts(&json, "\"}");
+            sb_putc(&want, '"');
+            ASSERT_EQ(sb_error(&json), 0);
+            ASSERT_EQ(sb_error(&want), 0);
+
+            ASSERT_EQ(key_of_len("uuid", json.data, json.len, &key), 1);
+            ASSERT_MEM_EQ(key.data, key.len, want.data, want.len);
+            sb_free(&key);
+            sb_free(&json);
+            sb_free(&want);
+        }
+    }
+}
+
+/* A quote at the end of the longest string that fits makes the key one
+ * byte too long once escaped. */
+TEST(idem_key_escape_makes_key_too_long)
+{
+    struct strbuf json, key;
+
+    sb_init(&json, 4096);
+    sb_puts(&json, "{\"uuid\":\"");
+    for (size_t i = 0; i < IDEM_MAX_KEY - 3; i++)
+        sb_putc(&json, 'x');
+    sb_puts(&json, "\\\"\"}");
+    ASSERT_EQ(sb_error(&json), 0);
+    ASSERT_EQ(key_of_len("uuid", json.data, json.len, &key), -1);
+    ASSERT_EQ(key.len, 0);
+    ASSERT_EQ(sb_error(&key), 0);
+    sb_free(&key);
+    sb_free(&json);
+}
+
+/* A key buffer whose own maximum is reached keeps its bytes. */
+TEST(idem_key_eval_stops_at_buffer_maximum)
+{
+    struct idem_keyexpr *expr = compile("uuid");
+    struct sjson_doc *doc = parse(record_a);
+    struct sjson_doc *escaped = parse("{\"uuid\":\"u\\n1\"}");
+    struct strbuf key;
+
+    sb_init(&key, 12);
+    sb_puts(&key, "podium/");
+    ASSERT_EQ(idem_keyexpr_eval(expr, sjson_doc_root(doc), &key), -1);
+    ASSERT_STR_EQ(key.data, "podium/");
+    ASSERT_TRUE(sb_error(&key) != 0);
+    sb_free(&key);
+
+    sb_init(&key, 12);
+    sb_puts(&key, "podium/");
+    ASSERT_EQ(idem_keyexpr_eval(expr, sjson_doc_root(escaped), &key), -1);
+    ASSERT_STR_EQ(key.data, "podium/");
+    ASSERT_TRUE(sb_error(&key) != 0);
+    sb_free(&key);
+
+    sjson_doc_free(escaped);
+    sjson_doc_free(doc);
+    idem_keyexpr_free(expr);
+}
+
 /* ---- payload hashes ------------------------------------------------- */
 
 TEST(idem_key_pinned_vectors_reproduced)
