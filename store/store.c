@@ -4,11 +4,12 @@
  * Tables (schema version 5, stored in PRAGMA user_version):
  *   sample_log     the samples of telemetry, in the order the aggregator
  *                  stored them: one row per transaction, whose BLOB packs
- *                  all of that transaction's samples (store/sample_log.h).
+ *                  all of that transaction's samples (store/batch_log.h).
  *                  A later sample of a (race, racer, second) replaces the
  *                  earlier one when the log is read back. One append per
  *                  batch costs a fraction of a B-tree insert per sample,
- *                  and the log is read only at start-up.
+ *                  and the log is read only at start-up and by
+ *                  `podium query samples`.
  *   agg_state      small JSON documents of the aggregators by (kind, key).
  *   checkpoints    last committed (sequence, sub-sequence) per shard.
  *   outbox         messages waiting to be published, in id order.
@@ -20,8 +21,11 @@
  *   last_messages  the newest revision of each race result and class
  *                  leaderboard, kept for `podium query` after the outbox
  *                  row is gone.
- *   class_history  the best output of each rider at each second of a race,
- *                  per class, keyed by (class, second, racer).
+ *   history_log    the class history, the best output of each rider at
+ *                  each second of a race, per class: a log like
+ *                  sample_log, in which a later row of a (class, racer,
+ *                  second) replaces or deletes the earlier one. The daemon
+ *                  only writes it; `podium query class-history` reads it.
  * The idempotency library (store/idempotency.h) keeps its own tables in the
  * same database and on the same connection, so its rows are part of the
  * batch transaction too.
@@ -72,7 +76,7 @@
  */
 #include "store/store.h"
 #include "store/idempotency.h"
-#include "store/sample_log.h"
+#include "store/batch_log.h"
 
 #include "common/seqnum.h"
 #include "store/sqlite_errname.h"
@@ -119,7 +123,6 @@ enum stmt_id {
     STMT_LAST_MESSAGE_PUT,
     STMT_LAST_MESSAGE_GET,
     STMT_HISTORY_PUT,
-    STMT_HISTORY_DELETE,
     STMT_HISTORY_LOAD,
     STMT_COUNT
 };
@@ -169,16 +172,10 @@ static const char *const stmt_sql[STMT_COUNT] = {
                               " VALUES (?1, ?2, ?3, ?4)",
     [STMT_LAST_MESSAGE_GET] = "SELECT revision, payload FROM last_messages"
                               " WHERE kind = ?1 AND key = ?2",
-    [STMT_HISTORY_PUT] = "INSERT OR REPLACE INTO class_history"
-                         " (class_id, racer_id, second, output4, race_id)"
-                         " VALUES (?1, ?2, ?3, ?4, ?5)",
-    [STMT_HISTORY_DELETE] = "DELETE FROM class_history WHERE class_id = ?1"
-                            " AND racer_id = ?2 AND second = ?3",
-    [STMT_HISTORY_LOAD] = "SELECT class_id, racer_id, second, output4, race_id"
-                          " FROM class_history WHERE class_id = ?1"
-                          " AND (?2 IS NULL OR racer_id = ?2)"
-                          " AND (?3 = 0 OR second = ?3)"
-                          " ORDER BY second, racer_id",
+    [STMT_HISTORY_PUT] = "INSERT INTO history_log (format, count, data)"
+                         " VALUES (?1, ?2, ?3)",
+    [STMT_HISTORY_LOAD] = "SELECT id, format, count, data FROM history_log"
+                          " ORDER BY id",
 };
 
 struct store {
@@ -186,7 +183,8 @@ struct store {
     struct idem_table *idem; /* NULL until store_open_idempotency */
     size_t idem_reclaimed;   /* claims of dead owners released at open */
     sqlite3_stmt *stmt[STMT_COUNT];
-    struct sample_log_buf samples; /* put in the open transaction */
+    struct batch_log_buf samples; /* put in the open transaction */
+    struct batch_log_buf history;
     char errmsg[STORE_ERRMSG_LEN];
 };
 
@@ -618,6 +616,18 @@ static int migrate_to_v4(struct store *st)
     return exec_all(st, sql, sizeof sql / sizeof sql[0]);
 }
 
+/* Write buf as one row of the log that insert appends to, and empty it. */
+static int insert_log_row(sqlite3_stmt *insert, struct batch_log_buf *buf)
+{
+    sqlite3_bind_int(insert, 1, BATCH_LOG_FORMAT);
+    sqlite3_bind_int64(insert, 2, buf->count);
+    sqlite3_bind_blob64(insert, 3, buf->data, buf->len, SQLITE_STATIC);
+    int rc = sqlite3_step(insert);
+    sqlite3_reset(insert);
+    batch_log_reset(buf);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 /*
  * Copy the rows of the version 4 samples table into the log, in key order,
  * a few thousand per log row.
@@ -631,73 +641,90 @@ static int copy_samples_to_log(struct store *st)
         " ORDER BY race_id, racer_id, second";
     static const char insert_sql[] =
         "INSERT INTO sample_log (format, count, data) VALUES (?1, ?2, ?3)";
+    static const int text_cols[] = {0, 1, 3, 4, 5, 11, 12};
     sqlite3_stmt *sel = NULL, *ins = NULL;
-    struct sample_log_buf buf = {0};
+    struct batch_log_buf buf = {0};
+    int step = SQLITE_ROW;
     int rc = sqlite3_prepare_v2(st->db, select_sql, -1, &sel, NULL);
 
     if (rc == SQLITE_OK)
         rc = sqlite3_prepare_v2(st->db, insert_sql, -1, &ins, NULL);
-    while (rc == SQLITE_OK) {
-        int step = sqlite3_step(sel);
-        if (step == SQLITE_ROW) {
-            struct store_sample smp = {0};
-            const char **texts[] = {&smp.race_id,
-                                    &smp.racer_id,
-                                    &smp.class_id,
-                                    &smp.name,
-                                    &smp.uuid,
-                                    &smp.cadence_exact,
-                                    &smp.resistance_exact};
-            static const int cols[] = {0, 1, 3, 4, 5, 11, 12};
-            for (size_t i = 0; i < 7 && rc == SQLITE_OK; i++) {
-                size_t len = 0;
-                rc = column_bytes(sel, cols[i], texts[i], &len);
-                if (i == 3)
-                    smp.name_len = len;
-                else if (i == 4)
-                    smp.uuid_len = len;
-            }
-            smp.second = sqlite3_column_int(sel, 2);
-            smp.device_ts_ms = sqlite3_column_int64(sel, 6);
-            smp.arrival_ms = sqlite3_column_int64(sel, 7);
-            smp.cadence4 = sqlite3_column_int64(sel, 8);
-            smp.resistance4 = sqlite3_column_int64(sel, 9);
-            smp.output4 = sqlite3_column_int64(sel, 10);
-            smp.final = sqlite3_column_int64(sel, 13) != 0;
-            if (rc == SQLITE_OK && sample_log_append(&buf, &smp) != 0)
-                rc = SQLITE_NOMEM;
-            if (rc != SQLITE_OK || buf.count < 4096)
-                continue;
-        } else if (step != SQLITE_DONE) {
-            rc = step;
-            break;
-        } else if (buf.count == 0) {
-            break;
-        }
-        sqlite3_bind_int(ins, 1, SAMPLE_LOG_FORMAT);
-        sqlite3_bind_int64(ins, 2, buf.count);
-        sqlite3_bind_blob64(ins, 3, buf.data, buf.len, SQLITE_STATIC);
-        rc = sqlite3_step(ins);
-        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
-        sqlite3_reset(ins);
-        sample_log_reset(&buf);
-        if (step == SQLITE_DONE)
-            break;
+    while (rc == SQLITE_OK && (step = sqlite3_step(sel)) == SQLITE_ROW) {
+        struct store_sample smp = {0};
+        const char **texts[] = {
+            &smp.race_id, &smp.racer_id,      &smp.class_id,        &smp.name,
+            &smp.uuid,    &smp.cadence_exact, &smp.resistance_exact};
+        size_t lens[7] = {0};
+        for (size_t i = 0; i < 7 && rc == SQLITE_OK; i++)
+            rc = column_bytes(sel, text_cols[i], texts[i], &lens[i]);
+        smp.name_len = lens[3];
+        smp.uuid_len = lens[4];
+        smp.second = sqlite3_column_int(sel, 2);
+        smp.device_ts_ms = sqlite3_column_int64(sel, 6);
+        smp.arrival_ms = sqlite3_column_int64(sel, 7);
+        smp.cadence4 = sqlite3_column_int64(sel, 8);
+        smp.resistance4 = sqlite3_column_int64(sel, 9);
+        smp.output4 = sqlite3_column_int64(sel, 10);
+        smp.final = sqlite3_column_int64(sel, 13) != 0;
+        if (rc == SQLITE_OK && batch_log_put_sample(&buf, &smp) != 0)
+            rc = SQLITE_NOMEM;
+        if (rc == SQLITE_OK && buf.count >= 4096)
+            rc = insert_log_row(ins, &buf);
     }
+    if (rc == SQLITE_OK && step != SQLITE_DONE)
+        rc = step;
+    if (rc == SQLITE_OK && buf.count > 0)
+        rc = insert_log_row(ins, &buf);
     if (rc != SQLITE_OK)
         fail_sqlite(st, rc, "copy samples into the sample log");
     sqlite3_finalize(sel);
     sqlite3_finalize(ins);
-    sample_log_free(&buf);
+    batch_log_free(&buf);
+    return rc == SQLITE_OK ? 0 : -1;
+}
+
+/* Copy the rows of the version 4 class_history table into its log. */
+static int copy_history_to_log(struct store *st)
+{
+    static const char select_sql[] =
+        "SELECT class_id, racer_id, second, output4, race_id"
+        " FROM class_history ORDER BY class_id, second, racer_id";
+    static const char insert_sql[] =
+        "INSERT INTO history_log (format, count, data) VALUES (?1, ?2, ?3)";
+    sqlite3_stmt *sel = NULL, *ins = NULL;
+    struct batch_log_buf buf = {0};
+    int step = SQLITE_ROW;
+    int rc = sqlite3_prepare_v2(st->db, select_sql, -1, &sel, NULL);
+
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(st->db, insert_sql, -1, &ins, NULL);
+    while (rc == SQLITE_OK && (step = sqlite3_step(sel)) == SQLITE_ROW) {
+        struct store_history_row row = {
+            (const char *)sqlite3_column_text(sel, 0),
+            (const char *)sqlite3_column_text(sel, 1),
+            sqlite3_column_int(sel, 2), sqlite3_column_int64(sel, 3),
+            (const char *)sqlite3_column_text(sel, 4)};
+        if (batch_log_put_history(&buf, &row, false) != 0)
+            rc = SQLITE_NOMEM;
+        else if (buf.count >= 4096)
+            rc = insert_log_row(ins, &buf);
+    }
+    if (rc == SQLITE_OK && step != SQLITE_DONE)
+        rc = step;
+    if (rc == SQLITE_OK && buf.count > 0)
+        rc = insert_log_row(ins, &buf);
+    if (rc != SQLITE_OK)
+        fail_sqlite(st, rc, "copy class history into its log");
+    sqlite3_finalize(sel);
+    sqlite3_finalize(ins);
+    batch_log_free(&buf);
     return rc == SQLITE_OK ? 0 : -1;
 }
 
 /*
- * Version 5: samples move into the sample log (see the design note), and
- * class_history is keyed by second before rider. Records arrive in time
- * order, so a batch adds history rows at the right edge of each class's
- * range instead of one row on the leaf page of every rider, each of which
- * went to the WAL at commit.
+ * Version 5: samples and the class history move into logs of one row per
+ * transaction (see the design note). The old tables cost a B-tree insert
+ * per record, the largest share of the store's work.
  */
 static int migrate_to_v5(struct store *st)
 {
@@ -709,27 +736,22 @@ static int migrate_to_v5(struct store *st)
         " data BLOB NOT NULL"
         ")",
 
-        "CREATE TABLE class_history_v5 ("
-        " class_id TEXT NOT NULL,"
-        " racer_id TEXT NOT NULL,"
-        " second INTEGER NOT NULL,"
-        " output4 INTEGER NOT NULL,"
-        " race_id TEXT NOT NULL,"
-        " PRIMARY KEY (class_id, second, racer_id)"
-        ") WITHOUT ROWID",
-
-        "INSERT INTO class_history_v5 SELECT class_id, racer_id, second,"
-        " output4, race_id FROM class_history",
-
+        "CREATE TABLE history_log ("
+        " id INTEGER PRIMARY KEY,"
+        " format INTEGER NOT NULL,"
+        " count INTEGER NOT NULL,"
+        " data BLOB NOT NULL"
+        ")",
+    };
+    static const char *const drop[] = {
+        "DROP TABLE samples",
         "DROP TABLE class_history",
-
-        "ALTER TABLE class_history_v5 RENAME TO class_history",
     };
 
     if (exec_all(st, create, sizeof create / sizeof create[0]) != 0 ||
-        copy_samples_to_log(st) != 0)
+        copy_samples_to_log(st) != 0 || copy_history_to_log(st) != 0)
         return -1;
-    return exec_sql(st, "DROP TABLE samples");
+    return exec_all(st, drop, sizeof drop / sizeof drop[0]);
 }
 
 /* migrations[v] brings the schema from version v - 1 to version v. */
@@ -980,7 +1002,8 @@ void store_close(struct store *st)
     for (int i = 0; i < STMT_COUNT; i++)
         sqlite3_finalize(st->stmt[i]);
     sqlite3_close(st->db);
-    sample_log_free(&st->samples);
+    batch_log_free(&st->samples);
+    batch_log_free(&st->history);
     free(st);
 }
 
@@ -991,18 +1014,31 @@ const char *store_errmsg(const struct store *st)
 
 /* ---- transactions --------------------------------------------------- */
 
-/* Write the samples put since the last flush as one log row. */
+/* Write the entries put in buf since its last flush as one log row. */
+static int flush_log(struct store *st, struct batch_log_buf *buf,
+                     enum stmt_id id, const char *what)
+{
+    if (buf->count == 0)
+        return 0;
+    struct binder b = bind_start(st, id);
+    bind_int64(&b, 1, BATCH_LOG_FORMAT);
+    bind_int64(&b, 2, buf->count);
+    bind_blob(&b, 3, buf->data, buf->len);
+    int rc = exec_bound(st, &b, what);
+    batch_log_reset(buf);
+    return rc;
+}
+
 static int flush_samples(struct store *st)
 {
-    if (st->samples.count == 0)
-        return 0;
-    struct binder b = bind_start(st, STMT_SAMPLE_PUT);
-    bind_int64(&b, 1, SAMPLE_LOG_FORMAT);
-    bind_int64(&b, 2, st->samples.count);
-    bind_blob(&b, 3, st->samples.data, st->samples.len);
-    int rc = exec_bound(st, &b, "append to the sample log");
-    sample_log_reset(&st->samples);
-    return rc;
+    return flush_log(st, &st->samples, STMT_SAMPLE_PUT,
+                     "append to the sample log");
+}
+
+static int flush_history(struct store *st)
+{
+    return flush_log(st, &st->history, STMT_HISTORY_PUT,
+                     "append to the class history log");
 }
 
 /*
@@ -1026,7 +1062,8 @@ static void rollback_quietly(struct store *st)
      * must drop them, or a rolled-back claim would look like a duplicate. */
     if (st->idem != NULL)
         idem_after_rollback(st->idem);
-    sample_log_reset(&st->samples);
+    batch_log_reset(&st->samples);
+    batch_log_reset(&st->history);
     if (sqlite3_get_autocommit(st->db))
         return;
     sqlite3_step(stmt);
@@ -1045,7 +1082,8 @@ int store_commit(struct store *st)
 {
     struct binder b = bind_start(st, STMT_COMMIT);
 
-    if (flush_samples(st) == 0 && exec_bound(st, &b, "COMMIT") == 0)
+    if (flush_samples(st) == 0 && flush_history(st) == 0 &&
+        exec_bound(st, &b, "COMMIT") == 0)
         return 0;
     rollback_quietly(st);
     return -1;
@@ -1058,7 +1096,8 @@ void store_rollback(struct store *st)
 
     if (st->idem != NULL)
         idem_after_rollback(st->idem);
-    sample_log_reset(&st->samples);
+    batch_log_reset(&st->samples);
+    batch_log_reset(&st->history);
     if (sqlite3_get_autocommit(st->db))
         return;
     exec_bound(st, &b, "ROLLBACK");
@@ -1157,9 +1196,9 @@ size_t store_idempotency_reclaimed(const struct store *st)
 
 /* ---- samples -------------------------------------------------------- */
 
-/* Maximum bytes of samples in one log row; a batch of 10,000
- * records makes about 1 MB. */
-#define SAMPLE_FLUSH_BYTES (4u << 20)
+/* Maximum bytes of entries in one log row; a batch of 10,000 records
+ * makes about 1 MB of samples. */
+#define LOG_FLUSH_BYTES (4u << 20)
 
 /*
  * Samples wait in memory until the commit, or until they fill a log row.
@@ -1168,14 +1207,14 @@ size_t store_idempotency_reclaimed(const struct store *st)
  */
 int store_sample_put(struct store *st, const struct store_sample *s)
 {
-    int rc = sample_log_append(&st->samples, s);
+    int rc = batch_log_put_sample(&st->samples, s);
 
     if (rc != 0) {
         return fail(st, "insert sample: %s",
                     rc == -ENOMEM ? "out of memory"
                                   : "race_id and racer_id must not be NULL");
     }
-    if (sqlite3_get_autocommit(st->db) || st->samples.len >= SAMPLE_FLUSH_BYTES)
+    if (sqlite3_get_autocommit(st->db) || st->samples.len >= LOG_FLUSH_BYTES)
         return flush_samples(st);
     return 0;
 }
@@ -1197,7 +1236,7 @@ static int visit_log_row(struct store *st, sqlite3_stmt *stmt, void *ctx)
 
     if (rc != SQLITE_OK)
         return fail_sqlite(st, rc, "read sample log row %" PRId64, id);
-    if (format != SAMPLE_LOG_FORMAT) {
+    if (format != BATCH_LOG_FORMAT) {
         return fail(st,
                     "sample log row %" PRId64 " has format %" PRId64
                     ", which this build cannot read; use the podium version"
@@ -1209,8 +1248,8 @@ static int visit_log_row(struct store *st, sqlite3_stmt *stmt, void *ctx)
     for (int64_t i = 0; i < count || pos < len; i++) {
         struct store_sample s;
         const char *reason = "";
-        if (i >= count || sample_log_next((const unsigned char *)data, len,
-                                          &pos, &s, &reason) != 0) {
+        if (i >= count || batch_log_next_sample((const unsigned char *)data,
+                                                len, &pos, &s, &reason) != 0) {
             return fail(st,
                         "sample log row %" PRId64
                         " is damaged at entry %" PRId64 " of %" PRId64 ": %s",
@@ -1739,75 +1778,171 @@ int store_last_message_get(struct store *st, const char *kind, const char *key,
 
 /* ---- class history -------------------------------------------------- */
 
+/* Append a row, or the deletion of its key, to the class history log. */
+static int put_history(struct store *st, const struct store_history_row *row,
+                       bool deleted)
+{
+    int rc = batch_log_put_history(&st->history, row, deleted);
+
+    if (rc != 0) {
+        return fail(st, "store class history: %s",
+                    rc == -ENOMEM ? "out of memory"
+                                  : "class_id and racer_id must not be NULL");
+    }
+    if (sqlite3_get_autocommit(st->db) || st->history.len >= LOG_FLUSH_BYTES)
+        return flush_history(st);
+    return 0;
+}
+
 int store_history_put(struct store *st, const struct store_history_row *row)
 {
-    struct binder b = bind_start(st, STMT_HISTORY_PUT);
-
-    bind_text(&b, 1, row->class_id);
-    bind_text(&b, 2, row->racer_id);
-    bind_int64(&b, 3, row->second);
-    bind_int64(&b, 4, row->output4);
-    bind_text(&b, 5, row->race_id);
-    return exec_bound(st, &b, "store class history");
+    return put_history(st, row, false);
 }
 
 int store_history_delete(struct store *st, const char *class_id,
                          const char *racer_id, int32_t second)
 {
-    struct binder b = bind_start(st, STMT_HISTORY_DELETE);
+    struct store_history_row row = {class_id, racer_id, second, 0, NULL};
 
-    bind_text(&b, 1, class_id);
-    bind_text(&b, 2, racer_id);
-    bind_int64(&b, 3, second);
-    return exec_bound(st, &b, "delete class history");
+    return put_history(st, &row, true);
 }
 
-struct history_scan {
-    store_history_cb cb;
-    void *arg;
+/* One entry of the wanted class, copied out of the log. */
+struct history_entry {
+    char *racer_id;
+    char *race_id; /* NULL for a deletion */
+    int32_t second;
+    int64_t output4;
+    size_t order; /* position in the log: the later entry of a key wins */
 };
 
-static int visit_history(struct store *st, sqlite3_stmt *stmt, void *ctx)
-{
-    struct history_scan *scan = ctx;
-    struct reader r = {stmt, SQLITE_OK};
-    struct store_history_row row = {0};
+struct history_scan {
+    const char *class_id;
+    const char *racer_id; /* NULL: any */
+    int32_t second;       /* 0: any */
+    struct history_entry *items;
+    size_t count;
+    size_t cap;
+    size_t seen;
+};
 
-    row.class_id = read_bytes(&r, 0, NULL);
-    row.racer_id = read_bytes(&r, 1, NULL);
-    int64_t second = sqlite3_column_int64(stmt, 2);
-    row.output4 = sqlite3_column_int64(stmt, 3);
-    row.race_id = read_bytes(&r, 4, NULL);
-    if (r.rc != SQLITE_OK)
-        return fail_sqlite(st, r.rc, "read class history");
-    if (second < 1 || second > INT32_MAX) {
-        return fail(st,
-                    "stored class history of class %s, racer %s has second"
-                    " %" PRId64 " outside 1..%d",
-                    printable(row.class_id), printable(row.racer_id), second,
-                    INT32_MAX);
+static int keep_history(struct history_scan *scan,
+                        const struct store_history_row *row, bool deleted)
+{
+    size_t order = scan->seen++;
+
+    if (strcmp(row->class_id, scan->class_id) != 0 ||
+        (scan->racer_id != NULL &&
+         strcmp(row->racer_id, scan->racer_id) != 0) ||
+        (scan->second != 0 && row->second != scan->second))
+        return 0;
+    if (scan->count == scan->cap) {
+        size_t cap = scan->cap ? scan->cap * 2 : 256;
+        struct history_entry *p = realloc(scan->items, cap * sizeof *p);
+        if (p == NULL)
+            return -ENOMEM;
+        scan->items = p;
+        scan->cap = cap;
     }
-    row.second = (int32_t)second;
-    row.class_id = printable(row.class_id);
-    row.racer_id = printable(row.racer_id);
-    row.race_id = printable(row.race_id);
-    return scan->cb(scan->arg, &row);
+    struct history_entry *e = &scan->items[scan->count];
+    e->racer_id = strdup(row->racer_id);
+    e->race_id = deleted ? NULL : strdup(row->race_id ? row->race_id : "");
+    e->second = row->second;
+    e->output4 = row->output4;
+    e->order = order;
+    if (e->racer_id == NULL || (!deleted && e->race_id == NULL)) {
+        free(e->racer_id);
+        free(e->race_id);
+        return -ENOMEM;
+    }
+    scan->count++;
+    return 0;
 }
 
+static int visit_history_row(struct store *st, sqlite3_stmt *stmt, void *ctx)
+{
+    struct history_scan *scan = ctx;
+    int64_t id = sqlite3_column_int64(stmt, 0);
+    int64_t format = sqlite3_column_int64(stmt, 1);
+    int64_t count = sqlite3_column_int64(stmt, 2);
+    const char *data = NULL;
+    size_t len = 0;
+    int rc = column_bytes(stmt, 3, &data, &len);
+
+    if (rc != SQLITE_OK)
+        return fail_sqlite(st, rc, "read class history log row %" PRId64, id);
+    if (format != BATCH_LOG_FORMAT) {
+        return fail(st,
+                    "class history log row %" PRId64 " has format %" PRId64
+                    ", which this build cannot read; use the podium version"
+                    " that wrote it",
+                    id, format);
+    }
+
+    size_t pos = 0;
+    for (int64_t i = 0; i < count || pos < len; i++) {
+        struct store_history_row row;
+        bool deleted;
+        const char *reason = "";
+        if (i >= count ||
+            batch_log_next_history((const unsigned char *)data, len, &pos, &row,
+                                   &deleted, &reason) != 0) {
+            return fail(st,
+                        "class history log row %" PRId64
+                        " is damaged at entry %" PRId64 " of %" PRId64 ": %s",
+                        id, i, count,
+                        i >= count ? "bytes after the last entry" : reason);
+        }
+        if (keep_history(scan, &row, deleted) != 0)
+            return fail(st, "load class history: out of memory");
+    }
+    return 0;
+}
+
+/* By second, then racer_id, then log order. */
+static int history_entry_cmp(const void *pa, const void *pb)
+{
+    const struct history_entry *a = pa, *b = pb;
+
+    if (a->second != b->second)
+        return a->second < b->second ? -1 : 1;
+    int c = strcmp(a->racer_id, b->racer_id);
+    if (c != 0)
+        return c;
+    return (a->order > b->order) - (a->order < b->order);
+}
+
+/*
+ * Read the whole log, keep the entries of the wanted keys and call cb for
+ * the last entry of each key unless it is a deletion.
+ */
 int store_history_load(struct store *st, const char *class_id,
                        const char *racer_id, int32_t second,
                        store_history_cb cb, void *arg)
 {
-    struct history_scan scan = {cb, arg};
-    struct binder b = bind_start(st, STMT_HISTORY_LOAD);
+    struct history_scan scan = {class_id, racer_id, second, NULL, 0, 0, 0};
+    int rc = flush_history(st);
 
-    bind_text(&b, 1, class_id);
-    bind_text(&b, 2, racer_id);
-    bind_int64(&b, 3, second);
-    if (b.rc != SQLITE_OK) {
-        fail_sqlite(st, b.rc, "load class history");
-        stmt_done(b.stmt);
-        return -1;
+    if (rc == 0)
+        rc = scan_rows(st, st->stmt[STMT_HISTORY_LOAD], "load class history",
+                       visit_history_row, &scan);
+    if (rc == 0)
+        qsort(scan.items, scan.count, sizeof scan.items[0], history_entry_cmp);
+    for (size_t i = 0; rc == 0 && i < scan.count; i++) {
+        const struct history_entry *e = &scan.items[i];
+        const struct history_entry *next =
+            i + 1 < scan.count ? &scan.items[i + 1] : NULL;
+        if (e->race_id == NULL || (next != NULL && next->second == e->second &&
+                                   strcmp(next->racer_id, e->racer_id) == 0))
+            continue;
+        struct store_history_row row = {class_id, e->racer_id, e->second,
+                                        e->output4, e->race_id};
+        rc = cb(arg, &row);
     }
-    return scan_rows(st, b.stmt, "load class history", visit_history, &scan);
+    for (size_t i = 0; i < scan.count; i++) {
+        free(scan.items[i].racer_id);
+        free(scan.items[i].race_id);
+    }
+    free(scan.items);
+    return rc;
 }

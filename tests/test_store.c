@@ -1125,8 +1125,8 @@ TEST(store_history_put_delete_load)
     store_close(st);
 }
 
-/* The samples table of versions 1 to 4, which version 5 replaced with the
- * sample log. */
+/* The samples table of versions 1 to 4, and the class history of versions
+ * 3 and 4, which version 5 replaced with logs. */
 #define V4_SAMPLES_SQL                                                         \
     " DROP TABLE sample_log;"                                                  \
     " CREATE TABLE samples (race_id TEXT NOT NULL,"                            \
@@ -1136,6 +1136,12 @@ TEST(store_history_put_delete_load)
     " cadence_exact TEXT, resistance_exact TEXT,"                              \
     " final INTEGER NOT NULL DEFAULT 0,"                                       \
     " PRIMARY KEY (race_id, racer_id, second)) WITHOUT ROWID;"
+#define V4_HISTORY_SQL                                                         \
+    " DROP TABLE history_log;"                                                 \
+    " CREATE TABLE class_history (class_id TEXT NOT NULL,"                     \
+    " racer_id TEXT NOT NULL, second INTEGER NOT NULL,"                        \
+    " output4 INTEGER NOT NULL, race_id TEXT NOT NULL,"                        \
+    " PRIMARY KEY (class_id, racer_id, second)) WITHOUT ROWID;"
 
 /* Turn a current database back into the version 2 schema, which lacked the
  * two tables that version 3 added and the index of version 4. */
@@ -1147,7 +1153,7 @@ static void downgrade_to_v2(const char *path)
     ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
     int rc = sqlite3_exec(
         db,
-        "DROP TABLE last_messages; DROP TABLE class_history;"
+        "DROP TABLE last_messages; DROP TABLE history_log;"
         " DROP INDEX dead_letters_record;" V4_SAMPLES_SQL
         " INSERT INTO samples (race_id, racer_id, second, name, uuid)"
         " VALUES ('\"R-7\"', '5402746', 12, X'416E6E', X'35');"
@@ -1156,6 +1162,23 @@ static void downgrade_to_v2(const char *path)
     if (rc != SQLITE_OK)
         test_fail(__FILE__, __LINE__, "downgrade: %s", err);
     sqlite3_close(db);
+}
+
+TEST(store_history_load_names_damaged_log_row)
+{
+    const char *path = db_path("podium.db");
+    struct store *st = open_store(path);
+    struct history_list rows = {0};
+
+    put_history(st, "1", "7", 1, 10000, "3");
+    store_close(st);
+    damage_log(path, "UPDATE history_log SET data = substr(data, 1, 4)");
+    st = open_store(path);
+    ASSERT_EQ(store_history_load(st, "1", NULL, 0, copy_history, &rows), -1);
+    ASSERT_CONTAINS(store_errmsg(st),
+                    "class history log row 1 is damaged at entry 0 of 1");
+    ASSERT_EQ(rows.count, 0);
+    store_close(st);
 }
 
 TEST(store_migrates_v2_keeping_samples)
@@ -1204,7 +1227,7 @@ TEST(store_migrates_v3_dropping_repeats)
     ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
     int rc = sqlite3_exec(
         db,
-        "DROP INDEX dead_letters_record;" V4_SAMPLES_SQL
+        "DROP INDEX dead_letters_record;" V4_SAMPLES_SQL V4_HISTORY_SQL
         " INSERT INTO dead_letters (shard_id, seq, subseq, reason)"
         " VALUES ('s-1', '10', 0, 'not_json'), ('s-1', '10', 0, 'not_json'),"
         " ('s-1', '11', 0, 'not_json'), ('s-1', '11', 0, 'not_json'),"
@@ -1267,16 +1290,11 @@ TEST(store_migrates_v4_into_sample_log)
     struct history_list rows = {0};
 
     store_close(st);
-    /* A version 4 store, with a samples table and a class history keyed by
-     * rider first. */
+    /* A version 4 store, with a samples table and a class history table. */
     ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
     int rc = sqlite3_exec(
         db,
-        "DROP TABLE class_history;" V4_SAMPLES_SQL
-        " CREATE TABLE class_history (class_id TEXT NOT NULL,"
-        " racer_id TEXT NOT NULL, second INTEGER NOT NULL,"
-        " output4 INTEGER NOT NULL, race_id TEXT NOT NULL,"
-        " PRIMARY KEY (class_id, racer_id, second)) WITHOUT ROWID;"
+        V4_SAMPLES_SQL V4_HISTORY_SQL
         " INSERT INTO samples VALUES ('\"R-7\"', '9', 2, '\"open\"',"
         " X'416E6E', X'35', 1, 2, 900000, 450000, 2500000, '90', '45', 1),"
         " ('\"R-7\"', '10', 1, NULL, X'00', X'36', 3, 4, 1, 2, 3, '1.5',"
@@ -1329,8 +1347,11 @@ TEST(store_migrates_v4_into_sample_log)
 
     table_sql(path, "sample_log", sql, sizeof sql);
     ASSERT_CONTAINS(sql, "data BLOB NOT NULL");
-    table_sql(path, "class_history", sql, sizeof sql);
-    ASSERT_CONTAINS(sql, "PRIMARY KEY (class_id, second, racer_id)");
+    table_sql(path, "history_log", sql, sizeof sql);
+    ASSERT_CONTAINS(sql, "data BLOB NOT NULL");
+    ASSERT_EQ(query_int_at(path, "SELECT count(*) FROM sqlite_schema"
+                                 " WHERE name IN ('samples', 'class_history')"),
+              0);
 }
 
 TEST(store_readonly_reads_beside_writer)

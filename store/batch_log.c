@@ -1,10 +1,16 @@
 /*
- * Sample log entries. Each entry is
+ * Batch log entries. A sample is
  *
  *   flags     1 byte: FINAL, then one bit per optional text that is present
  *   second, device_ts_ms, arrival_ms, cadence4, resistance4, output4
  *   texts     race_id, racer_id, then each optional text that is present,
  *             as its length, the bytes and a NUL
+ *
+ * and a class history row is
+ *
+ *   flags     1 byte: DELETED, then RACE when race_id is present
+ *   second, output4
+ *   texts     class_id, racer_id, then race_id when present
  *
  * Numbers are varints: 7 bits per byte, low bits first, the high bit set on
  * every byte but the last. Signed numbers are zigzag-encoded first (0, -1,
@@ -12,12 +18,18 @@
  * or two bytes, and the bytes do not depend on the machine. The NUL after
  * each text lets a decoded entry point into the BLOB instead of copying it.
  */
-#include "store/sample_log.h"
+#include "store/batch_log.h"
 
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+enum {
+    HISTORY_DELETED = 1u << 0,
+    HISTORY_RACE = 1u << 1,
+    HISTORY_ALL = (1u << 2) - 1,
+};
 
 enum {
     FLAG_FINAL = 1u << 0,
@@ -86,7 +98,25 @@ static unsigned char *put_text(unsigned char *p, const char *s, size_t len)
     return p + len + 1;
 }
 
-int sample_log_append(struct sample_log_buf *b, const struct store_sample *s)
+/* Make room for need more bytes. Returns 0 or -ENOMEM. */
+static int reserve(struct batch_log_buf *b, size_t need)
+{
+    if (need > SIZE_MAX - b->len)
+        return -ENOMEM;
+    if (b->len + need > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + need)
+            cap *= 2;
+        unsigned char *p = realloc(b->data, cap);
+        if (p == NULL)
+            return -ENOMEM;
+        b->data = p;
+        b->cap = cap;
+    }
+    return 0;
+}
+
+int batch_log_put_sample(struct batch_log_buf *b, const struct store_sample *s)
 {
     if (s->race_id == NULL || s->racer_id == NULL)
         return -EINVAL;
@@ -110,18 +140,8 @@ int sample_log_append(struct sample_log_buf *b, const struct store_sample *s)
             return -EINVAL;
         need += lens[i] + MAX_TEXT_OVERHEAD;
     }
-    if (need > SIZE_MAX - b->len)
+    if (reserve(b, need) != 0)
         return -ENOMEM;
-    if (b->len + need > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + need)
-            cap *= 2;
-        unsigned char *p = realloc(b->data, cap);
-        if (p == NULL)
-            return -ENOMEM;
-        b->data = p;
-        b->cap = cap;
-    }
 
     unsigned char *p = b->data + b->len;
     *p++ = (unsigned char)flags;
@@ -140,13 +160,45 @@ int sample_log_append(struct sample_log_buf *b, const struct store_sample *s)
     return 0;
 }
 
-void sample_log_reset(struct sample_log_buf *b)
+int batch_log_put_history(struct batch_log_buf *b,
+                          const struct store_history_row *row, bool deleted)
+{
+    if (row->class_id == NULL || row->racer_id == NULL)
+        return -EINVAL;
+
+    const char *race = deleted ? NULL : row->race_id;
+    size_t lens[3] = {strlen(row->class_id), strlen(row->racer_id),
+                      race ? strlen(race) : 0};
+    size_t need = 1 + 2 * 10;
+    for (int i = 0; i < 3; i++) {
+        if (lens[i] > UINT32_MAX)
+            return -EINVAL;
+        need += lens[i] + MAX_TEXT_OVERHEAD;
+    }
+    if (reserve(b, need) != 0)
+        return -ENOMEM;
+
+    unsigned char *p = b->data + b->len;
+    *p++ = (unsigned char)((deleted ? HISTORY_DELETED : 0) |
+                           (race ? HISTORY_RACE : 0));
+    p = put_signed(p, row->second);
+    p = put_signed(p, deleted ? 0 : row->output4);
+    p = put_text(p, row->class_id, lens[0]);
+    p = put_text(p, row->racer_id, lens[1]);
+    if (race != NULL)
+        p = put_text(p, race, lens[2]);
+    b->len = (size_t)(p - b->data);
+    b->count++;
+    return 0;
+}
+
+void batch_log_reset(struct batch_log_buf *b)
 {
     b->len = 0;
     b->count = 0;
 }
 
-void sample_log_free(struct sample_log_buf *b)
+void batch_log_free(struct batch_log_buf *b)
 {
     free(b->data);
     memset(b, 0, sizeof *b);
@@ -176,8 +228,8 @@ static const char *get_text(const unsigned char *data, size_t len, size_t *pos,
     return s;
 }
 
-int sample_log_next(const unsigned char *data, size_t len, size_t *pos,
-                    struct store_sample *out, const char **reason)
+int batch_log_next_sample(const unsigned char *data, size_t len, size_t *pos,
+                          struct store_sample *out, const char **reason)
 {
     size_t at = *pos;
 
@@ -226,6 +278,51 @@ int sample_log_next(const unsigned char *data, size_t len, size_t *pos,
             return -1;
         }
     }
+    *pos = at;
+    return 0;
+}
+
+int batch_log_next_history(const unsigned char *data, size_t len, size_t *pos,
+                           struct store_history_row *out, bool *deleted,
+                           const char **reason)
+{
+    size_t at = *pos;
+    int64_t second;
+    size_t n;
+
+    memset(out, 0, sizeof *out);
+    if (at >= len) {
+        *reason = "an entry is cut short";
+        return -1;
+    }
+    unsigned flags = data[at++];
+    if (flags & ~(unsigned)HISTORY_ALL) {
+        *reason = "an entry has unknown flags";
+        return -1;
+    }
+    if (get_signed(data, len, &at, &second) != 0 ||
+        get_signed(data, len, &at, &out->output4) != 0) {
+        *reason = "an entry is cut short";
+        return -1;
+    }
+    if (second < INT32_MIN || second > INT32_MAX) {
+        *reason = "a second is outside the 32-bit range";
+        return -1;
+    }
+    out->second = (int32_t)second;
+
+    const char **texts[] = {&out->class_id, &out->racer_id, &out->race_id};
+    int count = (flags & HISTORY_RACE) ? 3 : 2;
+    for (int i = 0; i < count; i++) {
+        *texts[i] = get_text(data, len, &at, &n, reason);
+        if (*texts[i] == NULL)
+            return -1;
+        if (memchr(*texts[i], '\0', n) != NULL) {
+            *reason = "an id contains a NUL byte";
+            return -1;
+        }
+    }
+    *deleted = (flags & HISTORY_DELETED) != 0;
     *pos = at;
     return 0;
 }
