@@ -18,8 +18,13 @@ struct idem_cache_entry {
     uint64_t hash;
     struct idem_record record;
     size_t key_len;
+    size_t key_cap;      /* bytes allocated for key */
     unsigned char key[]; /* key_len bytes */
 };
+
+/* Key bytes allocated at least, so an evicted entry can usually take the
+ * next key (a UUID key has 38 bytes) without a new allocation. */
+#define MIN_KEY_CAP 64
 
 int idem_cache_init(struct idem_cache *cache, size_t capacity)
 {
@@ -87,15 +92,21 @@ static void list_push_front(struct idem_cache *cache,
 }
 
 /* Unlink the entry that *link points at from its chain and the list, and
- * free it. */
-static void drop(struct idem_cache *cache, struct idem_cache_entry **link)
+ * return it. */
+static struct idem_cache_entry *unlink_entry(struct idem_cache *cache,
+                                             struct idem_cache_entry **link)
 {
     struct idem_cache_entry *e = *link;
 
     *link = e->chain;
     list_unlink(cache, e);
-    free(e);
     cache->count--;
+    return e;
+}
+
+static void drop(struct idem_cache *cache, struct idem_cache_entry **link)
+{
+    free(unlink_entry(cache, link));
 }
 
 const struct idem_record *idem_cache_get(struct idem_cache *cache,
@@ -129,12 +140,12 @@ void idem_cache_remove(struct idem_cache *cache, uint64_t hash, const void *key,
         drop(cache, link);
 }
 
-/* Drop the least recently used entry. */
-static void evict_tail(struct idem_cache *cache)
+/* Unlink the least recently used entry and return it. */
+static struct idem_cache_entry *evict_tail(struct idem_cache *cache)
 {
     struct idem_cache_entry *e = cache->tail;
 
-    drop(cache, find_link(cache, e->hash, e->key, e->key_len));
+    return unlink_entry(cache, find_link(cache, e->hash, e->key, e->key_len));
 }
 
 void idem_cache_put(struct idem_cache *cache, uint64_t hash, const void *key,
@@ -144,12 +155,22 @@ void idem_cache_put(struct idem_cache *cache, uint64_t hash, const void *key,
         return;
 
     idem_cache_remove(cache, hash, key, len);
-    if (cache->count == cache->capacity)
-        evict_tail(cache);
 
-    struct idem_cache_entry *e = malloc(sizeof *e + len);
-    if (e == NULL)
-        return;
+    /* Reuse the evicted entry when the key fits in it. */
+    struct idem_cache_entry *e = NULL;
+    if (cache->count == cache->capacity)
+        e = evict_tail(cache);
+    if (e != NULL && e->key_cap < len) {
+        free(e);
+        e = NULL;
+    }
+    if (e == NULL) {
+        size_t cap = len > MIN_KEY_CAP ? len : MIN_KEY_CAP;
+        e = malloc(sizeof *e + cap);
+        if (e == NULL)
+            return;
+        e->key_cap = cap;
+    }
     e->hash = hash;
     e->record = *rec;
     e->key_len = len;
@@ -165,7 +186,7 @@ void idem_cache_put(struct idem_cache *cache, uint64_t hash, const void *key,
 void idem_cache_clear(struct idem_cache *cache)
 {
     while (cache->tail != NULL)
-        evict_tail(cache);
+        free(evict_tail(cache));
 }
 
 void idem_cache_free(struct idem_cache *cache)

@@ -911,6 +911,85 @@ TEST(idem_index_rebases_large_ids)
     idem_index_free(&ix);
 }
 
+/* A cached record whose fields all derive from n. */
+static struct idem_record cache_record(int n)
+{
+    struct idem_record rec;
+
+    memset(&rec, 0, sizeof rec);
+    rec.status = IDEM_STATUS_COMPLETED;
+    rec.expiry_s = 1000 + n;
+    memset(rec.hash, n, IDEM_HASH_LEN);
+    snprintf(rec.outcome, sizeof rec.outcome, "outcome-%d", n);
+    return rec;
+}
+
+/* Keys of increasing length, so that evicted entries are too short for
+ * some of the keys that replace them. */
+static size_t cache_key(int n, char *key)
+{
+    size_t len = 1 + (size_t)(n * 37) % 300;
+
+    memset(key, 'a' + n % 26, len);
+    snprintf(key, len + 1 < 8 ? len + 1 : 8, "%d", n);
+    return len;
+}
+
+TEST(idem_cache_evicts_least_recently_used)
+{
+    struct idem_cache cache;
+    char key[512];
+    const int capacity = 4, total = 41;
+
+    ASSERT_EQ(idem_cache_init(&cache, (size_t)capacity), 0);
+    for (int n = 0; n < total; n++) {
+        struct idem_record rec = cache_record(n);
+        size_t len = cache_key(n, key);
+        idem_cache_put(&cache, (uint64_t)n, key, len, &rec);
+        ASSERT_TRUE(cache.count <= (size_t)capacity);
+
+        /* Reading the oldest entry makes it the most recently used, so
+         * the next put evicts the one after it. */
+        if (n % 5 == 4) {
+            int oldest = n - capacity + 1;
+            size_t oldest_len = cache_key(oldest, key);
+            ASSERT_TRUE(idem_cache_get(&cache, (uint64_t)oldest, key,
+                                       oldest_len, 0) != NULL);
+        }
+    }
+
+    /* Entry 36, read after put 39, outlived entry 37 at put 40. */
+    const int present[] = {36, 38, 39, 40};
+    for (size_t i = 0; i < 4; i++) {
+        int n = present[i];
+        size_t len = cache_key(n, key);
+        const struct idem_record *got =
+            idem_cache_get(&cache, (uint64_t)n, key, len, 0);
+        ASSERT_TRUE(got != NULL);
+        struct idem_record want = cache_record(n);
+        ASSERT_EQ(got->expiry_s, want.expiry_s);
+        ASSERT_MEM_EQ(got->hash, IDEM_HASH_LEN, want.hash, IDEM_HASH_LEN);
+        ASSERT_STR_EQ(got->outcome, want.outcome);
+    }
+    for (int n = 0; n < total; n++) {
+        if (n == 36 || n >= 38)
+            continue;
+        size_t len = cache_key(n, key);
+        ASSERT_TRUE(idem_cache_get(&cache, (uint64_t)n, key, len, 0) == NULL);
+    }
+    ASSERT_EQ(cache.count, (size_t)capacity);
+
+    /* A key that shares the hash of a cached one is another key. */
+    size_t len = cache_key(40, key);
+    key[len - 1] ^= 1;
+    ASSERT_TRUE(idem_cache_get(&cache, 40, key, len, 0) == NULL);
+
+    idem_cache_clear(&cache);
+    ASSERT_EQ(cache.count, 0);
+    ASSERT_TRUE(cache.head == NULL && cache.tail == NULL);
+    idem_cache_free(&cache);
+}
+
 TEST(idem_siphash_matches_reference_vectors)
 {
     uint8_t key[IDEM_SIPHASH_KEY_LEN], msg[16];
