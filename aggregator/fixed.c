@@ -149,21 +149,40 @@ int fixed_round4(const char *text, int64_t *value4, bool *exact)
 
 int fixed_format4(int64_t value4, char *buf, size_t buf_len)
 {
-    int n;
+    char text[32];
+    size_t n = sizeof text;
+    int exponent = -4;
 
     if (value4 < 0)
         return -1;
     if (value4 == 0) {
-        n = snprintf(buf, buf_len, "0");
+        text[--n] = '0';
+        exponent = 0;
     } else {
-        int zeros = 0;
         while (value4 % 10 == 0) {
             value4 /= 10;
-            zeros++;
+            exponent++;
         }
-        n = snprintf(buf, buf_len, "%" PRId64 "e%d", value4, zeros - 4);
+        /* "e" and the exponent, -4 to 14, written from the right. */
+        int e = exponent < 0 ? -exponent : exponent;
+        do {
+            text[--n] = (char)('0' + e % 10);
+            e /= 10;
+        } while (e > 0);
+        if (exponent < 0)
+            text[--n] = '-';
+        text[--n] = 'e';
+        do {
+            text[--n] = (char)('0' + value4 % 10);
+            value4 /= 10;
+        } while (value4 > 0);
     }
-    return n < 0 || (size_t)n >= buf_len ? -1 : 0;
+    size_t len = sizeof text - n;
+    if (len >= buf_len)
+        return -1;
+    memcpy(buf, text + n, len);
+    buf[len] = '\0';
+    return 0;
 }
 
 /* ---- fast path ------------------------------------------------------- */

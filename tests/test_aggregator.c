@@ -847,6 +847,35 @@ TEST(agg_id_num_text_matches_printf)
     }
 }
 
+/* The canonical text of a 4-decimal value, the way printf writes it. */
+TEST(agg_fixed_format4_matches_printf)
+{
+    static const int64_t values[] = {
+        0,    1,       9,         10,        100,       10000,        730000,
+        7301, 1234567, 100000000, 999999999, INT64_MAX, INT64_MAX - 7};
+    char text[32], expected[32];
+
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+        int64_t v = values[i];
+        int zeros = 0;
+
+        if (v == 0) {
+            snprintf(expected, sizeof expected, "0");
+        } else {
+            while (v % 10 == 0) {
+                v /= 10;
+                zeros++;
+            }
+            snprintf(expected, sizeof expected, "%" PRId64 "e%d", v, zeros - 4);
+        }
+        ASSERT_EQ(fixed_format4(values[i], text, sizeof text), 0);
+        ASSERT_STR_EQ(text, expected);
+        /* One byte short of the text and its NUL is too small. */
+        ASSERT_EQ(fixed_format4(values[i], text, strlen(expected)), -1);
+    }
+    ASSERT_EQ(fixed_format4(-1, text, sizeof text), -1);
+}
+
 TEST(agg_id_json_round_trips)
 {
     struct agg_id id, back;
