@@ -148,10 +148,12 @@ int idem_claim(struct idem_table *t, const struct idem_claim *c,
  * Claim as idem_claim(), but when the key has no live row, defer writing
  * the new INPROGRESS row. idem_complete() of the key then inserts the row
  * COMPLETED in one statement, and idem_release() of the key writes
- * nothing. Any other call on the table writes the deferred row first, and
- * so do idem_begin(), idem_commit() and idem_flush(). Only one claim is
+ * nothing. Every other call that reads or writes rows (claims, lookups,
+ * completions and releases of other keys, expiry, reclaim) writes the
+ * deferred row first, and so do idem_begin(), idem_commit() and
+ * idem_flush(). idem_stats() counts the row already. Only one claim is
  * deferred at a time: the next claim writes the previous one.
- * For a caller that commits on its own connection: complete or release
+ * A caller that commits on its own connection must complete or release
  * the key, or call idem_flush(), before committing, or the claim is not
  * stored. idem_after_rollback() and idem_close() drop a deferred claim.
  */
