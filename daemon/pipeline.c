@@ -767,7 +767,9 @@ static int claim_and_apply(struct pipeline *pl, const struct shard_record *r,
     struct idem_claim c = {pl->key.data,  pl->key.len,       payload_hash,
                            r->arrival_ms, pl->current_shard, r->seq,
                            r->subseq};
-    if (idem_claim(pl->idem, &c, &result, NULL) != 0)
+    /* A new key's row is written once, COMPLETED, by idem_complete below;
+     * a failed apply rolls the whole batch back. */
+    if (idem_claim_deferred(pl->idem, &c, &result, NULL) != 0)
         return claim_failed(pl, "claim");
     switch (result) {
     case IDEM_NEW:

@@ -1082,6 +1082,11 @@ int store_commit(struct store *st)
 {
     struct binder b = bind_start(st, STMT_COMMIT);
 
+    if (st->idem != NULL && idem_flush(st->idem) != 0) {
+        fail(st, "write the last idempotency claim: %s", idem_errmsg(st->idem));
+        rollback_quietly(st);
+        return -1;
+    }
     if (flush_samples(st) == 0 && flush_history(st) == 0 &&
         exec_bound(st, &b, "COMMIT") == 0)
         return 0;

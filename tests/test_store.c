@@ -471,6 +471,29 @@ TEST(store_sample_put_replaces_existing)
     store_close(st);
 }
 
+/* A deferred claim that nobody completed is written by the commit, so a
+ * second run sees the key as claimed instead of new. */
+TEST(store_commit_writes_deferred_claim)
+{
+    const char *path = db_path("podium.db");
+    struct store *st = open_store(path);
+    struct idem_table *t = store_idempotency(st);
+    struct idem_claim c = {"k-deferred", 10, hash_a, 1000000, NULL, NULL, 0};
+    struct idem_record rec;
+    enum idem_result result;
+
+    ASSERT_OK(st, store_begin(st));
+    ASSERT_EQ(idem_claim_deferred(t, &c, &result, NULL), 0);
+    ASSERT_EQ(result, IDEM_NEW);
+    ASSERT_OK(st, store_commit(st));
+    store_close(st);
+
+    st = open_store(path);
+    t = store_idempotency(st);
+    ASSERT_EQ(idem_lookup(t, "k-deferred", 10, 1000000, &rec), 1);
+    store_close(st);
+}
+
 TEST(store_samples_commit_with_their_transaction)
 {
     const char *path = db_path("podium.db");
