@@ -741,12 +741,18 @@ static struct {
 static int stop_after_completions(unsigned type, void *ctx, void *p, void *x)
 {
     sqlite3_stmt *stmt = p;
+    /* A claim completes by an update, or, when the claim was deferred, by
+     * inserting its row completed. */
     static const char complete[] = "UPDATE idem_rows SET status = 2,";
+    static const char insert_completed[] =
+        "INSERT INTO idem_rows (id, key, status, expiry_s, owner,";
+    const char *sql = sqlite3_sql(stmt);
     (void)type;
     (void)ctx;
     (void)x;
 
-    if (strncmp(sqlite3_sql(stmt), complete, sizeof complete - 1) != 0)
+    if (strncmp(sql, complete, sizeof complete - 1) != 0 &&
+        strncmp(sql, insert_completed, sizeof insert_completed - 1) != 0)
         return 0;
     if (++child_stop.completed < child_stop.stop_after)
         return 0;
