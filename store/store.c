@@ -1201,9 +1201,11 @@ size_t store_idempotency_reclaimed(const struct store *st)
 
 /* ---- samples -------------------------------------------------------- */
 
-/* Maximum bytes of entries in one log row; a batch of 10,000 records
- * makes about 1 MB of samples. */
-#define LOG_FLUSH_BYTES (4u << 20)
+/* Bytes of entries after which a log row is written. SQLite copies a row
+ * into a record of its own before writing it, so a small row keeps the
+ * memory of a flush small: a race's results emit one history entry per
+ * rider and second at once, several MB for a long race. */
+#define LOG_FLUSH_BYTES (256u << 10)
 
 /*
  * Samples wait in memory until the commit, or until they fill a log row.
