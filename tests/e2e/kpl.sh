@@ -19,14 +19,14 @@
 # Checks:
 # - The restart requests AT_SEQUENCE_NUMBER A, because a checkpoint with a
 #   sub-sequence number above 0 may lie inside an aggregate.
-# - u-0501 to u-0505 are in the samples table once each, with the expected
+# - u-0501 to u-0505 are among the stored samples once each, with the expected
 #   values, and u-0506 is not.
 # - C is the only dead letter, with its shard, sequence number and bytes.
 # - The checkpoint ends at (D, 0).
 # - The leaderboards of the race include the riders of the aggregate.
 # - podium logs no error and exits 0 on SIGTERM.
 #
-# NOTE: the samples table cannot show whether the restarted reader dropped
+# NOTE: the stored samples cannot show whether the restarted reader dropped
 # A's committed user records or handed them on as duplicates that the
 # idempotency table ignored. The reader's filter is tested on its own by
 # shard_reader_restarts_inside_kpl_aggregate in tests/test_shardreader.c,
@@ -96,13 +96,13 @@ wait_checkpoint() {
     done
 }
 
-# expect_count DB UUID COUNT WHEN: fail unless UUID is in the samples table
+# expect_count DB UUID COUNT WHEN: fail unless UUID is among the stored samples
 # COUNT times.
 expect_count() {
     local db="$1" uuid="$2" expected="$3" when="$4" count
     count="$(count_uuid "$db" "$uuid")"
     [[ "$count" == "$expected" ]] ||
-        e2e_fail "$when, $uuid is in the samples table of $db $count times, expected $expected"
+        e2e_fail "$when, $uuid is among the stored samples of $db $count times, expected $expected"
 }
 
 # True when the proxy delays a GetRecords call, which podium sends only
