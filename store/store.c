@@ -629,20 +629,55 @@ static int insert_log_row(sqlite3_stmt *insert, struct batch_log_buf *buf)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-/*
- * Copy the rows of the version 4 samples table into the log, in key order,
- * a few thousand per log row.
- */
-static int copy_samples_to_log(struct store *st)
+/* Append the version 4 samples row at sel to buf. Returns an SQLite code. */
+static int put_v4_sample(sqlite3_stmt *sel, struct batch_log_buf *buf)
 {
-    static const char select_sql[] =
-        "SELECT race_id, racer_id, second, class_id, name, uuid,"
-        " device_ts_ms, arrival_ms, cadence4, resistance4, output4,"
-        " cadence_exact, resistance_exact, final FROM samples"
-        " ORDER BY race_id, racer_id, second";
-    static const char insert_sql[] =
-        "INSERT INTO sample_log (format, count, data) VALUES (?1, ?2, ?3)";
     static const int text_cols[] = {0, 1, 3, 4, 5, 11, 12};
+    struct store_sample smp = {0};
+    const char **texts[] = {
+        &smp.race_id, &smp.racer_id,      &smp.class_id,        &smp.name,
+        &smp.uuid,    &smp.cadence_exact, &smp.resistance_exact};
+    size_t lens[7] = {0};
+    int rc = SQLITE_OK;
+
+    for (size_t i = 0; i < 7 && rc == SQLITE_OK; i++)
+        rc = column_bytes(sel, text_cols[i], texts[i], &lens[i]);
+    smp.name_len = lens[3];
+    smp.uuid_len = lens[4];
+    smp.second = sqlite3_column_int(sel, 2);
+    smp.device_ts_ms = sqlite3_column_int64(sel, 6);
+    smp.arrival_ms = sqlite3_column_int64(sel, 7);
+    smp.cadence4 = sqlite3_column_int64(sel, 8);
+    smp.resistance4 = sqlite3_column_int64(sel, 9);
+    smp.output4 = sqlite3_column_int64(sel, 10);
+    smp.final = sqlite3_column_int64(sel, 13) != 0;
+    if (rc == SQLITE_OK && batch_log_put_sample(buf, &smp) != 0)
+        rc = SQLITE_NOMEM;
+    return rc;
+}
+
+/* Append the version 4 class_history row at sel to buf. */
+static int put_v4_history(sqlite3_stmt *sel, struct batch_log_buf *buf)
+{
+    struct store_history_row row = {(const char *)sqlite3_column_text(sel, 0),
+                                    (const char *)sqlite3_column_text(sel, 1),
+                                    sqlite3_column_int(sel, 2),
+                                    sqlite3_column_int64(sel, 3),
+                                    (const char *)sqlite3_column_text(sel, 4)};
+
+    return batch_log_put_history(buf, &row, false) != 0 ? SQLITE_NOMEM
+                                                        : SQLITE_OK;
+}
+
+/*
+ * Copy the rows that select_sql returns into the log that insert_sql
+ * appends to, a few thousand per log row, with put for each row.
+ */
+static int copy_to_log(struct store *st, const char *select_sql,
+                       const char *insert_sql,
+                       int (*put)(sqlite3_stmt *sel, struct batch_log_buf *buf),
+                       const char *what)
+{
     sqlite3_stmt *sel = NULL, *ins = NULL;
     struct batch_log_buf buf = {0};
     int step = SQLITE_ROW;
@@ -651,24 +686,7 @@ static int copy_samples_to_log(struct store *st)
     if (rc == SQLITE_OK)
         rc = sqlite3_prepare_v2(st->db, insert_sql, -1, &ins, NULL);
     while (rc == SQLITE_OK && (step = sqlite3_step(sel)) == SQLITE_ROW) {
-        struct store_sample smp = {0};
-        const char **texts[] = {
-            &smp.race_id, &smp.racer_id,      &smp.class_id,        &smp.name,
-            &smp.uuid,    &smp.cadence_exact, &smp.resistance_exact};
-        size_t lens[7] = {0};
-        for (size_t i = 0; i < 7 && rc == SQLITE_OK; i++)
-            rc = column_bytes(sel, text_cols[i], texts[i], &lens[i]);
-        smp.name_len = lens[3];
-        smp.uuid_len = lens[4];
-        smp.second = sqlite3_column_int(sel, 2);
-        smp.device_ts_ms = sqlite3_column_int64(sel, 6);
-        smp.arrival_ms = sqlite3_column_int64(sel, 7);
-        smp.cadence4 = sqlite3_column_int64(sel, 8);
-        smp.resistance4 = sqlite3_column_int64(sel, 9);
-        smp.output4 = sqlite3_column_int64(sel, 10);
-        smp.final = sqlite3_column_int64(sel, 13) != 0;
-        if (rc == SQLITE_OK && batch_log_put_sample(&buf, &smp) != 0)
-            rc = SQLITE_NOMEM;
+        rc = put(sel, &buf);
         if (rc == SQLITE_OK && buf.count >= 4096)
             rc = insert_log_row(ins, &buf);
     }
@@ -677,45 +695,7 @@ static int copy_samples_to_log(struct store *st)
     if (rc == SQLITE_OK && buf.count > 0)
         rc = insert_log_row(ins, &buf);
     if (rc != SQLITE_OK)
-        fail_sqlite(st, rc, "copy samples into the sample log");
-    sqlite3_finalize(sel);
-    sqlite3_finalize(ins);
-    batch_log_free(&buf);
-    return rc == SQLITE_OK ? 0 : -1;
-}
-
-/* Copy the rows of the version 4 class_history table into its log. */
-static int copy_history_to_log(struct store *st)
-{
-    static const char select_sql[] =
-        "SELECT class_id, racer_id, second, output4, race_id"
-        " FROM class_history ORDER BY class_id, second, racer_id";
-    static const char insert_sql[] =
-        "INSERT INTO history_log (format, count, data) VALUES (?1, ?2, ?3)";
-    sqlite3_stmt *sel = NULL, *ins = NULL;
-    struct batch_log_buf buf = {0};
-    int step = SQLITE_ROW;
-    int rc = sqlite3_prepare_v2(st->db, select_sql, -1, &sel, NULL);
-
-    if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v2(st->db, insert_sql, -1, &ins, NULL);
-    while (rc == SQLITE_OK && (step = sqlite3_step(sel)) == SQLITE_ROW) {
-        struct store_history_row row = {
-            (const char *)sqlite3_column_text(sel, 0),
-            (const char *)sqlite3_column_text(sel, 1),
-            sqlite3_column_int(sel, 2), sqlite3_column_int64(sel, 3),
-            (const char *)sqlite3_column_text(sel, 4)};
-        if (batch_log_put_history(&buf, &row, false) != 0)
-            rc = SQLITE_NOMEM;
-        else if (buf.count >= 4096)
-            rc = insert_log_row(ins, &buf);
-    }
-    if (rc == SQLITE_OK && step != SQLITE_DONE)
-        rc = step;
-    if (rc == SQLITE_OK && buf.count > 0)
-        rc = insert_log_row(ins, &buf);
-    if (rc != SQLITE_OK)
-        fail_sqlite(st, rc, "copy class history into its log");
+        fail_sqlite(st, rc, "%s", what);
     sqlite3_finalize(sel);
     sqlite3_finalize(ins);
     batch_log_free(&buf);
@@ -750,7 +730,20 @@ static int migrate_to_v5(struct store *st)
     };
 
     if (exec_all(st, create, sizeof create / sizeof create[0]) != 0 ||
-        copy_samples_to_log(st) != 0 || copy_history_to_log(st) != 0)
+        copy_to_log(st,
+                    "SELECT race_id, racer_id, second, class_id, name, uuid,"
+                    " device_ts_ms, arrival_ms, cadence4, resistance4,"
+                    " output4, cadence_exact, resistance_exact, final"
+                    " FROM samples ORDER BY race_id, racer_id, second",
+                    "INSERT INTO sample_log (format, count, data)"
+                    " VALUES (?1, ?2, ?3)",
+                    put_v4_sample, "copy samples into the sample log") != 0 ||
+        copy_to_log(st,
+                    "SELECT class_id, racer_id, second, output4, race_id"
+                    " FROM class_history ORDER BY class_id, second, racer_id",
+                    "INSERT INTO history_log (format, count, data)"
+                    " VALUES (?1, ?2, ?3)",
+                    put_v4_history, "copy class history into its log") != 0)
         return -1;
     return exec_all(st, drop, sizeof drop / sizeof drop[0]);
 }
@@ -1230,11 +1223,26 @@ int store_sample_put(struct store *st, const struct store_sample *s)
 struct sample_scan {
     store_sample_cb cb;
     void *arg;
+    int result; /* the non-zero return of cb that stopped the scan */
 };
 
-static int visit_log_row(struct store *st, sqlite3_stmt *stmt, void *ctx)
+/*
+ * How to read one kind of log: its name for messages, and a function that
+ * decodes the entry at data[*pos] and hands it on. That function returns
+ * 0, -1 with *reason set when the entry is damaged, or 1 to stop the scan,
+ * with the reason kept in ctx.
+ */
+struct log_reader {
+    const char *name;
+    int (*entry)(const unsigned char *data, size_t len, size_t *pos, void *ctx,
+                 const char **reason);
+    void *ctx;
+};
+
+/* Visit one row of a log (id, format, count, data) with a log_reader. */
+static int visit_log_row(struct store *st, sqlite3_stmt *stmt, void *arg)
 {
-    struct sample_scan *scan = ctx;
+    const struct log_reader *reader = arg;
     int64_t id = sqlite3_column_int64(stmt, 0);
     int64_t format = sqlite3_column_int64(stmt, 1);
     int64_t count = sqlite3_column_int64(stmt, 2);
@@ -1243,42 +1251,55 @@ static int visit_log_row(struct store *st, sqlite3_stmt *stmt, void *ctx)
     int rc = column_bytes(stmt, 3, &data, &len);
 
     if (rc != SQLITE_OK)
-        return fail_sqlite(st, rc, "read sample log row %" PRId64, id);
+        return fail_sqlite(st, rc, "read %s row %" PRId64, reader->name, id);
     if (format != BATCH_LOG_FORMAT) {
         return fail(st,
-                    "sample log row %" PRId64 " has format %" PRId64
+                    "%s row %" PRId64 " has format %" PRId64
                     ", which this build cannot read; use the podium version"
                     " that wrote it",
-                    id, format);
+                    reader->name, id, format);
     }
 
     size_t pos = 0;
     for (int64_t i = 0; i < count || pos < len; i++) {
-        struct store_sample s;
-        const char *reason = "";
-        if (i >= count || batch_log_next_sample((const unsigned char *)data,
-                                                len, &pos, &s, &reason) != 0) {
+        const char *reason = "bytes after the last entry";
+        rc = i < count ? reader->entry((const unsigned char *)data, len, &pos,
+                                       reader->ctx, &reason)
+                       : -1;
+        if (rc == -1) {
             return fail(st,
-                        "sample log row %" PRId64
-                        " is damaged at entry %" PRId64 " of %" PRId64 ": %s",
-                        id, i, count,
-                        i >= count ? "bytes after the last entry" : reason);
+                        "%s row %" PRId64 " is damaged at entry %" PRId64
+                        " of %" PRId64 ": %s",
+                        reader->name, id, i, count, reason);
         }
-        rc = scan->cb(scan->arg, &s);
         if (rc != 0)
-            return rc;
+            return 1;
     }
     return 0;
 }
 
+static int read_sample_entry(const unsigned char *data, size_t len, size_t *pos,
+                             void *ctx, const char **reason)
+{
+    struct sample_scan *scan = ctx;
+    struct store_sample s;
+
+    if (batch_log_next_sample(data, len, pos, &s, reason) != 0)
+        return -1;
+    scan->result = scan->cb(scan->arg, &s);
+    return scan->result != 0 ? 1 : 0;
+}
+
 int store_samples_load(struct store *st, store_sample_cb cb, void *arg)
 {
-    struct sample_scan scan = {cb, arg};
+    struct sample_scan scan = {cb, arg, 0};
+    struct log_reader reader = {"sample log", read_sample_entry, &scan};
 
     if (flush_samples(st) != 0)
         return -1;
-    return scan_rows(st, st->stmt[STMT_SAMPLE_LOAD], "load samples",
-                     visit_log_row, &scan);
+    int rc = scan_rows(st, st->stmt[STMT_SAMPLE_LOAD], "load samples",
+                       visit_log_row, &reader);
+    return rc == 1 ? scan.result : rc;
 }
 
 /* The (race, racer, second) keys of the log, to count distinct ones. */
@@ -1867,44 +1888,15 @@ static int keep_history(struct history_scan *scan,
     return 0;
 }
 
-static int visit_history_row(struct store *st, sqlite3_stmt *stmt, void *ctx)
+static int read_history_entry(const unsigned char *data, size_t len,
+                              size_t *pos, void *ctx, const char **reason)
 {
-    struct history_scan *scan = ctx;
-    int64_t id = sqlite3_column_int64(stmt, 0);
-    int64_t format = sqlite3_column_int64(stmt, 1);
-    int64_t count = sqlite3_column_int64(stmt, 2);
-    const char *data = NULL;
-    size_t len = 0;
-    int rc = column_bytes(stmt, 3, &data, &len);
+    struct store_history_row row;
+    bool deleted;
 
-    if (rc != SQLITE_OK)
-        return fail_sqlite(st, rc, "read class history log row %" PRId64, id);
-    if (format != BATCH_LOG_FORMAT) {
-        return fail(st,
-                    "class history log row %" PRId64 " has format %" PRId64
-                    ", which this build cannot read; use the podium version"
-                    " that wrote it",
-                    id, format);
-    }
-
-    size_t pos = 0;
-    for (int64_t i = 0; i < count || pos < len; i++) {
-        struct store_history_row row;
-        bool deleted;
-        const char *reason = "";
-        if (i >= count ||
-            batch_log_next_history((const unsigned char *)data, len, &pos, &row,
-                                   &deleted, &reason) != 0) {
-            return fail(st,
-                        "class history log row %" PRId64
-                        " is damaged at entry %" PRId64 " of %" PRId64 ": %s",
-                        id, i, count,
-                        i >= count ? "bytes after the last entry" : reason);
-        }
-        if (keep_history(scan, &row, deleted) != 0)
-            return fail(st, "load class history: out of memory");
-    }
-    return 0;
+    if (batch_log_next_history(data, len, pos, &row, &deleted, reason) != 0)
+        return -1;
+    return keep_history(ctx, &row, deleted) != 0 ? 1 : 0;
 }
 
 /* By second, then racer_id, then log order. */
@@ -1931,9 +1923,12 @@ int store_history_load(struct store *st, const char *class_id,
     struct history_scan scan = {class_id, racer_id, second, NULL, 0, 0, 0};
     int rc = flush_history(st);
 
+    struct log_reader reader = {"class history log", read_history_entry, &scan};
     if (rc == 0)
         rc = scan_rows(st, st->stmt[STMT_HISTORY_LOAD], "load class history",
-                       visit_history_row, &scan);
+                       visit_log_row, &reader);
+    if (rc == 1)
+        rc = fail(st, "load class history: out of memory");
     if (rc == 0)
         qsort(scan.items, scan.count, sizeof scan.items[0], history_entry_cmp);
     for (size_t i = 0; rc == 0 && i < scan.count; i++) {
