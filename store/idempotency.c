@@ -35,6 +35,10 @@
  * our INPROGRESS claim. When it changes no row (rolled back, taken over or
  * completed elsewhere), the full lookup decides as before.
  *
+ * A deferred claim (idem_claim_deferred) that completes is queued in
+ * memory, COMPLETED, and written with other queued rows by one multi-row
+ * INSERT, so the statement overhead is paid once per up to 64 rows.
+ *
  * Transactions: on a connection passed to idem_open(), the library never
  * begins or commits. The caller must call idem_after_rollback() after a
  * rollback, because the LRU cache may hold a COMPLETED row that the rollback
@@ -62,7 +66,6 @@ enum stmt_id {
     STMT_GET,
     STMT_GET_KEY,
     STMT_INSERT,
-    STMT_INSERT_COMPLETED,
     STMT_TAKE_OVER,
     STMT_COMPLETE,
     STMT_COMPLETE_OWN,
@@ -81,10 +84,6 @@ static const char *const stmt_sql[STMT_COUNT] = {
     [STMT_INSERT] = "INSERT INTO idem_rows (id, key, status, expiry_s,"
                     " in_progress_expiry_ms, owner, hash, shard_id, seq,"
                     " subseq) VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    [STMT_INSERT_COMPLETED] = "INSERT INTO idem_rows (id, key, status,"
-                              " expiry_s, owner, hash, outcome, shard_id, seq,"
-                              " subseq) VALUES (?1, ?2, 2, ?3, ?4, ?5, ?6, ?7,"
-                              " ?8, ?9)",
     [STMT_TAKE_OVER] = "UPDATE idem_rows SET owner = ?2,"
                        " in_progress_expiry_ms = ?3 WHERE id = ?1",
     [STMT_COMPLETE] = "UPDATE idem_rows SET status = 2, outcome = ?2,"
@@ -131,8 +130,8 @@ _Static_assert(sizeof((struct claim_memo *)0)->shard_id ==
                "the memo keeps the text columns of a record");
 
 /*
- * A row to append for a key without a live row: a claim, or a claim and
- * its completion in one step. Pointers are borrowed.
+ * A row to append for a key without a live row: our INPROGRESS claim,
+ * written now or deferred. Pointers are borrowed.
  */
 struct new_row {
     int64_t id;
@@ -150,18 +149,44 @@ struct new_row {
 };
 
 /*
- * A claim of idem_claim_deferred() whose row is not written yet. Its id is
- * taken and counted in rows, but the index and the memo learn of it only
- * when the row is written. Every call on the table but the completion or
- * release of this key writes it first, so no other call can miss it.
+ * Completed rows of deferred claims wait in a queue and are written
+ * together, COMPLETED, by one multi-row INSERT: when the queue is full,
+ * when a read reaches the id of a queued row, and before expiry, reclaim,
+ * begin, commit and idem_flush(). The index and the cache know a queued
+ * row at once. Each row takes QUEUE_ROW_PARAMS parameters, and all rows
+ * share the owner token as ?1, so the connection's parameter limit bounds
+ * the rows per statement.
  */
-struct pending_claim {
-    bool active;
-    struct new_row row; /* points into the buffers below */
-    uint8_t key[IDEM_MAX_KEY];
+#define QUEUE_MAX        64
+#define QUEUE_ROW_PARAMS 8
+
+struct queued_row {
+    int64_t id;
+    int64_t expiry_s;
+    int64_t subseq;
+    size_t key_len;
+    int outcome_len; /* -1 stores NULL */
+    int shard_len;   /* -1 stores NULL */
+    int seq_len;     /* -1 stores NULL */
     uint8_t hash[IDEM_HASH_LEN];
     char shard_id[64];
     char seq[130];
+    char outcome[IDEM_MAX_OUTCOME + 1];
+    uint8_t key[IDEM_MAX_KEY];
+};
+
+/*
+ * A claim of idem_claim_deferred() whose row is not written yet. Its id is
+ * taken and counted in rows, but the index and the memo learn of it only
+ * when the row is written or queued. Every call on the table but the
+ * completion or release of this key writes it first, so no other call can
+ * miss it. Its columns live in the free queue slot after the queued rows
+ * (queue[queue_len]), so that completing it queues the row without a copy.
+ * Nothing writes or adds to the queue while a claim is pending.
+ */
+struct pending_claim {
+    bool active;
+    struct new_row row; /* points into queue[queue_len] */
 };
 
 /* An INPROGRESS row of a dead owner, found by the index rebuild. */
@@ -185,7 +210,12 @@ struct idem_table {
     int64_t expire_from; /* lowest id that expiry has still to examine */
     struct claim_memo memo[MEMO_SLOTS];
     struct pending_claim pending;
-    struct dead_row *dead; /* owned */
+    struct queued_row *queue; /* owned, queue_cap rows */
+    size_t queue_len;
+    size_t queue_cap;
+    sqlite3_stmt *insert_rows[QUEUE_MAX + 1]; /* by row count, prepared
+                                                 when first needed */
+    struct dead_row *dead;                    /* owned */
     size_t dead_count;
     size_t dead_cap;
     char err[512];
@@ -315,6 +345,100 @@ static int exec_sql(struct idem_table *t, const char *sql, const char *what)
     return rc == SQLITE_OK ? 0 : fail_sqlite(t, rc, what);
 }
 
+/* ---- queue of completed rows ------------------------------------------ */
+
+/* Bind s of len bytes, or NULL when len is negative. */
+static void bind_text_len(struct binder *b, int col, const char *s, int len)
+{
+    if (b->rc != SQLITE_OK)
+        return;
+    if (len < 0)
+        b->rc = sqlite3_bind_null(b->stmt, col);
+    else
+        b->rc = sqlite3_bind_text(b->stmt, col, s, len, SQLITE_STATIC);
+}
+
+/* The rows that one statement may insert under the connection's limit on
+ * the number of parameters, at least 1 and at most QUEUE_MAX. */
+static size_t queue_capacity(sqlite3 *db)
+{
+    int limit = sqlite3_limit(db, SQLITE_LIMIT_VARIABLE_NUMBER, -1);
+    size_t rows = limit > 1 ? (size_t)(limit - 1) / QUEUE_ROW_PARAMS : 0;
+
+    return rows < 1 ? 1 : rows > QUEUE_MAX ? QUEUE_MAX : rows;
+}
+
+/* Prepare the INSERT of n queued rows, with the owner token as ?1 and the
+ * columns of row i as ?(2 + 8 i) to ?(9 + 8 i). Returns 0 or -1. */
+static int prepare_insert_rows(struct idem_table *t, size_t n)
+{
+    static const char head[] =
+        "INSERT INTO idem_rows (id, key, status, expiry_s, owner, hash,"
+        " outcome, shard_id, seq, subseq) VALUES ";
+    /* Nine numbers of up to 4 digits and the text around them. */
+    size_t cap = sizeof head + n * 80;
+    char *sql = malloc(cap);
+
+    if (sql == NULL)
+        return fail(t, "out of memory preparing an idempotency insert");
+    size_t len = sizeof head - 1;
+    memcpy(sql, head, len);
+    for (size_t i = 0; i < n; i++) {
+        int p = 2 + (int)i * QUEUE_ROW_PARAMS;
+        len += (size_t)snprintf(sql + len, cap - len,
+                                "%s(?%d, ?%d, 2, ?%d, ?1, ?%d, ?%d, ?%d, ?%d,"
+                                " ?%d)",
+                                i > 0 ? ", " : "", p, p + 1, p + 2, p + 3,
+                                p + 4, p + 5, p + 6, p + 7);
+    }
+    sqlite3_stmt *stmt = NULL;
+    int rc = sqlite3_prepare_v3(t->db, sql, (int)len, SQLITE_PREPARE_PERSISTENT,
+                                &stmt, NULL);
+    free(sql);
+    if (rc == SQLITE_OK)
+        rc =
+            sqlite3_bind_blob(stmt, 1, t->owner, IDEM_OWNER_LEN, SQLITE_STATIC);
+    if (rc != SQLITE_OK) {
+        fail(t, "prepare idempotency insert of %zu rows: %s: %s", n,
+             errname(rc), sqlite3_errmsg(t->db));
+        sqlite3_finalize(stmt);
+        return -1;
+    }
+    t->insert_rows[n] = stmt;
+    return 0;
+}
+
+/*
+ * Write the queued rows with one INSERT and empty the queue. Returns 0 or
+ * -1; after a failure the rows are gone, as if their statements had
+ * failed, and the caller rolls back.
+ */
+static int write_queue(struct idem_table *t)
+{
+    size_t n = t->queue_len;
+
+    if (n == 0)
+        return 0;
+    t->queue_len = 0;
+    if (t->insert_rows[n] == NULL && prepare_insert_rows(t, n) != 0)
+        return -1;
+
+    struct binder b = {t->insert_rows[n], SQLITE_OK};
+    for (size_t i = 0; i < n; i++) {
+        const struct queued_row *q = &t->queue[i];
+        int p = 2 + (int)i * QUEUE_ROW_PARAMS;
+        bind_int64(&b, p, q->id);
+        bind_blob(&b, p + 1, q->key, q->key_len);
+        bind_int64(&b, p + 2, q->expiry_s);
+        bind_blob(&b, p + 3, q->hash, IDEM_HASH_LEN);
+        bind_text_len(&b, p + 4, q->outcome, q->outcome_len);
+        bind_text_len(&b, p + 5, q->shard_id, q->shard_len);
+        bind_text_len(&b, p + 6, q->seq, q->seq_len);
+        bind_int64(&b, p + 7, q->subseq);
+    }
+    return exec_bound(t, &b, "insert idempotency rows");
+}
+
 /* ---- reading rows ----------------------------------------------------- */
 
 /* Copy a text column into dst (cap bytes with the NUL), cutting it short
@@ -395,6 +519,10 @@ static int read_found_row(struct idem_table *t, sqlite3_stmt *stmt, int64_t id,
 static int fetch_row(struct idem_table *t, int64_t id, const void *key,
                      size_t len, struct found_row *row)
 {
+    /* Queued ids are the newest: write them before reading one. */
+    if (t->queue_len > 0 && id >= t->queue[0].id && write_queue(t) != 0)
+        return -1;
+
     struct binder b = bind_start(t, STMT_GET);
     bind_int64(&b, 1, id);
 
@@ -606,36 +734,19 @@ static int in_progress_expiry(struct idem_table *t, int64_t now_ms,
                     "in-progress expiry");
 }
 
-/*
- * Insert row: our INPROGRESS claim when outcome is NULL, else the claim
- * already COMPLETED with outcome and expiry_s. Returns 0 or -1.
- */
-static int insert_row(struct idem_table *t, const struct new_row *row,
-                      const char *outcome, int64_t expiry_s)
+/* Insert row as our INPROGRESS claim. Returns 0 or -1. */
+static int insert_row(struct idem_table *t, const struct new_row *row)
 {
-    struct binder b;
+    struct binder b = bind_start(t, STMT_INSERT);
 
-    if (outcome == NULL) {
-        b = bind_start(t, STMT_INSERT);
-        bind_int64(&b, 1, row->id);
-        bind_blob(&b, 2, row->key, row->key_len);
-        bind_int64(&b, 3, row->expiry_s);
-        bind_int64_or_null(&b, 4, row->in_progress_expiry_ms);
-        bind_blob(&b, 6, row->hash, IDEM_HASH_LEN);
-        bind_text(&b, 7, row->shard_id);
-        bind_text(&b, 8, row->seq);
-        bind_int64(&b, 9, row->subseq);
-    } else {
-        b = bind_start(t, STMT_INSERT_COMPLETED);
-        bind_int64(&b, 1, row->id);
-        bind_blob(&b, 2, row->key, row->key_len);
-        bind_int64(&b, 3, expiry_s);
-        bind_blob(&b, 5, row->hash, IDEM_HASH_LEN);
-        bind_text(&b, 6, outcome);
-        bind_text(&b, 7, row->shard_id);
-        bind_text(&b, 8, row->seq);
-        bind_int64(&b, 9, row->subseq);
-    }
+    bind_int64(&b, 1, row->id);
+    bind_blob(&b, 2, row->key, row->key_len);
+    bind_int64(&b, 3, row->expiry_s);
+    bind_int64_or_null(&b, 4, row->in_progress_expiry_ms);
+    bind_blob(&b, 6, row->hash, IDEM_HASH_LEN);
+    bind_text(&b, 7, row->shard_id);
+    bind_text(&b, 8, row->seq);
+    bind_int64(&b, 9, row->subseq);
     return exec_bound(t, &b, "insert idempotency row");
 }
 
@@ -661,26 +772,38 @@ static int index_new_row(struct idem_table *t, const struct new_row *row,
     return 0;
 }
 
-/* Keep a copy of row as the pending claim, to be written later. */
+/* Copy the text s, or NULL, into dst; returns its length or -1 for NULL.
+ * check_claim() bounded the text by the size of dst. */
+static int copy_text_len(char *dst, size_t cap, const char *s)
+{
+    if (s == NULL)
+        return -1;
+    size_t n = strlen(s);
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+    return (int)n;
+}
+
+/* Keep a copy of row as the pending claim, to be written or queued later,
+ * in the free queue slot. */
 static void defer_row(struct idem_table *t, const struct new_row *row)
 {
     struct pending_claim *p = &t->pending;
+    struct queued_row *q = &t->queue[t->queue_len];
 
     p->active = true;
     p->row = *row;
-    memcpy(p->key, row->key, row->key_len);
-    p->row.key = p->key;
-    memcpy(p->hash, row->hash, IDEM_HASH_LEN);
-    p->row.hash = p->hash;
-    /* check_claim() bounded both texts by the size of their buffers. */
-    if (row->shard_id != NULL) {
-        copy_str(p->shard_id, sizeof p->shard_id, row->shard_id);
-        p->row.shard_id = p->shard_id;
-    }
-    if (row->seq != NULL) {
-        copy_str(p->seq, sizeof p->seq, row->seq);
-        p->row.seq = p->seq;
-    }
+    memcpy(q->key, row->key, row->key_len);
+    p->row.key = q->key;
+    memcpy(q->hash, row->hash, IDEM_HASH_LEN);
+    p->row.hash = q->hash;
+    q->shard_len =
+        copy_text_len(q->shard_id, sizeof q->shard_id, row->shard_id);
+    p->row.shard_id = q->shard_len >= 0 ? q->shard_id : NULL;
+    q->seq_len = copy_text_len(q->seq, sizeof q->seq, row->seq);
+    p->row.seq = q->seq_len >= 0 ? q->seq : NULL;
 }
 
 /* Write the pending claim, if any, as an INPROGRESS row. Returns 0 or -1;
@@ -690,9 +813,17 @@ static int flush_pending(struct idem_table *t)
     if (!t->pending.active)
         return 0;
     t->pending.active = false;
-    if (insert_row(t, &t->pending.row, NULL, 0) != 0)
+    if (insert_row(t, &t->pending.row) != 0)
         return -1;
     return index_new_row(t, &t->pending.row, true);
+}
+
+/* Write the pending claim and the queued rows. Returns 0 or -1. */
+static int flush_all(struct idem_table *t)
+{
+    if (flush_pending(t) != 0)
+        return -1;
+    return write_queue(t);
 }
 
 /* Whether the pending claim is of key. */
@@ -745,7 +876,7 @@ static int append_claim(struct idem_table *t, const struct idem_claim *c,
     /* The id is taken only by a row that was inserted or deferred. */
     if (defer)
         defer_row(t, &row);
-    else if (insert_row(t, &row, NULL, 0) != 0)
+    else if (insert_row(t, &row) != 0)
         return -1;
     t->next_id++;
     t->rows++;
@@ -861,7 +992,7 @@ int idem_claim_deferred(struct idem_table *t, const struct idem_claim *c,
 
 int idem_flush(struct idem_table *t)
 {
-    return flush_pending(t);
+    return flush_all(t);
 }
 
 int idem_claim_batch(struct idem_table *t, const struct idem_claim *claims,
@@ -953,20 +1084,32 @@ static int complete_from_memo(struct idem_table *t, const void *key, size_t len,
 }
 
 /*
- * Complete the pending claim, which is of key, by inserting its row
- * COMPLETED. Returns 0 with *row describing the claim, or -1; either way
- * the claim is no longer pending.
+ * Complete the pending claim, which is of key, by queueing its row
+ * COMPLETED, and write the queue when it is full. Returns 0 with *row
+ * describing the claim, or -1; either way the claim is no longer pending.
  */
 static int complete_pending(struct idem_table *t, const char *outcome,
                             int64_t expiry_s, struct found_row *row)
 {
     const struct new_row *p = &t->pending.row;
+    struct queued_row *q = &t->queue[t->queue_len];
 
     t->pending.active = false;
-    if (insert_row(t, p, outcome, expiry_s) != 0 ||
-        index_new_row(t, p, false) != 0)
+    if (index_new_row(t, p, false) != 0)
         return -1;
-    fill_own_row(t, row, p->id, p->hash, true, p->shard_id, p->seq, p->subseq);
+    q->id = p->id;
+    q->expiry_s = expiry_s;
+    q->subseq = p->subseq;
+    q->key_len = p->key_len;
+    /* check_text() bounded the outcome by the size of the field. */
+    q->outcome_len = copy_text_len(q->outcome, sizeof q->outcome, outcome);
+    if (t->cache.capacity > 0)
+        fill_own_row(t, row, p->id, p->hash, true, p->shard_id, p->seq,
+                     p->subseq);
+    /* Outside a transaction, each statement commits on its own, so the
+     * row is written at once, as an insert of one row. */
+    if (++t->queue_len == t->queue_cap || sqlite3_get_autocommit(t->db))
+        return write_queue(t);
     return 0;
 }
 
@@ -1186,7 +1329,7 @@ int idem_expire_step(struct idem_table *t, int64_t now_ms, size_t max_rows,
 {
     if (deleted != NULL)
         *deleted = 0;
-    if (flush_pending(t) != 0 || check_now(t, now_ms) != 0)
+    if (flush_all(t) != 0 || check_now(t, now_ms) != 0)
         return -1;
     if (max_rows == 0)
         return 0;
@@ -1250,7 +1393,7 @@ int idem_reclaim_dead(struct idem_table *t, size_t *reclaimed)
 
     if (reclaimed != NULL)
         *reclaimed = 0;
-    if (flush_pending(t) != 0)
+    if (flush_all(t) != 0)
         return -1;
     for (size_t i = 0; i < t->dead_count; i++) {
         struct binder b = bind_start(t, STMT_RECLAIM);
@@ -1315,8 +1458,10 @@ static int create_schema(struct idem_table *t)
 /* The parameter that takes our owner token, in the statements that have
  * one. It is bound once, to t->owner, which lives as long as t. */
 static const int owner_param[STMT_COUNT] = {
-    [STMT_INSERT] = 5,       [STMT_INSERT_COMPLETED] = 4, [STMT_TAKE_OVER] = 2,
-    [STMT_COMPLETE_OWN] = 4, [STMT_RECLAIM] = 2,
+    [STMT_INSERT] = 5,
+    [STMT_TAKE_OVER] = 2,
+    [STMT_COMPLETE_OWN] = 4,
+    [STMT_RECLAIM] = 2,
 };
 
 static int prepare_statements(struct idem_table *t)
@@ -1452,7 +1597,9 @@ static int open_table(sqlite3 *db, bool own_db, const struct idem_options *opts,
     t->next_id = 1;
     t->expire_from = INT64_MIN;
 
-    int rc = idem_index_init(&t->index);
+    t->queue_cap = queue_capacity(db);
+    t->queue = calloc(t->queue_cap, sizeof *t->queue);
+    int rc = t->queue != NULL ? idem_index_init(&t->index) : -ENOMEM;
     if (rc == 0)
         rc = idem_cache_init(&t->cache, opts->cache_size);
     if (rc != 0)
@@ -1565,7 +1712,7 @@ static int check_own_db(struct idem_table *t)
 
 int idem_begin(struct idem_table *t)
 {
-    if (check_own_db(t) != 0 || flush_pending(t) != 0)
+    if (check_own_db(t) != 0 || flush_all(t) != 0)
         return -1;
     return exec_sql(t, "BEGIN IMMEDIATE", "begin idempotency transaction");
 }
@@ -1574,7 +1721,7 @@ int idem_commit(struct idem_table *t)
 {
     if (check_own_db(t) != 0)
         return -1;
-    if (flush_pending(t) != 0)
+    if (flush_all(t) != 0)
         return -1;
     if (exec_sql(t, "COMMIT", "commit idempotency transaction") == 0)
         return 0;
@@ -1609,6 +1756,7 @@ void idem_after_rollback(struct idem_table *t)
     idem_cache_clear(&t->cache);
     memo_clear(t);
     t->pending.active = false;
+    t->queue_len = 0;
     t->expire_from = INT64_MIN;
 }
 
@@ -1618,6 +1766,9 @@ void idem_close(struct idem_table *t)
         return;
     for (int i = 0; i < STMT_COUNT; i++)
         sqlite3_finalize(t->stmts[i]);
+    for (size_t n = 0; n <= QUEUE_MAX; n++)
+        sqlite3_finalize(t->insert_rows[n]);
+    free(t->queue);
     if (t->own_db)
         sqlite3_close_v2(t->db);
     idem_index_free(&t->index);

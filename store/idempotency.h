@@ -146,21 +146,26 @@ int idem_claim(struct idem_table *t, const struct idem_claim *c,
 
 /*
  * Claim as idem_claim(), but when the key has no live row, defer writing
- * the new INPROGRESS row. idem_complete() of the key then inserts the row
- * COMPLETED in one statement, and idem_release() of the key writes
- * nothing. Every other call that reads or writes rows (claims, lookups,
- * completions and releases of other keys, expiry, reclaim) writes the
- * deferred row first, and so do idem_begin(), idem_commit() and
- * idem_flush(). idem_stats() counts the row already. Only one claim is
- * deferred at a time: the next claim writes the previous one.
- * A caller that commits on its own connection must complete or release
- * the key, or call idem_flush(), before committing, or the claim is not
- * stored. idem_after_rollback() and idem_close() drop a deferred claim.
+ * the new INPROGRESS row. idem_release() of the key then writes nothing.
+ * idem_complete() of the key queues the row COMPLETED, and inside a
+ * transaction the queued rows of up to 64 completions are written
+ * together by one INSERT (fewer when the connection's limit on statement
+ * parameters, 8 per row and 1 more, is lower); outside one, the row is
+ * written at once. Every other call that reads or writes rows (claims,
+ * lookups, completions and releases of other keys, expiry, reclaim)
+ * writes the deferred claim first and reads queued rows as stored, and
+ * idem_begin(), idem_commit() and idem_flush() write both. idem_stats()
+ * counts the rows already. Only one claim is deferred at a time: the next
+ * claim writes the previous one.
+ * A caller that commits on its own connection must call idem_flush()
+ * before committing, or the deferred claim and the queued rows are not
+ * stored. idem_after_rollback() and idem_close() drop them.
  */
 int idem_claim_deferred(struct idem_table *t, const struct idem_claim *c,
                         enum idem_result *result, struct idem_record *existing);
 
-/* Write the row of a deferred claim, if any. Returns 0 or -1. */
+/* Write the row of a deferred claim and the queued completed rows, if
+ * any. Returns 0 or -1. */
 int idem_flush(struct idem_table *t);
 
 /*

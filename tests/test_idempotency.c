@@ -1472,6 +1472,233 @@ TEST(idem_deferred_claim_keeps_null_columns)
     sqlite3_close(db);
 }
 
+/* ---- completed rows queued for one multi-row insert -------------------- */
+
+/* Claim key deferred with the given texts and complete it with outcome. */
+static void claim_and_complete(struct idem_table *t, const char *key,
+                               uint8_t hash_byte, const char *shard_id,
+                               const char *seq, int64_t subseq,
+                               const char *outcome)
+{
+    struct idem_claim c = {key, strlen(key), hash_of(hash_byte), T0, shard_id,
+                           seq, subseq};
+    enum idem_result r;
+
+    if (idem_claim_deferred(t, &c, &r, NULL) != 0)
+        test_fail(__FILE__, __LINE__, "idem_claim_deferred(%s): %s", key,
+                  idem_errmsg(t));
+    ASSERT_EQ(r, IDEM_NEW);
+    if (idem_complete(t, key, strlen(key), outcome, T0) != 0)
+        test_fail(__FILE__, __LINE__, "idem_complete(%s): %s", key,
+                  idem_errmsg(t));
+}
+
+/* Rows of idem_rows that db sees, its own uncommitted ones included. */
+static int64_t rows_on_connection(sqlite3 *db)
+{
+    sqlite3_stmt *stmt = NULL;
+    int64_t n = -1;
+
+    ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT count(*) FROM idem_rows", -1,
+                                 &stmt, NULL),
+              SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+    n = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    return n;
+}
+
+/* Open the table on a connection of the test's own, whose limit on the
+ * parameters of a statement is max_params (0: SQLite's default). */
+static struct idem_table *open_on_connection(const char *path, int max_params,
+                                             sqlite3 **db)
+{
+    struct idem_options o = options(EXPIRY_S, TIMEOUT_MS);
+    struct idem_table *t = NULL;
+    char err[512];
+
+    ASSERT_EQ(sqlite3_open(path, db), SQLITE_OK);
+    if (max_params > 0)
+        sqlite3_limit(*db, SQLITE_LIMIT_VARIABLE_NUMBER, max_params);
+    if (idem_open(*db, &o, OWNER_A, &t, err, sizeof err) != 0)
+        test_fail(__FILE__, __LINE__, "idem_open: %s", err);
+    return t;
+}
+
+/*
+ * Inside a transaction, completed deferred claims wait in memory, and every
+ * call reads them as stored COMPLETED rows: lookup, claim, complete,
+ * release and expiry.
+ */
+TEST(idem_queued_rows_read_in_transaction)
+{
+    sqlite3 *db = NULL;
+    struct idem_table *t = open_on_connection(db_path("t.db"), 0, &db);
+    struct idem_record rec;
+    char key[8];
+    size_t n = 0;
+
+    ASSERT_EQ(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    for (int i = 1; i <= 6; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        claim_and_complete(t, key, (uint8_t)i, "shard-1", "123", i, "applied");
+    }
+    ASSERT_EQ(rows_on_connection(db), 0);
+    ASSERT_EQ(row_count(t), 6);
+
+    ASSERT_EQ(lookup(t, "k2", T0, &rec), 1);
+    ASSERT_EQ(rec.status, IDEM_STATUS_COMPLETED);
+    ASSERT_EQ(rec.subseq, 2);
+    check_completed(t, "k1", 1, "applied", "shard-1", "123", 1, T0);
+    check_completed(t, "k6", 6, "applied", "shard-1", "123", 6, T0);
+    ASSERT_EQ(claim(t, "k3", 3, T0 + 1000, &rec), IDEM_DUPLICATE);
+    ASSERT_STR_EQ(rec.outcome, "applied");
+    ASSERT_EQ(claim(t, "k4", 9, T0 + 1000, &rec), IDEM_CONFLICT);
+    ASSERT_EQ(claim_deferred(t, "k5", 5, T0 + 1000), IDEM_DUPLICATE);
+    ASSERT_EQ(complete(t, "k5", "again", T0 + 1000), -EPERM);
+    ASSERT_EQ(release(t, "k6"), -EPERM);
+
+    /* More rows queue after a read wrote the first ones. */
+    claim_and_complete(t, "k7", 7, "shard-1", "123", 7, "applied");
+    ASSERT_OK(t, idem_expire_step(t, T0 + EXPIRY_S * 1000, 100, &n));
+    ASSERT_EQ(n, 7);
+    ASSERT_EQ(rows_on_connection(db), 0);
+    ASSERT_EQ(lookup(t, "k7", T0, &rec), 0);
+    ASSERT_EQ(claim(t, "k7", 7, T0, NULL), IDEM_NEW);
+    ASSERT_EQ(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    idem_close(t);
+    ASSERT_EQ(sqlite3_close(db), SQLITE_OK);
+}
+
+/* A rollback drops every queued row, and a later commit writes only the
+ * rows queued since. */
+TEST(idem_queued_rows_rolled_back)
+{
+    const char *path = db_path("t.db");
+    struct idem_table *t = open_default(path, OWNER_A);
+    struct idem_record rec;
+
+    ASSERT_OK(t, idem_begin(t));
+    claim_and_complete(t, "k1", 1, "shard-1", "123", 1, "applied");
+    claim_and_complete(t, "k2", 2, "shard-1", "123", 2, "applied");
+    claim_and_complete(t, "k3", 3, "shard-1", "123", 3, "applied");
+    idem_rollback(t);
+    ASSERT_EQ(lookup(t, "k1", T0, &rec), 0);
+    ASSERT_EQ(lookup(t, "k3", T0, &rec), 0);
+    ASSERT_EQ(complete(t, "k2", "applied", T0), -EPERM);
+
+    ASSERT_OK(t, idem_begin(t));
+    claim_and_complete(t, "k2", 4, "shard-2", "456", 4, "late");
+    ASSERT_OK(t, idem_commit(t));
+    ASSERT_EQ(rows_on_file(path, 1), 0);
+    ASSERT_EQ(rows_on_file(path, 2), 1);
+    idem_close(t);
+
+    t = open_default(path, OWNER_A);
+    ASSERT_EQ(row_count(t), 1);
+    ASSERT_EQ(lookup(t, "k1", T0, &rec), 0);
+    check_completed(t, "k2", 4, "late", "shard-2", "456", 4, T0);
+    idem_close(t);
+}
+
+/*
+ * A process that dies inside its transaction, after some queued rows were
+ * written because the queue filled and others still waited, leaves no row.
+ */
+TEST(idem_queued_rows_lost_with_crash_before_commit)
+{
+    const char *path = db_path("t.db");
+    int status = 0;
+
+    create_tables(path);
+    pid_t pid = fork();
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0) {
+        struct idem_table *t = open_default(path, OWNER_A);
+        char key[16];
+        if (idem_begin(t) != 0)
+            _exit(3);
+        for (int i = 0; i < 100; i++) {
+            snprintf(key, sizeof key, "k%d", i);
+            claim_and_complete(t, key, 1, "shard-1", "123", i, "applied");
+        }
+        kill(getpid(), SIGKILL);
+        _exit(4);
+    }
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status));
+    ASSERT_EQ(rows_on_file(path, 1) + rows_on_file(path, 2), 0);
+
+    struct idem_table *t = open_default(path, OWNER_B);
+    ASSERT_EQ(row_count(t), 0);
+    ASSERT_EQ(claim(t, "k0", 1, T0, NULL), IDEM_NEW);
+    ASSERT_EQ(claim(t, "k99", 1, T0, NULL), IDEM_NEW);
+    idem_close(t);
+}
+
+/*
+ * One INSERT writes as many queued rows as the connection's parameter
+ * limit allows: 8 parameters per row and the shared owner token. At
+ * 1 + 8 * 3 parameters the queue holds 3 rows, at one less only 2. NULL
+ * texts stay NULL in a multi-row insert.
+ */
+static void check_queue_limit(int max_params, int rows_per_insert)
+{
+    const char *path = db_path("limit.db");
+    sqlite3 *db = NULL;
+    struct idem_table *t = open_on_connection(path, max_params, &db);
+    char key[8];
+
+    ASSERT_EQ(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    for (int i = 1; i <= 7; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        if (i == 2)
+            claim_and_complete(t, key, 2, NULL, NULL, 0, NULL);
+        else
+            claim_and_complete(t, key, (uint8_t)i, "shard-9", "77", i, "late");
+        ASSERT_EQ(rows_on_connection(db),
+                  i / rows_per_insert * rows_per_insert);
+    }
+    ASSERT_OK(t, idem_flush(t));
+    ASSERT_EQ(rows_on_connection(db), 7);
+    ASSERT_EQ(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    idem_close(t);
+    ASSERT_EQ(sqlite3_close(db), SQLITE_OK);
+
+    ASSERT_EQ(rows_on_file(path, 2), 7);
+    t = open_default(path, OWNER_A);
+    check_completed(t, "k1", 1, "late", "shard-9", "77", 1, T0);
+    check_completed(t, "k3", 3, "late", "shard-9", "77", 3, T0);
+    check_completed(t, "k7", 7, "late", "shard-9", "77", 7, T0);
+    idem_close(t);
+
+    ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *stmt = NULL;
+    ASSERT_EQ(
+        sqlite3_prepare_v2(db,
+                           "SELECT shard_id IS NULL, seq IS NULL,"
+                           " outcome IS NULL, subseq, status"
+                           " FROM idem_rows WHERE key = CAST('k2' AS BLOB)",
+                           -1, &stmt, NULL),
+        SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+    ASSERT_EQ(sqlite3_column_int(stmt, 0), 1);
+    ASSERT_EQ(sqlite3_column_int(stmt, 1), 1);
+    ASSERT_EQ(sqlite3_column_int(stmt, 2), 1);
+    ASSERT_EQ(sqlite3_column_int(stmt, 3), 0);
+    ASSERT_EQ(sqlite3_column_int(stmt, 4), 2);
+    sqlite3_finalize(stmt);
+    ASSERT_EQ(sqlite3_close(db), SQLITE_OK);
+    ASSERT_EQ(unlink(path), 0);
+}
+
+TEST(idem_queued_rows_fit_parameter_limit)
+{
+    check_queue_limit(1 + 8 * 3, 3);
+    check_queue_limit(8 * 3, 2);
+    check_queue_limit(9, 1);
+}
+
 /* ---- batches, rollback, errors ---------------------------------------- */
 
 TEST(idem_batch_claims_in_order)

@@ -728,9 +728,11 @@ static void drain_expecting_fatal(struct harness *h)
  * process can stop the child half way through a batch. The child instead
  * watches its own store connection through the SQLite trace API, installed
  * on every connection by sqlite3_auto_extension(). Completing the
- * idempotency claim is the last write for a new record. After the
- * stop_after-th completion, the worker thread reports whether a transaction
- * is open and waits there to be killed. The pipeline itself runs unchanged.
+ * idempotency claim is the last write for a new record, and a deferred
+ * claim's row may wait for the end of the batch. After the statement that
+ * completes the stop_after-th claim, the worker thread reports whether a
+ * transaction is open and waits there to be killed. The pipeline itself runs
+ * unchanged.
  */
 static struct {
     int fd;
@@ -742,7 +744,8 @@ static int stop_after_completions(unsigned type, void *ctx, void *p, void *x)
 {
     sqlite3_stmt *stmt = p;
     /* A claim completes by an update, or, when the claim was deferred, by
-     * inserting its row completed. */
+     * inserting its row completed, together with the rows of other
+     * deferred claims: count the rows that the statement wrote. */
     static const char complete[] = "UPDATE idem_rows SET status = 2,";
     static const char insert_completed[] =
         "INSERT INTO idem_rows (id, key, status, expiry_s, owner,";
@@ -754,7 +757,8 @@ static int stop_after_completions(unsigned type, void *ctx, void *p, void *x)
     if (strncmp(sql, complete, sizeof complete - 1) != 0 &&
         strncmp(sql, insert_completed, sizeof insert_completed - 1) != 0)
         return 0;
-    if (++child_stop.completed < child_stop.stop_after)
+    child_stop.completed += sqlite3_changes(sqlite3_db_handle(stmt));
+    if (child_stop.completed < child_stop.stop_after)
         return 0;
     /* 't' reports an open transaction, the state the parent expects.
      * 'a' (autocommit) would mean there is nothing left to crash. */
