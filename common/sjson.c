@@ -98,7 +98,7 @@ struct parser {
     size_t depth;
     size_t frames_cap;
     struct json_frame *stack_frames; /* frames while they fit there */
-    char *stack_strings;             /* strings when the input fits there */
+    bool strings_owned;              /* strings was allocated by the parser */
 
     /* Name of the member whose value comes next, when inside an object. */
     bool has_key;
@@ -932,10 +932,11 @@ static struct sjson_doc *build_doc(const struct parser *p)
 }
 
 /* Set up p for text with its scratch in stack, or fail with
- * SJSON_ERR_TOO_LARGE or SJSON_ERR_NOMEM. */
+ * SJSON_ERR_TOO_LARGE or SJSON_ERR_NOMEM. The decoded strings go to
+ * strings (len + 1 bytes) when it is not NULL. */
 static int parser_init(struct parser *p, const char *text, size_t len,
                        const struct sjson_limits *limits, struct sjson_err *err,
-                       struct parse_stack *stack)
+                       struct parse_stack *stack, char *strings)
 {
     memset(p, 0, sizeof *p);
     p->open.items = p->open.stack_items = stack->open;
@@ -944,7 +945,6 @@ static int parser_init(struct parser *p, const char *text, size_t len,
     p->done.cap = PARSE_STACK_NODES;
     p->frames = p->stack_frames = stack->frames;
     p->frames_cap = PARSE_STACK_FRAMES;
-    p->stack_strings = stack->strings;
     p->text = text;
     p->len = len;
     p->err = err;
@@ -960,7 +960,14 @@ static int parser_init(struct parser *p, const char *text, size_t len,
      * a NUL. A number token of k bytes stores k + 1, but the byte after it
      * lies in no token, except for a top-level number at the very end. So
      * len + 1 bytes hold every string and number of any input. */
-    p->strings = len < PARSE_STACK_BYTES ? stack->strings : malloc(len + 1);
+    if (strings != NULL) {
+        p->strings = strings;
+    } else if (len < PARSE_STACK_BYTES) {
+        p->strings = stack->strings;
+    } else {
+        p->strings = malloc(len + 1);
+        p->strings_owned = true;
+    }
     if (p->strings == NULL)
         return fail(p, SJSON_ERR_NOMEM, 0, "out of memory");
     return SJSON_OK;
@@ -968,7 +975,7 @@ static int parser_init(struct parser *p, const char *text, size_t len,
 
 static void parser_free(struct parser *p)
 {
-    if (p->strings != p->stack_strings)
+    if (p->strings_owned)
         free(p->strings);
     if (p->open.items != p->open.stack_items)
         free(p->open.items);
@@ -993,13 +1000,64 @@ int sjson_parse(const char *text, size_t len, const struct sjson_limits *limits,
     err->offset = 0;
     err->message[0] = '\0';
 
-    int rc = parser_init(&p, text, len, limits, err, &stack);
+    int rc = parser_init(&p, text, len, limits, err, &stack, NULL);
     if (rc == SJSON_OK)
         rc = parse_document(&p);
     if (rc == SJSON_OK) {
         *out = build_doc(&p);
         if (*out == NULL)
             rc = fail(&p, SJSON_ERR_NOMEM, len, "out of memory");
+    }
+    parser_free(&p);
+    return rc;
+}
+
+/* Fill value from node like set_value, but without children: items is
+ * NULL and count is the container's child count. */
+static void set_flat_value(struct sjson_value *value,
+                           const struct json_node *node, const char *strings)
+{
+    bool text = node->type == SJSON_STRING || node->type == SJSON_NUMBER;
+
+    value->type = node->type;
+    value->str = text ? strings + node->str : NULL;
+    value->len = node->len;
+    value->key = node->has_key ? strings + node->key : NULL;
+    value->key_len = node->key_len;
+    value->items = NULL;
+    value->count = node->count;
+}
+
+int sjson_parse_flat(const char *text, size_t len,
+                     const struct sjson_limits *limits, char *strings,
+                     struct sjson_value *children, size_t children_cap,
+                     struct sjson_value *root, struct sjson_err *err)
+{
+    struct sjson_err unused;
+    struct parse_stack stack;
+    struct parser p;
+
+    memset(root, 0, sizeof *root);
+    if (err == NULL)
+        err = &unused;
+    err->code = SJSON_OK;
+    err->offset = 0;
+    err->message[0] = '\0';
+
+    /* The same steps as sjson_parse up to the document, which is the only
+     * step left out, so both accept and reject the same inputs. */
+    int rc = parser_init(&p, text, len, limits, err, &stack, strings);
+    if (rc == SJSON_OK)
+        rc = parse_document(&p);
+    if (rc == SJSON_OK) {
+        const struct json_node *top = &p.open.items[0];
+        set_flat_value(root, top, p.strings);
+        if (top->count > 0 && top->count <= children_cap) {
+            for (size_t i = 0; i < top->count; i++)
+                set_flat_value(&children[i], &p.done.items[top->items + i],
+                               p.strings);
+            root->items = children;
+        }
     }
     parser_free(&p);
     return rc;
@@ -1018,7 +1076,9 @@ const struct sjson_value *sjson_doc_root(const struct sjson_doc *doc)
 const struct sjson_value *sjson_object_get(const struct sjson_value *object,
                                            const char *key)
 {
-    if (object == NULL || object->type != SJSON_OBJECT || key == NULL)
+    /* A value of sjson_parse_flat may have a count without items. */
+    if (object == NULL || object->type != SJSON_OBJECT || key == NULL ||
+        object->items == NULL)
         return NULL;
 
     size_t len = strlen(key);

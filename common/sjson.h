@@ -1,8 +1,8 @@
 /*
  * Strict JSON parser (RFC 8259) for untrusted input. Its names carry the
  * prefix sjson_ so they never collide with jansson's, which the project
- * uses for trusted documents (configuration, Kinesis replies). It builds a small
- * read-only tree in one arena. Unlike general-purpose parsers it:
+ * uses for trusted documents (configuration, Kinesis replies). It builds a
+ * small read-only tree in one arena. Unlike general-purpose parsers it:
  *   - rejects duplicate object keys, invalid UTF-8 (overlong forms,
  *     surrogates, code points past U+10FFFF), lone surrogate escapes,
  *     NaN/Infinity, leading zeros, and trailing bytes after the value;
@@ -80,14 +80,33 @@ struct strbuf;
  * with a bad form ("01", "1.", "+1") as SJSON_ERR_NUMBER.
  */
 int sjson_parse(const char *text, size_t len, const struct sjson_limits *limits,
-               struct sjson_doc **out, struct sjson_err *err);
+                struct sjson_doc **out, struct sjson_err *err);
+
+/*
+ * Parse len bytes exactly as sjson_parse does, with the same result code
+ * and the same *err, but build no document, for callers that only read the
+ * top-level value and its direct children. The decoded strings and number
+ * texts go to strings, a buffer of at least len + 1 bytes that the caller
+ * owns, and the values point into it. On success *root is the top-level
+ * value. A container value, the root or a child, has items NULL and count
+ * set to its number of children, except that a root with 1 to
+ * children_cap children gets them copied into children (in document
+ * order) and root->items points there. So a root with more children than
+ * children_cap has items NULL and count > 0; parse it with sjson_parse to
+ * read them. sjson_object_get works on *root.
+ */
+int sjson_parse_flat(const char *text, size_t len,
+                     const struct sjson_limits *limits, char *strings,
+                     struct sjson_value *children, size_t children_cap,
+                     struct sjson_value *root, struct sjson_err *err);
 void sjson_doc_free(struct sjson_doc *doc);
 /* The top-level value (borrowed, valid until sjson_doc_free). */
 const struct sjson_value *sjson_doc_root(const struct sjson_doc *doc);
 
-/* Member of an object by name (exact bytes), or NULL. */
+/* Member of an object by name (exact bytes), or NULL, also when the
+ * object's members were left out (items NULL). */
 const struct sjson_value *sjson_object_get(const struct sjson_value *object,
-                                         const char *key);
+                                           const char *key);
 
 /* Short lower-case name of an error code, such as "duplicate_key". */
 const char *sjson_error_name(enum sjson_error code);

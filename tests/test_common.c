@@ -10,6 +10,70 @@
 
 static const struct sjson_limits test_limits = {1024 * 1024, 64};
 
+/* Children that check_flat_value compares one by one. A root with more
+ * children checks that sjson_parse_flat leaves them out. */
+#define FLAT_CHILDREN 8
+
+/* Check that a value from sjson_parse_flat equals one from sjson_parse,
+ * leaving out the children. */
+static void check_flat_value(const struct sjson_value *flat,
+                             const struct sjson_value *full)
+{
+    ASSERT_EQ(flat->type, full->type);
+    ASSERT_EQ(flat->count, full->count);
+    ASSERT_EQ(flat->key_len, full->key_len);
+    ASSERT_EQ(flat->key == NULL, full->key == NULL);
+    if (full->key != NULL)
+        ASSERT_MEM_EQ(flat->key, flat->key_len + 1, full->key,
+                      full->key_len + 1);
+    ASSERT_EQ(flat->str == NULL, full->str == NULL);
+    if (full->str != NULL)
+        ASSERT_MEM_EQ(flat->str, flat->len + 1, full->str, full->len + 1);
+    ASSERT_EQ(flat->len, full->len);
+}
+
+/*
+ * Parse with sjson_parse, and with sjson_parse_flat on the same input, and
+ * check that both give the same result code and error, and the same
+ * top-level value and children. Every sjson_parse call below goes through
+ * here (see the #define after it), so each accepted and rejected input of
+ * this file tests both modes.
+ */
+static int parse_both_modes(const char *text, size_t len,
+                            const struct sjson_limits *limits,
+                            struct sjson_doc **out, struct sjson_err *err)
+{
+    struct sjson_err full_err, flat_err;
+    int rc = sjson_parse(text, len, limits, out, &full_err);
+    if (err != NULL)
+        *err = full_err;
+
+    char *strings = malloc(len + 1);
+    ASSERT_TRUE(strings != NULL);
+    struct sjson_value children[FLAT_CHILDREN], root;
+    int flat_rc = sjson_parse_flat(text, len, limits, strings, children,
+                                   FLAT_CHILDREN, &root, &flat_err);
+    ASSERT_EQ(flat_rc, rc);
+    ASSERT_EQ(flat_err.code, full_err.code);
+    ASSERT_EQ(flat_err.offset, full_err.offset);
+    ASSERT_STR_EQ(flat_err.message, full_err.message);
+    if (rc == SJSON_OK) {
+        const struct sjson_value *full = sjson_doc_root(*out);
+        check_flat_value(&root, full);
+        if (full->count > FLAT_CHILDREN || full->count == 0) {
+            ASSERT_TRUE(root.items == NULL);
+        } else {
+            ASSERT_TRUE(root.items == children);
+            for (size_t i = 0; i < full->count; i++)
+                check_flat_value(&children[i], &full->items[i]);
+        }
+    }
+    free(strings);
+    return rc;
+}
+
+#define sjson_parse parse_both_modes
+
 /* Parse len bytes with limits and return the error code. */
 static int parse_code_limits(const char *text, size_t len,
                              const struct sjson_limits *limits)
@@ -123,6 +187,64 @@ TEST(json_parses_top_level_scalars)
     ASSERT_EQ(parse_code(" true "), SJSON_OK);
     ASSERT_EQ(parse_code("null"), SJSON_OK);
     ASSERT_EQ(parse_code("-12.5E-3"), SJSON_OK);
+}
+
+TEST(json_flat_parse_copies_children_up_to_cap)
+{
+    const char *text = "{\"a\":\"x\\u0041\",\"b\":[1,2],\"c\":{\"d\":1},"
+                       "\"e\":-1.5e3}";
+    size_t len = strlen(text);
+    char strings[64];
+    struct sjson_value children[4], root;
+    struct sjson_err err;
+
+    ASSERT_EQ(sjson_parse_flat(text, len, &test_limits, strings, children, 4,
+                               &root, &err),
+              SJSON_OK);
+    ASSERT_EQ(root.type, SJSON_OBJECT);
+    ASSERT_EQ(root.count, 4);
+    ASSERT_TRUE(root.items == children);
+    ASSERT_STR_EQ(sjson_object_get(&root, "a")->str, "xA");
+    ASSERT_TRUE(sjson_object_get(&root, "a")->str >= strings);
+    ASSERT_TRUE(sjson_object_get(&root, "a")->str < strings + len + 1);
+    ASSERT_EQ(sjson_object_get(&root, "b")->type, SJSON_ARRAY);
+    ASSERT_EQ(sjson_object_get(&root, "b")->count, 2);
+    ASSERT_TRUE(sjson_object_get(&root, "b")->items == NULL);
+    ASSERT_EQ(sjson_object_get(&root, "c")->count, 1);
+    ASSERT_STR_EQ(sjson_object_get(&root, "e")->str, "-1.5e3");
+
+    /* One child more than the cap: the count, but no children. */
+    ASSERT_EQ(sjson_parse_flat(text, len, &test_limits, strings, children, 3,
+                               &root, &err),
+              SJSON_OK);
+    ASSERT_EQ(root.count, 4);
+    ASSERT_TRUE(root.items == NULL);
+    ASSERT_TRUE(sjson_object_get(&root, "a") == NULL);
+}
+
+TEST(json_flat_parse_uses_caller_strings_when_large)
+{
+    /* Past the parser's own stack scratch, the strings still go to the
+     * caller's buffer. */
+    struct strbuf sb;
+    sb_init(&sb, 1024 * 1024);
+    sb_append(&sb, "{\"k\":\"", 6);
+    for (size_t i = 0; i < 3000; i++)
+        sb_append(&sb, "y", 1);
+    sb_append(&sb, "\"}", 2);
+    char *strings = malloc(sb.len + 1);
+    ASSERT_TRUE(strings != NULL);
+    struct sjson_value children[1], root;
+
+    ASSERT_EQ(sjson_parse_flat(sb.data, sb.len, &test_limits, strings, children,
+                               1, &root, NULL),
+              SJSON_OK);
+    ASSERT_EQ(root.items[0].len, 3000);
+    ASSERT_TRUE(root.items[0].str >= strings);
+    ASSERT_TRUE(root.items[0].str < strings + sb.len + 1);
+    ASSERT_EQ(root.items[0].str[3000], '\0');
+    free(strings);
+    sb_free(&sb);
 }
 
 TEST(json_object_get_matches_bytes)
