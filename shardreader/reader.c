@@ -453,6 +453,37 @@ int shard_batch_add(struct shard_batch *batch, const void *data, size_t len,
     return 0;
 }
 
+/*
+ * Move record index of from to the end of to without copying it. to owns
+ * the record's block from now on, and the record left in from is empty
+ * (NULL pointers), which shard_batch_free and shard_batch_clear skip.
+ * Unlike shard_batch_add, it leaves the checkpoint of to as it is.
+ * Returns 0, or -ENOMEM with nothing moved.
+ */
+int shard_batch_move(struct shard_batch *to, struct shard_batch *from,
+                     size_t index)
+{
+    struct shard_record *records =
+        realloc(to->records, (to->count + 1) * sizeof *records);
+    if (records == NULL)
+        return -ENOMEM;
+    to->records = records;
+    to->records[to->count++] = from->records[index];
+    memset(&from->records[index], 0, sizeof from->records[index]);
+    return 0;
+}
+
+/*
+ * Free the records of batch and leave it empty, keeping its shard id,
+ * checkpoint and record array for the next shard_batch_add.
+ */
+void shard_batch_clear(struct shard_batch *batch)
+{
+    for (size_t i = 0; i < batch->count; i++)
+        free((void *)batch->records[i].seq);
+    batch->count = 0;
+}
+
 /* ---- scheduling --------------------------------------------------------- */
 
 static void shard_schedule(struct shard *sh, uint64_t delay_ms)

@@ -62,6 +62,15 @@ int shard_batch_add(struct shard_batch *batch, const void *data, size_t len,
                     const char *seq, int64_t subseq, int64_t arrival_ms,
                     const char *partition_key);
 
+/* Move record index of from to the end of to, without a copy, leaving an
+ * empty record in from and the checkpoint of to unchanged. Returns 0 or
+ * -ENOMEM. */
+int shard_batch_move(struct shard_batch *to, struct shard_batch *from,
+                     size_t index);
+
+/* Free the records of batch and leave it empty for reuse. */
+void shard_batch_clear(struct shard_batch *batch);
+
 enum reader_position {
     READER_TRIM_HORIZON,
     READER_LATEST,

@@ -29,6 +29,51 @@
 
 /* ---- reading ------------------------------------------------------------- */
 
+TEST(shard_batch_move_hands_over_record)
+{
+    struct shard_batch *from = shard_batch_new("shardId-000000000001");
+    struct shard_batch *to = shard_batch_new("shardId-000000000001");
+    ASSERT_TRUE(from != NULL);
+    ASSERT_TRUE(to != NULL);
+    ASSERT_EQ(shard_batch_add(from, "abc", 3, "101", 0, 1000, "k1"), 0);
+    ASSERT_EQ(shard_batch_add(from, "de", 2, "102", 1, 2000, "k2"), 0);
+
+    ASSERT_EQ(shard_batch_move(to, from, 1), 0);
+    ASSERT_EQ(shard_batch_move(to, from, 0), 0);
+    ASSERT_EQ(to->count, 2);
+    ASSERT_MEM_EQ(to->records[0].data, to->records[0].len, "de", 2);
+    ASSERT_STR_EQ(to->records[0].seq, "102");
+    ASSERT_STR_EQ(to->records[0].partition_key, "k2");
+    ASSERT_EQ(to->records[0].subseq, 1);
+    ASSERT_EQ(to->records[0].arrival_ms, 2000);
+    ASSERT_MEM_EQ(to->records[1].data, to->records[1].len, "abc", 3);
+    ASSERT_STR_EQ(to->records[1].seq, "101");
+    /* The records left behind are empty, and to keeps no checkpoint. */
+    ASSERT_EQ(from->count, 2);
+    ASSERT_TRUE(from->records[0].seq == NULL);
+    ASSERT_TRUE(from->records[1].data == NULL);
+    ASSERT_TRUE(to->checkpoint_seq == NULL);
+    shard_batch_free(from);
+    shard_batch_free(to);
+}
+
+TEST(shard_batch_clear_empties_for_reuse)
+{
+    struct shard_batch *batch = shard_batch_new("shardId-000000000001");
+    ASSERT_TRUE(batch != NULL);
+    ASSERT_EQ(shard_batch_add(batch, "abc", 3, "101", 0, 1000, "k1"), 0);
+    ASSERT_EQ(shard_batch_add(batch, "de", 2, "102", 0, 2000, "k2"), 0);
+
+    shard_batch_clear(batch);
+    ASSERT_EQ(batch->count, 0);
+    ASSERT_STR_EQ(batch->shard_id, "shardId-000000000001");
+    ASSERT_EQ(shard_batch_add(batch, "f", 1, "103", 0, 3000, "k3"), 0);
+    ASSERT_EQ(batch->count, 1);
+    ASSERT_MEM_EQ(batch->records[0].data, batch->records[0].len, "f", 1);
+    ASSERT_STR_EQ(batch->checkpoint_seq, "103");
+    shard_batch_free(batch);
+}
+
 TEST(shard_reader_reads_all_put_records)
 {
     struct env e;
