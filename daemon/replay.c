@@ -92,6 +92,9 @@
 #define REPLAY_BAR_WIDTH 24
 /* Bad lines reported one by one; the rest are only counted. */
 #define REPLAY_BAD_LINES_SHOWN 20
+/* Members of a line read without building a JSON document. A line with
+ * more is parsed into one. A recording line has five or six. */
+#define REPLAY_LINE_MEMBERS 16
 
 enum replay_phase {
     REPLAY_APPLYING,   /* jobs queued, waiting for the pipeline */
@@ -143,6 +146,7 @@ struct shard_cursor {
     uint64_t line_no;         /* number of the line read last */
     struct shard_batch *head; /* records not merged yet from next on */
     size_t next;
+    struct shard_batch *spare; /* an emptied head, reused by load_head */
     bool merged_any;
     char prev_seq[129]; /* the record merged last, for KPL aggregates */
     int64_t prev_subseq;
@@ -173,6 +177,19 @@ struct progress {
     uint64_t total_bytes;
 };
 
+/*
+ * Buffers of parse_line, reused for every line of both passes, so that a
+ * line costs no allocation once they fit the longest line.
+ */
+struct line_scratch {
+    char *strings; /* decoded JSON strings, one byte more than the line */
+    size_t strings_cap;
+    struct sjson_value members[REPLAY_LINE_MEMBERS];
+    struct sjson_doc *doc; /* a line with more members, or NULL */
+    uint8_t *data;         /* Data, base64-decoded */
+    size_t data_cap;
+};
+
 struct replay {
     uv_loop_t loop;
     struct podium_config cfg;
@@ -183,6 +200,7 @@ struct replay {
     size_t cursor_cap;
     char *line; /* line buffer of the second pass */
     size_t line_cap;
+    struct line_scratch scratch;
     struct store *store;
     struct pipeline *pipeline;
     struct publisher *publisher;
@@ -369,16 +387,32 @@ static bool is_string(const struct sjson_value *v)
     return v != NULL && v->type == SJSON_STRING;
 }
 
-/* A parsed line: pointers into the JSON document, Data decoded. */
+/* A parsed line: pointers into the line_scratch that parsed it, valid
+ * until it parses the next line. */
 struct line_record {
     const char *shard_id;
     const char *seq;
     int64_t subseq; /* -1 when the line has none */
     int64_t arrival_ms;
     const char *partition_key;
-    uint8_t *data; /* owned */
+    const uint8_t *data; /* Data, base64-decoded */
     size_t len;
 };
+
+/* Make *buf hold at least need bytes. Returns 0, or -1 when out of
+ * memory, leaving *buf as it was. */
+static int reserve_bytes(void **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t grown = *cap * 2 > need ? *cap * 2 : need;
+    void *p = realloc(*buf, grown);
+    if (p == NULL)
+        return -1;
+    *buf = p;
+    *cap = grown;
+    return 0;
+}
 
 /*
  * Convert a JSON number token of len bytes (checked by the parser) to the
@@ -429,11 +463,11 @@ static bool all_digits(const char *s, size_t n)
 }
 
 /*
- * Check the fields of one line. Returns 0, or -1 with what was wrong, the
- * value and what to do in err.
+ * Check the fields of one line and decode its Data into s->data. Returns
+ * 0, or -1 with what was wrong, the value and what to do in err.
  */
-static int check_fields(const struct sjson_value *root, struct line_record *out,
-                        char *err, size_t err_len)
+static int check_fields(const struct sjson_value *root, struct line_scratch *s,
+                        struct line_record *out, char *err, size_t err_len)
 {
     char q[REPLAY_QUOTE_MAX + 8];
     const struct sjson_value *v;
@@ -516,21 +550,20 @@ static int check_fields(const struct sjson_value *root, struct line_record *out,
         return -1;
     }
     size_t n = v->len;
-    out->data = malloc(BASE64_DECODED_MAX(n));
-    if (out->data == NULL) {
+    if (reserve_bytes((void **)&s->data, &s->data_cap,
+                      BASE64_DECODED_MAX(n) + 1) != 0) {
         snprintf(err, err_len, "out of memory");
         return -1;
     }
-    if (base64_decode(v->str, n, out->data, &out->len) != 0) {
+    if (base64_decode(v->str, n, s->data, &out->len) != 0) {
         quote_value(v, q, sizeof q);
         snprintf(err, err_len,
                  "Data is not valid base64 (standard alphabet, with "
                  "padding): %s",
                  q);
-        free(out->data);
-        out->data = NULL;
         return -1;
     }
+    out->data = s->data;
     return 0;
 }
 
@@ -614,6 +647,7 @@ static void free_cursors(struct replay *r)
         if (c->f != NULL)
             fclose(c->f);
         shard_batch_free(c->head);
+        shard_batch_free(c->spare);
         free(c->spans);
         free(c->shard_id);
     }
@@ -623,32 +657,51 @@ static void free_cursors(struct replay *r)
     free(r->line);
     r->line = NULL;
     r->line_cap = 0;
+    free(r->scratch.strings);
+    sjson_doc_free(r->scratch.doc);
+    free(r->scratch.data);
+    memset(&r->scratch, 0, sizeof r->scratch);
 }
 
 /*
- * Parse and check one line. Returns the document (owned) with rec filled
- * in, or NULL with what was wrong, the value and what to do in err.
+ * Parse and check one line with the buffers of s. Returns 0 with rec
+ * filled in, or -1 with what was wrong, the value and what to do in err.
+ * The line's members are read without building a JSON document, unless
+ * there are more than REPLAY_LINE_MEMBERS of them. Both ways accept and
+ * reject the same lines with the same messages.
  */
-static struct sjson_doc *parse_line(const char *line, size_t n,
-                                    struct line_record *rec, char *err,
-                                    size_t err_len)
+static int parse_line(struct line_scratch *s, const char *line, size_t n,
+                      struct line_record *rec, char *err, size_t err_len)
 {
     /* A line needs no more bytes than its own record, and no nesting
      * beyond a few levels. */
     struct sjson_limits limits = {.max_bytes = n + 1, .max_depth = 8};
     struct sjson_err jerr;
-    struct sjson_doc *doc = NULL;
+    struct sjson_value flat;
+    const struct sjson_value *root = &flat;
 
-    if (sjson_parse(line, n, &limits, &doc, &jerr) != SJSON_OK) {
+    sjson_doc_free(s->doc);
+    s->doc = NULL;
+    if (reserve_bytes((void **)&s->strings, &s->strings_cap, n + 1) != 0) {
+        snprintf(err, err_len, "out of memory");
+        return -1;
+    }
+    if (sjson_parse_flat(line, n, &limits, s->strings, s->members,
+                         REPLAY_LINE_MEMBERS, &flat, &jerr) != SJSON_OK) {
         snprintf(err, err_len, "not JSON: %s at byte %zu", jerr.message,
                  jerr.offset + 1);
-        return NULL;
+        return -1;
     }
-    if (check_fields(sjson_doc_root(doc), rec, err, err_len) != 0) {
-        sjson_doc_free(doc);
-        return NULL;
+    if (flat.count > 0 && flat.items == NULL) {
+        /* More members than s->members holds. The line parsed once
+         * already, so only running out of memory fails here. */
+        if (sjson_parse(line, n, &limits, &s->doc, &jerr) != SJSON_OK) {
+            snprintf(err, err_len, "out of memory");
+            return -1;
+        }
+        root = sjson_doc_root(s->doc);
     }
-    return doc;
+    return check_fields(root, s, rec, err, err_len);
 }
 
 /*
@@ -804,13 +857,12 @@ static void on_check_signal(int signum)
 }
 
 /*
- * Check one line of the first pass. Returns the document (owned) with rec
- * filled in, or NULL with what was wrong in err.
+ * Check one line of the first pass. Returns 0 with rec filled in, or -1
+ * with what was wrong in err.
  */
-static struct sjson_doc *check_line(struct replay *r, size_t file,
-                                    const char *line, size_t n,
-                                    uint64_t line_no, struct line_record *rec,
-                                    char *err, size_t err_len)
+static int check_line(struct replay *r, size_t file, const char *line, size_t n,
+                      uint64_t line_no, struct line_record *rec, char *err,
+                      size_t err_len)
 {
     if (line_no == 1 && n >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
         snprintf(err, err_len,
@@ -818,22 +870,16 @@ static struct sjson_doc *check_line(struct replay *r, size_t file,
                  "BF), which a recording must not contain; save the file "
                  "without it, for example with sed -i '1s/^\\xEF\\xBB\\xBF//' "
                  "FILE");
-        return NULL;
+        return -1;
     }
-    struct sjson_doc *doc = parse_line(line, n, rec, err, err_len);
-    if (doc == NULL)
-        return NULL;
+    if (parse_line(&r->scratch, line, n, rec, err, err_len) != 0)
+        return -1;
     struct shard_cursor *c = cursor_for(r, rec->shard_id);
     if (c == NULL) {
         snprintf(err, err_len, "out of memory");
-        sjson_doc_free(doc);
-        return NULL;
+        return -1;
     }
-    if (check_order(&c->checked, file, line_no, rec, err, err_len) != 0) {
-        sjson_doc_free(doc);
-        return NULL;
-    }
-    return doc;
+    return check_order(&c->checked, file, line_no, rec, err, err_len);
 }
 
 /*
@@ -865,13 +911,12 @@ static int check_file(struct replay *r, size_t file)
     r->fast_shard_ids[file] = true;
     while (rc == 0 && (n = getline(&line, &cap, f)) >= 0) {
         struct line_record rec = {0};
-        struct sjson_doc *root = NULL;
         line_no++;
         r->lines++;
         if (is_blank(line, (size_t)n)) {
             /* Nothing to apply and nothing to report. */
-        } else if ((root = check_line(r, file, line, (size_t)n, line_no, &rec,
-                                      err, sizeof err)) != NULL) {
+        } else if (check_line(r, file, line, (size_t)n, line_no, &rec, err,
+                              sizeof err) == 0) {
             if (note_good_line(r, file, &rec, line, (size_t)n, offset,
                                line_no) != 0) {
                 progress_erase(r);
@@ -888,8 +933,6 @@ static int check_file(struct replay *r, size_t file)
         } else {
             report_bad_line(r, path, line_no, err);
         }
-        free(rec.data);
-        sjson_doc_free(root);
         offset += n;
         r->progress.done_bytes += (uint64_t)n;
         progress_check(r, log_now_ms(), false);
@@ -916,7 +959,8 @@ static int load_head(struct shard_cursor *c, const struct line_record *rec)
     enum kpl_result kind = split_record(rec, &users, &count);
     if (kind == KPL_ERROR)
         return -1;
-    c->head = shard_batch_new(c->shard_id);
+    c->head = c->spare != NULL ? c->spare : shard_batch_new(c->shard_id);
+    c->spare = NULL;
     c->next = 0;
     int rc = c->head == NULL ? -1 : 0;
     if (rc == 0 && kind == KPL_NOT_AGGREGATE)
@@ -1010,10 +1054,8 @@ static int read_next_record(struct replay *r, struct shard_cursor *c)
             continue;
 
         struct line_record rec = {0};
-        struct sjson_doc *root =
-            parse_line(r->line, (size_t)n, &rec, err, sizeof err);
-        if (root == NULL) {
-            free(rec.data);
+        if (parse_line(&r->scratch, r->line, (size_t)n, &rec, err,
+                       sizeof err) != 0) {
             if (r->opts.skip_bad_lines)
                 continue; /* reported and counted by the first pass */
             progress_erase(r);
@@ -1038,8 +1080,6 @@ static int read_next_record(struct replay *r, struct shard_cursor *c)
                         c->line_no);
             }
         }
-        free(rec.data);
-        sjson_doc_free(root);
         if (rc != 0)
             return rc;
     }
@@ -1051,8 +1091,11 @@ static int read_next_record(struct replay *r, struct shard_cursor *c)
 static int fill_cursor(struct replay *r, struct shard_cursor *c)
 {
     while (c->head == NULL || c->next >= c->head->count) {
-        shard_batch_free(c->head);
-        c->head = NULL;
+        if (c->head != NULL) {
+            shard_batch_clear(c->head);
+            c->spare = c->head;
+            c->head = NULL;
+        }
         int rc = read_next_record(r, c);
         if (rc <= 0)
             return rc;
@@ -1148,7 +1191,7 @@ static struct shard_batch *segment_for(struct job_draft *draft,
     return segment;
 }
 
-/* Add the next record of c to the draft. Returns 0 or -1 when out of
+/* Move the next record of c to the draft. Returns 0 or -1 when out of
  * memory. */
 static int draft_add(struct job_draft *draft, struct shard_cursor *c,
                      bool continued)
@@ -1161,19 +1204,20 @@ static int draft_add(struct job_draft *draft, struct shard_cursor *c,
         draft->first_arrival_ms = draft->newest_arrival_ms = rec->arrival_ms;
     }
     struct shard_batch *segment = segment_for(draft, c->shard_id);
-    if (segment == NULL ||
-        shard_batch_add(segment, rec->data, rec->len, rec->seq, rec->subseq,
-                        rec->arrival_ms, rec->partition_key) != 0)
+    if (segment == NULL)
         return -1;
     if (rec->arrival_ms > draft->newest_arrival_ms)
         draft->newest_arrival_ms = rec->arrival_ms;
     draft->last_arrival_ms = rec->arrival_ms;
+    copy_seq(c->prev_seq, sizeof c->prev_seq, rec->seq);
+    c->prev_subseq = rec->subseq;
+    /* The move empties rec, so it is read only above. The segment has no
+     * checkpoint: draft_finish would drop it anyway. */
+    if (shard_batch_move(segment, c->head, c->next) != 0)
+        return -1;
     if (!continued)
         draft->kinesis_records++;
     draft->user_records++;
-
-    copy_seq(c->prev_seq, sizeof c->prev_seq, rec->seq);
-    c->prev_subseq = rec->subseq;
     c->merged_any = true;
     c->next++;
     return 0;

@@ -13,7 +13,8 @@
 #    fail. Under skip they publish what one copy publishes. A
 #    SequenceNumber that is empty, not all digits, contains U+0000 or has
 #    more than 128 digits, and an arrival time before the epoch or after
-#    9999, make bad lines too.
+#    9999, make bad lines too. Lines with more members than replay
+#    reads without a JSON document are checked and replayed like others.
 # 4. --speed below 0.001 is rejected with the accepted range.
 # 5. With publish.transport=file and publish.file=- the messages alone are
 #    on standard output and the summary is on standard error.
@@ -179,6 +180,39 @@ for (const line of lines) console.log(JSON.stringify(line));
     e2e_log "SequenceNumber and ApproximateArrivalTimestamp out of form are bad lines"
 }
 
+check_many_members() {
+    # Lines with more members than podium replay reads without building a
+    # JSON document take the slower path, which must accept and reject the
+    # same lines with the same messages. Line 1 is good; line 2 has a bad
+    # SequenceNumber and line 3 a repeated member name, each among 20
+    # extra members.
+    local many="$E2E_DIR/many-recording.jsonl" one="$E2E_DIR/one-recording.jsonl"
+    head -n 1 "$GOLDEN" >"$one"
+    head -n 1 "$GOLDEN" | node -e '
+const r = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const extra = {};
+for (let i = 0; i < 20; i++) extra["x" + i] = i;
+const lines = [
+  JSON.stringify({ ...r, ...extra }),
+  JSON.stringify({ ...r, ...extra, SequenceNumber: "49a1" }),
+  JSON.stringify({ ...r, ...extra }).replace("}", ",\"x3\":0}"),
+];
+for (const line of lines) console.log(line);
+' >"$many"
+    expect_replay 1 many "$many"
+    expect_message many "many-recording.jsonl:2: SequenceNumber must be a string of up to 128 decimal digits, got \"49a1\""
+    expect_message many "many-recording.jsonl:3: not JSON: duplicate object key \"x3\" at byte"
+    expect_message many "2 bad lines; nothing was applied"
+    [[ ! -s "$E2E_DIR/many.jsonl" ]] ||
+        e2e_fail "a replay with bad lines published messages: $(head -c 500 "$E2E_DIR/many.jsonl")"
+
+    expect_replay 0 many-skip --on-bad-line skip "$many"
+    expect_replay 0 one "$one"
+    cmp "$E2E_DIR/one.jsonl" "$E2E_DIR/many-skip.jsonl" ||
+        e2e_fail "a line with 20 extra members published other messages than the same line without them"
+    e2e_log "lines with many members are read like lines with few"
+}
+
 check_speed_range() {
     # The file does not exist, so a value wrongly accepted fails on the
     # file instead of replaying for years.
@@ -210,6 +244,7 @@ main() {
     check_bom_and_blank_lines
     check_sequence_order
     check_field_forms
+    check_many_members
     check_speed_range
     check_messages_on_stdout
     e2e_log "passed"
