@@ -38,6 +38,8 @@
  * A deferred claim (idem_claim_deferred) that completes is queued in
  * memory, COMPLETED, and written with other queued rows by one multi-row
  * INSERT, so the statement overhead is paid once per up to 64 rows.
+ * When all queued rows have the same outcome and shard, as in a batch of
+ * one shard, the INSERT binds those two texts once.
  *
  * Transactions: on a connection passed to idem_open(), the library never
  * begins or commits. The caller must call idem_after_rollback() after a
@@ -159,6 +161,10 @@ struct new_row {
  */
 #define QUEUE_MAX        64
 #define QUEUE_ROW_PARAMS 8
+/* With one outcome and shard for all rows: 6 parameters per row, after
+ * the owner, the outcome and the shard. */
+#define SHARED_ROW_PARAMS  6
+#define SHARED_FIRST_PARAM 4
 
 struct queued_row {
     int64_t id;
@@ -213,9 +219,13 @@ struct idem_table {
     struct queued_row *queue; /* owned, queue_cap rows */
     size_t queue_len;
     size_t queue_cap;
-    sqlite3_stmt *insert_rows[QUEUE_MAX + 1]; /* by row count, prepared
-                                                 when first needed */
-    struct dead_row *dead;                    /* owned */
+    bool queue_shares_texts; /* all queued rows have the outcome and shard
+                                of queue[0] */
+    /* The INSERT of n queued rows as [n][shared]: with 8 parameters per
+     * row, or with one outcome and shard for all rows (shared). Each is
+     * prepared when first needed. */
+    sqlite3_stmt *insert_rows[QUEUE_MAX + 1][2];
+    struct dead_row *dead; /* owned */
     size_t dead_count;
     size_t dead_cap;
     char err[512];
@@ -368,9 +378,20 @@ static size_t queue_capacity(sqlite3 *db)
     return rows < 1 ? 1 : rows > QUEUE_MAX ? QUEUE_MAX : rows;
 }
 
-/* Prepare the INSERT of n queued rows, with the owner token as ?1 and the
- * columns of row i as ?(2 + 8 i) to ?(9 + 8 i). Returns 0 or -1. */
-static int prepare_insert_rows(struct idem_table *t, size_t n)
+/* The first parameter of queued row i in the INSERT of queued rows. */
+static int row_param(size_t i, bool shared)
+{
+    return shared ? SHARED_FIRST_PARAM + (int)i * SHARED_ROW_PARAMS
+                  : 2 + (int)i * QUEUE_ROW_PARAMS;
+}
+
+/*
+ * Prepare the INSERT of n queued rows with the owner token as ?1. Each row
+ * has 8 parameters from row_param(): id, key, expiry_s, hash, outcome,
+ * shard_id, seq, subseq. When shared, the outcome is ?2 and the shard ?3
+ * for all rows, and each row has the other 6. Returns 0 or -1.
+ */
+static int prepare_insert_rows(struct idem_table *t, size_t n, bool shared)
 {
     static const char head[] =
         "INSERT INTO idem_rows (id, key, status, expiry_s, owner, hash,"
@@ -384,12 +405,20 @@ static int prepare_insert_rows(struct idem_table *t, size_t n)
     size_t len = sizeof head - 1;
     memcpy(sql, head, len);
     for (size_t i = 0; i < n; i++) {
-        int p = 2 + (int)i * QUEUE_ROW_PARAMS;
-        len += (size_t)snprintf(sql + len, cap - len,
-                                "%s(?%d, ?%d, 2, ?%d, ?1, ?%d, ?%d, ?%d, ?%d,"
-                                " ?%d)",
-                                i > 0 ? ", " : "", p, p + 1, p + 2, p + 3,
-                                p + 4, p + 5, p + 6, p + 7);
+        int p = row_param(i, shared);
+        const char *sep = i > 0 ? ", " : "";
+        if (shared) {
+            len += (size_t)snprintf(sql + len, cap - len,
+                                    "%s(?%d, ?%d, 2, ?%d, ?1, ?%d, ?2, ?3,"
+                                    " ?%d, ?%d)",
+                                    sep, p, p + 1, p + 2, p + 3, p + 4, p + 5);
+        } else {
+            len += (size_t)snprintf(sql + len, cap - len,
+                                    "%s(?%d, ?%d, 2, ?%d, ?1, ?%d, ?%d, ?%d,"
+                                    " ?%d, ?%d)",
+                                    sep, p, p + 1, p + 2, p + 3, p + 4, p + 5,
+                                    p + 6, p + 7);
+        }
     }
     sqlite3_stmt *stmt = NULL;
     int rc = sqlite3_prepare_v3(t->db, sql, (int)len, SQLITE_PREPARE_PERSISTENT,
@@ -404,7 +433,7 @@ static int prepare_insert_rows(struct idem_table *t, size_t n)
         sqlite3_finalize(stmt);
         return -1;
     }
-    t->insert_rows[n] = stmt;
+    t->insert_rows[n][shared] = stmt;
     return 0;
 }
 
@@ -420,21 +449,31 @@ static int write_queue(struct idem_table *t)
     if (n == 0)
         return 0;
     t->queue_len = 0;
-    if (t->insert_rows[n] == NULL && prepare_insert_rows(t, n) != 0)
+    bool shared = t->queue_shares_texts;
+    if (t->insert_rows[n][shared] == NULL &&
+        prepare_insert_rows(t, n, shared) != 0)
         return -1;
 
-    struct binder b = {t->insert_rows[n], SQLITE_OK};
+    struct binder b = {t->insert_rows[n][shared], SQLITE_OK};
+    const struct queued_row *first = &t->queue[0];
+    if (shared) {
+        bind_text_len(&b, 2, first->outcome, first->outcome_len);
+        bind_text_len(&b, 3, first->shard_id, first->shard_len);
+    }
     for (size_t i = 0; i < n; i++) {
         const struct queued_row *q = &t->queue[i];
-        int p = 2 + (int)i * QUEUE_ROW_PARAMS;
+        int p = row_param(i, shared);
         bind_int64(&b, p, q->id);
         bind_blob(&b, p + 1, q->key, q->key_len);
         bind_int64(&b, p + 2, q->expiry_s);
         bind_blob(&b, p + 3, q->hash, IDEM_HASH_LEN);
-        bind_text_len(&b, p + 4, q->outcome, q->outcome_len);
-        bind_text_len(&b, p + 5, q->shard_id, q->shard_len);
-        bind_text_len(&b, p + 6, q->seq, q->seq_len);
-        bind_int64(&b, p + 7, q->subseq);
+        int next = p + 4;
+        if (!shared) {
+            bind_text_len(&b, next++, q->outcome, q->outcome_len);
+            bind_text_len(&b, next++, q->shard_id, q->shard_len);
+        }
+        bind_text_len(&b, next, q->seq, q->seq_len);
+        bind_int64(&b, next + 1, q->subseq);
     }
     return exec_bound(t, &b, "insert idempotency rows");
 }
@@ -1083,6 +1122,18 @@ static int complete_from_memo(struct idem_table *t, const void *key, size_t len,
     return 1;
 }
 
+static bool same_text(const char *a, int a_len, const char *b, int b_len)
+{
+    return a_len == b_len && (a_len <= 0 || memcmp(a, b, (size_t)a_len) == 0);
+}
+
+/* Whether queued rows a and b have the same outcome and shard. */
+static bool same_texts(const struct queued_row *a, const struct queued_row *b)
+{
+    return same_text(a->outcome, a->outcome_len, b->outcome, b->outcome_len) &&
+           same_text(a->shard_id, a->shard_len, b->shard_id, b->shard_len);
+}
+
 /*
  * Complete the pending claim, which is of key, by queueing its row
  * COMPLETED, and write the queue when it is full. Returns 0 with *row
@@ -1103,6 +1154,8 @@ static int complete_pending(struct idem_table *t, const char *outcome,
     q->key_len = p->key_len;
     /* check_text() bounded the outcome by the size of the field. */
     q->outcome_len = copy_text_len(q->outcome, sizeof q->outcome, outcome);
+    t->queue_shares_texts = t->queue_len == 0 || (t->queue_shares_texts &&
+                                                  same_texts(q, &t->queue[0]));
     if (t->cache.capacity > 0)
         fill_own_row(t, row, p->id, p->hash, true, p->shard_id, p->seq,
                      p->subseq);
@@ -1766,8 +1819,10 @@ void idem_close(struct idem_table *t)
         return;
     for (int i = 0; i < STMT_COUNT; i++)
         sqlite3_finalize(t->stmts[i]);
-    for (size_t n = 0; n <= QUEUE_MAX; n++)
-        sqlite3_finalize(t->insert_rows[n]);
+    for (size_t n = 0; n <= QUEUE_MAX; n++) {
+        sqlite3_finalize(t->insert_rows[n][0]);
+        sqlite3_finalize(t->insert_rows[n][1]);
+    }
     free(t->queue);
     if (t->own_db)
         sqlite3_close_v2(t->db);

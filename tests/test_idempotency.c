@@ -1669,6 +1669,7 @@ static void check_queue_limit(int max_params, int rows_per_insert)
     t = open_default(path, OWNER_A);
     check_completed(t, "k1", 1, "late", "shard-9", "77", 1, T0);
     check_completed(t, "k3", 3, "late", "shard-9", "77", 3, T0);
+    check_completed(t, "k5", 5, "late", "shard-9", "77", 5, T0);
     check_completed(t, "k7", 7, "late", "shard-9", "77", 7, T0);
     idem_close(t);
 
@@ -1690,6 +1691,39 @@ static void check_queue_limit(int max_params, int rows_per_insert)
     sqlite3_finalize(stmt);
     ASSERT_EQ(sqlite3_close(db), SQLITE_OK);
     ASSERT_EQ(unlink(path), 0);
+}
+
+/* Rows queued together keep their own outcome and shard, whether all
+ * rows share them or only some do. */
+TEST(idem_queued_rows_keep_own_texts)
+{
+    const char *path = db_path("t.db");
+    struct idem_table *t = open_default(path, OWNER_A);
+
+    ASSERT_OK(t, idem_begin(t));
+    claim_and_complete(t, "k1", 1, "shard-1", "11", 1, "applied");
+    claim_and_complete(t, "k2", 2, "shard-1", "12", 2, "late");
+    claim_and_complete(t, "k3", 3, "shard-1", "13", 3, "late");
+    ASSERT_OK(t, idem_flush(t));
+    claim_and_complete(t, "k4", 4, "shard-2", "14", 4, "late");
+    claim_and_complete(t, "k5", 5, "shard-2", "15", 5, "late");
+    ASSERT_OK(t, idem_flush(t));
+    claim_and_complete(t, "k6", 6, "shard-2", "16", 6, "late");
+    claim_and_complete(t, "k7", 7, "shard-3", "17", 7, "late");
+    claim_and_complete(t, "k8", 8, NULL, "18", 8, "late");
+    ASSERT_OK(t, idem_commit(t));
+    idem_close(t);
+
+    t = open_default(path, OWNER_A);
+    check_completed(t, "k1", 1, "applied", "shard-1", "11", 1, T0);
+    check_completed(t, "k2", 2, "late", "shard-1", "12", 2, T0);
+    check_completed(t, "k3", 3, "late", "shard-1", "13", 3, T0);
+    check_completed(t, "k4", 4, "late", "shard-2", "14", 4, T0);
+    check_completed(t, "k5", 5, "late", "shard-2", "15", 5, T0);
+    check_completed(t, "k6", 6, "late", "shard-2", "16", 6, T0);
+    check_completed(t, "k7", 7, "late", "shard-3", "17", 7, T0);
+    check_completed(t, "k8", 8, "late", "", "18", 8, T0);
+    idem_close(t);
 }
 
 TEST(idem_queued_rows_fit_parameter_limit)
