@@ -461,13 +461,14 @@ struct string_probe {
 /*
  * Parse a string of text_len plain bytes with probe put at position at,
  * after lead spaces, and check the result: the decoded bytes, or the error
- * code at the probe's offset. The scan of plain text reads eight bytes at a
- * time, so the probe must be found at every position of such a block.
+ * code at the probe's offset. The scan of plain text reads 16 or eight
+ * bytes at a time, so the probe must be found at every position of such
+ * a block.
  */
 static void check_string_probe(const struct string_probe *probe, size_t lead,
                                size_t text_len, size_t at)
 {
-    char text[64], expected[64];
+    char text[96], expected[96];
     size_t n = 0, e = 0;
     struct sjson_doc *doc = NULL;
     struct sjson_err err;
@@ -535,8 +536,10 @@ TEST(json_string_probes_every_position)
     };
 
     for (size_t k = 0; k < sizeof probes / sizeof probes[0]; k++) {
-        for (size_t lead = 0; lead < 8; lead++) {
-            for (size_t len = 0; len <= 20; len++) {
+        /* Up to 40 bytes and 16 leads put the probe at every position of
+         * two 16-byte blocks and of the eight-byte and single-byte tails. */
+        for (size_t lead = 0; lead < 16; lead++) {
+            for (size_t len = 0; len <= 40; len++) {
                 for (size_t at = 0; at <= len; at++)
                     check_string_probe(&probes[k], lead, len, at);
             }
@@ -546,10 +549,10 @@ TEST(json_string_probes_every_position)
 
 TEST(json_string_ends_at_every_position)
 {
-    char text[64];
+    char text[96];
 
-    for (size_t len = 0; len <= 20; len++) {
-        /* Spaces after the closing quote fill the eight-byte block. */
+    for (size_t len = 0; len <= 40; len++) {
+        /* Spaces after the closing quote fill the 16-byte block. */
         size_t n = 0;
         text[n++] = '"';
         for (size_t i = 0; i < len; i++)
