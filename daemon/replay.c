@@ -462,6 +462,68 @@ static bool all_digits(const char *s, size_t n)
     return n > 0 && strspn(s, "0123456789") == n;
 }
 
+/* The members of a line that check_fields reads. */
+enum line_field {
+    FIELD_SHARD_ID,
+    FIELD_SEQUENCE_NUMBER,
+    FIELD_SUB_SEQUENCE_NUMBER,
+    FIELD_ARRIVAL_TIMESTAMP,
+    FIELD_PARTITION_KEY,
+    FIELD_DATA,
+    FIELD_COUNT
+};
+
+/*
+ * Find the members of the object root that check_fields reads, in one
+ * pass over its members, and set the others in found to NULL. The names
+ * differ in length, so the length picks the one name to compare. The
+ * parser rejects repeated names, so this finds what sjson_object_get
+ * finds.
+ */
+static void find_fields(const struct sjson_value *root,
+                        const struct sjson_value *found[FIELD_COUNT])
+{
+    static const char *const names[FIELD_COUNT] = {
+        [FIELD_SHARD_ID] = "ShardId",
+        [FIELD_SEQUENCE_NUMBER] = "SequenceNumber",
+        [FIELD_SUB_SEQUENCE_NUMBER] = "SubSequenceNumber",
+        [FIELD_ARRIVAL_TIMESTAMP] = "ApproximateArrivalTimestamp",
+        [FIELD_PARTITION_KEY] = "PartitionKey",
+        [FIELD_DATA] = "Data",
+    };
+
+    for (size_t f = 0; f < FIELD_COUNT; f++)
+        found[f] = NULL;
+    for (size_t i = 0; root->items != NULL && i < root->count; i++) {
+        const struct sjson_value *member = &root->items[i];
+        enum line_field f;
+        switch (member->key_len) {
+        case 7:
+            f = FIELD_SHARD_ID;
+            break;
+        case 14:
+            f = FIELD_SEQUENCE_NUMBER;
+            break;
+        case 17:
+            f = FIELD_SUB_SEQUENCE_NUMBER;
+            break;
+        case 27:
+            f = FIELD_ARRIVAL_TIMESTAMP;
+            break;
+        case 12:
+            f = FIELD_PARTITION_KEY;
+            break;
+        case 4:
+            f = FIELD_DATA;
+            break;
+        default:
+            continue;
+        }
+        if (memcmp(member->key, names[f], member->key_len) == 0)
+            found[f] = member;
+    }
+}
+
 /*
  * Check the fields of one line and decode its Data into s->data. Returns
  * 0, or -1 with what was wrong, the value and what to do in err.
@@ -470,14 +532,15 @@ static int check_fields(const struct sjson_value *root, struct line_scratch *s,
                         struct line_record *out, char *err, size_t err_len)
 {
     char q[REPLAY_QUOTE_MAX + 8];
-    const struct sjson_value *v;
+    const struct sjson_value *v, *found[FIELD_COUNT];
 
     if (root->type != SJSON_OBJECT) {
         quote_value(root, q, sizeof q);
         snprintf(err, err_len, "expected a JSON object, got %s", q);
         return -1;
     }
-    v = sjson_object_get(root, "ShardId");
+    find_fields(root, found);
+    v = found[FIELD_SHARD_ID];
     if (!is_string(v) || v->len == 0 || strlen(v->str) != v->len) {
         quote_value(v, q, sizeof q);
         snprintf(err, err_len,
@@ -486,7 +549,7 @@ static int check_fields(const struct sjson_value *root, struct line_scratch *s,
         return -1;
     }
     out->shard_id = v->str;
-    v = sjson_object_get(root, "SequenceNumber");
+    v = found[FIELD_SEQUENCE_NUMBER];
     if (!is_string(v) || !all_digits(v->str, v->len) || v->len > 128) {
         quote_value(v, q, sizeof q);
         snprintf(err, err_len,
@@ -496,7 +559,7 @@ static int check_fields(const struct sjson_value *root, struct line_scratch *s,
         return -1;
     }
     out->seq = v->str;
-    v = sjson_object_get(root, "SubSequenceNumber");
+    v = found[FIELD_SUB_SEQUENCE_NUMBER];
     out->subseq = -1;
     if (v != NULL) {
         char *end = NULL;
@@ -516,7 +579,7 @@ static int check_fields(const struct sjson_value *root, struct line_scratch *s,
         }
         out->subseq = (int64_t)subseq;
     }
-    v = sjson_object_get(root, "ApproximateArrivalTimestamp");
+    v = found[FIELD_ARRIVAL_TIMESTAMP];
     /* The same double as a JSON library would give, from the exact text. */
     double seconds = v != NULL && v->type == SJSON_NUMBER
                          ? number_to_double(v->str, v->len)
@@ -531,7 +594,7 @@ static int check_fields(const struct sjson_value *root, struct line_scratch *s,
         return -1;
     }
     out->arrival_ms = llround(seconds * 1000.0);
-    v = sjson_object_get(root, "PartitionKey");
+    v = found[FIELD_PARTITION_KEY];
     if (!is_string(v) || v->len == 0 || strlen(v->str) != v->len ||
         v->len > KPL_MAX_PARTITION_KEY_BYTES) {
         quote_value(v, q, sizeof q);
@@ -543,7 +606,7 @@ static int check_fields(const struct sjson_value *root, struct line_scratch *s,
         return -1;
     }
     out->partition_key = v->str;
-    v = sjson_object_get(root, "Data");
+    v = found[FIELD_DATA];
     if (!is_string(v)) {
         quote_value(v, q, sizeof q);
         snprintf(err, err_len, "Data must be a base64 string, got %s", q);

@@ -15,6 +15,7 @@
 #    more than 128 digits, and an arrival time before the epoch or after
 #    9999, make bad lines too. Lines with more members than replay
 #    reads without a JSON document are checked and replayed like others.
+#    A field whose member name differs only in case is missing.
 # 4. --speed below 0.001 is rejected with the accepted range.
 # 5. With publish.transport=file and publish.file=- the messages alone are
 #    on standard output and the summary is on standard error.
@@ -213,6 +214,39 @@ for (const line of lines) console.log(line);
     e2e_log "lines with many members are read like lines with few"
 }
 
+check_member_names() {
+    # Member names match by exact bytes: each field renamed to a name of
+    # the same length in another case is missing. Line 1 is good, with a
+    # "subSequenceNumber" that is only an extra member; lines 2 to 6 lack
+    # one field each.
+    local names="$E2E_DIR/names-recording.jsonl"
+    head -n 1 "$GOLDEN" | node -e '
+const r = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const renamed = (from, to) => {
+  const out = {};
+  for (const [k, v] of Object.entries(r)) out[k === from ? to : k] = v;
+  return out;
+};
+const lines = [
+  { ...r, subSequenceNumber: 1 },
+  renamed("ShardId", "shardId"),
+  renamed("SequenceNumber", "sequenceNumber"),
+  renamed("ApproximateArrivalTimestamp", "approximateArrivalTimestamp"),
+  renamed("PartitionKey", "partitionKey"),
+  renamed("Data", "data"),
+];
+for (const line of lines) console.log(JSON.stringify(line));
+' >"$names"
+    expect_replay 1 names "$names"
+    expect_message names "names-recording.jsonl:2: ShardId must be a non-empty string without U+0000, got nothing"
+    expect_message names "names-recording.jsonl:3: SequenceNumber must be a string of up to 128 decimal digits, got nothing"
+    expect_message names "names-recording.jsonl:4: ApproximateArrivalTimestamp must be a number of seconds since the epoch, such as 1620824038.331, got nothing"
+    expect_message names "names-recording.jsonl:5: PartitionKey must be a non-empty string without U+0000 of at most 1024 bytes, got nothing"
+    expect_message names "names-recording.jsonl:6: Data must be a base64 string, got nothing"
+    expect_message names "5 bad lines; nothing was applied"
+    e2e_log "fields match by exact member name"
+}
+
 check_speed_range() {
     # The file does not exist, so a value wrongly accepted fails on the
     # file instead of replaying for years.
@@ -245,6 +279,7 @@ main() {
     check_sequence_order
     check_field_forms
     check_many_members
+    check_member_names
     check_speed_range
     check_messages_on_stdout
     e2e_log "passed"
