@@ -1710,9 +1710,28 @@ TEST(idem_queued_rows_keep_own_texts)
     ASSERT_OK(t, idem_flush(t));
     claim_and_complete(t, "k6", 6, "shard-2", "16", 6, "late");
     claim_and_complete(t, "k7", 7, "shard-3", "17", 7, "late");
+    ASSERT_OK(t, idem_flush(t));
+    /* A NULL shard and an empty one are different texts. */
     claim_and_complete(t, "k8", 8, NULL, "18", 8, "late");
+    claim_and_complete(t, "k9", 9, "", "19", 9, "late");
     ASSERT_OK(t, idem_commit(t));
     idem_close(t);
+
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+    ASSERT_EQ(sqlite3_open(path, &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_prepare_v2(db,
+                                 "SELECT shard_id IS NULL FROM idem_rows"
+                                 " WHERE subseq >= 8 ORDER BY subseq",
+                                 -1, &stmt, NULL),
+              SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+    ASSERT_EQ(sqlite3_column_int(stmt, 0), 1);
+    ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+    ASSERT_EQ(sqlite3_column_int(stmt, 0), 0);
+    ASSERT_EQ(sqlite3_step(stmt), SQLITE_DONE);
+    sqlite3_finalize(stmt);
+    ASSERT_EQ(sqlite3_close(db), SQLITE_OK);
 
     t = open_default(path, OWNER_A);
     check_completed(t, "k1", 1, "applied", "shard-1", "11", 1, T0);
@@ -1723,6 +1742,7 @@ TEST(idem_queued_rows_keep_own_texts)
     check_completed(t, "k6", 6, "late", "shard-2", "16", 6, T0);
     check_completed(t, "k7", 7, "late", "shard-3", "17", 7, T0);
     check_completed(t, "k8", 8, "late", "", "18", 8, T0);
+    check_completed(t, "k9", 9, "late", "", "19", 9, T0);
     idem_close(t);
 }
 
