@@ -1077,7 +1077,8 @@ int store_commit(struct store *st)
     struct binder b = bind_start(st, STMT_COMMIT);
 
     if (st->idem != NULL && idem_flush(st->idem) != 0) {
-        fail(st, "write the last idempotency claim: %s", idem_errmsg(st->idem));
+        fail(st, "write the pending idempotency rows: %s",
+             idem_errmsg(st->idem));
         rollback_quietly(st);
         return -1;
     }
