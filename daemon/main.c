@@ -174,7 +174,7 @@ int main(int argc, char **argv)
     /* Pipeline jobs allocate on libuv's worker threads, and glibc gives
      * each thread an arena of its own, whose free memory other threads
      * cannot reuse. One arena lowered the peak RSS of a 300,000-record
-     * replay from 88 MB to 74 MB in the same time; the threads rarely
+     * replay from 88 MB to 74 MB in the same time. The threads rarely
      * allocate at once, so the shared lock costs nothing measurable. */
     mallopt(M_ARENA_MAX, 1);
 #endif
