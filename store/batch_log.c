@@ -41,8 +41,12 @@ enum {
     FLAG_ALL = (1u << 6) - 1,
 };
 
-/* Maximum size of an entry besides its texts: flags and six varints. */
-#define MAX_FIXED_BYTES (1 + 6 * 10)
+/* Maximum size of one varint of 64 bits. */
+#define MAX_VARINT_BYTES 10
+/* Maximum size of a sample besides its texts: flags and six varints. */
+#define MAX_SAMPLE_FIXED_BYTES (1 + 6 * MAX_VARINT_BYTES)
+/* Maximum size of a history row besides its texts: flags and two varints. */
+#define MAX_HISTORY_FIXED_BYTES (1 + 2 * MAX_VARINT_BYTES)
 /* Maximum size a text adds besides its bytes: its length and a NUL. */
 #define MAX_TEXT_OVERHEAD (5 + 1)
 
@@ -126,7 +130,7 @@ int batch_log_put_sample(struct batch_log_buf *b, const struct store_sample *s)
         s->uuid,    s->cadence_exact, s->resistance_exact};
     size_t lens[7];
     unsigned flags = s->final ? FLAG_FINAL : 0;
-    size_t need = MAX_FIXED_BYTES;
+    size_t need = MAX_SAMPLE_FIXED_BYTES;
 
     for (int i = 0; i < 7; i++) {
         if (texts[i] == NULL)
@@ -169,7 +173,7 @@ int batch_log_put_history(struct batch_log_buf *b,
     const char *race = deleted ? NULL : row->race_id;
     size_t lens[3] = {strlen(row->class_id), strlen(row->racer_id),
                       race ? strlen(race) : 0};
-    size_t need = 1 + 2 * 10;
+    size_t need = MAX_HISTORY_FIXED_BYTES;
     for (int i = 0; i < 3; i++) {
         if (lens[i] > UINT32_MAX)
             return -EINVAL;
@@ -228,36 +232,59 @@ static const char *get_text(const unsigned char *data, size_t len, size_t *pos,
     return s;
 }
 
+/* Read an entry's flags byte, which may set only the bits in allowed. */
+static int get_flags(const unsigned char *data, size_t len, size_t *pos,
+                     unsigned allowed, unsigned *flags, const char **reason)
+{
+    if (*pos >= len) {
+        *reason = "an entry is cut short";
+        return -1;
+    }
+    *flags = data[(*pos)++];
+    if (*flags & ~allowed) {
+        *reason = "an entry has unknown flags";
+        return -1;
+    }
+    return 0;
+}
+
+/* Read a second, which must fit in 32 bits. */
+static int get_second(const unsigned char *data, size_t len, size_t *pos,
+                      int32_t *second, const char **reason)
+{
+    int64_t v;
+
+    if (get_signed(data, len, pos, &v) != 0) {
+        *reason = "an entry is cut short";
+        return -1;
+    }
+    if (v < INT32_MIN || v > INT32_MAX) {
+        *reason = "a second is outside the 32-bit range";
+        return -1;
+    }
+    *second = (int32_t)v;
+    return 0;
+}
+
 int batch_log_next_sample(const unsigned char *data, size_t len, size_t *pos,
                           struct store_sample *out, const char **reason)
 {
     size_t at = *pos;
+    unsigned flags;
 
     memset(out, 0, sizeof *out);
-    if (at >= len) {
-        *reason = "an entry is cut short";
+    if (get_flags(data, len, &at, FLAG_ALL, &flags, reason) != 0 ||
+        get_second(data, len, &at, &out->second, reason) != 0)
         return -1;
-    }
-    unsigned flags = data[at++];
-    if (flags & ~(unsigned)FLAG_ALL) {
-        *reason = "an entry has unknown flags";
-        return -1;
-    }
     out->final = (flags & FLAG_FINAL) != 0;
-    int64_t second;
-    int64_t *numbers[] = {&second,        &out->device_ts_ms, &out->arrival_ms,
-                          &out->cadence4, &out->resistance4,  &out->output4};
+    int64_t *numbers[] = {&out->device_ts_ms, &out->arrival_ms, &out->cadence4,
+                          &out->resistance4, &out->output4};
     for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++) {
         if (get_signed(data, len, &at, numbers[i]) != 0) {
             *reason = "an entry is cut short";
             return -1;
         }
     }
-    if (second < INT32_MIN || second > INT32_MAX) {
-        *reason = "a second is outside the 32-bit range";
-        return -1;
-    }
-    out->second = (int32_t)second;
 
     const char **texts[7] = {
         &out->race_id, &out->racer_id,      &out->class_id,        &out->name,
@@ -287,29 +314,17 @@ int batch_log_next_history(const unsigned char *data, size_t len, size_t *pos,
                            const char **reason)
 {
     size_t at = *pos;
-    int64_t second;
+    unsigned flags;
     size_t n;
 
     memset(out, 0, sizeof *out);
-    if (at >= len) {
+    if (get_flags(data, len, &at, HISTORY_ALL, &flags, reason) != 0 ||
+        get_second(data, len, &at, &out->second, reason) != 0)
+        return -1;
+    if (get_signed(data, len, &at, &out->output4) != 0) {
         *reason = "an entry is cut short";
         return -1;
     }
-    unsigned flags = data[at++];
-    if (flags & ~(unsigned)HISTORY_ALL) {
-        *reason = "an entry has unknown flags";
-        return -1;
-    }
-    if (get_signed(data, len, &at, &second) != 0 ||
-        get_signed(data, len, &at, &out->output4) != 0) {
-        *reason = "an entry is cut short";
-        return -1;
-    }
-    if (second < INT32_MIN || second > INT32_MAX) {
-        *reason = "a second is outside the 32-bit range";
-        return -1;
-    }
-    out->second = (int32_t)second;
 
     const char **texts[] = {&out->class_id, &out->racer_id, &out->race_id};
     int count = (flags & HISTORY_RACE) ? 3 : 2;
