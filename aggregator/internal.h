@@ -325,7 +325,7 @@ uint32_t agg_race_position(const struct agg *agg, const struct race *race);
 void slot_exact_texts(const struct rider *rider, const struct slot *slot,
                       char *cadence_buf, char *resistance_buf, size_t buf_len,
                       const char **cadence, const char **resistance);
-/* Fill row from a stored slot. uuid_buf (SLOT_UUID_TEXT + 1 bytes) holds
+/* Fill row from a stored slot. uuid_buf (SLOT_UUID_TEXT + 1 bytes) takes
  * an unpacked uuid, and the other buffers regenerated exact texts. */
 void slot_to_row(const struct race *race, const struct rider *rider,
                  const struct slot *slot, int32_t second,

@@ -42,7 +42,7 @@ static uint64_t load_le64(const uint8_t *p)
 }
 
 /* One SipRound on the state v0..v3, kept in local variables so that the
- * compiler holds them in registers. */
+ * compiler keeps them in registers. */
 #define SIP_ROUND(v0, v1, v2, v3)                                              \
     do {                                                                       \
         v0 += v1;                                                              \

@@ -152,12 +152,12 @@ struct new_row {
 
 /*
  * Completed rows of deferred claims wait in a queue and are written
- * together, COMPLETED, by one multi-row INSERT: when the queue is full,
- * when a read reaches the id of a queued row, and before expiry, reclaim,
- * begin, commit and idem_flush(). The index and the cache know a queued
- * row at once. Each row takes QUEUE_ROW_PARAMS parameters, and all rows
- * share the owner token as ?1, so the connection's parameter limit bounds
- * the rows per statement.
+ * together, COMPLETED, by one multi-row INSERT. That happens when the
+ * queue is full, when a read reaches the id of a queued row, and before
+ * expiry, reclaim, begin, commit and idem_flush(). The index and the cache
+ * know a queued row at once. Each row takes QUEUE_ROW_PARAMS parameters, and
+ * all rows share the owner token as ?1, so the connection's parameter limit
+ * bounds the rows per statement.
  */
 #define QUEUE_MAX        64
 #define QUEUE_ROW_PARAMS 8
@@ -375,7 +375,11 @@ static size_t queue_capacity(sqlite3 *db)
     int limit = sqlite3_limit(db, SQLITE_LIMIT_VARIABLE_NUMBER, -1);
     size_t rows = limit > 1 ? (size_t)(limit - 1) / QUEUE_ROW_PARAMS : 0;
 
-    return rows < 1 ? 1 : rows > QUEUE_MAX ? QUEUE_MAX : rows;
+    if (rows < 1)
+        return 1;
+    if (rows > QUEUE_MAX)
+        return QUEUE_MAX;
+    return rows;
 }
 
 /* The first parameter of queued row i in the INSERT of queued rows. */

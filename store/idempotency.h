@@ -149,11 +149,11 @@ int idem_claim(struct idem_table *t, const struct idem_claim *c,
  * the new INPROGRESS row. idem_release() of the key then writes nothing.
  * idem_complete() of the key queues the row COMPLETED, and inside a
  * transaction the queued rows of up to 64 completions are written
- * together by one INSERT (fewer when the connection's limit on statement
- * parameters, 8 per row and 1 more, is lower); outside one, the row is
- * written at once. Every other call that reads or writes rows (claims,
- * lookups, completions and releases of other keys, expiry, reclaim)
- * writes the deferred claim first and reads queued rows as stored, and
+ * together by one INSERT. Fewer go into one INSERT when the connection's
+ * limit on statement parameters (8 per row and 1 more) is lower. Outside a
+ * transaction the row is written at once. Every other call that reads or writes
+ * rows (claims, lookups, completions and releases of other keys, expiry,
+ * reclaim) writes the deferred claim first and reads queued rows as stored, and
  * idem_begin(), idem_commit() and idem_flush() write both. idem_stats()
  * counts the rows already. Only one claim is deferred at a time: the next
  * claim writes the previous one.

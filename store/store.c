@@ -469,11 +469,10 @@ static int configure_connection(struct store *st)
                     synchronous);
     }
     /* Up to 4 MiB of page cache. The interior pages of the idempotency
-     * table take under 0.5% of it (37 pages for 300,000 rows of 186
-     * bytes), so an hour of 1,000 riders, 3.6 million rows, needs about
-     * 2 MB, and reading an old row costs one leaf page. The daemon's
-     * memory budget is 64 MiB, and SQLite fills the cache only as pages
-     * are read. */
+     * table take under 0.5% of it: 37 pages for 300,000 rows of 186 bytes.
+     * So an hour of 1,000 riders, 3.6 million rows, needs about 2 MB, and
+     * reading an old row costs one leaf page. SQLite fills the cache only
+     * as pages are read, within the daemon's budget of 64 MiB. */
     if (exec_sql(st, "PRAGMA cache_size = -4096") != 0)
         return -1;
     return exec_sql(st, "PRAGMA foreign_keys = OFF");
@@ -1197,9 +1196,9 @@ size_t store_idempotency_reclaimed(const struct store *st)
 /* ---- samples -------------------------------------------------------- */
 
 /* Bytes of entries after which a log row is written. SQLite copies a row
- * into a record of its own before writing it, so a small row keeps the
- * memory of a flush small: a race's results emit one history entry per
- * rider and second at once, several MB for a long race. */
+ * into a record of its own before writing it, so small rows keep a flush's
+ * memory small. A race's results emit one history entry per rider and
+ * second at once, several MB for a long race. */
 #define LOG_FLUSH_BYTES (256u << 10)
 
 /*

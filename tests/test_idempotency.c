@@ -986,7 +986,8 @@ TEST(idem_cache_evicts_least_recently_used)
 
     idem_cache_clear(&cache);
     ASSERT_EQ(cache.count, 0);
-    ASSERT_TRUE(cache.head == NULL && cache.tail == NULL);
+    ASSERT_TRUE(cache.head == NULL);
+    ASSERT_TRUE(cache.tail == NULL);
     idem_cache_free(&cache);
 }
 
@@ -1277,7 +1278,7 @@ TEST(idem_deferred_claim_completes)
     idem_close(t);
 }
 
-/* Every other call sees a deferred claim as a stored INPROGRESS row. */
+/* Every other call treats a deferred claim as a stored INPROGRESS row. */
 TEST(idem_deferred_claim_visible_to_calls)
 {
     const char *path = db_path("t.db");
@@ -1493,7 +1494,7 @@ static void claim_and_complete(struct idem_table *t, const char *key,
                   idem_errmsg(t));
 }
 
-/* Rows of idem_rows that db sees, its own uncommitted ones included. */
+/* Rows of idem_rows visible to db, its own uncommitted ones included. */
 static int64_t rows_on_connection(sqlite3 *db)
 {
     sqlite3_stmt *stmt = NULL;
@@ -1639,7 +1640,7 @@ TEST(idem_queued_rows_lost_with_crash_before_commit)
 /*
  * One INSERT writes as many queued rows as the connection's parameter
  * limit allows: 8 parameters per row and the shared owner token. At
- * 1 + 8 * 3 parameters the queue holds 3 rows, at one less only 2. NULL
+ * 1 + 8 * 3 parameters one INSERT writes 3 rows, at one less only 2. NULL
  * texts stay NULL in a multi-row insert.
  */
 static void check_queue_limit(int max_params, int rows_per_insert)

@@ -471,8 +471,8 @@ TEST(store_sample_put_replaces_existing)
     store_close(st);
 }
 
-/* A deferred claim that nobody completed is written by the commit, so a
- * second run sees the key as claimed instead of new. */
+/* A deferred claim that was never completed is written by the commit, so
+ * a second run finds the key claimed instead of new. */
 TEST(store_commit_writes_deferred_claim)
 {
     const char *path = db_path("podium.db");
