@@ -937,8 +937,10 @@ static int parse_document(struct parser *p)
 
 /* ---- Document ---- */
 
-static void set_value(struct sjson_value *value, const struct json_node *node,
-                      const struct sjson_doc *doc, const char *strings)
+/* Fill value from node without its children: items is NULL and count is
+ * the container's child count. */
+static void set_flat_value(struct sjson_value *value,
+                           const struct json_node *node, const char *strings)
 {
     bool text = node->type == SJSON_STRING || node->type == SJSON_NUMBER;
 
@@ -947,8 +949,15 @@ static void set_value(struct sjson_value *value, const struct json_node *node,
     value->len = node->len;
     value->key = node->has_key ? strings + node->key : NULL;
     value->key_len = node->key_len;
-    value->items = node->count ? &doc->values[node->items] : NULL;
+    value->items = NULL;
     value->count = node->count;
+}
+
+static void set_value(struct sjson_value *value, const struct json_node *node,
+                      const struct sjson_doc *doc, const char *strings)
+{
+    set_flat_value(value, node, strings);
+    value->items = node->count ? &doc->values[node->items] : NULL;
 }
 
 /*
@@ -1033,6 +1042,18 @@ static void parser_free(struct parser *p)
     free(p->keys);
 }
 
+/* Clear err, or point it at unused when the caller passed none. */
+static struct sjson_err *clear_err(struct sjson_err *err,
+                                   struct sjson_err *unused)
+{
+    if (err == NULL)
+        err = unused;
+    err->code = SJSON_OK;
+    err->offset = 0;
+    err->message[0] = '\0';
+    return err;
+}
+
 int sjson_parse(const char *text, size_t len, const struct sjson_limits *limits,
                 struct sjson_doc **out, struct sjson_err *err)
 {
@@ -1041,11 +1062,7 @@ int sjson_parse(const char *text, size_t len, const struct sjson_limits *limits,
     struct parser p;
 
     *out = NULL;
-    if (err == NULL)
-        err = &unused;
-    err->code = SJSON_OK;
-    err->offset = 0;
-    err->message[0] = '\0';
+    err = clear_err(err, &unused);
 
     int rc = parser_init(&p, text, len, limits, err, &stack, NULL);
     if (rc == SJSON_OK)
@@ -1059,22 +1076,6 @@ int sjson_parse(const char *text, size_t len, const struct sjson_limits *limits,
     return rc;
 }
 
-/* Fill value from node like set_value, but without children: items is
- * NULL and count is the container's child count. */
-static void set_flat_value(struct sjson_value *value,
-                           const struct json_node *node, const char *strings)
-{
-    bool text = node->type == SJSON_STRING || node->type == SJSON_NUMBER;
-
-    value->type = node->type;
-    value->str = text ? strings + node->str : NULL;
-    value->len = node->len;
-    value->key = node->has_key ? strings + node->key : NULL;
-    value->key_len = node->key_len;
-    value->items = NULL;
-    value->count = node->count;
-}
-
 int sjson_parse_flat(const char *text, size_t len,
                      const struct sjson_limits *limits, char *strings,
                      struct sjson_value *children, size_t children_cap,
@@ -1085,11 +1086,7 @@ int sjson_parse_flat(const char *text, size_t len,
     struct parser p;
 
     memset(root, 0, sizeof *root);
-    if (err == NULL)
-        err = &unused;
-    err->code = SJSON_OK;
-    err->offset = 0;
-    err->message[0] = '\0';
+    err = clear_err(err, &unused);
 
     /* The same steps as sjson_parse up to the document, which is the only
      * step left out, so both accept and reject the same inputs. */
