@@ -9,17 +9,19 @@
  * epoch, a number with millisecond precision), PartitionKey and Data
  * (base64). `podium simulate --out` writes this format.
  *
- * The files are read twice. The first pass checks every line and keeps
- * nothing but counts and, for each shard and file, where the shard's lines
- * start and end, so a bad line under --on-bad-line fail changes nothing in
- * the store. Within one file, a line whose sequence number is not after
- * the line before it of the same shard is a bad line too. Lines of only
- * white space are ignored. The second pass streams. Each shard has its own
- * cursor that reads that shard's lines in file order (files in the order
- * given). The cursors are merged in the order of the merge of `podium run` with
- * every record present: by arrival time, then by shard id. Memory holds one
- * Kinesis record per shard plus the jobs in flight, whatever the size of the
- * files.
+ * Each line is parsed once. The first pass checks every line and writes
+ * each good one, decoded, to a temporary spool file of its shard (in
+ * $TMPDIR, else /tmp, unlinked at once), so a bad line under --on-bad-line
+ * fail changes nothing in the store. Within one file, a line whose
+ * sequence number is not after the line before it of the same shard is a
+ * bad line too. Lines of only white space are ignored. The second pass
+ * streams: each shard has its own cursor that reads the shard's spool,
+ * which holds the shard's good lines in file order (files in the order
+ * given). The cursors are merged in the order of the merge of `podium run`
+ * with every record present: by arrival time, then by shard id. Memory
+ * holds one Kinesis record per shard plus the jobs in flight, whatever the
+ * size of the files; the spools take about the decoded size of the
+ * records on disk.
  *
  * The merged records are cut into jobs of --batch-size Kinesis records,
  * and one last job closes every open second. A job may hold more records
@@ -52,6 +54,7 @@
 #include <float.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -125,25 +128,31 @@ struct seq_position {
     char seq[129];
 };
 
-/* The byte range of one shard's good lines in one file. */
-struct shard_span {
-    int64_t first_offset; /* byte offset of the first line; -1: none */
-    uint64_t first_line;  /* its line number */
-    int64_t end_offset;   /* just past the last line */
+/*
+ * The fixed part of a spool entry, followed by seq_len bytes of
+ * SequenceNumber, key_len bytes of PartitionKey and data_len bytes of
+ * decoded Data. The spool lives only as long as the process, so the
+ * fields are in the machine's own byte order.
+ */
+struct spool_entry {
+    int64_t arrival_ms;
+    int64_t subseq; /* -1 when the line has none */
+    uint32_t seq_len;
+    uint32_t key_len;
+    uint32_t data_len;
+    uint32_t unused; /* zero; keeps the size a multiple of 8 */
 };
 
 /*
  * The next records of one shard: the user records of the Kinesis record
- * read last, from a file of its own, so that shards laid out one after
+ * read last, from the shard's own spool, so that shards laid out one after
  * the other in a file need no buffering.
  */
 struct shard_cursor {
     char *shard_id;
-    struct shard_span *spans; /* one per file */
-    size_t file;              /* index of the file read; file_count: done */
-    FILE *f;                  /* NULL between files */
-    int64_t offset;           /* offset of the next line in f */
-    uint64_t line_no;         /* number of the line read last */
+    FILE *spool;              /* the shard's good lines, decoded */
+    uint64_t spooled;         /* entries written by the first pass */
+    uint64_t unspooled;       /* entries read back by the second pass */
     struct shard_batch *head; /* records not merged yet from next on */
     size_t next;
     struct shard_batch *spare; /* an emptied head, reused by load_head */
@@ -151,10 +160,8 @@ struct shard_cursor {
     char prev_seq[129]; /* the record merged last, for KPL aggregates */
     int64_t prev_subseq;
     /* The last good line of the shard in one file, to check that the
-     * sequence numbers grow: one for the first pass and one for the
-     * second, so that both skip the same lines. */
+     * sequence numbers grow. */
     struct seq_position checked;
-    struct seq_position read;
 };
 
 /* A job being built from the merge. */
@@ -178,8 +185,8 @@ struct progress {
 };
 
 /*
- * Buffers of parse_line, reused for every line of both passes, so that a
- * line costs no allocation once they fit the longest line.
+ * Buffers of parse_line, reused for every line, and of the spool reads,
+ * so that a record costs no allocation once they fit the longest one.
  */
 struct line_scratch {
     char *strings; /* decoded JSON strings, one byte more than the line */
@@ -194,12 +201,10 @@ struct replay {
     uv_loop_t loop;
     struct podium_config cfg;
     struct replay_options opts;
-    bool *fast_shard_ids; /* per file: find_shard_id() is exact there */
     struct shard_cursor *cursors;
     size_t cursor_count;
     size_t cursor_cap;
-    char *line; /* line buffer of the second pass */
-    size_t line_cap;
+    const char *spool_dir; /* $TMPDIR, else /tmp */
     struct line_scratch scratch;
     struct store *store;
     struct pipeline *pipeline;
@@ -631,50 +636,35 @@ static int check_fields(const struct sjson_value *root, struct line_scratch *s,
 }
 
 /*
- * Find the value of "ShardId" in a line without parsing the JSON: the
- * first "ShardId" key followed by a string without escapes. Sets *id and
- * *len and returns true, or returns false when there is no such key. The
- * first pass checks the result against the parsed line, so the second pass
- * trusts it only for files where it was right on every good line.
+ * Open an empty spool file in r->spool_dir, already unlinked so that it
+ * goes away with the process. Returns NULL with errno set on failure.
  */
-static bool find_shard_id(const char *line, size_t n, const char **id,
-                          size_t *len)
+static FILE *spool_open(const struct replay *r)
 {
-    static const char key[] = "\"ShardId\"";
-    const char *end = line + n;
-    const char *p = line;
-    for (;;) {
-        p = memchr(p, '"', (size_t)(end - p));
-        if (p == NULL || (size_t)(end - p) < sizeof key - 1)
-            return false;
-        if (memcmp(p, key, sizeof key - 1) == 0)
-            break;
-        p++;
+    char path[PATH_MAX];
+    int n =
+        snprintf(path, sizeof path, "%s/podium-replay-XXXXXX", r->spool_dir);
+    if (n < 0 || (size_t)n >= sizeof path) {
+        errno = ENAMETOOLONG;
+        return NULL;
     }
-    if (p > line && p[-1] == '\\')
-        return false;
-    p += sizeof key - 1;
-    while (p < end && (*p == ' ' || *p == '\t'))
-        p++;
-    if (p == end || *p++ != ':')
-        return false;
-    while (p < end && (*p == ' ' || *p == '\t'))
-        p++;
-    if (p == end || *p++ != '"')
-        return false;
-    const char *start = p;
-    while (p < end && *p != '"' && *p != '\\')
-        p++;
-    if (p == end || *p != '"')
-        return false;
-    *id = start;
-    *len = (size_t)(p - start);
-    return true;
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return NULL;
+    unlink(path);
+    FILE *f = fdopen(fd, "w+b");
+    if (f == NULL) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+    }
+    return f;
 }
 
-/* The cursor of shard_id, created when it is new. NULL when out of
- * memory. */
-static struct shard_cursor *cursor_for(struct replay *r, const char *shard_id)
+/* The cursor of shard_id, created with its spool when it is new. NULL with
+ * what went wrong in err. */
+static struct shard_cursor *cursor_for(struct replay *r, const char *shard_id,
+                                       char *err, size_t err_len)
 {
     for (size_t i = 0; i < r->cursor_count; i++) {
         if (strcmp(r->cursors[i].shard_id, shard_id) == 0)
@@ -691,14 +681,21 @@ static struct shard_cursor *cursor_for(struct replay *r, const char *shard_id)
     struct shard_cursor *c = &r->cursors[r->cursor_count];
     memset(c, 0, sizeof *c);
     c->shard_id = strdup(shard_id);
-    c->spans = malloc(r->opts.file_count * sizeof *c->spans);
-    if (c->shard_id == NULL || c->spans == NULL) {
-        free(c->shard_id);
-        free(c->spans);
+    if (c->shard_id == NULL) {
+        snprintf(err, err_len, "out of memory");
         return NULL;
     }
-    for (size_t i = 0; i < r->opts.file_count; i++)
-        c->spans[i] = (struct shard_span){-1, 0, -1};
+    c->spool = spool_open(r);
+    if (c->spool == NULL) {
+        snprintf(err, err_len,
+                 "cannot create a temporary file in %s for the records of "
+                 "shard %s: %s; set TMPDIR to a writable folder with room "
+                 "for the decoded records (about the size of the "
+                 "recordings)",
+                 r->spool_dir, shard_id, strerror(errno));
+        free(c->shard_id);
+        return NULL;
+    }
     r->cursor_count++;
     return c;
 }
@@ -707,19 +704,15 @@ static void free_cursors(struct replay *r)
 {
     for (size_t i = 0; i < r->cursor_count; i++) {
         struct shard_cursor *c = &r->cursors[i];
-        if (c->f != NULL)
-            fclose(c->f);
+        if (c->spool != NULL)
+            fclose(c->spool);
         shard_batch_free(c->head);
         shard_batch_free(c->spare);
-        free(c->spans);
         free(c->shard_id);
     }
     free(r->cursors);
     r->cursors = NULL;
     r->cursor_count = r->cursor_cap = 0;
-    free(r->line);
-    r->line = NULL;
-    r->line_cap = 0;
     free(r->scratch.strings);
     sjson_doc_free(r->scratch.doc);
     free(r->scratch.data);
@@ -783,36 +776,57 @@ static enum kpl_result split_record(const struct line_record *rec,
     return kpl_deaggregate(rec->data, rec->len, users, count);
 }
 
-/* Count and locate one good line of the first pass. Returns 0, or -1 when
- * out of memory. */
-static int note_good_line(struct replay *r, size_t file,
-                          const struct line_record *rec, const char *line,
-                          size_t n, int64_t offset, uint64_t line_no)
+/* Write what went wrong with c's spool into err. */
+static void spool_error(const struct replay *r, const struct shard_cursor *c,
+                        const char *doing, char *err, size_t err_len)
 {
-    struct shard_cursor *c = cursor_for(r, rec->shard_id);
-    if (c == NULL)
-        return -1;
-    struct shard_span *span = &c->spans[file];
-    if (span->first_offset < 0) {
-        span->first_offset = offset;
-        span->first_line = line_no;
-    }
-    span->end_offset = offset + (int64_t)n;
+    snprintf(err, err_len,
+             "cannot %s the temporary file in %s that holds the records of "
+             "shard %s: %s; set TMPDIR to a folder with room for the "
+             "decoded records (about the size of the recordings)",
+             doing, r->spool_dir, c->shard_id,
+             errno != 0 ? strerror(errno) : "unexpected end of file");
+}
 
-    const char *id;
-    size_t len;
-    if (!find_shard_id(line, n, &id, &len) || len != strlen(rec->shard_id) ||
-        memcmp(id, rec->shard_id, len) != 0)
-        r->fast_shard_ids[file] = false;
-
+/*
+ * Count one good line of the first pass and write it to its shard's
+ * spool. After a bad line under --on-bad-line fail nothing will be
+ * applied, so later lines are only counted. Returns 0, or -1 with what
+ * went wrong in err.
+ */
+static int note_good_line(struct replay *r, struct shard_cursor *c,
+                          const struct line_record *rec, char *err,
+                          size_t err_len)
+{
     struct kpl_user_record *users;
     size_t count;
     enum kpl_result kind = split_record(rec, &users, &count);
-    if (kind == KPL_ERROR)
+    if (kind == KPL_ERROR) {
+        snprintf(err, err_len, "out of memory");
         return -1;
+    }
     r->kinesis_records++;
     r->user_records += kind == KPL_AGGREGATE ? count : 1;
     free(users);
+    if (r->bad_lines > 0 && !r->opts.skip_bad_lines)
+        return 0;
+
+    struct spool_entry e = {
+        .arrival_ms = rec->arrival_ms,
+        .subseq = rec->subseq,
+        .seq_len = (uint32_t)strlen(rec->seq),
+        .key_len = (uint32_t)strlen(rec->partition_key),
+        .data_len = (uint32_t)rec->len,
+    };
+    errno = 0;
+    if (fwrite(&e, sizeof e, 1, c->spool) != 1 ||
+        fwrite(rec->seq, 1, e.seq_len, c->spool) != e.seq_len ||
+        fwrite(rec->partition_key, 1, e.key_len, c->spool) != e.key_len ||
+        fwrite(rec->data, 1, e.data_len, c->spool) != e.data_len) {
+        spool_error(r, c, "write to", err, err_len);
+        return -1;
+    }
+    c->spooled++;
     return 0;
 }
 
@@ -920,12 +934,13 @@ static void on_check_signal(int signum)
 }
 
 /*
- * Check one line of the first pass. Returns 0 with rec filled in, or -1
- * with what was wrong in err.
+ * Check one line of the first pass. Returns 0 with rec and *cursor, the
+ * cursor of its shard, filled in; -1 for a bad line and -2 when the
+ * replay cannot go on, with what was wrong in err.
  */
 static int check_line(struct replay *r, size_t file, const char *line, size_t n,
-                      uint64_t line_no, struct line_record *rec, char *err,
-                      size_t err_len)
+                      uint64_t line_no, struct line_record *rec,
+                      struct shard_cursor **cursor, char *err, size_t err_len)
 {
     if (line_no == 1 && n >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
         snprintf(err, err_len,
@@ -936,12 +951,11 @@ static int check_line(struct replay *r, size_t file, const char *line, size_t n,
         return -1;
     }
     if (parse_line(&r->scratch, line, n, rec, err, err_len) != 0)
-        return -1;
-    struct shard_cursor *c = cursor_for(r, rec->shard_id);
-    if (c == NULL) {
-        snprintf(err, err_len, "out of memory");
-        return -1;
-    }
+        return strcmp(err, "out of memory") == 0 ? -2 : -1;
+    struct shard_cursor *c = cursor_for(r, rec->shard_id, err, err_len);
+    if (c == NULL)
+        return -2;
+    *cursor = c;
     return check_order(&c->checked, file, line_no, rec, err, err_len);
 }
 
@@ -968,35 +982,27 @@ static int check_file(struct replay *r, size_t file)
     size_t cap = 0;
     ssize_t n;
     uint64_t line_no = 0;
-    int64_t offset = 0;
     int rc = 0;
 
-    r->fast_shard_ids[file] = true;
     while (rc == 0 && (n = getline(&line, &cap, f)) >= 0) {
         struct line_record rec = {0};
+        struct shard_cursor *c = NULL;
         line_no++;
         r->lines++;
-        if (is_blank(line, (size_t)n)) {
-            /* Nothing to apply and nothing to report. */
-        } else if (check_line(r, file, line, (size_t)n, line_no, &rec, err,
-                              sizeof err) == 0) {
-            if (note_good_line(r, file, &rec, line, (size_t)n, offset,
-                               line_no) != 0) {
-                progress_erase(r);
-                fprintf(stderr,
-                        "podium replay: %s:%" PRIu64 ": out of memory\n", path,
-                        line_no);
-                rc = 1;
-            }
-        } else if (strcmp(err, "out of memory") == 0) {
-            progress_erase(r);
-            fprintf(stderr, "podium replay: %s:%" PRIu64 ": out of memory\n",
-                    path, line_no);
-            rc = 1;
-        } else {
+        int checked = is_blank(line, (size_t)n)
+                          ? 1 /* nothing to apply and nothing to report */
+                          : check_line(r, file, line, (size_t)n, line_no, &rec,
+                                       &c, err, sizeof err);
+        if (checked == 0 && note_good_line(r, c, &rec, err, sizeof err) != 0)
+            checked = -2;
+        if (checked == -1) {
             report_bad_line(r, path, line_no, err);
+        } else if (checked == -2) {
+            progress_erase(r);
+            fprintf(stderr, "podium replay: %s:%" PRIu64 ": %s\n", path,
+                    line_no, err);
+            rc = 1;
         }
-        offset += n;
         r->progress.done_bytes += (uint64_t)n;
         progress_check(r, log_now_ms(), false);
         if (rc == 0 && check_signal != 0)
@@ -1043,110 +1049,59 @@ static int load_head(struct shard_cursor *c, const struct line_record *rec)
 }
 
 /*
- * Move c to the start of the next file that contains lines of its shard,
- * or mark it done. Returns 0, or -1 after printing why.
- */
-static int open_next_file(struct replay *r, struct shard_cursor *c)
-{
-    while (c->file < r->opts.file_count && c->spans[c->file].first_offset < 0)
-        c->file++;
-    if (c->file == r->opts.file_count)
-        return 0;
-    const char *path = r->opts.files[c->file];
-    const struct shard_span *span = &c->spans[c->file];
-    c->f = fopen(path, "r");
-    if (c->f == NULL ||
-        fseeko(c->f, (off_t)span->first_offset, SEEK_SET) != 0) {
-        progress_erase(r);
-        fprintf(stderr,
-                "podium replay: failed to read %s again for shard %s: %s\n",
-                path, c->shard_id, strerror(errno));
-        return -1;
-    }
-    c->offset = span->first_offset;
-    c->line_no = span->first_line - 1;
-    return 0;
-}
-
-/* Tell whether a line read in the second pass may belong to c's shard, from
- * the ShardId found without parsing where that is exact. */
-static bool may_be_of_shard(const struct replay *r,
-                            const struct shard_cursor *c, size_t n)
-{
-    if (!r->fast_shard_ids[c->file])
-        return true;
-    const char *id;
-    size_t len;
-    return find_shard_id(r->line, n, &id, &len) && len == strlen(c->shard_id) &&
-           memcmp(id, c->shard_id, len) == 0;
-}
-
-/*
- * Read the next Kinesis record of c's shard into c->head. Returns 1 when
- * one was read, 0 when the shard has no more, -1 after printing why.
+ * Read the next Kinesis record of c's shard from its spool into c->head.
+ * Returns 1 when one was read, 0 when the shard has no more, -1 after
+ * printing why.
  */
 static int read_next_record(struct replay *r, struct shard_cursor *c)
 {
     char err[768];
-    while (c->file < r->opts.file_count) {
-        if (c->f == NULL) {
-            if (open_next_file(r, c) != 0)
-                return -1;
-            continue;
-        }
-        const char *path = r->opts.files[c->file];
-        if (c->offset >= c->spans[c->file].end_offset) {
-            fclose(c->f);
-            c->f = NULL;
-            c->file++;
-            continue;
-        }
-        ssize_t n = getline(&r->line, &r->line_cap, c->f);
-        if (n < 0) {
-            progress_erase(r);
-            fprintf(stderr,
-                    "podium replay: %s ended before line %" PRIu64
-                    " of its first reading; do not change a recording while "
-                    "it is replayed\n",
-                    path, c->line_no + 1);
-            return -1;
-        }
-        c->line_no++;
-        c->offset += n;
-        if (is_blank(r->line, (size_t)n) || !may_be_of_shard(r, c, (size_t)n))
-            continue;
+    struct line_scratch *s = &r->scratch;
+    struct spool_entry e;
 
-        struct line_record rec = {0};
-        if (parse_line(&r->scratch, r->line, (size_t)n, &rec, err,
-                       sizeof err) != 0) {
-            if (r->opts.skip_bad_lines)
-                continue; /* reported and counted by the first pass */
-            progress_erase(r);
-            fprintf(stderr,
-                    "podium replay: %s:%" PRIu64 ": %s; the line was good "
-                    "when first read, so the file changed during the "
-                    "replay\n",
-                    path, c->line_no, err);
-            return -1;
-        }
-        int rc = 0;
-        /* A line out of sequence order was reported and counted by the
-         * first pass, which skips the same lines. */
-        if (strcmp(rec.shard_id, c->shard_id) == 0 &&
-            check_order(&c->read, c->file, c->line_no, &rec, err, sizeof err) ==
-                0) {
-            rc = load_head(c, &rec) == 0 ? 1 : -1;
-            if (rc < 0) {
-                progress_erase(r);
-                fprintf(stderr,
-                        "podium replay: %s:%" PRIu64 ": out of memory\n", path,
-                        c->line_no);
-            }
-        }
-        if (rc != 0)
-            return rc;
+    if (c->unspooled == c->spooled)
+        return 0;
+    errno = 0;
+    if (fread(&e, sizeof e, 1, c->spool) != 1) {
+        spool_error(r, c, "read", err, sizeof err);
+        goto failed;
     }
-    return 0;
+    /* Room for both texts with their NULs, and for the data. */
+    size_t texts = (size_t)e.seq_len + e.key_len + 2;
+    if (reserve_bytes((void **)&s->strings, &s->strings_cap, texts) != 0 ||
+        reserve_bytes((void **)&s->data, &s->data_cap,
+                      (size_t)e.data_len + 1) != 0) {
+        snprintf(err, sizeof err, "out of memory");
+        goto failed;
+    }
+    char *seq = s->strings, *key = s->strings + e.seq_len + 1;
+    errno = 0;
+    if (fread(seq, 1, e.seq_len, c->spool) != e.seq_len ||
+        fread(key, 1, e.key_len, c->spool) != e.key_len ||
+        fread(s->data, 1, e.data_len, c->spool) != e.data_len) {
+        spool_error(r, c, "read", err, sizeof err);
+        goto failed;
+    }
+    seq[e.seq_len] = '\0';
+    key[e.key_len] = '\0';
+    c->unspooled++;
+
+    struct line_record rec = {
+        .shard_id = c->shard_id,
+        .seq = seq,
+        .subseq = e.subseq,
+        .arrival_ms = e.arrival_ms,
+        .partition_key = key,
+        .data = s->data,
+        .len = e.data_len,
+    };
+    if (load_head(c, &rec) == 0)
+        return 1;
+    snprintf(err, sizeof err, "out of memory");
+failed:
+    progress_erase(r);
+    fprintf(stderr, "podium replay: shard %s: %s\n", c->shard_id, err);
+    return -1;
 }
 
 /* Make c->head hold a record not yet merged, unless the shard has no more.
@@ -1684,6 +1639,24 @@ static void print_summary(struct replay *r)
                 r->bad_lines, r->bad_lines == 1 ? "" : "s");
 }
 
+/* Write out what the spools buffer and go back to their starts for the
+ * second pass. Returns 0, or 1 after printing why. */
+static int rewind_spools(struct replay *r)
+{
+    char err[768];
+
+    for (size_t i = 0; i < r->cursor_count; i++) {
+        struct shard_cursor *c = &r->cursors[i];
+        errno = 0;
+        if (fflush(c->spool) != 0 || fseeko(c->spool, 0, SEEK_SET) != 0) {
+            spool_error(r, c, "write to", err, sizeof err);
+            fprintf(stderr, "podium replay: %s\n", err);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /*
  * First pass over every file: an unreadable file is a usage error (2),
  * whatever the files before it contain, and a bad line under
@@ -1691,9 +1664,8 @@ static void print_summary(struct replay *r)
  */
 static int check_files(struct replay *r)
 {
-    r->fast_shard_ids = calloc(r->opts.file_count, sizeof *r->fast_shard_ids);
-    if (r->fast_shard_ids == NULL)
-        return 1;
+    const char *tmpdir = getenv("TMPDIR");
+    r->spool_dir = tmpdir != NULL && tmpdir[0] != '\0' ? tmpdir : "/tmp";
     for (size_t i = 0; i < r->opts.file_count; i++) {
         struct stat st;
         FILE *f = fopen(r->opts.files[i], "r");
@@ -1732,7 +1704,7 @@ static int check_files(struct replay *r)
                 r->bad_lines == 1 ? "it" : "them");
         rc = 1;
     }
-    return rc;
+    return rc == 0 ? rewind_spools(r) : rc;
 }
 
 /* Report a replay interrupted during the first pass, before anything was
@@ -1766,19 +1738,16 @@ static int replay_files(struct replay *r)
         rc = end_check_interrupted(r, rc);
     if (rc != 0) {
         free_cursors(r);
-        free(r->fast_shard_ids);
         return rc;
     }
     /* Only the iot transport signs requests. */
     bool signs = r->cfg.transport == CFG_TRANSPORT_IOT;
     if (signs && daemon_credentials_check(&r->cfg, "podium replay") != 0) {
         free_cursors(r);
-        free(r->fast_shard_ids);
         return 2;
     }
     if (uv_loop_init(&r->loop) != 0) {
         free_cursors(r);
-        free(r->fast_shard_ids);
         return 1;
     }
     uv_timer_init(&r->loop, &r->tick);
@@ -1813,7 +1782,6 @@ static int replay_files(struct replay *r)
     progress_end(r);
     draft_free(&r->ready);
     free_cursors(r);
-    free(r->fast_shard_ids);
     if (rc == 0)
         rc = r->exit_code;
     if (rc == 0 || r->pipeline != NULL)

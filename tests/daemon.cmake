@@ -58,6 +58,8 @@ podium_e2e_test(e2e_replay_stream replay-stream.sh)
 podium_e2e_test(e2e_replay_signal replay-signal.sh)
 # podium replay's report of bad lines, its input checks and output streams.
 podium_e2e_test(e2e_replay_lines replay-lines.sh)
+# podium replay's spool files in TMPDIR, and its failures to make or write them.
+podium_e2e_test(e2e_replay_spool replay-spool.sh)
 podium_e2e_test(e2e_sample_log sample-log.sh)
 # tools/demo.sh interrupted by SIGINT: the reason, status 130, nothing left.
 podium_e2e_test(e2e_demo_signal demo-signal.sh)
