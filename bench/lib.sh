@@ -8,6 +8,11 @@ json_number() {
     grep -o "\"$name\":[0-9.e+-]*" <<<"$line" | head -n 1 | cut -d: -f2
 }
 
+# json_literal LINE NAME: the true, false or null of field NAME in LINE.
+json_literal() {
+    grep -o "\"$2\":[a-z]*" <<<"$1" | head -n 1 | cut -d: -f2
+}
+
 # Escape a string for a JSON string literal.
 json_string() {
     local text="$1"

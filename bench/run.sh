@@ -2,7 +2,9 @@
 # Build idem_bench (RelWithDebInfo, in build-bench) and measure the cost per
 # record of the idempotency table at 1, 10 and 50 million rows with the
 # cache off. The first size (1 million rows) runs again with a cache of
-# 1024 entries. Prints a table and writes the JSON lines to
+# 1024 entries, and again with --deferred: new records claimed with
+# idem_claim_deferred(), whose rows are written completed, many to one
+# INSERT, as the pipeline writes them. Prints a table and writes the JSON lines to
 # bench/results/idem-DATE.jsonl: a line describing the machine, then one
 # line per run.
 #
@@ -40,26 +42,29 @@ build() {
 
 # Run idem_bench once on a new database and append its JSON line to
 # RESULTS.
+# run_one PREFILL CACHE [--deferred]
 run_one() {
     local prefill="$1" cache="$2" db="$TMP_DIR/idem-$1-$2.db" line
+    shift 2
     echo "run.sh: prefill $prefill rows, measure $MEASURE, batch $BATCH," \
-        "cache $cache ($(date -u +%H:%M:%S) UTC)" >&2
+        "cache $cache $* ($(date -u +%H:%M:%S) UTC)" >&2
     line="$(timeout "$RUN_TIMEOUT_S" "$BUILD_DIR/bench/idem_bench" \
         --db "$db" --prefill "$prefill" --measure "$MEASURE" \
-        --batch "$BATCH" --cache "$cache")"
+        --batch "$BATCH" --cache "$cache" "$@")"
     rm -f "$db" "$db-wal" "$db-shm"
     echo "$line" >>"$RESULTS"
 }
 
 print_table() {
     local line
-    printf '%10s %6s %10s %10s %10s %10s %10s %8s %10s\n' rows cache \
-        ns/record ns/dup ns/expire bytes/rec idx_B/row rebuild_s rss_MiB
+    printf '%10s %6s %8s %10s %10s %10s %10s %10s %8s %10s\n' rows cache \
+        deferred ns/record ns/dup ns/expire bytes/rec idx_B/row rebuild_s rss_MiB
     while read -r line; do
         [[ "$line" == '{"bench"'* ]] || continue
-        printf '%10s %6s %10s %10s %10s %10s %10s %8s %10s\n' \
+        printf '%10s %6s %8s %10s %10s %10s %10s %10s %8s %10s\n' \
             "$(json_number "$line" rows_before)" \
             "$(json_number "$line" cache)" \
+            "$(json_literal "$line" deferred)" \
             "$(json_number "$line" new_ns_per_record)" \
             "$(json_number "$line" dup_ns_per_lookup)" \
             "$(json_number "$line" expire_ns_per_row)" \
@@ -83,6 +88,7 @@ main() {
         run_one "$prefill" 0
     done
     run_one "$CACHED_PREFILL" "$CACHE_ENTRIES"
+    run_one "$CACHED_PREFILL" 0 --deferred
     print_table
     echo "run.sh: results in $RESULTS" >&2
 }
