@@ -64,13 +64,17 @@ static void write_entry(struct strbuf *sb, const struct race *race,
     const struct slot *slot = &rider->slots[e->latest - 1];
     const struct arena_text *name = &rider->names[slot->name_idx];
 
-    sb_printf(sb, "{\"rank\":%" PRId64 ",\"racerId\":", rank);
+    sb_puts(sb, "{\"rank\":");
+    sb_int64(sb, rank);
+    sb_puts(sb, ",\"racerId\":");
     agg_id_to_json(&rider->id, sb);
     sb_puts(sb, ",\"name\":");
     sb_json_string(sb, rider->arena + name->at, name->len);
     sb_puts(sb, ",\"classId\":");
     agg_id_to_json(&rider->classes[slot->class_idx], sb);
-    sb_printf(sb, ",\"second\":%" PRId32 ",\"cadence\":", e->latest);
+    sb_puts(sb, ",\"second\":");
+    sb_int64(sb, e->latest);
+    sb_puts(sb, ",\"cadence\":");
     sb_fixed4(sb, slot->cadence4);
     sb_puts(sb, ",\"resistance\":");
     sb_fixed4(sb, slot->resistance4);
