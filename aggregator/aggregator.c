@@ -279,10 +279,11 @@ static void sample_from_record(const struct agg_record *rec, int64_t arrival_ms,
 static int key_cmp(const struct rider *rider, const struct slot *slot,
                    const struct sample_in *in)
 {
-    if (in->device_ts_ms != slot->device_ts_ms)
-        return in->device_ts_ms < slot->device_ts_ms ? -1 : 1;
+    int64_t device_ts_ms = slot_device_ts(rider, slot);
+    if (in->device_ts_ms != device_ts_ms)
+        return in->device_ts_ms < device_ts_ms ? -1 : 1;
 
-    char buf[SLOT_UUID_TEXT + 1];
+    char buf[SLOT_UUID_CHARS + 1];
     size_t len;
     const char *uuid = slot_uuid(rider, slot, buf, &len);
     size_t n = in->uuid_len < len ? in->uuid_len : len;
@@ -316,7 +317,7 @@ static int emit_sample(struct agg *agg, struct race *race, uint32_t position,
                        int32_t second)
 {
     char cadence[AGG_MAX_EXACT_TEXT], resistance[AGG_MAX_EXACT_TEXT];
-    char uuid[SLOT_UUID_TEXT + 1];
+    char uuid[SLOT_UUID_CHARS + 1];
     const struct rider *rider = &race->riders[position];
     struct agg_sample_row row;
 

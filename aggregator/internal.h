@@ -60,39 +60,61 @@ void agg_id_set_string(struct agg_id *id, const char *s, size_t len);
 
 /* ---- samples ------------------------------------------------------------ */
 
-#define SLOT_PRESENT 1u
-#define SLOT_FINAL   2u
+#define SLOT_PRESENT      1u
+#define SLOT_FINAL        2u
+#define SLOT_WIDE_DEVICE  4u  /* device_ts is the arena offset of an int64 */
+#define SLOT_WIDE_ARRIVAL 8u  /* arrival is the arena offset of an int64 */
+#define SLOT_UUID_TEXT    16u /* uuid.text: a non-canonical uuid's bytes */
+#define SLOT_EXACT        32u /* the exact texts are in rider.exacts */
 
-/* A canonical uuid's text length and its packed size (see slot.uuid_len). */
-#define SLOT_UUID_TEXT   36
+/* A canonical uuid's text length and its packed size. */
+#define SLOT_UUID_CHARS  36
 #define SLOT_UUID_PACKED 16
 
+/* Seconds per entry of rider.prefix. */
+#define PREFIX_SPAN 16
+
 /*
- * One rider's second: 56 bytes, plus the uuid bytes in the rider's arena
- * (16 for a canonical uuid).
- * total4 and latest cache prefix results and are only meaningful for
- * seconds <= rider.valid_through.
+ * One rider's second: 40 bytes and nothing else for the usual sample,
+ * which has a canonical uuid, times within about 24 days of the rider's
+ * first sample and values with at most 4 decimals. Anything else keeps
+ * its exact form in the rider's arena, so every value reads back exactly.
  */
 struct slot {
-    int64_t device_ts_ms;
-    int64_t arrival_ms;
-    int64_t total4; /* sum of outputs for seconds <= this one */
+    int32_t device_ts; /* deviceTimestamp - rider.device_base, in ms */
+    int32_t arrival;   /* arrival time - rider.arrival_base, in ms */
     int32_t cadence4;
     int32_t resistance4;
     int32_t output4;
-    int32_t latest;     /* latest present second <= this one, or 0 */
-    uint32_t uuid_at;   /* offset in the rider's arena */
-    uint32_t exact_at;  /* 0 when the 4-decimal values are exact, else the
-                           arena offset + 1 of "cadence\0resistance\0" */
-    uint16_t name_idx;  /* into rider.names */
-    uint16_t class_idx; /* into rider.classes */
-    uint8_t uuid_len;   /* 0: a canonical uuid packed into 16 bytes */
-    uint8_t flags;      /* SLOT_PRESENT, SLOT_FINAL */
+    union {
+        uint8_t packed[SLOT_UUID_PACKED]; /* a canonical uuid */
+        struct {
+            uint32_t at; /* arena offset */
+            uint32_t len;
+        } text; /* any other uuid, with SLOT_UUID_TEXT */
+    } uuid;
+    uint8_t name_idx;  /* into rider.names */
+    uint8_t class_idx; /* into rider.classes */
+    uint8_t flags;     /* SLOT_* */
 };
 
 struct arena_text {
     uint32_t at;
     uint8_t len;
+};
+
+/* Running total and latest present second through a multiple of
+ * PREFIX_SPAN seconds. */
+struct prefix {
+    int64_t total4;
+    int32_t latest;
+};
+
+/* The arena offset of "cadence\0resistance\0" of a slot whose 4-decimal
+ * values are not exact. */
+struct exact_text {
+    int32_t second;
+    uint32_t at;
 };
 
 struct rider {
@@ -101,8 +123,14 @@ struct rider {
     int32_t slot_cap;
     int32_t min_second; /* 0 while the rider has no sample */
     int32_t max_second;
-    int32_t valid_through; /* prefix caches valid for seconds <= this */
-    int32_t final_second;  /* largest second flagged final, or 0 */
+    int32_t final_second; /* largest second flagged final, or 0 */
+    int64_t device_base;  /* the first sample's times, which the slots */
+    int64_t arrival_base; /* store as offsets */
+    /* prefix[k] covers seconds 1 .. PREFIX_SPAN * (k + 1). The first
+     * prefix_valid entries are up to date. */
+    struct prefix *prefix;
+    uint32_t prefix_cap;
+    uint32_t prefix_valid;
     char *arena;
     uint32_t arena_len;
     uint32_t arena_cap;
@@ -112,6 +140,9 @@ struct rider {
     struct agg_id *classes;
     uint32_t class_count;
     uint32_t class_cap;
+    struct exact_text *exacts; /* by second; stale where !SLOT_EXACT */
+    uint32_t exact_count;
+    uint32_t exact_cap;
     uint32_t result_class; /* position + 1 in agg.classes of the class whose
                               board counts this rider's total in this race;
                               0 while the race has no results */
@@ -243,8 +274,8 @@ void race_free(struct race *race);
 int64_t race_rider(struct race *race, const struct agg_id *id);
 /* Position of the rider in race->riders, or -1. */
 int64_t race_find_rider(const struct race *race, const struct agg_id *id);
-/* Grow the per-second arrays of the race and, unless NULL, the rider to
- * hold second. Returns 0 or -ENOMEM. */
+/* Grow the per-second arrays of the race and, unless NULL, the rider
+ * (slots and prefix) to hold second. Returns 0 or -ENOMEM. */
 int race_reserve(struct agg *agg, struct race *race, struct rider *rider,
                  int32_t second);
 
@@ -289,18 +320,18 @@ int rider_intern_name(struct rider *rider, const char *name, size_t len);
 int rider_intern_class(struct rider *rider, const struct agg_id *class_id);
 /* Append bytes to the arena. Returns the offset, or -ENOMEM. */
 int64_t rider_arena_add(struct rider *rider, const void *bytes, size_t len);
-/* Store the uuid of a slot, reusing its bytes when the new one fits. */
-int rider_set_uuid(struct rider *rider, struct slot *slot, const char *uuid,
-                   size_t len);
 /* The uuid text of a slot and its length; a packed uuid is written to buf
  * with a NUL after it. */
 const char *slot_uuid(const struct rider *rider, const struct slot *slot,
-                      char buf[SLOT_UUID_TEXT + 1], size_t *len);
+                      char buf[SLOT_UUID_CHARS + 1], size_t *len);
+/* The exact deviceTimestamp and arrival time of a slot. */
+int64_t slot_device_ts(const struct rider *rider, const struct slot *slot);
+int64_t slot_arrival(const struct rider *rider, const struct slot *slot);
 
 /* Total and latest present second of the rider at second (>= min). */
 void rider_total_at(struct rider *rider, int32_t second, int64_t *total4,
                     int32_t *latest);
-/* Forget cached prefixes from second onward after a slot changed. */
+/* Forget cached totals that include second after its slot changed. */
 void rider_invalidate(struct rider *rider, int32_t second);
 /* Recompute final_second after the slot at second lost its final flag. */
 void rider_update_final(struct rider *rider, int32_t second);

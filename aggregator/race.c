@@ -1,7 +1,8 @@
 /*
  * Storage of races, riders and per-second slots, and the cached prefix
- * results (running totals, latest second, largest arrival) that keep a
- * leaderboard at O(riders) when seconds are published in order.
+ * results (running totals and latest second every PREFIX_SPAN seconds,
+ * largest arrival) that keep a leaderboard at O(riders x PREFIX_SPAN)
+ * when seconds are published in order.
  */
 #include "aggregator/internal.h"
 
@@ -89,6 +90,8 @@ void race_free(struct race *race)
 {
     for (uint32_t i = 0; i < race->rider_count; i++) {
         free(race->riders[i].slots);
+        free(race->riders[i].prefix);
+        free(race->riders[i].exacts);
         free(race->riders[i].arena);
         free(race->riders[i].names);
         free(race->riders[i].classes);
@@ -126,7 +129,7 @@ int64_t race_rider(struct race *race, const struct agg_id *id)
 
 /*
  * Grow the per-second arrays of the race and, unless NULL, of the rider to
- * cover second (<= max_seconds), doubling but never past max_seconds.
+ * cover second (<= max_seconds), by a quarter but never past max_seconds.
  */
 int race_reserve(struct agg *agg, struct race *race, struct rider *rider,
                  int32_t second)
@@ -148,6 +151,12 @@ int race_reserve(struct agg *agg, struct race *race, struct rider *rider,
     if (rider == NULL)
         return 0;
 
+    /* The prefix first, so it always covers every second that has a slot. */
+    rc = agg_grow((void **)&rider->prefix, &rider->prefix_cap,
+                  (uint32_t)second / PREFIX_SPAN, limit / PREFIX_SPAN,
+                  sizeof rider->prefix[0]);
+    if (rc != 0)
+        return rc;
     old = cap = (uint32_t)rider->slot_cap;
     rc = agg_grow((void **)&rider->slots, &cap, (uint32_t)second, limit,
                   sizeof rider->slots[0]);
@@ -173,9 +182,8 @@ int64_t rider_arena_add(struct rider *rider, const void *bytes, size_t len)
 
 /*
  * A uuid in the canonical lowercase form (8-4-4-4-12 hex digits) is kept
- * as its 16 bytes, with uuid_len 0, which no stored uuid has otherwise.
- * Lowercase hex digits sort like the nibbles they stand for, so the bytes
- * compare like the text.
+ * as its 16 bytes in the slot. Any other uuid is kept as text in the
+ * rider's arena, with SLOT_UUID_TEXT.
  */
 static int hex_nibble(char c)
 {
@@ -189,7 +197,7 @@ static int hex_nibble(char c)
 static bool uuid_pack(const char *text, size_t len,
                       uint8_t out[SLOT_UUID_PACKED])
 {
-    if (len != SLOT_UUID_TEXT)
+    if (len != SLOT_UUID_CHARS)
         return false;
     size_t n = 0;
     for (size_t i = 0; i < len; i += 2) {
@@ -208,15 +216,15 @@ static bool uuid_pack(const char *text, size_t len,
 }
 
 const char *slot_uuid(const struct rider *rider, const struct slot *slot,
-                      char buf[SLOT_UUID_TEXT + 1], size_t *len)
+                      char buf[SLOT_UUID_CHARS + 1], size_t *len)
 {
     static const char digits[] = "0123456789abcdef";
 
-    if (slot->uuid_len != 0) {
-        *len = slot->uuid_len;
-        return rider->arena + slot->uuid_at;
+    if (slot->flags & SLOT_UUID_TEXT) {
+        *len = slot->uuid.text.len;
+        return rider->arena + slot->uuid.text.at;
     }
-    const uint8_t *b = (const uint8_t *)rider->arena + slot->uuid_at;
+    const uint8_t *b = slot->uuid.packed;
     size_t n = 0;
     for (size_t i = 0; i < SLOT_UUID_PACKED; i++) {
         if (i == 4 || i == 6 || i == 8 || i == 10)
@@ -229,33 +237,38 @@ const char *slot_uuid(const struct rider *rider, const struct slot *slot,
     return buf;
 }
 
-int rider_set_uuid(struct rider *rider, struct slot *slot, const char *uuid,
-                   size_t len)
-{
-    uint8_t packed[SLOT_UUID_PACKED];
-    const void *bytes = uuid;
-    size_t size = len;
-    uint8_t stored_len = (uint8_t)len;
+/* ---- times -------------------------------------------------------------- */
 
-    if (uuid_pack(uuid, len, packed)) {
-        bytes = packed;
-        size = sizeof packed;
-        stored_len = 0;
-    }
-    /* Overwrite in place when the old bytes are long enough, so repeated
-     * replacements of one second do not keep growing the arena. */
-    size_t old = slot->uuid_len != 0 ? slot->uuid_len : SLOT_UUID_PACKED;
-    if ((slot->flags & SLOT_PRESENT) && size <= old) {
-        memcpy(rider->arena + slot->uuid_at, bytes, size);
-        slot->uuid_len = stored_len;
-        return 0;
-    }
-    int64_t at = rider_arena_add(rider, bytes, size);
-    if (at < 0)
-        return (int)at;
-    slot->uuid_at = (uint32_t)at;
-    slot->uuid_len = stored_len;
-    return 0;
+/* Set *offset to value - base when it fits in 32 bits. */
+static bool time_offset(int64_t value, int64_t base, int32_t *offset)
+{
+    __int128 d = (__int128)value - base;
+    if (d < INT32_MIN || d > INT32_MAX)
+        return false;
+    *offset = (int32_t)d;
+    return true;
+}
+
+static int64_t time_read(const struct rider *rider, int64_t base, int32_t field,
+                         bool wide)
+{
+    if (!wide)
+        return base + field;
+    int64_t value;
+    memcpy(&value, rider->arena + (uint32_t)field, sizeof value);
+    return value;
+}
+
+int64_t slot_device_ts(const struct rider *rider, const struct slot *slot)
+{
+    return time_read(rider, rider->device_base, slot->device_ts,
+                     (slot->flags & SLOT_WIDE_DEVICE) != 0);
+}
+
+int64_t slot_arrival(const struct rider *rider, const struct slot *slot)
+{
+    return time_read(rider, rider->arrival_base, slot->arrival,
+                     (slot->flags & SLOT_WIDE_ARRIVAL) != 0);
 }
 
 int rider_intern_name(struct rider *rider, const char *name, size_t len)
@@ -297,38 +310,49 @@ int rider_intern_class(struct rider *rider, const struct agg_id *class_id)
 
 void rider_invalidate(struct rider *rider, int32_t second)
 {
-    if (rider->valid_through >= second)
-        rider->valid_through = second - 1;
-}
-
-/* Extend the cached totals of the rider through second. */
-static void rider_extend_prefix(struct rider *rider, int32_t second)
-{
-    for (int32_t t = rider->valid_through + 1; t <= second; t++) {
-        struct slot *s = &rider->slots[t - 1];
-        int64_t total = t > 1 ? s[-1].total4 : 0;
-        int32_t latest = t > 1 ? s[-1].latest : 0;
-        if (s->flags & SLOT_PRESENT) {
-            total += s->output4;
-            latest = t;
-        }
-        s->total4 = total;
-        s->latest = latest;
-    }
-    if (second > rider->valid_through)
-        rider->valid_through = second;
+    uint32_t keep = (uint32_t)(second - 1) / PREFIX_SPAN;
+    if (rider->prefix_valid > keep)
+        rider->prefix_valid = keep;
 }
 
 void rider_total_at(struct rider *rider, int32_t second, int64_t *total4,
                     int32_t *latest)
 {
-    /* Past the rider's last sample nothing changes, which keeps a rider
-     * who stopped early from being rescanned for every later second. */
+    /* Past the rider's last sample nothing changes. */
     if (second > rider->max_second)
         second = rider->max_second;
-    rider_extend_prefix(rider, second);
-    *total4 = rider->slots[second - 1].total4;
-    *latest = rider->slots[second - 1].latest;
+
+    /* Bring the prefix up to the span that contains second. The
+     * leaderboards of consecutive seconds extend it one span at a time. */
+    uint32_t spans = (uint32_t)(second - 1) / PREFIX_SPAN;
+    for (uint32_t k = rider->prefix_valid; k < spans; k++) {
+        struct prefix p = {0, 0};
+        if (k > 0)
+            p = rider->prefix[k - 1];
+        for (int32_t t = (int32_t)k * PREFIX_SPAN + 1;
+             t <= (int32_t)(k + 1) * PREFIX_SPAN; t++) {
+            const struct slot *s = &rider->slots[t - 1];
+            if (s->flags & SLOT_PRESENT) {
+                p.total4 += s->output4;
+                p.latest = t;
+            }
+        }
+        rider->prefix[k] = p;
+    }
+    if (rider->prefix_valid < spans)
+        rider->prefix_valid = spans;
+
+    int64_t total = spans > 0 ? rider->prefix[spans - 1].total4 : 0;
+    int32_t last = spans > 0 ? rider->prefix[spans - 1].latest : 0;
+    for (int32_t t = (int32_t)spans * PREFIX_SPAN + 1; t <= second; t++) {
+        const struct slot *s = &rider->slots[t - 1];
+        if (s->flags & SLOT_PRESENT) {
+            total += s->output4;
+            last = t;
+        }
+    }
+    *total4 = total;
+    *latest = last;
 }
 
 void rider_update_final(struct rider *rider, int32_t second)
@@ -364,8 +388,11 @@ void race_rescan_arrival(struct race *race, int32_t second)
         if (second > rider->slot_cap)
             continue;
         const struct slot *s = &rider->slots[second - 1];
-        if ((s->flags & SLOT_PRESENT) && s->arrival_ms > max)
-            max = s->arrival_ms;
+        if (!(s->flags & SLOT_PRESENT))
+            continue;
+        int64_t arrival = slot_arrival(rider, s);
+        if (arrival > max)
+            max = arrival;
     }
     race->seconds[second - 1].max_arrival = max;
     if (race->ts_valid_through >= second)
@@ -399,8 +426,8 @@ void slot_to_row(const struct race *race, const struct rider *rider,
     row->name = rider->arena + name->at;
     row->name_len = name->len;
     row->uuid = slot_uuid(rider, slot, uuid_buf, &row->uuid_len);
-    row->device_ts_ms = slot->device_ts_ms;
-    row->arrival_ms = slot->arrival_ms;
+    row->device_ts_ms = slot_device_ts(rider, slot);
+    row->arrival_ms = slot_arrival(rider, slot);
     row->cadence4 = slot->cadence4;
     row->resistance4 = slot->resistance4;
     row->output4 = slot->output4;
@@ -409,12 +436,30 @@ void slot_to_row(const struct race *race, const struct rider *rider,
                      &row->cadence_exact, &row->resistance_exact);
 }
 
+/* Position of second in rider->exacts, or -(insertion point) - 1. */
+static int64_t exact_find(const struct rider *rider, int32_t second)
+{
+    uint32_t lo = 0, hi = rider->exact_count;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (rider->exacts[mid].second < second)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < rider->exact_count && rider->exacts[lo].second == second)
+        return lo;
+    return -(int64_t)lo - 1;
+}
+
 void slot_exact_texts(const struct rider *rider, const struct slot *slot,
                       char *cadence_buf, char *resistance_buf, size_t buf_len,
                       const char **cadence, const char **resistance)
 {
-    if (slot->exact_at != 0) {
-        *cadence = rider->arena + slot->exact_at - 1;
+    if (slot->flags & SLOT_EXACT) {
+        int32_t second = (int32_t)(slot - rider->slots) + 1;
+        uint32_t at = rider->exacts[exact_find(rider, second)].at;
+        *cadence = rider->arena + at;
         *resistance = *cadence + strlen(*cadence) + 1;
         return;
     }
@@ -453,22 +498,6 @@ int sample_in_check(const struct agg *agg, struct sample_in *in)
     return 0;
 }
 
-/* Keep the exact texts in the arena unless the 4-decimal values are
- * exact. Returns the slot's exact_at, or -ENOMEM. */
-static int64_t store_exact(struct rider *rider, const struct sample_in *in)
-{
-    char buf[2 * AGG_MAX_EXACT_TEXT];
-    size_t cadence_len = strlen(in->cadence_exact) + 1;
-    size_t resistance_len = strlen(in->resistance_exact) + 1;
-
-    if (in->exact4)
-        return 0;
-    memcpy(buf, in->cadence_exact, cadence_len);
-    memcpy(buf + cadence_len, in->resistance_exact, resistance_len);
-    int64_t at = rider_arena_add(rider, buf, cadence_len + resistance_len);
-    return at < 0 ? at : at + 1;
-}
-
 static void rider_note_sample(struct rider *rider, int32_t second,
                               bool was_final, bool final)
 {
@@ -481,6 +510,153 @@ static void rider_note_sample(struct rider *rider, int32_t second,
         rider->final_second = second;
     else if (was_final && !final)
         rider_update_final(rider, second);
+}
+
+/*
+ * The storage of each part of a new sample: 32-bit offsets or the arena
+ * for the times, the slot or the arena for the uuid, and the arena for
+ * exact texts. An arena part is written over the bytes of the slot's old
+ * sample when those are long enough, else appended.
+ */
+struct slot_plan {
+    int64_t device_base;
+    int64_t arrival_base;
+    int32_t device_ts;
+    int32_t arrival;
+    bool wide_device;
+    bool wide_arrival;
+    bool uuid_packed;
+    uint8_t packed[SLOT_UUID_PACKED];
+    int64_t exact_pos;  /* in rider->exacts, or -(insertion point) - 1 */
+    size_t cadence_len; /* with the NUL; 0 when the values are exact4 */
+    size_t resistance_len;
+    uint32_t append; /* arena bytes to append */
+};
+
+static void plan_slot(const struct rider *rider, const struct slot *slot,
+                      int32_t second, const struct sample_in *in,
+                      struct slot_plan *plan)
+{
+    bool present = (slot->flags & SLOT_PRESENT) != 0;
+
+    memset(plan, 0, sizeof *plan);
+    plan->device_base = rider->device_base;
+    plan->arrival_base = rider->arrival_base;
+    if (rider->min_second == 0) {
+        plan->device_base = in->device_ts_ms;
+        plan->arrival_base = in->arrival_ms;
+    }
+    plan->wide_device =
+        !time_offset(in->device_ts_ms, plan->device_base, &plan->device_ts);
+    if (plan->wide_device && !(present && (slot->flags & SLOT_WIDE_DEVICE)))
+        plan->append += sizeof(int64_t);
+    plan->wide_arrival =
+        !time_offset(in->arrival_ms, plan->arrival_base, &plan->arrival);
+    if (plan->wide_arrival && !(present && (slot->flags & SLOT_WIDE_ARRIVAL)))
+        plan->append += sizeof(int64_t);
+
+    plan->uuid_packed = uuid_pack(in->uuid, in->uuid_len, plan->packed);
+    if (!plan->uuid_packed && !(present && (slot->flags & SLOT_UUID_TEXT) &&
+                                slot->uuid.text.len >= in->uuid_len))
+        plan->append += (uint32_t)in->uuid_len;
+
+    plan->exact_pos = exact_find(rider, second);
+    if (!in->exact4) {
+        plan->cadence_len = strlen(in->cadence_exact) + 1;
+        plan->resistance_len = strlen(in->resistance_exact) + 1;
+        plan->append += (uint32_t)(plan->cadence_len + plan->resistance_len);
+    }
+}
+
+/* Reserve the arena bytes and the exacts entry that the plan needs, so
+ * that apply_plan cannot fail. Returns 0 or -ENOMEM. */
+static int reserve_plan(struct rider *rider, const struct slot_plan *plan)
+{
+    if (plan->append > UINT32_MAX - rider->arena_len ||
+        agg_grow((void **)&rider->arena, &rider->arena_cap,
+                 rider->arena_len + plan->append, UINT32_MAX, 1) != 0)
+        return -ENOMEM;
+    if (plan->cadence_len != 0 && plan->exact_pos < 0 &&
+        agg_grow((void **)&rider->exacts, &rider->exact_cap,
+                 rider->exact_count + 1, UINT32_MAX / sizeof rider->exacts[0],
+                 sizeof rider->exacts[0]) != 0)
+        return -ENOMEM;
+    return 0;
+}
+
+/* Write the planned sample into slot. The arena appends below cannot
+ * fail because reserve_plan made room for them. */
+static void apply_plan(struct rider *rider, struct slot *slot, int32_t second,
+                       const struct sample_in *in, const struct slot_plan *plan)
+{
+    const struct slot old = *slot;
+    bool present = (old.flags & SLOT_PRESENT) != 0;
+    uint8_t flags = (uint8_t)(SLOT_PRESENT | (in->final ? SLOT_FINAL : 0));
+
+    rider->device_base = plan->device_base;
+    rider->arrival_base = plan->arrival_base;
+    slot->device_ts = plan->device_ts;
+    if (plan->wide_device) {
+        /* Write over the old value when there is one, else append. */
+        if (present && (old.flags & SLOT_WIDE_DEVICE))
+            slot->device_ts = old.device_ts;
+        else
+            slot->device_ts = (int32_t)rider->arena_len;
+        memcpy(rider->arena + (uint32_t)slot->device_ts, &in->device_ts_ms,
+               sizeof(int64_t));
+        if ((uint32_t)slot->device_ts == rider->arena_len)
+            rider->arena_len += sizeof(int64_t);
+        flags |= SLOT_WIDE_DEVICE;
+    }
+    slot->arrival = plan->arrival;
+    if (plan->wide_arrival) {
+        if (present && (old.flags & SLOT_WIDE_ARRIVAL))
+            slot->arrival = old.arrival;
+        else
+            slot->arrival = (int32_t)rider->arena_len;
+        memcpy(rider->arena + (uint32_t)slot->arrival, &in->arrival_ms,
+               sizeof(int64_t));
+        if ((uint32_t)slot->arrival == rider->arena_len)
+            rider->arena_len += sizeof(int64_t);
+        flags |= SLOT_WIDE_ARRIVAL;
+    }
+
+    if (plan->uuid_packed) {
+        memcpy(slot->uuid.packed, plan->packed, SLOT_UUID_PACKED);
+    } else {
+        /* Write over the old text when it is long enough, so repeated
+         * replacements of one second do not keep growing the arena. */
+        if (present && (old.flags & SLOT_UUID_TEXT) &&
+            old.uuid.text.len >= in->uuid_len)
+            memcpy(rider->arena + old.uuid.text.at, in->uuid, in->uuid_len);
+        else
+            slot->uuid.text.at =
+                (uint32_t)rider_arena_add(rider, in->uuid, in->uuid_len);
+        slot->uuid.text.len = (uint32_t)in->uuid_len;
+        flags |= SLOT_UUID_TEXT;
+    }
+
+    if (plan->cadence_len != 0) {
+        uint32_t at = (uint32_t)rider_arena_add(rider, in->cadence_exact,
+                                                plan->cadence_len);
+        rider_arena_add(rider, in->resistance_exact, plan->resistance_len);
+        int64_t pos = plan->exact_pos;
+        if (pos < 0) {
+            pos = -pos - 1;
+            memmove(&rider->exacts[pos + 1], &rider->exacts[pos],
+                    (rider->exact_count - (uint32_t)pos) *
+                        sizeof rider->exacts[0]);
+            rider->exact_count++;
+            rider->exacts[pos].second = second;
+        }
+        rider->exacts[pos].at = at;
+        flags |= SLOT_EXACT;
+    }
+
+    slot->cadence4 = (int32_t)in->cadence4;
+    slot->resistance4 = (int32_t)in->resistance4;
+    slot->output4 = (int32_t)in->output4;
+    slot->flags = flags;
 }
 
 int race_store_sample(struct agg *agg, struct race *race, uint32_t position,
@@ -498,11 +674,10 @@ int race_store_sample(struct agg *agg, struct race *race, uint32_t position,
     int class_idx = rider_intern_class(rider, in->class_id);
     if (class_idx < 0)
         return class_idx;
-    int64_t exact_at = store_exact(rider, in);
-    if (exact_at < 0)
-        return (int)exact_at;
     struct slot *slot = &rider->slots[in->second - 1];
-    rc = rider_set_uuid(rider, slot, in->uuid, in->uuid_len);
+    struct slot_plan plan;
+    plan_slot(rider, slot, in->second, in, &plan);
+    rc = reserve_plan(rider, &plan);
     if (rc != 0)
         return rc;
 
@@ -510,15 +685,9 @@ int race_store_sample(struct agg *agg, struct race *race, uint32_t position,
     bool was_final = (slot->flags & SLOT_FINAL) != 0;
     bool rider_had_sample = rider->min_second != 0;
     bool rider_had_final = rider->final_second != 0;
-    slot->device_ts_ms = in->device_ts_ms;
-    slot->arrival_ms = in->arrival_ms;
-    slot->cadence4 = (int32_t)in->cadence4;
-    slot->resistance4 = (int32_t)in->resistance4;
-    slot->output4 = (int32_t)in->output4;
-    slot->exact_at = (uint32_t)exact_at;
-    slot->name_idx = (uint16_t)name_idx;
-    slot->class_idx = (uint16_t)class_idx;
-    slot->flags = (uint8_t)(SLOT_PRESENT | (in->final ? SLOT_FINAL : 0));
+    apply_plan(rider, slot, in->second, in, &plan);
+    slot->name_idx = (uint8_t)name_idx;
+    slot->class_idx = (uint8_t)class_idx;
 
     rider_note_sample(rider, in->second, was_final, in->final);
     race_note_sample(race, in->second, in->arrival_ms);

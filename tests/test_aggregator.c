@@ -1489,8 +1489,368 @@ TEST(agg_restore_rejects_bad_state)
 
 TEST(agg_slot_stays_compact)
 {
-    /* 56 bytes per second plus a 36-byte uuid stays within 96 bytes. */
-    ASSERT_TRUE(sizeof(struct slot) <= 56);
+    /* A rider's second with a canonical uuid, both times within about 24
+     * days of the rider's first sample and 4-decimal values takes one
+     * 40-byte slot and no arena bytes. */
+    ASSERT_TRUE(sizeof(struct slot) <= 40);
+}
+
+/* ---- slot storage ------------------------------------------------------- */
+
+/* An aggregator with one race and one rider, for storing samples directly. */
+struct slot_fixture {
+    struct capture *capture;
+    struct agg *agg;
+    struct race *race;
+    uint32_t rider;
+};
+
+static void slot_fixture_open(struct slot_fixture *f)
+{
+    struct agg_config cfg = default_config();
+    struct agg_id race_id, racer;
+
+    f->capture = capture_new();
+    f->agg = agg_for(&cfg, f->capture);
+    agg_id_set_num(&race_id, 1);
+    agg_id_set_num(&racer, 7);
+    ASSERT_EQ(race_get(f->agg, &race_id, &f->race), 0);
+    int64_t position = race_rider(f->race, &racer);
+    ASSERT_EQ(position, 0);
+    f->rider = (uint32_t)position;
+}
+
+static void slot_fixture_close(struct slot_fixture *f)
+{
+    agg_free(f->agg);
+    capture_free(f->capture);
+}
+
+/* Store one sample of class 1, named Rider, through race_store_sample. */
+static void store_direct(struct slot_fixture *f, int32_t second,
+                         const char *uuid, int64_t device_ts_ms,
+                         int64_t arrival_ms, const char *cadence,
+                         const char *resistance)
+{
+    struct agg_id class_id;
+    struct sample_in in;
+    bool exact;
+
+    agg_id_set_num(&class_id, 1);
+    memset(&in, 0, sizeof in);
+    in.second = second;
+    in.class_id = &class_id;
+    in.name = "Rider";
+    in.name_len = 5;
+    in.uuid = uuid;
+    in.uuid_len = strlen(uuid);
+    in.device_ts_ms = device_ts_ms;
+    in.arrival_ms = arrival_ms;
+    in.cadence_exact = cadence;
+    in.resistance_exact = resistance;
+    ASSERT_EQ(fixed_round4(cadence, &in.cadence4, &exact), 0);
+    ASSERT_EQ(fixed_round4(resistance, &in.resistance4, &exact), 0);
+    ASSERT_EQ(agg_output4(cadence, resistance, &in.output4), 0);
+    ASSERT_EQ(sample_in_check(f->agg, &in), 0);
+    ASSERT_EQ(race_store_sample(f->agg, f->race, f->rider, &in), 0);
+}
+
+/* Read the sample at second back as the row the store would get. */
+static void read_direct(struct slot_fixture *f, int32_t second,
+                        struct stored_row *out)
+{
+    char uuid[SLOT_UUID_CHARS + 1];
+    char cadence[AGG_MAX_EXACT_TEXT], resistance[AGG_MAX_EXACT_TEXT];
+    const struct rider *rider = &f->race->riders[f->rider];
+    struct agg_sample_row row;
+
+    ASSERT_TRUE(second <= rider->slot_cap);
+    ASSERT_TRUE(rider->slots[second - 1].flags & SLOT_PRESENT);
+    slot_to_row(f->race, rider, &rider->slots[second - 1], second, &row, uuid,
+                cadence, resistance, sizeof cadence);
+    memset(out, 0, sizeof *out);
+    ASSERT_TRUE(row.uuid_len < sizeof out->uuid);
+    memcpy(out->uuid, row.uuid, row.uuid_len);
+    out->uuid_len = row.uuid_len;
+    out->device_ts_ms = row.device_ts_ms;
+    out->arrival_ms = row.arrival_ms;
+    out->cadence4 = row.cadence4;
+    out->resistance4 = row.resistance4;
+    out->output4 = row.output4;
+    snprintf(out->cadence_exact, sizeof out->cadence_exact, "%s",
+             row.cadence_exact);
+    snprintf(out->resistance_exact, sizeof out->resistance_exact, "%s",
+             row.resistance_exact);
+}
+
+static uint8_t slot_flags(const struct slot_fixture *f, int32_t second)
+{
+    return f->race->riders[f->rider].slots[second - 1].flags;
+}
+
+#define UUID_A "b571e2f5-ddb9-424c-a61a-c2d77f657aa8"
+
+/*
+ * The first sample sets the rider's base times. Offsets that fit in 32
+ * bits stay in the slot, the rest go to the arena, and every value reads
+ * back exactly: the limits of both ranges, negative offsets and the
+ * extremes of int64.
+ */
+TEST(agg_slot_times_round_trip)
+{
+    const int64_t base_device = INT64_C(1767225600000);
+    const int64_t base_arrival = INT64_C(1767225601000);
+    const struct {
+        int64_t offset_or_value;
+        bool absolute; /* offset_or_value is the value itself */
+        bool wide;
+    } cases[] = {
+        {0, false, false},
+        {1, false, false},
+        {-1, false, false},
+        {INT32_MAX, false, false},
+        {(int64_t)INT32_MAX + 1, false, true},
+        {INT32_MIN, false, false},
+        {(int64_t)INT32_MIN - 1, false, true},
+        {INT64_C(40) * 24 * 3600 * 1000, false, true},
+        {-INT64_C(40) * 24 * 3600 * 1000, false, true},
+        {0, true, true},
+        {INT64_MAX, true, true},
+        {INT64_MIN, true, true},
+        {-1, true, true},
+    };
+    const size_t n = sizeof cases / sizeof cases[0];
+    struct slot_fixture f;
+    struct stored_row row;
+
+    slot_fixture_open(&f);
+    store_direct(&f, 1, UUID_A, base_device, base_arrival, "9e1", "1e1");
+    for (size_t i = 0; i < n; i++) {
+        int64_t device = cases[i].absolute
+                             ? cases[i].offset_or_value
+                             : base_device + cases[i].offset_or_value;
+        /* The arrival time takes the case with the opposite sign. */
+        int64_t arrival = cases[i].absolute
+                              ? cases[i].offset_or_value
+                              : base_arrival - cases[i].offset_or_value;
+        bool arrival_wide = cases[i].wide;
+        if (!cases[i].absolute) {
+            int64_t arrival_offset = -cases[i].offset_or_value;
+            arrival_wide =
+                arrival_offset < INT32_MIN || arrival_offset > INT32_MAX;
+        }
+        int32_t second = (int32_t)i + 2;
+
+        fprintf(stderr, "case %zu: device %" PRId64 " arrival %" PRId64 "\n", i,
+                device, arrival);
+        store_direct(&f, second, UUID_A, device, arrival, "9e1", "1e1");
+        read_direct(&f, second, &row);
+        ASSERT_EQ(row.device_ts_ms, device);
+        ASSERT_EQ(row.arrival_ms, arrival);
+        ASSERT_EQ((slot_flags(&f, second) & SLOT_WIDE_DEVICE) != 0,
+                  cases[i].wide);
+        ASSERT_EQ((slot_flags(&f, second) & SLOT_WIDE_ARRIVAL) != 0,
+                  arrival_wide);
+    }
+
+    /* Every value still reads back after the arena grew. */
+    for (size_t i = 0; i < n; i++) {
+        int32_t second = (int32_t)i + 2;
+        int64_t device = cases[i].absolute
+                             ? cases[i].offset_or_value
+                             : base_device + cases[i].offset_or_value;
+        read_direct(&f, second, &row);
+        ASSERT_EQ(row.device_ts_ms, device);
+    }
+    read_direct(&f, 1, &row);
+    ASSERT_EQ(row.device_ts_ms, base_device);
+    ASSERT_EQ(row.arrival_ms, base_arrival);
+    slot_fixture_close(&f);
+}
+
+/*
+ * Replacing a sample switches each part between the slot and the arena in
+ * both directions, and a part that stays in the arena is written over in
+ * place when it fits, so repeated replacements do not grow the arena.
+ */
+TEST(agg_slot_replacements_switch_storage)
+{
+    static const char text_long[] = "B571E2F5-DDB9-424C-A61A-C2D77F657AA8";
+    static const char text_short[] = "uuid-short";
+    const int64_t base = INT64_C(1767225600000);
+    const int64_t far = base + INT64_C(100) * 24 * 3600 * 1000;
+    struct slot_fixture f;
+    struct stored_row row;
+
+    slot_fixture_open(&f);
+    store_direct(&f, 1, UUID_A, base, base, "9e1", "1e1");
+
+    /* Wide times, a text uuid and inexact values. */
+    store_direct(&f, 2, text_long, far, far, "9000001e-5", "10123456e-6");
+    uint32_t arena_len = f.race->riders[0].arena_len;
+    read_direct(&f, 2, &row);
+    ASSERT_EQ(row.device_ts_ms, far);
+    ASSERT_EQ(row.arrival_ms, far);
+    ASSERT_STR_EQ(row.uuid, text_long);
+    ASSERT_STR_EQ(row.cadence_exact, "9000001e-5");
+    ASSERT_STR_EQ(row.resistance_exact, "10123456e-6");
+    ASSERT_EQ(slot_flags(&f, 2) & (SLOT_WIDE_DEVICE | SLOT_WIDE_ARRIVAL |
+                                   SLOT_UUID_TEXT | SLOT_EXACT),
+              SLOT_WIDE_DEVICE | SLOT_WIDE_ARRIVAL | SLOT_UUID_TEXT |
+                  SLOT_EXACT);
+
+    /* Other wide times and a shorter text uuid: written in place. */
+    store_direct(&f, 2, text_short, far + 1, INT64_MIN, "9e1", "1e1");
+    ASSERT_EQ(f.race->riders[0].arena_len, arena_len);
+    read_direct(&f, 2, &row);
+    ASSERT_EQ(row.device_ts_ms, far + 1);
+    ASSERT_EQ(row.arrival_ms, INT64_MIN);
+    ASSERT_STR_EQ(row.uuid, text_short);
+    ASSERT_STR_EQ(row.cadence_exact, "9e1");
+    ASSERT_STR_EQ(row.resistance_exact, "1e1");
+    ASSERT_EQ(slot_flags(&f, 2) & SLOT_EXACT, 0);
+
+    /* Back to narrow times and a packed uuid. */
+    store_direct(&f, 2, UUID_A, base - 5, base + 5, "91", "11");
+    read_direct(&f, 2, &row);
+    ASSERT_EQ(row.device_ts_ms, base - 5);
+    ASSERT_EQ(row.arrival_ms, base + 5);
+    ASSERT_STR_EQ(row.uuid, UUID_A);
+    ASSERT_EQ(slot_flags(&f, 2) & (SLOT_WIDE_DEVICE | SLOT_WIDE_ARRIVAL |
+                                   SLOT_UUID_TEXT | SLOT_EXACT),
+              0);
+
+    /* And to the arena again, with a uuid longer than the old text. */
+    store_direct(&f, 2, text_long, INT64_MAX, 0, "9000001e-5", "1e1");
+    read_direct(&f, 2, &row);
+    ASSERT_EQ(row.device_ts_ms, INT64_MAX);
+    ASSERT_EQ(row.arrival_ms, 0);
+    ASSERT_STR_EQ(row.uuid, text_long);
+    ASSERT_STR_EQ(row.cadence_exact, "9000001e-5");
+    ASSERT_STR_EQ(row.resistance_exact, "1e1");
+    slot_fixture_close(&f);
+}
+
+/* Inexact values stored at seconds out of order each keep their own
+ * texts, and a second that turns exact drops back to the 4-decimal form. */
+TEST(agg_slot_exact_texts_by_second)
+{
+    const int32_t seconds[] = {9, 2, 30, 5, 2, 1};
+    const char *const cadences[] = {"9000009e-5", "9000002e-5",  "9000031e-5",
+                                    "9000005e-5", "90000021e-6", "9000001e-5"};
+    const size_t n = sizeof seconds / sizeof seconds[0];
+    struct slot_fixture f;
+    struct stored_row row;
+
+    slot_fixture_open(&f);
+    for (size_t i = 0; i < n; i++)
+        store_direct(&f, seconds[i], UUID_A, 1000, 1000, cadences[i], "1e1");
+    const struct {
+        int32_t second;
+        const char *cadence;
+    } want[] = {{1, "9000001e-5"},
+                {2, "90000021e-6"},
+                {5, "9000005e-5"},
+                {9, "9000009e-5"},
+                {30, "9000031e-5"}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        read_direct(&f, want[i].second, &row);
+        ASSERT_STR_EQ(row.cadence_exact, want[i].cadence);
+        ASSERT_STR_EQ(row.resistance_exact, "1e1");
+    }
+
+    store_direct(&f, 5, UUID_A, 1000, 1000, "901e-1", "1e1");
+    read_direct(&f, 5, &row);
+    ASSERT_STR_EQ(row.cadence_exact, "901e-1");
+    read_direct(&f, 9, &row);
+    ASSERT_STR_EQ(row.cadence_exact, "9000009e-5");
+    slot_fixture_close(&f);
+}
+
+/*
+ * The running totals come from a prefix every PREFIX_SPAN seconds plus the
+ * slots after it. They must match a plain sum at every second, also after
+ * a sample inside an old span changes and after queries that go back.
+ */
+TEST(agg_slot_totals_match_plain_sum)
+{
+    const int32_t last = 5 * PREFIX_SPAN + 3;
+    int64_t output[5 * PREFIX_SPAN + 4] = {0};
+    struct slot_fixture f;
+    uint32_t state = 12345;
+
+    slot_fixture_open(&f);
+    for (int round = 0; round < 6; round++) {
+        /* Store a few samples, some in spans that are already summed. */
+        for (int k = 0; k < 20; k++) {
+            state = state * 1103515245u + 12345u;
+            int32_t second = (int32_t)(state >> 8) % last + 1;
+            int64_t cadence4 = (int64_t)((state >> 16) % 2000000);
+            char text[AGG_MAX_EXACT_TEXT];
+            ASSERT_EQ(fixed_format4(cadence4, text, sizeof text), 0);
+            store_direct(&f, second, UUID_A, 1000 + second, 1000 + second, text,
+                         "1e1");
+            ASSERT_EQ(agg_output4(text, "1e1", &output[second]), 0);
+        }
+        struct rider *rider = &f.race->riders[f.rider];
+        for (int pass = 0; pass < 2; pass++) {
+            /* Forward on the first pass, backward on the second. */
+            for (int32_t i = 1; i <= last; i++) {
+                int32_t second = pass == 0 ? i : last + 1 - i;
+                int64_t want_total = 0, total;
+                int32_t want_latest = 0, latest;
+                int32_t upto =
+                    second < rider->max_second ? second : rider->max_second;
+                for (int32_t t = 1; t <= upto; t++) {
+                    if (t <= rider->slot_cap &&
+                        (rider->slots[t - 1].flags & SLOT_PRESENT)) {
+                        want_total += output[t];
+                        want_latest = t;
+                    }
+                }
+                if (upto < rider->min_second)
+                    continue;
+                rider_total_at(rider, second, &total, &latest);
+                ASSERT_EQ(total, want_total);
+                ASSERT_EQ(latest, want_latest);
+            }
+        }
+    }
+    slot_fixture_close(&f);
+}
+
+/* Conflicts between device times far apart, which the slots keep in the
+ * arena, still pick the smaller deviceTimestamp. */
+TEST(agg_conflict_far_device_times)
+{
+    struct agg_config cfg = default_config();
+    cfg.allowed_lateness_s = 100;
+    const int64_t arrival = INT64_C(200000000000000);
+    static const struct sample_spec first = {
+        UUID_A, 1000, 1, "\"rc-11\"", "50", "50", INT64_C(200000000000000)};
+    static const struct sample_spec late = {
+        UUID_A, INT64_C(199999999999000), 2, "\"rc-11\"", "50",
+        "50",   INT64_C(200000000000001)};
+    static const struct sample_spec earlier = {
+        UUID_A, INT64_C(100000000000000), 2, "\"rc-11\"", "60",
+        "60",   INT64_C(200000000000002)};
+    static const struct sample_spec later = {
+        UUID_A, INT64_C(199999999999999), 2, "\"rc-11\"", "70",
+        "70",   INT64_C(200000000000003)};
+    struct capture *c = capture_new();
+    struct agg *agg = agg_for(&cfg, c);
+
+    ASSERT_EQ(feed(agg, &first), AGG_APPLIED);
+    ASSERT_EQ(feed(agg, &late), AGG_APPLIED);
+    ASSERT_EQ(feed(agg, &earlier), AGG_CONFLICT_REPLACED);
+    ASSERT_EQ(feed(agg, &later), AGG_CONFLICT_KEPT);
+    ASSERT_EQ(c->row_count, 2);
+    ASSERT_EQ(c->rows[0].device_ts_ms, 1000);
+    ASSERT_EQ(c->rows[0].arrival_ms, arrival);
+    ASSERT_EQ(c->rows[1].device_ts_ms, INT64_C(100000000000000));
+    ASSERT_EQ(c->rows[1].arrival_ms, INT64_C(200000000000002));
+    agg_free(agg);
+    capture_free(c);
 }
 
 TEST(agg_racers_cap_is_enforced)
