@@ -301,7 +301,7 @@ static int value_cmp(const struct rider *rider, const struct slot *slot,
     const char *cadence, *resistance;
     struct fixed_dec a, b;
 
-    slot_exact_texts(rider, slot, cadence_buf, resistance_buf,
+    slot_exact_texts(rider, slot, in->second, cadence_buf, resistance_buf,
                      sizeof cadence_buf, &cadence, &resistance);
     fixed_parse(in->cadence_exact, &a);
     fixed_parse(cadence, &b);
@@ -321,7 +321,7 @@ static int emit_sample(struct agg *agg, struct race *race, uint32_t position,
     const struct rider *rider = &race->riders[position];
     struct agg_sample_row row;
 
-    slot_to_row(race, rider, &rider->slots[second - 1], second, &row, uuid,
+    slot_to_row(race, rider, rider_slot(rider, second), second, &row, uuid,
                 cadence, resistance, sizeof cadence);
     return agg->sink.sample(agg->sink.arg, &row);
 }
@@ -364,7 +364,7 @@ static int adopt_copy(struct agg *agg, struct race *race, uint32_t position,
                       const struct sample_in *in, enum agg_outcome *outcome,
                       bool *board_changed)
 {
-    const struct slot *slot = &race->riders[position].slots[in->second - 1];
+    const struct slot *slot = rider_slot(&race->riders[position], in->second);
     uint16_t name_idx = slot->name_idx, class_idx = slot->class_idx;
     int64_t ts = race_ts_at(race, in->second);
 
@@ -403,14 +403,14 @@ static int apply_sample(struct agg *agg, const struct agg_record *rec,
     struct rider *rider = &race->riders[position];
     uint32_t at = (uint32_t)position;
     if (in->second > rider->slot_cap ||
-        !(rider->slots[in->second - 1].flags & SLOT_PRESENT)) {
+        !(rider_slot(rider, in->second)->flags & SLOT_PRESENT)) {
         *outcome = AGG_APPLIED;
         rc = store_sample(agg, race, at, in, true, outcome);
         *board_changed = rc == 0 && *outcome == AGG_APPLIED;
         return rc;
     }
 
-    const struct slot *slot = &rider->slots[in->second - 1];
+    const struct slot *slot = rider_slot(rider, in->second);
     int key = key_cmp(rider, slot, in);
     int value = value_cmp(rider, slot, in);
     if (value == 0) {

@@ -29,7 +29,7 @@ static const struct agg_id *entry_class(const struct race *race,
                                         const struct board_entry *e)
 {
     const struct rider *rider = &race->riders[e->rider];
-    const struct slot *slot = &rider->slots[e->latest - 1];
+    const struct slot *slot = rider_slot(rider, e->latest);
     return &rider->classes[slot->class_idx];
 }
 
@@ -126,7 +126,7 @@ static int write_results(struct agg *agg, const struct race *race,
         first = false;
         sb_json_string(sb, rider->id.str, rider->id.len);
         sb_putc(sb, ':');
-        sb_fixed4(sb, rider->slots[e->latest - 1].output4);
+        sb_fixed4(sb, rider_slot(rider, e->latest)->output4);
     }
     sb_putc(sb, '}');
     return sb_error(sb);

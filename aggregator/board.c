@@ -61,7 +61,7 @@ static void write_entry(struct strbuf *sb, const struct race *race,
                         const struct board_entry *e, int64_t rank, bool results)
 {
     const struct rider *rider = &race->riders[e->rider];
-    const struct slot *slot = &rider->slots[e->latest - 1];
+    const struct slot *slot = rider_slot(rider, e->latest);
     const struct arena_text *name = &rider->names[slot->name_idx];
 
     sb_puts(sb, "{\"rank\":");
@@ -85,7 +85,7 @@ static void write_entry(struct strbuf *sb, const struct race *race,
     if (results) {
         const struct slot *final = slot;
         if (rider->final_second > 0)
-            final = &rider->slots[rider->final_second - 1];
+            final = rider_slot(rider, rider->final_second);
         sb_printf(sb, ",\"final\":%s,\"finalOutput\":",
                   rider->final_second > 0 ? "true" : "false");
         sb_fixed4(sb, final->output4);

@@ -2,9 +2,9 @@
  * State shared by the aggregator's source files. Nothing here is part of
  * the module's interface.
  *
- * A race owns its riders. A rider owns one slot per second, indexed by
- * second - 1, and a byte arena for uuids, names and the exact texts that
- * the 4-decimal values cannot represent.
+ * A race owns its riders. A rider owns one slot per second, in blocks of
+ * SLOT_BLOCK seconds, and a byte arena for names and for the uuids, times
+ * and exact texts that do not fit in a slot.
  */
 #ifndef PODIUM_AGGREGATOR_INTERNAL_H
 #define PODIUM_AGGREGATOR_INTERNAL_H
@@ -74,6 +74,9 @@ void agg_id_set_string(struct agg_id *id, const char *s, size_t len);
 /* Seconds per entry of rider.prefix. */
 #define PREFIX_SPAN 16
 
+/* Slots per block of rider.blocks. */
+#define SLOT_BLOCK 64
+
 /*
  * One rider's second: 40 bytes and nothing else for the usual sample,
  * which has a canonical uuid, times within about 24 days of the rider's
@@ -119,8 +122,14 @@ struct exact_text {
 
 struct rider {
     struct agg_id id;
-    struct slot *slots; /* slots[second - 1] */
-    int32_t slot_cap;
+    /* The slot of second is slot (second - 1) % SLOT_BLOCK of block
+     * (second - 1) / SLOT_BLOCK (see rider_slot). Blocks of one size never
+     * move, and freed ones fit any new block, so the heap keeps no holes
+     * from growing riders. */
+    struct slot **blocks;
+    uint32_t block_count;
+    uint32_t block_cap;
+    int32_t slot_cap;   /* block_count * SLOT_BLOCK */
     int32_t min_second; /* 0 while the rider has no sample */
     int32_t max_second;
     int32_t final_second; /* largest second flagged final, or 0 */
@@ -320,6 +329,13 @@ int rider_intern_name(struct rider *rider, const char *name, size_t len);
 int rider_intern_class(struct rider *rider, const struct agg_id *class_id);
 /* Append bytes to the arena. Returns the offset, or -ENOMEM. */
 int64_t rider_arena_add(struct rider *rider, const void *bytes, size_t len);
+/* The slot of second, which must be <= rider->slot_cap. */
+static inline struct slot *rider_slot(const struct rider *rider, int32_t second)
+{
+    uint32_t i = (uint32_t)(second - 1);
+    return &rider->blocks[i / SLOT_BLOCK][i % SLOT_BLOCK];
+}
+
 /* The uuid text of a slot and its length; a packed uuid is written to buf
  * with a NUL after it. */
 const char *slot_uuid(const struct rider *rider, const struct slot *slot,
@@ -351,11 +367,12 @@ bool race_has_work(const struct race *race);
 /* Position of race in agg->races. */
 uint32_t agg_race_position(const struct agg *agg, const struct race *race);
 
-/* Point *cadence and *resistance at the exact texts of a slot, written
- * into the buffers when the slot keeps only 4-decimal values. */
+/* Point *cadence and *resistance at the exact texts of the slot of second,
+ * written into the buffers when the slot keeps only 4-decimal values. */
 void slot_exact_texts(const struct rider *rider, const struct slot *slot,
-                      char *cadence_buf, char *resistance_buf, size_t buf_len,
-                      const char **cadence, const char **resistance);
+                      int32_t second, char *cadence_buf, char *resistance_buf,
+                      size_t buf_len, const char **cadence,
+                      const char **resistance);
 /* Fill row from a stored slot. uuid_buf (SLOT_UUID_TEXT + 1 bytes) takes
  * an unpacked uuid, and the other buffers regenerated exact texts. */
 void slot_to_row(const struct race *race, const struct rider *rider,

@@ -89,7 +89,9 @@ int race_get(struct agg *agg, const struct agg_id *id, struct race **out)
 void race_free(struct race *race)
 {
     for (uint32_t i = 0; i < race->rider_count; i++) {
-        free(race->riders[i].slots);
+        for (uint32_t b = 0; b < race->riders[i].block_count; b++)
+            free(race->riders[i].blocks[b]);
+        free(race->riders[i].blocks);
         free(race->riders[i].prefix);
         free(race->riders[i].exacts);
         free(race->riders[i].arena);
@@ -129,7 +131,8 @@ int64_t race_rider(struct race *race, const struct agg_id *id)
 
 /*
  * Grow the per-second arrays of the race and, unless NULL, of the rider to
- * cover second (<= max_seconds), by a quarter but never past max_seconds.
+ * cover second (<= max_seconds). The race's arrays and the rider's prefix
+ * grow by a quarter, the rider's slots by blocks of SLOT_BLOCK.
  */
 int race_reserve(struct agg *agg, struct race *race, struct rider *rider,
                  int32_t second)
@@ -151,19 +154,28 @@ int race_reserve(struct agg *agg, struct race *race, struct rider *rider,
     if (rider == NULL)
         return 0;
 
-    /* The prefix first, so it always covers every second that has a slot. */
+    /* The prefix first, so it always covers every second that a sample
+     * can have. */
     rc = agg_grow((void **)&rider->prefix, &rider->prefix_cap,
                   (uint32_t)second / PREFIX_SPAN, limit / PREFIX_SPAN,
                   sizeof rider->prefix[0]);
     if (rc != 0)
         return rc;
-    old = cap = (uint32_t)rider->slot_cap;
-    rc = agg_grow((void **)&rider->slots, &cap, (uint32_t)second, limit,
-                  sizeof rider->slots[0]);
+    uint32_t need = ((uint32_t)second + SLOT_BLOCK - 1) / SLOT_BLOCK;
+    if (need <= rider->block_count)
+        return 0;
+    rc = agg_grow((void **)&rider->blocks, &rider->block_cap, need,
+                  (limit + SLOT_BLOCK - 1) / SLOT_BLOCK,
+                  sizeof rider->blocks[0]);
     if (rc != 0)
         return rc;
-    memset(rider->slots + old, 0, (cap - old) * sizeof rider->slots[0]);
-    rider->slot_cap = (int32_t)cap;
+    while (rider->block_count < need) {
+        struct slot *block = calloc(SLOT_BLOCK, sizeof *block);
+        if (block == NULL)
+            return -ENOMEM;
+        rider->blocks[rider->block_count++] = block;
+        rider->slot_cap = (int32_t)(rider->block_count * SLOT_BLOCK);
+    }
     return 0;
 }
 
@@ -331,7 +343,7 @@ void rider_total_at(struct rider *rider, int32_t second, int64_t *total4,
             p = rider->prefix[k - 1];
         for (int32_t t = (int32_t)k * PREFIX_SPAN + 1;
              t <= (int32_t)(k + 1) * PREFIX_SPAN; t++) {
-            const struct slot *s = &rider->slots[t - 1];
+            const struct slot *s = rider_slot(rider, t);
             if (s->flags & SLOT_PRESENT) {
                 p.total4 += s->output4;
                 p.latest = t;
@@ -345,7 +357,7 @@ void rider_total_at(struct rider *rider, int32_t second, int64_t *total4,
     int64_t total = spans > 0 ? rider->prefix[spans - 1].total4 : 0;
     int32_t last = spans > 0 ? rider->prefix[spans - 1].latest : 0;
     for (int32_t t = (int32_t)spans * PREFIX_SPAN + 1; t <= second; t++) {
-        const struct slot *s = &rider->slots[t - 1];
+        const struct slot *s = rider_slot(rider, t);
         if (s->flags & SLOT_PRESENT) {
             total += s->output4;
             last = t;
@@ -361,7 +373,7 @@ void rider_update_final(struct rider *rider, int32_t second)
         return;
     rider->final_second = 0;
     for (int32_t t = second - 1; t >= rider->min_second && t > 0; t--) {
-        if (rider->slots[t - 1].flags & SLOT_FINAL) {
+        if (rider_slot(rider, t)->flags & SLOT_FINAL) {
             rider->final_second = t;
             return;
         }
@@ -387,7 +399,7 @@ void race_rescan_arrival(struct race *race, int32_t second)
         const struct rider *rider = &race->riders[i];
         if (second > rider->slot_cap)
             continue;
-        const struct slot *s = &rider->slots[second - 1];
+        const struct slot *s = rider_slot(rider, second);
         if (!(s->flags & SLOT_PRESENT))
             continue;
         int64_t arrival = slot_arrival(rider, s);
@@ -432,7 +444,7 @@ void slot_to_row(const struct race *race, const struct rider *rider,
     row->resistance4 = slot->resistance4;
     row->output4 = slot->output4;
     row->final = (slot->flags & SLOT_FINAL) != 0;
-    slot_exact_texts(rider, slot, cadence_buf, resistance_buf, buf_len,
+    slot_exact_texts(rider, slot, second, cadence_buf, resistance_buf, buf_len,
                      &row->cadence_exact, &row->resistance_exact);
 }
 
@@ -453,11 +465,11 @@ static int64_t exact_find(const struct rider *rider, int32_t second)
 }
 
 void slot_exact_texts(const struct rider *rider, const struct slot *slot,
-                      char *cadence_buf, char *resistance_buf, size_t buf_len,
-                      const char **cadence, const char **resistance)
+                      int32_t second, char *cadence_buf, char *resistance_buf,
+                      size_t buf_len, const char **cadence,
+                      const char **resistance)
 {
     if (slot->flags & SLOT_EXACT) {
-        int32_t second = (int32_t)(slot - rider->slots) + 1;
         uint32_t at = rider->exacts[exact_find(rider, second)].at;
         *cadence = rider->arena + at;
         *resistance = *cadence + strlen(*cadence) + 1;
@@ -674,7 +686,7 @@ int race_store_sample(struct agg *agg, struct race *race, uint32_t position,
     int class_idx = rider_intern_class(rider, in->class_id);
     if (class_idx < 0)
         return class_idx;
-    struct slot *slot = &rider->slots[in->second - 1];
+    struct slot *slot = rider_slot(rider, in->second);
     struct slot_plan plan;
     plan_slot(rider, slot, in->second, in, &plan);
     rc = reserve_plan(rider, &plan);

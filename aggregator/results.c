@@ -202,7 +202,7 @@ static void history_compute(const struct agg *agg, const struct class_rider *cr,
             continue;
         int32_t last = rider->max_second < len ? rider->max_second : len;
         for (int32_t s = rider->min_second; s >= 1 && s <= last; s++) {
-            const struct slot *slot = &rider->slots[s - 1];
+            const struct slot *slot = rider_slot(rider, s);
             struct history_cell *cell = &cells[s - 1];
             if (!(slot->flags & SLOT_PRESENT))
                 continue;
@@ -297,7 +297,7 @@ static int rider_add_race(struct agg *agg, const struct class_board *board,
     int rc = history_reserve(cr, rider->max_second);
     for (int32_t s = rider->min_second; rc == 0 && s <= rider->max_second;
          s++) {
-        const struct slot *slot = &rider->slots[s - 1];
+        const struct slot *slot = rider_slot(rider, s);
         struct history_cell *cell = &cr->history[s - 1];
         if (!(slot->flags & SLOT_PRESENT))
             continue;
@@ -337,7 +337,7 @@ static int rider_drop_race(struct agg *agg, struct class_board *board,
 static int count_rider(struct agg *agg, uint32_t race_pos, struct rider *rider,
                        bool reorder, bool quiet)
 {
-    const struct slot *last = &rider->slots[rider->max_second - 1];
+    const struct slot *last = rider_slot(rider, rider->max_second);
     const struct agg_id *class_id = &rider->classes[last->class_idx];
     int64_t total4;
     int32_t latest;
@@ -456,7 +456,7 @@ static void write_class_entry(struct agg *agg, const struct class_rank *e,
     struct strbuf *sb = &agg->doc;
     const struct race *race = agg->races[e->race];
     const struct rider *rider = rider_in(agg, e->race, e->racer);
-    const struct slot *last = &rider->slots[rider->max_second - 1];
+    const struct slot *last = rider_slot(rider, rider->max_second);
     const struct arena_text *name = &rider->names[last->name_idx];
 
     sb_printf(sb, "{\"rank\":%" PRId64 ",\"racerId\":", rank);

@@ -1565,8 +1565,8 @@ static void read_direct(struct slot_fixture *f, int32_t second,
     struct agg_sample_row row;
 
     ASSERT_TRUE(second <= rider->slot_cap);
-    ASSERT_TRUE(rider->slots[second - 1].flags & SLOT_PRESENT);
-    slot_to_row(f->race, rider, &rider->slots[second - 1], second, &row, uuid,
+    ASSERT_TRUE(rider_slot(rider, second)->flags & SLOT_PRESENT);
+    slot_to_row(f->race, rider, rider_slot(rider, second), second, &row, uuid,
                 cadence, resistance, sizeof cadence);
     memset(out, 0, sizeof *out);
     ASSERT_TRUE(row.uuid_len < sizeof out->uuid);
@@ -1585,7 +1585,7 @@ static void read_direct(struct slot_fixture *f, int32_t second,
 
 static uint8_t slot_flags(const struct slot_fixture *f, int32_t second)
 {
-    return f->race->riders[f->rider].slots[second - 1].flags;
+    return rider_slot(&f->race->riders[f->rider], second)->flags;
 }
 
 #define UUID_A "b571e2f5-ddb9-424c-a61a-c2d77f657aa8"
@@ -1803,7 +1803,7 @@ TEST(agg_slot_totals_match_plain_sum)
                     second < rider->max_second ? second : rider->max_second;
                 for (int32_t t = 1; t <= upto; t++) {
                     if (t <= rider->slot_cap &&
-                        (rider->slots[t - 1].flags & SLOT_PRESENT)) {
+                        (rider_slot(rider, t)->flags & SLOT_PRESENT)) {
                         want_total += output[t];
                         want_latest = t;
                     }
@@ -1816,6 +1816,54 @@ TEST(agg_slot_totals_match_plain_sum)
             }
         }
     }
+    slot_fixture_close(&f);
+}
+
+/* Seconds on both sides of block edges, up to max_seconds, each keep
+ * their own sample, and the blocks grow only as far as needed. */
+TEST(agg_slot_blocks_cover_edges)
+{
+    const int32_t seconds[] = {
+        3600, 1, SLOT_BLOCK, SLOT_BLOCK + 1, 2 * SLOT_BLOCK, 2 * SLOT_BLOCK + 1,
+        3599};
+    const size_t n = sizeof seconds / sizeof seconds[0];
+    struct slot_fixture f;
+    struct stored_row row;
+
+    slot_fixture_open(&f);
+    store_direct(&f, 2, UUID_A, 1000, 5000, "9e1", "1e1");
+    ASSERT_EQ(f.race->riders[0].slot_cap, SLOT_BLOCK);
+    ASSERT_EQ(f.race->riders[0].block_count, 1);
+    store_direct(&f, SLOT_BLOCK, UUID_A, 1000 + SLOT_BLOCK, 5000 + SLOT_BLOCK,
+                 "9e1", "1e1");
+    ASSERT_EQ(f.race->riders[0].block_count, 1);
+    store_direct(&f, SLOT_BLOCK + 1, UUID_A, 1001 + SLOT_BLOCK,
+                 5001 + SLOT_BLOCK, "9e1", "1e1");
+    ASSERT_EQ(f.race->riders[0].block_count, 2);
+    ASSERT_EQ(f.race->riders[0].slot_cap, 2 * SLOT_BLOCK);
+    for (size_t i = 0; i < n; i++)
+        store_direct(&f, seconds[i], UUID_A, 1000 + seconds[i],
+                     5000 + seconds[i], "9e1", "1e1");
+    ASSERT_EQ(f.race->riders[0].block_count,
+              (3600 + SLOT_BLOCK - 1) / SLOT_BLOCK);
+    for (size_t i = 0; i < n; i++) {
+        read_direct(&f, seconds[i], &row);
+        ASSERT_EQ(row.device_ts_ms, 1000 + seconds[i]);
+        ASSERT_EQ(row.arrival_ms, 5000 + seconds[i]);
+    }
+    ASSERT_EQ(slot_flags(&f, 3) & SLOT_PRESENT, 0);
+    ASSERT_EQ(slot_flags(&f, SLOT_BLOCK + 2) & SLOT_PRESENT, 0);
+
+    int64_t total;
+    int32_t latest;
+    int64_t output4;
+    ASSERT_EQ(agg_output4("9e1", "1e1", &output4), 0);
+    rider_total_at(&f.race->riders[0], 3600, &total, &latest);
+    ASSERT_EQ(total, (int64_t)(n + 1) * output4);
+    ASSERT_EQ(latest, 3600);
+    rider_total_at(&f.race->riders[0], SLOT_BLOCK, &total, &latest);
+    ASSERT_EQ(total, 3 * output4);
+    ASSERT_EQ(latest, SLOT_BLOCK);
     slot_fixture_close(&f);
 }
 
