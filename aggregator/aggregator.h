@@ -106,15 +106,28 @@ struct agg_reject_info {
 int agg_record_parse(const uint8_t *data, size_t len, int32_t max_seconds,
                      struct agg_record *rec, struct agg_reject_info *why);
 
+/*
+ * Buffers and a SHA-256 context that agg_record_decode reuses from one
+ * record to the next, so that decoding allocates nothing in the steady
+ * state. Use one per thread.
+ */
+struct agg_decoder;
+
+/* A new decoder (owned), or NULL when out of memory. */
+struct agg_decoder *agg_decoder_new(void);
+void agg_decoder_free(struct agg_decoder *dec);
+
 struct sjson_doc;
 /*
- * The same, and on success hand the parsed record to the caller in *doc
- * (owned; free with sjson_doc_free), for the idempotency key and payload
- * hash. *doc is NULL on failure.
+ * The same as agg_record_parse with the scratch of dec, and on success
+ * the parsed record in *doc for the idempotency key and payload hash. On
+ * entry *doc is NULL or the document of an earlier call, whose memory is
+ * reused. It stays the caller's in every case (free it with
+ * sjson_doc_free), but only a successful call leaves a document to read.
  */
-int agg_record_decode(const uint8_t *data, size_t len, int32_t max_seconds,
-                      struct agg_record *rec, struct agg_reject_info *why,
-                      struct sjson_doc **doc);
+int agg_record_decode(struct agg_decoder *dec, const uint8_t *data, size_t len,
+                      int32_t max_seconds, struct agg_record *rec,
+                      struct agg_reject_info *why, struct sjson_doc **doc);
 
 /*
  * output = (cadence + 35) x (resistance + 65) / 100, rounded half up to

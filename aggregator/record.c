@@ -13,11 +13,13 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/evp.h>
 
 #include "common/sjson.h"
+#include "common/strbuf.h"
 
 #define RECORD_MAX_DEPTH 32
 /* Significant digits and decimal exponents of cadence and resistance:
@@ -29,6 +31,19 @@
 #define DEVICE_TS_MAX INT64_C(253402300799999)
 /* Bytes of a value quoted in a detail before it is cut. */
 #define DETAIL_VALUE_MAX 48
+/* Largest canonical text of cadence or resistance that is examined: far
+ * more digits than accepted, so the digit count decides, and a longer
+ * text fails for the same reason. */
+#define VALUE_TEXT_MAX 1024
+/* Largest canonical form of a record. Escapes can make it longer than the
+ * input: a two-byte "\n" becomes the six-byte "\u000a". */
+#define CANONICAL_MAX (4 * (size_t)AGG_MAX_RECORD_BYTES)
+
+struct agg_decoder {
+    struct strbuf value;     /* canonical cadence or resistance */
+    struct strbuf canonical; /* canonical form of the record */
+    EVP_MD_CTX *sha256;
+};
 
 static const char *const reject_names[AGG_REJECT_COUNT] = {
     [AGG_REJECT_NONE] = "none",
@@ -161,13 +176,68 @@ static int reject_parse(const uint8_t *data, size_t len, int code,
                   err->offset);
 }
 
-/* The member, or a MISSING_FIELD / WRONG_TYPE reject and NULL. */
-static const struct sjson_value *field(const struct sjson_value *root,
+/* The members of a record that decode_fields reads, each NULL when
+ * missing. */
+struct record_members {
+    const struct sjson_value *uuid, *event, *device_ts, *second, *race, *name,
+        *racer, *class_id, *cadence, *resistance;
+};
+
+/* Find the members of root in one pass, rather than one search for each.
+ * The parser has rejected duplicate keys, so each name matches at most
+ * one member. */
+static void find_members(const struct sjson_value *root,
+                         struct record_members *m)
+{
+    memset(m, 0, sizeof *m);
+    for (size_t i = 0; i < root->count; i++) {
+        const struct sjson_value *v = &root->items[i];
+        const char *k = v->key;
+        switch (v->key_len) {
+        case 4:
+            if (memcmp(k, "uuid", 4) == 0)
+                m->uuid = v;
+            else if (memcmp(k, "name", 4) == 0)
+                m->name = v;
+            break;
+        case 5:
+            if (memcmp(k, "event", 5) == 0)
+                m->event = v;
+            break;
+        case 6:
+            if (memcmp(k, "second", 6) == 0)
+                m->second = v;
+            else if (memcmp(k, "raceId", 6) == 0)
+                m->race = v;
+            break;
+        case 7:
+            if (memcmp(k, "racerId", 7) == 0)
+                m->racer = v;
+            else if (memcmp(k, "classId", 7) == 0)
+                m->class_id = v;
+            else if (memcmp(k, "cadence", 7) == 0)
+                m->cadence = v;
+            break;
+        case 10:
+            if (memcmp(k, "resistance", 10) == 0)
+                m->resistance = v;
+            break;
+        case 15:
+            if (memcmp(k, "deviceTimestamp", 15) == 0)
+                m->device_ts = v;
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+/* The member v named key, or a MISSING_FIELD / WRONG_TYPE reject and
+ * NULL. */
+static const struct sjson_value *field(const struct sjson_value *v,
                                        const char *key, enum sjson_type type,
                                        struct agg_reject_info *why)
 {
-    const struct sjson_value *v = sjson_object_get(root, key);
-
     if (v == NULL) {
         reject(why, AGG_REJECT_MISSING_FIELD, "missing field \"%s\"", key);
         return NULL;
@@ -182,11 +252,11 @@ static const struct sjson_value *field(const struct sjson_value *root,
 
 /* Read an integer field. A value outside [min, max] is rejected with
  * out_reason. */
-static int int_field(const struct sjson_value *root, const char *key,
+static int int_field(const struct sjson_value *member, const char *key,
                      int64_t min, int64_t max, enum agg_reject out_reason,
                      int64_t *out, struct agg_reject_info *why)
 {
-    const struct sjson_value *v = field(root, key, SJSON_NUMBER, why);
+    const struct sjson_value *v = field(member, key, SJSON_NUMBER, why);
     char q[DETAIL_VALUE_MAX + 16];
 
     if (v == NULL)
@@ -205,11 +275,11 @@ static int int_field(const struct sjson_value *root, const char *key,
     return 0;
 }
 
-static int string_field(const struct sjson_value *root, const char *key,
+static int string_field(const struct sjson_value *member, const char *key,
                         bool is_id, char *out, uint8_t *out_len,
                         struct agg_reject_info *why)
 {
-    const struct sjson_value *v = field(root, key, SJSON_STRING, why);
+    const struct sjson_value *v = field(member, key, SJSON_STRING, why);
     char q[DETAIL_VALUE_MAX + 16];
 
     if (v == NULL)
@@ -228,10 +298,9 @@ static int string_field(const struct sjson_value *root, const char *key,
     return 0;
 }
 
-static int id_field(const struct sjson_value *root, const char *key,
+static int id_field(const struct sjson_value *v, const char *key,
                     struct agg_id *id, struct agg_reject_info *why)
 {
-    const struct sjson_value *v = sjson_object_get(root, key);
     char q[DETAIL_VALUE_MAX + 16];
 
     if (v == NULL)
@@ -320,41 +389,38 @@ static int check_value(const char *key, const char *text,
     return 0;
 }
 
-/* Read cadence or resistance as a canonical exact text into out. */
-static int value_field(const struct sjson_value *root, const char *key,
+/* Read cadence or resistance as a canonical exact text into out, by way
+ * of dec->value. */
+static int value_field(struct agg_decoder *dec,
+                       const struct sjson_value *member, const char *key,
                        const struct value_limit *limit, char *out,
                        struct agg_reject_info *why)
 {
-    const struct sjson_value *v = field(root, key, SJSON_NUMBER, why);
+    const struct sjson_value *v = field(member, key, SJSON_NUMBER, why);
     char q[DETAIL_VALUE_MAX + 16];
-    struct strbuf sb;
+    struct strbuf *sb = &dec->value;
 
     if (v == NULL)
         return -1;
 
-    /* Room for far more digits than accepted, so the digit count below
-     * decides; a longer text fails here for the same reason. */
-    sb_init(&sb, 1024);
-    if (sjson_number_canonical(v->str, v->len, &sb) != 0) {
-        sb_free(&sb);
+    sb_reset(sb);
+    if (sjson_number_canonical(v->str, v->len, sb) != 0)
         return reject(why, AGG_REJECT_BAD_NUMBER,
                       "%s %s has too many digits or too large an exponent", key,
                       quote(q, sizeof q, v->str, v->len));
-    }
-    int rc = check_value(key, sb.data, v, limit, why);
-    if (rc == 0 && sb.len >= AGG_MAX_EXACT_TEXT)
+    int rc = check_value(key, sb->data, v, limit, why);
+    if (rc == 0 && sb->len >= AGG_MAX_EXACT_TEXT)
         rc = reject(why, AGG_REJECT_BAD_NUMBER, "%s %s is too long", key,
                     quote(q, sizeof q, v->str, v->len));
     if (rc == 0)
-        memcpy(out, sb.data, sb.len + 1);
-    sb_free(&sb);
+        memcpy(out, sb->data, sb->len + 1);
     return rc;
 }
 
-static int event_field(const struct sjson_value *root, bool *final,
+static int event_field(const struct sjson_value *member, bool *final,
                        struct agg_reject_info *why)
 {
-    const struct sjson_value *v = field(root, "event", SJSON_STRING, why);
+    const struct sjson_value *v = field(member, "event", SJSON_STRING, why);
     char q[DETAIL_VALUE_MAX + 16];
 
     if (v == NULL)
@@ -374,24 +440,28 @@ static int event_field(const struct sjson_value *root, bool *final,
 
 /* Read and check every field, in a fixed order so that a record with
  * several problems always reports the same one. */
-static int decode_fields(const struct sjson_value *root, int32_t max_seconds,
+static int decode_fields(struct agg_decoder *dec,
+                         const struct sjson_value *root, int32_t max_seconds,
                          struct agg_record *rec, struct agg_reject_info *why)
 {
+    struct record_members m;
     int64_t second;
 
     pthread_once(&limits_once, make_limits);
-    if (string_field(root, "uuid", true, rec->uuid, &rec->uuid_len, why) ||
-        event_field(root, &rec->final, why) ||
-        int_field(root, "deviceTimestamp", 0, DEVICE_TS_MAX,
+    find_members(root, &m);
+    if (string_field(m.uuid, "uuid", true, rec->uuid, &rec->uuid_len, why) ||
+        event_field(m.event, &rec->final, why) ||
+        int_field(m.device_ts, "deviceTimestamp", 0, DEVICE_TS_MAX,
                   AGG_REJECT_BAD_NUMBER, &rec->device_ts_ms, why) ||
-        int_field(root, "second", 1, max_seconds, AGG_REJECT_SECOND_RANGE,
+        int_field(m.second, "second", 1, max_seconds, AGG_REJECT_SECOND_RANGE,
                   &second, why) ||
-        id_field(root, "raceId", &rec->race, why) ||
-        string_field(root, "name", false, rec->name, &rec->name_len, why) ||
-        id_field(root, "racerId", &rec->racer, why) ||
-        id_field(root, "classId", &rec->class_id, why) ||
-        value_field(root, "cadence", &cadence_limit, rec->cadence_exact, why) ||
-        value_field(root, "resistance", &resistance_limit,
+        id_field(m.race, "raceId", &rec->race, why) ||
+        string_field(m.name, "name", false, rec->name, &rec->name_len, why) ||
+        id_field(m.racer, "racerId", &rec->racer, why) ||
+        id_field(m.class_id, "classId", &rec->class_id, why) ||
+        value_field(dec, m.cadence, "cadence", &cadence_limit,
+                    rec->cadence_exact, why) ||
+        value_field(dec, m.resistance, "resistance", &resistance_limit,
                     rec->resistance_exact, why))
         return -1;
     rec->second = (int32_t)second;
@@ -415,13 +485,50 @@ static const EVP_MD *record_sha256(void)
     return sha256_md != NULL ? sha256_md : EVP_sha256();
 }
 
+struct agg_decoder *agg_decoder_new(void)
+{
+    struct agg_decoder *dec = calloc(1, sizeof *dec);
+
+    if (dec == NULL)
+        return NULL;
+    sb_init(&dec->value, VALUE_TEXT_MAX);
+    sb_init(&dec->canonical, CANONICAL_MAX);
+    dec->sha256 = EVP_MD_CTX_new();
+    if (dec->sha256 == NULL) {
+        free(dec);
+        return NULL;
+    }
+    return dec;
+}
+
+void agg_decoder_free(struct agg_decoder *dec)
+{
+    if (dec == NULL)
+        return;
+    sb_free(&dec->value);
+    sb_free(&dec->canonical);
+    EVP_MD_CTX_free(dec->sha256);
+    free(dec);
+}
+
+/* Hash bytes with SHA-256 into out, reusing the context of dec. Returns 0
+ * or -1. */
+static int hash_bytes(struct agg_decoder *dec, const char *bytes, size_t len,
+                      uint8_t out[32])
+{
+    if (EVP_DigestInit_ex(dec->sha256, record_sha256(), NULL) != 1 ||
+        EVP_DigestUpdate(dec->sha256, bytes, len) != 1 ||
+        EVP_DigestFinal_ex(dec->sha256, out, NULL) != 1)
+        return -1;
+    return 0;
+}
+
 /* Derive the 4-decimal values, the output and the hash. Returns 0, -1
  * for a value that cannot be scored, or -ENOMEM. */
-static int derive(const struct sjson_value *root, struct agg_record *rec,
-                  struct agg_reject_info *why)
+static int derive(struct agg_decoder *dec, const struct sjson_value *root,
+                  struct agg_record *rec, struct agg_reject_info *why)
 {
     bool exact;
-    struct strbuf sb;
 
     if (fixed_round4(rec->cadence_exact, &rec->cadence4, &exact) != 0 ||
         fixed_round4(rec->resistance_exact, &rec->resistance4, &exact) != 0 ||
@@ -431,15 +538,10 @@ static int derive(const struct sjson_value *root, struct agg_record *rec,
                       "cadence %s or resistance %s cannot be scored",
                       rec->cadence_exact, rec->resistance_exact);
 
-    /* Escapes can make the canonical form longer than the input: a
-     * two-byte "\n" becomes the six-byte "\u000a". */
-    sb_init(&sb, 4 * (size_t)AGG_MAX_RECORD_BYTES);
-    int rc = sjson_canonical(root, &sb);
-    if (rc == 0 && EVP_Digest(sb.data, sb.len, rec->hash, NULL, record_sha256(),
-                              NULL) != 1)
-        rc = -1;
-    sb_free(&sb);
-    if (rc != 0) {
+    sb_reset(&dec->canonical);
+    if (sjson_canonical(root, &dec->canonical) != 0 ||
+        hash_bytes(dec, dec->canonical.data, dec->canonical.len, rec->hash) !=
+            0) {
         why->reason = AGG_REJECT_NONE;
         snprintf(why->detail, sizeof why->detail,
                  "hashing the record failed: out of memory");
@@ -448,45 +550,50 @@ static int derive(const struct sjson_value *root, struct agg_record *rec,
     return 0;
 }
 
-int agg_record_decode(const uint8_t *data, size_t len, int32_t max_seconds,
-                      struct agg_record *rec, struct agg_reject_info *why,
-                      struct sjson_doc **doc_out)
+int agg_record_decode(struct agg_decoder *dec, const uint8_t *data, size_t len,
+                      int32_t max_seconds, struct agg_record *rec,
+                      struct agg_reject_info *why, struct sjson_doc **doc)
 {
     struct sjson_limits limits = {AGG_MAX_RECORD_BYTES, RECORD_MAX_DEPTH};
-    struct sjson_doc *doc = NULL;
     struct sjson_err err;
 
     memset(rec, 0, sizeof *rec);
-    if (doc_out != NULL)
-        *doc_out = NULL;
     why->reason = AGG_REJECT_NONE;
     why->detail[0] = '\0';
     if (len > AGG_MAX_RECORD_BYTES)
         return reject(why, AGG_REJECT_TOO_LARGE,
                       "record is %zu bytes, over the limit of %d", len,
                       AGG_MAX_RECORD_BYTES);
-    int code = sjson_parse((const char *)data, len, &limits, &doc, &err);
+    int code = sjson_parse_reuse((const char *)data, len, &limits, doc, &err);
     if (code != 0)
         return reject_parse(data, len, code, &err, why);
 
-    const struct sjson_value *root = sjson_doc_root(doc);
+    const struct sjson_value *root = sjson_doc_root(*doc);
     int rc;
     if (root->type != SJSON_OBJECT)
         rc = reject(why, AGG_REJECT_NOT_OBJECT,
                     "record is %s, expected an object", type_name(root->type));
     else
-        rc = decode_fields(root, max_seconds, rec, why);
+        rc = decode_fields(dec, root, max_seconds, rec, why);
     if (rc == 0)
-        rc = derive(root, rec, why);
-    if (rc == 0 && doc_out != NULL)
-        *doc_out = doc;
-    else
-        sjson_doc_free(doc);
+        rc = derive(dec, root, rec, why);
     return rc;
 }
 
 int agg_record_parse(const uint8_t *data, size_t len, int32_t max_seconds,
                      struct agg_record *rec, struct agg_reject_info *why)
 {
-    return agg_record_decode(data, len, max_seconds, rec, why, NULL);
+    struct agg_decoder *dec = agg_decoder_new();
+    struct sjson_doc *doc = NULL;
+
+    if (dec == NULL) {
+        memset(rec, 0, sizeof *rec);
+        why->reason = AGG_REJECT_NONE;
+        snprintf(why->detail, sizeof why->detail, "out of memory");
+        return -ENOMEM;
+    }
+    int rc = agg_record_decode(dec, data, len, max_seconds, rec, why, &doc);
+    sjson_doc_free(doc);
+    agg_decoder_free(dec);
+    return rc;
 }

@@ -34,8 +34,13 @@
 #define PARSE_STACK_NODES  24
 #define PARSE_STACK_FRAMES 8
 
+/* A document that outgrows the one it reuses gets a multiple of this
+ * many bytes. */
+#define DOC_SIZE_STEP 512
+
 struct sjson_doc {
-    const struct sjson_value *root;
+    const struct sjson_value *root; /* NULL after a failed sjson_parse_reuse */
+    size_t size;                    /* bytes allocated, this header included */
     struct sjson_value values[];
 };
 
@@ -962,20 +967,34 @@ static void set_value(struct sjson_value *value, const struct json_node *node,
 
 /*
  * Build the final document from the done array and the root left on the
- * open stack, in one allocation. Returns it (owned) or NULL when memory runs
- * out.
+ * open stack, in one allocation: *doc when it is not NULL and large
+ * enough, else *doc grown or a new one. Returns 0, or -1 when memory runs
+ * out, with *doc left as it was.
  */
-static struct sjson_doc *build_doc(const struct parser *p)
+static int build_doc(const struct parser *p, struct sjson_doc **doc_inout)
 {
     size_t count = p->done.len + 1;
     size_t head = sizeof(struct sjson_doc);
 
     if (count > (SIZE_MAX - head - p->strings_len) / sizeof(struct sjson_value))
-        return NULL;
-    struct sjson_doc *doc =
-        malloc(head + count * sizeof(struct sjson_value) + p->strings_len);
-    if (doc == NULL)
-        return NULL;
+        return -1;
+    size_t size = head + count * sizeof(struct sjson_value) + p->strings_len;
+    struct sjson_doc *doc = *doc_inout;
+    if (doc == NULL || doc->size < size) {
+        /* Rounding up lets documents of slightly different sizes, such
+         * as records with names of different lengths, share one
+         * allocation. The old contents need not survive, so free before
+         * allocating. */
+        if (doc != NULL && size <= SIZE_MAX - DOC_SIZE_STEP)
+            size = (size + DOC_SIZE_STEP - 1) / DOC_SIZE_STEP * DOC_SIZE_STEP;
+        free(doc);
+        *doc_inout = NULL;
+        doc = malloc(size);
+        if (doc == NULL)
+            return -1;
+        doc->size = size;
+        *doc_inout = doc;
+    }
 
     char *strings = (char *)&doc->values[count];
     if (p->strings_len > 0)
@@ -984,7 +1003,7 @@ static struct sjson_doc *build_doc(const struct parser *p)
         set_value(&doc->values[i], &p->done.items[i], doc, strings);
     set_value(&doc->values[count - 1], &p->open.items[0], doc, strings);
     doc->root = &doc->values[count - 1];
-    return doc;
+    return 0;
 }
 
 /* Set up p for text with its scratch in stack, or fail with
@@ -1054,25 +1073,36 @@ static struct sjson_err *clear_err(struct sjson_err *err,
     return err;
 }
 
-int sjson_parse(const char *text, size_t len, const struct sjson_limits *limits,
-                struct sjson_doc **out, struct sjson_err *err)
+int sjson_parse_reuse(const char *text, size_t len,
+                      const struct sjson_limits *limits, struct sjson_doc **doc,
+                      struct sjson_err *err)
 {
     struct sjson_err unused;
     struct parse_stack stack;
     struct parser p;
 
-    *out = NULL;
+    if (*doc != NULL)
+        (*doc)->root = NULL;
     err = clear_err(err, &unused);
 
     int rc = parser_init(&p, text, len, limits, err, &stack, NULL);
     if (rc == SJSON_OK)
         rc = parse_document(&p);
-    if (rc == SJSON_OK) {
-        *out = build_doc(&p);
-        if (*out == NULL)
-            rc = fail(&p, SJSON_ERR_NOMEM, len, "out of memory");
-    }
+    if (rc == SJSON_OK && build_doc(&p, doc) != 0)
+        rc = fail(&p, SJSON_ERR_NOMEM, len, "out of memory");
     parser_free(&p);
+    return rc;
+}
+
+int sjson_parse(const char *text, size_t len, const struct sjson_limits *limits,
+                struct sjson_doc **out, struct sjson_err *err)
+{
+    *out = NULL;
+    int rc = sjson_parse_reuse(text, len, limits, out, err);
+    if (rc != SJSON_OK) {
+        sjson_doc_free(*out);
+        *out = NULL;
+    }
     return rc;
 }
 

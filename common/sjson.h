@@ -84,6 +84,19 @@ int sjson_parse(const char *text, size_t len, const struct sjson_limits *limits,
 
 /*
  * Parse len bytes exactly as sjson_parse does, with the same result code
+ * and the same *err, but build the document in *doc when it is large
+ * enough. *doc is NULL at first, then the result of an earlier call of
+ * this function or of sjson_parse. So a loop over many small documents
+ * allocates only when one is larger than all before. On failure *doc is
+ * NULL or still allocated with a NULL root: either way, pass it to the
+ * next call or to sjson_doc_free.
+ */
+int sjson_parse_reuse(const char *text, size_t len,
+                      const struct sjson_limits *limits, struct sjson_doc **doc,
+                      struct sjson_err *err);
+
+/*
+ * Parse len bytes exactly as sjson_parse does, with the same result code
  * and the same *err, but build no document, for callers that only read the
  * top-level value and its direct children. The decoded strings and number
  * texts go to strings, a buffer of at least len + 1 bytes that the caller

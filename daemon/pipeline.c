@@ -66,7 +66,9 @@ struct group_entry {
     bool valid;
     struct agg_record rec;      /* when valid */
     struct agg_reject_info why; /* when not valid */
-    struct sjson_doc *doc;      /* owned; when valid */
+    /* Owned by the pipeline and kept across groups, so the next record
+     * decoded in this entry reuses its memory. Read it only when valid. */
+    struct sjson_doc *doc;
 };
 
 struct out_message {
@@ -120,6 +122,7 @@ struct pipeline {
     struct group_entry *group;  /* records of one arrival millisecond */
     struct group_entry **order; /* the same, sorted: entries are large */
     size_t group_cap;
+    struct agg_decoder *decoder;
     struct strbuf ids[3];
     struct strbuf topic;
     struct strbuf key;
@@ -215,14 +218,15 @@ struct pipeline *pipeline_new(uv_loop_t *loop, struct store *st,
     char err[512] = "";
     agg_config_from(cfg, &acfg);
     pl->agg = agg_new(&acfg, &sink);
+    pl->decoder = agg_decoder_new();
     pl->idem = store_idempotency(st);
-    if (pl->agg == NULL || pl->idem == NULL ||
+    if (pl->agg == NULL || pl->decoder == NULL || pl->idem == NULL ||
         pipeline_compile_keys(cfg, &pl->key_expr, &pl->validation, err,
                               sizeof err) != 0) {
         log_error("main", NULL, "failed to create the pipeline: %s",
-                  pl->idem == NULL  ? "the idempotency table is not open"
-                  : pl->agg == NULL ? "out of memory"
-                                    : err);
+                  pl->idem == NULL ? "the idempotency table is not open"
+                  : pl->agg == NULL || pl->decoder == NULL ? "out of memory"
+                                                           : err);
         pipeline_free(pl);
         return NULL;
     }
@@ -281,7 +285,10 @@ void pipeline_free(struct pipeline *pl)
         sb_free(&pl->ids[i]);
     sb_free(&pl->topic);
     sb_free(&pl->key);
+    for (size_t i = 0; i < pl->group_cap; i++)
+        sjson_doc_free(pl->group[i].doc);
     free(pl->group);
+    agg_decoder_free(pl->decoder);
     free(pl->order);
     free(pl);
 }
@@ -810,10 +817,9 @@ static int claim_and_apply(struct pipeline *pl, const struct shard_record *r,
 static int decode_entry(struct pipeline *pl, struct group_entry *e)
 {
     count(&pl->counters.records_read);
-    e->doc = NULL;
-    e->valid =
-        agg_record_decode(e->r->data, e->r->len, pl->cfg->race_max_seconds,
-                          &e->rec, &e->why, &e->doc) == 0;
+    e->valid = agg_record_decode(pl->decoder, e->r->data, e->r->len,
+                                 pl->cfg->race_max_seconds, &e->rec, &e->why,
+                                 &e->doc) == 0;
     /* Out of memory: the job fails and its records are read again after
      * the restart. */
     return e->valid || e->why.reason != AGG_REJECT_NONE ? 0 : -1;
@@ -824,10 +830,7 @@ static int apply_entry(struct pipeline *pl, struct group_entry *e)
     pl->current_shard = e->shard_id;
     if (!e->valid)
         return reject_record(pl, e->r, &e->why);
-    int rc = claim_and_apply(pl, e->r, &e->rec, sjson_doc_root(e->doc));
-    sjson_doc_free(e->doc);
-    e->doc = NULL;
-    return rc;
+    return claim_and_apply(pl, e->r, &e->rec, sjson_doc_root(e->doc));
 }
 
 static int compare_bytes(const void *a, size_t a_len, const void *b,
@@ -869,23 +872,16 @@ static int compare_entries(const void *pa, const void *pb)
 static int process_group(struct pipeline *pl, size_t n)
 {
     struct group_entry *group = pl->group;
-    size_t decoded = 0;
     int rc = 0;
 
-    while (rc == 0 && decoded < n)
-        rc = decode_entry(pl, &group[decoded++]);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = decode_entry(pl, &group[i]);
     for (size_t i = 0; rc == 0 && i < n; i++)
         pl->order[i] = &group[i];
     if (rc == 0 && n > 1)
         qsort(pl->order, n, sizeof *pl->order, compare_entries);
     for (size_t i = 0; rc == 0 && i < n; i++)
         rc = apply_entry(pl, pl->order[i]);
-    /* After a failure some documents were never applied. */
-    for (size_t i = 0; i < decoded; i++) {
-        if (group[i].valid)
-            sjson_doc_free(group[i].doc);
-        group[i].doc = NULL;
-    }
     return rc;
 }
 
@@ -897,6 +893,8 @@ static int group_push(struct pipeline *pl, size_t n, const char *shard_id,
         struct group_entry *p = realloc(pl->group, cap * sizeof *p);
         if (p == NULL)
             return -1;
+        for (size_t i = pl->group_cap; i < cap; i++)
+            p[i].doc = NULL;
         pl->group = p;
         struct group_entry **order = realloc(pl->order, cap * sizeof *order);
         if (order == NULL)
@@ -907,7 +905,6 @@ static int group_push(struct pipeline *pl, size_t n, const char *shard_id,
     pl->group[n].shard_id = shard_id;
     pl->group[n].r = r;
     pl->group[n].valid = false;
-    pl->group[n].doc = NULL;
     return 0;
 }
 

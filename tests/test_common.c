@@ -33,20 +33,68 @@ static void check_flat_value(const struct sjson_value *flat,
 }
 
 /*
- * Parse with sjson_parse, and with sjson_parse_flat on the same input, and
- * check that both give the same result code and error, and the same
- * top-level value and children. Every sjson_parse call below goes through
- * here (see the #define after it), so each accepted and rejected input of
- * this file tests both modes.
+ * Check that two values are equal at every level. It keeps its own stack
+ * rather than recursing, because some test documents nest 100,000 levels
+ * deep.
  */
-static int parse_both_modes(const char *text, size_t len,
-                            const struct sjson_limits *limits,
-                            struct sjson_doc **out, struct sjson_err *err)
+static void check_same_tree(const struct sjson_value *a,
+                            const struct sjson_value *b)
 {
-    struct sjson_err full_err, flat_err;
+    size_t cap = 64, n = 0;
+    const struct sjson_value **pairs = malloc(cap * sizeof *pairs);
+
+    ASSERT_TRUE(pairs != NULL);
+    pairs[n++] = a;
+    pairs[n++] = b;
+    while (n > 0) {
+        const struct sjson_value *y = pairs[--n];
+        const struct sjson_value *x = pairs[--n];
+        check_flat_value(x, y);
+        ASSERT_EQ(x->items == NULL, y->items == NULL);
+        for (size_t i = 0; x->items != NULL && i < x->count; i++) {
+            if (n + 2 > cap) {
+                cap *= 2;
+                pairs = realloc(pairs, cap * sizeof *pairs);
+                ASSERT_TRUE(pairs != NULL);
+            }
+            pairs[n++] = &x->items[i];
+            pairs[n++] = &y->items[i];
+        }
+    }
+    free(pairs);
+}
+
+/* The document that parse_all_modes passes to sjson_parse_reuse. It is
+ * never freed, so that each call reuses the memory of the calls before,
+ * larger and smaller documents and failures alike. */
+static struct sjson_doc *reused_doc;
+
+/*
+ * Parse with sjson_parse, with sjson_parse_flat and with
+ * sjson_parse_reuse on the same input, and check that all give the same
+ * result code and error, and the same values. Every sjson_parse call
+ * below goes through here (see the #define after it), so each accepted and
+ * rejected input of this file tests all three modes.
+ */
+static int parse_all_modes(const char *text, size_t len,
+                           const struct sjson_limits *limits,
+                           struct sjson_doc **out, struct sjson_err *err)
+{
+    struct sjson_err full_err, flat_err, reuse_err;
     int rc = sjson_parse(text, len, limits, out, &full_err);
     if (err != NULL)
         *err = full_err;
+
+    int reuse_rc =
+        sjson_parse_reuse(text, len, limits, &reused_doc, &reuse_err);
+    ASSERT_EQ(reuse_rc, rc);
+    ASSERT_EQ(reuse_err.code, full_err.code);
+    ASSERT_EQ(reuse_err.offset, full_err.offset);
+    ASSERT_STR_EQ(reuse_err.message, full_err.message);
+    if (rc == SJSON_OK)
+        check_same_tree(sjson_doc_root(reused_doc), sjson_doc_root(*out));
+    else
+        ASSERT_TRUE(sjson_doc_root(reused_doc) == NULL);
 
     char *strings = malloc(len + 1);
     ASSERT_TRUE(strings != NULL);
@@ -72,7 +120,7 @@ static int parse_both_modes(const char *text, size_t len,
     return rc;
 }
 
-#define sjson_parse parse_both_modes
+#define sjson_parse parse_all_modes
 
 /* Parse len bytes with limits and return the error code. */
 static int parse_code_limits(const char *text, size_t len,
@@ -950,6 +998,56 @@ TEST(json_error_names_are_distinct)
     ASSERT_STR_EQ(sjson_error_name(SJSON_ERR_NUMBER), "number");
     ASSERT_STR_EQ(sjson_error_name(SJSON_ERR_TOO_LARGE), "too_large");
     ASSERT_STR_EQ(sjson_error_name(SJSON_ERR_NOMEM), "nomem");
+}
+
+TEST(json_parse_reuse_keeps_allocation)
+{
+    static const char small[] = "{\"a\":1}";
+    static const char medium[] =
+        "{\"a\":1,\"b\":[true,false,null],\"c\":\"x\"}";
+    struct sjson_doc *doc = NULL;
+    struct sjson_err err;
+
+    ASSERT_EQ(
+        sjson_parse_reuse(medium, strlen(medium), &test_limits, &doc, &err),
+        SJSON_OK);
+    const struct sjson_doc *first = doc;
+    ASSERT_EQ(sjson_doc_root(doc)->count, 3);
+
+    /* A smaller document fits in the same memory. */
+    ASSERT_EQ(sjson_parse_reuse(small, strlen(small), &test_limits, &doc, &err),
+              SJSON_OK);
+    ASSERT_TRUE(doc == first);
+    ASSERT_EQ(sjson_doc_root(doc)->count, 1);
+    ASSERT_STR_EQ(sjson_object_get(sjson_doc_root(doc), "a")->str, "1");
+    ASSERT_TRUE(sjson_object_get(sjson_doc_root(doc), "b") == NULL);
+
+    /* A failure keeps the memory but leaves no root to read. */
+    ASSERT_EQ(sjson_parse_reuse("[1,]", 4, &test_limits, &doc, &err),
+              SJSON_ERR_SYNTAX);
+    ASSERT_TRUE(doc == first);
+    ASSERT_TRUE(sjson_doc_root(doc) == NULL);
+    ASSERT_EQ(
+        sjson_parse_reuse(medium, strlen(medium), &test_limits, &doc, &err),
+        SJSON_OK);
+    ASSERT_TRUE(doc == first);
+    ASSERT_STR_EQ(sjson_object_get(sjson_doc_root(doc), "c")->str, "x");
+
+    /* A larger document gets more memory, with every value in place. */
+    struct strbuf big;
+    sb_init(&big, 1024 * 1024);
+    sb_putc(&big, '[');
+    for (int i = 0; i < 1000; i++)
+        sb_printf(&big, "%s\"v%d\"", i > 0 ? "," : "", i);
+    sb_putc(&big, ']');
+    ASSERT_EQ(sjson_parse_reuse(big.data, big.len, &test_limits, &doc, &err),
+              SJSON_OK);
+    const struct sjson_value *root = sjson_doc_root(doc);
+    ASSERT_EQ(root->count, 1000);
+    ASSERT_STR_EQ(root->items[0].str, "v0");
+    ASSERT_STR_EQ(root->items[999].str, "v999");
+    sb_free(&big);
+    sjson_doc_free(doc);
 }
 
 TEST(json_number_canonical_table)
