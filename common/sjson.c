@@ -1323,12 +1323,58 @@ static size_t format_exponent(long long value, char buf[24])
     return start;
 }
 
+/* Integer tokens up to this length take the short path of
+ * integer_canonical. Their exponent is at most this length. */
+#define SHORT_INTEGER_MAX 40
+
+/*
+ * Write the canonical text of tok when it is an integer without a leading
+ * zero and of at most SHORT_INTEGER_MAX bytes: its digits without trailing
+ * zeros, 'e' and the number of zeros dropped, as number_canonical would.
+ * Returns 0, -1 when w cannot take the text, or 1 when tok has another
+ * form and number_canonical must take it.
+ */
+static int integer_canonical(const char *tok, size_t len, struct text_writer *w)
+{
+    size_t first = len > 0 && tok[0] == '-';
+
+    if (len > SHORT_INTEGER_MAX || first == len || tok[first] == '0')
+        return 1;
+    for (size_t i = first; i < len; i++) {
+        if (!is_digit(tok[i]))
+            return 1;
+    }
+
+    size_t last = len;
+    while (tok[last - 1] == '0')
+        last--;
+    size_t zeros = len - last;
+    size_t total = last + 1 + (zeros < 10 ? 1 : 2);
+    if (writer_reserve(w, total) != 0)
+        return -1;
+
+    char *o = w->data + w->len;
+    for (size_t i = 0; i < last; i++)
+        *o++ = tok[i];
+    *o++ = 'e';
+    if (zeros >= 10)
+        *o++ = (char)('0' + zeros / 10);
+    *o = (char)('0' + zeros % 10);
+    w->len += total;
+    return 0;
+}
+
 /* Write the canonical text of the number token tok to w. Returns 0, or -1
  * as sjson_number_canonical describes. */
 static int number_canonical(const char *tok, size_t len, struct text_writer *w)
 {
     size_t end;
 
+    if (tok != NULL) {
+        int rc = integer_canonical(tok, len, w);
+        if (rc <= 0)
+            return rc;
+    }
     if (tok == NULL || len > NUMBER_TOKEN_MAX ||
         scan_number(tok, len, 0, &end) != NULL || end != len)
         return -1;
@@ -1423,6 +1469,29 @@ static bool needs_escape(uint64_t word)
     return (below & BYTES8(0x80)) != 0;
 }
 
+/* needs_escape for four bytes, which it reads from the low half. */
+static bool needs_escape4(uint32_t word)
+{
+    return needs_escape((uint64_t)word | UINT64_C(0x4141414100000000));
+}
+
+/*
+ * Copy s (n bytes, 4 to 8) to o when no byte needs an escape, as two
+ * words that overlap when n < 8. Returns whether it did.
+ */
+static bool copy_short_plain(char *o, const char *s, size_t n)
+{
+    uint32_t head, tail;
+
+    memcpy(&head, s, 4);
+    memcpy(&tail, s + n - 4, 4);
+    if (needs_escape4(head) || needs_escape4(tail))
+        return false;
+    memcpy(o, &head, 4);
+    memcpy(o + n - 4, &tail, 4);
+    return true;
+}
+
 /* Append s (n bytes) as a JSON string, escaping only '"', '\\' and bytes
  * below 0x20, the latter always as \u00xx. */
 static int canonical_string(struct text_writer *w, const char *s, size_t n)
@@ -1438,6 +1507,12 @@ static int canonical_string(struct text_writer *w, const char *s, size_t n)
     size_t i = 0;
 
     *o++ = '"';
+    /* Most member names have 4 to 8 bytes and need no escape. */
+    if (n >= 4 && n <= 8 && copy_short_plain(o, s, n)) {
+        o[n] = '"';
+        w->len += n + 2;
+        return 0;
+    }
     for (;;) {
         while (n - i >= 8) {
             uint64_t word;
@@ -1447,6 +1522,19 @@ static int canonical_string(struct text_writer *w, const char *s, size_t n)
             memcpy(o, &word, 8);
             o += 8;
             i += 8;
+        }
+        /* The last 1 to 7 bytes of a string of 8 or more. When the 8 bytes
+         * that end the string need no escape, those of them before i were
+         * copied as they are and sit just before o. So one overlapping
+         * word copies the rest. */
+        if (i < n && n >= 8 && n - i < 8) {
+            uint64_t word;
+            memcpy(&word, s + n - 8, 8);
+            if (!needs_escape(word)) {
+                memcpy(o - (8 - (n - i)), &word, 8);
+                o += n - i;
+                i = n;
+            }
         }
         while (i < n) {
             unsigned char c = (unsigned char)s[i];

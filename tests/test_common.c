@@ -1086,6 +1086,17 @@ TEST(json_number_canonical_table)
         {"0.1e-999999999", "1e-1000000000"},
         {"100e-1000000002", "1e-1000000000"},
         {"1e0000000000000000000000000000001", "1e1"},
+        /* Integers of up to 40 bytes take a shorter path. */
+        {"7", "7e0"},
+        {"-120", "-12e1"},
+        {"1767225601040", "176722560104e1"},
+        {"10000000000", "1e10"},
+        {"-1000000000", "-1e9"},
+        {"1234567890000000000000000000000000000000", "123456789e31"},
+        {"-123456789000000000000000000000000000000", "-123456789e30"},
+        {"10000000000000000000000000000000000000000", "1e40"},
+        {"12345678901234567890123456789012345678901",
+         "12345678901234567890123456789012345678901e0"},
     };
     struct strbuf sb;
 
@@ -1107,6 +1118,10 @@ TEST(json_number_canonical_rejects_invalid)
     static const char *const bad[] = {"",
                                       "-",
                                       "01",
+                                      "-01",
+                                      "00",
+                                      "1-",
+                                      "12a",
                                       "1.",
                                       ".5",
                                       "+1",
@@ -1259,6 +1274,19 @@ TEST(json_canonical_escapes_every_position)
                     test_fail(__FILE__, __LINE__,
                               "probe %zu, length %zu, at %zu: got %s", k, len,
                               at, text);
+                free(text);
+
+                /* The same string as a member name. */
+                char member[80], member_expected[80];
+                snprintf(member, sizeof member, "{%s:0}", input);
+                snprintf(member_expected, sizeof member_expected, "{%.*s:0}",
+                         (int)e, expected);
+                text = canonical_of(member);
+                if (strlen(text) != e + 4 ||
+                    memcmp(text, member_expected, e + 4) != 0)
+                    test_fail(__FILE__, __LINE__,
+                              "name: probe %zu, length %zu, at %zu: got %s", k,
+                              len, at, text);
                 free(text);
             }
         }
