@@ -73,6 +73,7 @@
 #include "common/base64.h"
 #include "common/log.h"
 #include "common/seqnum.h"
+#include "shardreader/batch.h"
 #include "shardreader/kinesis.h"
 #include "shardreader/kpl.h"
 
@@ -379,111 +380,6 @@ static void free_shard(struct shard *sh)
     free(sh);
 }
 
-/* ---- batches ------------------------------------------------------------ */
-
-/*
- * Each record's seq points at one block holding, in order, the sequence
- * number, the partition key and the data, so freeing seq frees all three.
- */
-void shard_batch_free(struct shard_batch *batch)
-{
-    if (batch == NULL)
-        return;
-    for (size_t i = 0; i < batch->count; i++)
-        free((void *)batch->records[i].seq);
-    free(batch->records);
-    free(batch->shard_id);
-    free(batch->checkpoint_seq);
-    free(batch);
-}
-
-/*
- * Create an empty batch of shard_id (owned by the caller), for sources other
- * than GetRecords, such as a replay or a test. Returns NULL when out of
- * memory.
- */
-struct shard_batch *shard_batch_new(const char *shard_id)
-{
-    struct shard_batch *batch = calloc(1, sizeof *batch);
-    if (batch == NULL)
-        return NULL;
-    batch->shard_id = strdup(shard_id);
-    batch->millis_behind = -1;
-    if (batch->shard_id == NULL) {
-        free(batch);
-        return NULL;
-    }
-    return batch;
-}
-
-/*
- * Append a copy of one record to batch and make it the batch's checkpoint.
- * Like a decoded GetRecords record, its sequence number, partition key and
- * data share one block that starts at seq. Returns 0 or -ENOMEM.
- */
-int shard_batch_add(struct shard_batch *batch, const void *data, size_t len,
-                    const char *seq, int64_t subseq, int64_t arrival_ms,
-                    const char *partition_key)
-{
-    size_t seq_len = strlen(seq) + 1, key_len = strlen(partition_key) + 1;
-    struct shard_record *records =
-        realloc(batch->records, (batch->count + 1) * sizeof *records);
-    if (records == NULL)
-        return -ENOMEM;
-    batch->records = records;
-
-    char *block = malloc(seq_len + key_len + len + 1);
-    if (block == NULL || replace_string(&batch->checkpoint_seq, seq) != 0) {
-        free(block);
-        return -ENOMEM;
-    }
-    memcpy(block, seq, seq_len);
-    memcpy(block + seq_len, partition_key, key_len);
-    memcpy(block + seq_len + key_len, data, len);
-    block[seq_len + key_len + len] = '\0';
-
-    struct shard_record *rec = &batch->records[batch->count++];
-    rec->seq = block;
-    rec->partition_key = block + seq_len;
-    rec->data = (const uint8_t *)block + seq_len + key_len;
-    rec->len = len;
-    rec->subseq = subseq;
-    rec->arrival_ms = arrival_ms;
-    batch->checkpoint_subseq = subseq;
-    return 0;
-}
-
-/*
- * Move record index of from to the end of to without copying it. to owns
- * the record's block from now on, and the record left in from is empty
- * (NULL pointers), which shard_batch_free and shard_batch_clear skip.
- * Unlike shard_batch_add, it leaves the checkpoint of to as it is.
- * Returns 0, or -ENOMEM with nothing moved.
- */
-int shard_batch_move(struct shard_batch *to, struct shard_batch *from,
-                     size_t index)
-{
-    struct shard_record *records =
-        realloc(to->records, (to->count + 1) * sizeof *records);
-    if (records == NULL)
-        return -ENOMEM;
-    to->records = records;
-    to->records[to->count++] = from->records[index];
-    memset(&from->records[index], 0, sizeof from->records[index]);
-    return 0;
-}
-
-/*
- * Free the records of batch and leave it empty, keeping its shard id,
- * checkpoint and record array for the next shard_batch_add.
- */
-void shard_batch_clear(struct shard_batch *batch)
-{
-    for (size_t i = 0; i < batch->count; i++)
-        free((void *)batch->records[i].seq);
-    batch->count = 0;
-}
-
 /* ---- scheduling --------------------------------------------------------- */
 
 static void shard_schedule(struct shard *sh, uint64_t delay_ms)
@@ -780,7 +676,8 @@ static int decode_record(const json_t *item, struct shard_record *out,
         key = "";
     size_t seq_len = strlen(seq) + 1, key_len = strlen(key) + 1;
     size_t b64_len = json_string_length(data);
-    char *block = malloc(seq_len + key_len + BASE64_DECODED_MAX(b64_len));
+    char *block =
+        record_block_new(seq_len + key_len + BASE64_DECODED_MAX(b64_len));
     if (block == NULL) {
         snprintf(err, err_len, "out of memory");
         return -1;
@@ -789,7 +686,7 @@ static int decode_record(const json_t *item, struct shard_record *out,
     memcpy(block + seq_len, key, key_len);
     uint8_t *bytes = (uint8_t *)block + seq_len + key_len;
     if (base64_decode(json_string_value(data), b64_len, bytes, &out->len)) {
-        free(block);
+        record_block_free(block);
         snprintf(err, err_len, "record %s has invalid base64 Data", seq);
         return -1;
     }
@@ -841,7 +738,7 @@ static int reserve_records(struct record_list *list, size_t extra)
     if (grown == NULL)
         return -1;
     batch->records = grown;
-    list->cap = cap;
+    batch->records_cap = list->cap = cap;
     return 0;
 }
 
@@ -854,11 +751,11 @@ static int append_record(struct shard *sh, struct record_list *list,
                          const struct shard_record *rec)
 {
     if (skip_record(sh, rec)) {
-        free((void *)rec->seq);
+        record_block_free(rec->seq);
         return 0;
     }
     if (reserve_records(list, 1) != 0) {
-        free((void *)rec->seq);
+        record_block_free(rec->seq);
         return -1;
     }
     list->batch->records[list->batch->count++] = *rec;
@@ -876,7 +773,7 @@ static int copy_user_record(const struct shard_record *outer,
 {
     size_t seq_len = strlen(outer->seq) + 1;
     size_t key_len = user->partition_key_len + 1;
-    char *block = malloc(seq_len + key_len + user->len + 1);
+    char *block = record_block_new(seq_len + key_len + user->len + 1);
     if (block == NULL)
         return -1;
     memcpy(block, outer->seq, seq_len);
@@ -951,7 +848,7 @@ static int append_kinesis_record(struct shard *sh, struct record_list *list,
                  "failed to check KPL aggregate %s: out of memory or MD5 "
                  "unavailable",
                  rec->seq);
-        free((void *)rec->seq);
+        record_block_free(rec->seq);
         return -1;
     }
     if (kind == KPL_NOT_AGGREGATE) {
@@ -959,7 +856,7 @@ static int append_kinesis_record(struct shard *sh, struct record_list *list,
     } else {
         rc = append_user_records(sh, list, rec, users, count);
         free(users);
-        free((void *)rec->seq);
+        record_block_free(rec->seq);
     }
     if (rc != 0)
         snprintf(err, err_len, "out of memory");

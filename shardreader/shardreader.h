@@ -48,6 +48,10 @@ struct shard_batch {
     /* The reply had fewer records than the GetRecords Limit and
      * MillisBehindLatest 0: nothing more was waiting in the shard. */
     bool at_tip;
+    /* Kept by the functions below: the length of the records array and
+     * the shared memory that shard_batch_add copies records into. */
+    size_t records_cap;
+    struct record_chunk *chunk;
 };
 
 void shard_batch_free(struct shard_batch *batch);
@@ -56,7 +60,9 @@ void shard_batch_free(struct shard_batch *batch);
  * the caller), or NULL when out of memory. */
 struct shard_batch *shard_batch_new(const char *shard_id);
 
-/* Append a copy of a record and make it the batch's checkpoint.
+/* Append a copy of a record and make it the batch's checkpoint. The copy
+ * lies in memory shared with other records, but each record stays free to
+ * move to another batch and is freed with the batch that contains it.
  * Returns 0 or -ENOMEM. */
 int shard_batch_add(struct shard_batch *batch, const void *data, size_t len,
                     const char *seq, int64_t subseq, int64_t arrival_ms,

@@ -74,6 +74,95 @@ TEST(shard_batch_clear_empties_for_reuse)
     shard_batch_free(batch);
 }
 
+/* Fill data with a pattern that depends on record i. */
+static void fill_record(char *data, size_t len, size_t i)
+{
+    for (size_t k = 0; k < len; k++)
+        data[k] = (char)('a' + (i * 7 + k) % 26);
+}
+
+/* Check that record rec is record i with its pattern. */
+static void check_record(const struct shard_record *rec, size_t i, size_t len)
+{
+    char expected[20000], seq[32], key[32];
+
+    fill_record(expected, len, i);
+    snprintf(seq, sizeof seq, "%zu", 100000 + i);
+    snprintf(key, sizeof key, "k%zu", i);
+    ASSERT_MEM_EQ(rec->data, rec->len, expected, len);
+    ASSERT_STR_EQ(rec->seq, seq);
+    ASSERT_STR_EQ(rec->partition_key, key);
+    ASSERT_EQ(rec->arrival_ms, (int64_t)i);
+}
+
+/* The length of record i: mostly small, some larger than the share of a
+ * chunk that a record may take, so those get memory of their own. */
+static size_t record_len(size_t i)
+{
+    return i % 50 == 49 ? 9000 + i : 200 + i % 300;
+}
+
+TEST(shard_batch_records_outlive_their_batch)
+{
+    /* As a replay does: add each record to a head batch, move it to one of
+     * two segments and clear the head, so that the records of one chunk
+     * end up in both segments. */
+    struct shard_batch *head = shard_batch_new("shardId-000000000001");
+    struct shard_batch *seg[2] = {shard_batch_new("shardId-000000000001"),
+                                  shard_batch_new("shardId-000000000001")};
+    char data[20000], seq[32], key[32];
+    size_t count = 1000;
+
+    ASSERT_TRUE(head != NULL);
+    ASSERT_TRUE(seg[0] != NULL);
+    ASSERT_TRUE(seg[1] != NULL);
+    for (size_t i = 0; i < count; i++) {
+        fill_record(data, record_len(i), i);
+        snprintf(seq, sizeof seq, "%zu", 100000 + i);
+        snprintf(key, sizeof key, "k%zu", i);
+        ASSERT_EQ(
+            shard_batch_add(head, data, record_len(i), seq, 0, (int64_t)i, key),
+            0);
+        ASSERT_STR_EQ(head->checkpoint_seq, seq);
+        ASSERT_EQ(shard_batch_move(seg[i % 2], head, 0), 0);
+        shard_batch_clear(head);
+    }
+
+    /* Freeing the head, then one segment, leaves the other's records
+     * intact, even after the freed memory is handed out and
+     * overwritten. */
+    shard_batch_free(head);
+    shard_batch_free(seg[0]);
+    void *reused[8];
+    for (size_t k = 0; k < 8; k++) {
+        reused[k] = malloc(64 * 1024 + 64 * k);
+        ASSERT_TRUE(reused[k] != NULL);
+        memset(reused[k], 'X', 64 * 1024 + 64 * k);
+    }
+    ASSERT_EQ(seg[1]->count, count / 2);
+    for (size_t j = 0; j < seg[1]->count; j++)
+        check_record(&seg[1]->records[j], 2 * j + 1, record_len(2 * j + 1));
+    for (size_t k = 0; k < 8; k++)
+        free(reused[k]);
+    shard_batch_free(seg[1]);
+}
+
+TEST(shard_batch_add_grows_checkpoint)
+{
+    struct shard_batch *batch = shard_batch_new("shardId-000000000001");
+    ASSERT_TRUE(batch != NULL);
+    ASSERT_EQ(shard_batch_add(batch, "a", 1, "99", 0, 1, "k"), 0);
+    ASSERT_STR_EQ(batch->checkpoint_seq, "99");
+    ASSERT_EQ(shard_batch_add(batch, "b", 1, "100000", 2, 2, "k"), 0);
+    ASSERT_STR_EQ(batch->checkpoint_seq, "100000");
+    ASSERT_EQ(batch->checkpoint_subseq, 2);
+    ASSERT_EQ(shard_batch_add(batch, "c", 1, "7", 0, 3, "k"), 0);
+    ASSERT_STR_EQ(batch->checkpoint_seq, "7");
+    ASSERT_EQ(batch->count, 3);
+    ASSERT_STR_EQ(batch->records[1].seq, "100000");
+    shard_batch_free(batch);
+}
+
 TEST(shard_reader_reads_all_put_records)
 {
     struct env e;
