@@ -13,10 +13,16 @@
 # an empty Redis. Both must count exactly the duplicates that the simulator
 # put; the script prints both counts and fails when either differs.
 #
-# Reports records per wall-clock second of each and the ratio
-# podium / Powertools, and the same per CPU second: podium's user + system
-# time, and the peer's node process plus redis-server. Writes a line describing the
-# machine and one line per measurement to bench/results/peer-DATE.jsonl.
+# Between the two it runs bench/dedup_bench on the same file: podium's
+# deduplication alone (parse, payload hash, idempotency table with a
+# commit per batch), the work that the peer does, without leaderboards,
+# samples or messages.
+# Reports records per wall-clock second of each and the ratios
+# podium / Powertools, for the replay and for dedup_bench, and the same
+# per CPU second: podium's user + system time, and the peer's node process
+# plus redis-server. Writes a line describing the machine and one line per
+# measurement to bench/results/peer-DATE.jsonl. dedup_bench must count
+# the same duplicates too.
 #
 # Environment:
 #   PEER_BENCH_SECONDS      race seconds simulated, default 980 (about
@@ -111,6 +117,26 @@ run_peer() {
         "$(awk -v a="$redis_cpu_after" -v b="$redis_cpu_before" 'BEGIN { print a - b }')"
 }
 
+# ratio_line NAME CONCURRENCY RECORDS PODIUM_LINE PEER_LINE: the JSON line
+# NAME with the rates of both and their ratios, per wall-clock second and
+# per CPU second. The peer's CPU time is its node process's plus
+# redis-server's.
+ratio_line() {
+    awk -v name="$1" -v c="$2" -v n="$3" \
+        -v p="$(json_number "$4" records_per_wall_s)" \
+        -v q="$(json_number "$5" records_per_wall_s)" \
+        -v pc="$(json_number "$4" records_per_cpu_s)" \
+        -v node="$(json_number "$5" node_cpu_s)" \
+        -v redis="$(json_number "$5" redis_cpu_s)" 'BEGIN {
+        qc = n / (node + redis)
+        printf "{\"bench\":\"%s\",\"concurrency\":%d,", name, c
+        printf "\"podium_records_per_wall_s\":%d,", p
+        printf "\"powertools_records_per_wall_s\":%d,\"ratio\":%.1f,", q, p / q
+        printf "\"podium_records_per_cpu_s\":%d,", pc
+        printf "\"powertools_records_per_cpu_s\":%.0f,\"cpu_ratio\":%.1f}", qc, pc / qc
+    }'
+}
+
 # Fail unless COUNT, the duplicates that WHO detected, is EXPECTED.
 check_duplicates() {
     local who="$1" count="$2" expected="$3"
@@ -123,7 +149,7 @@ check_duplicates() {
 
 main() {
     install_tools
-    build_podium
+    build_podium dedup_bench
     mkdir -p "$(dirname "$RESULTS")"
     check_free_space "$BUILD_DIR"
     TMP_DIR="$(mktemp -d "$BUILD_DIR/peer-bench.XXXXXX")"
@@ -154,41 +180,47 @@ main() {
     }')"
     echo "$podium_line" >>"$RESULTS"
 
+    echo "peer.sh: podium's deduplication alone (dedup_bench), batch $BATCH" >&2
+    local dedup_line dedup_dups
+    dedup_line="$("$BUILD_DIR/bench/dedup_bench" --db "$TMP_DIR/dedup.db" \
+        --batch "$BATCH" "$TMP_DIR/records.jsonl")"
+    rm -f "$TMP_DIR/dedup.db" "$TMP_DIR/dedup.db-wal" "$TMP_DIR/dedup.db-shm"
+    dedup_dups="$(json_number "$dedup_line" duplicates)"
+    echo "$dedup_line" >>"$RESULTS"
+
     start_redis
-    local concurrency peer_line peer_lines=() ratio_line ratio_lines=()
+    local concurrency peer_line peer_lines=() line ratio_lines=() dedup_lines=()
     for concurrency in $CONCURRENCY; do
         echo "peer.sh: Powertools on Redis, concurrency $concurrency" >&2
         peer_line="$(run_peer "$concurrency")"
         echo "$peer_line" >>"$RESULTS"
         peer_lines+=("$peer_line")
-        # The peer's CPU time is its node process's plus redis-server's.
-        ratio_line="$(awk -v c="$concurrency" -v n="$records" \
-            -v p="$(json_number "$podium_line" records_per_wall_s)" \
-            -v q="$(json_number "$peer_line" records_per_wall_s)" \
-            -v pc="$(json_number "$podium_line" records_per_cpu_s)" \
-            -v node="$(json_number "$peer_line" node_cpu_s)" \
-            -v redis="$(json_number "$peer_line" redis_cpu_s)" 'BEGIN {
-            qc = n / (node + redis)
-            printf "{\"bench\":\"peer_ratio\",\"concurrency\":%d,", c
-            printf "\"podium_records_per_wall_s\":%d,", p
-            printf "\"powertools_records_per_wall_s\":%d,\"ratio\":%.1f,", q, p / q
-            printf "\"podium_records_per_cpu_s\":%d,", pc
-            printf "\"powertools_records_per_cpu_s\":%.0f,\"cpu_ratio\":%.1f}", qc, pc / qc
-        }')"
-        echo "$ratio_line" >>"$RESULTS"
-        ratio_lines+=("$ratio_line")
+        line="$(ratio_line peer_ratio "$concurrency" "$records" \
+            "$podium_line" "$peer_line")"
+        echo "$line" >>"$RESULTS"
+        ratio_lines+=("$line")
+        line="$(ratio_line peer_ratio_dedup "$concurrency" "$records" \
+            "$dedup_line" "$peer_line")"
+        echo "$line" >>"$RESULTS"
+        dedup_lines+=("$line")
     done
     stop_redis
 
-    printf '%-24s %10s %10s %12s %8s %8s %10s\n' tool records duplicates \
+    # Ratios: podium replay / the peer, then podium's deduplication alone /
+    # the peer.
+    printf '%-24s %10s %10s %12s %8s %15s %15s\n' tool records duplicates \
         rec/wall_s cpu_s ratio cpu_ratio
-    printf '%-24s %10s %10s %12s %8s %8s %10s\n' "podium replay" "$records" \
+    printf '%-24s %10s %10s %12s %8s %15s %15s\n' "podium replay" "$records" \
         "$podium_dups" "$(json_number "$podium_line" records_per_wall_s)" \
         "$(json_number "$podium_line" cpu_s)" - -
+    printf '%-24s %10s %10s %12s %8s %15s %15s\n' "podium dedup_bench" \
+        "$(json_number "$dedup_line" records)" "$dedup_dups" \
+        "$(json_number "$dedup_line" records_per_wall_s)" \
+        "$(json_number "$dedup_line" cpu_s)" - -
     local i
     for i in "${!peer_lines[@]}"; do
         peer_line="${peer_lines[$i]}"
-        printf '%-24s %10s %10s %12s %8s %8s %10s\n' \
+        printf '%-24s %10s %10s %12s %8s %15s %15s\n' \
             "powertools, conc. $(json_number "$peer_line" concurrency)" \
             "$(json_number "$peer_line" records)" \
             "$(json_number "$peer_line" duplicates)" \
@@ -196,13 +228,14 @@ main() {
             "$(awk -v a="$(json_number "$peer_line" node_cpu_s)" \
                 -v b="$(json_number "$peer_line" redis_cpu_s)" \
                 'BEGIN { printf "%.2f", a + b }')" \
-            "$(json_number "${ratio_lines[$i]}" ratio)" \
-            "$(json_number "${ratio_lines[$i]}" cpu_ratio)"
+            "$(json_number "${ratio_lines[$i]}" ratio) / $(json_number "${dedup_lines[$i]}" ratio)" \
+            "$(json_number "${ratio_lines[$i]}" cpu_ratio) / $(json_number "${dedup_lines[$i]}" cpu_ratio)"
     done
     echo "peer.sh: the recording contains $expected duplicates" >&2
     echo "peer.sh: results in $RESULTS" >&2
 
     check_duplicates "podium replay" "$podium_dups" "$expected"
+    check_duplicates "dedup_bench" "$dedup_dups" "$expected"
     for peer_line in "${peer_lines[@]}"; do
         check_duplicates "Powertools (concurrency $(json_number "$peer_line" concurrency))" \
             "$(json_number "$peer_line" duplicates)" "$expected"
