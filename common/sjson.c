@@ -1323,43 +1323,76 @@ static size_t format_exponent(long long value, char buf[24])
     return start;
 }
 
-/* Integer tokens up to this length take the short path of
- * integer_canonical. Their exponent is at most this length. */
-#define SHORT_INTEGER_MAX 40
+/* Tokens of up to this many bytes without an exponent take the short path
+ * of plain_number_canonical. Their exponents stay within -40..40. */
+#define SHORT_NUMBER_MAX 40
 
 /*
- * Write the canonical text of tok when it is an integer without a leading
- * zero and of at most SHORT_INTEGER_MAX bytes: its digits without trailing
- * zeros, 'e' and the number of zeros dropped, as number_canonical would.
- * Returns 0, -1 when w cannot take the text, or 1 when tok has another
- * form and number_canonical must take it.
+ * Write the canonical text of tok when it has no exponent and at most
+ * SHORT_NUMBER_MAX bytes, as number_canonical would: its digits without
+ * leading and trailing zeros, 'e' and the exponent. Returns 0, -1 when w
+ * cannot take the text, or 1 when tok has another form or is invalid, so
+ * that number_canonical must take it.
  */
-static int integer_canonical(const char *tok, size_t len, struct text_writer *w)
+static int plain_number_canonical(const char *tok, size_t len,
+                                  struct text_writer *w)
 {
     size_t first = len > 0 && tok[0] == '-';
+    size_t i = first;
 
-    if (len > SHORT_INTEGER_MAX || first == len || tok[first] == '0')
+    if (len > SHORT_NUMBER_MAX || i == len || !is_digit(tok[i]))
         return 1;
-    for (size_t i = first; i < len; i++) {
-        if (!is_digit(tok[i]))
+    if (tok[i] == '0' && i + 1 < len && tok[i + 1] != '.')
+        return 1;
+    while (i < len && is_digit(tok[i]))
+        i++;
+    size_t int_end = i, fraction_len = 0;
+    if (i < len) {
+        if (tok[i] != '.')
+            return 1;
+        size_t fraction = ++i;
+        while (i < len && is_digit(tok[i]))
+            i++;
+        fraction_len = i - fraction;
+        if (fraction_len == 0 || i != len)
             return 1;
     }
 
+    /* The kept digits run from lead to last, except for a point between
+     * them. */
+    size_t lead = first;
+    while (lead < len && (tok[lead] == '0' || tok[lead] == '.'))
+        lead++;
+    if (lead == len)
+        return writer_putc(w, '0');
     size_t last = len;
-    while (tok[last - 1] == '0')
+    while (tok[last - 1] == '0' || tok[last - 1] == '.')
         last--;
-    size_t zeros = len - last;
-    size_t total = last + 1 + (zeros < 10 ? 1 : 2);
+    bool point_after = fraction_len > 0 && last <= int_end;
+    bool point_inside = fraction_len > 0 && lead < int_end && int_end < last;
+    long exponent = (long)(len - last - point_after) - (long)fraction_len;
+
+    unsigned long magnitude =
+        (unsigned long)(exponent < 0 ? -exponent : exponent);
+    size_t digits = last - lead - point_inside;
+    size_t total =
+        first + digits + 1 + (exponent < 0) + (magnitude < 10 ? 1 : 2);
     if (writer_reserve(w, total) != 0)
         return -1;
 
     char *o = w->data + w->len;
-    for (size_t i = 0; i < last; i++)
-        *o++ = tok[i];
+    if (first)
+        *o++ = '-';
+    for (size_t k = lead; k < last; k++) {
+        if (tok[k] != '.')
+            *o++ = tok[k];
+    }
     *o++ = 'e';
-    if (zeros >= 10)
-        *o++ = (char)('0' + zeros / 10);
-    *o = (char)('0' + zeros % 10);
+    if (exponent < 0)
+        *o++ = '-';
+    if (magnitude >= 10)
+        *o++ = (char)('0' + magnitude / 10);
+    *o = (char)('0' + magnitude % 10);
     w->len += total;
     return 0;
 }
@@ -1371,7 +1404,7 @@ static int number_canonical(const char *tok, size_t len, struct text_writer *w)
     size_t end;
 
     if (tok != NULL) {
-        int rc = integer_canonical(tok, len, w);
+        int rc = plain_number_canonical(tok, len, w);
         if (rc <= 0)
             return rc;
     }

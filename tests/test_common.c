@@ -1086,7 +1086,8 @@ TEST(json_number_canonical_table)
         {"0.1e-999999999", "1e-1000000000"},
         {"100e-1000000002", "1e-1000000000"},
         {"1e0000000000000000000000000000001", "1e1"},
-        /* Integers of up to 40 bytes take a shorter path. */
+        /* Numbers without an exponent of up to 40 bytes take a shorter
+         * path. */
         {"7", "7e0"},
         {"-120", "-12e1"},
         {"1767225601040", "176722560104e1"},
@@ -1097,6 +1098,15 @@ TEST(json_number_canonical_table)
         {"10000000000000000000000000000000000000000", "1e40"},
         {"12345678901234567890123456789012345678901",
          "12345678901234567890123456789012345678901e0"},
+        {"73.01", "7301e-2"},
+        {"1234567890123456789.01234567890123456780",
+         "12345678901234567890123456789012345678e-19"},
+        {"-0.000000000000000000000000000000000001", "-1e-36"},
+        {"1000000000000000000000000000000000000.00", "1e36"},
+        {"0.0000000000000000000000000000000000000010", "1e-39"},
+        {"-12345678901234567890123456789012345.6789",
+         "-123456789012345678901234567890123456789e-4"},
+        {"0.00000000000000000000000000000000000000012", "12e-41"},
     };
     struct strbuf sb;
 
@@ -1113,6 +1123,77 @@ TEST(json_number_canonical_table)
     sb_free(&sb);
 }
 
+/* Write the canonical text of a valid number token without an exponent
+ * to out (at least 64 bytes), by the definition: the digits without the
+ * point, leading and trailing zeros, then 'e' and the exponent. */
+static void reference_canonical(const char *tok, char *out)
+{
+    bool negative = tok[0] == '-';
+    const char *digits_start = tok + negative;
+    const char *point = strchr(digits_start, '.');
+    size_t fraction_len = point ? strlen(point + 1) : 0;
+    char digits[64];
+    size_t n = 0;
+
+    for (const char *c = digits_start; *c != '\0'; c++) {
+        if (*c != '.')
+            digits[n++] = *c;
+    }
+    size_t lead = 0;
+    while (lead < n && digits[lead] == '0')
+        lead++;
+    if (lead == n) {
+        strcpy(out, "0");
+        return;
+    }
+    size_t last = n;
+    while (digits[last - 1] == '0')
+        last--;
+    long exponent = (long)(n - last) - (long)fraction_len;
+    sprintf(out, "%s%.*se%ld", negative ? "-" : "", (int)(last - lead),
+            digits + lead, exponent);
+}
+
+TEST(json_number_canonical_matches_reference)
+{
+    /* Tokens of 1 to 42 bytes, on both sides of the short path's limit,
+     * with many zeros so that leading and trailing zeros are common. */
+    uint32_t state = 12345;
+    char tok[64], expected[64];
+    struct strbuf sb;
+
+    sb_init(&sb, 1024);
+    for (int round = 0; round < 20000; round++) {
+        size_t n = 0;
+        state = state * 1103515245u + 12345u;
+        size_t len = 1 + (state >> 8) % 40;
+        if (state % 3 == 0)
+            tok[n++] = '-';
+        state = state * 1103515245u + 12345u;
+        size_t int_len = 1 + (state >> 8) % len;
+        for (size_t i = 0; i < len; i++) {
+            state = state * 1103515245u + 12345u;
+            char digit =
+                (state >> 16) % 2 ? '0' : (char)('0' + (state >> 8) % 10);
+            if (i == 0 && int_len > 1 && digit == '0')
+                digit = '7';
+            if (i == int_len)
+                tok[n++] = '.';
+            tok[n++] = digit;
+        }
+        tok[n] = '\0';
+
+        reference_canonical(tok, expected);
+        sb_reset(&sb);
+        if (sjson_number_canonical(tok, n, &sb) != 0)
+            test_fail(__FILE__, __LINE__, "%s: rejected", tok);
+        if (strcmp(sb.data, expected) != 0)
+            test_fail(__FILE__, __LINE__, "%s: \"%s\", expected \"%s\"", tok,
+                      sb.data, expected);
+    }
+    sb_free(&sb);
+}
+
 TEST(json_number_canonical_rejects_invalid)
 {
     static const char *const bad[] = {"",
@@ -1122,6 +1203,11 @@ TEST(json_number_canonical_rejects_invalid)
                                       "00",
                                       "1-",
                                       "12a",
+                                      "1.5e",
+                                      "0.",
+                                      "-.5",
+                                      "00.5",
+                                      "1..5",
                                       "1.",
                                       ".5",
                                       "+1",
