@@ -1361,10 +1361,12 @@ static int plain_number_canonical(const char *tok, size_t len,
     /* The kept digits run from lead to last, except for a point between
      * them. */
     size_t lead = first;
-    while (lead < len && (tok[lead] == '0' || tok[lead] == '.'))
-        lead++;
-    if (lead == len)
-        return writer_putc(w, '0');
+    if (tok[first] == '0') {
+        while (lead < len && (tok[lead] == '0' || tok[lead] == '.'))
+            lead++;
+        if (lead == len)
+            return writer_putc(w, '0');
+    }
     size_t last = len;
     while (tok[last - 1] == '0' || tok[last - 1] == '.')
         last--;
@@ -1383,10 +1385,11 @@ static int plain_number_canonical(const char *tok, size_t len,
     char *o = w->data + w->len;
     if (first)
         *o++ = '-';
-    for (size_t k = lead; k < last; k++) {
-        if (tok[k] != '.')
-            *o++ = tok[k];
-    }
+    size_t head_end = point_inside ? int_end : last;
+    for (size_t k = lead; k < head_end; k++)
+        *o++ = tok[k];
+    for (size_t k = head_end + point_inside; k < last; k++)
+        *o++ = tok[k];
     *o++ = 'e';
     if (exponent < 0)
         *o++ = '-';
