@@ -123,9 +123,9 @@ struct exact_text {
 struct rider {
     struct agg_id id;
     /* The slot of second is slot (second - 1) % SLOT_BLOCK of block
-     * (second - 1) / SLOT_BLOCK (see rider_slot). Blocks of one size never
-     * move, and freed ones fit any new block, so the heap keeps no holes
-     * from growing riders. */
+     * (second - 1) / SLOT_BLOCK (see rider_slot). Growing a rider adds a block
+     * and never moves a slot, so it leaves no freed slot arrays in the
+     * heap. Only the small table of block pointers is reallocated. */
     struct slot **blocks;
     uint32_t block_count;
     uint32_t block_cap;
@@ -133,8 +133,10 @@ struct rider {
     int32_t min_second; /* 0 while the rider has no sample */
     int32_t max_second;
     int32_t final_second; /* largest second flagged final, or 0 */
-    int64_t device_base;  /* the first sample's times, which the slots */
-    int64_t arrival_base; /* store as offsets */
+    /* The times of the rider's first sample. Slots store their times as
+     * offsets from these. */
+    int64_t device_base;
+    int64_t arrival_base;
     /* prefix[k] covers seconds 1 .. PREFIX_SPAN * (k + 1). The first
      * prefix_valid entries are up to date. */
     struct prefix *prefix;
