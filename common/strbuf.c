@@ -105,25 +105,37 @@ int sb_printf(struct strbuf *sb, const char *fmt, ...)
     return 0;
 }
 
+/* Write v in decimal so that it ends just before end, and return where
+ * it starts. It takes at most 20 bytes. */
+static char *format_uint64(uint64_t v, char *end)
+{
+    do {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    return end;
+}
+
 int sb_uint64(struct strbuf *sb, uint64_t v)
 {
     char digits[20];
-    size_t n = sizeof digits;
+    char *end = digits + sizeof digits;
+    char *start = format_uint64(v, end);
 
-    do {
-        digits[--n] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    return sb_append(sb, digits + n, sizeof digits - n);
+    return sb_append(sb, start, (size_t)(end - start));
 }
 
 int sb_int64(struct strbuf *sb, int64_t v)
 {
-    if (v >= 0)
-        return sb_uint64(sb, (uint64_t)v);
-    sb_putc(sb, '-');
+    char text[21];
+    char *end = text + sizeof text;
     /* The magnitude of INT64_MIN does not fit in int64_t. */
-    return sb_uint64(sb, (uint64_t)0 - (uint64_t)v);
+    char *start =
+        format_uint64(v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v, end);
+
+    if (v < 0)
+        *--start = '-';
+    return sb_append(sb, start, (size_t)(end - start));
 }
 
 int sb_json_string(struct strbuf *sb, const char *s, size_t n)
@@ -167,24 +179,29 @@ int sb_json_string(struct strbuf *sb, const char *s, size_t n)
 int sb_fixed4(struct strbuf *sb, int64_t v)
 {
     uint64_t mag = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    uint64_t whole = mag / 10000;
     unsigned frac = (unsigned)(mag % 10000);
-    char digits[4];
-    int n = 4;
+    /* A sign, 20 digits before the point, the point and 4 after it, all
+     * written in place and appended at once. */
+    char text[26];
+    char *end = text + 21;
+    char *start = format_uint64(mag / 10000, end);
 
     if (v < 0)
-        sb_putc(sb, '-');
-    sb_uint64(sb, whole);
-    if (frac == 0)
-        return sb_error(sb);
-    for (int i = 3; i >= 0; i--) {
-        digits[i] = (char)('0' + frac % 10);
-        frac /= 10;
+        *--start = '-';
+    if (frac != 0) {
+        int n = 4;
+        while (frac % 10 == 0) {
+            frac /= 10;
+            n--;
+        }
+        *end++ = '.';
+        for (int i = n - 1; i >= 0; i--) {
+            end[i] = (char)('0' + frac % 10);
+            frac /= 10;
+        }
+        end += n;
     }
-    while (n > 0 && digits[n - 1] == '0')
-        n--;
-    sb_putc(sb, '.');
-    return sb_append(sb, digits, (size_t)n);
+    return sb_append(sb, start, (size_t)(end - start));
 }
 
 char *sb_take(struct strbuf *sb, size_t *len)
