@@ -2,7 +2,8 @@
  * Race aggregation: samples in, leaderboards out.
  *
  * State. Each race keeps its riders, and each rider one slot per second
- * (struct slot, 56 bytes plus the uuid bytes) holding the winning sample.
+ * (struct slot, 40 bytes, in blocks of 64 seconds) holding the winning
+ * sample.
  * Names and classIds are interned per rider; exact decimal texts are kept
  * only when the 4-decimal values do not represent them exactly. Running
  * totals, the latest second and the race's largest arrival are prefix
