@@ -36,6 +36,7 @@
 #include "common/sjson.h"
 #include "common/strbuf.h"
 #include "store/idempotency.h"
+#include "bench/bench_clock.h"
 
 #define DEFAULT_BATCH 10000
 #define MAX_BATCH     1000000
@@ -60,18 +61,6 @@ struct dedup_run {
     size_t data_cap;
     char error[512];
 };
-
-static double clock_seconds(clockid_t clock)
-{
-    struct timespec ts;
-    clock_gettime(clock, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static double per_second(uint64_t count, double seconds)
-{
-    return seconds > 0 ? (double)count / seconds : 0;
-}
 
 /* Make *buf hold need bytes. Returns 0, or -1 when out of memory. */
 static int reserve(void **buf, size_t *cap, size_t need)

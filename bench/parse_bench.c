@@ -32,6 +32,7 @@
 
 #include "common/base64.h"
 #include "common/sjson.h"
+#include "bench/bench_clock.h"
 
 #define BLOCK_BYTES (1024 * 1024)
 
@@ -48,19 +49,6 @@ struct parse_run {
     size_t payload_cap;
     char error[320];
 };
-
-static double clock_seconds(clockid_t clock)
-{
-    struct timespec ts;
-    clock_gettime(clock, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* Count per second, or 0 when the time was too short to measure. */
-static double per_second(uint64_t count, double seconds)
-{
-    return seconds > 0 ? (double)count / seconds : 0;
-}
 
 /* Decode n characters of base64 into run->payload. Returns 0 and sets
  * *len, or -1 with run->error set. */

@@ -18,20 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/bench_clock.h"
+
 #define BLOCK_BYTES (1024 * 1024)
-
-static double clock_seconds(clockid_t clock)
-{
-    struct timespec ts;
-    clock_gettime(clock, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* Count per second, or 0 when the time was too short to measure. */
-static double per_second(uint64_t count, double seconds)
-{
-    return seconds > 0 ? (double)count / seconds : 0;
-}
 
 static uint64_t count_newlines(const char *block, size_t len)
 {
