@@ -651,11 +651,12 @@ static FILE *spool_open(const struct replay *r)
     int fd = mkstemp(path);
     if (fd < 0)
         return NULL;
-    unlink(path);
-    FILE *f = fdopen(fd, "w+b");
+    /* A spool that stays in the folder would outlive the replay. */
+    FILE *f = unlink(path) == 0 ? fdopen(fd, "w+b") : NULL;
     if (f == NULL) {
         int saved = errno;
         close(fd);
+        unlink(path);
         errno = saved;
     }
     return f;
@@ -690,8 +691,8 @@ static struct shard_cursor *cursor_for(struct replay *r, const char *shard_id,
         snprintf(err, err_len,
                  "cannot create a temporary file in %s for the records of "
                  "shard %s: %s; set TMPDIR to a writable folder with room "
-                 "for the decoded records (about the size of the "
-                 "recordings)",
+                 "for the decoded records (about two thirds of the "
+                 "recordings' size)",
                  r->spool_dir, shard_id, strerror(errno));
         free(c->shard_id);
         return NULL;
@@ -783,7 +784,7 @@ static void spool_error(const struct replay *r, const struct shard_cursor *c,
     snprintf(err, err_len,
              "cannot %s the temporary file in %s that holds the records of "
              "shard %s: %s; set TMPDIR to a folder with room for the "
-             "decoded records (about the size of the recordings)",
+             "decoded records (about two thirds of the recordings' size)",
              doing, r->spool_dir, c->shard_id,
              errno != 0 ? strerror(errno) : "unexpected end of file");
 }
@@ -998,9 +999,13 @@ static int check_file(struct replay *r, size_t file)
         if (checked == -1) {
             report_bad_line(r, path, line_no, err);
         } else if (checked == -2) {
+            /* A spool's message names its folder and shard, not a line. */
             progress_erase(r);
-            fprintf(stderr, "podium replay: %s:%" PRIu64 ": %s\n", path,
-                    line_no, err);
+            if (strcmp(err, "out of memory") == 0)
+                fprintf(stderr, "podium replay: %s:%" PRIu64 ": %s\n", path,
+                        line_no, err);
+            else
+                fprintf(stderr, "podium replay: %s\n", err);
             rc = 1;
         }
         r->progress.done_bytes += (uint64_t)n;
