@@ -18,10 +18,12 @@
  *
  * usage: dedup_bench --db PATH [--batch N] FILE
  *
- * Prints one JSON line on stdout: records, duplicates, wall and CPU
- * seconds and records per second of each. A line that cannot be read
- * stops the run with FILE:LINE and the reason. Exit status: 0 success,
- * 1 failure, 2 usage error.
+ * PATH must not exist. A payload that is not a valid record is counted
+ * as rejected and claims nothing, as the pipeline dead-letters it.
+ * Prints one JSON line on stdout: records, duplicates, rejected, wall and
+ * CPU seconds and records per second of each. A line that is not a
+ * recording line stops the run with FILE:LINE and the reason, and so
+ * does an empty FILE. Exit status: 0 success, 1 failure, 2 usage error.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -29,6 +31,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "aggregator/aggregator.h"
@@ -50,6 +54,7 @@ struct dedup_run {
     const char *path;
     uint64_t line_no;
     uint64_t duplicates;
+    uint64_t rejected;
     struct idem_table *table;
     struct idem_keyexpr *key_expr;
     struct agg_decoder *decoder;
@@ -137,12 +142,14 @@ static int dedup_line(struct dedup_run *run, const char *line, size_t n,
 
     if (read_line(run, line, n, &shard_id, &seq, &len) != 0)
         return -1;
-    if (agg_record_decode(run->decoder, run->data, len, MAX_RACE_SECONDS, &rec,
-                          &why, &run->doc) != 0) {
-        snprintf(run->error, sizeof run->error,
-                 "the payload is not a valid record: %s (%s); the file must "
-                 "be a recording of podium simulate --out",
-                 agg_reject_name(why.reason), why.detail);
+    int decoded = agg_record_decode(run->decoder, run->data, len,
+                                    MAX_RACE_SECONDS, &rec, &why, &run->doc);
+    if (decoded != 0 && why.reason != AGG_REJECT_NONE) {
+        run->rejected++;
+        return 0;
+    }
+    if (decoded != 0) {
+        snprintf(run->error, sizeof run->error, "out of memory");
         return -1;
     }
     sb_reset(&run->key);
@@ -215,6 +222,12 @@ static int dedup_file(struct dedup_run *run, FILE *f, int64_t batch)
                  idem_errmsg(run->table));
         rc = -1;
     }
+    if (rc == 0 && run->line_no == 0) {
+        snprintf(run->error, sizeof run->error,
+                 "the file has no lines; pass a recording of podium "
+                 "simulate --out");
+        rc = -1;
+    }
     if (rc == 0 && ferror(f)) {
         snprintf(run->error, sizeof run->error, "read failed: %s",
                  strerror(errno));
@@ -224,9 +237,29 @@ static int dedup_file(struct dedup_run *run, FILE *f, int64_t batch)
     return rc;
 }
 
-static int usage(void)
+/* Remove the database that a failed run made, with its WAL files. */
+static void remove_database(const char *db)
 {
-    fputs("usage: dedup_bench --db PATH [--batch N] FILE\n", stderr);
+    static const char *const suffixes[] = {"", "-wal", "-shm"};
+    char path[4096];
+
+    for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+        if (snprintf(path, sizeof path, "%s%s", db, suffixes[i]) <
+            (int)sizeof path)
+            unlink(path);
+    }
+}
+
+/* Print what was wrong with the arguments and the usage. Returns 2. */
+static int usage(const char *problem)
+{
+    fprintf(stderr,
+            "dedup_bench: %s\n"
+            "usage: dedup_bench --db PATH [--batch N] FILE\n"
+            "  --db PATH   database file to create; must not exist\n"
+            "  --batch N   records per transaction, 1 to %d (default %d)\n"
+            "  FILE        a recording, as podium simulate --out writes it\n",
+            problem, MAX_BATCH, DEFAULT_BATCH);
     return 2;
 }
 
@@ -244,7 +277,10 @@ static int open_run(struct dedup_run *run, const char *db)
     }
     if (idem_keyexpr_compile("uuid", &run->key_expr, err, sizeof err) != 0 ||
         idem_open_path(db, &opts, owner, &run->table, err, sizeof err) != 0) {
-        fprintf(stderr, "dedup_bench: %s: %s\n", db, err);
+        fprintf(stderr,
+                "dedup_bench: %s; check that the folder of --db exists and "
+                "is writable\n",
+                err);
         return -1;
     }
     return 0;
@@ -284,11 +320,22 @@ int main(int argc, char **argv)
             }
             batch = v;
         } else {
-            return usage();
+            fprintf(stderr, "dedup_bench: unknown option \"%s\"\n", argv[i]);
+            return usage("expected --db or --batch");
         }
     }
-    if (db == NULL || i + 1 != argc)
-        return usage();
+    if (db == NULL)
+        return usage("missing --db PATH");
+    if (i + 1 != argc)
+        return usage(i == argc ? "missing FILE" : "more than one FILE");
+    struct stat st;
+    if (stat(db, &st) == 0) {
+        fprintf(stderr,
+                "dedup_bench: %s already exists; remove it or pass a new "
+                "path, so that every key starts new\n",
+                db);
+        return 2;
+    }
     run.path = argv[i];
     FILE *f = fopen(run.path, "r");
     if (f == NULL) {
@@ -312,13 +359,14 @@ int main(int argc, char **argv)
     if (rc != 0) {
         fprintf(stderr, "dedup_bench: %s:%" PRIu64 ": %s\n", run.path,
                 run.line_no, run.error);
+        remove_database(db);
         return 1;
     }
     printf("{\"bench\":\"dedup\",\"records\":%" PRIu64
-           ",\"duplicates\":%" PRIu64 ",\"batch\":%" PRId64
-           ",\"wall_s\":%.4f,\"cpu_s\":%.4f,"
+           ",\"duplicates\":%" PRIu64 ",\"rejected\":%" PRIu64
+           ",\"batch\":%" PRId64 ",\"wall_s\":%.4f,\"cpu_s\":%.4f,"
            "\"records_per_wall_s\":%.0f,\"records_per_cpu_s\":%.0f}\n",
-           run.line_no, run.duplicates, batch, wall, cpu,
+           run.line_no, run.duplicates, run.rejected, batch, wall, cpu,
            per_second(run.line_no, wall), per_second(run.line_no, cpu));
     return 0;
 }

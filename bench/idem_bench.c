@@ -660,9 +660,10 @@ static void print_summary(const struct bench_options *o,
             " expired rows deleted)\n",
             r->rows_before, r->rows_after, r->expired_rows);
     fprintf(stderr,
-            "new record (claim + complete, commit every %" PRIu64
+            "new record (%s, commit every %" PRIu64
             "): %.0f ns, CPU %.0f ns; per batch p50 %" PRIu64 " p99 %" PRIu64
             " max %" PRIu64 " ns/record\n",
+            o->deferred ? "deferred claim + complete" : "claim + complete",
             o->batch, per(r->new_ns, o->measure),
             per(r->new_cpu_ns, o->measure), r->batch_p50_ns, r->batch_p99_ns,
             r->batch_max_ns);

@@ -206,8 +206,8 @@ main() {
     done
     stop_redis
 
-    # Ratios: podium replay / the peer, then podium's deduplication alone /
-    # the peer.
+    echo "peer.sh: ratio and cpu_ratio give podium replay / the peer," \
+        "then dedup_bench / the peer" >&2
     printf '%-24s %10s %10s %12s %8s %15s %15s\n' tool records duplicates \
         rec/wall_s cpu_s ratio cpu_ratio
     printf '%-24s %10s %10s %12s %8s %15s %15s\n' "podium replay" "$records" \
@@ -216,7 +216,7 @@ main() {
     printf '%-24s %10s %10s %12s %8s %15s %15s\n' "podium dedup_bench" \
         "$(json_number "$dedup_line" records)" "$dedup_dups" \
         "$(json_number "$dedup_line" records_per_wall_s)" \
-        "$(json_number "$dedup_line" cpu_s)" - -
+        "$(awk -v t="$(json_number "$dedup_line" cpu_s)" 'BEGIN { printf "%.2f", t }')" - -
     local i
     for i in "${!peer_lines[@]}"; do
         peer_line="${peer_lines[$i]}"

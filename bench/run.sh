@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Build idem_bench (RelWithDebInfo, in build-bench) and measure the cost per
-# record of the idempotency table at 1, 10 and 50 million rows with the
-# cache off. The first size (1 million rows) runs again with a cache of
-# 1024 entries, and again with --deferred: new records claimed with
-# idem_claim_deferred(), whose rows are written completed, many to one
-# INSERT, as the pipeline writes them. Prints a table and writes the JSON lines to
-# bench/results/idem-DATE.jsonl: a line describing the machine, then one
-# line per run.
+# Build idem_bench (RelWithDebInfo, in build-bench-idem) and measure the
+# cost per record of the idempotency table at 1, 10 and 50 million rows
+# with the cache off. The first size (1 million rows) runs again with a
+# cache of 1024 entries, and again with --deferred: new records claimed
+# with idem_claim_deferred(), whose rows are written completed, many to
+# one INSERT, as the pipeline writes them. Prints a table of this run and
+# appends the JSON lines to bench/results/idem-DATE.jsonl: a line
+# describing the machine, then one line per run.
 #
-# The databases go to a temporary folder inside build-bench, on the same
-# file system as the repository, and are removed on exit. The 50 million
+# The databases go to a temporary folder inside build-bench-idem, on the
+# same file system as the repository, and are removed on exit. The 50 million
 # row database takes about 10 GB, so the script rejects a file system with
 # less than 20 GB free. The whole run took about 6 minutes on the machine
 # described in docs/BENCHMARKS.md, most of it in the 50 million row prefill.
@@ -21,7 +21,8 @@
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD_DIR="$REPO_DIR/build-bench"
+# Not build-bench, whose Release build the other scripts use.
+BUILD_DIR="$REPO_DIR/build-bench-idem"
 PREFILLS="${IDEM_BENCH_PREFILLS:-1000000 10000000 50000000}"
 MEASURE="${IDEM_BENCH_MEASURE:-200000}"
 BATCH=1000
@@ -55,6 +56,7 @@ run_one() {
     echo "$line" >>"$RESULTS"
 }
 
+# print_table FIRST: the table of the runs from line FIRST of RESULTS on.
 print_table() {
     local line
     printf '%10s %6s %8s %10s %10s %10s %10s %10s %8s %10s\n' rows cache \
@@ -72,7 +74,7 @@ print_table() {
             "$(json_number "$line" index_bytes_per_row)" \
             "$(json_number "$line" rebuild_s)" \
             "$(( $(json_number "$line" peak_rss_kb) / 1024 ))"
-    done <"$RESULTS"
+    done < <(tail -n "+$1" "$RESULTS")
 }
 
 main() {
@@ -83,13 +85,17 @@ main() {
     TMP_DIR="$(mktemp -d "$BUILD_DIR/idem-bench.XXXXXX")"
     trap 'rm -rf "$TMP_DIR"' EXIT
 
-    describe_machine >"$RESULTS"
+    # Append, as the other scripts do, so that earlier runs of the day
+    # stay; the table shows this run's lines only.
+    local first=1
+    [[ ! -f "$RESULTS" ]] || first=$(($(wc -l <"$RESULTS") + 1))
+    describe_machine >>"$RESULTS"
     for prefill in $PREFILLS; do
         run_one "$prefill" 0
     done
     run_one "$CACHED_PREFILL" "$CACHE_ENTRIES"
     run_one "$CACHED_PREFILL" 0 --deferred
-    print_table
+    print_table "$first"
     echo "run.sh: results in $RESULTS" >&2
 }
 
