@@ -47,7 +47,7 @@
 /* Members of a recording line read without building a document. */
 #define LINE_MEMBERS 16
 /* podium's defaults: race.max_seconds and idempotency.expiry_s. */
-#define MAX_RACE_SECONDS 86400
+#define MAX_RACE_SECONDS 3600
 #define EXPIRY_S         3600
 
 struct dedup_run {
