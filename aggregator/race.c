@@ -596,6 +596,22 @@ static int reserve_plan(struct rider *rider, const struct slot_plan *plan)
     return 0;
 }
 
+/*
+ * Store a time that does not fit a 32-bit offset in the rider's arena and
+ * return its arena offset. With reuse, it writes over the old value at
+ * old_at; otherwise it appends into the room that reserve_plan made.
+ */
+static int32_t put_wide_time(struct rider *rider, bool reuse, int32_t old_at,
+                             int64_t ms)
+{
+    uint32_t at = reuse ? (uint32_t)old_at : rider->arena_len;
+
+    memcpy(rider->arena + at, &ms, sizeof ms);
+    if (!reuse)
+        rider->arena_len += sizeof ms;
+    return (int32_t)at;
+}
+
 /* Write the planned sample into slot. The arena appends below cannot
  * fail because reserve_plan made room for them. */
 static void apply_plan(struct rider *rider, struct slot *slot, int32_t second,
@@ -609,27 +625,16 @@ static void apply_plan(struct rider *rider, struct slot *slot, int32_t second,
     rider->arrival_base = plan->arrival_base;
     slot->device_ts = plan->device_ts;
     if (plan->wide_device) {
-        /* Write over the old value when there is one, else append. */
-        if (present && (old.flags & SLOT_WIDE_DEVICE))
-            slot->device_ts = old.device_ts;
-        else
-            slot->device_ts = (int32_t)rider->arena_len;
-        memcpy(rider->arena + (uint32_t)slot->device_ts, &in->device_ts_ms,
-               sizeof(int64_t));
-        if ((uint32_t)slot->device_ts == rider->arena_len)
-            rider->arena_len += sizeof(int64_t);
+        slot->device_ts =
+            put_wide_time(rider, present && (old.flags & SLOT_WIDE_DEVICE),
+                          old.device_ts, in->device_ts_ms);
         flags |= SLOT_WIDE_DEVICE;
     }
     slot->arrival = plan->arrival;
     if (plan->wide_arrival) {
-        if (present && (old.flags & SLOT_WIDE_ARRIVAL))
-            slot->arrival = old.arrival;
-        else
-            slot->arrival = (int32_t)rider->arena_len;
-        memcpy(rider->arena + (uint32_t)slot->arrival, &in->arrival_ms,
-               sizeof(int64_t));
-        if ((uint32_t)slot->arrival == rider->arena_len)
-            rider->arena_len += sizeof(int64_t);
+        slot->arrival =
+            put_wide_time(rider, present && (old.flags & SLOT_WIDE_ARRIVAL),
+                          old.arrival, in->arrival_ms);
         flags |= SLOT_WIDE_ARRIVAL;
     }
 
