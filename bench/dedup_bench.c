@@ -8,8 +8,8 @@
  *   2. decodes the payload as the pipeline does (agg_record_decode: strict
  *      parse, checks, canonical form and its SHA-256, the payload hash);
  *   3. evaluates the key expression "uuid" and claims the key in the
- *      idempotency table with idem_claim_deferred(); a new key completes
- *      with the outcome "applied", a repeat is counted as a duplicate.
+ *      idempotency table with idem_claim_deferred(). A new key completes
+ *      with the outcome "applied", and a repeat counts as a duplicate.
  *
  * The table is a new SQLite file (WAL, synchronous=FULL, as podium opens
  * it), and every --batch records commit in one transaction, as the
@@ -339,8 +339,8 @@ int main(int argc, char **argv)
     run.path = argv[i];
     FILE *f = fopen(run.path, "r");
     if (f == NULL) {
-        fprintf(stderr, "dedup_bench: cannot read %s: %s\n", run.path,
-                strerror(errno));
+        fprintf(stderr, "dedup_bench: cannot read %s: %s; check the path\n",
+                run.path, strerror(errno));
         return 1;
     }
     if (open_run(&run, db) != 0) {

@@ -16,7 +16,7 @@
  * sequence number is not after the line before it of the same shard is a
  * bad line too. Lines of only white space are ignored. The second pass
  * streams: each shard has its own cursor that reads the shard's spool,
- * which holds the shard's good lines in file order (files in the order
+ * which contains the shard's good lines in file order (files in the order
  * given). The cursors are merged in the order of the merge of `podium run`
  * with every record present: by arrival time, then by shard id. Memory
  * holds one Kinesis record per shard plus the jobs in flight, whatever the
@@ -140,7 +140,7 @@ struct spool_entry {
     uint32_t seq_len;
     uint32_t key_len;
     uint32_t data_len;
-    uint32_t unused; /* zero; keeps the size a multiple of 8 */
+    uint32_t unused; /* zero, so that the size is a multiple of 8 */
 };
 
 /*
